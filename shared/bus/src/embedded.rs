@@ -1,0 +1,233 @@
+//! The embedded transport: in-process queues with the broker's semantics.
+//!
+//! It behaves as the broker transports do, so code tested on it holds on them: bounded
+//! queues (publishing to a full one fails at once), replies routed by correlation id,
+//! late or duplicate replies dropped, and a delivery dropped unacknowledged (its worker
+//! task died) redelivered with `redelivered = true`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::sync::{oneshot, Notify};
+
+use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing, Requester};
+
+/// An in-process bus. Cloning gives another handle to the same queues.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    capacity: usize,
+    queues: Mutex<HashMap<String, Arc<Queue>>>,
+    pending: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    messages: Mutex<VecDeque<Message>>,
+    notify: Notify,
+    consumers: Mutex<usize>,
+}
+
+#[derive(Clone)]
+struct Message {
+    correlation_id: String,
+    content_type: ContentType,
+    body: Vec<u8>,
+    redelivered: bool,
+}
+
+impl EmbeddedBus {
+    /// A bus whose queues each hold at most `capacity` messages.
+    pub fn new(capacity: usize) -> Self {
+        EmbeddedBus {
+            inner: Arc::new(Inner { capacity, queues: Mutex::default(), pending: Mutex::default() }),
+        }
+    }
+
+    /// Starts consuming `queue` (created if needed). Several consumers share a queue.
+    pub fn consumer(&self, queue: &str) -> EmbeddedConsumer {
+        let queue = self.inner.queue(queue);
+        *queue.consumers.lock().expect("queue lock poisoned") += 1;
+        EmbeddedConsumer { queue, bus: self.inner.clone() }
+    }
+
+    /// Messages waiting in `queue`, not yet delivered.
+    pub fn depth(&self, queue: &str) -> usize {
+        self.inner.queue(queue).messages.lock().expect("queue lock poisoned").len()
+    }
+}
+
+impl Inner {
+    fn queue(&self, name: &str) -> Arc<Queue> {
+        self.queues.lock().expect("bus lock poisoned").entry(name.to_string()).or_default().clone()
+    }
+}
+
+impl Queue {
+    fn push(&self, message: Message, front: bool) {
+        let mut messages = self.messages.lock().expect("queue lock poisoned");
+        if front {
+            messages.push_front(message);
+        } else {
+            messages.push_back(message);
+        }
+        drop(messages);
+        self.notify.notify_one();
+    }
+}
+
+/// Removes the pending entry when the caller stops waiting (deadline or cancellation), so
+/// a reply that comes later finds nobody and is dropped.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    correlation_id: String,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().expect("bus lock poisoned").remove(&self.correlation_id);
+    }
+}
+
+#[async_trait]
+impl Requester for EmbeddedBus {
+    async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
+        let queue = self.inner.queue(&message.queue);
+        if *queue.consumers.lock().expect("queue lock poisoned") == 0 {
+            return Err(BusError::Unavailable(format!("no worker consumes '{}'", message.queue)));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut pending = self.inner.pending.lock().expect("bus lock poisoned");
+            if pending.contains_key(&message.correlation_id) {
+                return Err(BusError::DuplicateId(message.correlation_id));
+            }
+            pending.insert(message.correlation_id.clone(), reply_tx);
+        }
+        let _guard = PendingGuard { inner: &self.inner, correlation_id: message.correlation_id.clone() };
+        {
+            let mut messages = queue.messages.lock().expect("queue lock poisoned");
+            if messages.len() >= self.inner.capacity {
+                return Err(BusError::QueueFull(message.queue));
+            }
+            messages.push_back(Message {
+                correlation_id: message.correlation_id,
+                content_type: message.content_type,
+                body: message.body,
+                redelivered: false,
+            });
+        }
+        queue.notify.notify_one();
+        match tokio::time::timeout_at(deadline.into(), reply_rx).await {
+            Ok(Ok(body)) => Ok(body),
+            // The sender is only dropped with the bus itself.
+            Ok(Err(_)) => Err(BusError::Unavailable("the embedded bus shut down".into())),
+            Err(_) => Err(BusError::DeadlineExceeded),
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner
+            .queues
+            .lock()
+            .expect("bus lock poisoned")
+            .values()
+            .any(|q| *q.consumers.lock().expect("queue lock poisoned") > 0)
+    }
+}
+
+/// A worker's subscription to one embedded queue.
+pub struct EmbeddedConsumer {
+    queue: Arc<Queue>,
+    bus: Arc<Inner>,
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        *self.queue.consumers.lock().expect("queue lock poisoned") -= 1;
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            // Register interest before looking, so a push between the look and the wait
+            // is not missed.
+            let notified = self.queue.notify.notified();
+            let popped = self.queue.messages.lock().expect("queue lock poisoned").pop_front();
+            if let Some(message) = popped {
+                // Pass the wake-up on: other consumers may have work too.
+                if !self.queue.messages.lock().expect("queue lock poisoned").is_empty() {
+                    self.queue.notify.notify_one();
+                }
+                let handle =
+                    EmbeddedHandle { queue: self.queue.clone(), message: Some(message.clone()), bus: self.bus.clone() };
+                return Some(Delivery::new(
+                    message.body,
+                    Some(message.correlation_id),
+                    Some("embedded".into()),
+                    message.content_type,
+                    message.redelivered,
+                    Box::new(handle),
+                ));
+            }
+            notified.await;
+        }
+    }
+}
+
+struct EmbeddedHandle {
+    queue: Arc<Queue>,
+    /// The message as delivered, kept until settled so it can be redelivered.
+    message: Option<Message>,
+    bus: Arc<Inner>,
+}
+
+#[async_trait]
+impl DeliveryHandle for EmbeddedHandle {
+    async fn reply(&self, _content_type: ContentType, body: Vec<u8>) -> Result<(), BusError> {
+        let bus = &self.bus;
+        let Some(message) = &self.message else { return Ok(()) };
+        let waiter = bus.pending.lock().expect("bus lock poisoned").remove(&message.correlation_id);
+        match waiter {
+            // The caller may have given up between the lookup and the send: that reply is late.
+            Some(reply_tx) => {
+                let _ = reply_tx.send(body);
+            }
+            None => tracing::debug!(correlation_id = %message.correlation_id, "dropping reply nobody awaits"),
+        }
+        Ok(())
+    }
+
+    async fn ack(&mut self) -> Result<(), BusError> {
+        self.message = None;
+        Ok(())
+    }
+
+    async fn reject(&mut self, requeue: bool) -> Result<(), BusError> {
+        if let Some(mut message) = self.message.take() {
+            if requeue {
+                message.redelivered = true;
+                self.queue.push(message, true);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedHandle {
+    fn drop(&mut self) {
+        // Unsettled: the worker lost it (task died or shut down). Redeliver, as a broker
+        // does when a consumer's channel closes with unacknowledged messages.
+        if let Some(mut message) = self.message.take() {
+            message.redelivered = true;
+            self.queue.push(message, true);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Message bus transports behind one interface.
+//!
+//! # Layout
+//! - [`Requester`]: the dispatcher's side: publish a request, await the reply with the same
+//!   correlation id until a deadline. Late and duplicate replies are dropped here.
+//! - [`Consumer`] and [`Delivery`]: the worker's side: take requests, reply, then
+//!   acknowledge. A delivery dropped without an acknowledgement goes back to the queue.
+//! - [`embedded`]: the in-process transport `rfleet serve` uses by default.
+//! - [`catalog`]: what the fleet serves, as the dispatcher knows it.
+//!
+//! **Invariant:** the transports move opaque bytes plus AMQP-like properties; only the
+//! `protocol` crate knows what the bytes mean, so one conformance suite checks every
+//! transport the same way.
+
+pub mod catalog;
+pub mod embedded;
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+pub use catalog::Catalog;
+pub use embedded::EmbeddedBus;
+
+/// How a body is encoded, as AMQP's `content_type` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentType {
+    #[default]
+    MsgPack,
+    Json,
+}
+
+impl ContentType {
+    pub const MSGPACK: &'static str = "application/msgpack";
+    pub const JSON: &'static str = "application/json";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentType::MsgPack => Self::MSGPACK,
+            ContentType::Json => Self::JSON,
+        }
+    }
+}
+
+/// A request about to be published.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub correlation_id: String,
+    pub queue: String,
+    pub content_type: ContentType,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum BusError {
+    /// The queue holds as much as it may; the caller should retry later (HTTP 503).
+    #[error("the request queue '{0}' is full")]
+    QueueFull(String),
+    /// No transport connection, or nobody consumes the queue (HTTP 503).
+    #[error("the message bus is unavailable: {0}")]
+    Unavailable(String),
+    /// No reply arrived before the deadline (HTTP 504).
+    #[error("no reply before the deadline")]
+    DeadlineExceeded,
+    /// The same correlation id is already waiting for a reply.
+    #[error("correlation id '{0}' is already in flight")]
+    DuplicateId(String),
+}
+
+/// The dispatcher's side of a transport.
+#[async_trait]
+pub trait Requester: Send + Sync + 'static {
+    /// Publishes `message` and waits for the reply carrying its correlation id, at most
+    /// until `deadline`. Returns the reply's body.
+    async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError>;
+
+    /// Whether the transport can take requests now (connected, queue has consumers).
+    fn is_ready(&self) -> bool;
+}
+
+/// The worker's side of a transport: a stream of deliveries.
+#[async_trait]
+pub trait Consumer: Send + 'static {
+    /// The next delivery; `None` once the consumer was cancelled or the bus closed.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// One request as a worker received it.
+pub struct Delivery {
+    pub body: Vec<u8>,
+    pub correlation_id: Option<String>,
+    pub reply_to: Option<String>,
+    pub content_type: ContentType,
+    /// True when the bus delivered this message before (a consumer died holding it).
+    pub redelivered: bool,
+    handle: Box<dyn DeliveryHandle>,
+}
+
+/// What a transport does when a worker replies to, acknowledges or rejects a delivery.
+#[async_trait]
+pub trait DeliveryHandle: Send + Sync + 'static {
+    async fn reply(&self, content_type: ContentType, body: Vec<u8>) -> Result<(), BusError>;
+    /// The message is done with; the bus forgets it.
+    async fn ack(&mut self) -> Result<(), BusError>;
+    /// Give the message back to the queue (`requeue`) or drop it (dead-letter where the
+    /// transport has one).
+    async fn reject(&mut self, requeue: bool) -> Result<(), BusError>;
+}
+
+impl Delivery {
+    pub fn new(
+        body: Vec<u8>,
+        correlation_id: Option<String>,
+        reply_to: Option<String>,
+        content_type: ContentType,
+        redelivered: bool,
+        handle: Box<dyn DeliveryHandle>,
+    ) -> Self {
+        Delivery { body, correlation_id, reply_to, content_type, redelivered, handle }
+    }
+
+    /// Publishes the reply to the delivery's `reply_to` with its correlation id.
+    pub async fn reply(&self, content_type: ContentType, body: Vec<u8>) -> Result<(), BusError> {
+        self.handle.reply(content_type, body).await
+    }
+
+    /// Acknowledges the delivery. Call only after [`Delivery::reply`] returned.
+    pub async fn ack(mut self) -> Result<(), BusError> {
+        self.handle.ack().await
+    }
+
+    pub async fn reject(mut self, requeue: bool) -> Result<(), BusError> {
+        self.handle.reject(requeue).await
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("correlation_id", &self.correlation_id)
+            .field("bytes", &self.body.len())
+            .field("redelivered", &self.redelivered)
+            .finish()
+    }
+}

@@ -1,0 +1,131 @@
+//! Typed columnar frames: what a `data.frame` becomes on the wire.
+//!
+//! A frame is a list of named columns of equal length. Each column carries its type, so
+//! the R host builds R vectors straight from it and nobody parses JSON on the fast path.
+//! Missing values (R's `NA`) are `nil` on the wire and `None` here.
+
+use serde::{Deserialize, Serialize};
+
+/// A table of named, typed columns, all `n_rows` long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Frame {
+    pub n_rows: usize,
+    pub columns: Vec<Column>,
+}
+
+/// One named column. On the wire: `{"name": .., "type": .., "values": [..]}` (factors add
+/// `levels` and `ordered`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(flatten)]
+    pub data: ColumnData,
+}
+
+/// A column's values, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ColumnData {
+    /// R `double`.
+    F64 { values: Vec<Option<f64>> },
+    /// R `integer`.
+    I32 { values: Vec<Option<i32>> },
+    /// R `logical`.
+    Bool { values: Vec<Option<bool>> },
+    /// R `character`.
+    Str { values: Vec<Option<String>> },
+    /// R `factor`: `values` are 0-based indices into `levels`.
+    Factor {
+        levels: Vec<String>,
+        values: Vec<Option<u32>>,
+        #[serde(default)]
+        ordered: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FrameError {
+    #[error("column '{name}' has {len} values but the frame has {n_rows} rows")]
+    Length { name: String, len: usize, n_rows: usize },
+    #[error("column '{name}' appears twice")]
+    Duplicate { name: String },
+    #[error("column '{name}': factor code {code} in row {row} is out of range ({n_levels} levels)")]
+    FactorCode { name: String, row: usize, code: u32, n_levels: usize },
+}
+
+impl ColumnData {
+    pub fn len(&self) -> usize {
+        match self {
+            ColumnData::F64 { values } => values.len(),
+            ColumnData::I32 { values } => values.len(),
+            ColumnData::Bool { values } => values.len(),
+            ColumnData::Str { values } => values.len(),
+            ColumnData::Factor { values, .. } => values.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The wire name of this column's type (`f64`, `i32`, `bool`, `str`, `factor`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ColumnData::F64 { .. } => "f64",
+            ColumnData::I32 { .. } => "i32",
+            ColumnData::Bool { .. } => "bool",
+            ColumnData::Str { .. } => "str",
+            ColumnData::Factor { .. } => "factor",
+        }
+    }
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, data: ColumnData) -> Self {
+        Column { name: name.into(), data }
+    }
+}
+
+impl Frame {
+    /// Builds a frame and checks it (see [`Frame::validate`]).
+    pub fn new(columns: Vec<Column>) -> Result<Self, FrameError> {
+        let n_rows = columns.first().map_or(0, |c| c.data.len());
+        let frame = Frame { n_rows, columns };
+        frame.validate()?;
+        Ok(frame)
+    }
+
+    /// Checks what the type system cannot: equal lengths, unique names, factor codes in range.
+    /// Frames from the bus are untrusted and pass through here before they reach R.
+    pub fn validate(&self) -> Result<(), FrameError> {
+        let mut seen = std::collections::HashSet::new();
+        for column in &self.columns {
+            if !seen.insert(column.name.as_str()) {
+                return Err(FrameError::Duplicate { name: column.name.clone() });
+            }
+            let len = column.data.len();
+            if len != self.n_rows {
+                return Err(FrameError::Length { name: column.name.clone(), len, n_rows: self.n_rows });
+            }
+            if let ColumnData::Factor { levels, values, .. } = &column.data {
+                for (row, code) in values.iter().enumerate() {
+                    if let Some(code) = *code {
+                        if code as usize >= levels.len() {
+                            return Err(FrameError::FactorCode {
+                                name: column.name.clone(),
+                                row,
+                                code,
+                                n_levels: levels.len(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}

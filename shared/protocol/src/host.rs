@@ -1,0 +1,97 @@
+//! The private channel between a worker's supervisor and one R host child process.
+//!
+//! The channel is a Unix socket the child finds at file descriptor [`HOST_FD`], never its
+//! stdout or stderr: R prints to those whenever a model or script says `print`, and such
+//! text must not corrupt the channel (the supervisor logs it instead). Each message is a
+//! 4-byte big-endian length followed by a named MessagePack map, the framing of
+//! `tokio_util::codec::LengthDelimitedCodec`'s defaults.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::message::{ErrorBody, Input, ModelInfo, WireError};
+use crate::{Frame, Schema};
+
+/// The file descriptor of the supervisor channel in an R host process.
+pub const HOST_FD: i32 = 3;
+
+/// Largest message either side accepts (1 GiB), a guard against a corrupt length prefix.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// A model package to load, as the supervisor found it on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: Option<String>,
+    /// The package directory (holds `model.rds`, maybe `score.R` and `model.toml`).
+    pub dir: PathBuf,
+    /// The schema `model.toml` declares; when absent the host infers one from the model.
+    pub schema: Option<Schema>,
+    /// `model.toml`'s `predict_type`.
+    pub predict_type: Option<String>,
+}
+
+/// Supervisor to host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToHost {
+    /// The first message: load these models, then answer [`FromHost::Ready`].
+    Load { models: Vec<ModelSpec> },
+    /// Score one request. The frame has already been conformed to the model's schema.
+    Score { id: u64, model: String, input: Input, predict_type: Option<String> },
+}
+
+/// Host to supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromHost {
+    Ready { pid: u32, r_version: String, models: Vec<ModelInfo> },
+    LoadFailed { message: String },
+    Scored { id: u64, result: Result<HostOutput, ErrorBody>, r_us: u64 },
+}
+
+/// What R produced for one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostOutput {
+    Frame(Frame),
+    Json(String),
+}
+
+/// Writes one length-prefixed message (blocking; the R host's side).
+pub fn write_message<T: Serialize>(writer: &mut impl Write, message: &T) -> Result<(), ChannelError> {
+    let bytes = crate::encode(message)?;
+    writer.write_all(&(bytes.len() as u32).to_be_bytes())?;
+    writer.write_all(&bytes)?;
+    writer.flush()?;
+    Ok(())
+}
+
+/// Reads one length-prefixed message; `Ok(None)` at a clean end of stream.
+pub fn read_message<T: DeserializeOwned>(reader: &mut impl Read) -> Result<Option<T>, ChannelError> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE_BYTES {
+        return Err(ChannelError::TooLarge(len));
+    }
+    let mut bytes = vec![0u8; len];
+    reader.read_exact(&mut bytes)?;
+    Ok(Some(crate::decode(&bytes)?))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("host channel i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("host channel message of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+}

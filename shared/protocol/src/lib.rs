@@ -1,0 +1,26 @@
+//! rfleet's wire types: every byte that crosses a process or bus boundary is defined here.
+//!
+//! # Layout
+//! - [`frame`]: typed columnar frames ([`Frame`], [`Column`], [`ColumnData`]).
+//! - [`message`]: the bus contract, [`Request`] and [`Reply`], encoded as MessagePack maps.
+//! - [`schema`]: a model's input schema ([`Schema`]) and [`conform`], which checks a frame
+//!   against it and names the column, row and value of every problem.
+//! - [`json`]: JSON bodies (row objects, pandas split orientation) to and from frames.
+//! - [`host`]: the private channel between a worker's supervisor and its R host children.
+//!
+//! **Invariant:** only this crate defines types that are serialized across a boundary.
+//! Every such type is named-field MessagePack (`rmp_serde::to_vec_named`), ignores
+//! unknown fields (forward compatible) and is covered by golden bytes in `golden/`.
+
+pub mod frame;
+pub mod host;
+pub mod json;
+pub mod message;
+pub mod schema;
+
+pub use frame::{Column, ColumnData, Frame, FrameError};
+pub use message::{
+    decode, encode, ErrorBody, ErrorCode, Input, ModelInfo, ModelKind, Options, Outcome, Reply,
+    Request, Timings, WireError, PROTOCOL_VERSION,
+};
+pub use schema::{conform, ColumnSpec, ColumnType, InputError, Schema};

@@ -1,0 +1,194 @@
+//! The bus contract: [`Request`] and [`Reply`], as published on a queue by the dispatcher
+//! or by any other system (see `docs/protocol.md`).
+//!
+//! Both are MessagePack maps with named fields. Decoders ignore fields they do not know,
+//! so a newer publisher can add optional fields without breaking older workers; a change
+//! that older peers cannot ignore bumps [`PROTOCOL_VERSION`].
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::frame::Frame;
+use crate::schema::Schema;
+
+/// The version this build writes. Workers answer other versions with `unsupported_version`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A scoring request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    /// Correlation id: unique per request, echoed in the reply.
+    pub id: String,
+    /// Model name, as listed by `GET /models`.
+    pub model: String,
+    #[serde(default)]
+    pub model_version: Option<String>,
+    /// Absolute deadline, milliseconds since the Unix epoch. Nothing is scored after it.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub options: Options,
+    /// W3C trace context of the caller, carried across the bus.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// The caller's own request id (`x-request-id`), for logs only.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    pub input: Input,
+}
+
+/// What to score: a typed frame (the fast path) or, for Azure ML style entry scripts, the
+/// raw JSON body, handed to the script unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    Frame(Frame),
+    Json(String),
+}
+
+/// Per-request scoring options.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Options {
+    /// Passed to R's `predict` as `type` (`"response"`, `"prob"`, `"class"`, ...). When
+    /// absent the model's default applies (see `model.toml`'s `predict_type`).
+    #[serde(default, rename = "type")]
+    pub predict_type: Option<String>,
+}
+
+/// The answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub version: u32,
+    /// The request's `id`.
+    pub id: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+/// Predictions, the JSON string an Azure ML entry script returned, or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Predictions(Frame),
+    Json(String),
+    Error(ErrorBody),
+}
+
+/// A stable error code and a message for people that names the problem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Stable error codes. Each maps to one HTTP status in the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message could not be decoded, or is not a valid request (HTTP 400).
+    BadRequest,
+    /// The request's `version` is not one this worker speaks (HTTP 400).
+    UnsupportedVersion,
+    /// The model (or model version) is not served here (HTTP 404).
+    ModelNotFound,
+    /// The input does not fit the model's schema: missing column, wrong type, unseen
+    /// level (HTTP 422).
+    InvalidInput,
+    /// R signalled an error while scoring; the message is R's (HTTP 422).
+    RError,
+    /// The request crashed or hung R hosts on every attempt (HTTP 500).
+    HostCrashed,
+    /// The deadline passed before the request was scored (HTTP 504).
+    DeadlineExceeded,
+    /// Too much work is queued; retry later (HTTP 503).
+    Overloaded,
+    /// No worker or R host can take the request now (HTTP 503).
+    Unavailable,
+    /// A bug in rfleet (HTTP 500).
+    Internal,
+}
+
+/// Where the time went, for observability. All durations in milliseconds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timings {
+    /// From publish (or the worker's receipt) until an R host took the request.
+    pub queue_ms: f64,
+    /// Inside R: building the data.frame, `predict`, converting the result.
+    pub r_ms: f64,
+    /// From the worker's receipt to its reply.
+    pub worker_ms: f64,
+    /// The worker that answered.
+    pub worker: String,
+    /// The R host process that scored it.
+    pub host_pid: Option<u32>,
+    /// How many hosts the request was given to (2 after a host crash).
+    pub attempts: u32,
+}
+
+/// What the fleet serves, as listed by `GET /models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub kind: ModelKind,
+    /// The R object's `class()`.
+    #[serde(default)]
+    pub r_class: Vec<String>,
+    /// Declared in `model.toml` or inferred from the model; `None` when neither is known,
+    /// in which case columns are passed to R as they come.
+    #[serde(default)]
+    pub schema: Option<Schema>,
+    /// The `type` passed to `predict` when a request names none.
+    #[serde(default)]
+    pub predict_type: Option<String>,
+}
+
+/// How a model is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// `predict(model, newdata, type = ...)`.
+    Predict,
+    /// `predict_fn(model, newdata)` from `score.R`.
+    PredictFn,
+    /// Azure ML entry script: `init()` returns `function(json_string) -> json_string`.
+    AzureMl,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("cannot decode message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// Encodes any wire type as a named-field MessagePack map.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    Ok(rmp_serde::to_vec_named(value)?)
+}
+
+/// Decodes a wire type from MessagePack.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { code, message: message.into() }
+    }
+}
+
+impl Reply {
+    pub fn error(id: impl Into<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Reply {
+            version: PROTOCOL_VERSION,
+            id: id.into(),
+            outcome: Outcome::Error(ErrorBody::new(code, message)),
+            timings: Timings::default(),
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! rfleet's configuration: one typed [`Settings`] struct, loaded once and passed down.
+//!
+//! Layers, later ones win: built-in defaults < `rfleet.toml` (or the file given with
+//! `--config` / `RFLEET_CONFIG`) < `RFLEET_*` environment variables (sections joined with
+//! `__`, e.g. `RFLEET_SERVER__LISTEN`) < command-line flags. Unknown keys in any layer
+//! are an error, so a typo never silently falls back to a default.
+
+pub mod manifest;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{Manifest, ManifestError};
+
+/// The environment variable prefix; `RFLEET_CONFIG` names the config file and is not a key.
+pub const ENV_PREFIX: &str = "RFLEET";
+pub const CONFIG_FILE_ENV: &str = "RFLEET_CONFIG";
+pub const DEFAULT_CONFIG_FILE: &str = "rfleet.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub models: ModelsSettings,
+    pub workers: WorkerSettings,
+    pub bus: BusSettings,
+    pub log: LogSettings,
+}
+
+/// The HTTP front (dispatcher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on; port 0 picks a free port (printed at start-up).
+    pub listen: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Requests waiting for a reply at once; beyond it, 503 with `Retry-After`.
+    pub max_inflight: usize,
+    /// Deadline given to a request that names none (`x-rfleet-timeout-ms` overrides it).
+    pub request_timeout_ms: u64,
+}
+
+/// Where model packages live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsSettings {
+    /// A directory of model packages (one sub-directory each), or one package itself.
+    pub dir: PathBuf,
+    /// The model `POST /score` uses when several are served.
+    pub default: Option<String>,
+}
+
+/// A worker: its pool of R host processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// R host processes per worker; 0 means one per available core.
+    pub n_hosts: usize,
+    /// A host that takes longer than this for one request is killed and replaced.
+    pub host_timeout_ms: u64,
+    /// Time allowed for a host to start R and load every model.
+    pub host_start_timeout_ms: u64,
+    /// Recycle a host after this many requests (0: never).
+    pub max_requests_per_host: u64,
+    /// Recycle a host whose resident memory exceeds this many MiB (0: never).
+    pub max_host_rss_mib: u64,
+    /// Requests a worker holds beyond those its hosts are scoring.
+    pub queue_capacity: usize,
+    /// The `rfleet-rhost` binary; by default the one next to the running executable.
+    pub rhost_path: Option<PathBuf>,
+    /// This worker's name in replies and logs; by default `hostname-pid`.
+    pub id: Option<String>,
+}
+
+/// The message bus between dispatchers and workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusSettings {
+    pub kind: BusKind,
+    /// Queue the dispatcher publishes requests to.
+    pub request_queue: String,
+    /// Messages the embedded bus holds before publishers get 503.
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    /// In-process channels; dispatcher and worker share one process (`rfleet serve`).
+    #[default]
+    Embedded,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A `tracing` filter: `info`, `rfleet=debug,worker=trace`, ...
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:8000".into(),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_inflight: 1024,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for ModelsSettings {
+    fn default() -> Self {
+        ModelsSettings { dir: PathBuf::from("models"), default: None }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            n_hosts: 0,
+            host_timeout_ms: 60_000,
+            host_start_timeout_ms: 120_000,
+            max_requests_per_host: 0,
+            max_host_rss_mib: 0,
+            queue_capacity: 1024,
+            rhost_path: None,
+            id: None,
+        }
+    }
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings { kind: BusKind::Embedded, request_queue: "rfleet.requests".into(), capacity: 4096 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Where settings come from: the optional file, the environment, and flag overrides as
+/// dotted keys (`server.listen`). Tests pass their own environment instead of the process's.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    pub env: HashMap<String, String>,
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process's own environment, the file it names (or `./rfleet.toml` if present).
+    pub fn from_process(file_flag: Option<PathBuf>, overrides: Vec<(String, String)>) -> Self {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = file_flag
+            .or_else(|| env.get(CONFIG_FILE_ENV).map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()));
+        Sources { file, env, overrides }
+    }
+}
+
+impl Settings {
+    pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Some(file) = &sources.file {
+            if !file.exists() {
+                return Err(SettingsError::MissingFile(file.clone()));
+            }
+            builder = builder.add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
+        }
+        let env: HashMap<String, String> = sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k.as_str() != CONFIG_FILE_ENV)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), value.as_str())?;
+        }
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// The model directory, resolved against `base` when relative.
+    pub fn models_dir(&self, base: &Path) -> PathBuf {
+        base.join(&self.models.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(file: Option<&str>, env: &[(&str, &str)], flags: &[(&str, &str)], expected: Result<Settings, &str>) {
+        let dir = std::env::temp_dir().join(format!("rfleet-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = file.map(|text| {
+            let path = dir.join(format!("{:x}.toml", text.len() * 7919 + env.len()));
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let sources = Sources {
+            file: path,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            overrides: flags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        match (Settings::load(&sources), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => {
+                assert!(got.to_string().contains(want), "error {got} does not mention {want}")
+            }
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn layers_and_unknown_keys() {
+        let defaults = Settings::default();
+        check(None, &[], &[], Ok(defaults.clone()));
+
+        let mut from_file = defaults.clone();
+        from_file.server.listen = "0.0.0.0:9000".into();
+        from_file.workers.n_hosts = 3;
+        let file = "[server]\nlisten = \"0.0.0.0:9000\"\n[workers]\nn_hosts = 3\n";
+        check(Some(file), &[], &[], Ok(from_file.clone()));
+
+        // environment beats the file, flags beat the environment
+        let mut layered = from_file.clone();
+        layered.workers.n_hosts = 5;
+        layered.server.max_body_bytes = 10;
+        layered.server.listen = "127.0.0.1:1".into();
+        check(
+            Some(file),
+            &[("RFLEET_WORKERS__N_HOSTS", "5"), ("RFLEET_SERVER__MAX_BODY_BYTES", "10"), ("RFLEET_CONFIG", "x"), ("HOME", "/")],
+            &[("server.listen", "127.0.0.1:1")],
+            Ok(layered),
+        );
+
+        check(Some("[server]\nlisen = \"x\"\n"), &[], &[], Err("unknown field `lisen`"));
+        check(Some("[sever]\n"), &[], &[], Err("unknown field `sever`"));
+        check(None, &[("RFLEET_WORKERS__NHOSTS", "2")], &[], Err("unknown field `nhosts`"));
+        check(None, &[("RFLEET_WORKERS__N_HOSTS", "two")], &[], Err("n_hosts"));
+    }
+}

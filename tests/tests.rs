@@ -1,0 +1,1 @@
+//! rfleet integration tests

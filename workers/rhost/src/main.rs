@@ -1,0 +1,2 @@
+//! The R host binary (see lib docs).
+fn main() {}
