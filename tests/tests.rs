@@ -1,1 +1,15 @@
-//! rfleet integration tests
+//! rfleet's integration tests, one binary (see `lib.rs` for the support code).
+//!
+//! Each module starts real `rfleet serve` processes with fixture models made by R and
+//! checks answers against R's own `predict`.
+
+#[path = "suite/predictions.rs"]
+mod predictions;
+#[path = "suite/bad_input.rs"]
+mod bad_input;
+#[path = "suite/faults.rs"]
+mod faults;
+#[path = "suite/http.rs"]
+mod http;
+#[path = "suite/cli.rs"]
+mod cli;

@@ -41,6 +41,8 @@ pub struct ServerSettings {
     pub max_inflight: usize,
     /// Deadline given to a request that names none (`x-rfleet-timeout-ms` overrides it).
     pub request_timeout_ms: u64,
+    /// On SIGTERM, how long in-flight HTTP requests may take to finish.
+    pub drain_timeout_ms: u64,
 }
 
 /// Where model packages live.
@@ -73,6 +75,9 @@ pub struct WorkerSettings {
     pub rhost_path: Option<PathBuf>,
     /// This worker's name in replies and logs; by default `hostname-pid`.
     pub id: Option<String>,
+    /// On SIGTERM, how long in-flight requests may take to finish; the rest go back to
+    /// the queue.
+    pub drain_timeout_ms: u64,
 }
 
 /// The message bus between dispatchers and workers.
@@ -117,6 +122,7 @@ impl Default for ServerSettings {
             max_body_bytes: 16 * 1024 * 1024,
             max_inflight: 1024,
             request_timeout_ms: 30_000,
+            drain_timeout_ms: 25_000,
         }
     }
 }
@@ -138,6 +144,7 @@ impl Default for WorkerSettings {
             queue_capacity: 1024,
             rhost_path: None,
             id: None,
+            drain_timeout_ms: 25_000,
         }
     }
 }

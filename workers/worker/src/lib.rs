@@ -1,1 +1,60 @@
-//! worker
+//! A worker: consumes scoring requests from the bus and scores them on a supervised
+//! pool of R host processes.
+//!
+//! # Layout
+//! - [`discover`]: finds model packages on disk.
+//! - [`host`]: one R host child process: start, channel, kill.
+//! - [`pool`]: the supervisor: idle hosts, replacement, retry once, recycling.
+//! - [`consume`]: the bus loop: decode, check, score, reply, acknowledge.
+//!
+//! **Invariant:** this crate never links R; R lives only in `rfleet-rhost` children, so a
+//! crash in R costs one host, never the worker.
+
+pub mod consume;
+pub mod discover;
+pub mod host;
+pub mod pool;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use consume::{run, ConsumeConfig};
+pub use discover::{discover, DiscoverError};
+pub use host::{Host, HostConfig, HostError};
+pub use pool::{Pool, PoolConfig, PoolError};
+
+/// The R host binary: configured, else `rfleet-rhost` next to the running executable
+/// (where `cargo build` and the release archive put it), else on `PATH`.
+pub fn rhost_path(configured: Option<&Path>) -> PathBuf {
+    if let Some(path) = configured {
+        return path.to_path_buf();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("rfleet-rhost")))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("rfleet-rhost"))
+}
+
+/// Builds the pool configuration from settings; `n_hosts = 0` means one per core.
+pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    PoolConfig {
+        host: HostConfig {
+            rhost_path: rhost_path(settings.rhost_path.as_deref()),
+            start_timeout: Duration::from_millis(settings.host_start_timeout_ms),
+        },
+        n_hosts: if settings.n_hosts == 0 { cores } else { settings.n_hosts },
+        host_timeout: Duration::from_millis(settings.host_timeout_ms),
+        max_requests_per_host: settings.max_requests_per_host,
+        max_host_rss_mib: settings.max_host_rss_mib,
+    }
+}
+
+/// This worker's name: configured, else `hostname-pid`.
+pub fn worker_id(configured: Option<&str>) -> String {
+    configured.map(str::to_string).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# rfleet set-up for a fresh Debian 12 machine.
+#   deploy/setup.sh serve   install R and its packages, build, make a demo model, serve it
+#   deploy/setup.sh test    install what the tests need, build, run every test
+# R and its packages come from Debian's packages (apt-get, with sudo when not root); the
+# Rust build uses the machine's cargo. Nothing is downloaded from anywhere else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-jsonlite
+            r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
+TEST_PACKAGES=(curl)
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Installs the Debian packages that are missing; apt-get update only when needed.
+apt_install() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "rfleet setup: installing ${missing[*]}" >&2
+        as_root apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+need_cargo() {
+    if ! command -v cargo >/dev/null; then
+        echo "rfleet setup: cargo not found; install Rust 1.85 or newer (rustup) and run again" >&2
+        exit 1
+    fi
+}
+
+case "${1:-}" in
+serve)
+    apt_install "${R_PACKAGES[@]}"
+    need_cargo
+    cargo build --release --locked -p dispatcher -p rhost
+    models="${RFLEET_DEMO_DIR:-.rfleet/models}"
+    if [ ! -f "$models/mtcars/model.rds" ]; then
+        Rscript deploy/demo/make_demo.R "$models"
+    fi
+    listen="${RFLEET_SERVER__LISTEN:-127.0.0.1:8000}"
+    cat <<MSG
+
+rfleet: serving the demo model in $models on http://$listen. In another terminal:
+
+  curl -s -X POST http://$listen/score -H 'Content-Type: application/json' \\
+       -d '[{"wt": 2.62, "hp": 110, "cyl": 6, "gear": "4"}, {"wt": 3.44, "hp": 175, "cyl": 8, "gear": "3"}]'
+
+MSG
+    exec target/release/rfleet serve --models "$models" --listen "$listen"
+    ;;
+test)
+    apt_install "${R_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    need_cargo
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        cargo install --locked cargo-nextest
+    fi
+    # The integration tests start the real binaries: build them first.
+    cargo build --locked --workspace --bins
+    cargo nextest run --locked --workspace --no-fail-fast
+    ;;
+*)
+    echo "usage: deploy/setup.sh serve|test" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,153 @@
+//! Golden bytes: the committed MessagePack examples in `golden/` are the wire contract.
+//!
+//! Each example is encoded and compared byte for byte with its file, and the file is
+//! decoded and compared with the value, so any change to the wire format fails here.
+//! Other languages check their encoders against the same files (see docs/protocol.md).
+//! After a deliberate, versioned change: `RFLEET_BLESS=1 cargo test -p protocol --test golden`.
+
+use std::path::PathBuf;
+
+use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost};
+use protocol::{
+    Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, Options,
+    Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+fn input_frame() -> Frame {
+    Frame::new(vec![
+        Column::new("mpg", ColumnData::F64 { values: vec![Some(21.0), None] }),
+        Column::new("cyl", ColumnData::I32 { values: vec![Some(6), Some(4)] }),
+        Column::new("am", ColumnData::Bool { values: vec![Some(true), None] }),
+        Column::new("name", ColumnData::Str { values: vec![Some("Mazda RX4".into()), None] }),
+        Column::new(
+            "gear",
+            ColumnData::Factor { levels: vec!["3".into(), "4".into(), "5".into()], values: vec![Some(1), None], ordered: false },
+        ),
+    ])
+    .unwrap()
+}
+
+fn request() -> Request {
+    Request {
+        version: PROTOCOL_VERSION,
+        id: "5f0c6d2e-8a1b-4c3d-9e7f-001122334455".into(),
+        model: "mtcars".into(),
+        model_version: Some("1".into()),
+        deadline_ms: Some(1_790_000_000_000),
+        options: Options { predict_type: Some("response".into()) },
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        request_id: Some("client-42".into()),
+        input: Input::Frame(input_frame()),
+    }
+}
+
+fn reply() -> Reply {
+    Reply {
+        version: PROTOCOL_VERSION,
+        id: "5f0c6d2e-8a1b-4c3d-9e7f-001122334455".into(),
+        outcome: Outcome::Predictions(
+            Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(20.5), Some(26.25)] })]).unwrap(),
+        ),
+        timings: Timings { queue_ms: 0.25, r_ms: 7.5, worker_ms: 8.0, worker: "worker-1".into(), host_pid: Some(4242), attempts: 1 },
+    }
+}
+
+fn error_reply() -> Reply {
+    Reply::error(
+        "5f0c6d2e-8a1b-4c3d-9e7f-001122334455",
+        ErrorCode::InvalidInput,
+        "column 'gear': unseen level '6' in row 1 (known levels: 3, 4, 5)",
+    )
+}
+
+fn json_request() -> Request {
+    Request { input: Input::Json(r#"[{"x":1}]"#.into()), options: Options::default(), model_version: None, ..request() }
+}
+
+fn model_info() -> ModelInfo {
+    ModelInfo {
+        name: "mtcars".into(),
+        version: Some("1".into()),
+        kind: ModelKind::Predict,
+        r_class: vec!["randomForest.formula".into(), "randomForest".into()],
+        schema: Some(Schema {
+            columns: vec![
+                ColumnSpec { name: "wt".into(), column_type: ColumnType::Numeric, levels: None },
+                ColumnSpec { name: "gear".into(), column_type: ColumnType::Factor, levels: Some(vec!["3".into(), "4".into(), "5".into()]) },
+            ],
+        }),
+        predict_type: None,
+    }
+}
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(format!("{name}.msgpack"));
+    let bytes = protocol::encode(&value).unwrap();
+    if std::env::var_os("RFLEET_BLESS").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (bless with RFLEET_BLESS=1)", path.display()));
+    assert_eq!(hex::encode(&bytes), hex::encode(&golden), "{name}: encoding differs from golden/{name}.msgpack");
+    let decoded: T = protocol::decode(&golden).unwrap();
+    assert_eq!(decoded, value, "{name}: golden bytes decode to a different value");
+}
+
+#[test]
+fn golden_vectors() {
+    check("request", request());
+    check("request_json_input", json_request());
+    check("reply_predictions", reply());
+    check("reply_error", error_reply());
+    check("model_info", model_info());
+    check("host_score", ToHost::Score { id: 7, model: "mtcars".into(), input: Input::Frame(input_frame()), predict_type: None });
+    check(
+        "host_load",
+        ToHost::Load {
+            models: vec![ModelSpec { name: "mtcars".into(), version: None, dir: "/models/mtcars".into(), schema: None, predict_type: None }],
+        },
+    );
+    check(
+        "host_scored",
+        FromHost::Scored {
+            id: 7,
+            result: Ok(HostOutput::Frame(Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(1.0)] })]).unwrap())),
+            r_us: 1500,
+        },
+    );
+    check(
+        "host_scored_error",
+        FromHost::Scored { id: 8, result: Err(ErrorBody::new(ErrorCode::RError, "object 'x' not found")), r_us: 10 },
+    );
+}
+
+/// Publishers in other languages write the fields in any order, may leave optional ones
+/// out and may add their own; a worker must still read the request.
+#[test]
+fn tolerant_decoding() {
+    // {"input": {"frame": {"columns": [{"values": [1, 2.5], "type": "f64", "name": "x"}], "n_rows": 2}},
+    //  "model": "m", "id": "a", "version": 1, "extra": true}
+    #[derive(Serialize)]
+    struct Col { values: (u8, f64), r#type: &'static str, name: &'static str }
+    #[derive(Serialize)]
+    struct Fr { columns: Vec<Col>, n_rows: u8 }
+    #[derive(Serialize)]
+    struct In { frame: Fr }
+    #[derive(Serialize)]
+    struct Req { input: In, model: &'static str, id: &'static str, version: u8, extra: bool }
+    let bytes = rmp_serde::to_vec_named(&Req {
+        input: In { frame: Fr { columns: vec![Col { values: (1, 2.5), r#type: "f64", name: "x" }], n_rows: 2 } },
+        model: "m",
+        id: "a",
+        version: 1,
+        extra: true,
+    })
+    .unwrap();
+    let request: Request = protocol::decode(&bytes).unwrap();
+    assert_eq!(request.model, "m");
+    assert_eq!(request.deadline_ms, None);
+    assert_eq!(
+        request.input,
+        Input::Frame(Frame { n_rows: 2, columns: vec![Column::new("x", ColumnData::F64 { values: vec![Some(1.0), Some(2.5)] })] })
+    );
+}

@@ -1,0 +1,129 @@
+//! Faults and concurrency: a killed R host, many clients at once, SIGTERM under load.
+//! Every request ends with its own correct answer (checked by content) or a clear error.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{assert_same, case, client, fixtures, post, ServerOptions};
+
+/// (model, one-row body, R's answer for that row) for the given cases.
+fn single_rows(names: &[&str]) -> Vec<(String, String, Value)> {
+    let fixtures = fixtures();
+    let mut rows = Vec::new();
+    for name in names {
+        let case = case(&fixtures, name);
+        for (row, expected) in case.rows.iter().zip(&case.expected) {
+            rows.push((case.model.clone(), json!([row]).to_string(), json!([expected])));
+        }
+    }
+    assert!(rows.len() >= 10, "too few fixture rows");
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_host_loses_no_request() {
+    let server = Arc::new(ServerOptions::new(fixtures().join("models")).start());
+    let rows = Arc::new(single_rows(&["rf_reg", "lm"]));
+    let done = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client_no in 0..8 {
+        let (server, rows, done, retried) = (server.clone(), rows.clone(), done.clone(), retried.clone());
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            for i in 0..40 {
+                let (model, body, expected) = &rows[(client_no * 7 + i) % rows.len()];
+                let answer = post(&client, &format!("{}/models/{model}/score", server.url), body.clone(), &[]).await;
+                assert_eq!(answer.status, 200, "request {i} of client {client_no}: {}", answer.text);
+                assert_same(&answer.json(), expected, &format!("client {client_no} request {i} ({model})"));
+                if answer.header("x-rfleet-attempts") == Some("2") {
+                    retried.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Kill a host once traffic flows, while both hosts are busy.
+    while done.load(Ordering::Relaxed) < 40 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let victim = server.host_pids()[0];
+    // SAFETY: killing a child process of the server under test.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    for client in clients {
+        client.await.expect("client task");
+    }
+    assert_eq!(done.load(Ordering::Relaxed), 8 * 40);
+    eprintln!("requests retried after the kill: {}", retried.load(Ordering::Relaxed));
+    server.wait_until(Duration::from_secs(120), "a replacement host", |s| {
+        let pids = s.host_pids();
+        pids.len() == 2 && !pids.contains(&victim)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_clients_get_their_own_answers() {
+    let server = Arc::new(ServerOptions::new(fixtures().join("models")).start());
+    let rows = Arc::new(single_rows(&["rf_reg", "lm", "glm_binomial", "rf_class"]));
+    let mut clients = Vec::new();
+    for client_no in 0..32 {
+        let (server, rows) = (server.clone(), rows.clone());
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            for i in 0..12 {
+                let (model, body, expected) = &rows[(client_no * 13 + i * 5) % rows.len()];
+                let request_id = format!("client-{client_no}-{i}");
+                let answer =
+                    post(&client, &format!("{}/models/{model}/score", server.url), body.clone(), &[("x-request-id", &request_id)]).await;
+                assert_eq!(answer.status, 200, "{request_id}: {}", answer.text);
+                assert_eq!(answer.header("x-request-id"), Some(request_id.as_str()));
+                assert_same(&answer.json(), expected, &format!("{request_id} ({model})"));
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("client task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_in_flight_requests() {
+    let server = ServerOptions::new(fixtures().join("models")).env("RFLEET_SERVER__DRAIN_TIMEOUT_MS", 20000).start();
+    let url = server.url.clone();
+    let rows = Arc::new(single_rows(&["rf_reg"]));
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client_no in 0..6 {
+        let (url, rows, started) = (url.clone(), rows.clone(), started.clone());
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            let mut answered = 0;
+            for i in 0..50 {
+                let (model, body, expected) = &rows[(client_no + i) % rows.len()];
+                started.fetch_add(1, Ordering::Relaxed);
+                let sent = client.post(format!("{url}/models/{model}/score")).body(body.clone()).send().await;
+                // After the listener closes, new connections are refused: that request was
+                // never taken. A request that was taken must be answered correctly.
+                let Ok(response) = sent else { break };
+                let status = response.status().as_u16();
+                let text = response.text().await.expect("a taken request is answered in full");
+                assert_eq!(status, 200, "{text}");
+                assert_same(&serde_json::from_str(&text).unwrap(), expected, "answer during shutdown");
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    while started.load(Ordering::Relaxed) < 30 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30))).await.unwrap();
+    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.expect("client task");
+    }
+    assert!(answered >= 24, "only {answered} requests answered");
+}

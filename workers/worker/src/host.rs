@@ -1,0 +1,233 @@
+//! One R host child process, seen from its supervisor.
+//!
+//! R cannot be restarted inside a process and may crash it (extendr disables R's C stack
+//! check; model code can segfault), so each host is a child the supervisor can kill and
+//! replace. The channel is a Unix socket at the child's fd 3, never its stdout or stderr:
+//! R prints there, and the supervisor turns those lines into logs. The child is killed
+//! when its [`Host`] is dropped and when the supervisor dies (`PR_SET_PDEATHSIG`).
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost, HOST_FD, MAX_MESSAGE_BYTES};
+use protocol::{ErrorBody, Input, ModelInfo};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// How to start hosts.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub rhost_path: PathBuf,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("cannot start R host {path}: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("R host failed to load the models: {0}")]
+    LoadFailed(String),
+    #[error("R host did not start within {0:?}")]
+    StartTimeout(Duration),
+    #[error("R host {pid} died ({status})")]
+    Died { pid: u32, status: String },
+    #[error("R host {pid} took longer than {timeout:?} and was killed")]
+    Timeout { pid: u32, timeout: Duration },
+    #[error("R host {pid} broke the channel protocol: {message}")]
+    Protocol { pid: u32, message: String },
+}
+
+impl HostError {
+    /// Whether the host is gone (or was killed) and must be replaced.
+    pub fn host_lost(&self) -> bool {
+        matches!(self, HostError::Died { .. } | HostError::Timeout { .. } | HostError::Protocol { .. })
+    }
+}
+
+/// A started, ready R host.
+pub struct Host {
+    pid: u32,
+    child: Child,
+    channel: Framed<UnixStream, LengthDelimitedCodec>,
+    next_id: u64,
+    /// Requests scored so far, for recycling.
+    pub served: u64,
+}
+
+/// What one scoring call produced.
+pub struct Scored {
+    pub result: Result<HostOutput, ErrorBody>,
+    pub r_us: u64,
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_MESSAGE_BYTES).new_codec()
+}
+
+impl Host {
+    /// Starts a host, loads `models` and waits until it is ready. Returns the host, the
+    /// models as R sees them (with inferred schemas) and R's version.
+    pub async fn start(config: &HostConfig, models: &[ModelSpec]) -> Result<(Host, Vec<ModelInfo>, String), HostError> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
+        let their_fd = theirs.as_raw_fd();
+        let mut command = Command::new(&config.rhost_path);
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
+        unsafe {
+            command.pre_exec(move || {
+                if their_fd == HOST_FD {
+                    // dup2 onto itself keeps close-on-exec set: clear it instead.
+                    let flags = libc::fcntl(HOST_FD, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(HOST_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(their_fd, HOST_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // A host must never outlive its supervisor.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child =
+            command.spawn().map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
+        drop(theirs);
+        let pid = child.id().unwrap_or_default();
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(forward_output(pid, "stdout", stdout));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(forward_output(pid, "stderr", stderr));
+        }
+        ours.set_nonblocking(true).map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
+        let stream =
+            UnixStream::from_std(ours).map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
+        let mut host = Host { pid, child, channel: Framed::new(stream, codec()), next_id: 0, served: 0 };
+
+        let started = Instant::now();
+        let handshake = async {
+            host.send(&ToHost::Load { models: models.to_vec() }).await?;
+            host.receive().await
+        };
+        match tokio::time::timeout(config.start_timeout, handshake).await {
+            Err(_) => Err(HostError::StartTimeout(config.start_timeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(FromHost::Ready { models, r_version, .. })) => {
+                tracing::info!(host = pid, r_version = %r_version, elapsed_ms = started.elapsed().as_millis() as u64, "r host ready");
+                Ok((host, models, r_version))
+            }
+            Ok(Ok(FromHost::LoadFailed { message })) => Err(HostError::LoadFailed(message)),
+            Ok(Ok(other)) => Err(HostError::Protocol { pid, message: format!("expected ready, got {other:?}") }),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Scores one request. A host that dies, hangs past `timeout` or breaks the protocol
+    /// is killed and the error says so; the caller replaces it.
+    pub async fn score(
+        &mut self,
+        model: &str,
+        input: Input,
+        predict_type: Option<String>,
+        timeout: Duration,
+    ) -> Result<Scored, HostError> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let message = ToHost::Score { id, model: model.to_string(), input, predict_type };
+        let exchange = async {
+            self.send(&message).await?;
+            self.receive().await
+        };
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let _ = self.child.start_kill();
+                return Err(HostError::Timeout { pid: self.pid, timeout });
+            }
+        };
+        match reply? {
+            FromHost::Scored { id: got, result, r_us } if got == id => {
+                self.served += 1;
+                Ok(Scored { result, r_us })
+            }
+            other => {
+                let _ = self.child.start_kill();
+                Err(HostError::Protocol { pid: self.pid, message: format!("expected reply {id}, got {other:?}") })
+            }
+        }
+    }
+
+    /// Resident memory in MiB, from `/proc`.
+    pub fn rss_mib(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Some(pages * page_size / (1024 * 1024))
+    }
+
+    /// Stops the host: closing the channel makes it exit; kill it if it does not.
+    pub async fn stop(mut self) {
+        let _ = SinkExt::<bytes::Bytes>::close(&mut self.channel).await;
+        if tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    async fn send(&mut self, message: &ToHost) -> Result<(), HostError> {
+        let bytes = protocol::encode(message)
+            .map_err(|e| HostError::Protocol { pid: self.pid, message: e.to_string() })?;
+        if self.channel.send(bytes::Bytes::from(bytes)).await.is_err() {
+            return Err(self.died().await);
+        }
+        Ok(())
+    }
+
+    async fn receive(&mut self) -> Result<FromHost, HostError> {
+        match self.channel.next().await {
+            Some(Ok(bytes)) => protocol::decode(&bytes).map_err(|e| HostError::Protocol { pid: self.pid, message: e.to_string() }),
+            Some(Err(_)) | None => Err(self.died().await),
+        }
+    }
+
+    /// The channel closed: the host is gone. Reap it and say how it ended.
+    async fn died(&mut self) -> HostError {
+        let status = match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(Ok(status)) => describe_exit(status),
+            Ok(Err(e)) => format!("unknown exit: {e}"),
+            Err(_) => {
+                let _ = self.child.start_kill();
+                "channel closed; killed".to_string()
+            }
+        };
+        HostError::Died { pid: self.pid, status }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (_, Some(signal)) => format!("killed by signal {signal}"),
+        (Some(code), _) => format!("exit code {code}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Turns what R prints into log lines tagged with the host.
+async fn forward_output(pid: u32, stream: &'static str, output: impl AsyncRead + Unpin) {
+    let mut lines = BufReader::new(output).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(host = pid, stream, "r: {line}");
+    }
+}
