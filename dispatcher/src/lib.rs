@@ -1,1 +1,153 @@
-//! dispatcher
+//! The HTTP front of rfleet: validates scoring requests, publishes them on the bus and
+//! answers with the worker's reply.
+//!
+//! # Layout
+//! - [`AppState`], [`router`] and [`serve`] (this file): what `main` wires together.
+//! - [`routes`]: probes (`/`, `/live`, `/ready`), `GET /models`, and the JSON answers
+//!   to unknown routes and methods.
+//! - [`score`]: `POST /score` and `/models/{name}[/versions/{version}]/score`: read the
+//!   body under its limit, turn JSON into a frame, check it against the model's schema,
+//!   publish, await the reply until the deadline.
+//! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
+//! - [`request_log`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
+//!   access log span.
+//!
+//! **Architecture Invariant:** the dispatcher never touches R and never blocks the async
+//! runtime: R runs in the workers' host processes, and parsing or encoding a large body
+//! runs on tokio's blocking pool.
+
+pub mod error;
+pub mod request_log;
+pub mod routes;
+pub mod score;
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bus::{Catalog, Requester};
+use settings::ServerSettings;
+use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use error::{status_for_code, ApiError};
+
+/// Everything a handler needs. Cheap to clone: handlers share one [`Shared`].
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    requester: Arc<dyn Requester>,
+    catalog: Arc<Catalog>,
+    server: ServerSettings,
+    /// The model `POST /score` uses when several are served.
+    default_model: Option<String>,
+    /// The queue requests are published to.
+    request_queue: String,
+    /// One permit per request awaiting a reply, `server.max_inflight` in all.
+    inflight: Arc<Semaphore>,
+}
+
+impl AppState {
+    pub fn new(
+        requester: Arc<dyn Requester>,
+        catalog: Arc<Catalog>,
+        server: ServerSettings,
+        default_model: Option<String>,
+        request_queue: String,
+    ) -> Self {
+        // A limit of 0 would refuse every request, and tokio panics above MAX_PERMITS.
+        let permits = server.max_inflight.clamp(1, Semaphore::MAX_PERMITS);
+        AppState {
+            shared: Arc::new(Shared {
+                requester,
+                catalog,
+                server,
+                default_model,
+                request_queue,
+                inflight: Arc::new(Semaphore::new(permits)),
+            }),
+        }
+    }
+}
+
+/// All routes, with the layers every response goes through.
+pub fn router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/", get(routes::healthy))
+        .route("/live", get(routes::live))
+        .route("/ready", get(routes::ready))
+        .route("/models", get(routes::list_models))
+        .route("/models/{name}", get(routes::get_model))
+        .route("/models/{name}/versions/{version}", get(routes::get_model_version))
+        .route("/score", post(score::score_default))
+        .route("/models/{name}/score", post(score::score_model))
+        .route("/models/{name}/versions/{version}/score", post(score::score_model_version))
+        .with_state(state);
+    with_layers(routes)
+}
+
+/// The JSON fallbacks and the layers, kept apart from the routes so tests can wrap a
+/// router of their own (e.g. one that panics).
+fn with_layers(routes: Router) -> Router {
+    routes
+        .fallback(routes::route_not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        // Scoring reads the body itself under `max_body_bytes`; axum's default 2 MB limit
+        // would otherwise cut in first with a plain-text answer.
+        .layer(DefaultBodyLimit::disable())
+        .layer(CatchPanicLayer::custom(panic_response))
+        // Outermost, so panics and fallbacks are logged and carry request ids too.
+        .layer(axum::middleware::from_fn(request_log::track))
+}
+
+/// A handler panicked: a bug. Answer 500 in the usual JSON shape and keep serving.
+fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    tracing::error!(panic = %detail, "handler panicked");
+    ApiError::coded(protocol::ErrorCode::Internal, "internal error: the request handler panicked").into_response()
+}
+
+/// Serves `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "dispatcher listening");
+    }
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn panics_become_json_500() {
+        let app = with_layers(Router::new().route("/boom", get(|| async { panic!("boom") as &str })));
+        let response = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"code": "internal", "message": "internal error: the request handler panicked"})
+        );
+    }
+}

@@ -49,7 +49,7 @@ pub enum FrameError {
     Length { name: String, len: usize, n_rows: usize },
     #[error("column '{name}' appears twice")]
     Duplicate { name: String },
-    #[error("column '{name}': factor code {code} in row {row} is out of range ({n_levels} levels)")]
+    #[error("column '{name}': factor code {code} in row {row} is out of range (rows count from 1) ({n_levels} levels)")]
     FactorCode { name: String, row: usize, code: u32, n_levels: usize },
 }
 
@@ -113,7 +113,7 @@ impl Frame {
                         if code as usize >= levels.len() {
                             return Err(FrameError::FactorCode {
                                 name: column.name.clone(),
-                                row,
+                                row: row + 1,
                                 code,
                                 n_levels: levels.len(),
                             });

@@ -1,0 +1,136 @@
+//! Every way an HTTP request can fail, and the one place that maps failures to statuses.
+//!
+//! Errors that have a stable protocol [`ErrorCode`] (whether a worker replied with it or the
+//! dispatcher found the problem first, e.g. a malformed body) are [`ApiError::Coded`], so a
+//! problem answers with the same status wherever it was detected. The few failures that
+//! only exist at the HTTP layer (size limit, routing, probes) have variants of their own.
+//! Every error response is JSON: `{"message": "..."}`, plus `"code"` when there is one.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bus::BusError;
+use protocol::{ErrorBody, ErrorCode};
+
+/// How many seconds a client told to back off (`Retry-After`) should wait.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A failure with a protocol error code; its status comes from [`status_for_code`].
+    #[error("{}", .0.message)]
+    Coded(ErrorBody),
+    #[error("request body exceeds the limit of {limit_bytes} bytes")]
+    BodyTooLarge { limit_bytes: usize },
+    #[error("no route for {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    /// The readiness probe failed; the message says what is missing.
+    #[error("not ready: {0}")]
+    NotReady(String),
+}
+
+impl ApiError {
+    pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError::Coded(ErrorBody::new(code, message))
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::coded(ErrorCode::BadRequest, message)
+    }
+
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::coded(ErrorCode::InvalidInput, message)
+    }
+
+    /// A bug in rfleet: logged at error level here, so no call site can forget to.
+    pub fn internal(message: impl Into<String>) -> Self {
+        let message = message.into();
+        tracing::error!(error = %message, "internal error");
+        Self::coded(ErrorCode::Internal, message)
+    }
+
+    /// Turns a transport failure into an answer; `timeout_ms` is the deadline the call had.
+    pub fn from_bus(error: BusError, timeout_ms: u64) -> Self {
+        match error {
+            BusError::QueueFull(_) => Self::coded(ErrorCode::Overloaded, format!("{error}; retry later")),
+            BusError::Unavailable(_) => Self::coded(ErrorCode::Unavailable, error.to_string()),
+            BusError::DeadlineExceeded => {
+                Self::coded(ErrorCode::DeadlineExceeded, format!("no reply within {timeout_ms} ms"))
+            }
+            // Correlation ids are fresh v4 UUIDs: a collision means a bug, not bad luck.
+            BusError::DuplicateId(_) => Self::internal(error.to_string()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Coded(body) => status_for_code(body.code),
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ApiError::Coded(body) => Some(body.code),
+            _ => None,
+        }
+    }
+}
+
+/// The HTTP status of each protocol error code. Exhaustive on purpose: a new code does not
+/// compile until someone decides its status.
+pub fn status_for_code(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+        ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::InvalidInput | ErrorCode::RError => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::HostCrashed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Overloaded | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The JSON body every error response carries.
+pub fn error_body(message: &str, code: Option<ErrorCode>) -> serde_json::Value {
+    let mut body = serde_json::json!({ "message": message });
+    if let Some(code) = code {
+        body["code"] = serde_json::to_value(code).expect("error codes serialize as strings");
+    }
+    body
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let mut response = (self.status(), axum::Json(error_body(&self.to_string(), code))).into_response();
+        // Overload is the one failure that goes away by itself: tell clients when to retry.
+        if code == Some(ErrorCode::Overloaded) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_errors_map_to_statuses() {
+        let check = |error: BusError, status: u16, message: &str, retry_after: bool| {
+            let api = ApiError::from_bus(error, 250);
+            assert_eq!(api.status().as_u16(), status);
+            assert_eq!(api.to_string(), message);
+            let response = api.into_response();
+            assert_eq!(response.headers().contains_key(header::RETRY_AFTER), retry_after);
+        };
+        check(BusError::QueueFull("q".into()), 503, "the request queue 'q' is full; retry later", true);
+        check(BusError::Unavailable("down".into()), 503, "the message bus is unavailable: down", false);
+        check(BusError::DeadlineExceeded, 504, "no reply within 250 ms", false);
+        check(BusError::DuplicateId("x".into()), 500, "correlation id 'x' is already in flight", false);
+    }
+}
