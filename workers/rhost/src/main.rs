@@ -1,2 +1,183 @@
-//! The R host binary (see lib docs).
-fn main() {}
+//! `rfleet-rhost`: one embedded R that loads models once and scores requests for its
+//! supervisor (the worker), one request at a time.
+//!
+//! # Layout
+//! - `main.rs` (this file): the channel loop. Reads [`ToHost`] messages from file
+//!   descriptor [`HOST_FD`], answers [`FromHost`] messages there.
+//! - [`models`]: loading model packages and scoring one request.
+//! - [`convert`]: frames to `data.frame`s and R results back to frames.
+//! - `prelude.R`: the R half, sourced once at start: `.rfleet_load`, the per-model scorer
+//!   closures, schema inference, output normalization.
+//!
+//! # Lifecycle
+//! The supervisor starts the host with the channel on fd 3, stdin on /dev/null and
+//! stdout/stderr piped (R's own `print`, `cat`, `message` and warnings land there and are
+//! logged; R flushes them per call). The first message is `Load`: R starts, the models
+//! load, and the host answers `Ready` (or `LoadFailed` naming the model, the step and R's
+//! message, then exits 1). Then each `Score` gets one `Scored`, whose `r_us` runs from
+//! receipt of the request to its result being ready. When the supervisor closes the
+//! channel the host exits 0.
+//!
+//! # Model kinds
+//! - `score.R` defines `init`: an Azure ML entry script ([`ModelKind::AzureMl`]). It is
+//!   sourced and `init()` called with `AZUREML_MODEL_DIR` set to the package directory
+//!   (also set during each call). `init()` returns `function(data)`; `data` is the raw
+//!   request body as a JSON string. A character scalar result is the answer as is; any
+//!   other result is encoded with `jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA)`
+//!   (full precision). Only JSON input is accepted.
+//! - `score.R` defines `predict_fn(model, newdata)`: [`ModelKind::PredictFn`]. A
+//!   `predict_fn` that also declares `type` gets the request's predict type.
+//! - Otherwise [`ModelKind::Predict`]: `predict(model, newdata = df, type = type)`, the
+//!   `type` left out when there is none. A request's type wins over `model.toml`'s, which
+//!   wins over the default: `"response"` for `glm` and `gbm`, else `predict`'s own. `gbm`
+//!   always gets `n.trees = model$n.trees`; `ranger` is called with `data =` and one
+//!   thread, and answers its `$predictions`.
+//!
+//! The package of the model's class (randomForest, ranger, gbm, caret, ...) is loaded
+//! after `readRDS` so that `predict` dispatches to its method.
+//!
+//! # Schemas
+//! A schema declared in `model.toml` is used as is. Otherwise `.rfleet_schema()` infers
+//! one, first match wins: caret `train` (its `terms` when trained with a formula, else
+//! `trainingData` without `.outcome`); objects with `terms` (right-hand-side variables
+//! typed by `dataClasses`, levels from `xlevels`, rpart's `attr(, "xlevels")` or
+//! randomForest's `forest$xlevels`; a variable used only inside a call such as `log(x)` is
+//! taken as numeric); randomForest x/y (`forest$ncat`: 1 is numeric, else a factor with
+//! `forest$xlevels`); ranger (`independent.variable.names`, factor levels from
+//! `covariate.levels`, else numeric); gbm (`var.names`, `var.type`, `var.levels`). When
+//! none applies the schema is `None` and columns reach R as they come. The response is
+//! never part of a schema; Azure ML scripts have none unless declared.
+//!
+//! # Results
+//! A double, integer, logical or character vector becomes one `.pred` column of that type
+//! (names dropped); a factor a factor column (all levels kept, codes 0-based); a matrix one
+//! column per matrix column, named by `colnames` (`V1..Vn` without, `.pred` for a single
+//! unnamed one), integer matrices as doubles; a data.frame one column per column by the
+//! vector rules (dates as ISO strings). `NA` and `NaN` both become missing. Anything else,
+//! or a length that is not the number of input rows, is an `r_error` saying what came
+//! back and what is accepted. R errors are `r_error` too, with R's message after
+//! `model '<name>': predict failed: ` (or `predict_fn failed`, ...).
+//!
+//! **Invariant:** this is a plain synchronous program with one thread. R is not
+//! thread-safe and cannot be restarted in a process; a host that crashes or hangs is
+//! killed and replaced by the supervisor, never repaired in place.
+
+mod convert;
+mod models;
+
+use std::io::{BufReader, BufWriter};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use protocol::host::{read_message, write_message, FromHost, ToHost, HOST_FD};
+#[cfg(doc)]
+use protocol::ModelKind;
+
+use crate::models::Models;
+
+const PRELUDE: &str = include_str!("prelude.R");
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rfleet-rhost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let channel = open_channel()?;
+    let mut reader = BufReader::new(channel.try_clone().context("cannot clone the host channel")?);
+    // One write(2) per message: write_message writes the length and the body separately.
+    let mut writer = BufWriter::new(channel);
+
+    let specs = match read_message::<ToHost>(&mut reader).context("cannot read the load message")? {
+        Some(ToHost::Load { models }) => models,
+        Some(ToHost::Score { .. }) => bail!("the first message must be load, got score"),
+        None => return Ok(()),
+    };
+
+    start_r()?;
+    let models = match Models::load(&specs) {
+        Ok(models) => models,
+        Err(message) => {
+            write_message(&mut writer, &FromHost::LoadFailed { message: message.clone() })
+                .context("cannot send load_failed")?;
+            bail!("{message}");
+        }
+    };
+    let ready = FromHost::Ready { pid: std::process::id(), r_version: r_version(), models: models.infos(&specs) };
+    write_message(&mut writer, &ready).context("cannot send ready")?;
+    serve(models, &mut reader, &mut writer)
+}
+
+/// Answers score requests until the supervisor closes the channel.
+fn serve(mut models: Models, reader: &mut impl std::io::Read, writer: &mut impl std::io::Write) -> anyhow::Result<()> {
+    while let Some(message) = read_message::<ToHost>(reader).context("cannot read from the host channel")? {
+        let received = Instant::now();
+        let ToHost::Score { id, model, input, predict_type } = message else {
+            bail!("a second load message arrived; a host loads its models once");
+        };
+        let result = models.score(&model, &input, predict_type.as_deref());
+        let r_us = received.elapsed().as_micros() as u64;
+        write_message(writer, &FromHost::Scored { id, result, r_us }).context("cannot send a result")?;
+    }
+    Ok(())
+}
+
+/// The supervisor's end of the channel, inherited as fd 3.
+fn open_channel() -> anyhow::Result<UnixStream> {
+    // SAFETY: fcntl on a plain integer fd has no memory effects; it only reports whether
+    // the fd is open and sets its close-on-exec flag.
+    unsafe {
+        let flags = libc::fcntl(HOST_FD, libc::F_GETFD);
+        if flags < 0 {
+            bail!("file descriptor {HOST_FD} is not open: rfleet-rhost is started by a worker, with its channel there");
+        }
+        // R's system() and friends must not hand the channel to their children: one
+        // that outlived the host would keep the supervisor from seeing the host's end.
+        libc::fcntl(HOST_FD, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+    }
+    // SAFETY: the fd is open (checked above) and nothing else in this process owns it.
+    Ok(unsafe { UnixStream::from_raw_fd(HOST_FD) })
+}
+
+extern "C" {
+    /// libR's C stack limit in bytes; `usize::MAX` disables R's stack checking.
+    static mut R_CStackLimit: usize;
+}
+
+/// Starts the embedded R and sources the prelude.
+fn start_r() -> anyhow::Result<()> {
+    extendr_engine::start_r();
+    // SAFETY: both calls happen on the only thread, before any R code runs.
+    unsafe {
+        // R answers SIGPIPE by signalling an R error, which would unwind through Rust
+        // frames if the supervisor went away mid-write; an ignored SIGPIPE makes that write
+        // fail with EPIPE instead, and the host exits cleanly.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // extendr switches R's C stack check off because it cannot know which thread R
+        // runs on. Here R runs on the main thread, whose stack R measured at start-up, so
+        // the check is restored as R itself sets it (95% of the stack rlimit, leaving room
+        // for the error handling): runaway recursion in a model then fails as an R error
+        // for that request instead of a stack overflow of the host.
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_STACK, &mut limit) == 0 && limit.rlim_cur != libc::RLIM_INFINITY {
+            R_CStackLimit = (limit.rlim_cur as f64 * 0.95) as usize;
+        }
+    }
+    extendr_api::eval_string(PRELUDE).map_err(|e| anyhow::anyhow!("cannot source the R prelude: {e}"))?;
+    Ok(())
+}
+
+fn r_version() -> String {
+    extendr_api::eval_string(".rfleet_r_version()")
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}

@@ -78,6 +78,13 @@ impl Host {
         let their_fd = theirs.as_raw_fd();
         let mut command = Command::new(&config.rhost_path);
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        // One host per core already uses every core: threaded BLAS or OpenMP inside a host
+        // would oversubscribe them. R also complains at start when TZ is unset.
+        for (key, value) in [("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("TZ", "UTC")] {
+            if std::env::var_os(key).is_none() {
+                command.env(key, value);
+            }
+        }
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
         unsafe {
             command.pre_exec(move || {

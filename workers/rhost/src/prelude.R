@@ -1,0 +1,327 @@
+# rfleet R host prelude: the R half of loading and scoring models (see src/lib docs).
+#
+# Sourced once into the global environment when the host starts. Every name starts with
+# `.rfleet_` so it stays out of the way of models' own scripts. The Rust side calls two
+# functions: `.rfleet_load()` once per model, then, per request, the scorer closure that
+# `.rfleet_load()` returned. Nothing here parses R source at request time.
+
+# Warnings are printed as they happen (to stderr, which the supervisor logs) instead of
+# piling up until a top level that an embedded R never reaches.
+options(warn = 1, stringsAsFactors = FALSE)
+
+.rfleet_r_version <- function() paste(R.version$major, R.version$minor, sep = ".")
+
+# Packages whose namespace must be loaded for `predict` to dispatch on a model of this
+# class: readRDS restores the object but not the S3 methods its package registers.
+.rfleet_class_packages <- c(
+  randomForest = "randomForest", ranger = "ranger", gbm = "gbm", rpart = "rpart",
+  train = "caret", glmnet = "glmnet", cv.glmnet = "glmnet", elnet = "glmnet",
+  lognet = "glmnet", svm = "e1071", naiveBayes = "e1071", negbin = "MASS",
+  polr = "MASS", lda = "MASS", qda = "MASS", rlm = "MASS", gam = "mgcv",
+  xgb.Booster = "xgboost", earth = "earth", nnet = "nnet", multinom = "nnet",
+  C5.0 = "C50", cubist = "Cubist", ksvm = "kernlab", party = "partykit",
+  BinaryTree = "party", RandomForest = "party", glmerMod = "lme4", lmerMod = "lme4"
+)
+
+.rfleet_attach_methods <- function(model) {
+  for (cls in class(model)) {
+    pkg <- .rfleet_class_packages[cls]
+    if (is.na(pkg) && nzchar(system.file(package = cls))) pkg <- cls
+    if (!is.na(pkg)) requireNamespace(pkg, quietly = TRUE)
+  }
+}
+
+# --- schema inference ----------------------------------------------------------------
+
+# One input column as list(name, type, levels) from a prototype vector; NULL when the
+# vector's class is none of the six the wire knows.
+.rfleet_spec_of <- function(name, x) {
+  if (is.ordered(x)) return(list(name = name, type = "ordered", levels = levels(x)))
+  if (is.factor(x)) return(list(name = name, type = "factor", levels = levels(x)))
+  type <- if (is.logical(x)) "logical" else if (is.integer(x)) "integer"
+    else if (is.numeric(x)) "numeric" else if (is.character(x)) "character" else NULL
+  if (is.null(type)) NULL else list(name = name, type = type, levels = NULL)
+}
+
+# Columns from `terms`: the variables of the right-hand side, typed by `dataClasses`.
+# A variable used only inside a call (`log(x)`, `poly(x, 2)`, `factor(cyl)`) has no class
+# of its own in `dataClasses`; it is assumed numeric, the common case.
+.rfleet_schema_terms <- function(model, terms, xlevels) {
+  rhs <- delete.response(terms)
+  vars <- all.vars(rhs)
+  classes <- attr(terms, "dataClasses")
+  if (length(vars) == 0 || is.null(classes)) return(NULL)
+  if (is.null(xlevels)) xlevels <- list()
+  forest_levels <- if (!is.null(model$forest$xlevels)) model$forest$xlevels else list()
+  lapply(vars, function(v) {
+    class <- if (v %in% names(classes)) classes[[v]] else "numeric"
+    levels <- xlevels[[v]]
+    if (is.null(levels) && is.character(forest_levels[[v]])) levels <- forest_levels[[v]]
+    switch(class,
+      factor = , ordered = list(name = v, type = class, levels = as.character(levels)),
+      logical = , character = list(name = v, type = class, levels = NULL),
+      list(name = v, type = "numeric", levels = NULL))
+  })
+}
+
+.rfleet_schema_frame <- function(df) {
+  cols <- Map(.rfleet_spec_of, names(df), df)
+  if (any(vapply(cols, is.null, logical(1)))) NULL else unname(cols)
+}
+
+.rfleet_schema_randomforest <- function(model) {
+  xlevels <- model$forest$xlevels
+  ncat <- model$forest$ncat
+  # The x/y interface leaves `xlevels` unnamed; `ncat` carries the column names.
+  names <- if (!is.null(names(ncat))) names(ncat) else names(xlevels)
+  if (is.null(xlevels) || is.null(ncat) || is.null(names)) return(NULL)
+  Map(function(name, levels, n) {
+    if (n > 1) list(name = name, type = "factor", levels = as.character(levels))
+    else list(name = name, type = "numeric", levels = NULL)
+  }, names, xlevels, ncat, USE.NAMES = FALSE)
+}
+
+.rfleet_schema_ranger <- function(model) {
+  vars <- model$forest$independent.variable.names
+  if (is.null(vars)) return(NULL)
+  levels <- model$forest$covariate.levels
+  lapply(vars, function(v) {
+    l <- if (!is.null(levels)) levels[[v]] else NULL
+    if (is.null(l)) list(name = v, type = "numeric", levels = NULL)
+    else list(name = v, type = "factor", levels = as.character(l))
+  })
+}
+
+.rfleet_schema_gbm <- function(model) {
+  Map(function(name, type, levels) {
+    if (type == 0) list(name = name, type = "numeric", levels = NULL)
+    else list(name = name, type = "factor", levels = as.character(levels))
+  }, model$var.names, model$var.type, model$var.levels, USE.NAMES = FALSE)
+}
+
+# The input schema of a model, as a list of list(name, type, levels), or NULL when it
+# cannot be told. The response variable is never part of it.
+.rfleet_schema <- function(model) {
+  cols <- tryCatch({
+    if (inherits(model, "train")) {
+      if (!is.null(model$terms)) .rfleet_schema_terms(model, model$terms, model$xlevels)
+      else if (is.data.frame(model$trainingData))
+        .rfleet_schema_frame(model$trainingData[setdiff(names(model$trainingData), ".outcome")])
+      else NULL
+    } else if (!is.null(model$terms) && inherits(model$terms, "terms")) {
+      xlevels <- if (!is.null(model$xlevels)) model$xlevels else attr(model, "xlevels")
+      .rfleet_schema_terms(model, model$terms, xlevels)
+    } else if (inherits(model, "randomForest")) .rfleet_schema_randomforest(model)
+    else if (inherits(model, "ranger")) .rfleet_schema_ranger(model)
+    else if (inherits(model, "gbm")) .rfleet_schema_gbm(model)
+    else NULL
+  }, error = function(e) NULL)
+  if (length(cols) == 0) return(NULL)
+  list(
+    name = vapply(cols, `[[`, "", "name"),
+    type = vapply(cols, `[[`, "", "type"),
+    levels = lapply(cols, `[[`, "levels")
+  )
+}
+
+# --- output conversion ---------------------------------------------------------------
+
+.rfleet_describe <- function(x) {
+  d <- dim(x)
+  shape <- if (is.null(d)) paste("of length", length(x)) else paste("of dim", paste(d, collapse = " x "))
+  paste0("a ", paste(class(x), collapse = "/"), " (", typeof(x), ") ", shape)
+}
+
+.rfleet_accepted <- paste(
+  "expected a double, integer, logical or character vector, a factor, a matrix or a",
+  "data.frame of such columns, with one value or row per input row")
+
+# One output column: a plain vector of a wire type, or NULL when it is none.
+.rfleet_column <- function(x) {
+  if (is.factor(x)) return(x)
+  if (inherits(x, c("Date", "POSIXt"))) return(enc2utf8(as.character(x)))
+  if (!is.atomic(x) || !is.null(dim(x))) return(NULL)
+  switch(typeof(x),
+    double = , integer = , logical = x,
+    character = enc2utf8(x),
+    NULL)
+}
+
+# What the Rust side turns into a frame: a named list of columns, each a double,
+# integer, logical or character vector or a factor, all `n` long. Anything else becomes
+# an rfleet_error naming what came back.
+.rfleet_columns <- function(x, n, name, what) {
+  fail <- function(why) .rfleet_error(paste0(
+    "model '", name, "': ", what, " returned ", .rfleet_describe(x), why, "; ", .rfleet_accepted))
+  # A 3-d array with one slice (gbm's multinomial response) is a matrix.
+  d <- dim(x)
+  if (is.array(x) && length(d) == 3 && d[3] == 1) {
+    x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
+  }
+  if (is.data.frame(x)) {
+    rows <- nrow(x)
+    cols <- lapply(x, .rfleet_column)
+    names(cols) <- names(x)
+  } else if (is.matrix(x)) {
+    rows <- nrow(x)
+    if (!typeof(x) %in% c("double", "integer", "logical", "character")) return(fail(""))
+    # Matrices hold numbers (probabilities, intervals, votes): integer ones become
+    # double so that every column of a prediction matrix has the same wire type.
+    if (is.integer(x)) storage.mode(x) <- "double"
+    names <- colnames(x)
+    if (is.null(names)) names <- if (ncol(x) == 1) ".pred" else paste0("V", seq_len(ncol(x)))
+    cols <- lapply(seq_len(ncol(x)), function(j) .rfleet_column(as.vector(x[, j])))
+    names(cols) <- names
+  } else {
+    column <- .rfleet_column(x)
+    if (is.null(column)) return(fail(""))
+    rows <- length(column)
+    cols <- list(.pred = column)
+  }
+  if (any(vapply(cols, is.null, logical(1)))) return(fail(" with a column of an unsupported type"))
+  if (rows != n) return(fail(paste0(" for ", n, " input row", if (n == 1) "" else "s")))
+  cols
+}
+
+# The JSON an Azure ML entry script's function returned: a character scalar as is
+# (jsonlite::toJSON's "json" class included), anything else through jsonlite.
+.rfleet_json <- function(x, name) {
+  if (is.character(x) && length(x) == 1 && !is.na(x)) return(enc2utf8(as.character(x)))
+  tryCatch(
+    enc2utf8(as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA))),
+    error = function(e) .rfleet_error(paste0(
+      "model '", name, "': the function returned by init() returned ", .rfleet_describe(x),
+      " that jsonlite cannot encode: ", conditionMessage(e), "; expected a JSON string")))
+}
+
+.rfleet_error <- function(message) structure(message, class = "rfleet_error")
+
+# --- loading -------------------------------------------------------------------------
+
+.rfleet_default_type <- function(model) {
+  # Binomial glms answer probabilities, not log-odds; gbm likewise answers on the
+  # response scale rather than its link scale.
+  if (inherits(model, "glm") || inherits(model, "gbm")) "response" else NULL
+}
+
+# How `predict` is called for this model: a function(newdata, type). `type` is NULL when
+# neither the request nor model.toml gives one, and then omitted from the call.
+.rfleet_predict_call <- function(model) {
+  force(model)
+  if (inherits(model, "ranger")) {
+    # ranger names its argument `data`, answers a list, and by default spreads one call
+    # over every core: one R host per core already does that, so it gets one thread.
+    function(newdata, type) {
+      p <- if (is.null(type)) predict(model, data = newdata, num.threads = 1)
+           else predict(model, data = newdata, type = type, num.threads = 1)
+      if (inherits(p, "ranger.prediction")) p$predictions else p
+    }
+  } else if (inherits(model, "gbm")) {
+    # gbm refuses to guess how many trees to use.
+    n_trees <- model$n.trees
+    function(newdata, type) {
+      if (is.null(type)) predict(model, newdata = newdata, n.trees = n_trees)
+      else predict(model, newdata = newdata, n.trees = n_trees, type = type)
+    }
+  } else {
+    function(newdata, type) {
+      if (is.null(type)) predict(model, newdata = newdata)
+      else predict(model, newdata = newdata, type = type)
+    }
+  }
+}
+
+# The per-request entry point for one model: function(newdata, type, n) for frames,
+# function(data) for Azure ML scripts. It never signals an error: R errors come back as
+# an `rfleet_error` string that names the model and carries R's message.
+.rfleet_scorer <- function(name, kind, model, script_fn, dir) {
+  force(name); force(model); force(script_fn); force(dir)
+  if (kind == "azure_ml") {
+    return(function(data) {
+      # Entry scripts may read AZUREML_MODEL_DIR at request time too, and one host
+      # serves several models, so it points at this model's directory for the call.
+      Sys.setenv(AZUREML_MODEL_DIR = dir)
+      tryCatch(.rfleet_json(script_fn(data), name), error = function(e) .rfleet_error(paste0(
+        "model '", name, "': the function returned by init() failed: ", conditionMessage(e))))
+    })
+  }
+  if (kind == "predict_fn") {
+    what <- "predict_fn"
+    # Named as in score.R, so that R's warnings read "Warning in predict_fn(...)".
+    predict_fn <- script_fn
+    # A predict_fn that declares `type` gets the request's (or model.toml's) type.
+    pass_type <- "type" %in% names(formals(predict_fn))
+    call <- if (pass_type) function(newdata, type) predict_fn(model, newdata, type = type)
+            else function(newdata, type) predict_fn(model, newdata)
+  } else {
+    what <- "predict"
+    call <- .rfleet_predict_call(model)
+  }
+  function(newdata, type, n) {
+    tryCatch(
+      .rfleet_columns(call(newdata, type), n, name, what),
+      error = function(e) .rfleet_error(paste0(
+        "model '", name, "': ", what, " failed: ", conditionMessage(e))))
+  }
+}
+
+# Loads one model package. Answers list(kind, scorer, r_class, schema, predict_type), or
+# an rfleet_error naming the model, the step that failed and R's message.
+.rfleet_load <- function(name, dir, predict_type) {
+  step <- "reading the package"
+  # AZUREML_MODEL_DIR points at the package while score.R is sourced and init() runs.
+  old_dir <- Sys.getenv("AZUREML_MODEL_DIR", unset = NA)
+  on.exit(if (is.na(old_dir)) Sys.unsetenv("AZUREML_MODEL_DIR") else Sys.setenv(AZUREML_MODEL_DIR = old_dir))
+  tryCatch({
+    dir <- normalizePath(dir, mustWork = TRUE)
+    rds <- file.path(dir, "model.rds")
+    script <- file.path(dir, "score.R")
+    Sys.setenv(AZUREML_MODEL_DIR = dir)
+    env <- new.env(parent = globalenv())
+    if (file.exists(script)) {
+      step <- "sourcing score.R"
+      source(script, local = env, keep.source = FALSE)
+    }
+    defines <- function(f) exists(f, envir = env, inherits = FALSE) && is.function(get(f, envir = env))
+    model <- NULL
+    if (defines("init")) {
+      r_class <- character()
+      if (file.exists(rds)) {
+        # Entry scripts written for Azure ML often call predict() without attaching the
+        # model's package; reading the model once here loads the namespace its predict
+        # method lives in. The copy is dropped before init() reads its own, so a large
+        # model is never held twice.
+        step <- "reading model.rds"
+        model <- readRDS(rds)
+        .rfleet_attach_methods(model)
+        r_class <- class(model)
+        model <- NULL
+        invisible(gc(verbose = FALSE))
+      }
+      step <- "calling init()"
+      fn <- env$init()
+      if (!is.function(fn)) stop("init() returned ", .rfleet_describe(fn), ", expected a function(data)")
+      requireNamespace("jsonlite", quietly = TRUE)
+      kind <- "azure_ml"
+      schema <- NULL
+    } else {
+      step <- "reading model.rds"
+      if (!file.exists(rds)) stop("there is no model.rds in ", dir, " (and no score.R with init())")
+      model <- readRDS(rds)
+      .rfleet_attach_methods(model)
+      kind <- if (defines("predict_fn")) "predict_fn" else "predict"
+      fn <- if (kind == "predict_fn") env$predict_fn else NULL
+      step <- "inferring the input schema"
+      schema <- .rfleet_schema(model)
+      r_class <- class(model)
+    }
+    if (is.null(predict_type) && kind == "predict") predict_type <- .rfleet_default_type(model)
+    list(
+      kind = kind,
+      scorer = .rfleet_scorer(name, kind, model, fn, dir),
+      r_class = r_class,
+      schema = schema,
+      predict_type = predict_type
+    )
+  }, error = function(e) .rfleet_error(paste0("model '", name, "': ", step, " failed: ", conditionMessage(e))))
+}
