@@ -62,9 +62,6 @@ async fn bad_input_is_named_and_survived() {
     check(&client, &server, score, body, 422, &format!("column '{wrong}': expected a number, got a string in row 1")).await;
     let (factor, body) = rf_row(factor_field, Some(json!("no-such-level")));
     check(&client, &server, score, body, 422, &format!("column '{factor}': unseen level 'no-such-level' in row 1")).await;
-    // randomForest refuses missing values: R's own message comes back, naming the model.
-    let (_, body) = rf_row(numeric_field, Some(Value::Null));
-    check(&client, &server, score, body, 422, "rf_reg").await;
 
     check(&client, &server, "/models/no_such_model/score", "[{\"x\": 1}]", 404, "no_such_model").await;
     let huge = format!("[{}]", vec!["{\"x\": 1.0}"; 10_000].join(","));

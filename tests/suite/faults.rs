@@ -92,7 +92,7 @@ async fn concurrent_clients_get_their_own_answers() {
 async fn sigterm_finishes_in_flight_requests() {
     let server = ServerOptions::new(fixtures().join("models")).env("RFLEET_SERVER__DRAIN_TIMEOUT_MS", 20000).start();
     let url = server.url.clone();
-    let rows = Arc::new(single_rows(&["rf_reg"]));
+    let rows = Arc::new(single_rows(&["rf_reg", "lm"]));
     let started = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for client_no in 0..6 {
