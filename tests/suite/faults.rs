@@ -127,3 +127,20 @@ async fn sigterm_finishes_in_flight_requests() {
     }
     assert!(answered >= 24, "only {answered} requests answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_recycled_after_max_requests() {
+    let server = ServerOptions::new(fixtures().join("models")).hosts(1).env("RFLEET_WORKERS__MAX_REQUESTS_PER_HOST", 3).start();
+    let client = client();
+    let rows = single_rows(&["rf_reg", "lm"]);
+    let mut pids = std::collections::BTreeSet::new();
+    for (i, (model, body, expected)) in rows.iter().cycle().take(10).enumerate() {
+        let answer = post(&client, &format!("{}/models/{model}/score", server.url), body.clone(), &[]).await;
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.text);
+        assert_same(&answer.json(), expected, &format!("request {i} ({model})"));
+        pids.insert(answer.header("x-rfleet-host-pid").expect("host pid header").to_string());
+    }
+    // 10 requests, 3 per host: hosts 1-3 served 3 each, the fourth served the last one.
+    assert_eq!(pids.len(), 4, "hosts that served: {pids:?}");
+    server.wait_until(Duration::from_secs(60), "one live host", |s| s.host_pids().len() == 1);
+}

@@ -17,17 +17,11 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------
 // Support: fixtures, a host process, comparisons.
 
-/// The fixture packages and cases, made once per test run into cargo's scratch directory.
+/// The fixture packages and cases, shared with the integration tests (made once per
+/// fixture script version, under a lock, so parallel test processes never race).
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rhost-fixtures");
-        let _ = std::fs::remove_dir_all(&dir);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/make_models.R");
-        let status = Command::new("Rscript").arg(&script).arg(&dir).status().expect("run Rscript (is R installed?)");
-        assert!(status.success(), "make_models.R failed: {status}");
-        dir
-    })
+    DIR.get_or_init(support::fixtures)
 }
 
 /// A package as the supervisor describes it: `model.toml` read the way the worker reads it.
