@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # rfleet set-up for a fresh Debian 12 machine.
-#   deploy/setup.sh serve   install R and its packages, build, make a demo model, serve it
+#   deploy/setup.sh serve [DIR]  install R and its packages, build, make a demo model (in DIR,
+#                                default .rfleet/models), serve it
 #   deploy/setup.sh test    install what the tests need, build, run every test
 # R and its packages come from Debian's packages (apt-get, with sudo when not root); the
 # Rust build uses the machine's cargo. Nothing is downloaded from anywhere else.
@@ -38,7 +39,7 @@ serve)
     apt_install "${R_PACKAGES[@]}"
     need_cargo
     cargo build --release --locked -p dispatcher -p rhost
-    models="${RFLEET_DEMO_DIR:-.rfleet/models}"
+    models="${2:-.rfleet/models}"
     if [ ! -f "$models/mtcars/model.rds" ]; then
         Rscript deploy/demo/make_demo.R "$models"
     fi
