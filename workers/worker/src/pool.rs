@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bus::Catalog;
 use protocol::host::{HostOutput, ModelSpec};
 use protocol::{ErrorBody, Input, ModelInfo};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,8 +63,11 @@ struct Inner {
     config: PoolConfig,
     models: Vec<ModelSpec>,
     infos: RwLock<Vec<ModelInfo>>,
-    idle_tx: mpsc::UnboundedSender<Host>,
-    idle_rx: Mutex<mpsc::UnboundedReceiver<Host>>,
+    /// Idle hosts, most recently used last. Taking the last one keeps a warm host (its
+    /// model in the CPU caches) busy at low load instead of rotating through all of them.
+    idle: std::sync::Mutex<Vec<Host>>,
+    /// One permit per idle host; waiters queue fairly. Closed at shutdown.
+    available: Semaphore,
     live: AtomicUsize,
     catalog: Arc<Catalog>,
     shutdown: CancellationToken,
@@ -76,15 +79,14 @@ impl Pool {
     /// others in the background.
     pub async fn start(config: PoolConfig, models: Vec<ModelSpec>, catalog: Arc<Catalog>) -> Result<Pool, PoolError> {
         let (first, infos, _r_version) = Host::start(&config.host, &models).await?;
-        let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         catalog.set_models(infos.clone());
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
                 models,
                 infos: RwLock::new(infos),
-                idle_tx,
-                idle_rx: Mutex::new(idle_rx),
+                idle: std::sync::Mutex::new(Vec::new()),
+                available: Semaphore::new(0),
                 live: AtomicUsize::new(0),
                 catalog,
                 shutdown: CancellationToken::new(),
@@ -147,28 +149,27 @@ impl Pool {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
-        let mut idle = self.inner.idle_rx.lock().await;
-        while let Ok(host) = idle.try_recv() {
+        self.inner.available.close();
+        let idle: Vec<Host> = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock poisoned"));
+        for host in idle {
             self.inner.live.fetch_sub(1, Ordering::Relaxed);
             host.stop().await;
         }
-        self.inner.catalog.set_live_hosts(self.live_hosts());
-        drop(idle);
+        self.publish_live();
         self.inner.tasks.wait().await;
     }
 
     async fn acquire(&self, deadline: Option<Instant>) -> Result<Host, PoolError> {
-        let receive = async {
-            let mut idle = self.inner.idle_rx.lock().await;
-            idle.recv().await
-        };
-        let host = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), receive)
+        let permit = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.inner.available.acquire())
                 .await
                 .map_err(|_| PoolError::DeadlineExceeded)?,
-            None => receive.await,
+            None => self.inner.available.acquire().await,
         };
-        host.ok_or(PoolError::ShuttingDown)
+        // The permit stands for one host in `idle`; the host now leaves it.
+        permit.map_err(|_| PoolError::ShuttingDown)?.forget();
+        let host = self.inner.idle.lock().expect("pool lock poisoned").pop();
+        Ok(host.expect("a permit is only issued for an idle host"))
     }
 
     fn release(&self, host: Host) {
@@ -185,8 +186,7 @@ impl Pool {
             self.inner.tasks.spawn(host.stop());
             self.replace();
         } else {
-            // The receiver lives as long as the pool.
-            let _ = self.inner.idle_tx.send(host);
+            self.push_idle(host);
         }
     }
 
@@ -201,7 +201,12 @@ impl Pool {
     fn add_idle(&self, host: Host) {
         self.inner.live.fetch_add(1, Ordering::Relaxed);
         self.publish_live();
-        let _ = self.inner.idle_tx.send(host);
+        self.push_idle(host);
+    }
+
+    fn push_idle(&self, host: Host) {
+        self.inner.idle.lock().expect("pool lock poisoned").push(host);
+        self.inner.available.add_permits(1);
     }
 
     fn publish_live(&self) {
