@@ -48,8 +48,6 @@ struct Shared {
     server: ServerSettings,
     /// The model `POST /score` uses when several are served.
     default_model: Option<String>,
-    /// The queue requests are published to.
-    request_queue: String,
     /// One permit per request awaiting a reply, `server.max_inflight` in all.
     inflight: Arc<Semaphore>,
 }
@@ -60,7 +58,6 @@ impl AppState {
         catalog: Arc<Catalog>,
         server: ServerSettings,
         default_model: Option<String>,
-        request_queue: String,
     ) -> Self {
         // A limit of 0 would refuse every request, and tokio panics above MAX_PERMITS.
         let permits = server.max_inflight.clamp(1, Semaphore::MAX_PERMITS);
@@ -70,7 +67,6 @@ impl AppState {
                 catalog,
                 server,
                 default_model,
-                request_queue,
                 inflight: Arc::new(Semaphore::new(permits)),
             }),
         }

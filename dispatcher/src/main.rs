@@ -104,7 +104,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(models = ?models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), "model packages found");
 
     let catalog = Arc::new(bus::Catalog::default());
-    let bus = bus::EmbeddedBus::new(settings.bus.capacity);
+    let bus = bus::EmbeddedBus::new(settings.bus.capacity, settings.bus.request_queue.clone());
     let pool_config = worker::pool_config(&settings.workers);
     let n_hosts = pool_config.n_hosts;
     let pool = worker::Pool::start(pool_config, models, catalog.clone())
@@ -134,7 +134,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         catalog.clone(),
         settings.server.clone(),
         settings.models.default.clone(),
-        settings.bus.request_queue.clone(),
     );
     tracing::info!(%address, n_hosts, "rfleet serving");
     // The one line on stdout: scripts and tests wait for it.

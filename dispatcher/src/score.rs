@@ -124,13 +124,15 @@ async fn score(
         // Filled in by `encode_request`, which may run on another thread.
         input: Input::Json(String::new()),
     };
+    let queue = shared.requester.queue_for(&info.name);
     let encoded = run_cpu(body.len(), move || encode_request(request, &info, &body)).await?;
 
     let outgoing = Outgoing {
         correlation_id: correlation_id.clone(),
-        queue: shared.request_queue.clone(),
+        queue,
         content_type: ContentType::MsgPack,
         body: encoded,
+        expiration_ms: Some(timeout_ms),
     };
     let reply = shared.requester.call(outgoing, deadline).await.map_err(|e| ApiError::from_bus(e, timeout_ms))?;
     run_cpu(reply.len(), move || reply_to_response(&reply, &correlation_id)).await

@@ -145,7 +145,7 @@ const SERVED: &str = "echo, iris 2, azure, options, errors, hang, garbage, wrong
 
 impl Service {
     async fn start(setup: Setup) -> Service {
-        let bus = EmbeddedBus::new(setup.bus_capacity);
+        let bus = EmbeddedBus::new(setup.bus_capacity, QUEUE);
         let catalog = Arc::new(Catalog::default());
         catalog.set_models(models());
         catalog.set_live_hosts(1);
@@ -163,7 +163,6 @@ impl Service {
             catalog.clone(),
             setup.server,
             setup.default_model.map(Into::into),
-            QUEUE.into(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

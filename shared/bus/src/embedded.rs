@@ -22,6 +22,9 @@ pub struct EmbeddedBus {
 
 struct Inner {
     capacity: usize,
+    /// Every model's requests share this queue in-process.
+    request_queue: String,
+    dead_letters: Mutex<Vec<DeadLetter>>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     pending: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
 }
@@ -33,6 +36,14 @@ struct Queue {
     consumers: Mutex<usize>,
 }
 
+/// A message a worker gave up on, with its reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub correlation_id: String,
+    pub body: Vec<u8>,
+    pub reason: String,
+}
+
 #[derive(Clone)]
 struct Message {
     correlation_id: String,
@@ -42,11 +53,23 @@ struct Message {
 }
 
 impl EmbeddedBus {
-    /// A bus whose queues each hold at most `capacity` messages.
-    pub fn new(capacity: usize) -> Self {
+    /// A bus whose queues each hold at most `capacity` messages; requests for every model
+    /// go to `request_queue`.
+    pub fn new(capacity: usize, request_queue: impl Into<String>) -> Self {
         EmbeddedBus {
-            inner: Arc::new(Inner { capacity, queues: Mutex::default(), pending: Mutex::default() }),
+            inner: Arc::new(Inner {
+                capacity,
+                request_queue: request_queue.into(),
+                dead_letters: Mutex::default(),
+                queues: Mutex::default(),
+                pending: Mutex::default(),
+            }),
         }
+    }
+
+    /// Messages dead-lettered so far, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.dead_letters.lock().expect("bus lock poisoned").clone()
     }
 
     /// Starts consuming `queue` (created if needed). Several consumers share a queue.
@@ -129,6 +152,10 @@ impl Requester for EmbeddedBus {
             Ok(Err(_)) => Err(BusError::Unavailable("the embedded bus shut down".into())),
             Err(_) => Err(BusError::DeadlineExceeded),
         }
+    }
+
+    fn queue_for(&self, _model: &str) -> String {
+        self.inner.request_queue.clone()
     }
 
     fn is_ready(&self) -> bool {
@@ -216,6 +243,18 @@ impl DeliveryHandle for EmbeddedHandle {
                 message.redelivered = true;
                 self.queue.push(message, true);
             }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, reason: &str) -> Result<(), BusError> {
+        if let Some(message) = self.message.take() {
+            tracing::warn!(correlation_id = %message.correlation_id, reason, "dead-lettering request");
+            self.bus.dead_letters.lock().expect("bus lock poisoned").push(DeadLetter {
+                correlation_id: message.correlation_id,
+                body: message.body,
+                reason: reason.to_string(),
+            });
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 pub use catalog::Catalog;
-pub use embedded::EmbeddedBus;
+pub use embedded::{DeadLetter, EmbeddedBus};
 
 /// How a body is encoded, as AMQP's `content_type` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,9 +46,13 @@ impl ContentType {
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub correlation_id: String,
+    /// The queue, as [`Requester::queue_for`] names it for the request's model.
     pub queue: String,
     pub content_type: ContentType,
     pub body: Vec<u8>,
+    /// Time left until the request's deadline; brokers drop the message after it
+    /// (AMQP `expiration`).
+    pub expiration_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -74,6 +78,9 @@ pub trait Requester: Send + Sync + 'static {
     /// until `deadline`. Returns the reply's body.
     async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError>;
 
+    /// The queue requests for `model` are published to.
+    fn queue_for(&self, model: &str) -> String;
+
     /// Whether the transport can take requests now (connected, queue has consumers).
     fn is_ready(&self) -> bool;
 }
@@ -83,6 +90,10 @@ pub trait Requester: Send + Sync + 'static {
 pub trait Consumer: Send + 'static {
     /// The next delivery; `None` once the consumer was cancelled or the bus closed.
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// Stops deliveries (AMQP `basic.cancel`); deliveries not yet taken return to the
+    /// queue. Called once when the worker drains.
+    async fn shutdown(&mut self) {}
 }
 
 /// One request as a worker received it.
@@ -105,6 +116,9 @@ pub trait DeliveryHandle: Send + Sync + 'static {
     /// Give the message back to the queue (`requeue`) or drop it (dead-letter where the
     /// transport has one).
     async fn reject(&mut self, requeue: bool) -> Result<(), BusError>;
+    /// Moves the message to the dead-letter queue with the reason it cannot be served,
+    /// then forgets it here.
+    async fn dead_letter(&mut self, reason: &str) -> Result<(), BusError>;
 }
 
 impl Delivery {
@@ -131,6 +145,12 @@ impl Delivery {
 
     pub async fn reject(mut self, requeue: bool) -> Result<(), BusError> {
         self.handle.reject(requeue).await
+    }
+
+    /// Dead-letters the message with `reason`. Call after replying, when the request must
+    /// never be retried (undecodable, wrong version, crashes hosts).
+    pub async fn dead_letter(mut self, reason: &str) -> Result<(), BusError> {
+        self.handle.dead_letter(reason).await
     }
 }
 

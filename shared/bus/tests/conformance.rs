@@ -30,7 +30,13 @@ impl Transport for Embedded {
 }
 
 fn outgoing(id: &str, body: &[u8]) -> Outgoing {
-    Outgoing { correlation_id: id.into(), queue: QUEUE.into(), content_type: ContentType::MsgPack, body: body.to_vec() }
+    Outgoing {
+        correlation_id: id.into(),
+        queue: QUEUE.into(),
+        content_type: ContentType::MsgPack,
+        body: body.to_vec(),
+        expiration_ms: None,
+    }
 }
 
 fn soon(ms: u64) -> Instant {
@@ -111,6 +117,22 @@ async fn no_consumer_is_unavailable<T: Transport>(transport: T) {
     assert!(requester.is_ready());
 }
 
+/// A dead-lettered delivery is answered first, then never delivered again.
+async fn dead_letters_keep_their_reason<T: Transport>(transport: T) {
+    let requester = transport.requester();
+    let mut consumer = transport.consumer();
+    let call = tokio::spawn({
+        let requester = requester.clone();
+        async move { requester.call(outgoing("poison", b"garbage"), soon(5000)).await }
+    });
+    let delivery = consumer.next().await.unwrap();
+    delivery.reply(ContentType::MsgPack, b"error".to_vec()).await.unwrap();
+    delivery.dead_letter("cannot decode").await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), b"error");
+    let next = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(next.is_err(), "a dead-lettered message came back");
+}
+
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
@@ -120,15 +142,25 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 
 #[tokio::test]
 async fn embedded_conformance() {
-    replies_match_requests(Embedded(EmbeddedBus::new(1024))).await;
-    deadline_passes_and_late_reply_is_dropped(Embedded(EmbeddedBus::new(16))).await;
-    unacknowledged_delivery_is_redelivered(Embedded(EmbeddedBus::new(16))).await;
-    no_consumer_is_unavailable(Embedded(EmbeddedBus::new(16))).await;
+    replies_match_requests(Embedded(EmbeddedBus::new(1024, QUEUE))).await;
+    deadline_passes_and_late_reply_is_dropped(Embedded(EmbeddedBus::new(16, QUEUE))).await;
+    unacknowledged_delivery_is_redelivered(Embedded(EmbeddedBus::new(16, QUEUE))).await;
+    no_consumer_is_unavailable(Embedded(EmbeddedBus::new(16, QUEUE))).await;
+    dead_letters_keep_their_reason(Embedded(EmbeddedBus::new(16, QUEUE))).await;
+}
+
+#[tokio::test]
+async fn embedded_dead_letters_are_recorded() {
+    let bus = EmbeddedBus::new(16, QUEUE);
+    dead_letters_keep_their_reason(Embedded(bus.clone())).await;
+    let dead = bus.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].correlation_id.as_str(), dead[0].body.as_slice(), dead[0].reason.as_str()), ("poison", &b"garbage"[..], "cannot decode"));
 }
 
 #[tokio::test]
 async fn embedded_queue_is_bounded() {
-    let bus = EmbeddedBus::new(2);
+    let bus = EmbeddedBus::new(2, QUEUE);
     let _consumer = bus.consumer(QUEUE); // registered, never takes anything
     let mut waiting = Vec::new();
     for i in 0..2 {

@@ -176,6 +176,24 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     Ok(rmp_serde::from_slice(bytes)?)
 }
 
+impl ErrorCode {
+    /// The code as it appears on the wire (`invalid_input`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::RError => "r_error",
+            ErrorCode::HostCrashed => "host_crashed",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ErrorBody { code, message: message.into() }

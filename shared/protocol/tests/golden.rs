@@ -151,3 +151,12 @@ fn tolerant_decoding() {
         Input::Frame(Frame { n_rows: 2, columns: vec![Column::new("x", ColumnData::F64 { values: vec![Some(1.0), Some(2.5)] })] })
     );
 }
+
+/// `ErrorCode::as_str` spells each code as serde writes it.
+#[test]
+fn error_code_names_match_the_wire() {
+    use ErrorCode::*;
+    for code in [BadRequest, UnsupportedVersion, ModelNotFound, InvalidInput, RError, HostCrashed, DeadlineExceeded, Overloaded, Unavailable, Internal] {
+        assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+    }
+}

@@ -55,6 +55,8 @@ pub async fn run(mut consumer: impl Consumer, pool: Pool, config: ConsumeConfig,
             drop(permit);
         });
     }
+    // No new deliveries; those prefetched but not taken go back to the queue.
+    consumer.shutdown().await;
     tasks.close();
     if tokio::time::timeout(config.drain_timeout, tasks.wait()).await.is_err() {
         tracing::warn!(in_flight = tasks.len(), "drain timeout passed; unfinished requests return to the queue");
@@ -71,6 +73,17 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
             (reply, span)
         }
         Err(reply) => (reply, tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or(""))),
+    };
+    // Requests that can never succeed are dead-lettered (after their error reply), so they
+    // are kept for inspection and never retried.
+    let dead_letter = match &reply.outcome {
+        Outcome::Error(error) => match error.code {
+            ErrorCode::BadRequest | ErrorCode::UnsupportedVersion | ErrorCode::HostCrashed => {
+                Some(format!("{}: {}", error.code.as_str(), error.message))
+            }
+            _ => None,
+        },
+        _ => None,
     };
     let _entered = span.enter();
     if let Outcome::Error(error) = &reply.outcome {
@@ -94,8 +107,12 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
         let _ = delivery.reject(true).await;
         return;
     }
-    if let Err(error) = delivery.ack().await {
-        tracing::warn!(error = %error, "cannot acknowledge delivery");
+    let settled = match dead_letter {
+        Some(reason) => delivery.dead_letter(&reason).await,
+        None => delivery.ack().await,
+    };
+    if let Err(error) = settled {
+        tracing::warn!(error = %error, "cannot settle delivery");
     }
 }
 
