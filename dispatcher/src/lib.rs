@@ -11,11 +11,13 @@
 //! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
 //! - [`request_log`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log span.
+//! - [`announcements`]: workers' announcements (over a broker) into the catalog.
 //!
 //! **Architecture Invariant:** the dispatcher never touches R and never blocks the async
 //! runtime: R runs in the workers' host processes, and parsing or encoding a large body
 //! runs on tokio's blocking pool.
 
+pub mod announcements;
 pub mod error;
 pub mod request_log;
 pub mod routes;

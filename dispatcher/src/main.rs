@@ -1,14 +1,22 @@
-//! `rfleet`: the one user-facing binary. `serve` runs dispatcher, embedded bus and worker
-//! pool in one process; `config` prints the effective settings.
+//! `rfleet`: the one user-facing binary.
+//!
+//! - `serve`: dispatcher and worker in one process, over the embedded bus (default) or a
+//!   broker (`--bus amqp://...`).
+//! - `dispatcher`: the HTTP front alone, over a broker.
+//! - `worker`: a worker alone (R host pool), over a broker.
+//! - `config`: print the effective settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bus::amqp::{AmqpBus, AmqpConfig};
+use bus::{Catalog, EmbeddedBus, Requester};
 use clap::{Parser, Subcommand};
-use settings::{Settings, Sources};
+use settings::{BusKind, Settings, Sources};
 use tokio_util::sync::CancellationToken;
+use worker::{Worker, WorkerBus};
 
 #[derive(Parser)]
 #[command(name = "rfleet", version, about = "Serve R models as a fast, observable web service")]
@@ -22,15 +30,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Dispatcher, embedded bus and a worker pool in one process.
-    Serve(ServeFlags),
+    /// Dispatcher and a worker in one process (embedded bus unless --bus names a broker).
+    Serve(Flags),
+    /// The HTTP dispatcher alone; workers run elsewhere (needs a broker).
+    Dispatcher(Flags),
+    /// A worker alone: R hosts scoring requests from the broker.
+    Worker(Flags),
     /// Print the effective settings (defaults < file < environment < flags) as TOML.
-    Config(ServeFlags),
+    Config(Flags),
 }
 
 /// Flags that override settings; each names the key it sets.
 #[derive(clap::Args, Clone)]
-struct ServeFlags {
+struct Flags {
     /// server.listen: address to listen on (port 0 picks one).
     #[arg(long)]
     listen: Option<String>,
@@ -43,12 +55,15 @@ struct ServeFlags {
     /// workers.n_hosts: R host processes (0 = one per core).
     #[arg(long)]
     hosts: Option<usize>,
+    /// bus.kind and bus.url: `embedded`, or a broker such as amqp://guest:guest@127.0.0.1:5672/%2f
+    #[arg(long)]
+    bus: Option<String>,
     /// log.level: a tracing filter such as `info` or `debug`.
     #[arg(long)]
     log_level: Option<String>,
 }
 
-impl ServeFlags {
+impl Flags {
     fn overrides(&self) -> Vec<(String, String)> {
         let mut overrides = Vec::new();
         let mut set = |key: &str, value: Option<String>| {
@@ -61,27 +76,37 @@ impl ServeFlags {
         set("models.default", self.default_model.clone());
         set("workers.n_hosts", self.hosts.map(|n| n.to_string()));
         set("log.level", self.log_level.clone());
+        match self.bus.as_deref() {
+            None => {}
+            Some("embedded") => set("bus.kind", Some("embedded".into())),
+            Some(url) => {
+                set("bus.kind", Some("amqp".into()));
+                set("bus.url", Some(url.to_string()));
+            }
+        }
         overrides
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let flags = match &cli.command {
-        Command::Serve(flags) | Command::Config(flags) => flags.clone(),
-    };
+    let (Command::Serve(flags) | Command::Dispatcher(flags) | Command::Worker(flags) | Command::Config(flags)) =
+        &cli.command;
     let settings = Settings::load(&Sources::from_process(cli.config.clone(), flags.overrides()))?;
-    match cli.command {
-        Command::Config(_) => {
-            print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
-            Ok(())
-        }
-        Command::Serve(_) => {
-            telemetry::init(&settings.log);
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(serve(settings))
-        }
+    if let Command::Config(_) = cli.command {
+        print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
+        return Ok(());
     }
+    telemetry::init(&settings.log);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(_) => serve(settings).await,
+            Command::Dispatcher(_) => dispatcher(settings).await,
+            Command::Worker(_) => worker(settings).await,
+            Command::Config(_) => unreachable!("handled above"),
+        }
+    })
 }
 
 /// Cancels the token on SIGTERM (Kubernetes' shutdown signal) or Ctrl-C.
@@ -98,62 +123,109 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let models = worker::discover(&settings.models.dir)
-        .with_context(|| format!("cannot find models in {}", settings.models.dir.display()))?;
-    tracing::info!(models = ?models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), "model packages found");
+/// Connects to the broker in the background and waits a little for it, so that a fleet
+/// started together is ready together; a broker that is down is retried, not fatal.
+async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> AmqpBus {
+    let prefetch = match settings.bus.prefetch {
+        0 => (worker::pool_config(&settings.workers).n_hosts * 2).min(u16::MAX as usize) as u16,
+        n => n,
+    };
+    let name = format!("rfleet-{role}-{}", worker::worker_id(settings.workers.id.as_deref()));
+    let bus = AmqpBus::start(AmqpConfig::from_settings(&settings.bus, &name, prefetch), shutdown.clone());
+    if !bus.wait_connected(Duration::from_secs(10)).await {
+        tracing::warn!(url = %redact(&settings.bus.url), "broker not reachable yet; retrying in the background");
+    }
+    bus
+}
 
-    let catalog = Arc::new(bus::Catalog::default());
-    let bus = bus::EmbeddedBus::new(settings.bus.capacity, settings.bus.request_queue.clone());
-    let pool_config = worker::pool_config(&settings.workers);
-    let n_hosts = pool_config.n_hosts;
-    let pool = worker::Pool::start(pool_config, models, catalog.clone())
+/// The broker URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Binds the listener and serves HTTP until `shutdown`, then drains for at most
+/// `server.drain_timeout_ms`.
+async fn http(settings: &Settings, requester: Arc<dyn Requester>, catalog: Arc<Catalog>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
-        .context("cannot start the first R host")?;
+        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    let address = listener.local_addr()?;
+    let state = dispatcher::AppState::new(requester, catalog, settings.server.clone(), settings.models.default.clone());
+    tracing::info!(%address, "rfleet serving");
+    // The one line on stdout: scripts and tests wait for it.
+    println!("rfleet listening on http://{address}");
+    let drain = Duration::from_millis(settings.server.drain_timeout_ms);
+    let mut server = tokio::spawn(dispatcher::serve(listener, state, shutdown.clone().cancelled_owned()));
+    tokio::select! {
+        result = &mut server => result.context("http server task failed")?.context("http server failed")?,
+        _ = shutdown.cancelled() => match tokio::time::timeout(drain, &mut server).await {
+            Ok(result) => result.context("http server task failed")?.context("http server failed")?,
+            Err(_) => tracing::warn!(drain_ms = drain.as_millis() as u64, "http drain timed out"),
+        },
+    }
+    Ok(())
+}
 
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Two stages: on a signal the HTTP side stops taking requests and drains; only then
     // does the worker stop, so requests already published still get their answers.
     let http_shutdown = CancellationToken::new();
     let worker_shutdown = CancellationToken::new();
     cancel_on_signal(http_shutdown.clone())?;
-
-    let consumer = bus.consumer(&settings.bus.request_queue);
-    let consume_config = worker::ConsumeConfig {
-        worker_id: worker::worker_id(settings.workers.id.as_deref()),
-        max_in_flight: n_hosts + settings.workers.queue_capacity,
-        drain_timeout: Duration::from_millis(settings.workers.drain_timeout_ms),
-    };
-    let worker_task = tokio::spawn(worker::run(consumer, pool.clone(), consume_config, worker_shutdown.clone()));
-
-    let listener = tokio::net::TcpListener::bind(&settings.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-    let address = listener.local_addr()?;
-    let state = dispatcher::AppState::new(
-        Arc::new(bus.clone()),
-        catalog.clone(),
-        settings.server.clone(),
-        settings.models.default.clone(),
-    );
-    tracing::info!(%address, n_hosts, "rfleet serving");
-    // The one line on stdout: scripts and tests wait for it.
-    println!("rfleet listening on http://{address}");
-
-    let drain = Duration::from_millis(settings.server.drain_timeout_ms);
-    let http = dispatcher::serve(listener, state, http_shutdown.clone().cancelled_owned());
-    let mut http = tokio::spawn(http);
-    tokio::select! {
-        result = &mut http => result.context("http server task failed")?.context("http server failed")?,
-        _ = http_shutdown.cancelled() => {
-            match tokio::time::timeout(drain, &mut http).await {
-                Ok(result) => result.context("http server task failed")?.context("http server failed")?,
-                Err(_) => tracing::warn!(drain_ms = drain.as_millis() as u64, "http drain timed out"),
-            }
+    // The broker connection outlives both stages: draining workers still reply over it.
+    let connection = CancellationToken::new();
+    let catalog = Arc::new(Catalog::default());
+    let (requester, worker_bus): (Arc<dyn Requester>, WorkerBus) = match settings.bus.kind {
+        BusKind::Embedded => {
+            let bus = EmbeddedBus::new(settings.bus.capacity, settings.bus.request_queue.clone());
+            (Arc::new(bus.clone()), WorkerBus::Embedded(bus))
         }
-    }
+        BusKind::Amqp => {
+            let bus = amqp(&settings, "serve", &connection).await;
+            tokio::spawn(dispatcher::announcements::follow(bus.catalog(), catalog.clone()));
+            (Arc::new(bus.clone()), WorkerBus::Amqp(bus))
+        }
+    };
+    let worker = Worker::start(&settings, worker_bus, catalog.clone()).await?;
+    let worker_task = tokio::spawn(worker.run(worker_shutdown.clone()));
+    http(&settings, requester, catalog, http_shutdown).await?;
     worker_shutdown.cancel();
-    worker_task.await.context("worker task failed")?;
-    pool.shutdown().await;
+    worker_task.await.context("worker task failed")??;
+    connection.cancel();
     tracing::info!("rfleet stopped");
+    Ok(())
+}
+
+async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(settings.bus.kind == BusKind::Amqp, "`rfleet dispatcher` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\"");
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    let connection = CancellationToken::new();
+    let bus = amqp(&settings, "dispatcher", &connection).await;
+    let catalog = Arc::new(Catalog::default());
+    tokio::spawn(dispatcher::announcements::follow(bus.catalog(), catalog.clone()));
+    http(&settings, Arc::new(bus), catalog, shutdown).await?;
+    connection.cancel();
+    tracing::info!("rfleet dispatcher stopped");
+    Ok(())
+}
+
+async fn worker(settings: Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(settings.bus.kind == BusKind::Amqp, "`rfleet worker` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\"");
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    let connection = CancellationToken::new();
+    let bus = amqp(&settings, "worker", &connection).await;
+    let worker = Worker::start(&settings, WorkerBus::Amqp(bus), Arc::new(Catalog::default())).await?;
+    println!("rfleet worker ready with {} R hosts", worker.pool().live_hosts());
+    worker.run(shutdown).await?;
+    connection.cancel();
     Ok(())
 }

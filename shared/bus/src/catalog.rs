@@ -1,48 +1,145 @@
 //! What the fleet serves, as this process knows it: models and live R hosts.
 //!
-//! In `rfleet serve` the worker fills it directly; the dispatcher reads it for
-//! `GET /models`, schema look-ups and readiness.
+//! In `rfleet serve` with the embedded bus the worker fills it directly
+//! ([`Catalog::set_models`], [`Catalog::set_live_hosts`]). Over a broker, workers announce
+//! themselves on the catalog exchange and a dispatcher records each announcement
+//! ([`Catalog::record`]); a worker not heard from for three intervals is forgotten. The
+//! dispatcher reads it for `GET /models`, schema checks and readiness.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
-use protocol::ModelInfo;
+use protocol::{Announcement, ModelInfo};
 
 #[derive(Debug, Default)]
 pub struct Catalog {
     models: RwLock<Vec<ModelInfo>>,
     live_hosts: AtomicUsize,
+    remote: Mutex<HashMap<String, Remote>>,
+}
+
+#[derive(Debug)]
+struct Remote {
+    models: Vec<ModelInfo>,
+    live_hosts: usize,
+    draining: bool,
+    expires: Instant,
 }
 
 impl Catalog {
+    /// The models this process's own worker serves.
     pub fn set_models(&self, models: Vec<ModelInfo>) {
         *self.models.write().expect("catalog lock poisoned") = models;
     }
 
-    pub fn models(&self) -> Vec<ModelInfo> {
-        self.models.read().expect("catalog lock poisoned").clone()
-    }
-
-    /// The model called `name`, at `version` when one is asked for.
-    pub fn model(&self, name: &str, version: Option<&str>) -> Option<ModelInfo> {
-        self.models
-            .read()
-            .expect("catalog lock poisoned")
-            .iter()
-            .find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
-            .cloned()
-    }
-
+    /// This process's own live R hosts.
     pub fn set_live_hosts(&self, n: usize) {
         self.live_hosts.store(n, Ordering::Relaxed);
     }
 
+    /// Records a worker's announcement, valid for three of its intervals.
+    pub fn record(&self, announcement: Announcement, now: Instant) {
+        let ttl = Duration::from_millis(announcement.interval_ms.max(100) * 3);
+        self.remote.lock().expect("catalog lock poisoned").insert(
+            announcement.worker,
+            Remote {
+                models: announcement.models,
+                live_hosts: announcement.live_hosts as usize,
+                draining: announcement.draining,
+                expires: now + ttl,
+            },
+        );
+    }
+
+    /// Every model served, by this process or a worker heard from recently; one entry per
+    /// (name, version).
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let mut models = self.models.read().expect("catalog lock poisoned").clone();
+        let now = Instant::now();
+        let mut remote = self.remote.lock().expect("catalog lock poisoned");
+        remote.retain(|_, r| r.expires > now);
+        let mut workers: Vec<&Remote> = remote.values().filter(|r| !r.draining).collect();
+        // A stable order, whatever the hash map's.
+        workers.sort_by_key(|r| r.expires);
+        for worker in workers {
+            for model in &worker.models {
+                if !models.iter().any(|m| m.name == model.name && m.version == model.version) {
+                    models.push(model.clone());
+                }
+            }
+        }
+        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        models
+    }
+
+    /// The model called `name`, at `version` when one is asked for.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Option<ModelInfo> {
+        self.models()
+            .into_iter()
+            .find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
+    }
+
+    /// R hosts up: this process's plus those of workers heard from recently.
     pub fn live_hosts(&self) -> usize {
-        self.live_hosts.load(Ordering::Relaxed)
+        let now = Instant::now();
+        let remote: usize = self
+            .remote
+            .lock()
+            .expect("catalog lock poisoned")
+            .values()
+            .filter(|r| r.expires > now && !r.draining)
+            .map(|r| r.live_hosts)
+            .sum();
+        self.live_hosts.load(Ordering::Relaxed) + remote
     }
 
     /// Ready to score: models are known and at least one R host is up.
     pub fn is_ready(&self) -> bool {
-        self.live_hosts() > 0 && !self.models.read().expect("catalog lock poisoned").is_empty()
+        self.live_hosts() > 0 && !self.models().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str) -> ModelInfo {
+        ModelInfo { name: name.into(), version: None, kind: protocol::ModelKind::Predict, r_class: vec![], schema: None, predict_type: None }
+    }
+
+    fn announce(worker: &str, models: &[&str], live_hosts: u32, draining: bool) -> Announcement {
+        Announcement {
+            version: protocol::PROTOCOL_VERSION,
+            worker: worker.into(),
+            models: models.iter().map(|m| model(m)).collect(),
+            live_hosts,
+            n_hosts: 2,
+            interval_ms: 100,
+            draining,
+        }
+    }
+
+    #[test]
+    fn workers_merge_and_expire() {
+        let catalog = Catalog::default();
+        assert!(!catalog.is_ready());
+        let now = Instant::now();
+        catalog.record(announce("w1", &["a", "b"], 2, false), now);
+        catalog.record(announce("w2", &["b", "c"], 1, false), now);
+        let names = |c: &Catalog| c.models().into_iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(&catalog), ["a", "b", "c"]);
+        assert_eq!(catalog.live_hosts(), 3);
+        assert!(catalog.is_ready());
+        // A draining worker takes no new work: its models and hosts no longer count.
+        catalog.record(announce("w2", &["b", "c"], 1, true), now);
+        assert_eq!(names(&catalog), ["a", "b"]);
+        assert_eq!(catalog.live_hosts(), 2);
+        // Silence for three intervals: forgotten.
+        catalog.record(announce("w1", &["a", "b"], 2, false), now - Duration::from_millis(400));
+        assert_eq!(catalog.live_hosts(), 0);
+        assert!(catalog.models().is_empty());
+        assert!(!catalog.is_ready());
     }
 }

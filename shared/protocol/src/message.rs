@@ -146,6 +146,22 @@ pub struct ModelInfo {
     pub predict_type: Option<String>,
 }
 
+/// What a worker tells dispatchers about itself on the catalog exchange, every
+/// `announce_interval_ms`. Dispatchers forget a worker after three intervals of silence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub version: u32,
+    pub worker: String,
+    pub models: Vec<ModelInfo>,
+    /// R hosts up now, and the configured number.
+    pub live_hosts: u32,
+    pub n_hosts: u32,
+    pub interval_ms: u64,
+    /// True once the worker is shutting down: it takes no new requests.
+    #[serde(default)]
+    pub draining: bool,
+}
+
 /// How a model is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -100,6 +100,18 @@ fn golden_vectors() {
     check("reply_predictions", reply());
     check("reply_error", error_reply());
     check("model_info", model_info());
+    check(
+        "announcement",
+        protocol::Announcement {
+            version: PROTOCOL_VERSION,
+            worker: "worker-1".into(),
+            models: vec![model_info()],
+            live_hosts: 2,
+            n_hosts: 2,
+            interval_ms: 2000,
+            draining: false,
+        },
+    );
     check("host_score", ToHost::Score { id: 7, model: "mtcars".into(), input: Input::Frame(input_frame()), predict_type: None });
     check(
         "host_load",

@@ -85,10 +85,26 @@ pub struct WorkerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct BusSettings {
     pub kind: BusKind,
-    /// Queue the dispatcher publishes requests to.
+    /// Embedded bus: the one queue every model's requests share.
     pub request_queue: String,
-    /// Messages the embedded bus holds before publishers get 503.
+    /// Embedded bus: messages it holds before publishers get 503.
     pub capacity: usize,
+    /// AMQP: the broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost).
+    pub url: String,
+    /// AMQP: requests for model `m` go to the queue `<queue_prefix><m>`.
+    pub queue_prefix: String,
+    /// AMQP: `classic` (lowest latency) or `quorum` (replicated, survives a node loss).
+    pub queue_type: QueueType,
+    /// AMQP: where requests that can never be served go, with their reason.
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// AMQP: the fanout exchange workers announce their models and hosts on.
+    pub catalog_exchange: String,
+    /// How often a worker announces itself; a dispatcher forgets a worker after three
+    /// intervals without news.
+    pub announce_interval_ms: u64,
+    /// AMQP: unacknowledged deliveries per worker (`basic.qos`); 0 = twice the hosts.
+    pub prefetch: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -97,6 +113,16 @@ pub enum BusKind {
     /// In-process channels; dispatcher and worker share one process (`rfleet serve`).
     #[default]
     Embedded,
+    /// RabbitMQ (AMQP 0-9-1).
+    Amqp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,7 +177,19 @@ impl Default for WorkerSettings {
 
 impl Default for BusSettings {
     fn default() -> Self {
-        BusSettings { kind: BusKind::Embedded, request_queue: "rfleet.requests".into(), capacity: 4096 }
+        BusSettings {
+            kind: BusKind::Embedded,
+            request_queue: "rfleet.requests".into(),
+            capacity: 4096,
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_prefix: "rfleet.model.".into(),
+            queue_type: QueueType::Classic,
+            dead_letter_exchange: "rfleet.dead".into(),
+            dead_letter_queue: "rfleet.dead".into(),
+            catalog_exchange: "rfleet.catalog".into(),
+            announce_interval_ms: 2000,
+            prefetch: 0,
+        }
     }
 }
 

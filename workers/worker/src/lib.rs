@@ -6,6 +6,7 @@
 //! - [`host`]: one R host child process: start, channel, kill.
 //! - [`pool`]: the supervisor: idle hosts, replacement, retry once, recycling.
 //! - [`consume`]: the bus loop: decode, check, score, reply, acknowledge.
+//! - [`process`]: a whole worker: discovery, pool, consumer and announcements.
 //!
 //! **Invariant:** this crate never links R; R lives only in `rfleet-rhost` children, so a
 //! crash in R costs one host, never the worker.
@@ -14,6 +15,7 @@ pub mod consume;
 pub mod discover;
 pub mod host;
 pub mod pool;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +24,7 @@ pub use consume::{run, ConsumeConfig};
 pub use discover::{discover, DiscoverError};
 pub use host::{Host, HostConfig, HostError};
 pub use pool::{Pool, PoolConfig, PoolError};
+pub use process::{Worker, WorkerBus, WorkerError};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable
 /// (where `cargo build` and the release archive put it), else on `PATH`.
