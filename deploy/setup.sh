@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 
 R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-jsonlite
             r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
-TEST_PACKAGES=(curl)
+TEST_PACKAGES=(curl rabbitmq-server python3-pip)
+# The example publisher and the broker tests use these, from PyPI.
+PYTHON_PACKAGES=(pika msgpack)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -24,6 +26,27 @@ apt_install() {
         echo "rfleet setup: installing ${missing[*]}" >&2
         as_root apt-get update -q
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# Starts RabbitMQ when nothing listens on 127.0.0.1:5672, and waits for it.
+ensure_broker() {
+    if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+        echo "rfleet setup: starting rabbitmq-server" >&2
+        as_root rabbitmq-server -detached
+        for _ in $(seq 1 60); do
+            (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break
+            sleep 1
+        done
+    fi
+    as_root rabbitmqctl await_startup >/dev/null
+}
+
+python_packages() {
+    if ! python3 -c "import pika, msgpack" 2>/dev/null; then
+        # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv one does not.
+        python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}" 2>/dev/null ||
+            python3 -m pip install --quiet --break-system-packages "${PYTHON_PACKAGES[@]}"
     fi
 }
 
@@ -56,6 +79,8 @@ MSG
     ;;
 test)
     apt_install "${R_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    python_packages
+    ensure_broker
     need_cargo
     if ! cargo nextest --version >/dev/null 2>&1; then
         cargo install --locked cargo-nextest

@@ -118,24 +118,35 @@ pub fn assert_same(got: &Value, expected: &Value, context: &str) {
     }
 }
 
-/// A running `rfleet serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+/// A running `rfleet` process (`serve`, `dispatcher` or `worker`), stopped (SIGTERM,
+/// then SIGKILL) when dropped.
 pub struct Server {
     child: Child,
+    /// `http://127.0.0.1:PORT` for `serve` and `dispatcher`; empty for a worker.
     pub url: String,
     pub n_hosts: usize,
     _dir: tempfile::TempDir,
 }
 
-/// How to start a server: models and settings as environment overrides.
+/// How to start a process: its subcommand, models and settings as environment overrides.
 pub struct ServerOptions {
+    pub command: &'static str,
     pub models: PathBuf,
     pub n_hosts: usize,
     pub env: Vec<(String, String)>,
 }
 
 impl ServerOptions {
+    /// `rfleet serve` on the embedded bus.
     pub fn new(models: impl Into<PathBuf>) -> Self {
-        ServerOptions { models: models.into(), n_hosts: 2, env: Vec::new() }
+        ServerOptions { command: "serve", models: models.into(), n_hosts: 2, env: Vec::new() }
+    }
+
+    /// `rfleet worker` or `rfleet dispatcher` on the broker of `fleet`.
+    pub fn fleet(command: &'static str, models: impl Into<PathBuf>, fleet: &Fleet) -> Self {
+        let mut options = ServerOptions { command, models: models.into(), n_hosts: 1, env: Vec::new() };
+        options.env.extend(fleet.env());
+        options
     }
 
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
@@ -152,7 +163,7 @@ impl ServerOptions {
         let dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(binary("rfleet"));
         command
-            .arg("serve")
+            .arg(self.command)
             .arg("--models")
             .arg(&self.models)
             .args(["--listen", "127.0.0.1:0", "--hosts", &self.n_hosts.to_string()])
@@ -164,25 +175,88 @@ impl ServerOptions {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("start rfleet serve");
+        let mut child = command.spawn().expect("start rfleet");
         let stdout = child.stdout.take().unwrap();
-        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(url) = line.strip_prefix("rfleet listening on ") {
-                        let _ = url_tx.send(url.to_string());
-                        sent = true;
-                    }
+                if !sent && line.starts_with("rfleet ") {
+                    let _ = line_tx.send(line);
+                    sent = true;
                 }
             }
         });
-        let url = url_rx.recv_timeout(Duration::from_secs(180)).expect("rfleet did not print its address in time");
-        let server = Server { child, url, n_hosts: self.n_hosts, _dir: dir };
+        let line = line_rx.recv_timeout(Duration::from_secs(180)).expect("rfleet did not report its start in time");
+        let url = line.strip_prefix("rfleet listening on ").unwrap_or_default().to_string();
+        let n_hosts = if self.command == "dispatcher" { 0 } else { self.n_hosts };
+        let server = Server { child, url, n_hosts, _dir: dir };
         server.wait_until(Duration::from_secs(180), "all R hosts up", |s| s.host_pids().len() == s.n_hosts);
         server
+    }
+}
+
+/// One isolated fleet on the shared RabbitMQ broker: its own queue prefix, dead-letter
+/// queue and catalog exchange, so tests running at once never see each other's messages.
+pub struct Fleet {
+    pub name: String,
+}
+
+pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl Fleet {
+    pub fn new(test: &str) -> Fleet {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        Fleet { name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()) }
+    }
+
+    pub fn queue_prefix(&self) -> String {
+        format!("{}.model.", self.name)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.name)
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("RFLEET_BUS__KIND", "amqp".to_string()),
+            ("RFLEET_BUS__URL", BROKER_URL.to_string()),
+            ("RFLEET_BUS__QUEUE_PREFIX", self.queue_prefix()),
+            ("RFLEET_BUS__DEAD_LETTER_EXCHANGE", format!("{}.dead", self.name)),
+            ("RFLEET_BUS__DEAD_LETTER_QUEUE", self.dead_letter_queue()),
+            ("RFLEET_BUS__CATALOG_EXCHANGE", format!("{}.catalog", self.name)),
+            ("RFLEET_BUS__ANNOUNCE_INTERVAL_MS", "500".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+impl Drop for Fleet {
+    /// Deletes the fleet's queues and exchanges from the broker (best effort).
+    fn drop(&mut self) {
+        let script = format!(
+            "import pika\nc = pika.BlockingConnection(pika.URLParameters('{BROKER_URL}'))\n\
+             for name in {names:?}:\n    ch = c.channel()\n    try: ch.queue_delete(name)\n    except Exception: pass\n\
+             for name in {exchanges:?}:\n    ch = c.channel()\n    try: ch.exchange_delete(name)\n    except Exception: pass\nc.close()\n",
+            names = self.queues(),
+            exchanges = [format!("{}.dead", self.name), format!("{}.catalog", self.name)],
+        );
+        let _ = Command::new("python3").args(["-c", &script]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+impl Fleet {
+    /// The request queues of the fixture models and the dead-letter queue.
+    fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = std::fs::read_dir(fixtures().join("models"))
+            .map(|entries| entries.flatten().map(|e| format!("{}{}", self.queue_prefix(), e.file_name().to_string_lossy())).collect())
+            .unwrap_or_default();
+        queues.push(self.dead_letter_queue());
+        queues
     }
 }
 
@@ -217,6 +291,12 @@ impl Server {
             assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sends SIGKILL to the process (its R hosts die with it).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -13,3 +13,5 @@ mod faults;
 mod http;
 #[path = "suite/cli.rs"]
 mod cli;
+#[path = "suite/amqp.rs"]
+mod amqp;

@@ -1,0 +1,292 @@
+//! A fleet over the real RabbitMQ broker at 127.0.0.1:5672: separate worker and
+//! dispatcher processes, direct publishers (Python, pika), and faults: a killed worker,
+//! SIGTERM, poison messages, expired requests, a broker restart. Each test runs its own
+//! isolated fleet (queue prefix, dead-letter queue, catalog exchange).
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{assert_same, case, client, fixtures, get, post, repo_root, Fleet, Server, ServerOptions, BROKER_URL};
+
+/// (model, one-row body, R's answer) for rf_reg and lm.
+fn single_rows() -> Vec<(String, String, Value)> {
+    let fixtures = fixtures();
+    let mut rows = Vec::new();
+    for name in ["rf_reg", "lm"] {
+        let case = case(&fixtures, name);
+        for (row, expected) in case.rows.iter().zip(&case.expected) {
+            rows.push((case.model.clone(), json!([row]).to_string(), json!([expected])));
+        }
+    }
+    rows
+}
+
+fn worker(fleet: &Fleet) -> ServerOptions {
+    ServerOptions::fleet("worker", fixtures().join("models"), fleet)
+}
+
+fn dispatcher(fleet: &Fleet) -> ServerOptions {
+    ServerOptions::fleet("dispatcher", fixtures().join("models"), fleet)
+}
+
+async fn wait_ready(client: &reqwest::Client, server: &Server) {
+    let start = Instant::now();
+    loop {
+        let ready = get(client, &format!("{}/ready", server.url)).await;
+        if ready.status == 200 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "dispatcher never ready: {}", ready.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the example publisher (`deploy/examples/publish.py`) against the fleet.
+fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
+    let output = Command::new("python3")
+        .arg(repo_root().join("deploy/examples/publish.py"))
+        .args(["--url", BROKER_URL, "--model", model, "--queue-prefix", &fleet.queue_prefix(), "--rows", &rows.to_string()])
+        .args(extra)
+        .output()
+        .expect("run publish.py (python3 with pika and msgpack)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "publish.py failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("publish.py printed {stdout:?}: {e}"))
+}
+
+/// Every message in the fleet's dead-letter queue: `{"reason": .., "queue": .., "bytes": ..}`.
+fn dead_letters(fleet: &Fleet) -> Vec<Value> {
+    let script = format!(
+        "import json, pika\n\
+         c = pika.BlockingConnection(pika.URLParameters('{BROKER_URL}'))\n\
+         ch = c.channel()\n\
+         out = []\n\
+         while True:\n\
+         \x20   m, p, body = ch.basic_get('{queue}', auto_ack=True)\n\
+         \x20   if m is None: break\n\
+         \x20   h = p.headers or {{}}\n\
+         \x20   r = h.get('x-rfleet-reason'); q = h.get('x-rfleet-queue')\n\
+         \x20   out.append({{'reason': r.decode() if isinstance(r, bytes) else r, 'queue': q.decode() if isinstance(q, bytes) else q, 'bytes': len(body)}})\n\
+         print(json.dumps(out))\n",
+        queue = fleet.dead_letter_queue()
+    );
+    let output = Command::new("python3").args(["-c", &script]).output().expect("python3");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice::<Vec<Value>>(&output.stdout).unwrap()
+}
+
+/// `clients` clients send `each` requests through the dispatchers in turn; every answer
+/// must be R's for that row. Returns the workers that answered.
+async fn load(urls: Vec<String>, clients: usize, each: usize, done: Arc<AtomicUsize>) -> std::collections::BTreeSet<String> {
+    let rows = Arc::new(single_rows());
+    let mut tasks = Vec::new();
+    for client_no in 0..clients {
+        let (rows, urls, done) = (rows.clone(), urls.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut workers = std::collections::BTreeSet::new();
+            for i in 0..each {
+                let (model, body, expected) = &rows[(client_no * 7 + i) % rows.len()];
+                let url = &urls[(client_no + i) % urls.len()];
+                let answer = post(&client, &format!("{url}/models/{model}/score"), body.clone(), &[]).await;
+                assert_eq!(answer.status, 200, "client {client_no} request {i}: {}", answer.text);
+                assert_same(&answer.json(), expected, &format!("client {client_no} request {i} ({model})"));
+                workers.insert(answer.header("x-rfleet-worker").unwrap_or_default().to_string());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            workers
+        }));
+    }
+    let mut workers = std::collections::BTreeSet::new();
+    for task in tasks {
+        workers.extend(task.await.expect("client task"));
+    }
+    workers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_two_workers_two_dispatchers() {
+    let fleet = Fleet::new("e2e");
+    let first = dispatcher(&fleet).start();
+    let client = client();
+    // No worker yet: not ready, and says why.
+    let ready = get(&client, &format!("{}/ready", first.url)).await;
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    let _workers = [worker(&fleet).env("RFLEET_WORKERS__ID", "w1").start(), worker(&fleet).env("RFLEET_WORKERS__ID", "w2").start()];
+    let second = dispatcher(&fleet).start();
+    wait_ready(&client, &first).await;
+    wait_ready(&client, &second).await;
+    // Schemas come from the workers' announcements.
+    let models = get(&client, &format!("{}/models", second.url)).await.json();
+    let rf = models.as_array().unwrap().iter().find(|m| m["name"] == "rf_reg").expect("rf_reg listed");
+    assert!(!rf["schema"]["columns"].as_array().unwrap().is_empty());
+    let workers = load(vec![first.url.clone(), second.url.clone()], 16, 12, Arc::new(AtomicUsize::new(0))).await;
+    assert_eq!(workers, ["w1".to_string(), "w2".to_string()].into(), "both workers should have served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_direct_publishers_poison_and_expiry() {
+    let fleet = Fleet::new("direct");
+    let counter = tempfile::NamedTempFile::new().unwrap();
+    let _worker = worker(&fleet).env("SCORE_COUNTER_FILE", counter.path().display()).start();
+    let calls = || std::fs::read_to_string(counter.path()).unwrap().lines().count();
+    let rf = case(&fixtures(), "rf_reg");
+    let rows = Value::Array(rf.rows.clone());
+    let expected = Value::Array(rf.expected.clone());
+
+    for (content_type, extra) in [("application/msgpack", vec![]), ("application/json", vec!["--content-type", "json"]), ("application/msgpack", vec!["--direct-reply-to"])] {
+        let reply = publish(&fleet, "rf_reg", &rows, &extra);
+        assert_eq!(reply["content_type"], content_type, "{reply}");
+        let columns = &reply["reply"]["outcome"]["predictions"]["columns"];
+        assert_eq!(columns[0]["name"], ".pred", "{reply}");
+        assert_same(&columns[0]["values"], &expected, &format!("direct publisher {extra:?}"));
+    }
+
+    // Expired before it was taken: answered, never scored.
+    let past = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() - 1000).to_string();
+    let x = json!([{"x": 1.5}]);
+    let reply = publish(&fleet, "faulty", &x, &["--deadline-ms", &past]);
+    assert_eq!(reply["reply"]["outcome"]["error"]["code"], "deadline_exceeded", "{reply}");
+    assert_eq!(calls(), 0, "an expired request reached R");
+    let reply = publish(&fleet, "faulty", &x, &[]);
+    assert_eq!(reply["reply"]["outcome"]["predictions"]["columns"][0]["values"], json!([3.0]), "{reply}");
+    assert_eq!(calls(), 1);
+
+    // Poison: garbage, another protocol version, a request that crashes R every time.
+    let garbage = publish(&fleet, "faulty", &x, &["--raw-body", "\u{1}garbage"]);
+    assert_eq!(garbage["reply"]["outcome"]["error"]["code"], "bad_request", "{garbage}");
+    let version = publish(&fleet, "faulty", &x, &["--version", "99"]);
+    assert_eq!(version["reply"]["outcome"]["error"]["code"], "unsupported_version", "{version}");
+    let crash = publish(&fleet, "faulty", &json!([{"x": 666}]), &["--timeout", "60"]);
+    assert_eq!(crash["reply"]["outcome"]["error"]["code"], "host_crashed", "{crash}");
+    let dead = dead_letters(&fleet);
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap_or_default()).collect();
+    assert_eq!(dead.len(), 3, "dead letters: {dead:?}");
+    for (reason, code) in reasons.iter().zip(["bad_request", "unsupported_version", "host_crashed"]) {
+        assert!(reason.starts_with(code), "reason {reason:?} should start with {code}");
+    }
+    assert!(dead.iter().all(|d| d["queue"] == format!("{}faulty", fleet.queue_prefix())), "{dead:?}");
+    // And the worker keeps serving.
+    let reply = publish(&fleet, "rf_reg", &rows, &[]);
+    assert_same(&reply["reply"]["outcome"]["predictions"]["columns"][0]["values"], &expected, "after poison");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_killed_worker_loses_no_request() {
+    let fleet = Fleet::new("kill");
+    let victim = worker(&fleet).start();
+    let _survivor = worker(&fleet).start();
+    let front = dispatcher(&fleet).start();
+    let client = client();
+    wait_ready(&client, &front).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let traffic = tokio::spawn(load(vec![front.url.clone()], 8, 30, done.clone()));
+    while done.load(Ordering::Relaxed) < 30 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::spawn_blocking(move || victim.kill()).await.unwrap();
+    traffic.await.expect("every request answered correctly");
+    assert_eq!(done.load(Ordering::Relaxed), 8 * 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_sigterm_worker_drains() {
+    let fleet = Fleet::new("sigterm");
+    let leaving = worker(&fleet).env("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", 10000).start();
+    let _staying = worker(&fleet).start();
+    let front = dispatcher(&fleet).start();
+    let client = client();
+    wait_ready(&client, &front).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let traffic = tokio::spawn(load(vec![front.url.clone()], 8, 30, done.clone()));
+    while done.load(Ordering::Relaxed) < 30 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || leaving.terminate(Duration::from_secs(15))).await.unwrap();
+    assert!(status.success(), "worker exited with {status}");
+    assert!(started.elapsed() < Duration::from_secs(12), "worker took {:?} to drain", started.elapsed());
+    traffic.await.expect("every request answered correctly");
+    assert_eq!(done.load(Ordering::Relaxed), 8 * 30);
+}
+
+/// Restarts the broker's application even when the test fails: other tests share it.
+struct BrokerGuard;
+
+impl Drop for BrokerGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+    }
+}
+
+fn rabbitmqctl(command: &str) {
+    let output = Command::new("rabbitmqctl").arg(command).output().expect("rabbitmqctl");
+    assert!(output.status.success(), "rabbitmqctl {command}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_broker_restart_under_load() {
+    let fleet = Fleet::new("restart");
+    let _worker = worker(&fleet).start();
+    let front = dispatcher(&fleet).start();
+    let client = client();
+    wait_ready(&client, &front).await;
+    let rows = Arc::new(single_rows());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client_no in 0..4 {
+        let (rows, url, stop) = (rows.clone(), front.url.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = client();
+            let mut statuses = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (model, body, expected) = &rows[(client_no * 5 + i) % rows.len()];
+                let sent = Instant::now();
+                let answer = post(&client, &format!("{url}/models/{model}/score"), body.clone(), &[("x-rfleet-timeout-ms", "3000")]).await;
+                // Never past its deadline (3 s) by more than a margin.
+                assert!(sent.elapsed() < Duration::from_secs(6), "a request hung for {:?}", sent.elapsed());
+                match answer.status {
+                    200 => assert_same(&answer.json(), expected, "answer across a broker restart"),
+                    503 | 504 => assert!(answer.json()["message"].is_string()),
+                    other => panic!("unexpected status {other}: {}", answer.text),
+                }
+                statuses.push(answer.status);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let guard = BrokerGuard;
+    rabbitmqctl("stop_app");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl("start_app");
+    drop(guard);
+    // Recovery on their own, within seconds.
+    let recovered = Instant::now();
+    let (model, body, expected) = single_rows().remove(0);
+    loop {
+        let answer = post(&client, &format!("{}/models/{model}/score", front.url), body.clone(), &[("x-rfleet-timeout-ms", "2000")]).await;
+        if answer.status == 200 {
+            assert_same(&answer.json(), &expected, "first answer after recovery");
+            break;
+        }
+        assert!(recovered.elapsed() < Duration::from_secs(45), "no recovery: {} {}", answer.status, answer.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("recovered {:?} after start_app", recovered.elapsed());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.extend(task.await.expect("client task"));
+    }
+    assert!(statuses.iter().any(|s| *s != 200), "the outage was not seen: {statuses:?}");
+    // Load afterwards succeeds.
+    load(vec![front.url.clone()], 4, 10, Arc::new(AtomicUsize::new(0))).await;
+}
