@@ -52,7 +52,7 @@ python_packages() {
 
 need_cargo() {
     if ! command -v cargo >/dev/null; then
-        echo "rfleet setup: cargo not found; install Rust 1.85 or newer (rustup) and run again" >&2
+        echo "rfleet setup: cargo not found; install Rust 1.88 or newer (rustup) and run again" >&2
         exit 1
     fi
 }

@@ -6,12 +6,15 @@
 //! - [`Consumer`] and [`Delivery`]: the worker's side: take requests, reply, then
 //!   acknowledge. A delivery dropped without an acknowledgement goes back to the queue.
 //! - [`embedded`]: the in-process transport `rfleet serve` uses by default.
+//! - [`amqp`]: RabbitMQ through lapin: per-model request queues, a reply queue per
+//!   dispatcher, publisher confirms, dead-lettering, announcements, recovery.
 //! - [`catalog`]: what the fleet serves, as the dispatcher knows it.
 //!
 //! **Invariant:** the transports move opaque bytes plus AMQP-like properties; only the
 //! `protocol` crate knows what the bytes mean, so one conformance suite checks every
 //! transport the same way.
 
+pub mod amqp;
 pub mod catalog;
 pub mod embedded;
 
@@ -19,6 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+pub use amqp::{AmqpBus, AmqpConfig, AmqpConsumer};
 pub use catalog::Catalog;
 pub use embedded::{DeadLetter, EmbeddedBus};
 

@@ -1,18 +1,30 @@
 //! The transport conformance suite: the semantics every bus must keep, checked the same
-//! way on each transport (today the embedded one; the broker transports join here).
+//! way on each transport: the embedded one and RabbitMQ (a real broker on
+//! 127.0.0.1:5672, `RFLEET_TEST_AMQP_URL` to point elsewhere). Each AMQP test uses its
+//! own queue prefix and dead-letter queue and deletes them at the end.
 
+mod amqp_support;
+
+use std::future::Future;
 use std::time::{Duration, Instant};
 
+use amqp_support::{Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
 
 const QUEUE: &str = "conformance.requests";
 
-/// A transport under test: a requester and a way to open consumers on `QUEUE`.
+/// A transport under test: a requester and a way to open consumers on its test queue.
 trait Transport: Clone + Send + Sync + 'static {
     type Requester: Requester + Clone;
     type Consumer: Consumer;
+    /// Whether a request published while no worker consumes waits in the queue (a broker
+    /// with durable queues) rather than failing at once (the embedded bus, whose queues
+    /// live only while someone consumes them).
+    const QUEUES_WAIT_FOR_WORKERS: bool;
     fn requester(&self) -> Self::Requester;
-    fn consumer(&self) -> Self::Consumer;
+    fn consumer(&self) -> impl Future<Output = Self::Consumer> + Send;
+    /// The queue requests are published to.
+    fn queue(&self) -> String;
 }
 
 #[derive(Clone)]
@@ -21,18 +33,40 @@ struct Embedded(EmbeddedBus);
 impl Transport for Embedded {
     type Requester = EmbeddedBus;
     type Consumer = bus::embedded::EmbeddedConsumer;
+    const QUEUES_WAIT_FOR_WORKERS: bool = false;
     fn requester(&self) -> EmbeddedBus {
         self.0.clone()
     }
-    fn consumer(&self) -> Self::Consumer {
+    async fn consumer(&self) -> Self::Consumer {
         self.0.consumer(QUEUE)
+    }
+    fn queue(&self) -> String {
+        QUEUE.into()
     }
 }
 
-fn outgoing(id: &str, body: &[u8]) -> Outgoing {
+impl Transport for Amqp {
+    type Requester = bus::AmqpBus;
+    type Consumer = bus::AmqpConsumer;
+    const QUEUES_WAIT_FOR_WORKERS: bool = true;
+    fn requester(&self) -> bus::AmqpBus {
+        self.bus.clone()
+    }
+    async fn consumer(&self) -> Self::Consumer {
+        self.bus
+            .consumer(std::slice::from_ref(&self.model))
+            .await
+            .expect("consume the test queue")
+    }
+    fn queue(&self) -> String {
+        self.bus.queue_for(&self.model)
+    }
+}
+
+fn outgoing(queue: &str, id: &str, body: &[u8]) -> Outgoing {
     Outgoing {
         correlation_id: id.into(),
-        queue: QUEUE.into(),
+        queue: queue.into(),
         content_type: ContentType::MsgPack,
         body: body.to_vec(),
         expiration_ms: None,
@@ -57,15 +91,26 @@ fn spawn_echo(mut consumer: impl Consumer) -> tokio::task::JoinHandle<()> {
 
 async fn replies_match_requests<T: Transport>(transport: T) {
     let requester = transport.requester();
-    let _worker = spawn_echo(transport.consumer());
-    let _worker2 = spawn_echo(transport.consumer());
+    let queue = transport.queue();
+    let _worker = spawn_echo(transport.consumer().await);
+    let _worker2 = spawn_echo(transport.consumer().await);
     let calls = (0..200).map(|i| {
         let requester = requester.clone();
+        let queue = queue.clone();
         async move {
             let body = format!("request-{i}");
-            let reply = requester.call(outgoing(&format!("id-{i}"), body.as_bytes()), soon(5000)).await.unwrap();
+            let reply = requester
+                .call(
+                    outgoing(&queue, &format!("id-{i}"), body.as_bytes()),
+                    soon(5000),
+                )
+                .await
+                .unwrap();
             let expected: Vec<u8> = body.bytes().rev().collect();
-            assert_eq!(reply, expected, "reply to request {i} belongs to another request");
+            assert_eq!(
+                reply, expected,
+                "reply to request {i} belongs to another request"
+            );
         }
     });
     futures_join_all(calls).await;
@@ -73,67 +118,128 @@ async fn replies_match_requests<T: Transport>(transport: T) {
 
 async fn deadline_passes_and_late_reply_is_dropped<T: Transport>(transport: T) {
     let requester = transport.requester();
-    let mut consumer = transport.consumer();
+    let queue = transport.queue();
+    let mut consumer = transport.consumer().await;
     let started = Instant::now();
-    let result = requester.call(outgoing("slow", b"x"), soon(100)).await;
+    let result = requester
+        .call(outgoing(&queue, "slow", b"x"), soon(100))
+        .await;
     assert_eq!(result, Err(BusError::DeadlineExceeded));
-    assert!(started.elapsed() < Duration::from_secs(2), "the caller waited past its deadline");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the caller waited past its deadline"
+    );
     // The worker answers late: nothing breaks, the reply is dropped.
     let delivery = consumer.next().await.unwrap();
-    delivery.reply(ContentType::MsgPack, b"late".to_vec()).await.unwrap();
+    delivery
+        .reply(ContentType::MsgPack, b"late".to_vec())
+        .await
+        .unwrap();
     delivery.ack().await.unwrap();
     // The same id can be used again and gets its own reply, not the late one.
     let _worker = spawn_echo(consumer);
-    assert_eq!(requester.call(outgoing("slow", b"ab"), soon(5000)).await.unwrap(), b"ba");
+    assert_eq!(
+        requester
+            .call(outgoing(&queue, "slow", b"ab"), soon(5000))
+            .await
+            .unwrap(),
+        b"ba"
+    );
 }
 
 async fn unacknowledged_delivery_is_redelivered<T: Transport>(transport: T) {
     let requester = transport.requester();
-    let mut first = transport.consumer();
+    let queue = transport.queue();
+    let mut first = transport.consumer().await;
     let call = tokio::spawn({
         let requester = requester.clone();
-        async move { requester.call(outgoing("lost", b"abc"), soon(5000)).await }
+        async move {
+            requester
+                .call(outgoing(&queue, "lost", b"abc"), soon(5000))
+                .await
+        }
     });
     let delivery = first.next().await.unwrap();
     assert!(!delivery.redelivered);
     drop(delivery); // the worker died holding it
     let again = first.next().await.unwrap();
-    assert!(again.redelivered, "a lost delivery comes back marked redelivered");
+    assert!(
+        again.redelivered,
+        "a lost delivery comes back marked redelivered"
+    );
     // An explicit requeue also redelivers.
     again.reject(true).await.unwrap();
     let third = first.next().await.unwrap();
     assert!(third.redelivered);
-    third.reply(ContentType::MsgPack, b"cba".to_vec()).await.unwrap();
+    third
+        .reply(ContentType::MsgPack, b"cba".to_vec())
+        .await
+        .unwrap();
     third.ack().await.unwrap();
     assert_eq!(call.await.unwrap().unwrap(), b"cba");
 }
 
+/// Without a worker, the embedded bus refuses a request at once (its queues exist only
+/// while consumed), while a broker keeps it in the durable queue the dispatcher declared,
+/// for the first worker that comes: the caller then sees its deadline pass, and readiness
+/// means "connected", not "has consumers" (readiness probes ask `consumer_count`).
 async fn no_consumer_is_unavailable<T: Transport>(transport: T) {
     let requester = transport.requester();
-    let result = requester.call(outgoing("nobody", b"x"), soon(1000)).await;
-    assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
-    assert!(!requester.is_ready());
-    let _consumer = transport.consumer();
-    assert!(requester.is_ready());
+    let queue = transport.queue();
+    let result = requester
+        .call(outgoing(&queue, "nobody", b"x"), soon(300))
+        .await;
+    if T::QUEUES_WAIT_FOR_WORKERS {
+        assert_eq!(result, Err(BusError::DeadlineExceeded));
+        assert!(requester.is_ready());
+        let mut consumer = transport.consumer().await;
+        let waited = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (waited.correlation_id.as_deref(), waited.body.as_slice()),
+            (Some("nobody"), &b"x"[..])
+        );
+        waited.ack().await.unwrap();
+    } else {
+        assert!(
+            matches!(result, Err(BusError::Unavailable(_))),
+            "{result:?}"
+        );
+        assert!(!requester.is_ready());
+        let _consumer = transport.consumer().await;
+        assert!(requester.is_ready());
+    }
 }
 
 /// A dead-lettered delivery is answered first, then never delivered again.
 async fn dead_letters_keep_their_reason<T: Transport>(transport: T) {
     let requester = transport.requester();
-    let mut consumer = transport.consumer();
+    let queue = transport.queue();
+    let mut consumer = transport.consumer().await;
     let call = tokio::spawn({
         let requester = requester.clone();
-        async move { requester.call(outgoing("poison", b"garbage"), soon(5000)).await }
+        async move {
+            requester
+                .call(outgoing(&queue, "poison", b"garbage"), soon(5000))
+                .await
+        }
     });
     let delivery = consumer.next().await.unwrap();
-    delivery.reply(ContentType::MsgPack, b"error".to_vec()).await.unwrap();
+    delivery
+        .reply(ContentType::MsgPack, b"error".to_vec())
+        .await
+        .unwrap();
     delivery.dead_letter("cannot decode").await.unwrap();
     assert_eq!(call.await.unwrap().unwrap(), b"error");
     let next = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
     assert!(next.is_err(), "a dead-lettered message came back");
 }
 
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
         handle.await.unwrap();
@@ -155,7 +261,14 @@ async fn embedded_dead_letters_are_recorded() {
     dead_letters_keep_their_reason(Embedded(bus.clone())).await;
     let dead = bus.dead_letters();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].correlation_id.as_str(), dead[0].body.as_slice(), dead[0].reason.as_str()), ("poison", &b"garbage"[..], "cannot decode"));
+    assert_eq!(
+        (
+            dead[0].correlation_id.as_str(),
+            dead[0].body.as_slice(),
+            dead[0].reason.as_str()
+        ),
+        ("poison", &b"garbage"[..], "cannot decode")
+    );
 }
 
 #[tokio::test]
@@ -165,12 +278,234 @@ async fn embedded_queue_is_bounded() {
     let mut waiting = Vec::new();
     for i in 0..2 {
         let bus = bus.clone();
-        waiting.push(tokio::spawn(async move { bus.call(outgoing(&format!("q{i}"), b"x"), soon(300)).await }));
+        waiting.push(tokio::spawn(async move {
+            bus.call(outgoing(QUEUE, &format!("q{i}"), b"x"), soon(300))
+                .await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(bus.depth(QUEUE), 2);
-    assert_eq!(bus.call(outgoing("q2", b"x"), soon(300)).await, Err(BusError::QueueFull(QUEUE.into())));
+    assert_eq!(
+        bus.call(outgoing(QUEUE, "q2", b"x"), soon(300)).await,
+        Err(BusError::QueueFull(QUEUE.into()))
+    );
     for call in waiting {
         assert_eq!(call.await.unwrap(), Err(BusError::DeadlineExceeded));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// RabbitMQ
+
+#[tokio::test]
+async fn amqp_replies_match_requests() {
+    let broker = TestBroker::new("replies").await;
+    replies_match_requests(broker.transport("echo").await).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp_replies_match_requests_on_quorum_queues() {
+    let broker = TestBroker::with_queue_type("quorum", settings::QueueType::Quorum).await;
+    replies_match_requests(broker.transport("echo").await).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp_deadline_passes_and_late_reply_is_dropped() {
+    let broker = TestBroker::new("deadline").await;
+    deadline_passes_and_late_reply_is_dropped(broker.transport("slow").await).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp_unacknowledged_delivery_is_redelivered() {
+    let broker = TestBroker::new("redeliver").await;
+    unacknowledged_delivery_is_redelivered(broker.transport("lost").await).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp_request_waits_for_first_worker() {
+    let broker = TestBroker::new("noworker").await;
+    no_consumer_is_unavailable(broker.transport("nobody").await).await;
+    broker.cleanup().await;
+}
+
+/// Beyond the generic check: the copy in the dead-letter queue carries the reason, the
+/// original queue and the original body and correlation id.
+#[tokio::test]
+async fn amqp_dead_letters_keep_their_reason() {
+    let broker = TestBroker::new("dead").await;
+    let transport = broker.transport("poison").await;
+    dead_letters_keep_their_reason(transport.clone()).await;
+    let dead = broker
+        .get_dead_letter()
+        .await
+        .expect("a message in the dead-letter queue");
+    assert_eq!(dead.body, b"garbage");
+    assert_eq!(dead.correlation_id.as_deref(), Some("poison"));
+    assert_eq!(
+        dead.header(bus::amqp::REASON_HEADER).as_deref(),
+        Some("cannot decode")
+    );
+    assert_eq!(
+        dead.header(bus::amqp::QUEUE_HEADER),
+        Some(transport.queue())
+    );
+    assert!(
+        broker.get_dead_letter().await.is_none(),
+        "dead-lettered twice"
+    );
+    broker.cleanup().await;
+}
+
+/// A request nobody takes before its `expiration` is dead-lettered by the broker itself
+/// (the request queue's `x-dead-letter-exchange`).
+#[tokio::test]
+async fn amqp_expired_request_is_dead_lettered() {
+    let broker = TestBroker::new("expire").await;
+    let transport = broker.transport("late").await;
+    let queue = transport.queue();
+    let mut message = outgoing(&queue, "expires", b"too late");
+    message.expiration_ms = Some(100);
+    assert_eq!(
+        transport.bus.call(message, soon(300)).await,
+        Err(BusError::DeadlineExceeded)
+    );
+    let mut dead = None;
+    for _ in 0..50 {
+        dead = broker.get_dead_letter().await;
+        if dead.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.expect("the expired request reached the dead-letter queue");
+    assert_eq!(
+        (dead.correlation_id.as_deref(), dead.body.as_slice()),
+        (Some("expires"), &b"too late"[..])
+    );
+    assert!(
+        dead.has_header("x-death"),
+        "the broker records why it dead-lettered"
+    );
+    broker.cleanup().await;
+}
+
+/// With no broker, every operation fails at once with `Unavailable`, never hangs.
+#[tokio::test]
+async fn amqp_broker_down_is_unavailable_fast() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = amqp_support::config("down");
+    config.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let bus = bus::AmqpBus::start(config, shutdown.clone());
+    let started = Instant::now();
+    let result = bus
+        .call(outgoing(&bus.queue_for("m"), "x", b"x"), soon(5000))
+        .await;
+    assert!(
+        matches!(result, Err(BusError::Unavailable(_))),
+        "{result:?}"
+    );
+    assert!(matches!(
+        bus.consumer(&["m".to_string()]).await,
+        Err(BusError::Unavailable(_))
+    ));
+    assert!(matches!(
+        bus.announce(b"hi".to_vec()).await,
+        Err(BusError::Unavailable(_))
+    ));
+    assert!(bus.consumer_count("anything").await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(!bus.is_ready() && !bus.is_connected());
+    assert!(!bus.wait_connected(Duration::from_millis(300)).await);
+    shutdown.cancel();
+}
+
+/// A publisher using RabbitMQ's direct reply-to gets the worker's reply on its own channel.
+#[tokio::test]
+async fn amqp_direct_reply_to() {
+    let broker = TestBroker::new("direct").await;
+    let transport = broker.transport("echo").await;
+    let _worker = spawn_echo(transport.consumer().await);
+    let reply = broker
+        .direct_reply_to_call(&transport.queue(), "direct-1", b"hello")
+        .await;
+    assert_eq!(reply, (Some("direct-1".to_string()), b"olleh".to_vec()));
+    broker.cleanup().await;
+}
+
+/// Consumer shutdown cancels the consumers and requeues what was prefetched but not taken.
+#[tokio::test]
+async fn amqp_consumer_shutdown_requeues_prefetched() {
+    let broker = TestBroker::new("drain").await;
+    let transport = broker.transport("drain").await;
+    let queue = transport.queue();
+    let mut consumer = transport.consumer().await;
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let bus = transport.bus.clone();
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                bus.call(outgoing(&queue, &format!("d{i}"), b"x"), soon(5000))
+                    .await
+            })
+        })
+        .collect();
+    let taken = consumer.next().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the other two are prefetched by now
+    consumer.shutdown().await;
+    assert_eq!(transport.bus.consumer_count(&queue).await, Ok(0));
+    // The delivery in hand still settles after shutdown.
+    taken
+        .reply(ContentType::MsgPack, b"done".to_vec())
+        .await
+        .unwrap();
+    taken.ack().await.unwrap();
+    // The other two went back to the queue and a new worker answers them.
+    let _worker = spawn_echo(transport.consumer().await);
+    let mut replies: Vec<_> = Vec::new();
+    for call in calls {
+        replies.push(call.await.unwrap().unwrap());
+    }
+    replies.sort();
+    assert_eq!(
+        replies,
+        vec![b"done".to_vec(), b"x".to_vec(), b"x".to_vec()]
+    );
+    broker.cleanup().await;
+}
+
+/// Catalog announcements reach every listener.
+#[tokio::test]
+async fn amqp_catalog_announcements_fan_out() {
+    let broker = TestBroker::new("catalog").await;
+    let transport = broker.transport("m").await;
+    let mut first = transport.bus.catalog();
+    let mut second = transport.bus.catalog();
+    // Listeners subscribe in the background; announce until both heard something.
+    let mut heard = (None, None);
+    for _ in 0..50 {
+        transport.bus.announce(b"worker-1".to_vec()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if heard.0.is_none() {
+            heard.0 = first.try_recv().ok();
+        }
+        if heard.1.is_none() {
+            heard.1 = second.try_recv().ok();
+        }
+        if heard.0.is_some() && heard.1.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        heard,
+        (Some(b"worker-1".to_vec()), Some(b"worker-1".to_vec()))
+    );
+    broker.cleanup().await;
 }
