@@ -81,6 +81,15 @@ impl AppState {
         if let Some(info) = self.shared.catalog.model(name, version) {
             return Ok(info);
         }
+        // Over a broker the catalog is learned from workers' announcements: while the bus
+        // is down or no worker has announced itself (yet, or again after a broker restart)
+        // an unknown model means "try again shortly", not "no such model".
+        if !self.shared.requester.is_ready() {
+            return Err(ApiError::coded(ErrorCode::Unavailable, "the message bus is unavailable; retry shortly"));
+        }
+        if self.shared.catalog.models().is_empty() {
+            return Err(ApiError::coded(ErrorCode::Unavailable, "no worker has announced its models yet; retry shortly"));
+        }
         let wanted = match version {
             Some(version) => format!("model '{name}' version '{version}'"),
             None => format!("model '{name}'"),

@@ -240,7 +240,7 @@ async fn amqp_broker_restart_under_load() {
     for client_no in 0..4 {
         let (rows, url, stop) = (rows.clone(), front.url.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let client = client();
+            let client = support::client();
             let mut statuses = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {

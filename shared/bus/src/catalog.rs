@@ -60,17 +60,15 @@ impl Catalog {
         let now = Instant::now();
         let mut remote = self.remote.lock().expect("catalog lock poisoned");
         remote.retain(|_, r| r.expires > now);
-        let mut workers: Vec<&Remote> = remote.values().filter(|r| !r.draining).collect();
-        // A stable order, whatever the hash map's.
-        workers.sort_by_key(|r| r.expires);
-        for worker in workers {
-            for model in &worker.models {
-                if !models.iter().any(|m| m.name == model.name && m.version == model.version) {
-                    models.push(model.clone());
-                }
+        let mut announced: Vec<&ModelInfo> =
+            remote.values().filter(|r| !r.draining).flat_map(|r| r.models.iter()).collect();
+        // A stable order, whatever the hash map's and the workers' timing.
+        announced.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        for model in announced {
+            if !models.iter().any(|m| m.name == model.name && m.version == model.version) {
+                models.push(model.clone());
             }
         }
-        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         models
     }
 
