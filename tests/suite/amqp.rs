@@ -290,3 +290,27 @@ async fn amqp_broker_restart_under_load() {
     // Load afterwards succeeds.
     load(vec![front.url.clone()], 4, 10, Arc::new(AtomicUsize::new(0))).await;
 }
+
+/// The Rust client in `shared/bus` scores through a worker directly, no HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_rust_client_scores_without_http() {
+    let fleet = Fleet::new("client");
+    let _worker = worker(&fleet).start();
+    let env: std::collections::HashMap<String, String> = fleet.env().into_iter().collect();
+    let settings = settings::Settings::load(&settings::Sources { env, ..Default::default() }).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let bus = bus::AmqpBus::start(bus::AmqpConfig::from_settings(&settings.bus, "rfleet-test-client", 1), shutdown.clone());
+    assert!(bus.wait_connected(Duration::from_secs(10)).await);
+    let client = bus::ScoringClient::new(bus);
+    let rf = case(&fixtures(), "rf_reg");
+    let frame = protocol::json::frame_from_value(&Value::Array(rf.rows.clone())).unwrap();
+    let scored = client.score("rf_reg", frame, protocol::Options::default(), Duration::from_secs(30)).await.unwrap();
+    let values = protocol::json::column_to_json(&scored.predictions.columns[0].data);
+    assert_same(&Value::Array(values), &Value::Array(rf.expected.clone()), "rust client");
+    assert!(scored.timings.r_ms > 0.0 && scored.timings.host_pid.is_some(), "{:?}", scored.timings);
+    // Errors come back typed, with the worker's message.
+    let bad = protocol::Frame::new(vec![protocol::Column::new("x", protocol::ColumnData::F64 { values: vec![Some(-1.0)] })]).unwrap();
+    let error = client.score("faulty", bad, protocol::Options::default(), Duration::from_secs(30)).await.unwrap_err();
+    assert!(error.to_string().starts_with("r_error: model 'faulty'"), "{error}");
+    shutdown.cancel();
+}
