@@ -203,12 +203,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
-    anyhow::ensure!(settings.bus.kind == BusKind::Amqp, "`rfleet dispatcher` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\"");
+/// The broker connection of a `dispatcher` or `worker` process, which needs one.
+async fn broker_process(settings: &Settings, role: &str) -> anyhow::Result<(AmqpBus, CancellationToken, CancellationToken)> {
+    anyhow::ensure!(
+        settings.bus.kind == BusKind::Amqp,
+        "`rfleet {role}` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\""
+    );
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone())?;
+    // Closed only at the very end: a draining process still talks to the broker.
     let connection = CancellationToken::new();
-    let bus = amqp(&settings, "dispatcher", &connection).await;
+    let bus = amqp(settings, role, &connection).await;
+    Ok((bus, shutdown, connection))
+}
+
+async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
+    let (bus, shutdown, connection) = broker_process(&settings, "dispatcher").await?;
     let catalog = Arc::new(Catalog::default());
     tokio::spawn(dispatcher::announcements::follow(bus.catalog(), catalog.clone()));
     http(&settings, Arc::new(bus), catalog, shutdown).await?;
@@ -218,11 +228,7 @@ async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn worker(settings: Settings) -> anyhow::Result<()> {
-    anyhow::ensure!(settings.bus.kind == BusKind::Amqp, "`rfleet worker` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\"");
-    let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone())?;
-    let connection = CancellationToken::new();
-    let bus = amqp(&settings, "worker", &connection).await;
+    let (bus, shutdown, connection) = broker_process(&settings, "worker").await?;
     let worker = Worker::start(&settings, WorkerBus::Amqp(bus), Arc::new(Catalog::default())).await?;
     println!("rfleet worker ready with {} R hosts", worker.pool().live_hosts());
     worker.run(shutdown).await?;

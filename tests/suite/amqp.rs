@@ -174,43 +174,42 @@ async fn amqp_direct_publishers_poison_and_expiry() {
     assert_same(&reply["reply"]["outcome"]["predictions"]["columns"][0]["values"], &expected, "after poison");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn amqp_killed_worker_loses_no_request() {
-    let fleet = Fleet::new("kill");
-    let victim = worker(&fleet).start();
-    let _survivor = worker(&fleet).start();
+/// Two workers and a dispatcher under load (8 clients x 30 requests); once 30 requests are
+/// answered, `fault` is done to the first worker. Every request must still be answered
+/// correctly.
+async fn fault_under_load(fleet: Fleet, first_worker: ServerOptions, fault: impl FnOnce(Server) + Send + 'static) {
+    let victim = first_worker.start();
+    let _other = worker(&fleet).start();
     let front = dispatcher(&fleet).start();
-    let client = client();
-    wait_ready(&client, &front).await;
+    wait_ready(&client(), &front).await;
     let done = Arc::new(AtomicUsize::new(0));
     let traffic = tokio::spawn(load(vec![front.url.clone()], 8, 30, done.clone()));
     while done.load(Ordering::Relaxed) < 30 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::task::spawn_blocking(move || victim.kill()).await.unwrap();
+    tokio::task::spawn_blocking(move || fault(victim)).await.unwrap();
     traffic.await.expect("every request answered correctly");
     assert_eq!(done.load(Ordering::Relaxed), 8 * 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_killed_worker_loses_no_request() {
+    let fleet = Fleet::new("kill");
+    let first = worker(&fleet);
+    fault_under_load(fleet, first, Server::kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_sigterm_worker_drains() {
     let fleet = Fleet::new("sigterm");
-    let leaving = worker(&fleet).env("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", 10000).start();
-    let _staying = worker(&fleet).start();
-    let front = dispatcher(&fleet).start();
-    let client = client();
-    wait_ready(&client, &front).await;
-    let done = Arc::new(AtomicUsize::new(0));
-    let traffic = tokio::spawn(load(vec![front.url.clone()], 8, 30, done.clone()));
-    while done.load(Ordering::Relaxed) < 30 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || leaving.terminate(Duration::from_secs(15))).await.unwrap();
-    assert!(status.success(), "worker exited with {status}");
-    assert!(started.elapsed() < Duration::from_secs(12), "worker took {:?} to drain", started.elapsed());
-    traffic.await.expect("every request answered correctly");
-    assert_eq!(done.load(Ordering::Relaxed), 8 * 30);
+    let leaving = worker(&fleet).env("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", 10000);
+    fault_under_load(fleet, leaving, |server| {
+        let started = Instant::now();
+        let status = server.terminate(Duration::from_secs(15));
+        assert!(status.success(), "worker exited with {status}");
+        assert!(started.elapsed() < Duration::from_secs(12), "worker took {:?} to drain", started.elapsed());
+    })
+    .await;
 }
 
 /// Restarts the broker's application even when the test fails: other tests share it.
