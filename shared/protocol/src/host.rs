@@ -41,6 +41,28 @@ pub enum ToHost {
     Load { models: Vec<ModelSpec> },
     /// Score one request. The frame has already been conformed to the model's schema.
     Score { id: u64, model: String, input: Input, predict_type: Option<String> },
+    /// Score a frame with a subset of a forest's trees (forest splitting). Only for models
+    /// whose [`ModelInfo::forest`] is set; the answer is a [`HostOutput::ForestPart`].
+    ScoreTrees { id: u64, model: String, input: Input, trees: TreeRange },
+}
+
+/// Trees `start..end` of a forest (0-based, end exclusive), in the model's own order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+/// What a subset of a forest's trees says about each row, in a form that adds up: parts
+/// over disjoint tree ranges covering the forest combine exactly into the forest's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForestPart {
+    /// Regression: the mean of the part's trees per row (`None` where R says NA).
+    Regression { n_trees: u32, mean: Vec<Option<f64>> },
+    /// Classification: how many of the part's trees vote for each class, per row:
+    /// `votes[class][row]`, classes in the model's level order.
+    Votes { n_trees: u32, classes: Vec<String>, votes: Vec<Vec<u32>> },
 }
 
 /// Host to supervisor.
@@ -58,6 +80,7 @@ pub enum FromHost {
 pub enum HostOutput {
     Frame(Frame),
     Json(String),
+    ForestPart(ForestPart),
 }
 
 /// Writes one length-prefixed message (blocking; the R host's side).

@@ -144,6 +144,19 @@ pub struct ModelInfo {
     /// The `type` passed to `predict` when a request names none.
     #[serde(default)]
     pub predict_type: Option<String>,
+    /// Set for random forests (randomForest, ranger) whose trees can be split across
+    /// hosts and combined exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forest: Option<ForestInfo>,
+}
+
+/// What forest splitting needs to know about a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForestInfo {
+    pub n_trees: u32,
+    /// The classes in level order for a classification forest; `None` for regression.
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
 }
 
 /// What a worker tells dispatchers about itself on the catalog exchange, every

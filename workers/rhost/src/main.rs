@@ -98,7 +98,7 @@ fn run() -> anyhow::Result<()> {
 
     let specs = match read_message::<ToHost>(&mut reader).context("cannot read the load message")? {
         Some(ToHost::Load { models }) => models,
-        Some(ToHost::Score { .. }) => bail!("the first message must be load, got score"),
+        Some(ToHost::Score { .. } | ToHost::ScoreTrees { .. }) => bail!("the first message must be load, got score"),
         None => return Ok(()),
     };
 

@@ -106,7 +106,7 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
     let default_type = field("predict_type")?;
     let predict_type = default_type.as_str().map(str::to_string);
     Ok(Model {
-        info: ModelInfo { name: name.clone(), version: spec.version.clone(), kind, r_class, schema, predict_type },
+        info: ModelInfo { name: name.clone(), version: spec.version.clone(), kind, r_class, schema, predict_type, forest: None },
         scorer,
         default_type,
         cache: FrameCache::default(),

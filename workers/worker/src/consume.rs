@@ -189,6 +189,11 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
             match scored.result {
                 Ok(HostOutput::Frame(frame)) => Outcome::Predictions(frame),
                 Ok(HostOutput::Json(json)) => Outcome::Json(json),
+                // Only asked for by forest splitting, which combines parts itself.
+                Ok(HostOutput::ForestPart(_)) => Outcome::Error(protocol::ErrorBody::new(
+                    ErrorCode::Internal,
+                    "an R host answered a whole request with a forest part",
+                )),
                 Err(error) => Outcome::Error(error),
             }
         }
