@@ -116,6 +116,7 @@ fn models() -> Vec<ModelInfo> {
         r_class: vec!["test".into()],
         schema,
         predict_type: None,
+        forest: None,
     };
     let iris = Schema {
         columns: vec![

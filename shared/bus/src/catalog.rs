@@ -104,7 +104,7 @@ mod tests {
     use super::*;
 
     fn model(name: &str) -> ModelInfo {
-        ModelInfo { name: name.into(), version: None, kind: protocol::ModelKind::Predict, r_class: vec![], schema: None, predict_type: None }
+        ModelInfo { name: name.into(), version: None, kind: protocol::ModelKind::Predict, r_class: vec![], schema: None, predict_type: None, forest: None }
     }
 
     fn announce(worker: &str, models: &[&str], live_hosts: u32, draining: bool) -> Announcement {

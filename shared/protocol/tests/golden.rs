@@ -78,6 +78,7 @@ fn model_info() -> ModelInfo {
             ],
         }),
         predict_type: None,
+        forest: None,
     }
 }
 
