@@ -1,5 +1,5 @@
-//! Conversions at the R boundary: wire frames to `data.frame`s, R results back to frames,
-//! and the schema list `.rfleet_schema()` answers to a [`Schema`].
+//! Conversions at the R boundary: wire frames to `data.frame`s, R results back to frames
+//! (or to forest parts), and the schema list `.rfleet_schema()` answers to a [`Schema`].
 //!
 //! Vectors are allocated once and filled straight from the columns (no JSON, no
 //! intermediate R calls). Missing values map both ways: `None` is `NA`, and both `NA` and
@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use extendr_api::prelude::*;
 use extendr_api::scalar::{Rbool, Rfloat, Rint};
 use extendr_api::{Error, Result};
+use protocol::host::ForestPart;
 use protocol::{Column, ColumnData, ColumnSpec, ColumnType, Frame, Schema};
 
 /// R vectors that every request of a model would otherwise allocate again: the column
@@ -129,6 +130,43 @@ fn column_data(x: &Robj) -> Option<ColumnData> {
         },
         _ => return None,
     })
+}
+
+/// Reads a part scorer's answer: `list(mean = <double per row>)` for a regression forest
+/// (`NA`/`NaN` become `None`), `list(votes = <integer matrix, rows x classes>)` for a
+/// classification forest (`NA` counts as no vote). Checks the shape rather than trust it.
+pub fn forest_part(x: &Robj, n_rows: usize, n_trees: u32, classes: Option<&[String]>) -> std::result::Result<ForestPart, String> {
+    let fields = fields(&x.as_list().ok_or("the part scorer did not answer a list")?);
+    match (classes, fields.get("mean"), fields.get("votes")) {
+        (None, Some(mean), None) => {
+            let mean = mean.as_real_slice().ok_or("the part's means are not doubles")?;
+            if mean.len() != n_rows {
+                return Err(format!("the part has {} means for {n_rows} rows", mean.len()));
+            }
+            Ok(ForestPart::Regression { n_trees, mean: mean.iter().map(|v| (!v.is_nan()).then_some(*v)).collect() })
+        }
+        (Some(classes), None, Some(votes)) => {
+            let votes = votes.as_integer_slice().ok_or("the part's votes are not integers")?;
+            if votes.len() != n_rows * classes.len() {
+                return Err(format!("the part has {} votes for {n_rows} rows and {} classes", votes.len(), classes.len()));
+            }
+            // An R matrix is column-major: each class's column is one contiguous run.
+            let votes = if n_rows == 0 {
+                vec![Vec::new(); classes.len()]
+            } else {
+                votes
+                    .chunks(n_rows)
+                    .map(|class| class.iter().map(|&v| u32::try_from(v).unwrap_or(0)).collect())
+                    .collect()
+            };
+            Ok(ForestPart::Votes { n_trees, classes: classes.to_vec(), votes })
+        }
+        _ => Err(format!(
+            "the part scorer answered {:?} for a {} forest",
+            fields.keys().collect::<Vec<_>>(),
+            if classes.is_some() { "classification" } else { "regression" }
+        )),
+    }
 }
 
 /// Reads `.rfleet_schema()`'s answer: `NULL`, or `list(name = chr, type = chr, levels =

@@ -14,9 +14,9 @@
 //! stdout/stderr piped (R's own `print`, `cat`, `message` and warnings land there and are
 //! logged; R flushes them per call). The first message is `Load`: R starts, the models
 //! load, and the host answers `Ready` (or `LoadFailed` naming the model, the step and R's
-//! message, then exits 1). Then each `Score` gets one `Scored`, whose `r_us` runs from
-//! receipt of the request to its result being ready. When the supervisor closes the
-//! channel the host exits 0.
+//! message, then exits 1). Then each `Score` or `ScoreTrees` gets one `Scored`, whose
+//! `r_us` runs from receipt of the request to its result being ready. When the supervisor
+//! closes the channel the host exits 0.
 //!
 //! # Model kinds
 //! - `score.R` defines `init`: an Azure ML entry script ([`ModelKind::AzureMl`]). It is
@@ -35,6 +35,39 @@
 //!
 //! The package of the model's class (randomForest, ranger, gbm, caret, ...) is loaded
 //! after `readRDS` so that `predict` dispatches to its method.
+//!
+//! # Forest splitting
+//! A model of kind `Predict` that is a `randomForest` (regression or classification,
+//! formula or x/y interface) or a `ranger` forest (regression, or classification of a
+//! factor) has [`ModelInfo::forest`](protocol::ModelInfo::forest) set at load: its number
+//! of trees and, for classification, its classes in the model's level order
+//! (`model$classes`, ranger's `forest$levels`). ranger probability and survival forests, a
+//! ranger classification of a numeric response, a randomForest with unequal `cutoff`s
+//! (its label is not the plain majority of votes) and wrapped forests (caret `train`,
+//! `predict_fn`) have none.
+//!
+//! `ScoreTrees` scores a frame with trees `start..end` only (0-based, end exclusive, in the
+//! model's own order), through R's own `predict` on a sub-forest: the model with its
+//! per-tree fields cut to those trees (randomForest: `nodestatus`, `bestvar`,
+//! `xbestsplit`, `nodepred`, `leftDaughter`/`rightDaughter` or the 3-d `treemap`,
+//! `ndbigtree`, `ntree`; ranger: `child.nodeIDs`, `split.varIDs`, `split.values`,
+//! `terminal.class.counts`, `num.trees`). Each sub-forest is made on the first request for
+//! its range and kept (the last 8 ranges per model), since a worker asks for the same few.
+//! The answer is a [`ForestPart`](protocol::host::ForestPart):
+//! - regression: the mean of the part's trees per row (`predict(sub, newdata)`; a
+//!   bias-corrected randomForest answers `a + b * mean`, which still combines as a mean).
+//!   Combined over parts as `Σ n_i · mean_i / Σ n_i`, it equals the whole forest's
+//!   prediction up to rounding (about 1e-14).
+//! - classification: per class and row, how many of the part's trees vote for it
+//!   (randomForest `type = "vote", norm.votes = FALSE`; ranger: each tree's class from
+//!   `predict.all = TRUE`, counted). Summed over parts, `votes / n_trees` equals R's
+//!   `type = "prob"` exactly, and the class with most votes is R's label except where
+//!   classes tie (R breaks ties at random).
+//!
+//! A row R predicts as `NA` (a missing value the formula interface drops) has a `None`
+//! mean and no votes for any class. R errors are `r_error` as for `Score`, with
+//! `predict failed (trees a..b): ` in the message; a model without `forest`, an empty or
+//! out-of-range tree range and a JSON input are `bad_request`.
 //!
 //! # Schemas
 //! A schema declared in `model.toml` is used as is. Otherwise `.rfleet_schema()` infers
@@ -120,10 +153,11 @@ fn run() -> anyhow::Result<()> {
 fn serve(mut models: Models, reader: &mut impl std::io::Read, writer: &mut impl std::io::Write) -> anyhow::Result<()> {
     while let Some(message) = read_message::<ToHost>(reader).context("cannot read from the host channel")? {
         let received = Instant::now();
-        let ToHost::Score { id, model, input, predict_type } = message else {
-            bail!("a second load message arrived; a host loads its models once");
+        let (id, result) = match message {
+            ToHost::Score { id, model, input, predict_type } => (id, models.score(&model, &input, predict_type.as_deref())),
+            ToHost::ScoreTrees { id, model, input, trees } => (id, models.score_trees(&model, &input, trees)),
+            ToHost::Load { .. } => bail!("a second load message arrived; a host loads its models once"),
         };
-        let result = models.score(&model, &input, predict_type.as_deref());
         let r_us = received.elapsed().as_micros() as u64;
         write_message(writer, &FromHost::Scored { id, result, r_us }).context("cannot send a result")?;
     }

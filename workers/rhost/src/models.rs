@@ -1,12 +1,13 @@
 //! The models this host serves: loaded once through the prelude's `.rfleet_load()`, then
-//! scored per request through the R closure it returned.
+//! scored per request through the R closure it returned; forests also in parts, through
+//! a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`.
 
 use std::collections::HashMap;
 
 use extendr_api::prelude::*;
 use extendr_api::Error;
-use protocol::host::{HostOutput, ModelSpec};
-use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind};
+use protocol::host::{HostOutput, ModelSpec, TreeRange};
+use protocol::{ErrorBody, ErrorCode, ForestInfo, Frame, Input, ModelInfo, ModelKind};
 
 use crate::convert::{self, FrameCache};
 
@@ -20,11 +21,22 @@ struct Model {
     /// `info.predict_type` as an R string, or `NULL`, made once.
     default_type: Robj,
     cache: FrameCache,
+    /// `.rfleet_forest()`'s answer when `info.forest` is set: what makes part scorers.
+    forest: Option<Robj>,
+    /// Part scorers by tree range, most recently used first, at most [`MAX_PARTS`].
+    parts: Vec<(TreeRange, Function)>,
 }
+
+/// Sub-forests kept per model. A worker asks for the same few ranges (its split of the
+/// forest over its hosts); each sub-forest holds a copy of its trees, so a worker that
+/// changed its split must not make the host keep every range it ever saw.
+const MAX_PARTS: usize = 8;
 
 /// The models by name.
 pub struct Models {
     by_name: HashMap<String, Model>,
+    /// The prelude's `.rfleet_part_scorer`.
+    part_scorer: Function,
 }
 
 impl Models {
@@ -34,6 +46,10 @@ impl Models {
             .ok()
             .and_then(|f| f.as_function())
             .ok_or("the prelude does not define .rfleet_load")?;
+        let part_scorer = eval_string(".rfleet_part_scorer")
+            .ok()
+            .and_then(|f| f.as_function())
+            .ok_or("the prelude does not define .rfleet_part_scorer")?;
         let mut by_name = HashMap::new();
         for spec in specs {
             if by_name.contains_key(&spec.name) {
@@ -42,7 +58,7 @@ impl Models {
             let model = load_one(&load, spec)?;
             by_name.insert(spec.name.clone(), model);
         }
-        Ok(Models { by_name })
+        Ok(Models { by_name, part_scorer })
     }
 
     pub fn infos(&self, specs: &[ModelSpec]) -> Vec<ModelInfo> {
@@ -53,14 +69,7 @@ impl Models {
     /// Scores one request. R errors, bad inputs and unknown models all come back as an
     /// [`ErrorBody`]; only a crash of R itself can stop the host here.
     pub fn score(&mut self, model: &str, input: &Input, predict_type: Option<&str>) -> std::result::Result<HostOutput, ErrorBody> {
-        let Some(entry) = self.by_name.get_mut(model) else {
-            let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(ErrorBody::new(
-                ErrorCode::ModelNotFound,
-                format!("model '{model}' is not loaded in this host (loaded: {})", known.join(", ")),
-            ));
-        };
+        let entry = self.get(model)?;
         match (entry.info.kind, input) {
             (ModelKind::AzureMl, Input::Json(body)) => entry.score_json(body),
             (ModelKind::AzureMl, Input::Frame(_)) => Err(ErrorBody::new(
@@ -73,6 +82,45 @@ impl Models {
                 format!("model '{model}' takes a frame; only Azure ML entry scripts (score.R with init()) take a raw JSON body"),
             )),
         }
+    }
+
+    /// Scores one request with trees `trees` of a forest model only, as a
+    /// [`ForestPart`](protocol::host::ForestPart). A model without [`ModelInfo::forest`],
+    /// a range outside the forest or a JSON input is a `bad_request`; R errors are
+    /// `r_error`s as for [`Models::score`].
+    pub fn score_trees(&mut self, model: &str, input: &Input, trees: TreeRange) -> std::result::Result<HostOutput, ErrorBody> {
+        let part_scorer = self.part_scorer.clone();
+        let entry = self.get(model)?;
+        let bad = |message: String| Err(ErrorBody::new(ErrorCode::BadRequest, format!("model '{model}': {message}")));
+        let Some(forest) = entry.info.forest.clone() else {
+            return bad(format!(
+                "cannot score a range of trees: it is not a forest that can be split (only randomForest and ranger \
+                 regression and classification forests called by predict can; r_class {:?})",
+                entry.info.r_class
+            ));
+        };
+        if trees.start >= trees.end || trees.end > forest.n_trees {
+            return bad(format!(
+                "trees {}..{} is not a non-empty range within the forest's {} trees",
+                trees.start, trees.end, forest.n_trees
+            ));
+        }
+        let Input::Frame(frame) = input else {
+            return bad("a range of trees is scored on a frame, not a raw JSON body".into());
+        };
+        entry.score_part(&part_scorer, frame, trees, &forest)
+    }
+
+    fn get(&mut self, model: &str) -> std::result::Result<&mut Model, ErrorBody> {
+        if !self.by_name.contains_key(model) {
+            let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(ErrorBody::new(
+                ErrorCode::ModelNotFound,
+                format!("model '{model}' is not loaded in this host (loaded: {})", known.join(", ")),
+            ));
+        }
+        Ok(self.by_name.get_mut(model).expect("checked above"))
     }
 }
 
@@ -105,12 +153,48 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
     };
     let default_type = field("predict_type")?;
     let predict_type = default_type.as_str().map(str::to_string);
+    let forest_robj = field("forest")?;
+    let (forest_info, forest) = if forest_robj.is_null() {
+        (None, None)
+    } else {
+        (Some(forest_info(&forest_robj).map_err(|e| format!("model '{name}': {e}"))?), Some(forest_robj))
+    };
     Ok(Model {
-        info: ModelInfo { name: name.clone(), version: spec.version.clone(), kind, r_class, schema, predict_type, forest: None },
+        info: ModelInfo {
+            name: name.clone(),
+            version: spec.version.clone(),
+            kind,
+            r_class,
+            schema,
+            predict_type,
+            forest: forest_info,
+        },
         scorer,
         default_type,
         cache: FrameCache::default(),
+        forest,
+        parts: Vec::new(),
     })
+}
+
+/// Reads `list(n_trees, classes, part)` from `.rfleet_forest()`.
+fn forest_info(forest: &Robj) -> std::result::Result<ForestInfo, String> {
+    let fields = convert::fields(&forest.as_list().ok_or("the forest description is not a list")?);
+    let n_trees = fields
+        .get("n_trees")
+        .and_then(|n| n.as_integer())
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .ok_or("the forest description has no number of trees")?;
+    let classes = match fields.get("classes") {
+        None => None,
+        Some(c) if c.is_null() => None,
+        Some(c) => Some(c.as_string_vector().filter(|c| !c.is_empty()).ok_or("the forest's classes are not strings")?),
+    };
+    if fields.get("part").and_then(|p| p.as_function()).is_none() {
+        return Err("the forest description has no part function".into());
+    }
+    Ok(ForestInfo { n_trees, classes })
 }
 
 impl Model {
@@ -137,6 +221,54 @@ impl Model {
         convert::frame_from_columns(&result, frame.n_rows)
             .map(HostOutput::Frame)
             .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("model '{name}': {e}")))
+    }
+
+    fn score_part(
+        &mut self,
+        part_scorer: &Function,
+        frame: &Frame,
+        trees: TreeRange,
+        forest: &ForestInfo,
+    ) -> std::result::Result<HostOutput, ErrorBody> {
+        let name = &self.info.name;
+        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("model '{name}': {e}")))?;
+        let internal = |e: String| ErrorBody::new(ErrorCode::Internal, format!("model '{name}': {e}"));
+        let n_rows = i32::try_from(frame.n_rows)
+            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("model '{name}': too many rows for R")))?;
+        let scorer = match self.parts.iter().position(|(range, _)| *range == trees) {
+            Some(i) => {
+                let entry = self.parts.remove(i);
+                let scorer = entry.1.clone();
+                self.parts.insert(0, entry);
+                scorer
+            }
+            None => {
+                let forest_robj = self.forest.clone().ok_or_else(|| internal("no R forest for a forest model".into()))?;
+                let made = part_scorer
+                    .call(Pairlist::from_pairs([
+                        ("", Robj::from(name.as_str())),
+                        ("", forest_robj),
+                        ("", Robj::from(f64::from(trees.start))),
+                        ("", Robj::from(f64::from(trees.end))),
+                    ]))
+                    .map_err(|_| escaped(name))?;
+                if made.inherits("rfleet_error") {
+                    return Err(ErrorBody::new(ErrorCode::RError, made.as_str().unwrap_or("R failed").to_string()));
+                }
+                let scorer = made.as_function().ok_or_else(|| internal(".rfleet_part_scorer answered no function".into()))?;
+                self.parts.insert(0, (trees, scorer.clone()));
+                self.parts.truncate(MAX_PARTS);
+                scorer
+            }
+        };
+        let newdata = convert::data_frame(frame, &mut self.cache).map_err(|e| internal(e.to_string()))?;
+        let result = scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))])).map_err(|_| escaped(name))?;
+        if result.inherits("rfleet_error") {
+            return Err(ErrorBody::new(ErrorCode::RError, result.as_str().unwrap_or("R failed").to_string()));
+        }
+        convert::forest_part(&result, frame.n_rows, trees.end - trees.start, forest.classes.as_deref())
+            .map(HostOutput::ForestPart)
+            .map_err(internal)
     }
 
     fn score_json(&mut self, body: &str) -> std::result::Result<HostOutput, ErrorBody> {

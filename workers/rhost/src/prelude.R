@@ -196,6 +196,140 @@ options(warn = 1, stringsAsFactors = FALSE)
 
 .rfleet_error <- function(message) structure(message, class = "rfleet_error")
 
+# --- forest splitting ----------------------------------------------------------------
+#
+# A random forest's trees can be predicted in parts, on several hosts at once, and the
+# parts combined exactly: regression parts answer the mean of their trees per row
+# (combined as the tree-weighted mean), classification parts the number of their trees
+# voting for each class per row (combined by summing). A part is predicted by R's own
+# `predict` on a sub-forest: the model with only trees start..end in its forest, made
+# once per range and kept by the Rust side.
+
+# randomForest's per-tree fields: matrices with one column per tree, the 3-d `treemap`
+# (nodes x 2 x trees) and the vector `ndbigtree`; everything else in `forest` describes
+# the whole forest (ncat, xlevels, nrnodes, nclass, cutoff, pid, ...).
+.rfleet_rf_tree_matrices <- c("nodestatus", "bestvar", "xbestsplit", "nodepred", "leftDaughter", "rightDaughter")
+
+.rfleet_forest_randomforest <- function(model) {
+  f <- model$forest
+  if (is.null(f) || !model$type %in% c("regression", "classification")) return(NULL)
+  n <- as.integer(f$ntree)
+  if (length(n) != 1 || is.na(n) || n < 1) return(NULL)
+  # Every per-tree field present has one slice per tree, or this is no forest we know.
+  for (k in intersect(.rfleet_rf_tree_matrices, names(f))) {
+    if (!is.matrix(f[[k]]) || ncol(f[[k]]) != n) return(NULL)
+  }
+  if (length(f$ndbigtree) != n) return(NULL)
+  if (!is.null(f$treemap) && (length(dim(f$treemap)) != 3 || dim(f$treemap)[3] != n)) return(NULL)
+  classification <- model$type == "classification"
+  if (classification) {
+    # randomForest's label is the class with the most votes / cutoff: with unequal
+    # cutoffs that is not the plain majority the combined votes give.
+    cutoff <- f$cutoff
+    if (is.null(f$treemap) || length(cutoff) != length(model$classes) || any(cutoff != cutoff[1])) return(NULL)
+  } else if (is.null(f$treemap) && (is.null(f$leftDaughter) || is.null(f$rightDaughter))) return(NULL)
+  part <- function(start, end) {
+    keep <- seq.int(start + 1L, end)
+    g <- f
+    for (k in intersect(.rfleet_rf_tree_matrices, names(g))) g[[k]] <- g[[k]][, keep, drop = FALSE]
+    if (!is.null(g$treemap)) g$treemap <- g$treemap[, , keep, drop = FALSE]
+    g$ndbigtree <- g$ndbigtree[keep]
+    g$ntree <- length(keep)
+    sub <- model
+    sub$forest <- g
+    sub$ntree <- length(keep)
+    if (classification) {
+      function(newdata) {
+        v <- predict(sub, newdata = newdata, type = "vote", norm.votes = FALSE)
+        v <- unclass(v)
+        v[is.na(v)] <- 0
+        storage.mode(v) <- "integer"
+        list(votes = v)
+      }
+    } else {
+      # A bias-corrected forest (corr.bias) answers a + b * mean: linear in the mean, so
+      # its parts still combine as a tree-weighted mean.
+      function(newdata) list(mean = as.double(predict(sub, newdata = newdata)))
+    }
+  }
+  list(n_trees = n, classes = if (classification) as.character(model$classes) else NULL, part = part)
+}
+
+# ranger's per-tree fields are lists with one element per tree.
+.rfleet_ranger_tree_lists <- c("child.nodeIDs", "split.varIDs", "split.values", "terminal.class.counts")
+
+.rfleet_forest_ranger <- function(model) {
+  f <- model$forest
+  if (is.null(f) || !inherits(f, "ranger.forest")) return(NULL)
+  # Probability and survival forests stay whole: what their trees answer is neither a
+  # vote nor a number to average as these parts do.
+  type <- f$treetype
+  if (!identical(type, "Regression") && !identical(type, "Classification")) return(NULL)
+  n <- as.integer(f$num.trees)
+  if (length(n) != 1 || is.na(n) || n < 1) return(NULL)
+  lists <- intersect(.rfleet_ranger_tree_lists, names(f))
+  for (k in lists) if (!is.list(f[[k]]) || length(f[[k]]) != n) return(NULL)
+  classification <- type == "Classification"
+  # Trees vote with indices into `levels`; a classification of a numeric response has
+  # none (its predictions are numbers), and stays whole.
+  levels <- f$levels
+  if (classification && is.null(levels)) return(NULL)
+  part <- function(start, end) {
+    keep <- seq.int(start + 1L, end)
+    sub <- f
+    for (k in lists) sub[[k]] <- f[[k]][keep]
+    sub$num.trees <- length(keep)
+    if (classification) {
+      n_classes <- length(levels)
+      function(newdata) {
+        # One column per tree, each the index of the tree's class in `levels`.
+        p <- predict(sub, data = newdata, predict.all = TRUE, num.threads = 1)$predictions
+        p <- matrix(p, nrow = nrow(newdata))
+        v <- matrix(0L, nrow(p), n_classes)
+        for (j in seq_len(n_classes)) v[, j] <- as.integer(rowSums(p == j, na.rm = TRUE))
+        list(votes = v)
+      }
+    } else {
+      function(newdata) list(mean = as.double(predict(sub, data = newdata, num.threads = 1)$predictions))
+    }
+  }
+  list(n_trees = n, classes = if (classification) as.character(levels) else NULL, part = part)
+}
+
+# What forest splitting needs of a model called by `predict`: NULL when its trees cannot
+# be split, else list(n_trees, classes (NULL for regression), part = function(start,
+# end)) whose result, function(newdata), answers list(mean = <double per row>) or
+# list(votes = <integer matrix, a row per input row, a column per class>).
+.rfleet_forest <- function(model) {
+  tryCatch({
+    if (inherits(model, "randomForest")) .rfleet_forest_randomforest(model)
+    else if (inherits(model, "ranger")) .rfleet_forest_ranger(model)
+    else NULL
+  }, error = function(e) NULL)
+}
+
+# The scorer of trees start..end (0-based, end exclusive) of a model's forest:
+# function(newdata, n) answering list(mean) or list(votes) for n rows, or an
+# rfleet_error. Preparing the sub-forest may fail too; that is an rfleet_error as well.
+.rfleet_part_scorer <- function(name, forest, start, end) {
+  trees <- paste0("trees ", start, "..", end)
+  tryCatch({
+    part <- forest$part(as.integer(start), as.integer(end))
+    function(newdata, n) {
+      tryCatch({
+        out <- part(newdata)
+        got <- if (!is.null(out$mean)) length(out$mean) else nrow(out$votes)
+        if (!identical(as.integer(got), as.integer(n))) {
+          stop("the part answered ", got, " rows for ", n, " input rows")
+        }
+        out
+      }, error = function(e) .rfleet_error(paste0(
+        "model '", name, "': predict failed (", trees, "): ", conditionMessage(e))))
+    }
+  }, error = function(e) .rfleet_error(paste0(
+    "model '", name, "': preparing ", trees, " failed: ", conditionMessage(e))))
+}
+
 # --- loading -------------------------------------------------------------------------
 
 .rfleet_default_type <- function(model) {
@@ -265,8 +399,9 @@ options(warn = 1, stringsAsFactors = FALSE)
   }
 }
 
-# Loads one model package. Answers list(kind, scorer, r_class, schema, predict_type), or
-# an rfleet_error naming the model, the step that failed and R's message.
+# Loads one model package. Answers list(kind, scorer, r_class, schema, predict_type,
+# forest), or an rfleet_error naming the model, the step that failed and R's message.
+# `forest` is `.rfleet_forest()`'s answer for a model called by `predict`, else NULL.
 .rfleet_load <- function(name, dir, predict_type) {
   step <- "reading the package"
   # AZUREML_MODEL_DIR points at the package while score.R is sourced and init() runs.
@@ -304,6 +439,7 @@ options(warn = 1, stringsAsFactors = FALSE)
       requireNamespace("jsonlite", quietly = TRUE)
       kind <- "azure_ml"
       schema <- NULL
+      forest <- NULL
     } else {
       step <- "reading model.rds"
       if (!file.exists(rds)) stop("there is no model.rds in ", dir, " (and no score.R with init())")
@@ -314,6 +450,7 @@ options(warn = 1, stringsAsFactors = FALSE)
       step <- "inferring the input schema"
       schema <- .rfleet_schema(model)
       r_class <- class(model)
+      forest <- if (kind == "predict") .rfleet_forest(model) else NULL
     }
     if (is.null(predict_type) && kind == "predict") predict_type <- .rfleet_default_type(model)
     list(
@@ -321,7 +458,8 @@ options(warn = 1, stringsAsFactors = FALSE)
       scorer = .rfleet_scorer(name, kind, model, fn, dir),
       r_class = r_class,
       schema = schema,
-      predict_type = predict_type
+      predict_type = predict_type,
+      forest = forest
     )
   }, error = function(e) .rfleet_error(paste0("model '", name, "': ", step, " failed: ", conditionMessage(e))))
 }

@@ -630,3 +630,398 @@ fn input_columns_reach_r_with_their_types() {
     let again = host.frame("describe", frame, None);
     assert_eq!(again, got);
 }
+
+// ---------------------------------------------------------------------------------------
+// Forest splitting: parts over tree ranges combine exactly into R's whole-forest answer.
+
+/// The splittable fixture forests: name, trees, classes (None for regression).
+fn fixture_forests() -> Vec<(&'static str, u32, Option<Vec<String>>)> {
+    let iris = || Some(vec!["setosa".to_string(), "versicolor".into(), "virginica".into()]);
+    vec![("rf_reg", 200, None), ("rf_class", 200, iris()), ("rf_xy", 200, None), ("ranger_reg", 100, None), ("ranger_class", 500, iris())]
+}
+
+impl Host {
+    /// Scores trees `start..end`; the answer and the host's `r_us`.
+    fn score_trees(&mut self, model: &str, input: Input, start: u32, end: u32) -> (Result<HostOutput, ErrorBody>, u64) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let trees = protocol::host::TreeRange { start, end };
+        write_message(&mut self.writer, &ToHost::ScoreTrees { id, model: model.into(), input, trees }).expect("send score_trees");
+        match read_message(&mut self.reader).expect("read score_trees answer").expect("the host died") {
+            FromHost::Scored { id: answered, result, r_us } => {
+                assert_eq!(answered, id, "answer to another request");
+                (result, r_us)
+            }
+            other => panic!("expected scored, got {other:?}"),
+        }
+    }
+
+    /// Scores a frame the ordinary way; the host's `r_us`.
+    fn score_r_us(&mut self, model: &str, frame: &Frame) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = ToHost::Score { id, model: model.into(), input: Input::Frame(frame.clone()), predict_type: None };
+        write_message(&mut self.writer, &request).expect("send score");
+        match read_message(&mut self.reader).expect("read score answer").expect("the host died") {
+            FromHost::Scored { id: answered, result: Ok(_), r_us } if answered == id => r_us,
+            other => panic!("expected scored, got {other:?}"),
+        }
+    }
+
+    fn part(&mut self, model: &str, frame: &Frame, start: u32, end: u32) -> protocol::host::ForestPart {
+        match self.score_trees(model, Input::Frame(frame.clone()), start, end).0 {
+            Ok(HostOutput::ForestPart(part)) => part,
+            other => panic!("{model} trees {start}..{end}: expected a forest part, got {other:?}"),
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*), for rows that are not training rows.
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Rows for a forest: its fixture case's rows, then `extra` rows drawn over the cases'
+/// range of each numeric column (a little wider) and over each factor's levels, so that
+/// trees disagree on some of them. Rounded to 2 decimals: exact through JSON.
+fn forest_rows(model: &ModelInfo, extra: usize, seed: u64) -> Vec<Value> {
+    let case: Value = serde_json::from_slice(&std::fs::read(fixtures().join("cases").join(format!("{}.json", model.name))).unwrap()).unwrap();
+    let mut rows = case["rows"].as_array().unwrap().clone();
+    let schema = model.schema.as_ref().expect("a forest's schema");
+    let mut rng = Rng(seed);
+    for _ in 0..extra {
+        let mut row = serde_json::Map::new();
+        for column in &schema.columns {
+            let value = match &column.levels {
+                Some(levels) => json!(levels[(rng.unit() * levels.len() as f64) as usize % levels.len()]),
+                None => {
+                    let seen: Vec<f64> = rows.iter().filter_map(|r| r[&column.name].as_f64()).collect();
+                    let (lo, hi) = seen.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                    let pad = (hi - lo) * 0.1;
+                    json!(((lo - pad + rng.unit() * (hi - lo + 2.0 * pad)) * 100.0).round() / 100.0)
+                }
+            };
+            row.insert(column.name.clone(), value);
+        }
+        rows.push(Value::Object(row));
+    }
+    rows
+}
+
+fn f64_column(frame: &Frame, name: &str) -> Vec<Option<f64>> {
+    let column = frame.columns.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no column {name} in {:?}", column_names(frame)));
+    match &column.data {
+        ColumnData::F64 { values } => values.clone(),
+        other => panic!("column {name} is not doubles: {other:?}"),
+    }
+}
+
+fn label_column(frame: &Frame) -> Vec<Option<String>> {
+    match &frame.columns[0].data {
+        ColumnData::Factor { levels, values, .. } => values.iter().map(|v| v.map(|c| levels[c as usize].clone())).collect(),
+        other => panic!("labels are not a factor: {other:?}"),
+    }
+}
+
+/// The ways a forest of `n` trees is split in the tests: whole, two parts at several
+/// points (one tree alone, odd sizes, halves), three parts and five uneven parts.
+fn splits(n: u32) -> Vec<Vec<u32>> {
+    let mut splits = vec![vec![0, n], vec![0, 1, n], vec![0, n - 1, n], vec![0, 73, n], vec![0, n / 2, n], vec![0, n / 3, 2 * n / 3, n]];
+    splits.push(vec![0, 7, 19, n / 2, n - 2, n]);
+    splits
+}
+
+/// Parts over the ranges `cuts` of one model, combined exactly as the worker does.
+enum Combined {
+    Mean(Vec<Option<f64>>),
+    Votes(Vec<Vec<u32>>),
+}
+
+fn combine(host: &mut Host, model: &str, frame: &Frame, cuts: &[u32], classes: Option<&Vec<String>>) -> Combined {
+    let n_rows = frame.n_rows;
+    let mut weighted = vec![Some(0.0); n_rows];
+    let mut votes = vec![vec![0u32; n_rows]; classes.map_or(0, Vec::len)];
+    let mut total = 0u32;
+    for range in cuts.windows(2) {
+        let (start, end) = (range[0], range[1]);
+        match host.part(model, frame, start, end) {
+            protocol::host::ForestPart::Regression { n_trees, mean } => {
+                assert!(classes.is_none(), "{model}: a regression part from a classification forest");
+                assert_eq!((n_trees, mean.len()), (end - start, n_rows), "{model} trees {start}..{end}");
+                for (sum, m) in weighted.iter_mut().zip(&mean) {
+                    *sum = sum.zip(*m).map(|(s, m)| s + f64::from(n_trees) * m);
+                }
+                total += n_trees;
+            }
+            protocol::host::ForestPart::Votes { n_trees, classes: part_classes, votes: part_votes } => {
+                assert_eq!(Some(&part_classes), classes, "{model}: classes in the model's level order");
+                assert_eq!((n_trees, part_votes.len()), (end - start, part_classes.len()), "{model} trees {start}..{end}");
+                for (row, _) in part_votes[0].iter().enumerate() {
+                    let sum: u32 = part_votes.iter().map(|class| class[row]).sum();
+                    assert!(sum == n_trees || sum == 0, "{model} trees {start}..{end} row {row}: {sum} votes from {n_trees} trees");
+                }
+                for (all, part) in votes.iter_mut().zip(&part_votes) {
+                    assert_eq!(part.len(), n_rows);
+                    for (a, p) in all.iter_mut().zip(part) {
+                        *a += p;
+                    }
+                }
+                total += n_trees;
+            }
+        }
+    }
+    assert_eq!(total, *cuts.last().unwrap());
+    match classes {
+        None => Combined::Mean(weighted.into_iter().map(|s| s.map(|s| s / f64::from(total))).collect()),
+        Some(_) => Combined::Votes(votes),
+    }
+}
+
+/// A predict_fn for ranger_class's model: R's own whole-forest vote fractions, the
+/// per-class tallies of `predict.all = TRUE` over the trees, one column per class (a
+/// randomForest answers them itself with `type = "prob"`).
+const RANGER_TALLY: &str = r#"
+predict_fn <- function(model, newdata) {
+  p <- predict(model, data = newdata, predict.all = TRUE, num.threads = 1)$predictions
+  p <- matrix(p, nrow = nrow(newdata))
+  levels <- model$forest$levels
+  v <- sapply(seq_along(levels), function(j) rowSums(p == j))
+  v <- matrix(v, nrow = nrow(newdata), dimnames = list(NULL, levels))
+  v / model$num.trees
+}
+"#;
+
+#[test]
+fn forest_parts_combine_into_the_whole_forest_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let tally = write_package(root.path(), "ranger_class_tally", RANGER_TALLY, false);
+    std::fs::copy(fixtures().join("models/ranger_class/model.rds"), tally.join("model.rds")).unwrap();
+    let mut specs = fixture_specs();
+    specs.push(spec(&tally));
+    let (mut host, infos) = Host::ready(specs);
+
+    let mut seed = 1;
+    for (name, n_trees, classes) in fixture_forests() {
+        let model = info(&infos, name).clone();
+        assert_eq!(model.forest, Some(protocol::ForestInfo { n_trees, classes: classes.clone() }), "{name}");
+        seed += 1;
+        let mut rows = forest_rows(&model, 60, seed);
+        if model.r_class.iter().any(|c| c == "randomForest.formula") {
+            // The formula interface drops a row with a missing value: NA from R.
+            let mut row = rows[0].clone();
+            let first = &model.schema.as_ref().unwrap().columns[0].name;
+            row[first] = Value::Null;
+            rows.push(row);
+        }
+        let frame = frame_for(&Value::Array(rows), &model);
+        let n_rows = frame.n_rows;
+        // R's whole forest, from the ordinary scoring path (itself checked against the
+        // fixture cases): predictions, labels, vote fractions.
+        let whole = host.frame(name, frame.clone(), None);
+        let fractions = match (name, &classes) {
+            (_, None) => None,
+            ("ranger_class", Some(_)) => Some(host.frame("ranger_class_tally", frame.clone(), None)),
+            (_, Some(_)) => Some(host.frame(name, frame.clone(), Some("prob"))),
+        };
+        let (mut n_na, mut n_ties) = (0, 0);
+        for cuts in splits(n_trees) {
+            let context = format!("{name} split {cuts:?}");
+            match combine(&mut host, name, &frame, &cuts, classes.as_ref()) {
+                Combined::Mean(mean) => {
+                    let expected = f64_column(&whole, ".pred");
+                    for (row, (got, want)) in mean.iter().zip(&expected).enumerate() {
+                        match (got, want) {
+                            (Some(got), Some(want)) => assert!((got - want).abs() <= 1e-9, "{context} row {row}: {got} vs R's {want}"),
+                            (None, None) => n_na += 1,
+                            _ => panic!("{context} row {row}: {got:?} vs R's {want:?}"),
+                        }
+                    }
+                }
+                Combined::Votes(votes) => {
+                    let classes = classes.as_ref().unwrap();
+                    let fractions = fractions.as_ref().unwrap();
+                    let labels = label_column(&whole);
+                    for row in 0..n_rows {
+                        let row_votes: Vec<u32> = votes.iter().map(|class| class[row]).collect();
+                        let total: u32 = row_votes.iter().sum();
+                        if labels[row].is_none() {
+                            assert_eq!(total, 0, "{context} row {row}: an NA row has no votes");
+                            for class in classes {
+                                assert_eq!(f64_column(fractions, class)[row], None, "{context} row {row}");
+                            }
+                            n_na += 1;
+                            continue;
+                        }
+                        assert_eq!(total, n_trees, "{context} row {row}: every tree votes once");
+                        for (j, class) in classes.iter().enumerate() {
+                            // Exactly: the same integer division R does.
+                            let probability = f64::from(row_votes[j]) / f64::from(total);
+                            assert_eq!(Some(probability), f64_column(fractions, class)[row], "{context} row {row} {class}");
+                        }
+                        let best = *row_votes.iter().max().unwrap();
+                        let winners: Vec<&String> = classes.iter().zip(&row_votes).filter(|(_, &v)| v == best).map(|(c, _)| c).collect();
+                        if let [winner] = winners.as_slice() {
+                            assert_eq!(Some(*winner), labels[row].as_ref(), "{context} row {row}: votes {row_votes:?}");
+                        } else {
+                            n_ties += 1;
+                            assert!(winners.contains(&labels[row].as_ref().unwrap()), "{context} row {row}: R's label is not among the tied");
+                        }
+                    }
+                }
+            }
+        }
+        let n_splits = splits(n_trees).len();
+        eprintln!("{name}: {n_rows} rows, {n_splits} splits, NA rows {}, tied rows {}", n_na / n_splits, n_ties / n_splits);
+        if name == "rf_reg" || name == "rf_class" {
+            assert!(n_na > 0, "{name}: the rows should include an NA row");
+        }
+    }
+}
+
+#[test]
+fn ready_reports_forests_and_score_trees_refuses_other_models() {
+    let (mut host, infos) = Host::ready(fixture_specs());
+    let forests = fixture_forests();
+    for model in &infos {
+        let want = forests
+            .iter()
+            .find(|(name, ..)| *name == model.name)
+            .map(|(_, n_trees, classes)| protocol::ForestInfo { n_trees: *n_trees, classes: classes.clone() });
+        assert_eq!(model.forest, want, "{}", model.name);
+    }
+    assert!(info(&infos, "caret").forest.is_none(), "a forest wrapped by caret stays whole");
+
+    let lm_rows = frame_for(&json!([{ "x1": 1.0, "x2": 2.0, "grp": "beta", "cnt": 3.0 }]), info(&infos, "lm"));
+    for model in ["lm", "caret", "gbm", "predict_fn", "rpart"] {
+        let (result, _) = host.score_trees(model, Input::Frame(lm_rows.clone()), 0, 1);
+        let error = result.expect_err(model);
+        assert_eq!(error.code, ErrorCode::BadRequest, "{model}: {}", error.message);
+        assert!(error.message.starts_with(&format!("model '{model}': cannot score a range of trees: it is not a forest")), "{}", error.message);
+    }
+    let rf_rows = frame_for(&json!([{ "x1": 1.0, "x2": 2.0, "grp": "beta", "cnt": 3.0 }]), info(&infos, "rf_reg"));
+    for (start, end) in [(0, 0), (5, 3), (0, 201), (200, 201)] {
+        let error = host.score_trees("rf_reg", Input::Frame(rf_rows.clone()), start, end).0.expect_err("a bad range");
+        assert_eq!(error.code, ErrorCode::BadRequest, "{start}..{end}");
+        let needle = format!("trees {start}..{end} is not a non-empty range within the forest's 200 trees");
+        assert!(error.message.contains(&needle), "{}", error.message);
+    }
+    let error = host.score_trees("rf_reg", Input::Json("[]".into()), 0, 10).0.expect_err("JSON");
+    assert_eq!(error.code, ErrorCode::BadRequest);
+    let error = host.score_trees("nope", Input::Frame(rf_rows.clone()), 0, 10).0.expect_err("unknown model");
+    assert_eq!(error.code, ErrorCode::ModelNotFound);
+    // R's own error from a part is an r_error naming the trees, and the host goes on.
+    let partial = protocol::json::frame_from_value(&json!([{ "x1": 1.0, "x2": 2.0, "grp": "beta" }])).unwrap();
+    let error = host.score_trees("ranger_reg", Input::Frame(partial), 10, 20).0.expect_err("a missing column");
+    assert_eq!(error.code, ErrorCode::RError);
+    assert!(error.message.starts_with("model 'ranger_reg': predict failed (trees 10..20): "), "{}", error.message);
+    assert!(error.message.contains("not found"), "{}", error.message);
+    match host.part("rf_reg", &rf_rows, 0, 200) {
+        protocol::host::ForestPart::Regression { n_trees: 200, mean } => assert!(mean[0].is_some()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Packages made by R here rather than in the fixtures: forests that must stay whole,
+/// and 500-tree randomForests for timings.
+fn r_packages(root: &Path) {
+    let code = r#"
+      suppressPackageStartupMessages({ library(randomForest); library(ranger) })
+      out <- Sys.getenv("OUT")
+      save <- function(name, model) { dir.create(file.path(out, name)); saveRDS(model, file.path(out, name, "model.rds")) }
+      set.seed(11)
+      n <- 300
+      d <- data.frame(x1 = runif(n, 0, 10), x2 = rnorm(n), grp = factor(sample(c("a", "b", "c"), n, TRUE)),
+                      cnt = as.numeric(sample(0:20, n, TRUE)))
+      d$y <- 3 + 0.5 * d$x1 - 2 * d$x2 + as.integer(d$grp) + 0.1 * d$cnt + rnorm(n, sd = 0.5)
+      d$time <- rexp(n, exp(-d$y / 5)); d$status <- rbinom(n, 1, 0.7)
+      save("ranger_prob", ranger(Species ~ ., data = iris, num.trees = 20, probability = TRUE, num.threads = 1, seed = 1))
+      save("ranger_surv", ranger(dependent.variable.name = "time", status.variable.name = "status",
+                                 data = d[c("x1", "x2", "cnt", "time", "status")], num.trees = 20, num.threads = 1, seed = 1))
+      save("ranger_numeric_class", ranger(x = iris[1:4], y = as.integer(iris$Species == "setosa"), classification = TRUE,
+                                          num.trees = 20, num.threads = 1, seed = 1))
+      save("rf_cutoff", randomForest(Species ~ ., data = iris, ntree = 20, cutoff = c(0.5, 0.3, 0.2)))
+      save("rf_bias", randomForest(y ~ x1 + x2 + grp + cnt, data = d, ntree = 50, corr.bias = TRUE))
+      save("rf_big_reg", randomForest(y ~ x1 + x2 + grp + cnt, data = d, ntree = 500))
+      save("rf_big_class", randomForest(Species ~ ., data = iris, ntree = 500))
+    "#;
+    let status = Command::new("Rscript").arg("-e").arg(code).env("OUT", root).status().expect("run Rscript");
+    assert!(status.success(), "making the R packages failed: {status}");
+}
+
+#[test]
+fn forests_that_cannot_be_split_stay_whole() {
+    let root = tempfile::tempdir().unwrap();
+    r_packages(root.path());
+    let names = ["ranger_prob", "ranger_surv", "ranger_numeric_class", "rf_cutoff", "rf_bias"];
+    let (mut host, infos) = Host::ready(names.iter().map(|n| spec(&root.path().join(n))).collect());
+    for name in &names[..4] {
+        assert_eq!(info(&infos, name).forest, None, "{name}");
+    }
+    // A bias-corrected randomForest answers a + b * mean, which still combines as a mean.
+    let model = info(&infos, "rf_bias").clone();
+    assert_eq!(model.forest, Some(protocol::ForestInfo { n_trees: 50, classes: None }));
+    let rows = json!([{ "x1": 1.5, "x2": 0.3, "grp": "b", "cnt": 4.0 }, { "x1": 8.25, "x2": -1.0, "grp": "c", "cnt": 17.0 }]);
+    let frame = frame_for(&rows, &model);
+    let whole = f64_column(&host.frame("rf_bias", frame.clone(), None), ".pred");
+    let Combined::Mean(mean) = combine(&mut host, "rf_bias", &frame, &[0, 13, 50], None) else { unreachable!() };
+    for (got, want) in mean.iter().zip(&whole) {
+        assert!((got.unwrap() - want.unwrap()).abs() <= 1e-9, "{got:?} vs R's {want:?}");
+    }
+}
+
+/// Not a check: how long one row takes with half of a 500-tree forest against the whole
+/// forest (`cargo test -p rhost --test host forest_timings -- --nocapture` shows it).
+#[test]
+fn forest_timings() {
+    let root = tempfile::tempdir().unwrap();
+    r_packages(root.path());
+    let mut specs: Vec<ModelSpec> = ["rf_big_reg", "rf_big_class"].iter().map(|n| spec(&root.path().join(n))).collect();
+    specs.push(spec(&fixtures().join("models/ranger_class")));
+    let (mut host, infos) = Host::ready(specs);
+    let rows = [
+        ("rf_big_reg", json!([{ "x1": 4.2, "x2": 0.5, "grp": "b", "cnt": 7.0 }])),
+        ("rf_big_class", json!([{ "Sepal.Length": 6.1, "Sepal.Width": 2.8, "Petal.Length": 4.9, "Petal.Width": 1.6 }])),
+        ("ranger_class", json!([{ "Sepal.Length": 6.1, "Sepal.Width": 2.8, "Petal.Length": 4.9, "Petal.Width": 1.6 }])),
+    ];
+    const REPS: usize = 40;
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    for (name, row) in rows {
+        let model = info(&infos, name).clone();
+        assert_eq!(model.forest.as_ref().map(|f| f.n_trees), Some(500), "{name}");
+        // The first call for a range makes its sub-forest.
+        let frame = frame_for(&row, &model);
+        let first_half = host.score_trees(name, Input::Frame(frame.clone()), 250, 500).1;
+        let first_whole = host.score_trees(name, Input::Frame(frame.clone()), 0, 500).1;
+        eprintln!("{name}: first call of a range (makes the sub-forest), 1 row: 250..500 {first_half} µs, 0..500 {first_whole} µs");
+        for n_rows in [1, 32] {
+            let frame = frame_for(&Value::Array(vec![row[0].clone(); n_rows]), &model);
+            let (mut whole, mut half, mut all_trees) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..REPS {
+                whole.push(host.score_r_us(name, &frame));
+                let (result, r_us) = host.score_trees(name, Input::Frame(frame.clone()), 250, 500);
+                assert!(result.is_ok());
+                half.push(r_us);
+                let (result, r_us) = host.score_trees(name, Input::Frame(frame.clone()), 0, 500);
+                assert!(result.is_ok());
+                all_trees.push(r_us);
+            }
+            eprintln!(
+                "{name}, {n_rows} row(s), r_us median of {REPS}: score (whole forest) {} µs; \
+                 score_trees 250..500 {} µs; score_trees 0..500 {} µs",
+                median(whole),
+                median(half),
+                median(all_trees)
+            );
+        }
+    }
+}
