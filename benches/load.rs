@@ -14,6 +14,12 @@
 //! comes first. Every latency of the measured phase is kept, so percentiles are exact
 //! (nearest rank over the successful replies); nothing is sampled or bucketed.
 //!
+//! rfleet's successful replies say how long the R host spent on them (`x-rfleet-r-ms`).
+//! For each reply that carries it, the harness also keeps the *overhead*: its end-to-end
+//! latency minus that R time, i.e. everything that is not R (this client, HTTP, JSON,
+//! the bus, waiting for a host, the host channel). Its percentiles are exact too, and
+//! left out of the summary when no reply carried the header.
+//!
 //! The harness only talks to loopback addresses: it is a benchmark tool, not a way to
 //! load somebody else's service.
 
@@ -37,6 +43,8 @@ use tokio::net::TcpStream;
 const N_ERRORS_PRINTED: usize = 5;
 /// Printed error bodies are cut to this many characters.
 const ERROR_BODY_CHARS: usize = 300;
+/// The reply header with the R host's time for the request, in ms with 3 decimals.
+const R_MS_HEADER: &str = "x-rfleet-r-ms";
 
 #[derive(Parser, Debug)]
 #[command(name = "rfleet-load", version, about = "Closed-loop HTTP load generator for rfleet (loopback only)")]
@@ -184,6 +192,12 @@ struct Summary {
     seconds: f64,
     /// Latencies of the successful requests, in nanoseconds, sorted ascending.
     latencies_ns: Vec<u64>,
+    /// R time (`x-rfleet-r-ms`) of the successful replies that carried it, in
+    /// nanoseconds, sorted ascending.
+    r_ns: Vec<u64>,
+    /// Latency minus R time of the same replies, in nanoseconds, sorted ascending.
+    /// Signed: the two come from different clocks, rounded differently.
+    overheads_ns: Vec<i64>,
 }
 
 impl Summary {
@@ -204,9 +218,17 @@ impl Summary {
         percentile(&self.latencies_ns, p).map(|ns| ns as f64 / 1e6)
     }
 
+    fn overhead_percentile_ms(&self, p: f64) -> Option<f64> {
+        percentile(&self.overheads_ns, p).map(|ns| ns as f64 / 1e6)
+    }
+
+    fn r_percentile_ms(&self, p: f64) -> Option<f64> {
+        percentile(&self.r_ns, p).map(|ns| ns as f64 / 1e6)
+    }
+
     fn line(&self) -> String {
         let ms = |p: f64| self.percentile_ms(p).map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-        format!(
+        let mut line = format!(
             "rfleet-load: concurrency={} requests={} errors={} (http={} transport={}) connections={} seconds={:.3} \
              rps={:.1} p50_ms={} p90_ms={} p99_ms={} max_ms={}",
             self.concurrency,
@@ -221,13 +243,29 @@ impl Summary {
             ms(90.0),
             ms(99.0),
             ms(100.0),
-        )
+        );
+        if !self.overheads_ns.is_empty() {
+            // Overheads are well under a millisecond at low load: one more decimal.
+            let overhead = |p: f64| self.overhead_percentile_ms(p).map_or_else(String::new, |v| format!("{v:.3}"));
+            let r = |p: f64| self.r_percentile_ms(p).map_or_else(String::new, |v| format!("{v:.2}"));
+            line += &format!(
+                " r_p50_ms={} overhead_p50_ms={} overhead_p90_ms={} overhead_p99_ms={} overhead_max_ms={} \
+                 (over {} replies with {R_MS_HEADER})",
+                r(50.0),
+                overhead(50.0),
+                overhead(90.0),
+                overhead(99.0),
+                overhead(100.0),
+                self.overheads_ns.len(),
+            );
+        }
+        line
     }
 
     fn to_json(&self) -> serde_json::Value {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         let ms = |p: f64| self.percentile_ms(p).map(round);
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "concurrency": self.concurrency,
             "requests": self.requests,
             "errors": self.errors(),
@@ -240,13 +278,43 @@ impl Summary {
             "p90_ms": ms(90.0),
             "p99_ms": ms(99.0),
             "max_ms": ms(100.0),
-        })
+        });
+        if !self.overheads_ns.is_empty() {
+            let overhead = |p: f64| self.overhead_percentile_ms(p).map(round);
+            let r = |p: f64| self.r_percentile_ms(p).map(round);
+            let fields = serde_json::json!({
+                "overhead_samples": self.overheads_ns.len(),
+                "overhead_p50_ms": overhead(50.0),
+                "overhead_p90_ms": overhead(90.0),
+                "overhead_p99_ms": overhead(99.0),
+                "overhead_max_ms": overhead(100.0),
+                "r_p50_ms": r(50.0),
+                "r_p99_ms": r(99.0),
+            });
+            if let (Some(all), serde_json::Value::Object(more)) = (json.as_object_mut(), fields) {
+                all.extend(more);
+            }
+        }
+        json
     }
+}
+
+/// The R time a reply reports in `x-rfleet-r-ms` (milliseconds, e.g. `4.991`), in
+/// nanoseconds; `None` when the value is not a finite, non-negative number.
+fn parse_r_ms(value: &[u8]) -> Option<u64> {
+    let ms: f64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| (ms * 1e6).round() as u64)
+}
+
+/// End-to-end latency minus R time, both in nanoseconds; negative only if the R host's
+/// clock ran ahead of the client's (rounding), which the percentiles keep rather than hide.
+fn overhead_ns(latency_ns: u64, r_ns: u64) -> i64 {
+    i64::try_from(latency_ns).unwrap_or(i64::MAX).saturating_sub(i64::try_from(r_ns).unwrap_or(i64::MAX))
 }
 
 /// Nearest-rank percentile of ascending `sorted`: the smallest sample with at least
 /// `p` percent of the samples at or below it (R's `quantile(type = 1)`).
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     if sorted.is_empty() {
         return None;
     }
@@ -277,6 +345,8 @@ async fn measure(plan: &Plan, n_warmup: u64, n_requests: u64) -> Summary {
 #[derive(Default)]
 struct TaskTally {
     latencies_ns: Vec<u64>,
+    r_ns: Vec<u64>,
+    overheads_ns: Vec<i64>,
     http_errors: u64,
     transport_errors: u64,
     connections: u64,
@@ -319,8 +389,12 @@ async fn run_phase(
                     };
                 let latency_ns = sent_at.elapsed().as_nanos() as u64;
                 let failure = match outcome {
-                    Ok(()) => {
+                    Ok(r_ns) => {
                         tally.latencies_ns.push(latency_ns);
+                        if let Some(r_ns) = r_ns {
+                            tally.r_ns.push(r_ns);
+                            tally.overheads_ns.push(overhead_ns(latency_ns, r_ns));
+                        }
                         continue;
                     }
                     Err(failure) => failure,
@@ -350,6 +424,8 @@ async fn run_phase(
         connections: 0,
         seconds: 0.0,
         latencies_ns: Vec::with_capacity(n_requests.min(10_000_000) as usize),
+        r_ns: Vec::new(),
+        overheads_ns: Vec::new(),
     };
     let mut connections = Vec::with_capacity(plan.concurrency);
     while let Some(joined) = tasks.join_next().await {
@@ -359,11 +435,15 @@ async fn run_phase(
         summary.transport_errors += tally.transport_errors;
         summary.connections += tally.connections;
         summary.latencies_ns.extend(tally.latencies_ns);
+        summary.r_ns.extend(tally.r_ns);
+        summary.overheads_ns.extend(tally.overheads_ns);
         connections.push(connection);
     }
     summary.seconds = started.elapsed().as_secs_f64();
     summary.requests = summary.latencies_ns.len() as u64 + summary.errors();
     summary.latencies_ns.sort_unstable();
+    summary.r_ns.sort_unstable();
+    summary.overheads_ns.sort_unstable();
     (summary, connections)
 }
 
@@ -414,13 +494,14 @@ impl std::fmt::Display for Failure {
 
 /// One request on the task's connection, opening it first when there is none or when the
 /// server closed it. The reply body is read in full so the connection can be reused and
-/// the latency covers the whole answer.
+/// the latency covers the whole answer. A success returns the reply's R time in
+/// nanoseconds, when it has a valid `x-rfleet-r-ms`.
 async fn send(
     target: &Target,
     connection: &mut Option<Connection>,
     tally: &mut TaskTally,
     body: &Bytes,
-) -> Result<(), Failure> {
+) -> Result<Option<u64>, Failure> {
     // A kept-alive connection may have been closed by the server since the last reply
     // (idle timeout, `connection: close`); that is not a failed request, so reconnect.
     if let Some(open) = connection {
@@ -443,9 +524,10 @@ async fn send(
         .expect("a request built from a validated URL is valid");
     let response = open.sender.send_request(request).await.map_err(Failure::Http)?;
     let status = response.status();
+    let r_ns = response.headers().get(R_MS_HEADER).and_then(|value| parse_r_ms(value.as_bytes()));
     let reply = response.into_body().collect().await.map_err(Failure::Http)?.to_bytes();
     if status.is_success() {
-        Ok(())
+        Ok(r_ns)
     } else {
         let text: String = String::from_utf8_lossy(&reply).chars().take(ERROR_BODY_CHARS).collect();
         Err(Failure::Status(status, text))
@@ -499,7 +581,10 @@ mod tests {
     }
 
     /// A minimal HTTP/1.1 keep-alive server: answers 200 with the request body echoed, or
-    /// 500 when the body contains "bad". Returns its address and a count of connections.
+    /// 500 when the body contains "bad". A body that is a JSON array whose first element
+    /// has `"r_ms": "<text>"` gets that text back as `x-rfleet-r-ms`, and one with
+    /// `"sleep_ms": <n>` is answered after n ms. Returns its address and a count of
+    /// connections.
     async fn echo_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -531,12 +616,24 @@ mod tests {
                         let mut body = vec![0; content_length];
                         stream.read_exact(&mut body).await.unwrap();
                         let status = if body.windows(3).any(|w| w == b"bad") { "500 Oops" } else { "200 OK" };
+                        let first = serde_json::from_slice::<serde_json::Value>(&body)
+                            .ok()
+                            .and_then(|json| json.get(0).cloned())
+                            .unwrap_or_default();
+                        if let Some(sleep_ms) = first["sleep_ms"].as_u64() {
+                            tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
+                        }
+                        let r_ms = first["r_ms"]
+                            .as_str()
+                            .map_or_else(String::new, |text| format!("{R_MS_HEADER}: {text}\r\n"));
                         let reply = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{r_ms}content-length: {}\r\n\r\n",
                             body.len()
                         );
-                        stream.get_mut().write_all(reply.as_bytes()).await.unwrap();
-                        stream.get_mut().write_all(&body).await.unwrap();
+                        // One write: two small ones would meet Nagle and delayed ACKs.
+                        let mut reply = reply.into_bytes();
+                        reply.extend_from_slice(&body);
+                        stream.get_mut().write_all(&reply).await.unwrap();
                     }
                 });
             }
@@ -572,6 +669,127 @@ mod tests {
         let json = summary.to_json();
         assert_eq!(json["errors"], 10);
         assert_eq!(json["concurrency"], 3);
+        // No reply carried x-rfleet-r-ms: no overhead, in the line or the JSON.
+        assert!(summary.overheads_ns.is_empty());
+        assert!(!summary.line().contains("overhead"), "{}", summary.line());
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert!(keys.iter().all(|k| !k.starts_with("overhead") && !k.starts_with("r_")), "{keys:?}");
+    }
+
+    #[test]
+    fn r_ms_header_values_become_nanoseconds() {
+        assert_eq!(parse_r_ms(b"4.991"), Some(4_991_000));
+        assert_eq!(parse_r_ms(b"0.001"), Some(1_000));
+        assert_eq!(parse_r_ms(b" 12 "), Some(12_000_000));
+        assert_eq!(parse_r_ms(b"0.000"), Some(0));
+        assert_eq!(parse_r_ms(b"123456.789"), Some(123_456_789_000));
+        for bad in [&b""[..], b"-1.000", b"NaN", b"inf", b"4,991", b"ms", b"\xff"] {
+            assert_eq!(parse_r_ms(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn overhead_is_latency_minus_r_time() {
+        assert_eq!(overhead_ns(5_520_000, 4_991_000), 529_000);
+        assert_eq!(overhead_ns(4_991_000, 4_991_000), 0);
+        // A host clock a hair ahead shows up as a negative overhead, not as a wrap-around.
+        assert_eq!(overhead_ns(4_990_999, 4_991_000), -1);
+        assert_eq!(overhead_ns(0, u64::MAX), -i64::MAX);
+    }
+
+    /// A summary of the given successful (latency, R time) pairs, in nanoseconds, sorted
+    /// as `run_phase` leaves it.
+    fn summary_of(samples: &[(u64, Option<u64>)]) -> Summary {
+        let mut summary = Summary {
+            concurrency: 1,
+            requests: samples.len() as u64,
+            http_errors: 0,
+            transport_errors: 0,
+            connections: 0,
+            seconds: 1.0,
+            latencies_ns: samples.iter().map(|&(latency, _)| latency).collect(),
+            r_ns: samples.iter().filter_map(|&(_, r)| r).collect(),
+            overheads_ns: samples.iter().filter_map(|&(latency, r)| r.map(|r| overhead_ns(latency, r))).collect(),
+        };
+        summary.latencies_ns.sort_unstable();
+        summary.r_ns.sort_unstable();
+        summary.overheads_ns.sort_unstable();
+        summary
+    }
+
+    #[test]
+    fn overhead_percentiles_are_exact_and_per_request() {
+        // 100 requests: R takes 5 ms each except request 100 (50 ms, a GC pause); the
+        // overhead of request i is i * 10 us. The largest latency is the GC pause, the
+        // largest overhead is not: overhead is taken per request, before sorting.
+        let samples: Vec<(u64, Option<u64>)> = (1..=100u64)
+            .map(|i| {
+                let r = if i == 100 { 50_000_000 } else { 5_000_000 };
+                (r + i * 10_000, Some(r))
+            })
+            .collect();
+        let summary = summary_of(&samples);
+        let json = summary.to_json();
+        assert_eq!(json["overhead_samples"], 100);
+        assert_eq!(json["overhead_p50_ms"], 0.5);
+        assert_eq!(json["overhead_p90_ms"], 0.9);
+        assert_eq!(json["overhead_p99_ms"], 0.99);
+        assert_eq!(json["overhead_max_ms"], 1.0);
+        assert_eq!(json["r_p50_ms"], 5.0);
+        assert_eq!(json["r_p99_ms"], 5.0);
+        assert_eq!(json["max_ms"], 51.0);
+        let line = summary.line();
+        assert!(
+            line.contains("overhead_p50_ms=0.500 overhead_p90_ms=0.900 overhead_p99_ms=0.990 overhead_max_ms=1.000"),
+            "{line}"
+        );
+        assert!(line.contains("r_p50_ms=5.00"), "{line}");
+    }
+
+    #[test]
+    fn overhead_counts_only_replies_with_the_header() {
+        let summary = summary_of(&[(3_000_000, Some(1_000_000)), (9_000_000, None), (4_000_000, Some(1_500_000))]);
+        let json = summary.to_json();
+        assert_eq!(json["p50_ms"], 4.0);
+        assert_eq!(json["overhead_samples"], 2);
+        assert_eq!(json["overhead_p50_ms"], 2.0);
+        assert_eq!(json["overhead_max_ms"], 2.5);
+        assert!(summary.line().contains("(over 2 replies with x-rfleet-r-ms)"), "{}", summary.line());
+    }
+
+    #[tokio::test]
+    async fn records_the_r_time_of_each_successful_reply() {
+        let (addr, _) = echo_server().await;
+        // Every reply with the header claims 2 ms of R and takes at least 20 ms; failures and replies
+        // without the header or with a malformed one have no overhead.
+        let lines = [
+            r#"[{"x":1,"r_ms":"2.000","sleep_ms":20}]"#,
+            r#"[{"x":"bad","r_ms":"2.000"}]"#,
+            r#"[{"x":2}]"#,
+            r#"[{"x":3,"r_ms":"n/a"}]"#,
+            r#"[{"x":4,"r_ms":"2.000","sleep_ms":20}]"#,
+        ];
+        let plan = plan(&format!("http://{addr}/score"), &lines, 2);
+        let summary = measure(&plan, 0, 50).await;
+        assert_eq!(summary.http_errors, 10);
+        assert_eq!(summary.latencies_ns.len(), 40);
+        assert_eq!(summary.r_ns, vec![2_000_000; 20]);
+        assert_eq!(summary.overheads_ns.len(), 20);
+        assert!(summary.overheads_ns.windows(2).all(|w| w[0] <= w[1]));
+        assert!(summary.overheads_ns[0] >= 18_000_000, "slept 20 ms, R claimed 2 ms: {:?}", summary.overheads_ns);
+        let json = summary.to_json();
+        assert_eq!(json["overhead_samples"], 20);
+        assert_eq!(json["r_p50_ms"], 2.0);
+        assert!(json["overhead_p50_ms"].as_f64().unwrap() >= 18.0);
+        // With one R time for all, each overhead is the latency of one of the successful
+        // replies minus 2 ms, exactly, and no latency is used twice.
+        let mut latencies = summary.latencies_ns.clone();
+        for overhead in &summary.overheads_ns {
+            let latency = (overhead + 2_000_000) as u64;
+            let at = latencies.iter().position(|&ns| ns == latency);
+            assert!(at.is_some(), "overhead {overhead} ns is no latency minus 2 ms");
+            latencies.swap_remove(at.unwrap());
+        }
     }
 
     #[tokio::test]
