@@ -33,7 +33,7 @@
 //! # Properties
 //! Requests carry `correlation_id`, `reply_to`, `content_type` (`application/msgpack` or
 //! `application/json`), `expiration` (ms left until the deadline, as a string) and
-//! `delivery_mode` 2 (persistent). Requests are published `mandatory` on a channel in
+//! `delivery_mode` 1 (transient: see `call`). Requests are published `mandatory` on a channel in
 //! confirm mode: the call fails with [`BusError::Unavailable`] when the broker nacks it or
 //! returns it unroutable. Replies carry the request's `correlation_id` and the reply's
 //! content type.
@@ -747,7 +747,10 @@ impl Requester for AmqpBus {
                 .with_correlation_id(correlation_id.as_str().into())
                 .with_reply_to(inner.reply_queue.as_str().into())
                 .with_content_type(message.content_type.as_str().into())
-                .with_delivery_mode(2);
+                // Transient: a request outlives a broker restart only to be answered into a
+                // reply queue that is gone (its caller already got 503), so persisting it
+                // buys nothing and costs a disk write on the latency path.
+                .with_delivery_mode(1);
             if let Some(expiration_ms) = message.expiration_ms {
                 properties = properties.with_expiration(expiration_ms.to_string().into());
             }
