@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 
 R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-jsonlite
             r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
-TEST_PACKAGES=(curl rabbitmq-server python3-pip)
-# The example publisher and the broker tests use these, from PyPI.
-PYTHON_PACKAGES=(pika msgpack)
+TEST_PACKAGES=(curl rabbitmq-server python3-pip chromium)
+# The example publisher and the broker tests use pika and msgpack; the convention tests
+# drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client.
+PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -43,7 +44,7 @@ ensure_broker() {
 }
 
 python_packages() {
-    if ! python3 -c "import pika, msgpack" 2>/dev/null; then
+    if ! python3 -c "import pika, msgpack, tritonclient.http, websocket" 2>/dev/null; then
         # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv one does not.
         python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}" 2>/dev/null ||
             python3 -m pip install --quiet --break-system-packages "${PYTHON_PACKAGES[@]}"

@@ -12,6 +12,11 @@
 //! - [`request_log`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log span.
 //! - [`announcements`]: workers' announcements (over a broker) into the catalog.
+//! - [`vetiver`]: vetiver / plumber's `POST /predict`, `/ping`, `/metadata`, `/prototype`.
+//! - [`oip`]: the Open Inference Protocol (KServe v2, Triton) under `/v2`.
+//! - [`scored`]: how those two score: through [`score`], predictions back as JSON.
+//! - [`openapi`]: the OpenAPI document (`/openapi.json`, `/swagger.json`) and Swagger UI
+//!   (`/docs`).
 //!
 //! **Architecture Invariant:** the dispatcher never touches R and never blocks the async
 //! runtime: R runs in the workers' host processes, and parsing or encoding a large body
@@ -19,9 +24,13 @@
 
 pub mod announcements;
 pub mod error;
+pub mod oip;
+pub mod openapi;
 pub mod request_log;
 pub mod routes;
 pub mod score;
+mod scored;
+pub mod vetiver;
 
 use std::any::Any;
 use std::future::Future;
@@ -87,6 +96,26 @@ pub fn router(state: AppState) -> Router {
         .route("/score", post(score::score_default))
         .route("/models/{name}/score", post(score::score_model))
         .route("/models/{name}/versions/{version}/score", post(score::score_model_version))
+        // vetiver / plumber clients.
+        .route("/predict", post(vetiver::predict_default))
+        .route("/models/{name}/predict", post(vetiver::predict_model))
+        .route("/ping", get(vetiver::ping))
+        .route("/metadata", get(vetiver::metadata))
+        .route("/prototype", get(vetiver::prototype))
+        // Open Inference Protocol (KServe v2 / Triton).
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{name}", get(oip::model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(oip::model_version_metadata))
+        .route("/v2/models/{name}/ready", get(oip::model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(oip::model_version_ready))
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_version))
+        // The API's own description; every route above is in it.
+        .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
+        .route("/swagger.json", get(openapi::swagger_json))
+        .merge(openapi::swagger_ui())
         .with_state(state);
     with_layers(routes)
 }

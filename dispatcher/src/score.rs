@@ -15,6 +15,7 @@ use axum::{Extension, Json};
 use bus::{ContentType, Outgoing};
 use futures::StreamExt;
 use protocol::json::{frame_from_slice, predictions_to_json, JsonError};
+use protocol::message::SplitPolicy;
 use protocol::{ErrorCode, Input, ModelInfo, ModelKind, Options, Outcome, Reply, Request, Timings};
 use serde::Deserialize;
 use tracing::Span;
@@ -40,6 +41,9 @@ pub struct ScoreQuery {
     /// `?type=prob`: passed to R's `predict` as `type`.
     #[serde(rename = "type")]
     pub predict_type: Option<String>,
+    /// `?split=never|auto|always`: whether the worker may split this request across its
+    /// R hosts (default: the model's policy).
+    pub split: Option<SplitPolicy>,
 }
 
 /// `POST /score`: the only served model, else the configured default.
@@ -80,7 +84,7 @@ pub async fn score_model_version(
     score(state, name, Some(version), request_id, query, headers, body).await
 }
 
-async fn score(
+pub(crate) async fn score(
     state: AppState,
     name: String,
     version: Option<String>,
@@ -118,7 +122,7 @@ async fn score(
         // The version whose schema was checked here, so the worker scores with the same one.
         model_version: info.version.clone(),
         deadline_ms: Some(deadline_ms),
-        options: Options { predict_type: query.predict_type },
+        options: Options { predict_type: query.predict_type, split: query.split },
         traceparent: headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string),
         request_id: Some(request_id),
         // Filled in by `encode_request`, which may run on another thread.
@@ -141,7 +145,7 @@ async fn score(
 impl AppState {
     /// The model `POST /score` means: the only one served, else the default, else a 404
     /// pointing at the named route.
-    fn default_model_name(&self) -> Result<String, ApiError> {
+    pub(crate) fn default_model_name(&self) -> Result<String, ApiError> {
         let models = self.shared.catalog.models();
         let mut names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         names.sort_unstable();
@@ -299,4 +303,7 @@ fn insert_timings(headers: &mut HeaderMap, timings: &Timings) {
     insert("x-rfleet-queue-ms", format!("{:.3}", timings.queue_ms));
     insert("x-rfleet-r-ms", format!("{:.3}", timings.r_ms));
     insert("x-rfleet-attempts", timings.attempts.to_string());
+    if let Some(path) = &timings.path {
+        insert("x-rfleet-path", path.clone());
+    }
 }

@@ -341,6 +341,7 @@ fn scripted_reply(request: &Request) -> Reply {
             worker: "test-worker".into(),
             host_pid: Some(4242),
             attempts: 1,
+            path: None,
         },
     }
 }

@@ -1,0 +1,638 @@
+//! The Open Inference Protocol (KServe v2, Triton's HTTP/REST API) over rfleet's scoring,
+//! so clients such as Python's `tritonclient.http` work unchanged.
+//!
+//! A model's input is a table, so each input tensor is one column: its `name` is the
+//! column's, its `data` the column's values (flat or nested), its `shape` `[n]` or `[n, 1]`.
+//! A single `[n, k]` tensor is also accepted as the k schema columns in order (what a
+//! client of an sklearn-style server sends). Each prediction column comes back as one
+//! output tensor of shape `[n]`; a single prediction vector (rfleet's `.pred`) is named
+//! `predict`, as KServe's own model servers name it. Factor and character predictions are
+//! `BYTES`, R's `NA` is JSON `null`.
+//!
+//! Only the JSON encoding is spoken: the binary tensor extension and shared memory are
+//! refused with a clear 400, and outputs are always sent as JSON (which `tritonclient`
+//! reads whether or not it asked for binary). Errors answer `{"error": "..."}`, the
+//! protocol's shape, with the status rfleet gives the same problem elsewhere.
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use protocol::{ColumnType, ModelInfo, Schema};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::request_log::RequestId;
+use crate::score::ScoreQuery;
+use crate::scored::{headers_for_new_body, score_json, Target};
+use crate::AppState;
+
+/// The name of the output tensor holding a single prediction vector (rfleet's `.pred`).
+pub const PREDICT_OUTPUT: &str = "predict";
+
+/// Sent by clients that append binary tensor data after the JSON header.
+const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// An error in the protocol's shape: `{"error": "..."}`.
+#[derive(Debug)]
+pub struct OipError {
+    status: StatusCode,
+    message: String,
+}
+
+/// The body of every OIP error.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": "model 'iris' is not served here (served: rf_reg)"}))]
+pub struct OipErrorBody {
+    pub error: String,
+}
+
+impl OipError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        OipError { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+
+    /// Re-shapes an answer in rfleet's `{"message": ...}` shape, keeping its status.
+    async fn from_response(response: Response) -> Self {
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap_or_default();
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        OipError { status, message }
+    }
+}
+
+impl From<ApiError> for OipError {
+    fn from(error: ApiError) -> Self {
+        OipError { status: error.status(), message: error.to_string() }
+    }
+}
+
+impl IntoResponse for OipError {
+    fn into_response(self) -> Response {
+        (self.status, Json(OipErrorBody { error: self.message })).into_response()
+    }
+}
+
+/// `GET /v2`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerMetadata {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub extensions: Vec<String>,
+}
+
+/// A tensor's description in model metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    /// `FP64`, `INT32`, `BOOL` or `BYTES`.
+    pub datatype: &'static str,
+    /// `[-1]`: any number of rows.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{name}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    /// The versions of this model that are served (empty for an unversioned model).
+    pub versions: Vec<String>,
+    /// Always `R`.
+    pub platform: &'static str,
+    /// One tensor per input column of the model's schema.
+    pub inputs: Vec<TensorMetadata>,
+    /// The default prediction: one vector named `predict`. Models answering a matrix or
+    /// a data.frame return one tensor per column instead, named after it.
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// `GET /v2/health/ready`, `GET /v2/models/{name}/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v2/health/live`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    pub live: bool,
+}
+
+/// `POST /v2/models/{name}/infer`: the request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": "42",
+    "inputs": [
+        {"name": "x1", "datatype": "FP64", "shape": [2], "data": [0.5, 1.5]},
+        {"name": "grp", "datatype": "BYTES", "shape": [2, 1], "data": [["a"], ["b"]]}
+    ],
+    "outputs": [{"name": "predict"}]
+}))]
+pub struct InferRequest {
+    /// Echoed in the answer.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `type` is passed to R's `predict`; other parameters are ignored.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+    pub inputs: Vec<InputTensor>,
+    /// Which outputs to return; all when absent.
+    #[serde(default)]
+    pub outputs: Option<Vec<RequestedOutput>>,
+}
+
+/// One input column.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InputTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// `FP64`, `FP32`, `INT8`..`INT64`, `UINT8`..`UINT64`, `BOOL` or `BYTES` (strings).
+    pub datatype: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+    /// The values, row-major, flat or nested.
+    #[serde(default)]
+    #[schema(value_type = Value)]
+    pub data: Option<Value>,
+}
+
+/// An output the caller wants back.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// `binary_data` is accepted and ignored: outputs are always JSON.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// `POST /v2/models/{name}/infer`: the answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "model_name": "rf_reg", "id": "42",
+    "outputs": [{"name": "predict", "datatype": "FP64", "shape": [2], "data": [10.25, 12.5]}]
+}))]
+pub struct InferResponse {
+    pub model_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+    pub id: String,
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One prediction column.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct OutputTensor {
+    pub name: String,
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    #[schema(value_type = Vec<Value>)]
+    pub data: Vec<Value>,
+}
+
+#[utoipa::path(get, path = "/v2", tag = "open inference protocol", summary = "Server metadata",
+    responses((status = 200, body = ServerMetadata, example = json!({"name": "rfleet", "version": "0.1.0", "extensions": []}))))]
+pub async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata { name: "rfleet", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() })
+}
+
+#[utoipa::path(get, path = "/v2/health/live", tag = "open inference protocol", summary = "Server liveness",
+    responses((status = 200, body = Liveness)))]
+pub async fn live() -> Json<Liveness> {
+    Json(Liveness { live: true })
+}
+
+#[utoipa::path(get, path = "/v2/health/ready", tag = "open inference protocol", summary = "Server readiness",
+    description = "Ready when models are loaded, an R host is up and the bus takes requests.",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    match crate::routes::ready(State(state)).await {
+        Ok(_) => Json(Readiness { name: None, ready: true, error: None }).into_response(),
+        Err(e) => (e.status(), Json(Readiness { name: None, ready: false, error: Some(e.to_string()) })).into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "open inference protocol", summary = "Model metadata",
+    params(("name" = String, Path, description = "the model's name")),
+    responses((status = 200, body = ModelMetadata), (status = 404, body = OipErrorBody)))]
+pub async fn model_metadata(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ModelMetadata>, OipError> {
+    let Path(name) = path.map_err(path_error)?;
+    metadata(&state, &name, None)
+}
+
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "open inference protocol",
+    summary = "Model metadata of one version",
+    params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
+    responses((status = 200, body = ModelMetadata), (status = 404, body = OipErrorBody)))]
+pub async fn model_version_metadata(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<ModelMetadata>, OipError> {
+    let Path((name, version)) = path.map_err(path_error)?;
+    metadata(&state, &name, Some(&version))
+}
+
+fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Json<ModelMetadata>, OipError> {
+    let info = state.find_model(name, version)?;
+    let mut versions: Vec<String> = state
+        .shared
+        .catalog
+        .models()
+        .into_iter()
+        .filter(|m| m.name == info.name)
+        .filter_map(|m| m.version)
+        .collect();
+    versions.sort();
+    versions.dedup();
+    Ok(Json(model_metadata_of(&info, versions)))
+}
+
+/// The protocol's description of `info`.
+pub fn model_metadata_of(info: &ModelInfo, versions: Vec<String>) -> ModelMetadata {
+    let inputs = info
+        .schema
+        .iter()
+        .flat_map(|s| &s.columns)
+        .map(|c| TensorMetadata { name: c.name.clone(), datatype: datatype_of(c.column_type), shape: vec![-1] })
+        .collect();
+    // Classification forests answer labels; for other models the default is a number.
+    let classes = info.forest.as_ref().is_some_and(|f| f.classes.is_some());
+    let output_type = if classes { "BYTES" } else { "FP64" };
+    ModelMetadata {
+        name: info.name.clone(),
+        versions,
+        platform: "R",
+        inputs,
+        outputs: vec![TensorMetadata { name: PREDICT_OUTPUT.into(), datatype: output_type, shape: vec![-1] }],
+    }
+}
+
+/// The tensor datatype of an input column type.
+pub fn datatype_of(column_type: ColumnType) -> &'static str {
+    match column_type {
+        ColumnType::Numeric => "FP64",
+        ColumnType::Integer => "INT32",
+        ColumnType::Logical => "BOOL",
+        ColumnType::Character | ColumnType::Factor | ColumnType::Ordered => "BYTES",
+    }
+}
+
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "open inference protocol", summary = "Model readiness",
+    params(("name" = String, Path, description = "the model's name")),
+    responses((status = 200, body = Readiness), (status = 404, body = OipErrorBody), (status = 503, body = Readiness)))]
+pub async fn model_ready(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> Response {
+    match path.map_err(path_error) {
+        Ok(Path(name)) => readiness(&state, &name, None),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "open inference protocol",
+    summary = "Model readiness of one version",
+    params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
+    responses((status = 200, body = Readiness), (status = 404, body = OipErrorBody), (status = 503, body = Readiness)))]
+pub async fn model_version_ready(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    match path.map_err(path_error) {
+        Ok(Path((name, version))) => readiness(&state, &name, Some(&version)),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A served model is ready when an R host can score it now.
+fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
+    let info = match state.find_model(name, version) {
+        Ok(info) => info,
+        Err(e) => return OipError::from(e).into_response(),
+    };
+    let shared = &state.shared;
+    if shared.catalog.live_hosts() > 0 && shared.requester.is_ready() {
+        return Json(Readiness { name: Some(info.name), ready: true, error: None }).into_response();
+    }
+    let error = Some("no R host is running, or the message bus is not ready".to_string());
+    (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { name: Some(info.name), ready: false, error })).into_response()
+}
+
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open inference protocol", summary = "Score with a model",
+    params(("name" = String, Path, description = "the model's name")),
+    request_body = InferRequest,
+    responses(
+        (status = 200, body = InferResponse),
+        (status = "4XX", description = "bad tensors, bad input, unknown model", body = OipErrorBody),
+        (status = "5XX", description = "R hosts down, deadline passed", body = OipErrorBody),
+    ))]
+pub async fn infer(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OipError> {
+    let Path(name) = path.map_err(path_error)?;
+    infer_with(state, name, None, request_id, headers, body).await
+}
+
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "open inference protocol",
+    summary = "Score with one version of a model",
+    params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
+    request_body = InferRequest,
+    responses(
+        (status = 200, body = InferResponse),
+        (status = "4XX", description = "bad tensors, bad input, unknown model", body = OipErrorBody),
+        (status = "5XX", description = "R hosts down, deadline passed", body = OipErrorBody),
+    ))]
+pub async fn infer_version(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OipError> {
+    let Path((name, version)) = path.map_err(path_error)?;
+    infer_with(state, name, Some(version), request_id, headers, body).await
+}
+
+async fn infer_with(
+    state: AppState,
+    name: String,
+    version: Option<String>,
+    request_id: RequestId,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, OipError> {
+    let info = state.find_model(&name, version.as_deref())?;
+    if headers.contains_key(INFERENCE_HEADER_CONTENT_LENGTH) {
+        return Err(OipError::bad_request(
+            "the binary tensor extension is not supported: send tensors as JSON data (tritonclient: \
+             set_data_from_numpy(..., binary_data=False))",
+        ));
+    }
+    let limit_bytes = state.shared.server.max_body_bytes;
+    let bytes =
+        axum::body::to_bytes(body, limit_bytes).await.map_err(|_| OipError::from(ApiError::BodyTooLarge { limit_bytes }))?;
+    let request: InferRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| OipError::bad_request(format!("malformed inference request: {e}")))?;
+    let rows = rows_from_inputs(&request.inputs, info.schema.as_ref()).map_err(OipError::bad_request)?;
+    let predict_type = request.parameters.as_ref().and_then(|p| p.get("type")).and_then(Value::as_str);
+    let query = Ok(Query(ScoreQuery { predict_type: predict_type.map(str::to_string), ..ScoreQuery::default() }));
+
+    let id = request.id.clone().unwrap_or_else(|| request_id.0.clone());
+    let target = Target { name: info.name.clone(), version: version.clone() };
+    let body = Body::from(Value::Array(rows).to_string());
+    let scored = match score_json(state, target, request_id, query, headers_for_new_body(headers), body).await {
+        Ok(scored) => scored,
+        Err(response) => return Err(OipError::from_response(response).await),
+    };
+    let outputs = outputs_from_predictions(&scored.json)
+        .map_err(|message| OipError { status: StatusCode::INTERNAL_SERVER_ERROR, message })?;
+    let outputs = select_outputs(outputs, request.outputs.as_deref()).map_err(OipError::bad_request)?;
+    let answer = InferResponse { model_name: info.name, model_version: info.version, id, outputs };
+    Ok((scored.headers, Json(answer)).into_response())
+}
+
+fn path_error(rejection: PathRejection) -> OipError {
+    OipError::from(crate::routes::path_error(rejection))
+}
+
+/// Turns input tensors into row objects, the body every scoring path reads (Azure ML
+/// entry scripts included). Checks what the protocol promises: shapes match the data,
+/// values match the datatype, every column has the same number of rows.
+pub fn rows_from_inputs(inputs: &[InputTensor], schema: Option<&Schema>) -> Result<Vec<Value>, String> {
+    if inputs.is_empty() {
+        return Err("no inputs: send one input tensor per column".into());
+    }
+    let mut columns: Vec<(String, Vec<Value>)> = Vec::new();
+    for input in inputs {
+        let name = &input.name;
+        if let Some(parameters) = &input.parameters {
+            if parameters.contains_key("binary_data_size") || parameters.contains_key("shared_memory_region") {
+                return Err(format!(
+                    "input '{name}': binary data and shared memory are not supported; send the values as JSON data"
+                ));
+            }
+        }
+        let data = input.data.as_ref().ok_or_else(|| format!("input '{name}' has no data"))?;
+        let mut values = Vec::new();
+        flatten(data, &mut values);
+        for (i, value) in values.iter().enumerate() {
+            check_datatype(name, &input.datatype, i, value)?;
+        }
+        let dims: Vec<usize> = input
+            .shape
+            .iter()
+            .map(|d| usize::try_from(*d).map_err(|_| format!("input '{name}': shape {:?} has a negative size", input.shape)))
+            .collect::<Result<_, _>>()?;
+        let n_values: usize = dims.iter().product();
+        if dims.is_empty() || n_values != values.len() {
+            return Err(format!("input '{name}': shape {:?} holds {n_values} values but data has {}", input.shape, values.len()));
+        }
+        match dims.as_slice() {
+            [_] | [_, 1] => columns.push((name.clone(), values)),
+            [n_rows, width] => {
+                // One [n, k] tensor: the schema's k columns, in order.
+                let schema_columns = schema.map(|s| s.columns.as_slice()).unwrap_or_default();
+                if inputs.len() != 1 || schema_columns.len() != *width {
+                    return Err(format!(
+                        "input '{name}': shape {:?} is a matrix; send one input per column (shape [n] or [n, 1]), or \
+                         one [n, {}] input holding the model's columns in order",
+                        input.shape,
+                        schema_columns.len()
+                    ));
+                }
+                for (c, spec) in schema_columns.iter().enumerate() {
+                    let column = (0..*n_rows).map(|r| values[r * width + c].clone()).collect();
+                    columns.push((spec.name.clone(), column));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "input '{name}': shape {:?} has more than two dimensions; send one input per column, shape [n]",
+                    input.shape
+                ))
+            }
+        }
+    }
+    let n_rows = columns[0].1.len();
+    if let Some((name, values)) = columns.iter().find(|(_, v)| v.len() != n_rows) {
+        return Err(format!(
+            "input '{name}' has {} rows but input '{}' has {n_rows}; every input is one column of the same rows",
+            values.len(),
+            columns[0].0
+        ));
+    }
+    Ok((0..n_rows)
+        .map(|row| Value::Object(columns.iter().map(|(name, values)| (name.clone(), values[row].clone())).collect()))
+        .collect())
+}
+
+fn flatten(value: &Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| flatten(item, out)),
+        other => out.push(other.clone()),
+    }
+}
+
+fn check_datatype(name: &str, datatype: &str, index: usize, value: &Value) -> Result<(), String> {
+    let fits = match datatype {
+        "BYTES" => value.is_string(),
+        "BOOL" => value.is_boolean(),
+        "FP16" | "FP32" | "FP64" => value.is_number(),
+        "INT8" | "INT16" | "INT32" | "INT64" | "UINT8" | "UINT16" | "UINT32" | "UINT64" => {
+            value.is_i64() || value.is_u64()
+        }
+        other => {
+            return Err(format!(
+                "input '{name}': datatype '{other}' is not supported (use FP64, FP32, INT32, INT64, BOOL or BYTES)"
+            ))
+        }
+    };
+    // JSON null is R's NA in any column.
+    if fits || value.is_null() {
+        Ok(())
+    } else {
+        Err(format!("input '{name}': value {index} ({value}) is not {datatype}"))
+    }
+}
+
+/// Turns `POST /score`'s JSON (a plain array, or row objects) into one tensor per column.
+pub fn outputs_from_predictions(predictions: &Value) -> Result<Vec<OutputTensor>, String> {
+    let rows = predictions.as_array().ok_or("the model's answer is not an array of predictions")?;
+    if !rows.iter().any(Value::is_object) {
+        return Ok(vec![tensor(PREDICT_OUTPUT, rows.clone())?]);
+    }
+    let first = rows.iter().find_map(Value::as_object).into_iter().flat_map(|o| o.keys().cloned());
+    let names: Vec<String> = first.collect();
+    names
+        .iter()
+        .map(|name| tensor(name, rows.iter().map(|row| row.get(name).cloned().unwrap_or(Value::Null)).collect()))
+        .collect()
+}
+
+fn tensor(name: &str, data: Vec<Value>) -> Result<OutputTensor, String> {
+    let present = || data.iter().filter(|v| !v.is_null());
+    let datatype = if present().next().is_none() {
+        // Nothing but NA: numbers are the likeliest kind, and null reads as NaN in numpy.
+        "FP64"
+    } else if present().all(Value::is_string) {
+        "BYTES"
+    } else if present().all(Value::is_boolean) {
+        "BOOL"
+    } else if present().all(|v| v.as_i64().is_some_and(|i| i32::try_from(i).is_ok())) {
+        "INT32"
+    } else if present().all(|v| v.is_i64() || v.is_u64()) {
+        "INT64"
+    } else if present().all(Value::is_number) {
+        "FP64"
+    } else {
+        return Err(format!("prediction column '{name}' mixes types and cannot be one tensor"));
+    };
+    Ok(OutputTensor { name: name.to_string(), datatype, shape: vec![data.len()], data })
+}
+
+/// Keeps the requested outputs, in the requested order; all of them when none are named.
+pub fn select_outputs(outputs: Vec<OutputTensor>, requested: Option<&[RequestedOutput]>) -> Result<Vec<OutputTensor>, String> {
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else { return Ok(outputs) };
+    requested
+        .iter()
+        .map(|wanted| {
+            outputs.iter().find(|o| o.name == wanted.name).cloned().ok_or_else(|| {
+                let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+                format!("unknown output '{}' (this model's outputs: {})", wanted.name, names.join(", "))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::ColumnSpec;
+    use serde_json::json;
+
+    fn inputs(value: Value) -> Vec<InputTensor> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn check_rows(tensors: Value, schema: Option<&Schema>, expected: Result<Value, &str>) {
+        match (rows_from_inputs(&inputs(tensors.clone()), schema), expected) {
+            (Ok(rows), Ok(want)) => assert_eq!(Value::Array(rows), want, "{tensors}"),
+            (Err(e), Err(want)) => assert_eq!(e, want, "{tensors}"),
+            (got, want) => panic!("{tensors}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn inputs_become_rows() {
+        check_rows(
+            json!([{"name": "x", "datatype": "FP64", "shape": [2], "data": [0.5, null]},
+                   {"name": "g", "datatype": "BYTES", "shape": [2, 1], "data": [["a"], ["b"]]}]),
+            None,
+            Ok(json!([{"x": 0.5, "g": "a"}, {"x": null, "g": "b"}])),
+        );
+        let schema = Schema {
+            columns: ["a", "b"]
+                .iter()
+                .map(|n| ColumnSpec { name: n.to_string(), column_type: ColumnType::Numeric, levels: None })
+                .collect(),
+        };
+        check_rows(
+            json!([{"name": "input-0", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}]),
+            Some(&schema),
+            Ok(json!([{"a": 1, "b": 2}, {"a": 3, "b": 4}])),
+        );
+        check_rows(
+            json!([{"name": "x", "datatype": "FP64", "shape": [3], "data": [1.0, 2.0]}]),
+            None,
+            Err("input 'x': shape [3] holds 3 values but data has 2"),
+        );
+        check_rows(
+            json!([{"name": "x", "datatype": "FP64", "shape": [1], "data": ["a"]}]),
+            None,
+            Err("input 'x': value 0 (\"a\") is not FP64"),
+        );
+        check_rows(
+            json!([{"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0]},
+                   {"name": "y", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}]),
+            None,
+            Err("input 'y' has 2 rows but input 'x' has 1; every input is one column of the same rows"),
+        );
+        check_rows(
+            json!([{"name": "x", "datatype": "FP64", "shape": [1], "parameters": {"binary_data_size": 8}}]),
+            None,
+            Err("input 'x': binary data and shared memory are not supported; send the values as JSON data"),
+        );
+    }
+
+    #[test]
+    fn predictions_become_outputs() {
+        let one = outputs_from_predictions(&json!([1.5, null])).unwrap();
+        assert_eq!(one, [OutputTensor { name: "predict".into(), datatype: "FP64", shape: vec![2], data: vec![json!(1.5), Value::Null] }]);
+        let labels = outputs_from_predictions(&json!(["setosa", "virginica"])).unwrap();
+        assert_eq!((labels[0].datatype, labels[0].shape.as_slice()), ("BYTES", &[2][..]));
+        let probs = outputs_from_predictions(&json!([{"a": 0.25, "b": 1}, {"a": 0.5, "b": 2}])).unwrap();
+        let described: Vec<(&str, &str)> = probs.iter().map(|o| (o.name.as_str(), o.datatype)).collect();
+        assert_eq!(described, [("a", "FP64"), ("b", "INT32")]);
+        let requested: Vec<RequestedOutput> = serde_json::from_value(json!([{"name": "b"}])).unwrap();
+        assert_eq!(select_outputs(probs.clone(), Some(&requested)).unwrap()[0].name, "b");
+        let unknown: Vec<RequestedOutput> = serde_json::from_value(json!([{"name": "c"}])).unwrap();
+        assert_eq!(select_outputs(probs, Some(&unknown)).unwrap_err(), "unknown output 'c' (this model's outputs: a, b)");
+    }
+}

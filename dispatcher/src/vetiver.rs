@@ -1,0 +1,317 @@
+//! vetiver / plumber conventions: `POST /predict`, `GET /ping`, `GET /metadata`,
+//! `GET /prototype`, so clients written for a `vetiver_api()` server work unchanged.
+//!
+//! `/predict` takes every body `POST /score` takes and answers as vetiver does: a single
+//! prediction vector as `{".pred": [...]}`, a matrix or data.frame as an array of row
+//! objects. The routes without a model name use the same model as `POST /score`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use protocol::{ColumnSpec, ColumnType, ModelInfo};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::request_log::RequestId;
+use crate::routes::path_error;
+use crate::score::ScoreQuery;
+use crate::scored::{score_json, Scored, Target};
+use crate::AppState;
+
+/// `GET /ping`: vetiver's health answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "online", "time": "2025-01-31 12:00:00"}))]
+pub struct Ping {
+    /// Always `online`.
+    pub status: &'static str,
+    /// The server's clock, UTC, as R prints `Sys.time()`.
+    pub time: String,
+}
+
+/// `GET /metadata`: what `vetiver_model()` stores as `metadata`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VetiverMetadata {
+    /// Free-form metadata; rfleet stores none.
+    #[schema(value_type = Object)]
+    pub user: Map<String, Value>,
+    /// The model's version (`model.toml`), if it has one.
+    pub version: Option<String>,
+    /// Where the model is pinned; rfleet serves files, not pins.
+    pub url: Option<String>,
+    /// R packages the model needs, inferred from its classes.
+    pub required_pkgs: Vec<String>,
+}
+
+/// One column of `GET /prototype`, in the shape `cereal::cereal_encode()` gives it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrototypeColumn {
+    /// R's type: `double`, `integer`, `logical`, `character`, `factor` or `ordered`.
+    #[serde(rename = "type")]
+    pub column_type: &'static str,
+    /// A value of that type (for factors the first level).
+    #[schema(value_type = Value)]
+    pub example: Value,
+    /// `levels` for factors; empty otherwise.
+    #[schema(value_type = Object)]
+    pub details: Map<String, Value>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/predict",
+    tag = "vetiver",
+    summary = "Score rows with the default model, answered as vetiver does",
+    params(("type" = Option<String>, Query, description = "passed to R's `predict` as `type`")),
+    request_body(content = crate::openapi::ScoringBody, description = "rows, as for `POST /score`"),
+    responses(
+        (status = 200, description = "`{\".pred\": [...]}` for one prediction vector; an array of row objects for a \
+         matrix or data.frame", body = Value, example = json!({".pred": [21.4, 19.7]})),
+        (status = "4XX", description = "bad input, unknown model", body = crate::openapi::ErrorMessage),
+        (status = "5XX", description = "R hosts down, deadline passed", body = crate::openapi::ErrorMessage),
+    )
+)]
+pub async fn predict_default(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    query: Result<Query<ScoreQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = match state.default_model_name() {
+        Ok(name) => name,
+        Err(e) => return e.into_response(),
+    };
+    predict(state, Target { name, version: None }, request_id, query, headers, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/models/{name}/predict",
+    tag = "vetiver",
+    summary = "Score rows with one model, answered as vetiver does",
+    params(
+        ("name" = String, Path, description = "the model's name"),
+        ("type" = Option<String>, Query, description = "passed to R's `predict` as `type`"),
+    ),
+    request_body(content = crate::openapi::ScoringBody, description = "rows, as for `POST /score`"),
+    responses(
+        (status = 200, description = "`{\".pred\": [...]}` or an array of row objects", body = Value,
+         example = json!({".pred": [21.4, 19.7]})),
+        (status = "4XX", description = "bad input, unknown model", body = crate::openapi::ErrorMessage),
+        (status = "5XX", description = "R hosts down, deadline passed", body = crate::openapi::ErrorMessage),
+    )
+)]
+pub async fn predict_model(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ScoreQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(e) => return path_error(e).into_response(),
+    };
+    predict(state, Target { name, version: None }, request_id, query, headers, body).await
+}
+
+async fn predict(
+    state: AppState,
+    target: Target,
+    request_id: RequestId,
+    query: Result<Query<ScoreQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match score_json(state, target, request_id, query, headers, body).await {
+        Ok(Scored { json, headers }) => (headers, Json(vetiver_shape(json))).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// vetiver answers a prediction vector as `{".pred": [...]}`; rows (a matrix or a
+/// data.frame, one object per row) and anything else stay as they are.
+pub fn vetiver_shape(predictions: Value) -> Value {
+    match predictions {
+        Value::Array(values) if !values.iter().any(Value::is_object) => json!({ ".pred": values }),
+        other => other,
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/ping",
+    tag = "vetiver",
+    summary = "vetiver's health check",
+    responses((status = 200, body = Ping))
+)]
+pub async fn ping() -> Json<Ping> {
+    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Json(Ping { status: "online", time: utc_timestamp(seconds) })
+}
+
+#[utoipa::path(
+    get,
+    path = "/metadata",
+    tag = "vetiver",
+    summary = "The default model's metadata, as vetiver serves it",
+    responses(
+        (status = 200, body = VetiverMetadata,
+         example = json!({"user": {}, "version": "1.0.0", "url": null, "required_pkgs": ["randomForest"]})),
+        (status = 404, description = "no default model", body = crate::openapi::ErrorMessage),
+    )
+)]
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    match default_model(&state) {
+        Ok(info) => Json(VetiverMetadata {
+            user: Map::new(),
+            version: info.version.clone(),
+            url: None,
+            required_pkgs: required_pkgs(&info.r_class),
+        })
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/prototype",
+    tag = "vetiver",
+    summary = "The default model's input columns with their types, as vetiver's prototype",
+    description = "One entry per input column, in the order R sees them. `{}` when the model declares no \
+                   schema (its columns are then passed to R as they come).",
+    responses(
+        (status = 200, body = HashMap<String, PrototypeColumn>,
+         example = json!({"x1": {"type": "double", "example": 0.5, "details": {}},
+                          "grp": {"type": "factor", "example": "a", "details": {"levels": ["a", "b"]}}})),
+        (status = 404, description = "no default model", body = crate::openapi::ErrorMessage),
+    )
+)]
+pub async fn prototype(State(state): State<AppState>) -> Response {
+    match default_model(&state) {
+        Ok(info) => Json(prototype_of(&info)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn default_model(state: &AppState) -> Result<ModelInfo, ApiError> {
+    let name = state.default_model_name()?;
+    state.find_model(&name, None)
+}
+
+/// The prototype of `info`'s input columns, keyed by column name in schema order.
+pub fn prototype_of(info: &ModelInfo) -> Map<String, Value> {
+    let Some(schema) = &info.schema else { return Map::new() };
+    schema
+        .columns
+        .iter()
+        .map(|spec| {
+            let mut details = Map::new();
+            if let Some(levels) = &spec.levels {
+                details.insert("levels".into(), json!(levels));
+            }
+            let column = PrototypeColumn { column_type: r_type(spec.column_type), example: example_value(spec), details };
+            (spec.name.clone(), serde_json::to_value(column).expect("a prototype column serializes"))
+        })
+        .collect()
+}
+
+/// R's name for a column type, as `typeof()` (or `class()` for factors) says it.
+pub fn r_type(column_type: ColumnType) -> &'static str {
+    match column_type {
+        ColumnType::Numeric => "double",
+        ColumnType::Integer => "integer",
+        ColumnType::Logical => "logical",
+        ColumnType::Character => "character",
+        ColumnType::Factor => "factor",
+        ColumnType::Ordered => "ordered",
+    }
+}
+
+/// A plausible value for a column, for prototypes and documented examples. The schema
+/// knows types and levels, not ranges, so numbers are small and unremarkable.
+pub fn example_value(spec: &ColumnSpec) -> Value {
+    match spec.column_type {
+        ColumnType::Numeric => json!(0.5),
+        ColumnType::Integer => json!(1),
+        ColumnType::Logical => json!(true),
+        ColumnType::Character => json!("a"),
+        ColumnType::Factor | ColumnType::Ordered => {
+            spec.levels.as_ref().and_then(|l| l.first()).map_or(Value::Null, |l| json!(l))
+        }
+    }
+}
+
+/// The R packages whose classes appear in `class(model)`, for vetiver's `required_pkgs`.
+/// Classes of unknown origin are left out rather than guessed.
+pub fn required_pkgs(r_class: &[String]) -> Vec<String> {
+    let mut packages: Vec<String> = Vec::new();
+    for class in r_class {
+        let package = match class.as_str() {
+            "randomForest" | "randomForest.formula" => "randomForest",
+            "ranger" => "ranger",
+            "lm" | "glm" | "mlm" | "nls" | "loess" => "stats",
+            "rpart" => "rpart",
+            "gbm" => "gbm",
+            "train" | "train.formula" => "caret",
+            "glmnet" | "elnet" | "lognet" | "multnet" | "cv.glmnet" => "glmnet",
+            "svm" | "svm.formula" | "naiveBayes" => "e1071",
+            "lda" | "qda" | "polr" | "rlm" | "glm.nb" => "MASS",
+            "xgb.Booster" => "xgboost",
+            "workflow" => "workflows",
+            "model_fit" => "parsnip",
+            _ => continue,
+        };
+        if !packages.iter().any(|p| p == package) {
+            packages.push(package.to_string());
+        }
+    }
+    packages
+}
+
+/// `2025-01-31 12:00:00` (UTC) for `seconds` since the Unix epoch, as R prints a time.
+fn utc_timestamp(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let time = seconds % 86_400;
+    // Days to a civil date in the proleptic Gregorian calendar (H. Hinnant's algorithm),
+    // to avoid a date-time dependency for one field.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", time / 3600, time % 3600 / 60, time % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_names() {
+        assert_eq!(vetiver_shape(json!([1.5, null])), json!({".pred": [1.5, null]}));
+        assert_eq!(vetiver_shape(json!(["setosa"])), json!({".pred": ["setosa"]}));
+        let rows = json!([{"a": 0.25, "b": 0.75}]);
+        assert_eq!(vetiver_shape(rows.clone()), rows);
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_timestamp(951_782_400 + 3_661), "2000-02-29 01:01:01");
+        assert_eq!(utc_timestamp(1_738_324_800), "2025-01-31 12:00:00");
+        let classes = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(required_pkgs(&classes(&["randomForest.formula", "randomForest"])), ["randomForest"]);
+        assert_eq!(required_pkgs(&classes(&["glm", "lm"])), ["stats"]);
+        assert!(required_pkgs(&classes(&["my_own_class"])).is_empty());
+    }
+}
