@@ -15,3 +15,7 @@ mod http;
 mod cli;
 #[path = "suite/amqp.rs"]
 mod amqp;
+#[path = "suite/batching.rs"]
+mod batching;
+#[path = "suite/conventions.rs"]
+mod conventions;

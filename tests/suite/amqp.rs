@@ -182,6 +182,9 @@ async fn fault_under_load(fleet: Fleet, first_worker: ServerOptions, fault: impl
     let _other = worker(&fleet).start();
     let front = dispatcher(&fleet).start();
     wait_ready(&client(), &front).await;
+    // Ready means one worker was heard from; hear from both (announcements every 500 ms)
+    // so the dispatcher still knows a worker when the first one drains or dies.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let done = Arc::new(AtomicUsize::new(0));
     let traffic = tokio::spawn(load(vec![front.url.clone()], 8, 30, done.clone()));
     while done.load(Ordering::Relaxed) < 30 {

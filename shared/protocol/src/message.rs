@@ -53,6 +53,36 @@ pub struct Options {
     /// absent the model's default applies (see `model.toml`'s `predict_type`).
     #[serde(default, rename = "type")]
     pub predict_type: Option<String>,
+    /// Whether the worker may split this request across several R hosts; when absent the
+    /// model's policy applies (`model.toml`, else the worker's `split` setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitPolicy>,
+}
+
+/// When a worker splits one request across several R hosts (by rows, or for a random
+/// forest by trees) and combines the parts. Splitting shortens one request but costs
+/// throughput, so it only pays while hosts would otherwise sit idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitPolicy {
+    /// Split only when at least two hosts are idle and no other request is waiting.
+    #[default]
+    Auto,
+    /// Always score the request whole, on one host.
+    Never,
+    /// Split across every host, waiting until they are all free.
+    Always,
+}
+
+impl SplitPolicy {
+    /// The policy as written in settings and on the wire (`auto`, `never`, `always`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitPolicy::Auto => "auto",
+            SplitPolicy::Never => "never",
+            SplitPolicy::Always => "always",
+        }
+    }
 }
 
 /// The answer to one [`Request`].
@@ -123,8 +153,14 @@ pub struct Timings {
     pub worker: String,
     /// The R host process that scored it.
     pub host_pid: Option<u32>,
-    /// How many hosts the request was given to (2 after a host crash).
+    /// How many times the request was given to R (2 after a host crash, or when a batch
+    /// it was part of failed and it was retried on its own).
     pub attempts: u32,
+    /// How the worker scored it: `whole` (alone, on one host), `batch:N` (in one R call
+    /// with N requests), `rows:K` / `trees:K` (split across K hosts by rows or by a
+    /// forest's trees), or a batch that was split, `batch:N+trees:K`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// What the fleet serves, as listed by `GET /models`.

@@ -35,7 +35,7 @@ fn request() -> Request {
         model: "mtcars".into(),
         model_version: Some("1".into()),
         deadline_ms: Some(1_790_000_000_000),
-        options: Options { predict_type: Some("response".into()) },
+        options: Options { predict_type: Some("response".into()), split: None },
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         request_id: Some("client-42".into()),
         input: Input::Frame(input_frame()),
@@ -49,7 +49,7 @@ fn reply() -> Reply {
         outcome: Outcome::Predictions(
             Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(20.5), Some(26.25)] })]).unwrap(),
         ),
-        timings: Timings { queue_ms: 0.25, r_ms: 7.5, worker_ms: 8.0, worker: "worker-1".into(), host_pid: Some(4242), attempts: 1 },
+        timings: Timings { queue_ms: 0.25, r_ms: 7.5, worker_ms: 8.0, worker: "worker-1".into(), host_pid: Some(4242), attempts: 1, path: None },
     }
 }
 

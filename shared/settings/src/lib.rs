@@ -5,6 +5,7 @@
 //! `__`, e.g. `RFLEET_SERVER__LISTEN`) < command-line flags. Unknown keys in any layer
 //! are an error, so a typo never silently falls back to a default.
 
+pub mod auth;
 pub mod manifest;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{Manifest, ManifestError};
+pub use protocol::message::SplitPolicy;
 
 /// The environment variable prefix; `RFLEET_CONFIG` names the config file and is not a key.
 pub const ENV_PREFIX: &str = "RFLEET";
@@ -27,6 +29,7 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub bus: BusSettings,
     pub log: LogSettings,
+    pub auth: auth::AuthSettings,
 }
 
 /// The HTTP front (dispatcher).
@@ -65,7 +68,8 @@ pub struct WorkerSettings {
     pub host_timeout_ms: u64,
     /// Time allowed for a host to start R and load every model.
     pub host_start_timeout_ms: u64,
-    /// Recycle a host after this many requests (0: never).
+    /// Recycle a host after this many R calls (0: never); a batch, or one host's part of
+    /// a split request, is one call.
     pub max_requests_per_host: u64,
     /// Recycle a host whose resident memory exceeds this many MiB (0: never).
     pub max_host_rss_mib: u64,
@@ -78,6 +82,18 @@ pub struct WorkerSettings {
     /// On SIGTERM, how long in-flight requests may take to finish; the rest go back to
     /// the queue.
     pub drain_timeout_ms: u64,
+    /// Queued requests for the same model and predict type are scored in one R call of
+    /// at most this many rows (a larger request goes alone); 0 or 1 turns batching off.
+    pub max_batch_rows: usize,
+    /// How long a batch may wait for more requests before it starts (0: batch only what
+    /// is already queued). A request never waits more than half its time to deadline.
+    pub max_batch_wait_ms: u64,
+    /// Splitting one request across hosts: `auto` (only while at least two hosts are idle
+    /// and nothing is queued), `never`, or `always` (across every host, waiting for them).
+    pub split: SplitPolicy,
+    /// Row splitting needs at least this many rows; below it only a random forest is split
+    /// (by trees).
+    pub split_min_rows: usize,
 }
 
 /// The message bus between dispatchers and workers.
@@ -171,6 +187,10 @@ impl Default for WorkerSettings {
             rhost_path: None,
             id: None,
             drain_timeout_ms: 25_000,
+            max_batch_rows: 256,
+            max_batch_wait_ms: 0,
+            split: SplitPolicy::Auto,
+            split_min_rows: 1000,
         }
     }
 }
@@ -314,5 +334,19 @@ mod tests {
         check(Some("[sever]\n"), &[], &[], Err("unknown field `sever`"));
         check(None, &[("RFLEET_WORKERS__NHOSTS", "2")], &[], Err("unknown field `nhosts`"));
         check(None, &[("RFLEET_WORKERS__N_HOSTS", "two")], &[], Err("n_hosts"));
+    }
+
+    #[test]
+    fn batching_and_splitting() {
+        let mut tuned = Settings::default();
+        tuned.workers.max_batch_rows = 64;
+        tuned.workers.max_batch_wait_ms = 2;
+        tuned.workers.split = SplitPolicy::Always;
+        tuned.workers.split_min_rows = 10;
+        let file = "[workers]\nmax_batch_rows = 64\nmax_batch_wait_ms = 2\nsplit = \"always\"\nsplit_min_rows = 10\n";
+        check(Some(file), &[], &[], Ok(tuned.clone()));
+        tuned.workers.split = SplitPolicy::Never;
+        check(Some(file), &[("RFLEET_WORKERS__SPLIT", "never")], &[], Ok(tuned));
+        check(None, &[("RFLEET_WORKERS__SPLIT", "sometimes")], &[], Err("sometimes"));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use protocol::message::SplitPolicy;
 use protocol::{ColumnSpec, Schema};
 use serde::Deserialize;
 
@@ -18,6 +19,15 @@ pub struct Manifest {
     /// Declared input columns, in order; overrides inference.
     #[serde(default)]
     pub input: Vec<ColumnSpec>,
+    /// Overrides `[workers] split` for this model (`auto`, `never`, `always`).
+    pub split: Option<SplitPolicy>,
+    /// Overrides `[workers] max_batch_rows`: e.g. 1 for a `predict_fn` whose answer for a
+    /// row depends on the other rows of the call, which batching would change.
+    pub max_batch_rows: Option<usize>,
+    /// Overrides `[workers] max_batch_wait_ms`.
+    pub max_batch_wait_ms: Option<u64>,
+    /// Overrides `[workers] split_min_rows`.
+    pub split_min_rows: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,5 +52,35 @@ impl Manifest {
 
     pub fn schema(&self) -> Option<Schema> {
         (!self.input.is_empty()).then(|| Schema { columns: self.input.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Result<Manifest, &str>) {
+        match (toml::from_str::<Manifest>(text), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.to_string().contains(want), "error {got} does not mention {want}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn throughput_overrides() {
+        check("", Ok(Manifest::default()));
+        check(
+            "split = \"never\"\nmax_batch_rows = 64\nmax_batch_wait_ms = 5\nsplit_min_rows = 100\n",
+            Ok(Manifest {
+                split: Some(SplitPolicy::Never),
+                max_batch_rows: Some(64),
+                max_batch_wait_ms: Some(5),
+                split_min_rows: Some(100),
+                ..Manifest::default()
+            }),
+        );
+        check("split = \"sometimes\"\n", Err("sometimes"));
+        check("max_batch = 3\n", Err("unknown field `max_batch`"));
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Pool, PoolError, PoolRequest};
 
 /// How the loop behaves.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
             let reply = score(request, pool, config, received).instrument(span.clone()).await;
             (reply, span)
         }
-        Err(reply) => (reply, tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or(""))),
+        Err(reply) => (*reply, tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or(""))),
     };
     // Requests that can never succeed are dead-lettered (after their error reply), so they
     // are kept for inspection and never retried.
@@ -86,8 +86,10 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
         _ => None,
     };
     let _entered = span.enter();
-    if let Outcome::Error(error) = &reply.outcome {
-        tracing::info!(code = ?error.code, message = %error.message, "request failed");
+    let path = reply.timings.path.as_deref().unwrap_or("");
+    match &reply.outcome {
+        Outcome::Error(error) => tracing::info!(code = ?error.code, message = %error.message, path, "request failed"),
+        _ => tracing::debug!(path, queue_ms = reply.timings.queue_ms, r_ms = reply.timings.r_ms, "request scored"),
     }
     let body = match delivery.content_type {
         ContentType::MsgPack => protocol::encode(&reply).map_err(|e| e.to_string()),
@@ -116,19 +118,19 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
     }
 }
 
-fn decode(delivery: &Delivery) -> Result<Request, Reply> {
+fn decode(delivery: &Delivery) -> Result<Request, Box<Reply>> {
     let id = delivery.correlation_id.clone().unwrap_or_default();
     let request: Request = match delivery.content_type {
         ContentType::MsgPack => protocol::decode(&delivery.body).map_err(|e| e.to_string()),
         ContentType::Json => serde_json::from_slice(&delivery.body).map_err(|e| format!("cannot decode JSON request: {e}")),
     }
-    .map_err(|message| Reply::error(id.clone(), ErrorCode::BadRequest, message))?;
+    .map_err(|message| Box::new(Reply::error(id.clone(), ErrorCode::BadRequest, message)))?;
     if request.version != PROTOCOL_VERSION {
-        return Err(Reply::error(
+        return Err(Box::new(Reply::error(
             request.id,
             ErrorCode::UnsupportedVersion,
             format!("protocol version {} is not supported (this worker speaks {PROTOCOL_VERSION})", request.version),
-        ));
+        )));
     }
     Ok(request)
 }
@@ -177,7 +179,15 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
         json => json,
     };
     let predict_type = request.options.predict_type.clone().or_else(|| model.predict_type.clone());
-    let scored = pool.score(&model.name, input, predict_type, deadline).await;
+    let pool_request = PoolRequest {
+        model: model.name.clone(),
+        version: model.version.clone(),
+        input,
+        predict_type,
+        split: request.options.split,
+        deadline,
+    };
+    let scored = pool.score(pool_request).await;
     let worker_ms = received.elapsed().as_secs_f64() * 1e3;
     let mut timings = Timings { worker_ms, worker: config.worker_id.clone(), ..Timings::default() };
     let outcome = match scored {
@@ -186,6 +196,7 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
             timings.r_ms = scored.r_us as f64 / 1e3;
             timings.host_pid = Some(scored.host_pid);
             timings.attempts = scored.attempts;
+            timings.path = Some(scored.path);
             match scored.result {
                 Ok(HostOutput::Frame(frame)) => Outcome::Predictions(frame),
                 Ok(HostOutput::Json(json)) => Outcome::Json(json),
@@ -202,6 +213,7 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
                 PoolError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
                 PoolError::ShuttingDown => ErrorCode::Unavailable,
                 PoolError::Crashed { .. } => ErrorCode::HostCrashed,
+                PoolError::UnknownModel(_) => ErrorCode::ModelNotFound,
                 PoolError::Start(_) => ErrorCode::Internal,
             };
             Outcome::Error(protocol::ErrorBody::new(code, error.to_string()))

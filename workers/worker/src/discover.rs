@@ -19,13 +19,21 @@ pub enum DiscoverError {
     Duplicate { name: String, version: Option<String>, first: PathBuf, second: PathBuf },
 }
 
+/// A model package found on disk: what its hosts load, and its `model.toml` (which also
+/// holds the model's batching and splitting overrides).
+#[derive(Debug, Clone)]
+pub struct ModelPackage {
+    pub spec: ModelSpec,
+    pub manifest: Manifest,
+}
+
 /// Whether `dir` holds a model package.
 fn is_package(dir: &Path) -> bool {
     dir.join("model.rds").is_file() || dir.join("score.R").is_file()
 }
 
 /// The packages under `dir` (or `dir` itself when it is one), sorted by name.
-pub fn discover(dir: &Path) -> Result<Vec<ModelSpec>, DiscoverError> {
+pub fn discover(dir: &Path) -> Result<Vec<ModelPackage>, DiscoverError> {
     if !dir.is_dir() {
         return Err(DiscoverError::Missing(dir.to_path_buf()));
     }
@@ -45,28 +53,29 @@ pub fn discover(dir: &Path) -> Result<Vec<ModelSpec>, DiscoverError> {
     if package_dirs.is_empty() {
         return Err(DiscoverError::Empty(dir));
     }
-    let mut specs: Vec<ModelSpec> = Vec::new();
+    let mut packages: Vec<ModelPackage> = Vec::new();
     for package in package_dirs {
         let manifest = Manifest::read(&package)?;
         let name = manifest.name.clone().unwrap_or_else(|| {
             package.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
         });
-        if let Some(other) = specs.iter().find(|s| s.name == name && s.version == manifest.version) {
+        if let Some(other) = packages.iter().find(|p| p.spec.name == name && p.spec.version == manifest.version) {
             return Err(DiscoverError::Duplicate {
                 name,
                 version: manifest.version,
-                first: other.dir.clone(),
+                first: other.spec.dir.clone(),
                 second: package,
             });
         }
-        specs.push(ModelSpec {
+        let spec = ModelSpec {
             name,
             version: manifest.version.clone(),
             schema: manifest.schema(),
             predict_type: manifest.predict_type.clone(),
             dir: package,
-        });
+        };
+        packages.push(ModelPackage { spec, manifest });
     }
-    specs.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-    Ok(specs)
+    packages.sort_by(|a, b| (&a.spec.name, &a.spec.version).cmp(&(&b.spec.name, &b.spec.version)));
+    Ok(packages)
 }

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost, HOST_FD, MAX_MESSAGE_BYTES};
+use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost, TreeRange, HOST_FD, MAX_MESSAGE_BYTES};
 use protocol::{ErrorBody, Input, ModelInfo};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixStream;
@@ -57,6 +57,15 @@ pub struct Host {
     next_id: u64,
     /// Requests scored so far, for recycling.
     pub served: u64,
+}
+
+/// What one R call computes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Call {
+    /// `predict` (or the model's script) on the whole input; answers a frame, or JSON.
+    Predict { predict_type: Option<String> },
+    /// Some of a forest's trees; answers a [`HostOutput::ForestPart`].
+    Trees(TreeRange),
 }
 
 /// What one scoring call produced.
@@ -140,18 +149,17 @@ impl Host {
         self.pid
     }
 
-    /// Scores one request. A host that dies, hangs past `timeout` or breaks the protocol
-    /// is killed and the error says so; the caller replaces it.
-    pub async fn score(
-        &mut self,
-        model: &str,
-        input: Input,
-        predict_type: Option<String>,
-        timeout: Duration,
-    ) -> Result<Scored, HostError> {
+    /// Makes one R call: `predict` on `input`, or a forest part over some of its trees. A
+    /// host that dies, hangs past `timeout` or breaks the protocol is killed and the error
+    /// says so; the caller replaces it. An R error is an `Ok` with an error result.
+    pub async fn call(&mut self, model: &str, input: Input, call: Call, timeout: Duration) -> Result<Scored, HostError> {
         self.next_id += 1;
         let id = self.next_id;
-        let message = ToHost::Score { id, model: model.to_string(), input, predict_type };
+        let model = model.to_string();
+        let message = match call {
+            Call::Predict { predict_type } => ToHost::Score { id, model, input, predict_type },
+            Call::Trees(trees) => ToHost::ScoreTrees { id, model, input, trees },
+        };
         let exchange = async {
             self.send(&message).await?;
             self.receive().await

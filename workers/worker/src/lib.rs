@@ -4,7 +4,12 @@
 //! # Layout
 //! - [`discover`]: finds model packages on disk.
 //! - [`host`]: one R host child process: start, channel, kill.
-//! - [`pool`]: the supervisor: idle hosts, replacement, retry once, recycling.
+//! - [`pool`]: the supervisor: one driver task per host, replacement, retries, recycling,
+//!   and carrying out the scheduler's decisions.
+//! - [`schedule`]: the queue, and which requests start together on which idle hosts.
+//! - [`policy`]: batch sizes and waits, and when a job is split across hosts.
+//! - [`rows`]: frames concatenated into batches and cut into row ranges.
+//! - [`forest`]: forests cut into tree ranges, and the parts combined exactly.
 //! - [`consume`]: the bus loop: decode, check, score, reply, acknowledge.
 //! - [`process`]: a whole worker: discovery, pool, consumer and announcements.
 //!
@@ -13,17 +18,22 @@
 
 pub mod consume;
 pub mod discover;
+pub mod forest;
 pub mod host;
+pub mod policy;
 pub mod pool;
 pub mod process;
+pub mod rows;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use consume::{run, ConsumeConfig};
-pub use discover::{discover, DiscoverError};
-pub use host::{Host, HostConfig, HostError};
-pub use pool::{Pool, PoolConfig, PoolError};
+pub use discover::{discover, DiscoverError, ModelPackage};
+pub use host::{Call, Host, HostConfig, HostError};
+pub use policy::Throughput;
+pub use pool::{Pool, PoolConfig, PoolError, PoolRequest, PoolScored};
 pub use process::{Worker, WorkerBus, WorkerError};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable
@@ -51,6 +61,7 @@ pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
         host_timeout: Duration::from_millis(settings.host_timeout_ms),
         max_requests_per_host: settings.max_requests_per_host,
         max_host_rss_mib: settings.max_host_rss_mib,
+        throughput: Throughput::from_settings(settings),
     }
 }
 

@@ -1,56 +1,110 @@
-//! The supervisor: a pool of R hosts, each request to one idle host.
+//! The supervisor: a pool of R hosts, each driven by its own task and fed from one queue.
 //!
-//! A host that dies or hangs is killed and replaced in the background; the request it
-//! held is tried once more on another host, and a request that loses two hosts is
-//! answered with `host_crashed` rather than being allowed to take down the whole pool.
-//! Hosts are also recycled after a number of requests or above a memory size.
+//! # How work flows
+//! [`Pool::score`] queues a request and awaits its answer. Whenever something changes (a
+//! request arrives, a host becomes idle or is lost, a batch's wait ends) the scheduler
+//! ([`crate::schedule`]) decides which queued requests start, as one job, on which idle
+//! hosts: whole on one host (alone, or a batch of requests in one R call), or split by
+//! rows or by a forest's trees across several. The pool then builds the job's input
+//! (a batch's frames concatenated, a row split's frame cut), hands each part to its
+//! host's driver, and a job task awaits the parts, combines them ([`crate::rows`],
+//! [`crate::forest`]) and answers every request with its own rows.
+//!
+//! A host that dies, hangs past `host_timeout` or breaks the channel protocol is killed
+//! and replaced in the background. Hosts are also recycled after a number of R calls or
+//! above a memory size.
+//!
+//! # Invariants
+//! - A request is in exactly one place until answered: the queue, or one running job.
+//! - A host runs one R call at a time: its driver is either on the idle stack or running
+//!   one part of one job.
+//! - Nothing is scored after its deadline: expired requests leave the queue unscored, and
+//!   a waiter whose deadline passes takes its request out of the queue.
+//! - Every request gets exactly one answer.
+//! - A request whose batch or split failed, or whose host was lost, is retried alone and
+//!   whole, so a failure reaches only the request that causes it; a request that loses
+//!   two hosts is answered `host_crashed` rather than allowed to take down the pool.
+//! - An R error never costs a host.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bus::Catalog;
 use protocol::host::{HostOutput, ModelSpec};
-use protocol::{ErrorBody, Input, ModelInfo};
-use tokio::sync::Semaphore;
+use protocol::message::SplitPolicy;
+use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::host::{Host, HostConfig, HostError};
+use crate::discover::ModelPackage;
+use crate::forest::{self, ForestOutput};
+use crate::host::{Call, Host, HostConfig, HostError, Scored};
+use crate::policy::{Plan, Throughput};
+use crate::rows;
+use crate::schedule::{Scheduler, ServedModel, Start, Waiting};
 
-/// How many hosts to keep and when to replace them.
+/// How long shutdown waits for busy hosts to finish before leaving them to die with the
+/// worker (they are killed with it).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How many hosts to keep, when to replace them, and how to batch and split.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     pub host: HostConfig,
     pub n_hosts: usize,
-    /// A host that takes longer for one request is killed.
+    /// A host that takes longer for one R call is killed.
     pub host_timeout: Duration,
-    /// Recycle after this many requests (0: never).
+    /// Recycle after this many R calls (0: never).
     pub max_requests_per_host: u64,
     /// Recycle above this resident size in MiB (0: never).
     pub max_host_rss_mib: u64,
+    /// Batching and splitting, for models whose `model.toml` does not say otherwise.
+    pub throughput: Throughput,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(transparent)]
     Start(#[from] HostError),
-    #[error("no R host became free before the deadline")]
+    #[error("the deadline passed before an R host could take the request")]
     DeadlineExceeded,
     #[error("the worker is shutting down")]
     ShuttingDown,
     #[error("the request was given to {attempts} R hosts and each one was lost ({last}); it is not retried further")]
     Crashed { attempts: u32, last: String },
+    #[error("model '{0}' is not loaded in this worker's R hosts")]
+    UnknownModel(String),
+}
+
+/// One request for the pool.
+#[derive(Debug, Clone)]
+pub struct PoolRequest {
+    pub model: String,
+    pub version: Option<String>,
+    /// Already validated and conformed to the model's schema.
+    pub input: Input,
+    pub predict_type: Option<String>,
+    /// Overrides the model's split policy.
+    pub split: Option<SplitPolicy>,
+    pub deadline: Option<Instant>,
 }
 
 /// What the pool returns for one request.
+#[derive(Debug)]
 pub struct PoolScored {
     pub result: Result<HostOutput, ErrorBody>,
+    /// Time inside R (the longest part, for a split).
     pub r_us: u64,
+    /// The host that scored it (the first part's, for a split).
     pub host_pid: u32,
+    /// R calls the request took part in.
     pub attempts: u32,
-    /// Time spent waiting for an idle host.
+    /// Time from queueing to the start of its last R call.
     pub wait: Duration,
+    /// How it was scored: `whole`, `batch:N`, `rows:K`, `trees:K`, `batch:N+trees:K`.
+    pub path: String,
 }
 
 /// A cheap handle to the pool.
@@ -61,39 +115,63 @@ pub struct Pool {
 
 struct Inner {
     config: PoolConfig,
-    models: Vec<ModelSpec>,
-    infos: RwLock<Vec<ModelInfo>>,
-    /// Idle hosts, most recently used last. Taking the last one keeps a warm host (its
-    /// model in the CPU caches) busy at low load instead of rotating through all of them.
-    idle: std::sync::Mutex<Vec<Host>>,
-    /// One permit per idle host; waiters queue fairly. Closed at shutdown.
-    available: Semaphore,
+    specs: Vec<ModelSpec>,
+    models: Vec<Arc<ServedModel>>,
+    scheduler: Mutex<Scheduler<IdleHost>>,
+    next_id: AtomicU64,
     live: AtomicUsize,
     catalog: Arc<Catalog>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
+/// An idle host's driver, on the idle stack, waiting for its next part.
+struct IdleHost {
+    work_tx: oneshot::Sender<Part>,
+}
+
+/// One R call of a job, for one host.
+struct Part {
+    model: String,
+    input: Input,
+    call: Call,
+    done_tx: oneshot::Sender<PartDone>,
+}
+
+struct PartDone {
+    result: Result<Scored, HostError>,
+    host_pid: u32,
+}
+
 impl Pool {
     /// Starts the first host (so a broken model package fails here, loudly), then the
     /// others in the background.
-    pub async fn start(config: PoolConfig, models: Vec<ModelSpec>, catalog: Arc<Catalog>) -> Result<Pool, PoolError> {
-        let (first, infos, _r_version) = Host::start(&config.host, &models).await?;
+    pub async fn start(config: PoolConfig, packages: Vec<ModelPackage>, catalog: Arc<Catalog>) -> Result<Pool, PoolError> {
+        let specs: Vec<ModelSpec> = packages.iter().map(|p| p.spec.clone()).collect();
+        let (first, infos, _r_version) = Host::start(&config.host, &specs).await?;
         catalog.set_models(infos.clone());
+        let models = infos
+            .into_iter()
+            .map(|info| {
+                let manifest = packages.iter().find(|p| p.spec.name == info.name && p.spec.version == info.version);
+                let throughput = manifest.map_or_else(|| config.throughput.clone(), |p| config.throughput.for_model(&p.manifest));
+                Arc::new(ServedModel { info, throughput })
+            })
+            .collect();
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
+                specs,
                 models,
-                infos: RwLock::new(infos),
-                idle: std::sync::Mutex::new(Vec::new()),
-                available: Semaphore::new(0),
+                scheduler: Mutex::new(Scheduler::new()),
+                next_id: AtomicU64::new(0),
                 live: AtomicUsize::new(0),
                 catalog,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
         };
-        pool.add_idle(first);
+        pool.run_host(first);
         for _ in 1..pool.inner.config.n_hosts.max(1) {
             pool.replace();
         }
@@ -102,7 +180,7 @@ impl Pool {
 
     /// The models as the hosts loaded them (with inferred schemas).
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.inner.infos.read().expect("pool lock poisoned").clone()
+        self.inner.models.iter().map(|m| m.info.clone()).collect()
     }
 
     /// Hosts alive now (idle or busy).
@@ -114,99 +192,327 @@ impl Pool {
         self.inner.config.n_hosts
     }
 
-    /// Scores `input` on one host, retrying once on another if the host is lost.
-    pub async fn score(
-        &self,
-        model: &str,
-        input: Input,
-        predict_type: Option<String>,
-        deadline: Option<Instant>,
-    ) -> Result<PoolScored, PoolError> {
-        let started = Instant::now();
-        let mut attempts = 0;
-        loop {
-            let mut host = self.acquire(deadline).await?;
-            attempts += 1;
-            let wait = started.elapsed();
-            let pid = host.pid();
-            match host.score(model, input.clone(), predict_type.clone(), self.inner.config.host_timeout).await {
-                Ok(scored) => {
-                    self.release(host);
-                    return Ok(PoolScored { result: scored.result, r_us: scored.r_us, host_pid: pid, attempts, wait });
-                }
-                Err(error) => {
-                    tracing::warn!(host = pid, model, attempts, error = %error, "r host lost; replacing it");
-                    self.lose(host);
-                    if attempts >= 2 {
-                        return Err(PoolError::Crashed { attempts, last: error.to_string() });
-                    }
-                }
-            }
+    /// Scores one request: queued, maybe batched with others or split across hosts, and
+    /// retried alone if its batch fails or its host is lost.
+    pub async fn score(&self, request: PoolRequest) -> Result<PoolScored, PoolError> {
+        let model = self
+            .inner
+            .models
+            .iter()
+            .find(|m| m.info.name == request.model && (request.version.is_none() || m.info.version == request.version))
+            .cloned()
+            .ok_or_else(|| PoolError::UnknownModel(request.model.clone()))?;
+        let (n_rows, forest) = match &request.input {
+            Input::Frame(frame) => (frame.n_rows, ForestOutput::of(&model.info, request.predict_type.as_deref())),
+            Input::Json(_) => (0, None),
+        };
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        let waiting = Waiting {
+            id,
+            split: request.split.unwrap_or(model.throughput.split),
+            model,
+            input: request.input,
+            n_rows,
+            predict_type: request.predict_type,
+            forest,
+            deadline: request.deadline,
+            arrived: Instant::now(),
+            started: None,
+            tries: 0,
+            lost: 0,
+            solo: false,
+            reply_tx,
+        };
+        if self.scheduler().push_back(waiting).is_err() {
+            return Err(PoolError::ShuttingDown);
         }
+        self.dispatch();
+        let answer = match request.deadline {
+            None => reply_rx.await,
+            Some(deadline) => tokio::select! {
+                answer = &mut reply_rx => answer,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    // Still queued: it never started, and now never will.
+                    if self.scheduler().remove(id).is_some() {
+                        return Err(PoolError::DeadlineExceeded);
+                    }
+                    // Already on a host: its answer comes (bounded by the host timeout).
+                    reply_rx.await
+                }
+            },
+        };
+        // The pool dropped the request unanswered: only at shutdown.
+        answer.unwrap_or(Err(PoolError::ShuttingDown))
     }
 
-    /// Stops replacing hosts and stops the idle ones; busy hosts stop when released.
+    /// Stops taking requests, answers the queued ones `ShuttingDown`, stops the idle hosts
+    /// and waits (bounded) for busy ones to finish their R call.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        let (queued, idle) = self.scheduler().close();
+        for waiting in queued {
+            waiting.reply(Err(PoolError::ShuttingDown));
+        }
+        // Their drivers see the stack let go of them and stop their hosts.
+        drop(idle);
         self.inner.tasks.close();
-        self.inner.available.close();
-        let idle: Vec<Host> = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock poisoned"));
-        for host in idle {
-            self.inner.live.fetch_sub(1, Ordering::Relaxed);
-            host.stop().await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!(busy = self.live_hosts(), "r hosts still busy at shutdown; they are killed with the worker");
         }
-        self.publish_live();
-        self.inner.tasks.wait().await;
     }
 
-    async fn acquire(&self, deadline: Option<Instant>) -> Result<Host, PoolError> {
-        let permit = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), self.inner.available.acquire())
-                .await
-                .map_err(|_| PoolError::DeadlineExceeded)?,
-            None => self.inner.available.acquire().await,
-        };
-        // The permit stands for one host in `idle`; the host now leaves it.
-        permit.map_err(|_| PoolError::ShuttingDown)?.forget();
-        let host = self.inner.idle.lock().expect("pool lock poisoned").pop();
-        Ok(host.expect("a permit is only issued for an idle host"))
+    fn scheduler(&self) -> MutexGuard<'_, Scheduler<IdleHost>> {
+        self.inner.scheduler.lock().expect("pool lock poisoned")
     }
 
-    fn release(&self, host: Host) {
-        let config = &self.inner.config;
-        let worn = config.max_requests_per_host > 0 && host.served >= config.max_requests_per_host;
-        let rss = if config.max_host_rss_mib > 0 { host.rss_mib() } else { None };
-        let fat = rss.is_some_and(|rss| rss > config.max_host_rss_mib);
-        if self.inner.shutdown.is_cancelled() || worn || fat {
-            if worn || fat {
-                tracing::info!(host = host.pid(), served = host.served, rss_mib = rss, "recycling r host");
+    /// Asks the scheduler what starts now, and starts it.
+    fn dispatch(&self) {
+        let decisions = self.scheduler().dispatch(Instant::now(), self.live_hosts());
+        for waiting in decisions.expired {
+            waiting.reply(Err(PoolError::DeadlineExceeded));
+        }
+        if let Some(at) = decisions.wake_at {
+            self.wake_at(at);
+        }
+        for start in decisions.starts {
+            self.start_job(start);
+        }
+    }
+
+    /// Dispatches again at `at`, when a batch held for companions must start.
+    fn wake_at(&self, at: Instant) {
+        {
+            let mut scheduler = self.scheduler();
+            if scheduler.timer.is_some_and(|armed| armed <= at) {
+                return;
             }
-            self.inner.live.fetch_sub(1, Ordering::Relaxed);
-            self.publish_live();
-            self.inner.tasks.spawn(host.stop());
-            self.replace();
+            scheduler.timer = Some(at);
+        }
+        let pool = self.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = pool.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(at.into()) => {}
+            }
+            {
+                let mut scheduler = pool.scheduler();
+                if scheduler.timer == Some(at) {
+                    scheduler.timer = None;
+                }
+            }
+            pool.dispatch();
+        });
+    }
+
+    /// Builds a job's parts, hands them to its hosts, and leaves a task to finish it.
+    fn start_job(&self, Start { mut members, plan, hosts }: Start<IdleHost>) {
+        let now = Instant::now();
+        for member in &mut members {
+            member.tries += 1;
+            member.started = Some(now);
+        }
+        let lead = &members[0];
+        let input = if members.len() == 1 {
+            // Kept in the request too, for a retry.
+            lead.input.clone()
         } else {
-            self.push_idle(host);
+            let frames: Vec<&Frame> = members.iter().filter_map(Waiting::frame).collect();
+            let frame = rows::concat(&frames).expect("the scheduler batches only frames with the same columns");
+            Input::Frame(frame)
+        };
+        let predict = || Call::Predict { predict_type: lead.predict_type.clone() };
+        let calls: Vec<(Input, Call)> = match (plan, &input) {
+            (Plan::Rows(k), Input::Frame(frame)) => {
+                rows::even_ranges(frame.n_rows, k).into_iter().map(|range| (Input::Frame(rows::slice(frame, range)), predict())).collect()
+            }
+            (Plan::Trees(k), Input::Frame(_)) => {
+                let n_trees = lead.model.info.forest.as_ref().map_or(1, |f| f.n_trees);
+                forest::tree_ranges(n_trees, k).into_iter().map(|trees| (input.clone(), Call::Trees(trees))).collect()
+            }
+            _ => vec![(input, predict())],
+        };
+        let model = lead.model.info.name.clone();
+        let mut hosts = hosts.into_iter();
+        let mut done = Vec::with_capacity(calls.len());
+        for (input, call) in calls {
+            let host = hosts.next().expect("the scheduler gives a split one host per part");
+            let (done_tx, done_rx) = oneshot::channel();
+            // A failed send drops `done_tx`, which the job task counts as a lost host.
+            let _ = host.work_tx.send(Part { model: model.clone(), input, call, done_tx });
+            done.push(done_rx);
+        }
+        for spare in hosts {
+            self.park(spare);
+        }
+        let pool = self.clone();
+        self.inner.tasks.spawn(async move {
+            let done = futures::future::join_all(done).await;
+            pool.finish_job(members, plan, done);
+        });
+    }
+
+    /// Combines a job's parts and answers its requests, or queues them again to be
+    /// retried alone.
+    fn finish_job(&self, members: Vec<Waiting>, plan: Plan, done: Vec<Result<PartDone, oneshot::error::RecvError>>) {
+        let path = path(members.len(), plan);
+        let host_pid = done.iter().find_map(|d| d.as_ref().ok().map(|d| d.host_pid)).unwrap_or_default();
+        let mut r_us = 0;
+        let mut outputs = Vec::with_capacity(done.len());
+        let mut lost = None;
+        for part in done {
+            match part {
+                Ok(PartDone { result: Ok(scored), .. }) => {
+                    r_us = r_us.max(scored.r_us);
+                    outputs.push(scored.result);
+                }
+                Ok(PartDone { result: Err(error), .. }) => {
+                    lost.get_or_insert(error.to_string());
+                }
+                Err(_) => {
+                    lost.get_or_insert("its host's driver stopped".to_string());
+                }
+            }
+        }
+        let answer = |member: Waiting, result: Result<HostOutput, ErrorBody>| {
+            let wait = member.started.map_or(Duration::ZERO, |started| started.saturating_duration_since(member.arrived));
+            let attempts = member.tries;
+            member.reply(Ok(PoolScored { result, r_us, host_pid, attempts, wait, path: path.clone() }));
+        };
+
+        if let Some(loss) = lost {
+            tracing::warn!(path, requests = members.len(), error = %loss, "r host lost; retrying its requests alone");
+            let mut retry = Vec::new();
+            for mut member in members {
+                member.lost += 1;
+                if member.lost >= 2 {
+                    let attempts = member.lost;
+                    member.reply(Err(PoolError::Crashed { attempts, last: loss.clone() }));
+                } else {
+                    member.solo = true;
+                    retry.push(member);
+                }
+            }
+            return self.requeue(retry);
+        }
+
+        let n_rows: usize = members.iter().map(|m| m.n_rows).sum();
+        let lead = &members[0];
+        let combined = combine(plan, outputs, lead.model.info.forest.as_ref(), lead.forest, n_rows);
+        if members.len() == 1 && plan == Plan::Whole {
+            // Alone and whole: whatever R said is this request's answer.
+            let member = members.into_iter().next().expect("one member");
+            return answer(member, combined);
+        }
+        match combined {
+            Ok(HostOutput::Frame(frame)) if frame.n_rows == n_rows => {
+                tracing::debug!(path, requests = members.len(), rows = n_rows, r_us, "job scored");
+                let ranges = rows::offsets(members.iter().map(|m| m.n_rows));
+                if members.len() == 1 {
+                    let member = members.into_iter().next().expect("one member");
+                    return answer(member, Ok(HostOutput::Frame(frame)));
+                }
+                for (member, range) in members.into_iter().zip(ranges) {
+                    answer(member, Ok(HostOutput::Frame(rows::slice(&frame, range))));
+                }
+            }
+            other => {
+                let why = match other {
+                    Err(error) => error.message,
+                    Ok(output) => format!("the job answered {} for {n_rows} rows", describe(&output)),
+                };
+                tracing::info!(path, requests = members.len(), error = %why, "batch or split failed; retrying its requests alone");
+                let retry = members.into_iter().map(|member| Waiting { solo: true, ..member }).collect();
+                self.requeue(retry);
+            }
         }
     }
 
-    fn lose(&self, host: Host) {
-        self.inner.live.fetch_sub(1, Ordering::Relaxed);
-        self.publish_live();
-        // Dropping kills the child (kill_on_drop) and tokio reaps it.
-        drop(host);
-        self.replace();
+    /// Queues retried requests ahead of all others.
+    fn requeue(&self, retry: Vec<Waiting>) {
+        if let Err(refused) = self.scheduler().push_front(retry) {
+            for waiting in refused {
+                waiting.reply(Err(PoolError::ShuttingDown));
+            }
+        }
+        self.dispatch();
     }
 
-    fn add_idle(&self, host: Host) {
+    /// Runs a started host: its driver takes one part at a time until the host is lost,
+    /// recycled or the pool shuts down.
+    fn run_host(&self, host: Host) {
         self.inner.live.fetch_add(1, Ordering::Relaxed);
         self.publish_live();
-        self.push_idle(host);
+        let pool = self.clone();
+        self.inner.tasks.spawn(async move { pool.drive(host).await });
     }
 
-    fn push_idle(&self, host: Host) {
-        self.inner.idle.lock().expect("pool lock poisoned").push(host);
-        self.inner.available.add_permits(1);
+    async fn drive(self, mut host: Host) {
+        let pid = host.pid();
+        // The last part's answer, sent once the host is idle again: a caller answered now
+        // then finds its hosts free (and a lone request can be split again).
+        let mut finished: Option<(oneshot::Sender<PartDone>, PartDone)> = None;
+        loop {
+            let (work_tx, work_rx) = oneshot::channel();
+            let parked = self.park(IdleHost { work_tx });
+            if let Some((done_tx, done)) = finished.take() {
+                let _ = done_tx.send(done);
+            }
+            if !parked {
+                break;
+            }
+            // The sender goes away unused only when shutdown empties the idle stack.
+            let Ok(Part { model, input, call, done_tx }) = work_rx.await else { break };
+            let result = host.call(&model, input, call, self.inner.config.host_timeout).await;
+            if let Err(error) = &result {
+                tracing::warn!(host = pid, model, error = %error, "r host lost; replacing it");
+                // Counted out before the job hears of it, so a retry never waits for it.
+                self.host_gone();
+                let _ = done_tx.send(PartDone { result, host_pid: pid });
+                // Dropping kills the child (kill_on_drop) and tokio reaps it.
+                drop(host);
+                self.replace();
+                return;
+            }
+            if let Some(reason) = self.worn_out(&host) {
+                tracing::info!(host = pid, served = host.served, reason, "recycling r host");
+                self.host_gone();
+                let _ = done_tx.send(PartDone { result, host_pid: pid });
+                self.replace();
+                host.stop().await;
+                return;
+            }
+            finished = Some((done_tx, PartDone { result, host_pid: pid }));
+        }
+        self.host_gone();
+        host.stop().await;
+    }
+
+    /// Puts an idle host on the stack and lets the scheduler use it; false once the pool
+    /// is shutting down.
+    fn park(&self, host: IdleHost) -> bool {
+        if self.scheduler().park(host).is_err() {
+            return false;
+        }
+        self.dispatch();
+        true
+    }
+
+    /// Why `host` should be recycled, if it should.
+    fn worn_out(&self, host: &Host) -> Option<&'static str> {
+        let config = &self.inner.config;
+        if config.max_requests_per_host > 0 && host.served >= config.max_requests_per_host {
+            return Some("max_requests_per_host");
+        }
+        let fat = config.max_host_rss_mib > 0 && host.rss_mib().is_some_and(|rss| rss > config.max_host_rss_mib);
+        fat.then_some("max_host_rss_mib")
+    }
+
+    /// A host stopped counting as live; a job waiting for every live host may now start.
+    fn host_gone(&self) {
+        self.inner.live.fetch_sub(1, Ordering::Relaxed);
+        self.publish_live();
+        self.dispatch();
     }
 
     fn publish_live(&self) {
@@ -223,7 +529,7 @@ impl Pool {
         self.inner.tasks.spawn(async move {
             let mut backoff = Duration::from_millis(500);
             loop {
-                let start = Host::start(&pool.inner.config.host, &pool.inner.models);
+                let start = Host::start(&pool.inner.config.host, &pool.inner.specs);
                 let result = tokio::select! {
                     _ = pool.inner.shutdown.cancelled() => return,
                     result = start => result,
@@ -233,7 +539,7 @@ impl Pool {
                         if pool.inner.shutdown.is_cancelled() {
                             host.stop().await;
                         } else {
-                            pool.add_idle(host);
+                            pool.run_host(host);
                         }
                         return;
                     }
@@ -248,5 +554,120 @@ impl Pool {
                 }
             }
         });
+    }
+}
+
+/// How a job was scored, as `Timings::path` says it.
+fn path(n_requests: usize, plan: Plan) -> String {
+    let split = match plan {
+        Plan::Whole => None,
+        Plan::Rows(k) => Some(format!("rows:{k}")),
+        Plan::Trees(k) => Some(format!("trees:{k}")),
+    };
+    match (n_requests, split) {
+        (1, None) => "whole".to_string(),
+        (1, Some(split)) => split,
+        (n, None) => format!("batch:{n}"),
+        (n, Some(split)) => format!("batch:{n}+{split}"),
+    }
+}
+
+/// One answer from a job's part answers: the only one (whole), the frames concatenated
+/// (rows), or the forest parts combined (trees). The first R error wins.
+fn combine(
+    plan: Plan,
+    outputs: Vec<Result<HostOutput, ErrorBody>>,
+    forest: Option<&protocol::ForestInfo>,
+    forest_output: Option<ForestOutput>,
+    n_rows: usize,
+) -> Result<HostOutput, ErrorBody> {
+    let internal = |message: String| ErrorBody::new(ErrorCode::Internal, message);
+    match plan {
+        Plan::Whole => outputs.into_iter().next().unwrap_or_else(|| Err(internal("a job answered nothing".into()))),
+        Plan::Rows(_) => {
+            let mut frames = Vec::with_capacity(outputs.len());
+            for output in outputs {
+                match output? {
+                    HostOutput::Frame(frame) => frames.push(frame),
+                    other => return Err(internal(format!("a row part answered {}", describe(&other)))),
+                }
+            }
+            let refs: Vec<&Frame> = frames.iter().collect();
+            rows::concat(&refs).map(HostOutput::Frame).map_err(|e| internal(format!("row parts: {e}")))
+        }
+        Plan::Trees(_) => {
+            let (Some(forest), Some(forest_output)) = (forest, forest_output) else {
+                return Err(internal("a tree split of a model that is no splittable forest".into()));
+            };
+            let mut parts = Vec::with_capacity(outputs.len());
+            for output in outputs {
+                match output? {
+                    HostOutput::ForestPart(part) => parts.push(part),
+                    other => return Err(internal(format!("a tree part answered {}", describe(&other)))),
+                }
+            }
+            forest::combine(&parts, forest, forest_output, n_rows)
+                .map(HostOutput::Frame)
+                .map_err(|e| internal(e.to_string()))
+        }
+    }
+}
+
+fn describe(output: &HostOutput) -> String {
+    match output {
+        HostOutput::Frame(frame) => format!("a frame of {} rows", frame.n_rows),
+        HostOutput::Json(_) => "JSON".to_string(),
+        HostOutput::ForestPart(_) => "a forest part".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::host::ForestPart;
+    use protocol::{Column, ColumnData, ForestInfo};
+
+    use super::*;
+
+    fn pred(values: &[f64]) -> HostOutput {
+        HostOutput::Frame(Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: values.iter().map(|v| Some(*v)).collect() })]).unwrap())
+    }
+
+    fn r_error(message: &str) -> ErrorBody {
+        ErrorBody::new(ErrorCode::RError, message)
+    }
+
+    fn check(plan: Plan, outputs: Vec<Result<HostOutput, ErrorBody>>, n_rows: usize, expected: Result<HostOutput, &str>) {
+        let forest = ForestInfo { n_trees: 4, classes: None };
+        match (combine(plan, outputs, Some(&forest), Some(ForestOutput::Mean), n_rows), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(got), Err(want)) => assert!(got.message.contains(want), "{} does not mention {want}", got.message),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn parts_combine_into_one_answer() {
+        check(Plan::Whole, vec![Ok(pred(&[1.0, 2.0]))], 2, Ok(pred(&[1.0, 2.0])));
+        check(Plan::Whole, vec![Err(r_error("x is negative"))], 1, Err("x is negative"));
+        check(Plan::Rows(2), vec![Ok(pred(&[1.0, 2.0])), Ok(pred(&[3.0]))], 3, Ok(pred(&[1.0, 2.0, 3.0])));
+        check(Plan::Rows(2), vec![Ok(pred(&[1.0])), Err(r_error("x is negative"))], 2, Err("x is negative"));
+        check(Plan::Rows(2), vec![Ok(pred(&[1.0])), Ok(HostOutput::Json("[]".into()))], 2, Err("a row part answered JSON"));
+        let part = |n_trees, mean: f64| Ok(HostOutput::ForestPart(ForestPart::Regression { n_trees, mean: vec![Some(mean)] }));
+        check(Plan::Trees(2), vec![part(3, 2.0), part(1, 6.0)], 1, Ok(pred(&[3.0])));
+        check(Plan::Trees(2), vec![part(3, 2.0), Ok(pred(&[1.0]))], 1, Err("a tree part answered a frame"));
+        check(Plan::Trees(2), vec![part(3, 2.0), part(3, 2.0)], 1, Err("cover 6 trees"));
+    }
+
+    #[test]
+    fn paths_name_batches_and_splits() {
+        for (n, plan, expected) in [
+            (1, Plan::Whole, "whole"),
+            (5, Plan::Whole, "batch:5"),
+            (1, Plan::Rows(2), "rows:2"),
+            (1, Plan::Trees(4), "trees:4"),
+            (3, Plan::Trees(2), "batch:3+trees:2"),
+        ] {
+            assert_eq!(path(n, plan), expected);
+        }
     }
 }

@@ -44,7 +44,7 @@ impl Worker {
         let dir = &settings.models.dir;
         let models =
             discover(dir).map_err(|source| WorkerError::Models { dir: dir.display().to_string(), source })?;
-        tracing::info!(models = ?models.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), "model packages found");
+        tracing::info!(models = ?models.iter().map(|m| m.spec.name.as_str()).collect::<Vec<_>>(), "model packages found");
         let config = pool_config(&settings.workers);
         let n_hosts = config.n_hosts;
         let pool = Pool::start(config, models, catalog).await?;

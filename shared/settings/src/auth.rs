@@ -1,0 +1,120 @@
+//! `[auth]`: who may call the dispatcher — API keys, the tokens `POST /token` issues for
+//! them, and optionally an OpenID Connect issuer's access tokens.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Authentication of HTTP requests; off unless `enabled`. Probes (`/`, `/live`, `/ready`,
+/// `/ping`, `/v2/health/*`) are always open.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Every other route needs `Authorization: Bearer <key or token>`.
+    pub enabled: bool,
+    /// A TOML file with `primary = "..."` and `secondary = "..."`, re-read when it changes
+    /// (a mounted Kubernetes secret); exclusive with `primary_key` / `secondary_key`.
+    pub keys_file: Option<PathBuf>,
+    /// Keys given directly, usually as `RFLEET_AUTH__PRIMARY_KEY`; changing them needs a
+    /// restart. Never serialized, so `rfleet config` does not print them.
+    #[serde(skip_serializing)]
+    pub primary_key: Option<String>,
+    #[serde(skip_serializing)]
+    pub secondary_key: Option<String>,
+    /// Lifetime of the tokens `POST /token` issues.
+    pub token_ttl_s: u64,
+    /// Serve `/docs`, `/openapi.json` and `/swagger.json` without credentials, as Azure ML
+    /// does; off by default because the document names every model and its columns.
+    pub public_docs: bool,
+    /// An OpenID Connect issuer (e.g. `https://login.microsoftonline.com/<tenant>/v2.0`)
+    /// whose RS256 access tokens are accepted; its `iss` claim must equal this.
+    pub oidc_issuer: Option<String>,
+    /// The `aud` claim those tokens must carry; required with `oidc_issuer`.
+    pub oidc_audience: Option<String>,
+    /// The issuer's JWKS; by default found through `<issuer>/.well-known/openid-configuration`.
+    pub oidc_jwks_url: Option<String>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            enabled: false,
+            keys_file: None,
+            primary_key: None,
+            secondary_key: None,
+            token_ttl_s: 3600,
+            public_docs: false,
+            oidc_issuer: None,
+            oidc_audience: None,
+            oidc_jwks_url: None,
+        }
+    }
+}
+
+/// By hand, so that logging the settings never prints a key.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |key: &Option<String>| key.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AuthSettings")
+            .field("enabled", &self.enabled)
+            .field("keys_file", &self.keys_file)
+            .field("primary_key", &redacted(&self.primary_key))
+            .field("secondary_key", &redacted(&self.secondary_key))
+            .field("token_ttl_s", &self.token_ttl_s)
+            .field("public_docs", &self.public_docs)
+            .field("oidc_issuer", &self.oidc_issuer)
+            .field("oidc_audience", &self.oidc_audience)
+            .field("oidc_jwks_url", &self.oidc_jwks_url)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Settings, Sources};
+
+    fn check(env: &[(&str, &str)], expected: Result<AuthSettings, &str>) {
+        let sources = Sources {
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Sources::default()
+        };
+        match (Settings::load(&sources), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got.auth, want),
+            (Err(got), Err(want)) => assert!(got.to_string().contains(want), "error {got} does not mention {want}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn auth_from_the_environment() {
+        check(&[], Ok(AuthSettings::default()));
+        let keys = AuthSettings {
+            enabled: true,
+            primary_key: Some("p-0123456789abcdef".into()),
+            secondary_key: Some("s-0123456789abcdef".into()),
+            token_ttl_s: 60,
+            ..AuthSettings::default()
+        };
+        check(
+            &[
+                ("RFLEET_AUTH__ENABLED", "true"),
+                ("RFLEET_AUTH__PRIMARY_KEY", "p-0123456789abcdef"),
+                ("RFLEET_AUTH__SECONDARY_KEY", "s-0123456789abcdef"),
+                ("RFLEET_AUTH__TOKEN_TTL_S", "60"),
+            ],
+            Ok(keys),
+        );
+        check(&[("RFLEET_AUTH__PRIMARYKEY", "x")], Err("unknown field `primarykey`"));
+    }
+
+    #[test]
+    fn keys_are_neither_printed_nor_logged() {
+        let settings = Settings {
+            auth: AuthSettings { primary_key: Some("very-secret-key".into()), ..AuthSettings::default() },
+            ..Settings::default()
+        };
+        assert!(!toml::to_string(&settings).unwrap().contains("very-secret-key"));
+        assert!(!format!("{settings:?}").contains("very-secret-key"));
+    }
+}
