@@ -126,8 +126,14 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
 /// Connects to the broker in the background and waits a little for it, so that a fleet
 /// started together is ready together; a broker that is down is retried, not fatal.
 async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> AmqpBus {
+    // Enough unacknowledged deliveries to keep every host busy and to fill a batch, but
+    // bounded, so one worker does not hoard what other workers (or KEDA's new pods) could
+    // take, and a draining worker has little to hand back.
     let prefetch = match settings.bus.prefetch {
-        0 => (worker::pool_config(&settings.workers).n_hosts * 2).min(u16::MAX as usize) as u16,
+        0 => {
+            let n_hosts = worker::pool_config(&settings.workers).n_hosts;
+            (n_hosts + settings.workers.max_batch_rows).clamp(2 * n_hosts, 256) as u16
+        }
         n => n,
     };
     let name = format!("rfleet-{role}-{}", worker::worker_id(settings.workers.id.as_deref()));
@@ -157,7 +163,10 @@ async fn http(settings: &Settings, requester: Arc<dyn Requester>, catalog: Arc<C
         .await
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
     let address = listener.local_addr()?;
-    let state = dispatcher::AppState::new(requester, catalog, settings.server.clone(), settings.models.default.clone());
+    let state = dispatcher::AppState::new(requester, catalog, settings.server.clone(), settings.models.default.clone())
+        .with_auth(&settings.auth)
+        .await
+        .context("cannot set up authentication")?;
     tracing::info!(%address, "rfleet serving");
     // The one line on stdout: scripts and tests wait for it.
     println!("rfleet listening on http://{address}");

@@ -119,7 +119,8 @@ pub struct BusSettings {
     /// How often a worker announces itself; a dispatcher forgets a worker after three
     /// intervals without news.
     pub announce_interval_ms: u64,
-    /// AMQP: unacknowledged deliveries per worker (`basic.qos`); 0 = twice the hosts.
+    /// AMQP: unacknowledged deliveries per worker and model queue (`basic.qos`); 0 = hosts +
+    /// `workers.max_batch_rows`, at least twice the hosts, at most 256.
     pub prefetch: u16,
 }
 
