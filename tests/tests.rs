@@ -19,3 +19,5 @@ mod amqp;
 mod batching;
 #[path = "suite/conventions.rs"]
 mod conventions;
+#[path = "suite/auth.rs"]
+mod auth;

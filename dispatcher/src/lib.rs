@@ -9,6 +9,8 @@
 //!   body under its limit, turn JSON into a frame, check it against the model's schema,
 //!   publish, await the reply until the deadline.
 //! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
+//! - [`auth`]: keys, `POST /token` and OIDC tokens, checked by a layer before any route
+//!   but the probes (`[auth]`, off by default).
 //! - [`request_log`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log span.
 //! - [`announcements`]: workers' announcements (over a broker) into the catalog.
@@ -23,6 +25,7 @@
 //! runs on tokio's blocking pool.
 
 pub mod announcements;
+pub mod auth;
 pub mod error;
 pub mod oip;
 pub mod openapi;
@@ -51,6 +54,8 @@ pub use error::{status_for_code, ApiError};
 #[derive(Clone)]
 pub struct AppState {
     shared: Arc<Shared>,
+    /// `None` when auth is off.
+    auth: Option<auth::Auth>,
 }
 
 struct Shared {
@@ -80,7 +85,14 @@ impl AppState {
                 default_model,
                 inflight: Arc::new(Semaphore::new(permits)),
             }),
+            auth: None,
         }
+    }
+
+    /// Turns authentication on as `[auth]` says (no-op when it is off); reads the keys file.
+    pub async fn with_auth(mut self, settings: &settings::auth::AuthSettings) -> Result<Self, auth::AuthError> {
+        self.auth = auth::Auth::from_settings(settings).await?;
+        Ok(self)
     }
 }
 
@@ -116,19 +128,31 @@ pub fn router(state: AppState) -> Router {
         .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
         .route("/swagger.json", get(openapi::swagger_json))
         .merge(openapi::swagger_ui())
-        .with_state(state);
-    with_layers(routes)
+        .with_state(state.clone());
+    // Only with auth on: there is nothing to exchange for a token otherwise.
+    let routes = match &state.auth {
+        Some(auth) => routes.route("/token", post(auth::token).with_state(auth.clone())),
+        None => routes,
+    };
+    with_layers(routes, state.auth)
 }
 
 /// The JSON fallbacks and the layers, kept apart from the routes so tests can wrap a
 /// router of their own (e.g. one that panics).
-fn with_layers(routes: Router) -> Router {
-    routes
+fn with_layers(routes: Router, auth: Option<auth::Auth>) -> Router {
+    let routes = routes
         .fallback(routes::route_not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Scoring reads the body itself under `max_body_bytes`; axum's default 2 MB limit
         // would otherwise cut in first with a plain-text answer.
-        .layer(DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::disable());
+    // After the fallbacks, so that without credentials an unknown route is a 401 too and
+    // the routes cannot be enumerated; before the body is read, so refusals are cheap.
+    let routes = match auth {
+        Some(auth) => routes.layer(axum::middleware::from_fn_with_state(auth, auth::require)),
+        None => routes,
+    };
+    routes
         .layer(CatchPanicLayer::custom(panic_response))
         // Outermost, so panics and fallbacks are logged and carry request ids too.
         .layer(axum::middleware::from_fn(request_log::track))
@@ -166,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn panics_become_json_500() {
-        let app = with_layers(Router::new().route("/boom", get(|| async { panic!("boom") as &str })));
+        let app = with_layers(Router::new().route("/boom", get(|| async { panic!("boom") as &str })), None);
         let response = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(response.headers().contains_key("x-request-id"));

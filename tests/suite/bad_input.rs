@@ -63,6 +63,21 @@ async fn bad_input_is_named_and_survived() {
     let (factor, body) = rf_row(factor_field, Some(json!("no-such-level")));
     check(&client, &server, score, body, 422, &format!("column '{factor}': unseen level 'no-such-level' in row 1")).await;
 
+    // Every problem at once: a missing column and an unseen level in two rows.
+    let good = case(&fixtures, "rf_reg");
+    let mut rows: Vec<serde_json::Map<String, Value>> = good.rows[..2].iter().map(|r| r.as_object().unwrap().clone()).collect();
+    let (numeric, factor) = (numeric_field(&rows[0]), factor_field(&rows[0]));
+    for row in &mut rows {
+        row.remove(&numeric);
+        row.insert(factor.clone(), json!("no-such-level"));
+    }
+    let answer = post(&client, &format!("{}{score}", server.url), json!(rows).to_string(), &[]).await;
+    assert_eq!(answer.status, 422, "{}", answer.text);
+    let message = answer.json()["message"].as_str().unwrap().to_string();
+    for needle in [format!("missing column '{numeric}'"), format!("'no-such-level' in row 1"), format!("'no-such-level' in row 2")] {
+        assert!(message.contains(&needle), "{message:?} does not mention {needle:?}");
+    }
+
     check(&client, &server, "/models/no_such_model/score", "[{\"x\": 1}]", 404, "no_such_model").await;
     let huge = format!("[{}]", vec!["{\"x\": 1.0}"; 10_000].join(","));
     check(&client, &server, score, huge, 413, "65536").await;

@@ -23,4 +23,4 @@ pub use message::{
     decode, encode, Announcement, ErrorBody, ErrorCode, ForestInfo, Input, ModelInfo, ModelKind, Options, Outcome, Reply,
     Request, Timings, WireError, PROTOCOL_VERSION,
 };
-pub use schema::{conform, ColumnSpec, ColumnType, InputError, Schema};
+pub use schema::{conform, ColumnSpec, ColumnType, InputError, InputErrors, Schema};

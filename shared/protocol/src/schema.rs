@@ -62,25 +62,76 @@ impl ColumnType {
     }
 }
 
+/// Every problem [`conform`] found, in column order. Shown as one message: the first
+/// [`InputErrors::SHOWN`] problems joined by `; `, then how many more there are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputErrors(pub Vec<InputError>);
+
+impl InputErrors {
+    /// How many problems a message lists before summarising the rest.
+    pub const SHOWN: usize = 20;
+}
+
+impl std::fmt::Display for InputErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.0.iter().take(Self::SHOWN).map(ToString::to_string).collect();
+        write!(f, "{}", shown.join("; "))?;
+        if self.0.len() > Self::SHOWN {
+            write!(f, "; and {} more problems", self.0.len() - Self::SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InputErrors {}
+
 /// Returns the frame the model expects: the schema's columns in the schema's order, each
 /// converted to the schema's type; extra columns are dropped.
 ///
 /// Lossless conversions are made silently (integer to double, an integral double to
 /// integer, a string or number to the factor level it spells); anything else is an
-/// [`InputError`] naming the column, the row and the value.
-pub fn conform(frame: &Frame, schema: &Schema) -> Result<Frame, InputError> {
+/// [`InputError`] naming the column, the row and the value. Every problem is reported,
+/// not only the first, so a caller can fix a request in one round.
+pub fn conform(frame: &Frame, schema: &Schema) -> Result<Frame, InputErrors> {
     let mut columns = Vec::with_capacity(schema.columns.len());
+    let mut problems = Vec::new();
     for spec in &schema.columns {
-        let column = frame.column(&spec.name).ok_or_else(|| InputError::MissingColumn {
-            name: spec.name.clone(),
-            needed: schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
-        })?;
-        columns.push(Column::new(spec.name.clone(), convert(column, spec)?));
+        let Some(column) = frame.column(&spec.name) else {
+            problems.push(InputError::MissingColumn {
+                name: spec.name.clone(),
+                needed: schema.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+            continue;
+        };
+        match convert(column, spec) {
+            Ok(data) => columns.push(Column::new(spec.name.clone(), data)),
+            Err(mut errors) => problems.append(&mut errors),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(InputErrors(problems));
     }
     Ok(Frame { n_rows: frame.n_rows, columns })
 }
 
-fn convert(column: &Column, spec: &ColumnSpec) -> Result<ColumnData, InputError> {
+/// Collects a column's converted values, or every row's problem.
+fn every_row<T>(rows: impl Iterator<Item = Result<Option<T>, InputError>>) -> Result<Vec<Option<T>>, Vec<InputError>> {
+    let mut values = Vec::new();
+    let mut problems = Vec::new();
+    for row in rows {
+        match row {
+            Ok(value) => values.push(value),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if problems.is_empty() {
+        Ok(values)
+    } else {
+        Err(problems)
+    }
+}
+
+fn convert(column: &Column, spec: &ColumnSpec) -> Result<ColumnData, Vec<InputError>> {
     let name = &column.name;
     let wrong = |got: &'static str, row: usize, value: String| InputError::WrongType {
         name: name.clone(),
@@ -99,33 +150,28 @@ fn convert(column: &Column, spec: &ColumnSpec) -> Result<ColumnData, InputError>
             Ok(ColumnData::F64 { values: values.iter().map(|v| v.map(f64::from)).collect() })
         }
         (ColumnType::Integer, ColumnData::I32 { values }) => Ok(ColumnData::I32 { values: values.clone() }),
-        (ColumnType::Integer, ColumnData::F64 { values }) => values
-            .iter()
-            .enumerate()
-            .map(|(row, v)| match v {
-                None => Ok(None),
-                Some(x) if x.fract() == 0.0 && *x >= i32::MIN as f64 + 1.0 && *x <= i32::MAX as f64 => {
-                    Ok(Some(*x as i32))
-                }
-                Some(x) => Err(wrong("a non-integral number", row, x.to_string())),
-            })
-            .collect::<Result<_, _>>()
-            .map(|values| ColumnData::I32 { values }),
+        (ColumnType::Integer, ColumnData::F64 { values }) => every_row(values.iter().enumerate().map(|(row, v)| match v {
+            None => Ok(None),
+            Some(x) if x.fract() == 0.0 && *x >= i32::MIN as f64 + 1.0 && *x <= i32::MAX as f64 => Ok(Some(*x as i32)),
+            Some(x) => Err(wrong("a non-integral number", row, x.to_string())),
+        }))
+        .map(|values| ColumnData::I32 { values }),
         (ColumnType::Logical, ColumnData::Bool { values }) => Ok(ColumnData::Bool { values: values.clone() }),
         (ColumnType::Character, ColumnData::Str { values }) => Ok(ColumnData::Str { values: values.clone() }),
         (ColumnType::Character, ColumnData::Factor { levels, values, .. }) => Ok(ColumnData::Str {
             values: values.iter().map(|c| c.map(|c| levels[c as usize].clone())).collect(),
         }),
         (ColumnType::Factor | ColumnType::Ordered, data) => to_factor(column, spec, data),
+        // The whole column has the wrong type: one problem, shown at its first value.
         (_, data) => {
             let (row, value) = first_present(data);
-            Err(wrong(describe_type(data), row, value))
+            Err(vec![wrong(describe_type(data), row, value)])
         }
     }
 }
 
-fn to_factor(column: &Column, spec: &ColumnSpec, data: &ColumnData) -> Result<ColumnData, InputError> {
-    let levels = spec.levels.as_ref().ok_or_else(|| InputError::NoLevels { name: column.name.clone() })?;
+fn to_factor(column: &Column, spec: &ColumnSpec, data: &ColumnData) -> Result<ColumnData, Vec<InputError>> {
+    let levels = spec.levels.as_ref().ok_or_else(|| vec![InputError::NoLevels { name: column.name.clone() }])?;
     let index: std::collections::HashMap<&str, u32> =
         levels.iter().enumerate().map(|(i, l)| (l.as_str(), i as u32)).collect();
     let lookup = |row: usize, label: &str| {
@@ -146,20 +192,16 @@ fn to_factor(column: &Column, spec: &ColumnSpec, data: &ColumnData) -> Result<Co
         ColumnData::F64 { values } => values.iter().map(|v| v.map(format_level)).collect(),
         ColumnData::Bool { .. } => {
             let (row, value) = first_present(data);
-            return Err(InputError::WrongType {
+            return Err(vec![InputError::WrongType {
                 name: column.name.clone(),
                 expected: spec.column_type.describe(),
                 got: "a boolean",
                 row: row + 1,
                 value,
-            });
+            }]);
         }
     };
-    let values = labels
-        .iter()
-        .enumerate()
-        .map(|(row, label)| label.as_deref().map(|l| lookup(row, l)).transpose())
-        .collect::<Result<_, _>>()?;
+    let values = every_row(labels.iter().enumerate().map(|(row, label)| label.as_deref().map(|l| lookup(row, l)).transpose()))?;
     Ok(ColumnData::Factor {
         levels: levels.clone(),
         values,
@@ -297,6 +339,23 @@ mod tests {
             vec![Column::new("n", f64s(&[Some(2.0), Some(2.5)]))],
             vec![spec("n", ColumnType::Integer, None)],
             Err("column 'n': expected an integer, got a non-integral number in row 2: 2.5"),
+        );
+        // every problem is reported, in column order, not only the first
+        check(
+            vec![
+                Column::new("s", Str { values: vec![Some("z".into()), Some("a".into()), Some("y".into())] }),
+                Column::new("n", f64s(&[Some(1.5), Some(2.0), Some(3.5)])),
+            ],
+            vec![
+                spec("a", ColumnType::Numeric, None),
+                spec("s", ColumnType::Factor, Some(&["a", "b"])),
+                spec("n", ColumnType::Integer, None),
+            ],
+            Err("missing column 'a' (the model needs: a, s, n); \
+                 column 's': unseen level 'z' in row 1 (known levels: a, b); \
+                 column 's': unseen level 'y' in row 3 (known levels: a, b); \
+                 column 'n': expected an integer, got a non-integral number in row 1: 1.5; \
+                 column 'n': expected an integer, got a non-integral number in row 3: 3.5"),
         );
         // an all-missing column fits any type
         check(

@@ -75,10 +75,8 @@ mod tests {
     use crate::{Settings, Sources};
 
     fn check(env: &[(&str, &str)], expected: Result<AuthSettings, &str>) {
-        let sources = Sources {
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ..Sources::default()
-        };
+        let sources =
+            Sources { env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Sources::default() };
         match (Settings::load(&sources), expected) {
             (Ok(got), Ok(want)) => assert_eq!(got.auth, want),
             (Err(got), Err(want)) => assert!(got.to_string().contains(want), "error {got} does not mention {want}"),
