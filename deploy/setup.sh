@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-jsonlite
             r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
-TEST_PACKAGES=(curl rabbitmq-server python3-pip chromium)
+TEST_PACKAGES=(curl rabbitmq-server python3-pip chromium openssl)
 # The example publisher and the broker tests use pika and msgpack; the convention tests
 # drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client.
 PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client)
