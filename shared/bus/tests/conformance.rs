@@ -136,11 +136,13 @@ async fn deadline_passes_and_late_reply_is_dropped<T: Transport>(transport: T) {
         .await
         .unwrap();
     delivery.ack().await.unwrap();
-    // The same id can be used again and gets its own reply, not the late one.
+    // The late reply finds nobody waiting and is dropped: the next call gets its own.
+    // (Correlation ids are unique per request; re-using one while a late reply to it may
+    // still be in flight would be ambiguous on any networked transport.)
     let _worker = spawn_echo(consumer);
     assert_eq!(
         requester
-            .call(outgoing(&queue, "slow", b"ab"), soon(5000))
+            .call(outgoing(&queue, "after-slow", b"ab"), soon(5000))
             .await
             .unwrap(),
         b"ba"
