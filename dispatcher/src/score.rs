@@ -129,7 +129,8 @@ pub(crate) async fn score(
         input: Input::Json(String::new()),
     };
     let queue = shared.requester.queue_for(&info.name);
-    let encoded = run_cpu(body.len(), move || encode_request(request, &info, &body)).await?;
+    let max_rows = shared.server.max_rows;
+    let encoded = run_cpu(body.len(), move || encode_request(request, &info, &body, max_rows)).await?;
 
     let outgoing = Outgoing {
         correlation_id: correlation_id.clone(),
@@ -229,7 +230,7 @@ async fn run_cpu<T: Send + 'static>(size_bytes: usize, work: impl FnOnce() -> T 
 }
 
 /// Parses and checks the body for `info`'s kind of model and encodes the request carrying it.
-fn encode_request(mut request: Request, info: &ModelInfo, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+fn encode_request(mut request: Request, info: &ModelInfo, body: &[u8], max_rows: usize) -> Result<Vec<u8>, ApiError> {
     request.input = match info.kind {
         // Azure ML entry scripts parse the body themselves; it only has to be JSON.
         ModelKind::AzureMl => Input::Json(json_text(body)?),
@@ -238,6 +239,10 @@ fn encode_request(mut request: Request, info: &ModelInfo, body: &[u8]) -> Result
                 JsonError::Syntax(_) | JsonError::Empty => ApiError::bad_request(e.to_string()),
                 _ => ApiError::invalid_input(e.to_string()),
             })?;
+            // Checked before the schema: a huge request is refused without more work.
+            if frame.n_rows > max_rows {
+                return Err(ApiError::TooManyRows { rows: frame.n_rows, limit_rows: max_rows });
+            }
             let frame = match &info.schema {
                 Some(schema) => {
                     protocol::conform(&frame, schema).map_err(|e| ApiError::invalid_input(e.to_string()))?

@@ -98,3 +98,17 @@ async fn bad_input_is_named_and_survived() {
     let ready = get(&client, &format!("{}/ready", server.url)).await;
     assert_eq!(ready.status, 200, "{}", ready.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_rows_is_413() {
+    let fixtures = fixtures();
+    let server = ServerOptions::new(fixtures.join("models/rf_reg")).hosts(1).env("RFLEET_SERVER__MAX_ROWS", 3).start();
+    let client = client();
+    let good = case(&fixtures, "rf_reg");
+    let answer = post(&client, &format!("{}/score", server.url), Value::Array(good.rows[..4].to_vec()).to_string(), &[]).await;
+    assert_eq!(answer.status, 413, "{}", answer.text);
+    assert_eq!(answer.json()["message"], "the request has 4 rows; the limit is 3 (server.max_rows)");
+    let answer = post(&client, &format!("{}/score", server.url), Value::Array(good.rows[..3].to_vec()).to_string(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_same(&answer.json(), &Value::Array(good.expected[..3].to_vec()), "three rows under the limit");
+}

@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub listen: String,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Most rows one request may carry; more get 413.
+    pub max_rows: usize,
     /// Requests waiting for a reply at once; beyond it, 503 with `Retry-After`.
     pub max_inflight: usize,
     /// Deadline given to a request that names none (`x-rfleet-timeout-ms` overrides it).
@@ -163,6 +165,7 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: "127.0.0.1:8000".into(),
             max_body_bytes: 16 * 1024 * 1024,
+            max_rows: 1_000_000,
             max_inflight: 1024,
             request_timeout_ms: 30_000,
             drain_timeout_ms: 25_000,
