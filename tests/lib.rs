@@ -122,7 +122,8 @@ pub fn assert_same(got: &Value, expected: &Value, context: &str) {
 /// then SIGKILL) when dropped.
 pub struct Server {
     child: Child,
-    /// `http://127.0.0.1:PORT` for `serve` and `dispatcher`; empty for a worker.
+    /// `http://127.0.0.1:PORT` for `serve` and `dispatcher` (`https://` with `[tls]`, as
+    /// the server prints it); empty for a worker.
     pub url: String,
     pub n_hosts: usize,
     _dir: tempfile::TempDir,

@@ -21,3 +21,5 @@ mod batching;
 mod conventions;
 #[path = "suite/auth.rs"]
 mod auth;
+#[path = "suite/tls.rs"]
+mod tls;

@@ -11,6 +11,8 @@
 //! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
 //! - [`auth`]: keys, `POST /token` and OIDC tokens, checked by a layer before any route
 //!   but the probes (`[auth]`, off by default).
+//! - [`tls`]: HTTPS (`[tls]`, off by default): a listener whose connections arrive with
+//!   their TLS handshake done, and the certificate reloaded from its files.
 //! - [`request_log`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log span.
 //! - [`announcements`]: workers' announcements (over a broker) into the catalog.
@@ -33,6 +35,7 @@ pub mod request_log;
 pub mod routes;
 pub mod score;
 mod scored;
+pub mod tls;
 pub mod vetiver;
 
 use std::any::Any;
@@ -170,13 +173,18 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// Serves `listener` until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// `listener` is a `tokio::net::TcpListener` for plain HTTP or a [`tls::TlsListener`].
+pub async fn serve<L>(
+    listener: L,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "dispatcher listening");
+        tracing::info!(?address, "dispatcher listening");
     }
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

@@ -125,7 +125,7 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
 
 /// Connects to the broker in the background and waits a little for it, so that a fleet
 /// started together is ready together; a broker that is down is retried, not fatal.
-async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> AmqpBus {
+async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> anyhow::Result<AmqpBus> {
     // Enough unacknowledged deliveries to keep every host busy and to fill a batch, but
     // bounded, so one worker does not hoard what other workers (or KEDA's new pods) could
     // take, and a draining worker has little to hand back.
@@ -137,11 +137,15 @@ async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> 
         n => n,
     };
     let name = format!("rfleet-{role}-{}", worker::worker_id(settings.workers.id.as_deref()));
-    let bus = AmqpBus::start(AmqpConfig::from_settings(&settings.bus, &name, prefetch), shutdown.clone());
+    let config = AmqpConfig::from_settings(&settings.bus, &name, prefetch);
+    // Unlike a broker that is down, a CA file that does not load will not get better by
+    // retrying: it is a configuration error.
+    config.tls_config().context("cannot set up tls to the broker")?;
+    let bus = AmqpBus::start(config, shutdown.clone());
     if !bus.wait_connected(Duration::from_secs(10)).await {
         tracing::warn!(url = %redact(&settings.bus.url), "broker not reachable yet; retrying in the background");
     }
-    bus
+    Ok(bus)
 }
 
 /// The broker URL without its password, for logs.
@@ -156,9 +160,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Binds the listener and serves HTTP until `shutdown`, then drains for at most
-/// `server.drain_timeout_ms`.
+/// Binds the listener and serves HTTP, or HTTPS when `[tls]` names a certificate, until
+/// `shutdown`, then drains for at most `server.drain_timeout_ms`.
 async fn http(settings: &Settings, requester: Arc<dyn Requester>, catalog: Arc<Catalog>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before binding: a certificate that does not load must not leave a port open meanwhile.
+    let tls = dispatcher::tls::Tls::from_settings(&settings.tls).await.context("cannot set up tls")?;
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
@@ -167,11 +173,17 @@ async fn http(settings: &Settings, requester: Arc<dyn Requester>, catalog: Arc<C
         .with_auth(&settings.auth)
         .await
         .context("cannot set up authentication")?;
-    tracing::info!(%address, "rfleet serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%address, scheme, "rfleet serving");
     // The one line on stdout: scripts and tests wait for it.
-    println!("rfleet listening on http://{address}");
+    println!("rfleet listening on {scheme}://{address}");
     let drain = Duration::from_millis(settings.server.drain_timeout_ms);
-    let mut server = tokio::spawn(dispatcher::serve(listener, state, shutdown.clone().cancelled_owned()));
+    let stopped = shutdown.clone().cancelled_owned();
+    // HTTPS only when TLS is on: a plain-HTTP port beside it would be a way around it.
+    let mut server = match tls {
+        Some(tls) => tokio::spawn(dispatcher::serve(tls.listener(listener), state, stopped)),
+        None => tokio::spawn(dispatcher::serve(listener, state, stopped)),
+    };
     tokio::select! {
         result = &mut server => result.context("http server task failed")?.context("http server failed")?,
         _ = shutdown.cancelled() => match tokio::time::timeout(drain, &mut server).await {
@@ -197,7 +209,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             (Arc::new(bus.clone()), WorkerBus::Embedded(bus))
         }
         BusKind::Amqp => {
-            let bus = amqp(&settings, "serve", &connection).await;
+            let bus = amqp(&settings, "serve", &connection).await?;
             tokio::spawn(dispatcher::announcements::follow(bus.catalog(), catalog.clone()));
             (Arc::new(bus.clone()), WorkerBus::Amqp(bus))
         }
@@ -222,7 +234,7 @@ async fn broker_process(settings: &Settings, role: &str) -> anyhow::Result<(Amqp
     cancel_on_signal(shutdown.clone())?;
     // Closed only at the very end: a draining process still talks to the broker.
     let connection = CancellationToken::new();
-    let bus = amqp(settings, role, &connection).await;
+    let bus = amqp(settings, role, &connection).await?;
     Ok((bus, shutdown, connection))
 }
 

@@ -55,8 +55,17 @@
 //!
 //! Deliveries whose channel died before they were acknowledged are redelivered by the
 //! broker (`redelivered = true`); their `ack` fails. That is the at-least-once contract.
+//!
+//! # TLS
+//! An `amqps://` URL connects over TLS (rustls with the ring provider, port 5671 by
+//! default). The broker's certificate must chain to one of the public web CAs built in
+//! (webpki-root-certs, so no system trust store is needed) or to a CA in `ca_file`, and
+//! name the URL's host. The CA file is read and checked before every new connection
+//! ([`AmqpConfig::tls_config`]), so a renewed CA is picked up by the next reconnection;
+//! lapin's own recoveries reuse the configuration the connection was opened with.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +77,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind,
@@ -93,8 +103,11 @@ const RECOVERY_WINDOW: Duration = Duration::from_secs(45);
 /// How to reach the broker and name things on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpConfig {
-    /// `amqp://user:password@host:port/vhost`.
+    /// `amqp://user:password@host:port/vhost`, or `amqps://...` for TLS.
     pub url: String,
+    /// With `amqps://`: PEM CA certificates trusted for the broker, besides the built-in
+    /// public CAs.
+    pub ca_file: Option<PathBuf>,
     pub queue_prefix: String,
     pub queue_type: settings::QueueType,
     pub dead_letter_exchange: String,
@@ -115,6 +128,7 @@ impl AmqpConfig {
     ) -> Self {
         AmqpConfig {
             url: bus.url.clone(),
+            ca_file: bus.ca_file.clone(),
             queue_prefix: bus.queue_prefix.clone(),
             queue_type: bus.queue_type,
             dead_letter_exchange: bus.dead_letter_exchange.clone(),
@@ -123,6 +137,28 @@ impl AmqpConfig {
             prefetch,
             connection_name: connection_name.to_string(),
         }
+    }
+
+    /// The TLS settings for a connection: the CA certificates of `ca_file`, read now and
+    /// checked, because lapin would silently skip a certificate it cannot parse and then
+    /// fail every handshake with a less helpful error.
+    pub fn tls_config(&self) -> Result<OwnedTLSConfig, BrokerTlsError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(OwnedTLSConfig::default());
+        };
+        // A CA file for a plain connection is a mistake (a URL left at amqp://), not a no-op.
+        if !self.url.starts_with("amqps://") {
+            return Err(BrokerTlsError::NotAmqps);
+        }
+        let pem = std::fs::read_to_string(path).map_err(|source| BrokerTlsError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        check_ca_certificates(path, &pem)?;
+        Ok(OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(pem),
+        })
     }
 
     /// The arguments every declaration of a request queue carries; they must be identical
@@ -143,6 +179,44 @@ impl AmqpConfig {
         );
         arguments
     }
+}
+
+/// Why the broker's TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerTlsError {
+    #[error("bus.ca_file is set but bus.url is not amqps://: the CA would never be used")]
+    NotAmqps,
+    #[error("cannot read the broker CA file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the broker CA file {0} holds no PEM certificate")]
+    NoCertificate(PathBuf),
+    #[error(
+        "the broker CA file {path} holds a certificate that cannot be a trust anchor: {reason}"
+    )]
+    InvalidCertificate { path: PathBuf, reason: String },
+}
+
+/// Fails unless `pem` holds at least one certificate and every certificate in it can be a
+/// trust anchor, which is what lapin's rustls connector will try to make of each.
+fn check_ca_certificates(path: &Path, pem: &str) -> Result<(), BrokerTlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let invalid = |reason: String| BrokerTlsError::InvalidCertificate {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let certificate = certificate.map_err(|e| invalid(e.to_string()))?;
+        roots.add(certificate).map_err(|e| invalid(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(BrokerTlsError::NoCertificate(path.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Where a waiting caller's reply (or the reason it will never come) goes.
@@ -434,8 +508,27 @@ async fn supervise(inner: Arc<Inner>) {
     let mut generation = 0;
     let mut retry_delay = Duration::from_millis(100);
     while !inner.shutdown.is_cancelled() {
-        let connecting =
-            Connection::connect(&inner.config.url, connection_properties(&inner.config));
+        let tls = match inner.config.tls_config() {
+            Ok(tls) => tls,
+            // Checked at start-up too; here it can only be a CA file broken since then.
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = retry_delay.as_millis() as u64, "cannot connect to the broker");
+                sleep_or_cancel(&inner.shutdown, retry_delay).await;
+                retry_delay = (retry_delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let connecting = async {
+            // The captured TLS settings are what lapin's recoveries of this connection use.
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_with_config(
+                &inner.config.url,
+                connection_properties(&inner.config),
+                tls,
+                runtime,
+            )
+            .await
+        };
         let connection = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
             result = tokio::time::timeout(Duration::from_secs(10), connecting) => match result {
@@ -1291,4 +1384,82 @@ async fn subscribe_catalog(
     )
     .await?;
     Ok((channel, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA certificate made now, as PEM.
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// Builds the TLS settings for `url` with `ca` (PEM text written to a file, or no file)
+    /// and compares them with `expected`: the CA text lapin gets, or a fragment of the error.
+    /// No broker here listens on TLS, so this stops where lapin takes over.
+    fn check(url: &str, ca: Option<&str>, expected: Result<Option<&str>, &str>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = ca.map(|text| {
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let settings = settings::BusSettings {
+            url: url.into(),
+            ca_file,
+            ..settings::BusSettings::default()
+        };
+        let config = AmqpConfig::from_settings(&settings, "test", 1);
+        match (config.tls_config(), expected) {
+            (Ok(got), Ok(want)) => {
+                assert_eq!(got.cert_chain.as_deref(), want, "{url} with {ca:?}");
+                assert!(got.identity.is_none());
+            }
+            (Err(got), Err(want)) => assert!(
+                got.to_string().contains(want),
+                "error {got} does not mention {want}"
+            ),
+            (got, want) => panic!("{url} with {ca:?}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_config_from_a_ca_file() {
+        let ca = ca_pem();
+        let two_cas = format!("{ca}{}", ca_pem());
+        let amqps = "amqps://rfleet:secret@broker.example:5671/%2f";
+        check("amqp://guest:guest@127.0.0.1:5672/%2f", None, Ok(None));
+        check(amqps, None, Ok(None));
+        check(amqps, Some(&ca), Ok(Some(&ca)));
+        check(amqps, Some(&two_cas), Ok(Some(&two_cas)));
+        check(
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            Some(&ca),
+            Err("not amqps://"),
+        );
+        check(amqps, Some(""), Err("holds no PEM certificate"));
+        check(
+            amqps,
+            Some("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"),
+            Err("cannot be a trust anchor"),
+        );
+        let missing = settings::BusSettings {
+            url: amqps.into(),
+            ca_file: Some("/no/such/ca.pem".into()),
+            ..Default::default()
+        };
+        let error = AmqpConfig::from_settings(&missing, "test", 1)
+            .tls_config()
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("cannot read the broker CA file /no/such/ca.pem"),
+            "{error}"
+        );
+    }
 }

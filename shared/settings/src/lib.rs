@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod manifest;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ pub struct Settings {
     pub bus: BusSettings,
     pub log: LogSettings,
     pub auth: auth::AuthSettings,
+    pub tls: tls::TlsSettings,
 }
 
 /// The HTTP front (dispatcher).
@@ -107,8 +109,12 @@ pub struct BusSettings {
     pub request_queue: String,
     /// Embedded bus: messages it holds before publishers get 503.
     pub capacity: usize,
-    /// AMQP: the broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost).
+    /// AMQP: the broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost),
+    /// or `amqps://...` (port 5671 by default) for TLS.
     pub url: String,
+    /// AMQP over TLS (`amqps://`): a PEM file of CA certificates trusted for the broker's
+    /// certificate, besides the public web CAs built in; read again for every new connection.
+    pub ca_file: Option<PathBuf>,
     /// AMQP: requests for model `m` go to the queue `<queue_prefix><m>`.
     pub queue_prefix: String,
     /// AMQP: `classic` (lowest latency) or `quorum` (replicated, survives a node loss).
@@ -206,6 +212,7 @@ impl Default for BusSettings {
             request_queue: "rfleet.requests".into(),
             capacity: 4096,
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            ca_file: None,
             queue_prefix: "rfleet.model.".into(),
             queue_type: QueueType::Classic,
             dead_letter_exchange: "rfleet.dead".into(),

@@ -29,6 +29,7 @@ pub fn config(name: &str) -> AmqpConfig {
     );
     AmqpConfig {
         url: url(),
+        ca_file: None,
         queue_prefix: prefix.clone(),
         queue_type: settings::QueueType::Classic,
         dead_letter_exchange: format!("{prefix}dead"),

@@ -1,0 +1,243 @@
+//! TLS with a real `rfleet serve`, with certificate authorities made here by rcgen:
+//! - HTTPS (`[tls]`): scoring over HTTP/2 and HTTP/1.1 with clients that trust only the test
+//!   CA, plain HTTP refused, curl, the certificate replaced while the server runs, and the
+//!   SIGTERM drain over TLS;
+//! - the broker over `amqps://` with `bus.ca_file`, through a TLS-terminating proxy in front
+//!   of the local RabbitMQ (which has no TLS listener of its own).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use reqwest::Version;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{json, Value};
+use support::{assert_same, case, fixtures, Fleet, ServerOptions};
+
+/// A test certificate authority and a server certificate it signed for this machine.
+struct Authority {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl Authority {
+    fn new(name: &str) -> Authority {
+        let mut ca = CertificateParams::new(Vec::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, format!("rfleet test CA {name}"));
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        // Both names a client may use for a server on loopback.
+        let mut server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        server.distinguished_name.push(DnType::CommonName, "localhost");
+        let key = KeyPair::generate().unwrap();
+        let cert = server.signed_by(&key, &ca).unwrap();
+        Authority { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
+    fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
+    }
+}
+
+/// Writes a file as cert-manager and careful scripts do: whole, then renamed into place.
+fn replace(path: &Path, text: &str) {
+    let staging = path.with_extension("tmp");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
+/// A client that trusts `ca_pem` and nothing else, with no pooled connections, so that every
+/// request makes a new TLS handshake and sees the certificate served now.
+fn trusting(ca_pem: &str, http1_only: bool) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(60));
+    if http1_only {
+        builder = builder.http1_only();
+    }
+    builder.build().unwrap()
+}
+
+/// POSTs the case's rows to `/score` and checks R's predictions came back over `version`.
+async fn check_scores(client: &reqwest::Client, url: &str, rows: &str, expected: &Value, version: Version) {
+    let response = client
+        .post(format!("{url}/score"))
+        .header("content-type", "application/json")
+        .body(rows.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}/score over {version:?}: {e:?}"));
+    assert_eq!(response.version(), version, "protocol chosen by ALPN");
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_same(&answer, expected, &format!("scores over https ({version:?})"));
+}
+
+/// Whether a new connection from a client trusting only `ca_pem` gets an answer.
+async fn trusted_by(ca_pem: &str, url: &str) -> bool {
+    trusting(ca_pem, false).get(format!("{url}/ready")).send().await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_reloads_its_certificate_and_drains() {
+    let fixtures = fixtures();
+    let rf = case(&fixtures, "rf_reg");
+    let rows = Value::Array(rf.rows.clone()).to_string();
+    let expected = Value::Array(rf.expected.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let first = Authority::new("first");
+    replace(&cert_file, &first.cert_pem);
+    replace(&key_file, &first.key_pem);
+
+    let server = ServerOptions::new(fixtures.join("models/rf_reg"))
+        .hosts(1)
+        .env("RFLEET_TLS__CERT_FILE", cert_file.display())
+        .env("RFLEET_TLS__KEY_FILE", key_file.display())
+        .start();
+    let url = server.url.clone();
+    let port = url.strip_prefix("https://127.0.0.1:").unwrap_or_else(|| panic!("not an https address: {url}"));
+
+    // HTTPS, with HTTP/2 when the client offers it (ALPN) and HTTP/1.1 when it does not.
+    check_scores(&trusting(&first.ca_pem, false), &url, &rows, &expected, Version::HTTP_2).await;
+    check_scores(&trusting(&first.ca_pem, true), &url, &rows, &expected, Version::HTTP_11).await;
+
+    // Plain HTTP on the HTTPS port scores nothing; it is told why.
+    let plain = support::post(&support::client(), &url.replacen("https://", "http://", 1), rows.clone(), &[]).await;
+    assert_eq!(plain.status, 400, "{}", plain.text);
+    assert_eq!(plain.json(), json!({"code": "bad_request", "message": "this port serves https only: use https://"}));
+
+    // curl, by name, trusting the CA; and refusing the server without it.
+    let ca_file = first.write_ca(dir.path(), "first-ca.pem");
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "-X", "POST", &format!("https://localhost:{port}/score")])
+            .args(["-H", "Content-Type: application/json", "-d", &rows])
+            .args(extra)
+            .output()
+            .expect("run curl")
+    };
+    let output = curl(&["--cacert", ca_file.to_str().unwrap()]);
+    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_same(&serde_json::from_slice(&output.stdout).expect("curl got JSON"), &expected, "curl over https");
+    let output = curl(&[]);
+    // 60: curl could not verify the server's certificate against its own CAs.
+    assert_eq!(output.status.code(), Some(60), "curl trusted a test CA: {}", String::from_utf8_lossy(&output.stderr));
+
+    // A broken pair (a certificate with another's key) is not taken: the current one stays.
+    let second = Authority::new("second");
+    replace(&cert_file, &second.cert_pem);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(trusted_by(&first.ca_pem, &url).await, "a broken pair replaced the working one");
+    assert!(!trusted_by(&second.ca_pem, &url).await, "a certificate without its key was served");
+
+    // The pair completed: within seconds, new connections get the new certificate, without
+    // a restart, and the old CA no longer vouches for the server.
+    replace(&key_file, &second.key_pem);
+    let start = Instant::now();
+    while !trusted_by(&second.ca_pem, &url).await {
+        assert!(start.elapsed() < Duration::from_secs(10), "the new certificate was not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!trusted_by(&first.ca_pem, &url).await, "the old certificate is still served");
+    check_scores(&trusting(&second.ca_pem, false), &url, &rows, &expected, Version::HTTP_2).await;
+
+    // SIGTERM while clients (HTTP/2 and HTTP/1.1) keep sending: every request the server took
+    // is answered in full, then it exits cleanly.
+    let started = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for http1_only in [false, true] {
+        let (client, url, rows, expected, started) =
+            (trusting(&second.ca_pem, http1_only), url.clone(), rows.clone(), expected.clone(), started.clone());
+        clients.push(tokio::spawn(async move {
+            let mut answered = 0;
+            for _ in 0..200 {
+                started.fetch_add(1, Ordering::Relaxed);
+                let request = client.post(format!("{url}/score")).header("content-type", "application/json");
+                let sent = request.body(rows.clone()).send().await;
+                // After the listener closes, new connections are refused: that request was
+                // never taken.
+                let Ok(response) = sent else { break };
+                assert_eq!(response.status().as_u16(), 200);
+                let text = response.text().await.expect("a taken request is answered in full");
+                assert_same(&serde_json::from_str(&text).unwrap(), &expected, "answer during shutdown");
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    while started.load(Ordering::Relaxed) < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30))).await.unwrap();
+    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.expect("client task");
+    }
+    assert!(answered >= 8, "only {answered} requests answered");
+}
+
+/// A TLS-terminating proxy on loopback in front of the local RabbitMQ, serving `authority`'s
+/// certificate: to rfleet it is a broker that speaks amqps. Counts finished handshakes, so
+/// the test knows the traffic went through it.
+async fn amqps_proxy(authority: &Authority, handshakes: Arc<AtomicUsize>) -> u16 {
+    let chain = CertificateDer::pem_slice_iter(authority.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(authority.key_pem.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let broker = support::BROKER_URL.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, broker, handshakes) = (acceptor.clone(), broker.clone(), handshakes.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                handshakes.fetch_add(1, Ordering::Relaxed);
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&broker).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_broker_with_a_private_ca() {
+    let fixtures = fixtures();
+    let rf = case(&fixtures, "rf_reg");
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new("broker");
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let port = amqps_proxy(&authority, handshakes.clone()).await;
+
+    let fleet = Fleet::new("tls");
+    let mut options = ServerOptions::new(fixtures.join("models/rf_reg")).hosts(1);
+    options.env.extend(fleet.env());
+    // Later entries win: the fleet's names, this broker address.
+    let server = options
+        .env("RFLEET_BUS__URL", format!("amqps://guest:guest@127.0.0.1:{port}/%2f"))
+        .env("RFLEET_BUS__CA_FILE", authority.write_ca(dir.path(), "broker-ca.pem").display())
+        .start();
+    let rows = Value::Array(rf.rows.clone()).to_string();
+    let answer = support::post(&support::client(), &format!("{}/score", server.url), rows, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_same(&answer.json(), &Value::Array(rf.expected.clone()), "scored over a broker reached by amqps");
+    assert!(handshakes.load(Ordering::Relaxed) >= 1, "rfleet did not go through the TLS proxy");
+}
