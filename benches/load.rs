@@ -20,9 +20,16 @@
 //! the bus, waiting for a host, the host channel). Its percentiles are exact too, and
 //! left out of the summary when no reply carried the header.
 //!
+//! Replies may also say how the worker scored them (`x-rfleet-path`: `whole`, `batch:N`
+//! for N requests in one R call, `rows:K` / `trees:K` for one request split across K
+//! hosts, or a combination such as `batch:5+trees:2`). The harness counts each distinct
+//! value and estimates the R calls made: a request contributes K/N calls (K parts, N
+//! requests sharing them), so `requests_per_r_call` is what batching achieved.
+//!
 //! The harness only talks to loopback addresses: it is a benchmark tool, not a way to
 //! load somebody else's service.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +52,8 @@ const N_ERRORS_PRINTED: usize = 5;
 const ERROR_BODY_CHARS: usize = 300;
 /// The reply header with the R host's time for the request, in ms with 3 decimals.
 const R_MS_HEADER: &str = "x-rfleet-r-ms";
+/// The reply header saying how the worker scored the request (whole, batched, split).
+const PATH_HEADER: &str = "x-rfleet-path";
 
 #[derive(Parser, Debug)]
 #[command(name = "rfleet-load", version, about = "Closed-loop HTTP load generator for rfleet (loopback only)")]
@@ -198,6 +207,8 @@ struct Summary {
     /// Latency minus R time of the same replies, in nanoseconds, sorted ascending.
     /// Signed: the two come from different clocks, rounded differently.
     overheads_ns: Vec<i64>,
+    /// How many successful replies carried each distinct `x-rfleet-path` value.
+    paths: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -259,6 +270,13 @@ impl Summary {
                 self.overheads_ns.len(),
             );
         }
+        if !self.paths.is_empty() {
+            let counts: Vec<String> = self.paths.iter().map(|(path, n)| format!("{path}={n}")).collect();
+            line += &format!(" paths[{}]", counts.join(","));
+            if let Some((_, per_call)) = r_calls(&self.paths) {
+                line += &format!(" requests_per_r_call={per_call:.2}");
+            }
+        }
         line
     }
 
@@ -274,6 +292,7 @@ impl Summary {
             "connections": self.connections,
             "seconds": round(self.seconds),
             "rps": round(self.rps()),
+            "min_ms": ms(0.0),
             "p50_ms": ms(50.0),
             "p90_ms": ms(90.0),
             "p99_ms": ms(99.0),
@@ -295,8 +314,45 @@ impl Summary {
                 all.extend(more);
             }
         }
+        if !self.paths.is_empty() {
+            if let Some(all) = json.as_object_mut() {
+                all.insert("paths".into(), serde_json::json!(self.paths));
+                if let Some((calls, per_call)) = r_calls(&self.paths) {
+                    all.insert("r_calls".into(), serde_json::json!(round(calls)));
+                    all.insert("requests_per_r_call".into(), serde_json::json!(round(per_call)));
+                }
+            }
+        }
         json
     }
+}
+
+/// The R calls one request accounts for, from its `x-rfleet-path`: K parts shared by N
+/// requests make K/N (`whole` 1, `batch:4` 1/4, `trees:2` 2, `batch:4+rows:2` 1/2).
+/// `None` for a value this harness does not know.
+fn r_calls_of_path(path: &str) -> Option<f64> {
+    let mut calls = 1.0;
+    for part in path.trim().split('+') {
+        match part.split_once(':') {
+            None if part == "whole" => {}
+            Some(("batch", n)) => calls /= n.parse::<u32>().ok().filter(|&n| n >= 1)? as f64,
+            Some(("rows" | "trees", k)) => calls *= k.parse::<u32>().ok().filter(|&k| k >= 1)? as f64,
+            _ => return None,
+        }
+    }
+    Some(calls)
+}
+
+/// Estimated R calls over the replies counted in `paths`, and requests per R call;
+/// `None` when any value is unknown (the estimate would be wrong) or there are none.
+fn r_calls(paths: &BTreeMap<String, u64>) -> Option<(f64, f64)> {
+    let mut calls = 0.0;
+    let mut requests = 0u64;
+    for (path, &n) in paths {
+        calls += r_calls_of_path(path)? * n as f64;
+        requests += n;
+    }
+    (calls > 0.0).then(|| (calls, requests as f64 / calls))
 }
 
 /// The R time a reply reports in `x-rfleet-r-ms` (milliseconds, e.g. `4.991`), in
@@ -347,6 +403,7 @@ struct TaskTally {
     latencies_ns: Vec<u64>,
     r_ns: Vec<u64>,
     overheads_ns: Vec<i64>,
+    paths: BTreeMap<String, u64>,
     http_errors: u64,
     transport_errors: u64,
     connections: u64,
@@ -389,8 +446,11 @@ async fn run_phase(
                     };
                 let latency_ns = sent_at.elapsed().as_nanos() as u64;
                 let failure = match outcome {
-                    Ok(r_ns) => {
+                    Ok((r_ns, path)) => {
                         tally.latencies_ns.push(latency_ns);
+                        if let Some(path) = path {
+                            *tally.paths.entry(path).or_default() += 1;
+                        }
                         if let Some(r_ns) = r_ns {
                             tally.r_ns.push(r_ns);
                             tally.overheads_ns.push(overhead_ns(latency_ns, r_ns));
@@ -426,6 +486,7 @@ async fn run_phase(
         latencies_ns: Vec::with_capacity(n_requests.min(10_000_000) as usize),
         r_ns: Vec::new(),
         overheads_ns: Vec::new(),
+        paths: BTreeMap::new(),
     };
     let mut connections = Vec::with_capacity(plan.concurrency);
     while let Some(joined) = tasks.join_next().await {
@@ -437,6 +498,9 @@ async fn run_phase(
         summary.latencies_ns.extend(tally.latencies_ns);
         summary.r_ns.extend(tally.r_ns);
         summary.overheads_ns.extend(tally.overheads_ns);
+        for (path, n) in tally.paths {
+            *summary.paths.entry(path).or_default() += n;
+        }
         connections.push(connection);
     }
     summary.seconds = started.elapsed().as_secs_f64();
@@ -495,13 +559,13 @@ impl std::fmt::Display for Failure {
 /// One request on the task's connection, opening it first when there is none or when the
 /// server closed it. The reply body is read in full so the connection can be reused and
 /// the latency covers the whole answer. A success returns the reply's R time in
-/// nanoseconds, when it has a valid `x-rfleet-r-ms`.
+/// nanoseconds, when it has a valid `x-rfleet-r-ms`, and its `x-rfleet-path`.
 async fn send(
     target: &Target,
     connection: &mut Option<Connection>,
     tally: &mut TaskTally,
     body: &Bytes,
-) -> Result<Option<u64>, Failure> {
+) -> Result<(Option<u64>, Option<String>), Failure> {
     // A kept-alive connection may have been closed by the server since the last reply
     // (idle timeout, `connection: close`); that is not a failed request, so reconnect.
     if let Some(open) = connection {
@@ -525,9 +589,10 @@ async fn send(
     let response = open.sender.send_request(request).await.map_err(Failure::Http)?;
     let status = response.status();
     let r_ns = response.headers().get(R_MS_HEADER).and_then(|value| parse_r_ms(value.as_bytes()));
+    let path = response.headers().get(PATH_HEADER).and_then(|value| value.to_str().ok()).map(str::to_string);
     let reply = response.into_body().collect().await.map_err(Failure::Http)?.to_bytes();
     if status.is_success() {
-        Ok(r_ns)
+        Ok((r_ns, path))
     } else {
         let text: String = String::from_utf8_lossy(&reply).chars().take(ERROR_BODY_CHARS).collect();
         Err(Failure::Status(status, text))
@@ -582,7 +647,8 @@ mod tests {
 
     /// A minimal HTTP/1.1 keep-alive server: answers 200 with the request body echoed, or
     /// 500 when the body contains "bad". A body that is a JSON array whose first element
-    /// has `"r_ms": "<text>"` gets that text back as `x-rfleet-r-ms`, and one with
+    /// has `"r_ms": "<text>"` gets that text back as `x-rfleet-r-ms` (`"path"` as
+    /// `x-rfleet-path`), and one with
     /// `"sleep_ms": <n>` is answered after n ms. Returns its address and a count of
     /// connections.
     async fn echo_server() -> (std::net::SocketAddr, Arc<AtomicU64>) {
@@ -626,8 +692,11 @@ mod tests {
                         let r_ms = first["r_ms"]
                             .as_str()
                             .map_or_else(String::new, |text| format!("{R_MS_HEADER}: {text}\r\n"));
+                        let path = first["path"]
+                            .as_str()
+                            .map_or_else(String::new, |text| format!("{PATH_HEADER}: {text}\r\n"));
                         let reply = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{r_ms}content-length: {}\r\n\r\n",
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{r_ms}{path}content-length: {}\r\n\r\n",
                             body.len()
                         );
                         // One write: two small ones would meet Nagle and delayed ACKs.
@@ -710,6 +779,7 @@ mod tests {
             latencies_ns: samples.iter().map(|&(latency, _)| latency).collect(),
             r_ns: samples.iter().filter_map(|&(_, r)| r).collect(),
             overheads_ns: samples.iter().filter_map(|&(latency, r)| r.map(|r| overhead_ns(latency, r))).collect(),
+            paths: BTreeMap::new(),
         };
         summary.latencies_ns.sort_unstable();
         summary.r_ns.sort_unstable();
@@ -738,6 +808,7 @@ mod tests {
         assert_eq!(json["r_p50_ms"], 5.0);
         assert_eq!(json["r_p99_ms"], 5.0);
         assert_eq!(json["max_ms"], 51.0);
+        assert_eq!(json["min_ms"], 5.01);
         let line = summary.line();
         assert!(
             line.contains("overhead_p50_ms=0.500 overhead_p90_ms=0.900 overhead_p99_ms=0.990 overhead_max_ms=1.000"),
@@ -790,6 +861,46 @@ mod tests {
             assert!(at.is_some(), "overhead {overhead} ns is no latency minus 2 ms");
             latencies.swap_remove(at.unwrap());
         }
+    }
+
+    #[test]
+    fn paths_give_r_calls() {
+        assert_eq!(r_calls_of_path("whole"), Some(1.0));
+        assert_eq!(r_calls_of_path("batch:4"), Some(0.25));
+        assert_eq!(r_calls_of_path("trees:2"), Some(2.0));
+        assert_eq!(r_calls_of_path("rows:3"), Some(3.0));
+        assert_eq!(r_calls_of_path("batch:5+trees:2"), Some(0.4));
+        for bad in ["", "batch:0", "batch:x", "rows", "split:2", "whole+"] {
+            assert_eq!(r_calls_of_path(bad), None, "{bad:?}");
+        }
+        // 8 requests in batches of 4 and 2 alone: 4 calls, 2.5 requests per call.
+        let paths: BTreeMap<String, u64> = [("batch:4".to_string(), 8), ("whole".to_string(), 2)].into();
+        assert_eq!(r_calls(&paths), Some((4.0, 2.5)));
+        assert_eq!(r_calls(&BTreeMap::new()), None);
+        let unknown: BTreeMap<String, u64> = [("whole".to_string(), 1), ("mystery".to_string(), 1)].into();
+        assert_eq!(r_calls(&unknown), None);
+    }
+
+    #[tokio::test]
+    async fn counts_the_path_of_each_successful_reply() {
+        let (addr, _) = echo_server().await;
+        let lines = [
+            r#"[{"x":1,"path":"batch:4"}]"#,
+            r#"[{"x":2,"path":"whole"}]"#,
+            r#"[{"x":"bad","path":"whole"}]"#,
+            r#"[{"x":3}]"#,
+        ];
+        let plan = plan(&format!("http://{addr}/score"), &lines, 2);
+        let summary = measure(&plan, 0, 40).await;
+        assert_eq!(summary.paths, [("batch:4".to_string(), 10), ("whole".to_string(), 10)].into());
+        let json = summary.to_json();
+        assert_eq!(json["paths"]["batch:4"], 10);
+        assert_eq!(json["r_calls"], 12.5);
+        assert_eq!(json["requests_per_r_call"], 1.6);
+        assert!(summary.line().contains("paths[batch:4=10,whole=10] requests_per_r_call=1.60"), "{}", summary.line());
+        // Without the header, no path fields at all.
+        let plain = summary_of(&[(1_000_000, None)]).to_json();
+        assert!(plain.get("paths").is_none() && plain.get("r_calls").is_none(), "{plain}");
     }
 
     #[tokio::test]

@@ -134,6 +134,13 @@ seconds <- max(vapply(loops, `[[`, numeric(1), "ended")) - min(vapply(loops, `[[
 first_error <- Filter(Negate(is.null), lapply(loops, `[[`, "first_error"))
 if (length(first_error) > 0) cat("r_limit: first error: ", first_error[[1]], "\n", file = stderr())
 
+proc_status_kib <- function(field) {
+  lines <- tryCatch(readLines("/proc/self/status"), error = function(e) character(0))
+  line <- grep(paste0("^", field, ":"), lines, value = TRUE)
+  if (length(line) == 0) return(NA_real_)
+  as.numeric(sub("^[^:]*:[[:space:]]*([0-9]+).*$", "\\1", line[[1]]))
+}
+
 pct <- function(p) {
   if (length(latencies_ms) == 0) return(NA_real_)
   round(unname(quantile(latencies_ms, p, type = 1)), 3)
@@ -151,6 +158,10 @@ summary <- list(
   p99_ms = pct(0.99),
   max_ms = pct(1),
   r_version = paste(R.version$major, R.version$minor, sep = "."),
+  # This (parent) R process's resident memory now and at its peak, in KiB, from /proc
+  # (NA where there is none): the model, the rows and R itself, for the memory table.
+  rss_kib = proc_status_kib("VmRSS"),
+  hwm_kib = proc_status_kib("VmHWM"),
   first_prediction = unname(as.vector(first_prediction))[1]
 )
 
