@@ -85,7 +85,14 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
         },
         _ => None,
     };
-    let _entered = span.enter();
+    // The span is attached to the future, never entered across an await: an entered span
+    // held over `.await` leaks into whatever else runs on this thread meanwhile
+    // (regression: over RabbitMQ the dispatcher's request spans nested inside these).
+    settle(delivery, reply, dead_letter).instrument(span).await;
+}
+
+/// Replies, then acknowledges (or dead-letters) the delivery.
+async fn settle(delivery: Delivery, reply: Reply, dead_letter: Option<String>) {
     let path = reply.timings.path.as_deref().unwrap_or("");
     match &reply.outcome {
         Outcome::Error(error) => tracing::info!(code = ?error.code, message = %error.message, path, "request failed"),
