@@ -371,3 +371,24 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Answer {
     let headers = response.headers().clone();
     Answer { status, headers, text: response.text().await.unwrap() }
 }
+
+/// Sends SIGTERM to `server` once `started` has reached `after` requests, checks that it
+/// exits 0, and returns how many requests the `clients` got answered in all. Each client
+/// counts what it started in `started` and stops at its first refused connection.
+pub async fn terminate_under_load(
+    server: Server,
+    clients: Vec<tokio::task::JoinHandle<usize>>,
+    started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    after: usize,
+) -> usize {
+    while started.load(std::sync::atomic::Ordering::Relaxed) < after {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30))).await.unwrap();
+    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
+    let mut answered = 0;
+    for client in clients {
+        answered += client.await.expect("client task");
+    }
+    answered
+}

@@ -116,15 +116,7 @@ async fn sigterm_finishes_in_flight_requests() {
             answered
         }));
     }
-    while started.load(Ordering::Relaxed) < 30 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30))).await.unwrap();
-    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
-    let mut answered = 0;
-    for client in clients {
-        answered += client.await.expect("client task");
-    }
+    let answered = support::terminate_under_load(server, clients, started, 30).await;
     assert!(answered >= 24, "only {answered} requests answered");
 }
 

@@ -176,15 +176,7 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
             answered
         }));
     }
-    while started.load(Ordering::Relaxed) < 10 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30))).await.unwrap();
-    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
-    let mut answered = 0;
-    for client in clients {
-        answered += client.await.expect("client task");
-    }
+    let answered = support::terminate_under_load(server, clients, started, 10).await;
     assert!(answered >= 8, "only {answered} requests answered");
 }
 
