@@ -104,10 +104,14 @@ pub fn assert_same(got: &Value, expected: &Value, context: &str) {
             }
         }
         (Value::Object(a), Value::Object(b)) => {
-            let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<std::collections::BTreeSet<_>>();
+            let keys =
+                |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<std::collections::BTreeSet<_>>();
             // jsonlite drops NA entries from row objects; rfleet writes them as null.
             let present = |o: &serde_json::Map<String, Value>| {
-                o.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()).collect::<std::collections::BTreeSet<_>>()
+                o.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, _)| k.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
             };
             assert_eq!(present(a), keys(b), "{context}: columns differ");
             for (key, y) in b {
@@ -254,7 +258,12 @@ impl Fleet {
     /// The request queues of the fixture models and the dead-letter queue.
     fn queues(&self) -> Vec<String> {
         let mut queues: Vec<String> = std::fs::read_dir(fixtures().join("models"))
-            .map(|entries| entries.flatten().map(|e| format!("{}{}", self.queue_prefix(), e.file_name().to_string_lossy())).collect())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| format!("{}{}", self.queue_prefix(), e.file_name().to_string_lossy()))
+                    .collect()
+            })
             .unwrap_or_default();
         queues.push(self.dead_letter_queue());
         queues
@@ -354,7 +363,12 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
 }
 
-pub async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> Answer {
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut request = client.post(url).header("content-type", "application/json").body(body);
     for (name, value) in headers {
         request = request.header(*name, *value);

@@ -3,23 +3,23 @@
 //! Each module starts real `rfleet serve` processes with fixture models made by R and
 //! checks answers against R's own `predict`.
 
-#[path = "suite/predictions.rs"]
-mod predictions;
+#[path = "suite/amqp.rs"]
+mod amqp;
+#[path = "suite/auth.rs"]
+mod auth;
 #[path = "suite/bad_input.rs"]
 mod bad_input;
+#[path = "suite/batching.rs"]
+mod batching;
+#[path = "suite/cli.rs"]
+mod cli;
+#[path = "suite/conventions.rs"]
+mod conventions;
 #[path = "suite/faults.rs"]
 mod faults;
 #[path = "suite/http.rs"]
 mod http;
-#[path = "suite/cli.rs"]
-mod cli;
-#[path = "suite/amqp.rs"]
-mod amqp;
-#[path = "suite/batching.rs"]
-mod batching;
-#[path = "suite/conventions.rs"]
-mod conventions;
-#[path = "suite/auth.rs"]
-mod auth;
+#[path = "suite/predictions.rs"]
+mod predictions;
 #[path = "suite/tls.rs"]
 mod tls;

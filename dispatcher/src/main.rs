@@ -162,7 +162,12 @@ fn redact(url: &str) -> String {
 
 /// Binds the listener and serves HTTP, or HTTPS when `[tls]` names a certificate, until
 /// `shutdown`, then drains for at most `server.drain_timeout_ms`.
-async fn http(settings: &Settings, requester: Arc<dyn Requester>, catalog: Arc<Catalog>, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn http(
+    settings: &Settings,
+    requester: Arc<dyn Requester>,
+    catalog: Arc<Catalog>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Before binding: a certificate that does not load must not leave a port open meanwhile.
     let tls = dispatcher::tls::Tls::from_settings(&settings.tls).await.context("cannot set up tls")?;
     let listener = tokio::net::TcpListener::bind(&settings.server.listen)
@@ -225,7 +230,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// The broker connection of a `dispatcher` or `worker` process, which needs one.
-async fn broker_process(settings: &Settings, role: &str) -> anyhow::Result<(AmqpBus, CancellationToken, CancellationToken)> {
+async fn broker_process(
+    settings: &Settings,
+    role: &str,
+) -> anyhow::Result<(AmqpBus, CancellationToken, CancellationToken)> {
     anyhow::ensure!(
         settings.bus.kind == BusKind::Amqp,
         "`rfleet {role}` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\""

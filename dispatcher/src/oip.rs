@@ -221,7 +221,9 @@ pub async fn live() -> Json<Liveness> {
 pub async fn ready(State(state): State<AppState>) -> Response {
     match crate::routes::ready(State(state)).await {
         Ok(_) => Json(Readiness { name: None, ready: true, error: None }).into_response(),
-        Err(e) => (e.status(), Json(Readiness { name: None, ready: false, error: Some(e.to_string()) })).into_response(),
+        Err(e) => {
+            (e.status(), Json(Readiness { name: None, ready: false, error: Some(e.to_string()) })).into_response()
+        }
     }
 }
 
@@ -250,14 +252,8 @@ pub async fn model_version_metadata(
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Json<ModelMetadata>, OipError> {
     let info = state.find_model(name, version)?;
-    let mut versions: Vec<String> = state
-        .shared
-        .catalog
-        .models()
-        .into_iter()
-        .filter(|m| m.name == info.name)
-        .filter_map(|m| m.version)
-        .collect();
+    let mut versions: Vec<String> =
+        state.shared.catalog.models().into_iter().filter(|m| m.name == info.name).filter_map(|m| m.version).collect();
     versions.sort();
     versions.dedup();
     Ok(Json(model_metadata_of(&info, versions)))
@@ -386,8 +382,9 @@ async fn infer_with(
         ));
     }
     let limit_bytes = state.shared.server.max_body_bytes;
-    let bytes =
-        axum::body::to_bytes(body, limit_bytes).await.map_err(|_| OipError::from(ApiError::BodyTooLarge { limit_bytes }))?;
+    let bytes = axum::body::to_bytes(body, limit_bytes)
+        .await
+        .map_err(|_| OipError::from(ApiError::BodyTooLarge { limit_bytes }))?;
     let request: InferRequest = serde_json::from_slice(&bytes)
         .map_err(|e| OipError::bad_request(format!("malformed inference request: {e}")))?;
     let rows = rows_from_inputs(&request.inputs, info.schema.as_ref()).map_err(OipError::bad_request)?;
@@ -438,11 +435,17 @@ pub fn rows_from_inputs(inputs: &[InputTensor], schema: Option<&Schema>) -> Resu
         let dims: Vec<usize> = input
             .shape
             .iter()
-            .map(|d| usize::try_from(*d).map_err(|_| format!("input '{name}': shape {:?} has a negative size", input.shape)))
+            .map(|d| {
+                usize::try_from(*d).map_err(|_| format!("input '{name}': shape {:?} has a negative size", input.shape))
+            })
             .collect::<Result<_, _>>()?;
         let n_values: usize = dims.iter().product();
         if dims.is_empty() || n_values != values.len() {
-            return Err(format!("input '{name}': shape {:?} holds {n_values} values but data has {}", input.shape, values.len()));
+            return Err(format!(
+                "input '{name}': shape {:?} holds {n_values} values but data has {}",
+                input.shape,
+                values.len()
+            ));
         }
         match dims.as_slice() {
             [_] | [_, 1] => columns.push((name.clone(), values)),
@@ -548,7 +551,10 @@ fn tensor(name: &str, data: Vec<Value>) -> Result<OutputTensor, String> {
 }
 
 /// Keeps the requested outputs, in the requested order; all of them when none are named.
-pub fn select_outputs(outputs: Vec<OutputTensor>, requested: Option<&[RequestedOutput]>) -> Result<Vec<OutputTensor>, String> {
+pub fn select_outputs(
+    outputs: Vec<OutputTensor>,
+    requested: Option<&[RequestedOutput]>,
+) -> Result<Vec<OutputTensor>, String> {
     let Some(requested) = requested.filter(|r| !r.is_empty()) else { return Ok(outputs) };
     requested
         .iter()
@@ -624,7 +630,15 @@ mod tests {
     #[test]
     fn predictions_become_outputs() {
         let one = outputs_from_predictions(&json!([1.5, null])).unwrap();
-        assert_eq!(one, [OutputTensor { name: "predict".into(), datatype: "FP64", shape: vec![2], data: vec![json!(1.5), Value::Null] }]);
+        assert_eq!(
+            one,
+            [OutputTensor {
+                name: "predict".into(),
+                datatype: "FP64",
+                shape: vec![2],
+                data: vec![json!(1.5), Value::Null]
+            }]
+        );
         let labels = outputs_from_predictions(&json!(["setosa", "virginica"])).unwrap();
         assert_eq!((labels[0].datatype, labels[0].shape.as_slice()), ("BYTES", &[2][..]));
         let probs = outputs_from_predictions(&json!([{"a": 0.25, "b": 1}, {"a": 0.5, "b": 2}])).unwrap();
@@ -633,6 +647,9 @@ mod tests {
         let requested: Vec<RequestedOutput> = serde_json::from_value(json!([{"name": "b"}])).unwrap();
         assert_eq!(select_outputs(probs.clone(), Some(&requested)).unwrap()[0].name, "b");
         let unknown: Vec<RequestedOutput> = serde_json::from_value(json!([{"name": "c"}])).unwrap();
-        assert_eq!(select_outputs(probs, Some(&unknown)).unwrap_err(), "unknown output 'c' (this model's outputs: a, b)");
+        assert_eq!(
+            select_outputs(probs, Some(&unknown)).unwrap_err(),
+            "unknown output 'c' (this model's outputs: a, b)"
+        );
     }
 }

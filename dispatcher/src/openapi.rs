@@ -276,8 +276,11 @@ pub fn complete(mut doc: Value, models: &[ModelInfo], default: Option<&ModelInfo
         for (path, method) in [("/score", "post"), ("/predict", "post")] {
             if let Some(item) = paths.get_mut(path) {
                 let operation = &mut item[method];
-                operation["description"] =
-                    json!(format!("The default model is `{}`; its input columns:\n\n{}", default.name, describe_columns(default)));
+                operation["description"] = json!(format!(
+                    "The default model is `{}`; its input columns:\n\n{}",
+                    default.name,
+                    describe_columns(default)
+                ));
                 let body = &mut operation["requestBody"]["content"]["application/json"];
                 body["schema"] = json!({"$ref": format!("#/components/schemas/{key}")});
                 // Swagger UI fills "Try it out" from this: a body that scores as it stands.
@@ -403,7 +406,11 @@ mod tests {
             schema: Some(Schema {
                 columns: vec![
                     ColumnSpec { name: "x1".into(), column_type: ColumnType::Numeric, levels: None },
-                    ColumnSpec { name: "grp".into(), column_type: ColumnType::Factor, levels: Some(vec!["a".into(), "b".into()]) },
+                    ColumnSpec {
+                        name: "grp".into(),
+                        column_type: ColumnType::Factor,
+                        levels: Some(vec!["a".into(), "b".into()]),
+                    },
                 ],
             }),
             predict_type: Some("response".into()),
@@ -435,6 +442,9 @@ mod tests {
         assert!(by_name["description"].as_str().unwrap().contains("`grp`: factor (a, b)"), "{by_name}");
         assert_eq!(by_name["parameters"][0]["schema"]["enum"], json!(["iris"]));
         let infer = &doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"];
-        assert_eq!(infer["example"]["inputs"][1], json!({"name": "grp", "datatype": "BYTES", "shape": [1], "data": ["a"]}));
+        assert_eq!(
+            infer["example"]["inputs"][1],
+            json!({"name": "grp", "datatype": "BYTES", "shape": [1], "data": ["a"]})
+        );
     }
 }

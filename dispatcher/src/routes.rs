@@ -88,7 +88,10 @@ impl AppState {
             return Err(ApiError::coded(ErrorCode::Unavailable, "the message bus is unavailable; retry shortly"));
         }
         if self.shared.catalog.models().is_empty() {
-            return Err(ApiError::coded(ErrorCode::Unavailable, "no worker has announced its models yet; retry shortly"));
+            return Err(ApiError::coded(
+                ErrorCode::Unavailable,
+                "no worker has announced its models yet; retry shortly",
+            ));
         }
         let wanted = match version {
             Some(version) => format!("model '{name}' version '{version}'"),

@@ -162,12 +162,8 @@ impl Tls {
 
     /// Serves TLS on `tcp`; the certificate is reloaded for as long as the listener lives.
     pub fn listener(self, tcp: TcpListener) -> TlsListener {
-        let reloading = tokio::spawn(reload_on_change(
-            self.files,
-            Arc::downgrade(&self.current),
-            self.loaded,
-            self.provider,
-        ));
+        let reloading =
+            tokio::spawn(reload_on_change(self.files, Arc::downgrade(&self.current), self.loaded, self.provider));
         TlsListener {
             tcp,
             acceptor: self.acceptor,

@@ -219,7 +219,8 @@ pub fn prototype_of(info: &ModelInfo) -> Map<String, Value> {
             if let Some(levels) = &spec.levels {
                 details.insert("levels".into(), json!(levels));
             }
-            let column = PrototypeColumn { column_type: r_type(spec.column_type), example: example_value(spec), details };
+            let column =
+                PrototypeColumn { column_type: r_type(spec.column_type), example: example_value(spec), details };
             (spec.name.clone(), serde_json::to_value(column).expect("a prototype column serializes"))
         })
         .collect()

@@ -159,12 +159,8 @@ impl Service {
             Worker::Stalled => stalled = Some(bus.consumer(QUEUE)),
             Worker::Absent => {}
         }
-        let state = AppState::new(
-            Arc::new(bus.clone()),
-            catalog.clone(),
-            setup.server,
-            setup.default_model.map(Into::into),
-        );
+        let state =
+            AppState::new(Arc::new(bus.clone()), catalog.clone(), setup.server, setup.default_model.map(Into::into));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();

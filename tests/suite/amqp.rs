@@ -48,7 +48,16 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) {
 fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
     let output = Command::new("python3")
         .arg(repo_root().join("deploy/examples/publish.py"))
-        .args(["--url", BROKER_URL, "--model", model, "--queue-prefix", &fleet.queue_prefix(), "--rows", &rows.to_string()])
+        .args([
+            "--url",
+            BROKER_URL,
+            "--model",
+            model,
+            "--queue-prefix",
+            &fleet.queue_prefix(),
+            "--rows",
+            &rows.to_string(),
+        ])
         .args(extra)
         .output()
         .expect("run publish.py (python3 with pika and msgpack)");
@@ -80,7 +89,12 @@ fn dead_letters(fleet: &Fleet) -> Vec<Value> {
 
 /// `clients` clients send `each` requests through the dispatchers in turn; every answer
 /// must be R's for that row. Returns the workers that answered.
-async fn load(urls: Vec<String>, clients: usize, each: usize, done: Arc<AtomicUsize>) -> std::collections::BTreeSet<String> {
+async fn load(
+    urls: Vec<String>,
+    clients: usize,
+    each: usize,
+    done: Arc<AtomicUsize>,
+) -> std::collections::BTreeSet<String> {
     let rows = Arc::new(single_rows());
     let mut tasks = Vec::new();
     for client_no in 0..clients {
@@ -115,7 +129,10 @@ async fn amqp_two_workers_two_dispatchers() {
     // No worker yet: not ready, and says why.
     let ready = get(&client, &format!("{}/ready", first.url)).await;
     assert_eq!(ready.status, 503, "{}", ready.text);
-    let _workers = [worker(&fleet).env("RFLEET_WORKERS__ID", "w1").start(), worker(&fleet).env("RFLEET_WORKERS__ID", "w2").start()];
+    let _workers = [
+        worker(&fleet).env("RFLEET_WORKERS__ID", "w1").start(),
+        worker(&fleet).env("RFLEET_WORKERS__ID", "w2").start(),
+    ];
     let second = dispatcher(&fleet).start();
     wait_ready(&client, &first).await;
     wait_ready(&client, &second).await;
@@ -137,7 +154,11 @@ async fn amqp_direct_publishers_poison_and_expiry() {
     let rows = Value::Array(rf.rows.clone());
     let expected = Value::Array(rf.expected.clone());
 
-    for (content_type, extra) in [("application/msgpack", vec![]), ("application/json", vec!["--content-type", "json"]), ("application/msgpack", vec!["--direct-reply-to"])] {
+    for (content_type, extra) in [
+        ("application/msgpack", vec![]),
+        ("application/json", vec!["--content-type", "json"]),
+        ("application/msgpack", vec!["--direct-reply-to"]),
+    ] {
         let reply = publish(&fleet, "rf_reg", &rows, &extra);
         assert_eq!(reply["content_type"], content_type, "{reply}");
         let columns = &reply["reply"]["outcome"]["predictions"]["columns"];
@@ -146,7 +167,8 @@ async fn amqp_direct_publishers_poison_and_expiry() {
     }
 
     // Expired before it was taken: answered, never scored.
-    let past = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() - 1000).to_string();
+    let past =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() - 1000).to_string();
     let x = json!([{"x": 1.5}]);
     let reply = publish(&fleet, "faulty", &x, &["--deadline-ms", &past]);
     assert_eq!(reply["reply"]["outcome"]["error"]["code"], "deadline_exceeded", "{reply}");
@@ -248,7 +270,13 @@ async fn amqp_broker_restart_under_load() {
             while !stop.load(Ordering::Relaxed) {
                 let (model, body, expected) = &rows[(client_no * 5 + i) % rows.len()];
                 let sent = Instant::now();
-                let answer = post(&client, &format!("{url}/models/{model}/score"), body.clone(), &[("x-rfleet-timeout-ms", "3000")]).await;
+                let answer = post(
+                    &client,
+                    &format!("{url}/models/{model}/score"),
+                    body.clone(),
+                    &[("x-rfleet-timeout-ms", "3000")],
+                )
+                .await;
                 // Never past its deadline (3 s) by more than a margin.
                 assert!(sent.elapsed() < Duration::from_secs(6), "a request hung for {:?}", sent.elapsed());
                 match answer.status {
@@ -273,7 +301,13 @@ async fn amqp_broker_restart_under_load() {
     let recovered = Instant::now();
     let (model, body, expected) = single_rows().remove(0);
     loop {
-        let answer = post(&client, &format!("{}/models/{model}/score", front.url), body.clone(), &[("x-rfleet-timeout-ms", "2000")]).await;
+        let answer = post(
+            &client,
+            &format!("{}/models/{model}/score", front.url),
+            body.clone(),
+            &[("x-rfleet-timeout-ms", "2000")],
+        )
+        .await;
         if answer.status == 200 {
             assert_same(&answer.json(), &expected, "first answer after recovery");
             break;
@@ -301,7 +335,8 @@ async fn amqp_rust_client_scores_without_http() {
     let env: std::collections::HashMap<String, String> = fleet.env().into_iter().collect();
     let settings = settings::Settings::load(&settings::Sources { env, ..Default::default() }).unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let bus = bus::AmqpBus::start(bus::AmqpConfig::from_settings(&settings.bus, "rfleet-test-client", 1), shutdown.clone());
+    let bus =
+        bus::AmqpBus::start(bus::AmqpConfig::from_settings(&settings.bus, "rfleet-test-client", 1), shutdown.clone());
     assert!(bus.wait_connected(Duration::from_secs(10)).await);
     let client = bus::ScoringClient::new(bus);
     let rf = case(&fixtures(), "rf_reg");
@@ -311,7 +346,9 @@ async fn amqp_rust_client_scores_without_http() {
     assert_same(&Value::Array(values), &Value::Array(rf.expected.clone()), "rust client");
     assert!(scored.timings.r_ms > 0.0 && scored.timings.host_pid.is_some(), "{:?}", scored.timings);
     // Errors come back typed, with the worker's message.
-    let bad = protocol::Frame::new(vec![protocol::Column::new("x", protocol::ColumnData::F64 { values: vec![Some(-1.0)] })]).unwrap();
+    let bad =
+        protocol::Frame::new(vec![protocol::Column::new("x", protocol::ColumnData::F64 { values: vec![Some(-1.0)] })])
+            .unwrap();
     let error = client.score("faulty", bad, protocol::Options::default(), Duration::from_secs(30)).await.unwrap_err();
     assert!(error.to_string().starts_with("r_error: model 'faulty'"), "{error}");
     shutdown.cancel();

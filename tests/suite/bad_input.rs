@@ -5,17 +5,27 @@ use support::{assert_same, case, client, fixtures, get, post, Server, ServerOpti
 
 /// Sends `body` to `path` and checks the status and that the JSON message mentions
 /// `needle`; then checks the service still answers a good request correctly.
-async fn check(client: &reqwest::Client, server: &Server, path: &str, body: impl Into<reqwest::Body>, status: u16, needle: &str) {
+async fn check(
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+    status: u16,
+    needle: &str,
+) {
     let answer = post(client, &format!("{}{path}", server.url), body, &[]).await;
     assert_eq!(answer.status, status, "{path} expected {status} mentioning {needle:?}, got: {}", answer.text);
-    let message = answer.json()["message"].as_str().unwrap_or_else(|| panic!("no message in {}", answer.text)).to_string();
+    let message =
+        answer.json()["message"].as_str().unwrap_or_else(|| panic!("no message in {}", answer.text)).to_string();
     assert!(message.contains(needle), "{path}: message {message:?} does not mention {needle:?}");
     still_serving(client, server).await;
 }
 
 async fn still_serving(client: &reqwest::Client, server: &Server) {
     let good = case(&fixtures(), "rf_reg");
-    let answer = post(client, &format!("{}/models/rf_reg/score", server.url), Value::Array(good.rows.clone()).to_string(), &[]).await;
+    let answer =
+        post(client, &format!("{}/models/rf_reg/score", server.url), Value::Array(good.rows.clone()).to_string(), &[])
+            .await;
     assert_eq!(answer.status, 200, "service stopped serving: {}", answer.text);
     assert_same(&answer.json(), &Value::Array(good.expected.clone()), "good request after a bad one");
 }
@@ -59,13 +69,16 @@ async fn bad_input_is_named_and_survived() {
     let (missing, body) = rf_row(numeric_field, None);
     check(&client, &server, score, body, 422, &format!("missing column '{missing}'")).await;
     let (wrong, body) = rf_row(numeric_field, Some(json!("not a number")));
-    check(&client, &server, score, body, 422, &format!("column '{wrong}': expected a number, got a string in row 1")).await;
+    check(&client, &server, score, body, 422, &format!("column '{wrong}': expected a number, got a string in row 1"))
+        .await;
     let (factor, body) = rf_row(factor_field, Some(json!("no-such-level")));
-    check(&client, &server, score, body, 422, &format!("column '{factor}': unseen level 'no-such-level' in row 1")).await;
+    check(&client, &server, score, body, 422, &format!("column '{factor}': unseen level 'no-such-level' in row 1"))
+        .await;
 
     // Every problem at once: a missing column and an unseen level in two rows.
     let good = case(&fixtures, "rf_reg");
-    let mut rows: Vec<serde_json::Map<String, Value>> = good.rows[..2].iter().map(|r| r.as_object().unwrap().clone()).collect();
+    let mut rows: Vec<serde_json::Map<String, Value>> =
+        good.rows[..2].iter().map(|r| r.as_object().unwrap().clone()).collect();
     let (numeric, factor) = (numeric_field(&rows[0]), factor_field(&rows[0]));
     for row in &mut rows {
         row.remove(&numeric);
@@ -74,7 +87,11 @@ async fn bad_input_is_named_and_survived() {
     let answer = post(&client, &format!("{}{score}", server.url), json!(rows).to_string(), &[]).await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     let message = answer.json()["message"].as_str().unwrap().to_string();
-    for needle in [format!("missing column '{numeric}'"), format!("'no-such-level' in row 1"), format!("'no-such-level' in row 2")] {
+    for needle in [
+        format!("missing column '{numeric}'"),
+        format!("'no-such-level' in row 1"),
+        format!("'no-such-level' in row 2"),
+    ] {
         assert!(message.contains(&needle), "{message:?} does not mention {needle:?}");
     }
 
@@ -91,10 +108,14 @@ async fn bad_input_is_named_and_survived() {
     // A request that kills its host is retried once, then answered with a clear error;
     // the pool is replenished.
     check(&client, &server, "/models/faulty/score", "[{\"x\": 666}]", 500, "each one was lost").await;
-    server.wait_until(std::time::Duration::from_secs(120), "the pool to be back to 2 hosts", |s| s.host_pids().len() == 2);
+    server.wait_until(std::time::Duration::from_secs(120), "the pool to be back to 2 hosts", |s| {
+        s.host_pids().len() == 2
+    });
     // A request that hangs its host past the timeout: killed, retried once, clear error.
     check(&client, &server, "/models/faulty/score", "[{\"x\": 777}]", 500, "took longer than").await;
-    server.wait_until(std::time::Duration::from_secs(120), "the pool to be back to 2 hosts", |s| s.host_pids().len() == 2);
+    server.wait_until(std::time::Duration::from_secs(120), "the pool to be back to 2 hosts", |s| {
+        s.host_pids().len() == 2
+    });
     let ready = get(&client, &format!("{}/ready", server.url)).await;
     assert_eq!(ready.status, 200, "{}", ready.text);
 }
@@ -105,10 +126,12 @@ async fn too_many_rows_is_413() {
     let server = ServerOptions::new(fixtures.join("models/rf_reg")).hosts(1).env("RFLEET_SERVER__MAX_ROWS", 3).start();
     let client = client();
     let good = case(&fixtures, "rf_reg");
-    let answer = post(&client, &format!("{}/score", server.url), Value::Array(good.rows[..4].to_vec()).to_string(), &[]).await;
+    let answer =
+        post(&client, &format!("{}/score", server.url), Value::Array(good.rows[..4].to_vec()).to_string(), &[]).await;
     assert_eq!(answer.status, 413, "{}", answer.text);
     assert_eq!(answer.json()["message"], "the request has 4 rows; the limit is 3 (server.max_rows)");
-    let answer = post(&client, &format!("{}/score", server.url), Value::Array(good.rows[..3].to_vec()).to_string(), &[]).await;
+    let answer =
+        post(&client, &format!("{}/score", server.url), Value::Array(good.rows[..3].to_vec()).to_string(), &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_same(&answer.json(), &Value::Array(good.expected[..3].to_vec()), "three rows under the limit");
 }

@@ -59,7 +59,10 @@ impl Probe {
 }
 
 fn path(answer: &Answer) -> String {
-    answer.header("x-rfleet-path").unwrap_or_else(|| panic!("no x-rfleet-path header: {:?}", answer.headers)).to_string()
+    answer
+        .header("x-rfleet-path")
+        .unwrap_or_else(|| panic!("no x-rfleet-path header: {:?}", answer.headers))
+        .to_string()
 }
 
 fn is_split(path: &str) -> bool {
@@ -91,7 +94,13 @@ async fn run_all(probes: Vec<Probe>, concurrency: usize) -> Vec<String> {
 /// Names of the served models that can be split by trees.
 async fn forests(server: &Server) -> Vec<String> {
     let models = get(&client(), &format!("{}/models", server.url)).await.json();
-    models.as_array().unwrap().iter().filter(|m| !m["forest"].is_null()).map(|m| m["name"].as_str().unwrap().to_string()).collect()
+    models
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| !m["forest"].is_null())
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn counts(paths: &[String]) -> BTreeMap<String, usize> {
@@ -119,7 +128,11 @@ async fn random_mixes_batched_and_split_match_r() {
     // Alone, `always` splits many rows of any model by rows, across every live host. The
     // hosts' processes exist before R has loaded the models: wait until both take part.
     let lm = cases.iter().find(|c| c.name == "lm").expect("lm case");
-    let many_rows = Case { rows: [lm.rows.clone(), lm.rows.clone()].concat(), expected: [lm.expected.clone(), lm.expected.clone()].concat(), ..lm.clone() };
+    let many_rows = Case {
+        rows: [lm.rows.clone(), lm.rows.clone()].concat(),
+        expected: [lm.expected.clone(), lm.expected.clone()].concat(),
+        ..lm.clone()
+    };
     let lone = Probe::new(&server, &many_rows, 0..many_rows.rows.len(), &[]);
     let started = Instant::now();
     while lone.check(&client).await != "rows:2" {
@@ -170,7 +183,8 @@ async fn a_bad_request_fails_alone_in_its_batch() {
     let mut requests = Vec::new();
     for x in xs {
         let url = url.clone();
-        requests.push(tokio::spawn(async move { (x, post(&client(), &url, json!([{ "x": x }]).to_string(), &[]).await) }));
+        requests
+            .push(tokio::spawn(async move { (x, post(&client(), &url, json!([{ "x": x }]).to_string(), &[]).await) }));
     }
     for request in requests {
         let (x, answer) = request.await.unwrap();
@@ -288,7 +302,13 @@ async fn split_when_idle_whole_under_load() {
 
     // Many clients at once: requests queue, and queued requests go whole (or batched).
     let probes: Vec<Probe> = (0..240)
-        .map(|i| if i % 2 == 0 { Probe::new(&server, &rf_reg, i % 6..i % 6 + 1, &[]) } else { Probe::new(&server, &lm, i % 8..i % 8 + 1, &[]) })
+        .map(|i| {
+            if i % 2 == 0 {
+                Probe::new(&server, &rf_reg, i % 6..i % 6 + 1, &[])
+            } else {
+                Probe::new(&server, &lm, i % 8..i % 8 + 1, &[])
+            }
+        })
         .collect();
     let total = probes.len();
     let paths = run_all(probes, 24).await;

@@ -23,7 +23,13 @@ fn check(file: &str, env: &[(&str, &str)], args: &[&str], success: bool, needle:
 fn settings_layers_and_mistakes() {
     check("", &[], &[], true, "listen = \"127.0.0.1:8000\"");
     check("[server]\nlisten = \"0.0.0.0:9000\"\n", &[], &[], true, "listen = \"0.0.0.0:9000\"");
-    check("[server]\nlisten = \"0.0.0.0:9000\"\n", &[("RFLEET_SERVER__LISTEN", "127.0.0.1:9100")], &[], true, "127.0.0.1:9100");
+    check(
+        "[server]\nlisten = \"0.0.0.0:9000\"\n",
+        &[("RFLEET_SERVER__LISTEN", "127.0.0.1:9100")],
+        &[],
+        true,
+        "127.0.0.1:9100",
+    );
     check("", &[("RFLEET_SERVER__LISTEN", "127.0.0.1:9100")], &["--listen", "127.0.0.1:9200"], true, "127.0.0.1:9200");
     check("[server]\nlisten_addr = \"x\"\n", &[], &[], false, "unknown field `listen_addr`");
     check("", &[("RFLEET_WORKERS__HOSTS", "2")], &[], false, "unknown field `hosts`");

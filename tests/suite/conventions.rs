@@ -64,12 +64,19 @@ async fn vetiver_routes_answer_like_vetiver() {
     let columns: Vec<&str> = prototype.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(columns, ["x1", "x2", "grp", "cnt"]);
     assert_eq!(prototype["x1"]["type"], "double");
-    assert_eq!(prototype["grp"], json!({"type": "factor", "example": "alpha", "details": {"levels": ["alpha", "beta", "gamma"]}}));
+    assert_eq!(
+        prototype["grp"],
+        json!({"type": "factor", "example": "alpha", "details": {"levels": ["alpha", "beta", "gamma"]}})
+    );
 
     // The prototype's examples make a row the model scores.
     let example: serde_json::Map<String, Value> =
         prototype.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v["example"].clone())).collect();
-    let answer = check(post(&client, &format!("{}/predict", server.url), json!([example]).to_string(), &[]).await, 200, "prototype row");
+    let answer = check(
+        post(&client, &format!("{}/predict", server.url), json!([example]).to_string(), &[]).await,
+        200,
+        "prototype row",
+    );
     assert!(answer[".pred"][0].is_f64(), "{answer}");
 
     // Bad input keeps rfleet's message naming the problem.
@@ -87,8 +94,14 @@ async fn tritonclient_scores_over_the_open_inference_protocol() {
     let case_path = fixtures.join("cases/rf_reg.json");
 
     let got = run_client("triton_client.py", &[&address, "rf_reg", case_path.to_str().unwrap()]);
-    assert_eq!((&got["server_live"], &got["server_ready"], &got["model_ready"]), (&json!(true), &json!(true), &json!(true)));
-    assert_eq!(got["server_metadata"], json!({"name": "rfleet", "version": env!("CARGO_PKG_VERSION"), "extensions": []}));
+    assert_eq!(
+        (&got["server_live"], &got["server_ready"], &got["model_ready"]),
+        (&json!(true), &json!(true), &json!(true))
+    );
+    assert_eq!(
+        got["server_metadata"],
+        json!({"name": "rfleet", "version": env!("CARGO_PKG_VERSION"), "extensions": []})
+    );
     let metadata = &got["metadata"];
     assert_eq!(metadata["platform"], "R");
     let inputs: Vec<(&str, &str)> = metadata["inputs"]
@@ -109,11 +122,20 @@ async fn tritonclient_scores_over_the_open_inference_protocol() {
     let client = client();
     let infer = |model: &str| format!("{}/v2/models/{model}/infer", server.url);
     let tensor = |name: &str, datatype: &str, data: Value| json!({"name": name, "datatype": datatype, "shape": [1], "data": data});
-    let good = vec![tensor("x1", "FP64", json!([1.0])), tensor("x2", "FP64", json!([0.5])), tensor("cnt", "FP64", json!([3.0]))];
+    let good = vec![
+        tensor("x1", "FP64", json!([1.0])),
+        tensor("x2", "FP64", json!([0.5])),
+        tensor("cnt", "FP64", json!([3.0])),
+    ];
     let with_grp = |level: &str| [good.clone(), vec![tensor("grp", "BYTES", json!([level]))]].concat();
     let cases: Vec<(String, Value, u16, &str)> = vec![
         (infer("nope"), json!({"inputs": good}), 404, "model 'nope' is not served here"),
-        (infer("rf_reg"), json!({"inputs": [json!({"name": "x1", "datatype": "FP64", "shape": [2], "data": [1.0]})]}), 400, "holds 2 values but data has 1"),
+        (
+            infer("rf_reg"),
+            json!({"inputs": [json!({"name": "x1", "datatype": "FP64", "shape": [2], "data": [1.0]})]}),
+            400,
+            "holds 2 values but data has 1",
+        ),
         (infer("rf_reg"), json!({"inputs": good}), 422, "missing column 'grp'"),
         (infer("rf_reg"), json!({"inputs": with_grp("zeta")}), 422, "unseen level 'zeta'"),
         (
@@ -127,7 +149,8 @@ async fn tritonclient_scores_over_the_open_inference_protocol() {
         let answer = check(post(&client, &url, body.to_string(), &[]).await, status, message);
         assert!(answer["error"].as_str().is_some_and(|e| e.contains(message)), "want '{message}' in {answer}");
     }
-    let unknown = check(get(&client, &format!("{}/v2/models/nope/ready", server.url)).await, 404, "unknown model ready");
+    let unknown =
+        check(get(&client, &format!("{}/v2/models/nope/ready", server.url)).await, 404, "unknown model ready");
     assert!(unknown["error"].is_string(), "{unknown}");
 }
 
@@ -170,16 +193,32 @@ async fn openapi_documents_every_route() {
         assert!(operation.is_object(), "{method} {path} is not documented");
         assert!(operation["responses"]["200"].is_object(), "{method} {path} documents no 200 answer");
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), routes.iter().map(|(_, p)| p).collect::<std::collections::BTreeSet<_>>().len());
+    assert_eq!(
+        doc["paths"].as_object().unwrap().len(),
+        routes.iter().map(|(_, p)| p).collect::<std::collections::BTreeSet<_>>().len()
+    );
 
     // Completed from the catalog: the default model's columns and a body that scores.
     let score = &doc["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"];
     let example = score["example"].clone();
-    assert_eq!(example[0].as_object().map(|r| r.keys().cloned().collect::<Vec<_>>()), Some(vec!["x1".into(), "x2".into(), "grp".into(), "cnt".into()]));
-    let answer = check(post(&client, &format!("{}/score", server.url), example.to_string(), &[]).await, 200, "documented example");
+    assert_eq!(
+        example[0].as_object().map(|r| r.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["x1".into(), "x2".into(), "grp".into(), "cnt".into()])
+    );
+    let answer = check(
+        post(&client, &format!("{}/score", server.url), example.to_string(), &[]).await,
+        200,
+        "documented example",
+    );
     assert!(answer[0].is_f64(), "{answer}");
-    assert_eq!(doc["components"]["schemas"]["rows_rf_reg"]["items"]["properties"]["grp"]["enum"], json!(["alpha", "beta", "gamma", null]));
-    assert!(doc["paths"]["/models/{name}/score"]["post"]["description"].as_str().unwrap().contains("`grp`: factor (alpha, beta, gamma)"));
+    assert_eq!(
+        doc["components"]["schemas"]["rows_rf_reg"]["items"]["properties"]["grp"]["enum"],
+        json!(["alpha", "beta", "gamma", null])
+    );
+    assert!(doc["paths"]["/models/{name}/score"]["post"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("`grp`: factor (alpha, beta, gamma)"));
 
     let swagger = check(get(&client, &format!("{}/swagger.json", server.url)).await, 200, "/swagger.json");
     assert_eq!(swagger, doc);
@@ -206,5 +245,9 @@ async fn swagger_ui_try_it_out_scores_a_row_in_chromium() {
     assert!(body.as_array().is_some_and(|p| p.len() == 1 && p[0].is_f64()), "not one prediction: {body}");
 
     let png = std::fs::read(&screenshot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", screenshot.display()));
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "{} is not a screenshot", screenshot.display());
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} is not a screenshot",
+        screenshot.display()
+    );
 }

@@ -75,8 +75,13 @@ async fn concurrent_clients_get_their_own_answers() {
             for i in 0..12 {
                 let (model, body, expected) = &rows[(client_no * 13 + i * 5) % rows.len()];
                 let request_id = format!("client-{client_no}-{i}");
-                let answer =
-                    post(&client, &format!("{}/models/{model}/score", server.url), body.clone(), &[("x-request-id", &request_id)]).await;
+                let answer = post(
+                    &client,
+                    &format!("{}/models/{model}/score", server.url),
+                    body.clone(),
+                    &[("x-request-id", &request_id)],
+                )
+                .await;
                 assert_eq!(answer.status, 200, "{request_id}: {}", answer.text);
                 assert_eq!(answer.header("x-request-id"), Some(request_id.as_str()));
                 assert_same(&answer.json(), expected, &format!("{request_id} ({model})"));
@@ -122,7 +127,8 @@ async fn sigterm_finishes_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_are_recycled_after_max_requests() {
-    let server = ServerOptions::new(fixtures().join("models")).hosts(1).env("RFLEET_WORKERS__MAX_REQUESTS_PER_HOST", 3).start();
+    let server =
+        ServerOptions::new(fixtures().join("models")).hosts(1).env("RFLEET_WORKERS__MAX_REQUESTS_PER_HOST", 3).start();
     let client = client();
     let rows = single_rows(&["rf_reg", "lm"]);
     let mut pids = std::collections::BTreeSet::new();

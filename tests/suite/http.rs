@@ -18,7 +18,8 @@ async fn azure_ml_conventions_and_probes() {
     assert_eq!(get(&client, &format!("{}/ready", server.url)).await.status, 200);
 
     let body = Value::Array(rf.rows.clone()).to_string();
-    let answer = post(&client, &format!("{}/score", server.url), body.clone(), &[("x-ms-client-request-id", "azure-7")]).await;
+    let answer =
+        post(&client, &format!("{}/score", server.url), body.clone(), &[("x-ms-client-request-id", "azure-7")]).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_same(&answer.json(), &Value::Array(rf.expected.clone()), "POST /score");
     assert_eq!(answer.header("x-ms-client-request-id"), Some("azure-7"));
@@ -38,7 +39,16 @@ async fn azure_ml_conventions_and_probes() {
 
     // curl, as a user pastes it from the README.
     let output = std::process::Command::new("curl")
-        .args(["-sS", "-X", "POST", &format!("{}/score", server.url), "-H", "Content-Type: application/json", "-d", &body])
+        .args([
+            "-sS",
+            "-X",
+            "POST",
+            &format!("{}/score", server.url),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+        ])
         .output()
         .expect("run curl");
     assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));

@@ -24,8 +24,10 @@ fn split_orientation(rows: &[Value]) -> Value {
             }
         }
     }
-    let data: Vec<Value> =
-        rows.iter().map(|row| Value::Array(columns.iter().map(|c| row.get(c).cloned().unwrap_or(Value::Null)).collect())).collect();
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|row| Value::Array(columns.iter().map(|c| row.get(c).cloned().unwrap_or(Value::Null)).collect()))
+        .collect();
     json!({ "columns": columns, "data": data })
 }
 
@@ -62,12 +64,25 @@ async fn every_model_matches_r() {
     let server = ServerOptions::new(fixtures.join("models")).start();
     let client = client();
     let cases = cases(&fixtures);
-    for model in
-        ["rf_reg", "rf_class", "rf_xy", "ranger_reg", "lm", "glm_binomial", "rpart", "gbm", "caret", "predict_fn", "azureml"]
-    {
+    for model in [
+        "rf_reg",
+        "rf_class",
+        "rf_xy",
+        "ranger_reg",
+        "lm",
+        "glm_binomial",
+        "rpart",
+        "gbm",
+        "caret",
+        "predict_fn",
+        "azureml",
+    ] {
         assert!(cases.iter().any(|c| c.model == model), "the fixtures have no case for {model}");
     }
-    assert!(cases.iter().any(|c| c.model == "rf_class" && c.predict_type.as_deref() == Some("prob")), "no class probabilities case");
+    assert!(
+        cases.iter().any(|c| c.model == "rf_class" && c.predict_type.as_deref() == Some("prob")),
+        "no class probabilities case"
+    );
     for case in cases.iter().filter(|c| c.model != "faulty") {
         check(&client, &server, case, Value::Array(case.rows.clone()), "row objects").await;
         if case.model == "azureml" {
@@ -93,11 +108,18 @@ async fn models_are_listed_with_their_schemas() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     let models = answer.json();
     let by_name = |name: &str| -> Value {
-        models.as_array().unwrap().iter().find(|m| m["name"] == name).cloned().unwrap_or_else(|| panic!("{name} not listed: {models}"))
+        models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {models}"))
     };
     // Inferred schemas list the predictors, never the response.
     let rf_class = by_name("rf_class");
-    let columns: Vec<&str> = rf_class["schema"]["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let columns: Vec<&str> =
+        rf_class["schema"]["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(columns, ["Sepal.Length", "Sepal.Width", "Petal.Length", "Petal.Width"]);
     assert!(rf_class["r_class"].as_array().unwrap().contains(&json!("randomForest")));
     assert_eq!(by_name("azureml")["kind"], "azure_ml");

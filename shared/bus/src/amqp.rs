@@ -73,15 +73,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,11 +118,7 @@ pub struct AmqpConfig {
 }
 
 impl AmqpConfig {
-    pub fn from_settings(
-        bus: &settings::BusSettings,
-        connection_name: &str,
-        prefetch: u16,
-    ) -> Self {
+    pub fn from_settings(bus: &settings::BusSettings, connection_name: &str, prefetch: u16) -> Self {
         AmqpConfig {
             url: bus.url.clone(),
             ca_file: bus.ca_file.clone(),
@@ -150,15 +143,10 @@ impl AmqpConfig {
         if !self.url.starts_with("amqps://") {
             return Err(BrokerTlsError::NotAmqps);
         }
-        let pem = std::fs::read_to_string(path).map_err(|source| BrokerTlsError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let pem =
+            std::fs::read_to_string(path).map_err(|source| BrokerTlsError::Read { path: path.clone(), source })?;
         check_ca_certificates(path, &pem)?;
-        Ok(OwnedTLSConfig {
-            identity: None,
-            cert_chain: Some(pem),
-        })
+        Ok(OwnedTLSConfig { identity: None, cert_chain: Some(pem) })
     }
 
     /// The arguments every declaration of a request queue carries; they must be identical
@@ -169,10 +157,7 @@ impl AmqpConfig {
             settings::QueueType::Quorum => "quorum",
         };
         let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from(queue_type)),
-        );
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from(queue_type)));
         arguments.insert(
             "x-dead-letter-exchange".into(),
             AMQPValue::LongString(LongString::from(self.dead_letter_exchange.as_str())),
@@ -187,15 +172,10 @@ pub enum BrokerTlsError {
     #[error("bus.ca_file is set but bus.url is not amqps://: the CA would never be used")]
     NotAmqps,
     #[error("cannot read the broker CA file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("the broker CA file {0} holds no PEM certificate")]
     NoCertificate(PathBuf),
-    #[error(
-        "the broker CA file {path} holds a certificate that cannot be a trust anchor: {reason}"
-    )]
+    #[error("the broker CA file {path} holds a certificate that cannot be a trust anchor: {reason}")]
     InvalidCertificate { path: PathBuf, reason: String },
 }
 
@@ -204,10 +184,7 @@ pub enum BrokerTlsError {
 fn check_ca_certificates(path: &Path, pem: &str) -> Result<(), BrokerTlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let invalid = |reason: String| BrokerTlsError::InvalidCertificate {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let invalid = |reason: String| BrokerTlsError::InvalidCertificate { path: path.to_path_buf(), reason };
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let certificate = certificate.map_err(|e| invalid(e.to_string()))?;
@@ -274,16 +251,11 @@ fn not_connected() -> BusError {
 }
 
 /// Runs a broker operation with a bound, turning lapin's errors into `Unavailable`.
-async fn bounded<T>(
-    what: &str,
-    operation: impl std::future::Future<Output = lapin::Result<T>>,
-) -> Result<T, BusError> {
+async fn bounded<T>(what: &str, operation: impl std::future::Future<Output = lapin::Result<T>>) -> Result<T, BusError> {
     match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(unavailable(format!("{what}: {error}"))),
-        Err(_) => Err(unavailable(format!(
-            "{what}: the broker did not answer in {OPERATION_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(unavailable(format!("{what}: the broker did not answer in {OPERATION_TIMEOUT:?}"))),
     }
 }
 
@@ -314,9 +286,7 @@ impl AmqpBus {
     /// Waits until connected or `timeout` passes (for start-up and tests).
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut session = self.inner.session.subscribe();
-        tokio::time::timeout(timeout, session.wait_for(Option::is_some))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, session.wait_for(Option::is_some)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// This bus's reply queue (the `reply_to` of its requests).
@@ -332,21 +302,9 @@ impl AmqpBus {
         let subscriptions = subscribe(&self.inner, &session, &queues).await?;
         let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
         let stop = self.inner.shutdown.child_token();
-        let pump = ConsumerPump {
-            inner: self.inner.clone(),
-            queues,
-            delivery_tx,
-            stop: stop.clone(),
-        };
-        let done = self
-            .inner
-            .tasks
-            .spawn(pump.run(session.generation, subscriptions));
-        Ok(AmqpConsumer {
-            delivery_rx,
-            stop,
-            done: Some(done),
-        })
+        let pump = ConsumerPump { inner: self.inner.clone(), queues, delivery_tx, stop: stop.clone() };
+        let done = self.inner.tasks.spawn(pump.run(session.generation, subscriptions));
+        Ok(AmqpConsumer { delivery_rx, stop, done: Some(done) })
     }
 
     /// Publishes one catalog announcement (opaque bytes) to the catalog fanout exchange.
@@ -362,9 +320,7 @@ impl AmqpBus {
     /// with are dropped: they are periodic.
     pub fn catalog(&self) -> mpsc::Receiver<Vec<u8>> {
         let (announcement_tx, announcement_rx) = mpsc::channel(64);
-        self.inner
-            .tasks
-            .spawn(listen_catalog(self.inner.clone(), announcement_tx));
+        self.inner.tasks.spawn(listen_catalog(self.inner.clone(), announcement_tx));
         announcement_rx
     }
 
@@ -376,11 +332,7 @@ impl AmqpBus {
         let channel = bounded("open channel", session.connection.create_channel()).await?;
         let declared = bounded(
             &format!("queue '{queue}'"),
-            channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions::default().passive(),
-                FieldTable::default(),
-            ),
+            channel.queue_declare(queue.into(), QueueDeclareOptions::default().passive(), FieldTable::default()),
         )
         .await;
         close_quietly(channel).await;
@@ -405,33 +357,17 @@ impl Inner {
         let was_up = self.session.send_replace(None).is_some();
         self.losses.fetch_add(1, Ordering::SeqCst);
         self.declared.lock().expect("bus lock poisoned").clear();
-        let pending: Vec<_> = self
-            .pending
-            .lock()
-            .expect("bus lock poisoned")
-            .drain()
-            .collect();
+        let pending: Vec<_> = self.pending.lock().expect("bus lock poisoned").drain().collect();
         if was_up || !pending.is_empty() {
-            tracing::warn!(
-                reason,
-                failed_calls = pending.len(),
-                "broker connection down"
-            );
+            tracing::warn!(reason, failed_calls = pending.len(), "broker connection down");
         }
         for (_, reply_tx) in pending {
-            let _ = reply_tx.send(Err(unavailable(format!(
-                "lost the broker connection ({reason})"
-            ))));
+            let _ = reply_tx.send(Err(unavailable(format!("lost the broker connection ({reason})"))));
         }
     }
 
     async fn declare_request_queue(&self, session: &Session, queue: &str) -> Result<(), BusError> {
-        if self
-            .declared
-            .lock()
-            .expect("bus lock poisoned")
-            .contains(queue)
-        {
+        if self.declared.lock().expect("bus lock poisoned").contains(queue) {
             return Ok(());
         }
         // A declaration with other arguments than the queue has fails its channel
@@ -439,19 +375,12 @@ impl Inner {
         let channel = bounded("open channel", session.connection.create_channel()).await?;
         let declared = bounded(
             &format!("declare queue '{queue}'"),
-            channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable(),
-                self.config.request_queue_arguments(),
-            ),
+            channel.queue_declare(queue.into(), QueueDeclareOptions::durable(), self.config.request_queue_arguments()),
         )
         .await;
         close_quietly(channel).await;
         declared?;
-        self.declared
-            .lock()
-            .expect("bus lock poisoned")
-            .insert(queue.to_string());
+        self.declared.lock().expect("bus lock poisoned").insert(queue.to_string());
         Ok(())
     }
 }
@@ -471,22 +400,9 @@ async fn publish(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BusError> {
-    let options = BasicPublishOptions {
-        mandatory,
-        ..BasicPublishOptions::default()
-    };
+    let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
     let confirmation = bounded(&format!("publish to '{routing_key}'"), async {
-        session
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await
+        session.publisher.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
     })
     .await?;
     match confirmation {
@@ -495,9 +411,9 @@ async fn publish(
             "the broker returned the message to '{routing_key}' as unroutable ({}): no such queue",
             returned.reply_text
         ))),
-        Confirmation::Nack(_) => Err(unavailable(format!(
-            "the broker refused (nacked) the message to '{routing_key}'"
-        ))),
+        Confirmation::Nack(_) => {
+            Err(unavailable(format!("the broker refused (nacked) the message to '{routing_key}'")))
+        }
     }
 }
 
@@ -521,13 +437,7 @@ async fn supervise(inner: Arc<Inner>) {
         let connecting = async {
             // The captured TLS settings are what lapin's recoveries of this connection use.
             let runtime = lapin::runtime::default_runtime()?;
-            Connection::connect_with_config(
-                &inner.config.url,
-                connection_properties(&inner.config),
-                tls,
-                runtime,
-            )
-            .await
+            Connection::connect_with_config(&inner.config.url, connection_properties(&inner.config), tls, runtime).await
         };
         let connection = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
@@ -550,11 +460,7 @@ async fn supervise(inner: Arc<Inner>) {
             Ok(session) => Arc::new(session),
             Err((connection, error)) => {
                 tracing::warn!(%error, "cannot set up the broker topology");
-                let _ = tokio::time::timeout(
-                    OPERATION_TIMEOUT,
-                    connection.close(200, "setup failed".into()),
-                )
-                .await;
+                let _ = tokio::time::timeout(OPERATION_TIMEOUT, connection.close(200, "setup failed".into())).await;
                 sleep_or_cancel(&inner.shutdown, retry_delay).await;
                 continue;
             }
@@ -565,11 +471,7 @@ async fn supervise(inner: Arc<Inner>) {
         inner.session.send_replace(Some(session.clone()));
         watch_session(&inner, &session).await;
         inner.mark_down("connection abandoned");
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            session.connection.close(200, "bye".into()),
-        )
-        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), session.connection.close(200, "bye".into())).await;
     }
     inner.mark_down("shutting down");
 }
@@ -581,10 +483,7 @@ fn connection_properties(config: &AmqpConfig) -> ConnectionProperties {
         // lapin's default waits up to a minute between attempts; a restarted broker
         // should be used again within a second or two.
         .configure_backoff(|backoff| {
-            backoff
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(1))
-                .with_max_times(40)
+            backoff.with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(1)).with_max_times(40)
         })
 }
 
@@ -602,26 +501,15 @@ async fn open_session(
     generation: u64,
 ) -> Result<Session, (Connection, BusError)> {
     match try_open_session(inner, &connection).await {
-        Ok((publisher, reply_channel)) => Ok(Session {
-            generation,
-            connection,
-            publisher,
-            reply_channel,
-        }),
+        Ok((publisher, reply_channel)) => Ok(Session { generation, connection, publisher, reply_channel }),
         Err(error) => Err((connection, error)),
     }
 }
 
-async fn try_open_session(
-    inner: &Arc<Inner>,
-    connection: &Connection,
-) -> Result<(Channel, Channel), BusError> {
+async fn try_open_session(inner: &Arc<Inner>, connection: &Connection) -> Result<(Channel, Channel), BusError> {
     let config = &inner.config;
     let setup = bounded("open channel", connection.create_channel()).await?;
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     bounded(
         "declare the dead-letter exchange",
         setup.exchange_declare(
@@ -665,40 +553,22 @@ async fn try_open_session(
     close_quietly(setup).await;
 
     let publisher = bounded("open channel", connection.create_channel()).await?;
-    bounded(
-        "enable publisher confirms",
-        publisher.confirm_select(ConfirmSelectOptions::default()),
-    )
-    .await?;
+    bounded("enable publisher confirms", publisher.confirm_select(ConfirmSelectOptions::default())).await?;
 
     let reply_channel = bounded("open channel", connection.create_channel()).await?;
     let exclusive = QueueDeclareOptions::exclusive().auto_delete();
     bounded(
         "declare the reply queue",
-        reply_channel.queue_declare(
-            inner.reply_queue.as_str().into(),
-            exclusive,
-            FieldTable::default(),
-        ),
+        reply_channel.queue_declare(inner.reply_queue.as_str().into(), exclusive, FieldTable::default()),
     )
     .await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
+    let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
     let replies = bounded(
         "consume the reply queue",
-        reply_channel.basic_consume(
-            inner.reply_queue.as_str().into(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        ),
+        reply_channel.basic_consume(inner.reply_queue.as_str().into(), "".into(), no_ack, FieldTable::default()),
     )
     .await?;
-    inner
-        .tasks
-        .spawn(route_replies(Arc::downgrade(inner), replies));
+    inner.tasks.spawn(route_replies(Arc::downgrade(inner), replies));
     Ok((publisher, reply_channel))
 }
 
@@ -714,20 +584,11 @@ async fn route_replies(inner: std::sync::Weak<Inner>, mut replies: lapin::Consum
                 continue;
             }
         };
-        let Some(correlation_id) = reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(ShortString::to_string)
-        else {
+        let Some(correlation_id) = reply.properties.correlation_id().as_ref().map(ShortString::to_string) else {
             tracing::debug!("dropping reply without correlation id");
             continue;
         };
-        let waiter = inner
-            .pending
-            .lock()
-            .expect("bus lock poisoned")
-            .remove(&correlation_id);
+        let waiter = inner.pending.lock().expect("bus lock poisoned").remove(&correlation_id);
         match waiter {
             Some(reply_tx) => {
                 let _ = reply_tx.send(Ok(reply.data));
@@ -806,11 +667,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.inner
-            .pending
-            .lock()
-            .expect("bus lock poisoned")
-            .remove(self.correlation_id);
+        self.inner.pending.lock().expect("bus lock poisoned").remove(self.correlation_id);
     }
 }
 
@@ -830,10 +687,7 @@ impl Requester for AmqpBus {
             }
             pending.insert(correlation_id.clone(), reply_tx);
         }
-        let _guard = PendingGuard {
-            inner,
-            correlation_id: &correlation_id,
-        };
+        let _guard = PendingGuard { inner, correlation_id: &correlation_id };
         let publishing = async {
             inner.declare_request_queue(&session, &queue).await?;
             let mut properties = BasicProperties::default()
@@ -851,11 +705,7 @@ impl Requester for AmqpBus {
             if matches!(&published, Err(BusError::Unavailable(m)) if m.contains("unroutable")) {
                 // The queue vanished since we declared it (deleted, or a broker without
                 // its data): declare it again next time.
-                inner
-                    .declared
-                    .lock()
-                    .expect("bus lock poisoned")
-                    .remove(&queue);
+                inner.declared.lock().expect("bus lock poisoned").remove(&queue);
             }
             published
         };
@@ -884,9 +734,7 @@ impl Requester for AmqpBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner
-            .current()
-            .is_some_and(|session| session.healthy())
+        self.inner.current().is_some_and(|session| session.healthy())
     }
 }
 
@@ -902,24 +750,14 @@ struct Subscription {
 
 /// Opens one channel per request queue with `basic.qos(prefetch)`, declares the queue and
 /// starts consuming it.
-async fn subscribe(
-    inner: &Inner,
-    session: &Session,
-    queues: &[String],
-) -> Result<Vec<Subscription>, BusError> {
+async fn subscribe(inner: &Inner, session: &Session, queues: &[String]) -> Result<Vec<Subscription>, BusError> {
     let mut subscriptions = Vec::with_capacity(queues.len());
     for queue in queues {
         let channel = bounded("open channel", session.connection.create_channel()).await?;
         // Per channel (global = false): quorum queues refuse consumers on a channel with a
         // global limit. One channel per queue, so each queue gets `prefetch`.
-        bounded(
-            "basic.qos",
-            channel.basic_qos(
-                inner.config.prefetch.max(1),
-                BasicQosOptions { global: false },
-            ),
-        )
-        .await?;
+        bounded("basic.qos", channel.basic_qos(inner.config.prefetch.max(1), BasicQosOptions { global: false }))
+            .await?;
         bounded(
             &format!("declare queue '{queue}'"),
             channel.queue_declare(
@@ -940,11 +778,7 @@ async fn subscribe(
         )
         .await?;
         tracing::debug!(%queue, "consuming");
-        subscriptions.push(Subscription {
-            queue: queue.clone(),
-            channel,
-            consumer,
-        });
+        subscriptions.push(Subscription { queue: queue.clone(), channel, consumer });
     }
     Ok(subscriptions)
 }
@@ -962,10 +796,7 @@ impl ConsumerPump {
     async fn run(self, mut generation: u64, mut subscriptions: Vec<Subscription>) {
         let mut sessions = self.inner.session.subscribe();
         loop {
-            if self
-                .forward(&mut sessions, generation, &mut subscriptions)
-                .await
-            {
+            if self.forward(&mut sessions, generation, &mut subscriptions).await {
                 self.cancel(subscriptions).await;
                 return;
             }
@@ -1049,21 +880,14 @@ impl ConsumerPump {
     async fn cancel(self, subscriptions: Vec<Subscription>) {
         for subscription in subscriptions {
             let tag = subscription.consumer.tag();
-            if let Err(error) = bounded(
-                "basic.cancel",
-                subscription
-                    .channel
-                    .basic_cancel(tag, BasicCancelOptions::default()),
-            )
-            .await
+            if let Err(error) =
+                bounded("basic.cancel", subscription.channel.basic_cancel(tag, BasicCancelOptions::default())).await
             {
                 tracing::debug!(queue = %subscription.queue, %error, "cancelling consumer failed");
             }
             let mut consumer = subscription.consumer;
             // After cancel-ok the stream ends; what it still yields was prefetched.
-            while let Ok(Some(item)) =
-                tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
-            {
+            while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
                 if let Ok(delivery) = item {
                     let _ = self.delivery_tx.send(to_delivery(
                         &self.inner,
@@ -1077,21 +901,13 @@ impl ConsumerPump {
     }
 }
 
-fn to_delivery(
-    inner: &Arc<Inner>,
-    queue: String,
-    channel: Channel,
-    delivery: lapin::message::Delivery,
-) -> Delivery {
+fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: lapin::message::Delivery) -> Delivery {
     let properties = delivery.properties;
     let content_type = match properties.content_type().as_ref().map(ShortString::as_str) {
         Some(ContentType::JSON) => ContentType::Json,
         _ => ContentType::MsgPack,
     };
-    let correlation_id = properties
-        .correlation_id()
-        .as_ref()
-        .map(ShortString::to_string);
+    let correlation_id = properties.correlation_id().as_ref().map(ShortString::to_string);
     let reply_to = properties.reply_to().as_ref().map(ShortString::to_string);
     let handle = AmqpHandle {
         inner: inner.clone(),
@@ -1101,14 +917,7 @@ fn to_delivery(
         properties,
         body: delivery.data.clone(),
     };
-    Delivery::new(
-        delivery.data,
-        correlation_id,
-        reply_to,
-        content_type,
-        delivery.redelivered,
-        Box::new(handle),
-    )
+    Delivery::new(delivery.data, correlation_id, reply_to, content_type, delivery.redelivered, Box::new(handle))
 }
 
 /// The worker's subscription to its models' request queues, one merged stream.
@@ -1161,10 +970,7 @@ struct AmqpHandle {
 
 impl AmqpHandle {
     fn correlation_id(&self) -> &str {
-        self.properties
-            .correlation_id()
-            .as_ref()
-            .map_or("", ShortString::as_str)
+        self.properties.correlation_id().as_ref().map_or("", ShortString::as_str)
     }
 }
 
@@ -1176,8 +982,7 @@ impl DeliveryHandle for AmqpHandle {
             return Ok(());
         };
         let session = self.inner.current().ok_or_else(not_connected)?;
-        let mut properties =
-            BasicProperties::default().with_content_type(content_type.as_str().into());
+        let mut properties = BasicProperties::default().with_content_type(content_type.as_str().into());
         if let Some(correlation_id) = self.properties.correlation_id() {
             properties = properties.with_correlation_id(correlation_id.clone());
         }
@@ -1190,24 +995,14 @@ impl DeliveryHandle for AmqpHandle {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        bounded("basic.ack", acker.ack(BasicAckOptions::default()))
-            .await
-            .map(drop)
+        bounded("basic.ack", acker.ack(BasicAckOptions::default())).await.map(drop)
     }
 
     async fn reject(&mut self, requeue: bool) -> Result<(), BusError> {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        bounded(
-            "basic.nack",
-            acker.nack(BasicNackOptions {
-                requeue,
-                multiple: false,
-            }),
-        )
-        .await
-        .map(drop)
+        bounded("basic.nack", acker.nack(BasicNackOptions { requeue, multiple: false })).await.map(drop)
     }
 
     async fn dead_letter(&mut self, reason: &str) -> Result<(), BusError> {
@@ -1219,14 +1014,9 @@ impl DeliveryHandle for AmqpHandle {
         let original = &self.properties;
         let mut headers = original.headers().clone().unwrap_or_default();
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-        headers.insert(
-            QUEUE_HEADER.into(),
-            AMQPValue::LongString(self.queue.as_str().into()),
-        );
+        headers.insert(QUEUE_HEADER.into(), AMQPValue::LongString(self.queue.as_str().into()));
         // The original properties, less `expiration`: a dead letter must stay to be read.
-        let mut properties = BasicProperties::default()
-            .with_headers(headers)
-            .with_delivery_mode(2);
+        let mut properties = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
         if let Some(v) = original.content_type() {
             properties = properties.with_content_type(v.clone());
         }
@@ -1255,15 +1045,7 @@ impl DeliveryHandle for AmqpHandle {
             properties = properties.with_priority(*v);
         }
         let exchange = self.inner.config.dead_letter_exchange.clone();
-        publish(
-            &session,
-            &exchange,
-            &self.queue,
-            false,
-            &self.body,
-            properties,
-        )
-        .await?;
+        publish(&session, &exchange, &self.queue, false, &self.body, properties).await?;
         self.ack().await
     }
 }
@@ -1291,11 +1073,7 @@ impl Drop for AmqpHandle {
 // Catalog
 
 async fn listen_catalog(inner: Arc<Inner>, announcement_tx: mpsc::Sender<Vec<u8>>) {
-    let queue = format!(
-        "{}.listener.{}",
-        inner.config.catalog_exchange,
-        uuid::Uuid::new_v4().simple()
-    );
+    let queue = format!("{}.listener.{}", inner.config.catalog_exchange, uuid::Uuid::new_v4().simple());
     let mut sessions = inner.session.subscribe();
     let mut generation = 0;
     loop {
@@ -1358,11 +1136,7 @@ async fn subscribe_catalog(
 ) -> Result<(Channel, lapin::Consumer), BusError> {
     let channel = bounded("open channel", session.connection.create_channel()).await?;
     let exclusive = QueueDeclareOptions::exclusive().auto_delete();
-    bounded(
-        "declare catalog queue",
-        channel.queue_declare(queue.into(), exclusive, FieldTable::default()),
-    )
-    .await?;
+    bounded("declare catalog queue", channel.queue_declare(queue.into(), exclusive, FieldTable::default())).await?;
     bounded(
         "bind catalog queue",
         channel.queue_bind(
@@ -1374,15 +1148,10 @@ async fn subscribe_catalog(
         ),
     )
     .await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    let consumer = bounded(
-        "consume catalog queue",
-        channel.basic_consume(queue.into(), "".into(), no_ack, FieldTable::default()),
-    )
-    .await?;
+    let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+    let consumer =
+        bounded("consume catalog queue", channel.basic_consume(queue.into(), "".into(), no_ack, FieldTable::default()))
+            .await?;
     Ok((channel, consumer))
 }
 
@@ -1408,21 +1177,14 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             path
         });
-        let settings = settings::BusSettings {
-            url: url.into(),
-            ca_file,
-            ..settings::BusSettings::default()
-        };
+        let settings = settings::BusSettings { url: url.into(), ca_file, ..settings::BusSettings::default() };
         let config = AmqpConfig::from_settings(&settings, "test", 1);
         match (config.tls_config(), expected) {
             (Ok(got), Ok(want)) => {
                 assert_eq!(got.cert_chain.as_deref(), want, "{url} with {ca:?}");
                 assert!(got.identity.is_none());
             }
-            (Err(got), Err(want)) => assert!(
-                got.to_string().contains(want),
-                "error {got} does not mention {want}"
-            ),
+            (Err(got), Err(want)) => assert!(got.to_string().contains(want), "error {got} does not mention {want}"),
             (got, want) => panic!("{url} with {ca:?}: got {got:?}, want {want:?}"),
         }
     }
@@ -1436,30 +1198,16 @@ mod tests {
         check(amqps, None, Ok(None));
         check(amqps, Some(&ca), Ok(Some(&ca)));
         check(amqps, Some(&two_cas), Ok(Some(&two_cas)));
-        check(
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            Some(&ca),
-            Err("not amqps://"),
-        );
+        check("amqp://guest:guest@127.0.0.1:5672/%2f", Some(&ca), Err("not amqps://"));
         check(amqps, Some(""), Err("holds no PEM certificate"));
         check(
             amqps,
             Some("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"),
             Err("cannot be a trust anchor"),
         );
-        let missing = settings::BusSettings {
-            url: amqps.into(),
-            ca_file: Some("/no/such/ca.pem".into()),
-            ..Default::default()
-        };
-        let error = AmqpConfig::from_settings(&missing, "test", 1)
-            .tls_config()
-            .unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("cannot read the broker CA file /no/such/ca.pem"),
-            "{error}"
-        );
+        let missing =
+            settings::BusSettings { url: amqps.into(), ca_file: Some("/no/such/ca.pem".into()), ..Default::default() };
+        let error = AmqpConfig::from_settings(&missing, "test", 1).tls_config().unwrap_err();
+        assert!(error.to_string().contains("cannot read the broker CA file /no/such/ca.pem"), "{error}");
     }
 }

@@ -74,9 +74,7 @@ impl Catalog {
 
     /// The model called `name`, at `version` when one is asked for.
     pub fn model(&self, name: &str, version: Option<&str>) -> Option<ModelInfo> {
-        self.models()
-            .into_iter()
-            .find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
+        self.models().into_iter().find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
     }
 
     /// R hosts up: this process's plus those of workers heard from recently.
@@ -104,7 +102,15 @@ mod tests {
     use super::*;
 
     fn model(name: &str) -> ModelInfo {
-        ModelInfo { name: name.into(), version: None, kind: protocol::ModelKind::Predict, r_class: vec![], schema: None, predict_type: None, forest: None }
+        ModelInfo {
+            name: name.into(),
+            version: None,
+            kind: protocol::ModelKind::Predict,
+            r_class: vec![],
+            schema: None,
+            predict_type: None,
+            forest: None,
+        }
     }
 
     fn announce(worker: &str, models: &[&str], live_hosts: u32, draining: bool) -> Announcement {

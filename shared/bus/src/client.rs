@@ -55,7 +55,13 @@ impl<R: Requester> ScoringClient<R> {
 
     /// Scores `frame` with `model`, waiting at most `timeout` (also the request's deadline,
     /// so no worker scores it after the caller gave up).
-    pub async fn score(&self, model: &str, frame: Frame, options: Options, timeout: Duration) -> Result<Scored, ClientError> {
+    pub async fn score(
+        &self,
+        model: &str,
+        frame: Frame,
+        options: Options,
+        timeout: Duration,
+    ) -> Result<Scored, ClientError> {
         let id = uuid::Uuid::new_v4().to_string();
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let timeout_ms = timeout.as_millis() as u64;

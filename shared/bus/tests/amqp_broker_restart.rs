@@ -26,15 +26,8 @@ impl Drop for StartAppGuard {
 }
 
 fn rabbitmqctl(command: &str) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .arg(command)
-        .output()
-        .expect("run rabbitmqctl");
-    assert!(
-        status.status.success(),
-        "rabbitmqctl {command}: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let status = std::process::Command::new("rabbitmqctl").arg(command).output().expect("run rabbitmqctl");
+    assert!(status.status.success(), "rabbitmqctl {command}: {}", String::from_utf8_lossy(&status.stderr));
 }
 
 fn request(queue: &str, id: &str) -> Outgoing {
@@ -74,12 +67,7 @@ async fn amqp_broker_restart_recovers() {
     let _worker = spawn_tolerant_echo(bus.consumer(std::slice::from_ref(&echo.model)).await.unwrap());
     let echo_queue = bus.queue_for(&echo.model);
     assert_eq!(
-        bus.call(
-            request(&echo_queue, "before"),
-            Instant::now() + Duration::from_secs(5)
-        )
-        .await
-        .unwrap(),
+        bus.call(request(&echo_queue, "before"), Instant::now() + Duration::from_secs(5)).await.unwrap(),
         b"before"
     );
 
@@ -89,14 +77,7 @@ async fn amqp_broker_restart_recovers() {
         let queue = bus.queue_for(&idle.model);
         async move {
             let started = Instant::now();
-            (
-                bus.call(
-                    request(&queue, "waiting"),
-                    Instant::now() + Duration::from_secs(30),
-                )
-                .await,
-                started.elapsed(),
-            )
+            (bus.call(request(&queue, "waiting"), Instant::now() + Duration::from_secs(30)).await, started.elapsed())
         }
     });
     // A steady stream of calls through the outage.
@@ -107,9 +88,7 @@ async fn amqp_broker_restart_recovers() {
             let mut outcomes = Vec::new();
             for i in 0..40 {
                 let deadline = Instant::now() + Duration::from_millis(1500);
-                let result = bus
-                    .call(request(&queue, &format!("during-{i}")), deadline)
-                    .await;
+                let result = bus.call(request(&queue, &format!("during-{i}")), deadline).await;
                 outcomes.push((result, Instant::now().saturating_duration_since(deadline)));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -119,54 +98,28 @@ async fn amqp_broker_restart_recovers() {
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut guard = StartAppGuard { armed: true };
-    tokio::task::spawn_blocking(|| rabbitmqctl("stop_app"))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(|| rabbitmqctl("stop_app")).await.unwrap();
     let stopped_at = Instant::now();
 
     let (result, waited) = waiting.await.unwrap();
-    assert!(
-        matches!(result, Err(BusError::Unavailable(_))),
-        "{result:?}"
-    );
-    assert!(
-        waited < Duration::from_secs(10),
-        "a pending call waited {waited:?} for a dead connection"
-    );
+    assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
+    assert!(waited < Duration::from_secs(10), "a pending call waited {waited:?} for a dead connection");
     let started = Instant::now();
-    let result = bus
-        .call(
-            request(&echo_queue, "down"),
-            Instant::now() + Duration::from_secs(5),
-        )
-        .await;
-    assert!(
-        matches!(result, Err(BusError::Unavailable(_))),
-        "{result:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "a call while down took {:?}",
-        started.elapsed()
-    );
+    let result = bus.call(request(&echo_queue, "down"), Instant::now() + Duration::from_secs(5)).await;
+    assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_millis(500), "a call while down took {:?}", started.elapsed());
     assert!(!bus.is_ready());
 
     tokio::time::sleep(Duration::from_secs(1).saturating_sub(stopped_at.elapsed())).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl("start_app"))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(|| rabbitmqctl("start_app")).await.unwrap();
     guard.armed = false;
     let restarted_at = Instant::now();
 
     // The same bus and the same consumer serve again within seconds.
     let mut recovered = None;
     for i in 0..100 {
-        let result = bus
-            .call(
-                request(&echo_queue, &format!("after-{i}")),
-                Instant::now() + Duration::from_secs(2),
-            )
-            .await;
+        let result =
+            bus.call(request(&echo_queue, &format!("after-{i}")), Instant::now() + Duration::from_secs(2)).await;
         if let Ok(body) = result {
             assert_eq!(body, format!("after-{i}").as_bytes());
             recovered = Some(restarted_at.elapsed());
@@ -180,16 +133,10 @@ async fn amqp_broker_restart_recovers() {
 
     for (result, overrun) in stream.await.unwrap() {
         assert!(
-            matches!(
-                result,
-                Ok(_) | Err(BusError::Unavailable(_)) | Err(BusError::DeadlineExceeded)
-            ),
+            matches!(result, Ok(_) | Err(BusError::Unavailable(_)) | Err(BusError::DeadlineExceeded)),
             "{result:?}"
         );
-        assert!(
-            overrun < Duration::from_millis(500),
-            "a call ran {overrun:?} past its deadline"
-        );
+        assert!(overrun < Duration::from_millis(500), "a call ran {overrun:?} past its deadline");
     }
     // The idle queue survived the restart (durable) and can be consumed.
     assert_eq!(bus.consumer_count(&bus.queue_for(&idle.model)).await, Ok(0));

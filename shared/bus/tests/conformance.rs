@@ -53,10 +53,7 @@ impl Transport for Amqp {
         self.bus.clone()
     }
     async fn consumer(&self) -> Self::Consumer {
-        self.bus
-            .consumer(std::slice::from_ref(&self.model))
-            .await
-            .expect("consume the test queue")
+        self.bus.consumer(std::slice::from_ref(&self.model)).await.expect("consume the test queue")
     }
     fn queue(&self) -> String {
         self.bus.queue_for(&self.model)
@@ -99,18 +96,10 @@ async fn replies_match_requests<T: Transport>(transport: T) {
         let queue = queue.clone();
         async move {
             let body = format!("request-{i}");
-            let reply = requester
-                .call(
-                    outgoing(&queue, &format!("id-{i}"), body.as_bytes()),
-                    soon(5000),
-                )
-                .await
-                .unwrap();
+            let reply =
+                requester.call(outgoing(&queue, &format!("id-{i}"), body.as_bytes()), soon(5000)).await.unwrap();
             let expected: Vec<u8> = body.bytes().rev().collect();
-            assert_eq!(
-                reply, expected,
-                "reply to request {i} belongs to another request"
-            );
+            assert_eq!(reply, expected, "reply to request {i} belongs to another request");
         }
     });
     futures_join_all(calls).await;
@@ -121,32 +110,18 @@ async fn deadline_passes_and_late_reply_is_dropped<T: Transport>(transport: T) {
     let queue = transport.queue();
     let mut consumer = transport.consumer().await;
     let started = Instant::now();
-    let result = requester
-        .call(outgoing(&queue, "slow", b"x"), soon(100))
-        .await;
+    let result = requester.call(outgoing(&queue, "slow", b"x"), soon(100)).await;
     assert_eq!(result, Err(BusError::DeadlineExceeded));
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the caller waited past its deadline"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "the caller waited past its deadline");
     // The worker answers late: nothing breaks, the reply is dropped.
     let delivery = consumer.next().await.unwrap();
-    delivery
-        .reply(ContentType::MsgPack, b"late".to_vec())
-        .await
-        .unwrap();
+    delivery.reply(ContentType::MsgPack, b"late".to_vec()).await.unwrap();
     delivery.ack().await.unwrap();
     // The late reply finds nobody waiting and is dropped: the next call gets its own.
     // (Correlation ids are unique per request; re-using one while a late reply to it may
     // still be in flight would be ambiguous on any networked transport.)
     let _worker = spawn_echo(consumer);
-    assert_eq!(
-        requester
-            .call(outgoing(&queue, "after-slow", b"ab"), soon(5000))
-            .await
-            .unwrap(),
-        b"ba"
-    );
+    assert_eq!(requester.call(outgoing(&queue, "after-slow", b"ab"), soon(5000)).await.unwrap(), b"ba");
 }
 
 async fn unacknowledged_delivery_is_redelivered<T: Transport>(transport: T) {
@@ -155,28 +130,18 @@ async fn unacknowledged_delivery_is_redelivered<T: Transport>(transport: T) {
     let mut first = transport.consumer().await;
     let call = tokio::spawn({
         let requester = requester.clone();
-        async move {
-            requester
-                .call(outgoing(&queue, "lost", b"abc"), soon(5000))
-                .await
-        }
+        async move { requester.call(outgoing(&queue, "lost", b"abc"), soon(5000)).await }
     });
     let delivery = first.next().await.unwrap();
     assert!(!delivery.redelivered);
     drop(delivery); // the worker died holding it
     let again = first.next().await.unwrap();
-    assert!(
-        again.redelivered,
-        "a lost delivery comes back marked redelivered"
-    );
+    assert!(again.redelivered, "a lost delivery comes back marked redelivered");
     // An explicit requeue also redelivers.
     again.reject(true).await.unwrap();
     let third = first.next().await.unwrap();
     assert!(third.redelivered);
-    third
-        .reply(ContentType::MsgPack, b"cba".to_vec())
-        .await
-        .unwrap();
+    third.reply(ContentType::MsgPack, b"cba".to_vec()).await.unwrap();
     third.ack().await.unwrap();
     assert_eq!(call.await.unwrap().unwrap(), b"cba");
 }
@@ -188,27 +153,16 @@ async fn unacknowledged_delivery_is_redelivered<T: Transport>(transport: T) {
 async fn no_consumer_is_unavailable<T: Transport>(transport: T) {
     let requester = transport.requester();
     let queue = transport.queue();
-    let result = requester
-        .call(outgoing(&queue, "nobody", b"x"), soon(300))
-        .await;
+    let result = requester.call(outgoing(&queue, "nobody", b"x"), soon(300)).await;
     if T::QUEUES_WAIT_FOR_WORKERS {
         assert_eq!(result, Err(BusError::DeadlineExceeded));
         assert!(requester.is_ready());
         let mut consumer = transport.consumer().await;
-        let waited = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (waited.correlation_id.as_deref(), waited.body.as_slice()),
-            (Some("nobody"), &b"x"[..])
-        );
+        let waited = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await.unwrap().unwrap();
+        assert_eq!((waited.correlation_id.as_deref(), waited.body.as_slice()), (Some("nobody"), &b"x"[..]));
         waited.ack().await.unwrap();
     } else {
-        assert!(
-            matches!(result, Err(BusError::Unavailable(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
         assert!(!requester.is_ready());
         let _consumer = transport.consumer().await;
         assert!(requester.is_ready());
@@ -222,26 +176,17 @@ async fn dead_letters_keep_their_reason<T: Transport>(transport: T) {
     let mut consumer = transport.consumer().await;
     let call = tokio::spawn({
         let requester = requester.clone();
-        async move {
-            requester
-                .call(outgoing(&queue, "poison", b"garbage"), soon(5000))
-                .await
-        }
+        async move { requester.call(outgoing(&queue, "poison", b"garbage"), soon(5000)).await }
     });
     let delivery = consumer.next().await.unwrap();
-    delivery
-        .reply(ContentType::MsgPack, b"error".to_vec())
-        .await
-        .unwrap();
+    delivery.reply(ContentType::MsgPack, b"error".to_vec()).await.unwrap();
     delivery.dead_letter("cannot decode").await.unwrap();
     assert_eq!(call.await.unwrap().unwrap(), b"error");
     let next = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
     assert!(next.is_err(), "a dead-lettered message came back");
 }
 
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
-    futures: impl Iterator<Item = F>,
-) {
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
         handle.await.unwrap();
@@ -264,11 +209,7 @@ async fn embedded_dead_letters_are_recorded() {
     let dead = bus.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        (
-            dead[0].correlation_id.as_str(),
-            dead[0].body.as_slice(),
-            dead[0].reason.as_str()
-        ),
+        (dead[0].correlation_id.as_str(), dead[0].body.as_slice(), dead[0].reason.as_str()),
         ("poison", &b"garbage"[..], "cannot decode")
     );
 }
@@ -280,17 +221,11 @@ async fn embedded_queue_is_bounded() {
     let mut waiting = Vec::new();
     for i in 0..2 {
         let bus = bus.clone();
-        waiting.push(tokio::spawn(async move {
-            bus.call(outgoing(QUEUE, &format!("q{i}"), b"x"), soon(300))
-                .await
-        }));
+        waiting.push(tokio::spawn(async move { bus.call(outgoing(QUEUE, &format!("q{i}"), b"x"), soon(300)).await }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(bus.depth(QUEUE), 2);
-    assert_eq!(
-        bus.call(outgoing(QUEUE, "q2", b"x"), soon(300)).await,
-        Err(BusError::QueueFull(QUEUE.into()))
-    );
+    assert_eq!(bus.call(outgoing(QUEUE, "q2", b"x"), soon(300)).await, Err(BusError::QueueFull(QUEUE.into())));
     for call in waiting {
         assert_eq!(call.await.unwrap(), Err(BusError::DeadlineExceeded));
     }
@@ -341,24 +276,12 @@ async fn amqp_dead_letters_keep_their_reason() {
     let broker = TestBroker::new("dead").await;
     let transport = broker.transport("poison").await;
     dead_letters_keep_their_reason(transport.clone()).await;
-    let dead = broker
-        .get_dead_letter()
-        .await
-        .expect("a message in the dead-letter queue");
+    let dead = broker.get_dead_letter().await.expect("a message in the dead-letter queue");
     assert_eq!(dead.body, b"garbage");
     assert_eq!(dead.correlation_id.as_deref(), Some("poison"));
-    assert_eq!(
-        dead.header(bus::amqp::REASON_HEADER).as_deref(),
-        Some("cannot decode")
-    );
-    assert_eq!(
-        dead.header(bus::amqp::QUEUE_HEADER),
-        Some(transport.queue())
-    );
-    assert!(
-        broker.get_dead_letter().await.is_none(),
-        "dead-lettered twice"
-    );
+    assert_eq!(dead.header(bus::amqp::REASON_HEADER).as_deref(), Some("cannot decode"));
+    assert_eq!(dead.header(bus::amqp::QUEUE_HEADER), Some(transport.queue()));
+    assert!(broker.get_dead_letter().await.is_none(), "dead-lettered twice");
     broker.cleanup().await;
 }
 
@@ -371,10 +294,7 @@ async fn amqp_expired_request_is_dead_lettered() {
     let queue = transport.queue();
     let mut message = outgoing(&queue, "expires", b"too late");
     message.expiration_ms = Some(100);
-    assert_eq!(
-        transport.bus.call(message, soon(300)).await,
-        Err(BusError::DeadlineExceeded)
-    );
+    assert_eq!(transport.bus.call(message, soon(300)).await, Err(BusError::DeadlineExceeded));
     let mut dead = None;
     for _ in 0..50 {
         dead = broker.get_dead_letter().await;
@@ -384,14 +304,8 @@ async fn amqp_expired_request_is_dead_lettered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dead = dead.expect("the expired request reached the dead-letter queue");
-    assert_eq!(
-        (dead.correlation_id.as_deref(), dead.body.as_slice()),
-        (Some("expires"), &b"too late"[..])
-    );
-    assert!(
-        dead.has_header("x-death"),
-        "the broker records why it dead-lettered"
-    );
+    assert_eq!((dead.correlation_id.as_deref(), dead.body.as_slice()), (Some("expires"), &b"too late"[..]));
+    assert!(dead.has_header("x-death"), "the broker records why it dead-lettered");
     broker.cleanup().await;
 }
 
@@ -403,27 +317,12 @@ async fn amqp_broker_down_is_unavailable_fast() {
     config.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
     let bus = bus::AmqpBus::start(config, shutdown.clone());
     let started = Instant::now();
-    let result = bus
-        .call(outgoing(&bus.queue_for("m"), "x", b"x"), soon(5000))
-        .await;
-    assert!(
-        matches!(result, Err(BusError::Unavailable(_))),
-        "{result:?}"
-    );
-    assert!(matches!(
-        bus.consumer(&["m".to_string()]).await,
-        Err(BusError::Unavailable(_))
-    ));
-    assert!(matches!(
-        bus.announce(b"hi".to_vec()).await,
-        Err(BusError::Unavailable(_))
-    ));
+    let result = bus.call(outgoing(&bus.queue_for("m"), "x", b"x"), soon(5000)).await;
+    assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
+    assert!(matches!(bus.consumer(&["m".to_string()]).await, Err(BusError::Unavailable(_))));
+    assert!(matches!(bus.announce(b"hi".to_vec()).await, Err(BusError::Unavailable(_))));
     assert!(bus.consumer_count("anything").await.is_err());
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
     assert!(!bus.is_ready() && !bus.is_connected());
     assert!(!bus.wait_connected(Duration::from_millis(300)).await);
     shutdown.cancel();
@@ -435,9 +334,7 @@ async fn amqp_direct_reply_to() {
     let broker = TestBroker::new("direct").await;
     let transport = broker.transport("echo").await;
     let _worker = spawn_echo(transport.consumer().await);
-    let reply = broker
-        .direct_reply_to_call(&transport.queue(), "direct-1", b"hello")
-        .await;
+    let reply = broker.direct_reply_to_call(&transport.queue(), "direct-1", b"hello").await;
     assert_eq!(reply, (Some("direct-1".to_string()), b"olleh".to_vec()));
     broker.cleanup().await;
 }
@@ -453,10 +350,7 @@ async fn amqp_consumer_shutdown_requeues_prefetched() {
         .map(|i| {
             let bus = transport.bus.clone();
             let queue = queue.clone();
-            tokio::spawn(async move {
-                bus.call(outgoing(&queue, &format!("d{i}"), b"x"), soon(5000))
-                    .await
-            })
+            tokio::spawn(async move { bus.call(outgoing(&queue, &format!("d{i}"), b"x"), soon(5000)).await })
         })
         .collect();
     let taken = consumer.next().await.unwrap();
@@ -464,10 +358,7 @@ async fn amqp_consumer_shutdown_requeues_prefetched() {
     consumer.shutdown().await;
     assert_eq!(transport.bus.consumer_count(&queue).await, Ok(0));
     // The delivery in hand still settles after shutdown.
-    taken
-        .reply(ContentType::MsgPack, b"done".to_vec())
-        .await
-        .unwrap();
+    taken.reply(ContentType::MsgPack, b"done".to_vec()).await.unwrap();
     taken.ack().await.unwrap();
     // The other two went back to the queue and a new worker answers them.
     let _worker = spawn_echo(transport.consumer().await);
@@ -476,10 +367,7 @@ async fn amqp_consumer_shutdown_requeues_prefetched() {
         replies.push(call.await.unwrap().unwrap());
     }
     replies.sort();
-    assert_eq!(
-        replies,
-        vec![b"done".to_vec(), b"x".to_vec(), b"x".to_vec()]
-    );
+    assert_eq!(replies, vec![b"done".to_vec(), b"x".to_vec(), b"x".to_vec()]);
     broker.cleanup().await;
 }
 
@@ -505,9 +393,6 @@ async fn amqp_catalog_announcements_fan_out() {
             break;
         }
     }
-    assert_eq!(
-        heard,
-        (Some(b"worker-1".to_vec()), Some(b"worker-1".to_vec()))
-    );
+    assert_eq!(heard, (Some(b"worker-1".to_vec()), Some(b"worker-1".to_vec())));
     broker.cleanup().await;
 }

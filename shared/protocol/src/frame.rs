@@ -49,7 +49,9 @@ pub enum FrameError {
     Length { name: String, len: usize, n_rows: usize },
     #[error("column '{name}' appears twice")]
     Duplicate { name: String },
-    #[error("column '{name}': factor code {code} in row {row} is out of range (rows count from 1) ({n_levels} levels)")]
+    #[error(
+        "column '{name}': factor code {code} in row {row} is out of range (rows count from 1) ({n_levels} levels)"
+    )]
     FactorCode { name: String, row: usize, code: u32, n_levels: usize },
 }
 

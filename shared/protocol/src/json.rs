@@ -24,7 +24,9 @@ pub enum JsonError {
     Empty,
     #[error("no rows: the body holds an empty list of rows")]
     NoRows,
-    #[error("expected an array of row objects, {{\"columns\": [...], \"data\": [[...]]}} or {{\"data\": ...}}, got {0}")]
+    #[error(
+        "expected an array of row objects, {{\"columns\": [...], \"data\": [[...]]}} or {{\"data\": ...}}, got {0}"
+    )]
     Shape(&'static str),
     #[error("row {row} is {got}, expected an object of column values")]
     RowNotObject { row: usize, got: &'static str },
@@ -65,9 +67,8 @@ fn from_row_objects(rows: &[Value]) -> Result<Frame, JsonError> {
     let mut builders: Vec<Builder> = Vec::new();
     let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (row, value) in rows.iter().enumerate() {
-        let object: &Map<String, Value> = value
-            .as_object()
-            .ok_or(JsonError::RowNotObject { row: row + 1, got: kind(value) })?;
+        let object: &Map<String, Value> =
+            value.as_object().ok_or(JsonError::RowNotObject { row: row + 1, got: kind(value) })?;
         for (name, cell) in object {
             let index = *by_name.entry(name.clone()).or_insert_with(|| {
                 builders.push(Builder::new(name.clone()));
@@ -172,9 +173,9 @@ impl Builder {
             Some("a string") => ColumnData::Str {
                 values: fill(n_rows, cells.map(|(r, c)| (r, if let Cell::Str(s) = c { s } else { unreachable!() }))),
             },
-            Some("a boolean") => ColumnData::Bool {
-                values: fill(n_rows, cells.map(|(r, c)| (r, matches!(c, Cell::Bool(true))))),
-            },
+            Some("a boolean") => {
+                ColumnData::Bool { values: fill(n_rows, cells.map(|(r, c)| (r, matches!(c, Cell::Bool(true))))) }
+            }
             Some(_) if self.all_i32 => ColumnData::I32 {
                 values: fill(n_rows, cells.map(|(r, c)| (r, if let Cell::Num(x) = c { x as i32 } else { 0 }))),
             },
@@ -205,9 +206,9 @@ pub fn column_to_json(data: &ColumnData) -> Vec<Value> {
         values.iter().map(|v| v.as_ref().map_or(Value::Null, &f)).collect()
     }
     match data {
-        ColumnData::F64 { values } => map(values, |x| {
-            serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number)
-        }),
+        ColumnData::F64 { values } => {
+            map(values, |x| serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number))
+        }
         ColumnData::I32 { values } => map(values, |x| Value::from(*x)),
         ColumnData::Bool { values } => map(values, |x| Value::Bool(*x)),
         ColumnData::Str { values } => map(values, |x| Value::String(x.clone())),
@@ -259,7 +260,10 @@ mod tests {
         check(r#"[{"a":1,"b":2.5},{"b":3,"s":"x","a":null}]"#, rows.clone());
         check(r#"{"columns":["a","b","s"],"data":[[1,2.5,null],[null,3,"x"]]}"#, rows.clone());
         check(r#"{"data":[{"a":1,"b":2.5},{"b":3,"s":"x"}]}"#, rows);
-        check(r#"[{"t":true},{"t":false}]"#, Ok(vec![Column::new("t", Bool { values: vec![Some(true), Some(false)] })]));
+        check(
+            r#"[{"t":true},{"t":false}]"#,
+            Ok(vec![Column::new("t", Bool { values: vec![Some(true), Some(false)] })]),
+        );
         check("", Err("the body is empty"));
         check("[]", Err("no rows: the body holds an empty list of rows"));
         check("[{\"a\":", Err("malformed JSON: EOF while parsing a value at line 1 column 6"));
@@ -276,10 +280,7 @@ mod tests {
         assert_eq!(predictions_to_json(&one).to_string(), "[1.5,null]");
         let two = Frame::new(vec![
             Column::new("a", ColumnData::F64 { values: vec![Some(0.25)] }),
-            Column::new(
-                "b",
-                ColumnData::Factor { levels: vec!["x".into()], values: vec![Some(0)], ordered: false },
-            ),
+            Column::new("b", ColumnData::Factor { levels: vec!["x".into()], values: vec![Some(0)], ordered: false }),
         ])
         .unwrap();
         assert_eq!(predictions_to_json(&two).to_string(), r#"[{"a":0.25,"b":"x"}]"#);

@@ -20,7 +20,7 @@ pub mod schema;
 
 pub use frame::{Column, ColumnData, Frame, FrameError};
 pub use message::{
-    decode, encode, Announcement, ErrorBody, ErrorCode, ForestInfo, Input, ModelInfo, ModelKind, Options, Outcome, Reply,
-    Request, Timings, WireError, PROTOCOL_VERSION,
+    decode, encode, Announcement, ErrorBody, ErrorCode, ForestInfo, Input, ModelInfo, ModelKind, Options, Outcome,
+    Reply, Request, Timings, WireError, PROTOCOL_VERSION,
 };
 pub use schema::{conform, ColumnSpec, ColumnType, InputError, InputErrors, Schema};

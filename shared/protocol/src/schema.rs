@@ -150,17 +150,21 @@ fn convert(column: &Column, spec: &ColumnSpec) -> Result<ColumnData, Vec<InputEr
             Ok(ColumnData::F64 { values: values.iter().map(|v| v.map(f64::from)).collect() })
         }
         (ColumnType::Integer, ColumnData::I32 { values }) => Ok(ColumnData::I32 { values: values.clone() }),
-        (ColumnType::Integer, ColumnData::F64 { values }) => every_row(values.iter().enumerate().map(|(row, v)| match v {
-            None => Ok(None),
-            Some(x) if x.fract() == 0.0 && *x >= i32::MIN as f64 + 1.0 && *x <= i32::MAX as f64 => Ok(Some(*x as i32)),
-            Some(x) => Err(wrong("a non-integral number", row, x.to_string())),
-        }))
-        .map(|values| ColumnData::I32 { values }),
+        (ColumnType::Integer, ColumnData::F64 { values }) => {
+            every_row(values.iter().enumerate().map(|(row, v)| match v {
+                None => Ok(None),
+                Some(x) if x.fract() == 0.0 && *x >= i32::MIN as f64 + 1.0 && *x <= i32::MAX as f64 => {
+                    Ok(Some(*x as i32))
+                }
+                Some(x) => Err(wrong("a non-integral number", row, x.to_string())),
+            }))
+            .map(|values| ColumnData::I32 { values })
+        }
         (ColumnType::Logical, ColumnData::Bool { values }) => Ok(ColumnData::Bool { values: values.clone() }),
         (ColumnType::Character, ColumnData::Str { values }) => Ok(ColumnData::Str { values: values.clone() }),
-        (ColumnType::Character, ColumnData::Factor { levels, values, .. }) => Ok(ColumnData::Str {
-            values: values.iter().map(|c| c.map(|c| levels[c as usize].clone())).collect(),
-        }),
+        (ColumnType::Character, ColumnData::Factor { levels, values, .. }) => {
+            Ok(ColumnData::Str { values: values.iter().map(|c| c.map(|c| levels[c as usize].clone())).collect() })
+        }
         (ColumnType::Factor | ColumnType::Ordered, data) => to_factor(column, spec, data),
         // The whole column has the wrong type: one problem, shown at its first value.
         (_, data) => {
@@ -201,12 +205,9 @@ fn to_factor(column: &Column, spec: &ColumnSpec, data: &ColumnData) -> Result<Co
             }]);
         }
     };
-    let values = every_row(labels.iter().enumerate().map(|(row, label)| label.as_deref().map(|l| lookup(row, l)).transpose()))?;
-    Ok(ColumnData::Factor {
-        levels: levels.clone(),
-        values,
-        ordered: spec.column_type == ColumnType::Ordered,
-    })
+    let values =
+        every_row(labels.iter().enumerate().map(|(row, label)| label.as_deref().map(|l| lookup(row, l)).transpose()))?;
+    Ok(ColumnData::Factor { levels: levels.clone(), values, ordered: spec.column_type == ColumnType::Ordered })
 }
 
 /// Formats a number the way R's `as.character` does for the common cases (`4`, `2.5`).
@@ -273,11 +274,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, column_type: ColumnType, levels: Option<&[&str]>) -> ColumnSpec {
-        ColumnSpec {
-            name: name.into(),
-            column_type,
-            levels: levels.map(|l| l.iter().map(|s| s.to_string()).collect()),
-        }
+        ColumnSpec { name: name.into(), column_type, levels: levels.map(|l| l.iter().map(|s| s.to_string()).collect()) }
     }
 
     fn check(input: Vec<Column>, schema: Vec<ColumnSpec>, expected: Result<Vec<Column>, &str>) {

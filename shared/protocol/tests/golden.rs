@@ -22,7 +22,11 @@ fn input_frame() -> Frame {
         Column::new("name", ColumnData::Str { values: vec![Some("Mazda RX4".into()), None] }),
         Column::new(
             "gear",
-            ColumnData::Factor { levels: vec!["3".into(), "4".into(), "5".into()], values: vec![Some(1), None], ordered: false },
+            ColumnData::Factor {
+                levels: vec!["3".into(), "4".into(), "5".into()],
+                values: vec![Some(1), None],
+                ordered: false,
+            },
         ),
     ])
     .unwrap()
@@ -49,7 +53,15 @@ fn reply() -> Reply {
         outcome: Outcome::Predictions(
             Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(20.5), Some(26.25)] })]).unwrap(),
         ),
-        timings: Timings { queue_ms: 0.25, r_ms: 7.5, worker_ms: 8.0, worker: "worker-1".into(), host_pid: Some(4242), attempts: 1, path: None },
+        timings: Timings {
+            queue_ms: 0.25,
+            r_ms: 7.5,
+            worker_ms: 8.0,
+            worker: "worker-1".into(),
+            host_pid: Some(4242),
+            attempts: 1,
+            path: None,
+        },
     }
 }
 
@@ -74,7 +86,11 @@ fn model_info() -> ModelInfo {
         schema: Some(Schema {
             columns: vec![
                 ColumnSpec { name: "wt".into(), column_type: ColumnType::Numeric, levels: None },
-                ColumnSpec { name: "gear".into(), column_type: ColumnType::Factor, levels: Some(vec!["3".into(), "4".into(), "5".into()]) },
+                ColumnSpec {
+                    name: "gear".into(),
+                    column_type: ColumnType::Factor,
+                    levels: Some(vec!["3".into(), "4".into(), "5".into()]),
+                },
             ],
         }),
         predict_type: None,
@@ -113,18 +129,29 @@ fn golden_vectors() {
             draining: false,
         },
     );
-    check("host_score", ToHost::Score { id: 7, model: "mtcars".into(), input: Input::Frame(input_frame()), predict_type: None });
+    check(
+        "host_score",
+        ToHost::Score { id: 7, model: "mtcars".into(), input: Input::Frame(input_frame()), predict_type: None },
+    );
     check(
         "host_load",
         ToHost::Load {
-            models: vec![ModelSpec { name: "mtcars".into(), version: None, dir: "/models/mtcars".into(), schema: None, predict_type: None }],
+            models: vec![ModelSpec {
+                name: "mtcars".into(),
+                version: None,
+                dir: "/models/mtcars".into(),
+                schema: None,
+                predict_type: None,
+            }],
         },
     );
     check(
         "host_scored",
         FromHost::Scored {
             id: 7,
-            result: Ok(HostOutput::Frame(Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(1.0)] })]).unwrap())),
+            result: Ok(HostOutput::Frame(
+                Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(1.0)] })]).unwrap(),
+            )),
             r_us: 1500,
         },
     );
@@ -141,13 +168,28 @@ fn tolerant_decoding() {
     // {"input": {"frame": {"columns": [{"values": [1, 2.5], "type": "f64", "name": "x"}], "n_rows": 2}},
     //  "model": "m", "id": "a", "version": 1, "extra": true}
     #[derive(Serialize)]
-    struct Col { values: (u8, f64), r#type: &'static str, name: &'static str }
+    struct Col {
+        values: (u8, f64),
+        r#type: &'static str,
+        name: &'static str,
+    }
     #[derive(Serialize)]
-    struct Fr { columns: Vec<Col>, n_rows: u8 }
+    struct Fr {
+        columns: Vec<Col>,
+        n_rows: u8,
+    }
     #[derive(Serialize)]
-    struct In { frame: Fr }
+    struct In {
+        frame: Fr,
+    }
     #[derive(Serialize)]
-    struct Req { input: In, model: &'static str, id: &'static str, version: u8, extra: bool }
+    struct Req {
+        input: In,
+        model: &'static str,
+        id: &'static str,
+        version: u8,
+        extra: bool,
+    }
     let bytes = rmp_serde::to_vec_named(&Req {
         input: In { frame: Fr { columns: vec![Col { values: (1, 2.5), r#type: "f64", name: "x" }], n_rows: 2 } },
         model: "m",
@@ -161,7 +203,10 @@ fn tolerant_decoding() {
     assert_eq!(request.deadline_ms, None);
     assert_eq!(
         request.input,
-        Input::Frame(Frame { n_rows: 2, columns: vec![Column::new("x", ColumnData::F64 { values: vec![Some(1.0), Some(2.5)] })] })
+        Input::Frame(Frame {
+            n_rows: 2,
+            columns: vec![Column::new("x", ColumnData::F64 { values: vec![Some(1.0), Some(2.5)] })]
+        })
     );
 }
 
@@ -169,7 +214,18 @@ fn tolerant_decoding() {
 #[test]
 fn error_code_names_match_the_wire() {
     use ErrorCode::*;
-    for code in [BadRequest, UnsupportedVersion, ModelNotFound, InvalidInput, RError, HostCrashed, DeadlineExceeded, Overloaded, Unavailable, Internal] {
+    for code in [
+        BadRequest,
+        UnsupportedVersion,
+        ModelNotFound,
+        InvalidInput,
+        RError,
+        HostCrashed,
+        DeadlineExceeded,
+        Overloaded,
+        Unavailable,
+        Internal,
+    ] {
         assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
     }
 }

@@ -336,7 +336,12 @@ mod tests {
         layered.server.listen = "127.0.0.1:1".into();
         check(
             Some(file),
-            &[("RFLEET_WORKERS__N_HOSTS", "5"), ("RFLEET_SERVER__MAX_BODY_BYTES", "10"), ("RFLEET_CONFIG", "x"), ("HOME", "/")],
+            &[
+                ("RFLEET_WORKERS__N_HOSTS", "5"),
+                ("RFLEET_SERVER__MAX_BODY_BYTES", "10"),
+                ("RFLEET_CONFIG", "x"),
+                ("HOME", "/"),
+            ],
             &[("server.listen", "127.0.0.1:1")],
             Ok(layered),
         );

@@ -46,7 +46,8 @@ impl Manifest {
             return Ok(Manifest::default());
         }
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: shown.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| ManifestError::Read { path: shown.clone(), source })?;
         toml::from_str(&text).map_err(|source| ManifestError::Parse { path: shown, source })
     }
 

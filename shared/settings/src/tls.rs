@@ -46,10 +46,8 @@ mod tests {
     fn tls_from_the_environment() {
         check(&[], Ok(TlsSettings::default()));
         assert!(!TlsSettings::default().enabled());
-        let on = TlsSettings {
-            cert_file: Some("/etc/rfleet/tls.crt".into()),
-            key_file: Some("/etc/rfleet/tls.key".into()),
-        };
+        let on =
+            TlsSettings { cert_file: Some("/etc/rfleet/tls.crt".into()), key_file: Some("/etc/rfleet/tls.key".into()) };
         assert!(on.enabled());
         let env = [("RFLEET_TLS__CERT_FILE", "/etc/rfleet/tls.crt"), ("RFLEET_TLS__KEY_FILE", "/etc/rfleet/tls.key")];
         check(&env, Ok(on));

@@ -25,11 +25,7 @@ pub struct FrameCache {
 /// Builds the `data.frame` R sees: one vector per column, `names`, class `data.frame` and
 /// compact row names `c(NA_integer_, -n)`, exactly what `data.frame()` would make.
 pub fn data_frame(frame: &Frame, cache: &mut FrameCache) -> Result<Robj> {
-    let columns = frame
-        .columns
-        .iter()
-        .map(|column| column_vector(column, cache))
-        .collect::<Result<Vec<Robj>>>()?;
+    let columns = frame.columns.iter().map(|column| column_vector(column, cache)).collect::<Result<Vec<Robj>>>()?;
     let mut df: Robj = List::from_values(columns).into();
     let names = match &cache.names {
         Some((names, robj)) if names.iter().eq(frame.columns.iter().map(|c| &c.name)) => robj.clone(),
@@ -106,28 +102,25 @@ fn column_data(x: &Robj) -> Option<ColumnData> {
         let levels: Vec<String> = x.levels().map(|l| l.map(str::to_string).collect()).unwrap_or_default();
         let n_levels = levels.len() as i32;
         return Some(ColumnData::Factor {
-            values: codes
-                .iter()
-                .map(|&c| (c != i32::MIN && c >= 1 && c <= n_levels).then(|| (c - 1) as u32))
-                .collect(),
+            values: codes.iter().map(|&c| (c != i32::MIN && c >= 1 && c <= n_levels).then(|| (c - 1) as u32)).collect(),
             ordered: x.inherits("ordered"),
             levels,
         });
     }
     Some(match x.rtype() {
         // R's NA_real_ is one NaN among others; the wire has one missing value for both.
-        Rtype::Doubles => ColumnData::F64 {
-            values: x.as_real_slice()?.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
-        },
-        Rtype::Integers => ColumnData::I32 {
-            values: x.as_integer_slice()?.iter().map(|v| (*v != i32::MIN).then_some(*v)).collect(),
-        },
+        Rtype::Doubles => {
+            ColumnData::F64 { values: x.as_real_slice()?.iter().map(|v| (!v.is_nan()).then_some(*v)).collect() }
+        }
+        Rtype::Integers => {
+            ColumnData::I32 { values: x.as_integer_slice()?.iter().map(|v| (*v != i32::MIN).then_some(*v)).collect() }
+        }
         Rtype::Logicals => ColumnData::Bool {
             values: x.as_logical_slice()?.iter().map(|v| (!v.is_na()).then(|| v.is_true())).collect(),
         },
-        Rtype::Strings => ColumnData::Str {
-            values: x.as_str_iter()?.map(|s| (!s.is_na()).then(|| s.to_string())).collect(),
-        },
+        Rtype::Strings => {
+            ColumnData::Str { values: x.as_str_iter()?.map(|s| (!s.is_na()).then(|| s.to_string())).collect() }
+        }
         _ => return None,
     })
 }
@@ -135,7 +128,12 @@ fn column_data(x: &Robj) -> Option<ColumnData> {
 /// Reads a part scorer's answer: `list(mean = <double per row>)` for a regression forest
 /// (`NA`/`NaN` become `None`), `list(votes = <integer matrix, rows x classes>)` for a
 /// classification forest (`NA` counts as no vote). Checks the shape rather than trust it.
-pub fn forest_part(x: &Robj, n_rows: usize, n_trees: u32, classes: Option<&[String]>) -> std::result::Result<ForestPart, String> {
+pub fn forest_part(
+    x: &Robj,
+    n_rows: usize,
+    n_trees: u32,
+    classes: Option<&[String]>,
+) -> std::result::Result<ForestPart, String> {
     let fields = fields(&x.as_list().ok_or("the part scorer did not answer a list")?);
     match (classes, fields.get("mean"), fields.get("votes")) {
         (None, Some(mean), None) => {
@@ -148,7 +146,11 @@ pub fn forest_part(x: &Robj, n_rows: usize, n_trees: u32, classes: Option<&[Stri
         (Some(classes), None, Some(votes)) => {
             let votes = votes.as_integer_slice().ok_or("the part's votes are not integers")?;
             if votes.len() != n_rows * classes.len() {
-                return Err(format!("the part has {} votes for {n_rows} rows and {} classes", votes.len(), classes.len()));
+                return Err(format!(
+                    "the part has {} votes for {n_rows} rows and {} classes",
+                    votes.len(),
+                    classes.len()
+                ));
             }
             // An R matrix is column-major: each class's column is one contiguous run.
             let votes = if n_rows == 0 {

@@ -68,7 +68,12 @@ impl Models {
 
     /// Scores one request. R errors, bad inputs and unknown models all come back as an
     /// [`ErrorBody`]; only a crash of R itself can stop the host here.
-    pub fn score(&mut self, model: &str, input: &Input, predict_type: Option<&str>) -> std::result::Result<HostOutput, ErrorBody> {
+    pub fn score(
+        &mut self,
+        model: &str,
+        input: &Input,
+        predict_type: Option<&str>,
+    ) -> std::result::Result<HostOutput, ErrorBody> {
         let entry = self.get(model)?;
         match (entry.info.kind, input) {
             (ModelKind::AzureMl, Input::Json(body)) => entry.score_json(body),
@@ -88,7 +93,12 @@ impl Models {
     /// [`ForestPart`](protocol::host::ForestPart). A model without [`ModelInfo::forest`],
     /// a range outside the forest or a JSON input is a `bad_request`; R errors are
     /// `r_error`s as for [`Models::score`].
-    pub fn score_trees(&mut self, model: &str, input: &Input, trees: TreeRange) -> std::result::Result<HostOutput, ErrorBody> {
+    pub fn score_trees(
+        &mut self,
+        model: &str,
+        input: &Input,
+        trees: TreeRange,
+    ) -> std::result::Result<HostOutput, ErrorBody> {
         let part_scorer = self.part_scorer.clone();
         let entry = self.get(model)?;
         let bad = |message: String| Err(ErrorBody::new(ErrorCode::BadRequest, format!("model '{model}': {message}")));
@@ -243,7 +253,8 @@ impl Model {
                 scorer
             }
             None => {
-                let forest_robj = self.forest.clone().ok_or_else(|| internal("no R forest for a forest model".into()))?;
+                let forest_robj =
+                    self.forest.clone().ok_or_else(|| internal("no R forest for a forest model".into()))?;
                 let made = part_scorer
                     .call(Pairlist::from_pairs([
                         ("", Robj::from(name.as_str())),
@@ -255,14 +266,16 @@ impl Model {
                 if made.inherits("rfleet_error") {
                     return Err(ErrorBody::new(ErrorCode::RError, made.as_str().unwrap_or("R failed").to_string()));
                 }
-                let scorer = made.as_function().ok_or_else(|| internal(".rfleet_part_scorer answered no function".into()))?;
+                let scorer =
+                    made.as_function().ok_or_else(|| internal(".rfleet_part_scorer answered no function".into()))?;
                 self.parts.insert(0, (trees, scorer.clone()));
                 self.parts.truncate(MAX_PARTS);
                 scorer
             }
         };
         let newdata = convert::data_frame(frame, &mut self.cache).map_err(|e| internal(e.to_string()))?;
-        let result = scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))])).map_err(|_| escaped(name))?;
+        let result =
+            scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))])).map_err(|_| escaped(name))?;
         if result.inherits("rfleet_error") {
             return Err(ErrorBody::new(ErrorCode::RError, result.as_str().unwrap_or("R failed").to_string()));
         }
@@ -275,7 +288,9 @@ impl Model {
         let name = &self.info.name;
         let result = self.scorer.call(Pairlist::from_pairs([("", Robj::from(body))])).map_err(|_| escaped(name))?;
         match result.as_str() {
-            Some(message) if result.inherits("rfleet_error") => Err(ErrorBody::new(ErrorCode::RError, message.to_string())),
+            Some(message) if result.inherits("rfleet_error") => {
+                Err(ErrorBody::new(ErrorCode::RError, message.to_string()))
+            }
             Some(json) => Ok(HostOutput::Json(json.to_string())),
             None => Err(ErrorBody::new(ErrorCode::Internal, format!("model '{name}': the scorer answered no string"))),
         }

@@ -80,12 +80,8 @@ impl Host {
         let child = command.spawn().expect("spawn rfleet-rhost");
         // The child holds its own copy; ours must close or we would never see its end.
         drop(theirs);
-        let mut host = Host {
-            child,
-            reader: BufReader::new(ours.try_clone().unwrap()),
-            writer: BufWriter::new(ours),
-            next_id: 0,
-        };
+        let mut host =
+            Host { child, reader: BufReader::new(ours.try_clone().unwrap()), writer: BufWriter::new(ours), next_id: 0 };
         write_message(&mut host.writer, &ToHost::Load { models }).expect("send load");
         let answer = read_message(&mut host.reader).expect("read load answer").expect("host closed the channel");
         (host, answer)
@@ -108,7 +104,12 @@ impl Host {
     }
 
     /// Scores one request; `None` when the host died instead of answering.
-    fn try_score(&mut self, model: &str, input: Input, predict_type: Option<&str>) -> Option<Result<HostOutput, ErrorBody>> {
+    fn try_score(
+        &mut self,
+        model: &str,
+        input: Input,
+        predict_type: Option<&str>,
+    ) -> Option<Result<HostOutput, ErrorBody>> {
         self.next_id += 1;
         let id = self.next_id;
         let request = ToHost::Score { id, model: model.into(), input, predict_type: predict_type.map(str::to_string) };
@@ -251,9 +252,13 @@ fn check(host: &mut Host, infos: &[ModelInfo], case_path: &Path) {
 fn every_fixture_case_matches_r() {
     let specs = fixture_specs();
     let (mut host, infos) = Host::ready(specs.clone());
-    assert_eq!(infos.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>());
+    assert_eq!(
+        infos.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()
+    );
 
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixtures().join("cases")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<PathBuf> =
+        std::fs::read_dir(fixtures().join("cases")).unwrap().map(|e| e.unwrap().path()).collect();
     cases.sort();
     assert!(cases.len() >= 13, "too few cases: {cases:?}");
     for case in &cases {
@@ -295,7 +300,9 @@ fn ready_describes_each_model() {
     // Declared in model.toml: passed through as declared.
     assert_eq!(
         info(&infos, "faulty").schema,
-        Some(Schema { columns: vec![protocol::ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] })
+        Some(Schema {
+            columns: vec![protocol::ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }]
+        })
     );
     assert_eq!(info(&infos, "azureml").schema, None, "an entry script parses its own input");
 
@@ -353,17 +360,26 @@ fn errors_are_answers_and_the_host_survives_them() {
     let partial = json!([{ "x1": 1.0, "x2": 2.0, "grp": "beta" }]);
     let error = host.error("lm", Input::Frame(protocol::json::frame_from_value(&partial).unwrap()));
     assert_eq!(error.code, ErrorCode::RError);
-    assert!(error.message.starts_with("model 'lm': predict failed: ") && error.message.contains("cnt"), "{}", error.message);
+    assert!(
+        error.message.starts_with("model 'lm': predict failed: ") && error.message.contains("cnt"),
+        "{}",
+        error.message
+    );
 
     // An Azure ML script that fails on its input is an R error too.
     let error = host.error("azureml", Input::Json("{not json".into()));
     assert_eq!(error.code, ErrorCode::RError);
-    assert!(error.message.starts_with("model 'azureml': the function returned by init() failed: "), "{}", error.message);
+    assert!(
+        error.message.starts_with("model 'azureml': the function returned by init() failed: "),
+        "{}",
+        error.message
+    );
     let rows = json!([{ "wt": 2.62, "hp": 110, "qsec": 16.46 }]);
     assert!(matches!(host.score("azureml", Input::Json(rows.to_string()), None), Ok(HostOutput::Json(_))));
 
     // A frame that breaks its own invariants never reaches R.
-    let broken = Frame { n_rows: 2, columns: vec![protocol::Column::new("x", ColumnData::F64 { values: vec![Some(1.0)] })] };
+    let broken =
+        Frame { n_rows: 2, columns: vec![protocol::Column::new("x", ColumnData::F64 { values: vec![Some(1.0)] })] };
     assert_eq!(host.error("faulty", Input::Frame(broken)).code, ErrorCode::BadRequest);
 
     // A model that kills its own process: no answer, the channel closes, SIGKILL is seen.
@@ -431,10 +447,30 @@ fn load_failures_name_the_model_and_the_reason() {
     let root = tempfile::tempdir().unwrap();
     let good = spec(&fixtures().join("models/lm"));
     for (name, score, with_rds, needle) in [
-        ("init_fails", "init <- function() stop(\"no weights here\")", false, "model 'init_fails': calling init() failed: no weights here"),
-        ("init_not_fn", "init <- function() 42", false, "model 'init_not_fn': calling init() failed: init() returned a numeric"),
-        ("no_rds", "predict_fn <- function(model, newdata) 1", false, "model 'no_rds': reading model.rds failed: there is no model.rds"),
-        ("bad_syntax", "predict_fn <- function(model, newdata) {", true, "model 'bad_syntax': sourcing score.R failed: "),
+        (
+            "init_fails",
+            "init <- function() stop(\"no weights here\")",
+            false,
+            "model 'init_fails': calling init() failed: no weights here",
+        ),
+        (
+            "init_not_fn",
+            "init <- function() 42",
+            false,
+            "model 'init_not_fn': calling init() failed: init() returned a numeric",
+        ),
+        (
+            "no_rds",
+            "predict_fn <- function(model, newdata) 1",
+            false,
+            "model 'no_rds': reading model.rds failed: there is no model.rds",
+        ),
+        (
+            "bad_syntax",
+            "predict_fn <- function(model, newdata) {",
+            true,
+            "model 'bad_syntax': sourcing score.R failed: ",
+        ),
     ] {
         let dir = write_package(root.path(), name, score, with_rds);
         let (mut host, answer) = Host::start(vec![good.clone(), spec(&dir)]);
@@ -517,11 +553,19 @@ fn results_convert_to_frames_by_type() {
     // Factors keep all their levels, unused ones included; codes become 0-based.
     assert_eq!(
         one(&frame("factor")),
-        ColumnData::Factor { levels: vec!["a".into(), "b".into(), "zz".into()], values: vec![Some(1), Some(0), Some(1)], ordered: false }
+        ColumnData::Factor {
+            levels: vec!["a".into(), "b".into(), "zz".into()],
+            values: vec![Some(1), Some(0), Some(1)],
+            ordered: false
+        }
     );
     assert_eq!(
         one(&frame("ordered")),
-        ColumnData::Factor { levels: vec!["lo".into(), "hi".into()], values: vec![Some(0), Some(1), Some(0)], ordered: true }
+        ColumnData::Factor {
+            levels: vec!["lo".into(), "hi".into()],
+            values: vec![Some(0), Some(1), Some(0)],
+            ordered: true
+        }
     );
 
     // Matrices: a double column per matrix column, named by colnames, V1..Vn without.
@@ -544,11 +588,17 @@ fn results_convert_to_frames_by_type() {
     assert_eq!(df.columns[3].data, ColumnData::Str { values: vec![Some("p".into()), None, Some("q".into())] });
     assert_eq!(
         df.columns[4].data,
-        ColumnData::Factor { levels: vec!["u".into(), "v".into()], values: vec![Some(0), Some(1), None], ordered: false }
+        ColumnData::Factor {
+            levels: vec!["u".into(), "v".into()],
+            values: vec![Some(0), Some(1), None],
+            ordered: false
+        }
     );
     assert_eq!(
         df.columns[5].data,
-        ColumnData::Str { values: vec![Some("2024-01-01".into()), Some("2024-01-02".into()), Some("2024-01-03".into())] }
+        ColumnData::Str {
+            values: vec![Some("2024-01-01".into()), Some("2024-01-02".into()), Some("2024-01-03".into())]
+        }
     );
 
     // Anything else is an R error that says what came back and what would do.
@@ -562,7 +612,11 @@ fn results_convert_to_frames_by_type() {
             other => panic!("{what}: expected an error, got {other:?}"),
         };
         assert_eq!(error.code, ErrorCode::RError, "{what}");
-        assert!(error.message.starts_with(&format!("model 'shapes': predict_fn {returned}; expected ")), "{what}: {}", error.message);
+        assert!(
+            error.message.starts_with(&format!("model 'shapes': predict_fn {returned}; expected ")),
+            "{what}: {}",
+            error.message
+        );
     }
 
     // Runaway recursion is an R error for that request, not a crash of the host.
@@ -572,7 +626,11 @@ fn results_convert_to_frames_by_type() {
     };
     assert_eq!(error.code, ErrorCode::RError);
     assert!(error.message.starts_with("model 'shapes': predict_fn failed: "), "{}", error.message);
-    assert!(error.message.contains("C stack usage") || error.message.contains("nested too deeply"), "{}", error.message);
+    assert!(
+        error.message.contains("C stack usage") || error.message.contains("nested too deeply"),
+        "{}",
+        error.message
+    );
     // A jump straight to R's top level, past every handler, still ends as an answer.
     let error = match host.score("shapes", input("abort"), None) {
         Err(error) => error,
@@ -600,16 +658,31 @@ fn input_columns_reach_r_with_their_types() {
     let dir = write_package(root.path(), "describe", score, true);
     let (mut host, _) = Host::ready(vec![spec(&dir)]);
     let frame = Frame::new(vec![
-        protocol::Column::new("f64", ColumnData::F64 { values: vec![Some(1.5), None, Some(-2.0), Some(0.25), Some(1e10)] }),
-        protocol::Column::new("i32", ColumnData::I32 { values: vec![Some(7), None, Some(-1), Some(0), Some(i32::MAX)] }),
-        protocol::Column::new("bool", ColumnData::Bool { values: vec![Some(true), None, Some(false), Some(true), Some(false)] }),
+        protocol::Column::new(
+            "f64",
+            ColumnData::F64 { values: vec![Some(1.5), None, Some(-2.0), Some(0.25), Some(1e10)] },
+        ),
+        protocol::Column::new(
+            "i32",
+            ColumnData::I32 { values: vec![Some(7), None, Some(-1), Some(0), Some(i32::MAX)] },
+        ),
+        protocol::Column::new(
+            "bool",
+            ColumnData::Bool { values: vec![Some(true), None, Some(false), Some(true), Some(false)] },
+        ),
         protocol::Column::new(
             "str",
-            ColumnData::Str { values: vec![Some("a".into()), None, Some("".into()), Some("NA".into()), Some("é ü".into())] },
+            ColumnData::Str {
+                values: vec![Some("a".into()), None, Some("".into()), Some("NA".into()), Some("é ü".into())],
+            },
         ),
         protocol::Column::new(
             "fct",
-            ColumnData::Factor { levels: vec!["x".into(), "y".into()], values: vec![Some(1), None, Some(0), Some(1), Some(0)], ordered: false },
+            ColumnData::Factor {
+                levels: vec!["x".into(), "y".into()],
+                values: vec![Some(1), None, Some(0), Some(1), Some(0)],
+                ordered: false,
+            },
         ),
     ])
     .unwrap();
@@ -637,7 +710,13 @@ fn input_columns_reach_r_with_their_types() {
 /// The splittable fixture forests: name, trees, classes (None for regression).
 fn fixture_forests() -> Vec<(&'static str, u32, Option<Vec<String>>)> {
     let iris = || Some(vec!["setosa".to_string(), "versicolor".into(), "virginica".into()]);
-    vec![("rf_reg", 200, None), ("rf_class", 200, iris()), ("rf_xy", 200, None), ("ranger_reg", 100, None), ("ranger_class", 500, iris())]
+    vec![
+        ("rf_reg", 200, None),
+        ("rf_class", 200, iris()),
+        ("rf_xy", 200, None),
+        ("ranger_reg", 100, None),
+        ("ranger_class", 500, iris()),
+    ]
 }
 
 impl Host {
@@ -646,7 +725,8 @@ impl Host {
         self.next_id += 1;
         let id = self.next_id;
         let trees = protocol::host::TreeRange { start, end };
-        write_message(&mut self.writer, &ToHost::ScoreTrees { id, model: model.into(), input, trees }).expect("send score_trees");
+        write_message(&mut self.writer, &ToHost::ScoreTrees { id, model: model.into(), input, trees })
+            .expect("send score_trees");
         match read_message(&mut self.reader).expect("read score_trees answer").expect("the host died") {
             FromHost::Scored { id: answered, result, r_us } => {
                 assert_eq!(answered, id, "answer to another request");
@@ -692,7 +772,9 @@ impl Rng {
 /// range of each numeric column (a little wider) and over each factor's levels, so that
 /// trees disagree on some of them. Rounded to 2 decimals: exact through JSON.
 fn forest_rows(model: &ModelInfo, extra: usize, seed: u64) -> Vec<Value> {
-    let case: Value = serde_json::from_slice(&std::fs::read(fixtures().join("cases").join(format!("{}.json", model.name))).unwrap()).unwrap();
+    let case: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("cases").join(format!("{}.json", model.name))).unwrap())
+            .unwrap();
     let mut rows = case["rows"].as_array().unwrap().clone();
     let schema = model.schema.as_ref().expect("a forest's schema");
     let mut rng = Rng(seed);
@@ -716,7 +798,11 @@ fn forest_rows(model: &ModelInfo, extra: usize, seed: u64) -> Vec<Value> {
 }
 
 fn f64_column(frame: &Frame, name: &str) -> Vec<Option<f64>> {
-    let column = frame.columns.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no column {name} in {:?}", column_names(frame)));
+    let column = frame
+        .columns
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no column {name} in {:?}", column_names(frame)));
     match &column.data {
         ColumnData::F64 { values } => values.clone(),
         other => panic!("column {name} is not doubles: {other:?}"),
@@ -725,7 +811,9 @@ fn f64_column(frame: &Frame, name: &str) -> Vec<Option<f64>> {
 
 fn label_column(frame: &Frame) -> Vec<Option<String>> {
     match &frame.columns[0].data {
-        ColumnData::Factor { levels, values, .. } => values.iter().map(|v| v.map(|c| levels[c as usize].clone())).collect(),
+        ColumnData::Factor { levels, values, .. } => {
+            values.iter().map(|v| v.map(|c| levels[c as usize].clone())).collect()
+        }
         other => panic!("labels are not a factor: {other:?}"),
     }
 }
@@ -733,7 +821,14 @@ fn label_column(frame: &Frame) -> Vec<Option<String>> {
 /// The ways a forest of `n` trees is split in the tests: whole, two parts at several
 /// points (one tree alone, odd sizes, halves), three parts and five uneven parts.
 fn splits(n: u32) -> Vec<Vec<u32>> {
-    let mut splits = vec![vec![0, n], vec![0, 1, n], vec![0, n - 1, n], vec![0, 73, n], vec![0, n / 2, n], vec![0, n / 3, 2 * n / 3, n]];
+    let mut splits = vec![
+        vec![0, n],
+        vec![0, 1, n],
+        vec![0, n - 1, n],
+        vec![0, 73, n],
+        vec![0, n / 2, n],
+        vec![0, n / 3, 2 * n / 3, n],
+    ];
     splits.push(vec![0, 7, 19, n / 2, n - 2, n]);
     splits
 }
@@ -762,10 +857,17 @@ fn combine(host: &mut Host, model: &str, frame: &Frame, cuts: &[u32], classes: O
             }
             protocol::host::ForestPart::Votes { n_trees, classes: part_classes, votes: part_votes } => {
                 assert_eq!(Some(&part_classes), classes, "{model}: classes in the model's level order");
-                assert_eq!((n_trees, part_votes.len()), (end - start, part_classes.len()), "{model} trees {start}..{end}");
+                assert_eq!(
+                    (n_trees, part_votes.len()),
+                    (end - start, part_classes.len()),
+                    "{model} trees {start}..{end}"
+                );
                 for (row, _) in part_votes[0].iter().enumerate() {
                     let sum: u32 = part_votes.iter().map(|class| class[row]).sum();
-                    assert!(sum == n_trees || sum == 0, "{model} trees {start}..{end} row {row}: {sum} votes from {n_trees} trees");
+                    assert!(
+                        sum == n_trees || sum == 0,
+                        "{model} trees {start}..{end} row {row}: {sum} votes from {n_trees} trees"
+                    );
                 }
                 for (all, part) in votes.iter_mut().zip(&part_votes) {
                     assert_eq!(part.len(), n_rows);
@@ -838,7 +940,9 @@ fn forest_parts_combine_into_the_whole_forest_exactly() {
                     let expected = f64_column(&whole, ".pred");
                     for (row, (got, want)) in mean.iter().zip(&expected).enumerate() {
                         match (got, want) {
-                            (Some(got), Some(want)) => assert!((got - want).abs() <= 1e-9, "{context} row {row}: {got} vs R's {want}"),
+                            (Some(got), Some(want)) => {
+                                assert!((got - want).abs() <= 1e-9, "{context} row {row}: {got} vs R's {want}")
+                            }
                             (None, None) => n_na += 1,
                             _ => panic!("{context} row {row}: {got:?} vs R's {want:?}"),
                         }
@@ -863,22 +967,34 @@ fn forest_parts_combine_into_the_whole_forest_exactly() {
                         for (j, class) in classes.iter().enumerate() {
                             // Exactly: the same integer division R does.
                             let probability = f64::from(row_votes[j]) / f64::from(total);
-                            assert_eq!(Some(probability), f64_column(fractions, class)[row], "{context} row {row} {class}");
+                            assert_eq!(
+                                Some(probability),
+                                f64_column(fractions, class)[row],
+                                "{context} row {row} {class}"
+                            );
                         }
                         let best = *row_votes.iter().max().unwrap();
-                        let winners: Vec<&String> = classes.iter().zip(&row_votes).filter(|(_, &v)| v == best).map(|(c, _)| c).collect();
+                        let winners: Vec<&String> =
+                            classes.iter().zip(&row_votes).filter(|(_, &v)| v == best).map(|(c, _)| c).collect();
                         if let [winner] = winners.as_slice() {
                             assert_eq!(Some(*winner), labels[row].as_ref(), "{context} row {row}: votes {row_votes:?}");
                         } else {
                             n_ties += 1;
-                            assert!(winners.contains(&labels[row].as_ref().unwrap()), "{context} row {row}: R's label is not among the tied");
+                            assert!(
+                                winners.contains(&labels[row].as_ref().unwrap()),
+                                "{context} row {row}: R's label is not among the tied"
+                            );
                         }
                     }
                 }
             }
         }
         let n_splits = splits(n_trees).len();
-        eprintln!("{name}: {n_rows} rows, {n_splits} splits, NA rows {}, tied rows {}", n_na / n_splits, n_ties / n_splits);
+        eprintln!(
+            "{name}: {n_rows} rows, {n_splits} splits, NA rows {}, tied rows {}",
+            n_na / n_splits,
+            n_ties / n_splits
+        );
         if name == "rf_reg" || name == "rf_class" {
             assert!(n_na > 0, "{name}: the rows should include an NA row");
         }
@@ -903,7 +1019,11 @@ fn ready_reports_forests_and_score_trees_refuses_other_models() {
         let (result, _) = host.score_trees(model, Input::Frame(lm_rows.clone()), 0, 1);
         let error = result.expect_err(model);
         assert_eq!(error.code, ErrorCode::BadRequest, "{model}: {}", error.message);
-        assert!(error.message.starts_with(&format!("model '{model}': cannot score a range of trees: it is not a forest")), "{}", error.message);
+        assert!(
+            error.message.starts_with(&format!("model '{model}': cannot score a range of trees: it is not a forest")),
+            "{}",
+            error.message
+        );
     }
     let rf_rows = frame_for(&json!([{ "x1": 1.0, "x2": 2.0, "grp": "beta", "cnt": 3.0 }]), info(&infos, "rf_reg"));
     for (start, end) in [(0, 0), (5, 3), (0, 201), (200, 201)] {
@@ -967,7 +1087,8 @@ fn forests_that_cannot_be_split_stay_whole() {
     // A bias-corrected randomForest answers a + b * mean, which still combines as a mean.
     let model = info(&infos, "rf_bias").clone();
     assert_eq!(model.forest, Some(protocol::ForestInfo { n_trees: 50, classes: None }));
-    let rows = json!([{ "x1": 1.5, "x2": 0.3, "grp": "b", "cnt": 4.0 }, { "x1": 8.25, "x2": -1.0, "grp": "c", "cnt": 17.0 }]);
+    let rows =
+        json!([{ "x1": 1.5, "x2": 0.3, "grp": "b", "cnt": 4.0 }, { "x1": 8.25, "x2": -1.0, "grp": "c", "cnt": 17.0 }]);
     let frame = frame_for(&rows, &model);
     let whole = f64_column(&host.frame("rf_bias", frame.clone(), None), ".pred");
     let Combined::Mean(mean) = combine(&mut host, "rf_bias", &frame, &[0, 13, 50], None) else { unreachable!() };

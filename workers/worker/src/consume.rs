@@ -72,7 +72,10 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
             let reply = score(request, pool, config, received).instrument(span.clone()).await;
             (reply, span)
         }
-        Err(reply) => (*reply, tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or(""))),
+        Err(reply) => (
+            *reply,
+            tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or("")),
+        ),
     };
     // Requests that can never succeed are dead-lettered (after their error reply), so they
     // are kept for inspection and never retried.
@@ -129,7 +132,9 @@ fn decode(delivery: &Delivery) -> Result<Request, Box<Reply>> {
     let id = delivery.correlation_id.clone().unwrap_or_default();
     let request: Request = match delivery.content_type {
         ContentType::MsgPack => protocol::decode(&delivery.body).map_err(|e| e.to_string()),
-        ContentType::Json => serde_json::from_slice(&delivery.body).map_err(|e| format!("cannot decode JSON request: {e}")),
+        ContentType::Json => {
+            serde_json::from_slice(&delivery.body).map_err(|e| format!("cannot decode JSON request: {e}"))
+        }
     }
     .map_err(|message| Box::new(Reply::error(id.clone(), ErrorCode::BadRequest, message)))?;
     if request.version != PROTOCOL_VERSION {
@@ -153,7 +158,10 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
         Some(deadline_ms) => {
             let now = now_ms();
             if deadline_ms <= now {
-                return fail(ErrorCode::DeadlineExceeded, format!("the deadline passed {} ms before scoring began", now - deadline_ms));
+                return fail(
+                    ErrorCode::DeadlineExceeded,
+                    format!("the deadline passed {} ms before scoring began", now - deadline_ms),
+                );
             }
             Some(received + Duration::from_millis(deadline_ms - now))
         }
@@ -168,7 +176,10 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
             Some(version) => format!("'{}' version '{version}'", request.model),
             None => format!("'{}'", request.model),
         };
-        return fail(ErrorCode::ModelNotFound, format!("model {wanted} is not served here (served: {})", served.join(", ")));
+        return fail(
+            ErrorCode::ModelNotFound,
+            format!("model {wanted} is not served here (served: {})", served.join(", ")),
+        );
     };
     let input = match request.input {
         Input::Frame(frame) => {

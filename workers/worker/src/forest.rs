@@ -69,7 +69,12 @@ pub enum CombineError {
 
 /// Combines parts over disjoint tree ranges that cover `forest` into the frame the whole
 /// forest answers for `n_rows` rows.
-pub fn combine(parts: &[ForestPart], forest: &ForestInfo, output: ForestOutput, n_rows: usize) -> Result<Frame, CombineError> {
+pub fn combine(
+    parts: &[ForestPart],
+    forest: &ForestInfo,
+    output: ForestOutput,
+    n_rows: usize,
+) -> Result<Frame, CombineError> {
     let covered: u64 = parts.iter().map(|p| u64::from(n_trees(p))).sum();
     if covered != u64::from(forest.n_trees) {
         return Err(CombineError::Coverage { got: covered, want: forest.n_trees });
@@ -78,7 +83,11 @@ pub fn combine(parts: &[ForestPart], forest: &ForestInfo, output: ForestOutput, 
         (ForestOutput::Mean, None) => combine_means(parts, n_rows),
         (ForestOutput::Labels | ForestOutput::Probabilities, Some(classes)) => {
             let votes = sum_votes(parts, classes, n_rows)?;
-            Ok(if output == ForestOutput::Labels { labels(&votes, classes, n_rows) } else { probabilities(&votes, classes, n_rows) })
+            Ok(if output == ForestOutput::Labels {
+                labels(&votes, classes, n_rows)
+            } else {
+                probabilities(&votes, classes, n_rows)
+            })
         }
         (ForestOutput::Mean, Some(_)) => Err(CombineError::Kind { got: "votes", want: "means" }),
         (_, None) => Err(CombineError::Kind { got: "means", want: "votes" }),
@@ -141,7 +150,8 @@ fn labels(votes: &[Vec<u64>], classes: &[String], n_rows: usize) -> Frame {
         .map(|row| {
             // The first class with the most votes: `max_by_key` keeps the last maximum, so
             // scan in reverse to keep the first.
-            let (best, most) = (0..classes.len()).rev().map(|class| (class, votes[class][row])).max_by_key(|(_, n)| *n)?;
+            let (best, most) =
+                (0..classes.len()).rev().map(|class| (class, votes[class][row])).max_by_key(|(_, n)| *n)?;
             (most > 0).then_some(best as u32)
         })
         .collect();
@@ -195,7 +205,13 @@ mod tests {
         one(".pred", ColumnData::Factor { levels: classes(), values: values.to_vec(), ordered: false })
     }
 
-    fn check(parts: &[ForestPart], forest: ForestInfo, output: ForestOutput, n_rows: usize, expected: Result<Frame, &str>) {
+    fn check(
+        parts: &[ForestPart],
+        forest: ForestInfo,
+        output: ForestOutput,
+        n_rows: usize,
+        expected: Result<Frame, &str>,
+    ) {
         match (combine(parts, &forest, output, n_rows), expected) {
             (Ok(got), Ok(want)) => assert_eq!(got, want),
             (Err(got), Err(want)) => assert!(got.to_string().contains(want), "{got} does not mention {want}"),
@@ -234,11 +250,30 @@ mod tests {
         .unwrap();
         check(&parts, classification(5), ForestOutput::Probabilities, 3, Ok(probabilities));
         // Ties go to the first tied class in level order.
-        check(&[votes(3, &[&[1], &[1], &[1]])], classification(3), ForestOutput::Labels, 1, Ok(labels_frame(&[Some(0)])));
-        check(&[votes(4, &[&[0], &[2], &[2]])], classification(4), ForestOutput::Labels, 1, Ok(labels_frame(&[Some(1)])));
-        let other_classes = ForestPart::Votes { n_trees: 3, classes: vec!["a".into(), "b".into()], votes: vec![vec![3], vec![0]] };
+        check(
+            &[votes(3, &[&[1], &[1], &[1]])],
+            classification(3),
+            ForestOutput::Labels,
+            1,
+            Ok(labels_frame(&[Some(0)])),
+        );
+        check(
+            &[votes(4, &[&[0], &[2], &[2]])],
+            classification(4),
+            ForestOutput::Labels,
+            1,
+            Ok(labels_frame(&[Some(1)])),
+        );
+        let other_classes =
+            ForestPart::Votes { n_trees: 3, classes: vec!["a".into(), "b".into()], votes: vec![vec![3], vec![0]] };
         check(&[other_classes], classification(3), ForestOutput::Labels, 1, Err("classes"));
-        check(&[votes(3, &[&[3], &[0], &[0]])], classification(3), ForestOutput::Labels, 2, Err("answered 1 rows for 2"));
+        check(
+            &[votes(3, &[&[3], &[0], &[0]])],
+            classification(3),
+            ForestOutput::Labels,
+            2,
+            Err("answered 1 rows for 2"),
+        );
         check(&[mean(3, &[Some(1.0)])], classification(3), ForestOutput::Labels, 1, Err("answered means"));
     }
 

@@ -124,8 +124,8 @@ impl Host {
             tokio::spawn(forward_output(pid, "stderr", stderr));
         }
         ours.set_nonblocking(true).map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
-        let stream =
-            UnixStream::from_std(ours).map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
+        let stream = UnixStream::from_std(ours)
+            .map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
         let mut host = Host { pid, child, channel: Framed::new(stream, codec()), next_id: 0, served: 0 };
 
         let started = Instant::now();
@@ -152,7 +152,13 @@ impl Host {
     /// Makes one R call: `predict` on `input`, or a forest part over some of its trees. A
     /// host that dies, hangs past `timeout` or breaks the protocol is killed and the error
     /// says so; the caller replaces it. An R error is an `Ok` with an error result.
-    pub async fn call(&mut self, model: &str, input: Input, call: Call, timeout: Duration) -> Result<Scored, HostError> {
+    pub async fn call(
+        &mut self,
+        model: &str,
+        input: Input,
+        call: Call,
+        timeout: Duration,
+    ) -> Result<Scored, HostError> {
         self.next_id += 1;
         let id = self.next_id;
         let model = model.to_string();
@@ -201,8 +207,8 @@ impl Host {
     }
 
     async fn send(&mut self, message: &ToHost) -> Result<(), HostError> {
-        let bytes = protocol::encode(message)
-            .map_err(|e| HostError::Protocol { pid: self.pid, message: e.to_string() })?;
+        let bytes =
+            protocol::encode(message).map_err(|e| HostError::Protocol { pid: self.pid, message: e.to_string() })?;
         if self.channel.send(bytes::Bytes::from(bytes)).await.is_err() {
             return Err(self.died().await);
         }
@@ -211,7 +217,9 @@ impl Host {
 
     async fn receive(&mut self) -> Result<FromHost, HostError> {
         match self.channel.next().await {
-            Some(Ok(bytes)) => protocol::decode(&bytes).map_err(|e| HostError::Protocol { pid: self.pid, message: e.to_string() }),
+            Some(Ok(bytes)) => {
+                protocol::decode(&bytes).map_err(|e| HostError::Protocol { pid: self.pid, message: e.to_string() })
+            }
             Some(Err(_)) | None => Err(self.died().await),
         }
     }

@@ -146,7 +146,11 @@ struct PartDone {
 impl Pool {
     /// Starts the first host (so a broken model package fails here, loudly), then the
     /// others in the background.
-    pub async fn start(config: PoolConfig, packages: Vec<ModelPackage>, catalog: Arc<Catalog>) -> Result<Pool, PoolError> {
+    pub async fn start(
+        config: PoolConfig,
+        packages: Vec<ModelPackage>,
+        catalog: Arc<Catalog>,
+    ) -> Result<Pool, PoolError> {
         let specs: Vec<ModelSpec> = packages.iter().map(|p| p.spec.clone()).collect();
         let (first, infos, _r_version) = Host::start(&config.host, &specs).await?;
         catalog.set_models(infos.clone());
@@ -154,7 +158,8 @@ impl Pool {
             .into_iter()
             .map(|info| {
                 let manifest = packages.iter().find(|p| p.spec.name == info.name && p.spec.version == info.version);
-                let throughput = manifest.map_or_else(|| config.throughput.clone(), |p| config.throughput.for_model(&p.manifest));
+                let throughput =
+                    manifest.map_or_else(|| config.throughput.clone(), |p| config.throughput.for_model(&p.manifest));
                 Arc::new(ServedModel { info, throughput })
             })
             .collect();
@@ -323,9 +328,10 @@ impl Pool {
         };
         let predict = || Call::Predict { predict_type: lead.predict_type.clone() };
         let calls: Vec<(Input, Call)> = match (plan, &input) {
-            (Plan::Rows(k), Input::Frame(frame)) => {
-                rows::even_ranges(frame.n_rows, k).into_iter().map(|range| (Input::Frame(rows::slice(frame, range)), predict())).collect()
-            }
+            (Plan::Rows(k), Input::Frame(frame)) => rows::even_ranges(frame.n_rows, k)
+                .into_iter()
+                .map(|range| (Input::Frame(rows::slice(frame, range)), predict()))
+                .collect(),
             (Plan::Trees(k), Input::Frame(_)) => {
                 let n_trees = lead.model.info.forest.as_ref().map_or(1, |f| f.n_trees);
                 forest::tree_ranges(n_trees, k).into_iter().map(|trees| (input.clone(), Call::Trees(trees))).collect()
@@ -375,7 +381,8 @@ impl Pool {
             }
         }
         let answer = |member: Waiting, result: Result<HostOutput, ErrorBody>| {
-            let wait = member.started.map_or(Duration::ZERO, |started| started.saturating_duration_since(member.arrived));
+            let wait =
+                member.started.map_or(Duration::ZERO, |started| started.saturating_duration_since(member.arrived));
             let attempts = member.tries;
             member.reply(Ok(PoolScored { result, r_us, host_pid, attempts, wait, path: path.clone() }));
         };
@@ -629,14 +636,25 @@ mod tests {
     use super::*;
 
     fn pred(values: &[f64]) -> HostOutput {
-        HostOutput::Frame(Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: values.iter().map(|v| Some(*v)).collect() })]).unwrap())
+        HostOutput::Frame(
+            Frame::new(vec![Column::new(
+                ".pred",
+                ColumnData::F64 { values: values.iter().map(|v| Some(*v)).collect() },
+            )])
+            .unwrap(),
+        )
     }
 
     fn r_error(message: &str) -> ErrorBody {
         ErrorBody::new(ErrorCode::RError, message)
     }
 
-    fn check(plan: Plan, outputs: Vec<Result<HostOutput, ErrorBody>>, n_rows: usize, expected: Result<HostOutput, &str>) {
+    fn check(
+        plan: Plan,
+        outputs: Vec<Result<HostOutput, ErrorBody>>,
+        n_rows: usize,
+        expected: Result<HostOutput, &str>,
+    ) {
         let forest = ForestInfo { n_trees: 4, classes: None };
         match (combine(plan, outputs, Some(&forest), Some(ForestOutput::Mean), n_rows), expected) {
             (Ok(got), Ok(want)) => assert_eq!(got, want),
@@ -651,8 +669,14 @@ mod tests {
         check(Plan::Whole, vec![Err(r_error("x is negative"))], 1, Err("x is negative"));
         check(Plan::Rows(2), vec![Ok(pred(&[1.0, 2.0])), Ok(pred(&[3.0]))], 3, Ok(pred(&[1.0, 2.0, 3.0])));
         check(Plan::Rows(2), vec![Ok(pred(&[1.0])), Err(r_error("x is negative"))], 2, Err("x is negative"));
-        check(Plan::Rows(2), vec![Ok(pred(&[1.0])), Ok(HostOutput::Json("[]".into()))], 2, Err("a row part answered JSON"));
-        let part = |n_trees, mean: f64| Ok(HostOutput::ForestPart(ForestPart::Regression { n_trees, mean: vec![Some(mean)] }));
+        check(
+            Plan::Rows(2),
+            vec![Ok(pred(&[1.0])), Ok(HostOutput::Json("[]".into()))],
+            2,
+            Err("a row part answered JSON"),
+        );
+        let part =
+            |n_trees, mean: f64| Ok(HostOutput::ForestPart(ForestPart::Regression { n_trees, mean: vec![Some(mean)] }));
         check(Plan::Trees(2), vec![part(3, 2.0), part(1, 6.0)], 1, Ok(pred(&[3.0])));
         check(Plan::Trees(2), vec![part(3, 2.0), Ok(pred(&[1.0]))], 1, Err("a tree part answered a frame"));
         check(Plan::Trees(2), vec![part(3, 2.0), part(3, 2.0)], 1, Err("cover 6 trees"));

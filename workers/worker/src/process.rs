@@ -42,8 +42,7 @@ impl Worker {
     /// broken model package fails here). `catalog` learns the models and live hosts.
     pub async fn start(settings: &Settings, bus: WorkerBus, catalog: Arc<Catalog>) -> Result<Worker, WorkerError> {
         let dir = &settings.models.dir;
-        let models =
-            discover(dir).map_err(|source| WorkerError::Models { dir: dir.display().to_string(), source })?;
+        let models = discover(dir).map_err(|source| WorkerError::Models { dir: dir.display().to_string(), source })?;
         tracing::info!(models = ?models.iter().map(|m| m.spec.name.as_str()).collect::<Vec<_>>(), "model packages found");
         let config = pool_config(&settings.workers);
         let n_hosts = config.n_hosts;
@@ -76,7 +75,13 @@ impl Worker {
                 crate::run(bus.consumer(&queue), pool.clone(), consume, shutdown).await;
             }
             WorkerBus::Amqp(bus) => {
-                let names: Vec<String> = pool.models().into_iter().map(|m| m.name).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+                let names: Vec<String> = pool
+                    .models()
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 // A broker that is down at start is waited for, not fatal.
                 let mut backoff = Duration::from_millis(200);
                 let consumer = loop {
@@ -95,7 +100,8 @@ impl Worker {
                         }
                     }
                 };
-                let announcer = tokio::spawn(announce(bus.clone(), pool.clone(), id.clone(), announce_interval, shutdown.clone()));
+                let announcer =
+                    tokio::spawn(announce(bus.clone(), pool.clone(), id.clone(), announce_interval, shutdown.clone()));
                 crate::run(consumer, pool.clone(), consume, shutdown).await;
                 let _ = announcer.await;
             }

@@ -42,7 +42,9 @@ fn same_column(a: &Column, b: &Column) -> bool {
 pub fn concat(frames: &[&Frame]) -> Result<Frame, RowsError> {
     let (first, rest) = frames.split_first().ok_or(RowsError::Empty)?;
     if let Some(other) = rest.iter().find(|f| !same_columns(first, f)) {
-        let names = |f: &Frame| f.columns.iter().map(|c| format!("{}:{}", c.name, c.data.type_name())).collect::<Vec<_>>().join(", ");
+        let names = |f: &Frame| {
+            f.columns.iter().map(|c| format!("{}:{}", c.name, c.data.type_name())).collect::<Vec<_>>().join(", ")
+        };
         return Err(RowsError::Columns(format!("{} vs {}", names(first), names(other))));
     }
     let n_rows = frames.iter().map(|f| f.n_rows).sum();
@@ -158,7 +160,8 @@ mod tests {
         match (concat(&refs), expected) {
             (Ok(got), Ok(want)) => {
                 assert_eq!(got, want);
-                let back: Vec<Frame> = offsets(parts.iter().map(|p| p.n_rows)).into_iter().map(|r| slice(&got, r)).collect();
+                let back: Vec<Frame> =
+                    offsets(parts.iter().map(|p| p.n_rows)).into_iter().map(|r| slice(&got, r)).collect();
                 assert_eq!(back, parts);
             }
             (Err(got), Err(want)) => assert!(got.to_string().contains(want), "{got} does not mention {want}"),
@@ -190,7 +193,9 @@ mod tests {
     #[test]
     #[allow(clippy::single_range_in_vec_init)]
     fn even_ranges_cover_the_rows() {
-        let check = |n_rows: usize, k: usize, expected: &[Range<usize>]| assert_eq!(even_ranges(n_rows, k), expected, "{n_rows} rows in {k}");
+        let check = |n_rows: usize, k: usize, expected: &[Range<usize>]| {
+            assert_eq!(even_ranges(n_rows, k), expected, "{n_rows} rows in {k}")
+        };
         check(10, 3, &[0..4, 4..7, 7..10]);
         check(4, 2, &[0..2, 2..4]);
         check(2, 5, &[0..1, 1..2]);

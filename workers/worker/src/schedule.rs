@@ -259,7 +259,11 @@ impl<D> Scheduler<D> {
         if throughput.max_batch_wait.is_zero() || !lead.groups_with_others() || n_rows >= throughput.max_batch_rows {
             return None;
         }
-        members.iter().filter_map(|&i| self.queue[i].latest_hold()).chain([lead.arrived + throughput.max_batch_wait]).min()
+        members
+            .iter()
+            .filter_map(|&i| self.queue[i].latest_hold())
+            .chain([lead.arrived + throughput.max_batch_wait])
+            .min()
     }
 }
 
@@ -289,7 +293,13 @@ mod tests {
     }
 
     /// A request of `n_rows` rows for `model`, arrived at `arrived`.
-    fn request(id: u64, model: &Arc<ServedModel>, n_rows: usize, arrived: Instant, deadline: Option<Instant>) -> Waiting {
+    fn request(
+        id: u64,
+        model: &Arc<ServedModel>,
+        n_rows: usize,
+        arrived: Instant,
+        deadline: Option<Instant>,
+    ) -> Waiting {
         let frame = Frame::new(vec![Column::new("x", ColumnData::F64 { values: vec![Some(1.0); n_rows] })]).unwrap();
         Waiting {
             id,
@@ -318,7 +328,14 @@ mod tests {
 
     /// Queues `requests` with `idle` hosts (bottom of the stack first) and `live` hosts up,
     /// dispatches at `now`, and checks the jobs started and the requests expired.
-    fn check(idle: &[&'static str], live: usize, requests: Vec<Waiting>, now: Instant, starts: &[Seen], expired: &[u64]) -> Scheduler<&'static str> {
+    fn check(
+        idle: &[&'static str],
+        live: usize,
+        requests: Vec<Waiting>,
+        now: Instant,
+        starts: &[Seen],
+        expired: &[u64],
+    ) -> Scheduler<&'static str> {
         let mut scheduler = Scheduler::new();
         for request in requests {
             assert!(scheduler.push_back(request).is_ok());
@@ -342,9 +359,19 @@ mod tests {
         check(
             &["h1", "h2", "h3"],
             3,
-            vec![request(1, &a, 4, now, None), request(2, &b, 1, now, None), request(3, &a, 5, now, None), request(4, &a, 2, now, None), request(5, &a, 1, now, None)],
+            vec![
+                request(1, &a, 4, now, None),
+                request(2, &b, 1, now, None),
+                request(3, &a, 5, now, None),
+                request(4, &a, 2, now, None),
+                request(5, &a, 1, now, None),
+            ],
             now,
-            &[(vec![1, 3, 5], Plan::Whole, vec!["h3"]), (vec![2], Plan::Whole, vec!["h2"]), (vec![4], Plan::Whole, vec!["h1"])],
+            &[
+                (vec![1, 3, 5], Plan::Whole, vec!["h3"]),
+                (vec![2], Plan::Whole, vec!["h2"]),
+                (vec![4], Plan::Whole, vec!["h1"]),
+            ],
             &[],
         );
         // Batching off, retried (solo) requests, and one host for everything.
@@ -354,7 +381,12 @@ mod tests {
         let scheduler = check(
             &["h1"],
             2,
-            vec![request(1, &single, 1, now, None), request(3, &single, 1, now, None), retried, request(4, &a, 1, now, None)],
+            vec![
+                request(1, &single, 1, now, None),
+                request(3, &single, 1, now, None),
+                retried,
+                request(4, &a, 1, now, None),
+            ],
             now,
             &[(vec![1], Plan::Whole, vec!["h1"])],
             &[],
@@ -368,16 +400,44 @@ mod tests {
         let ms = Duration::from_millis;
         let waits = model("w", batching(10, 20, SplitPolicy::Never), None);
         // Expired requests leave unscored.
-        check(&["h1"], 1, vec![request(1, &waits, 1, now - ms(50), Some(now)), request(2, &waits, 10, now, None)], now, &[(vec![2], Plan::Whole, vec!["h1"])], &[1]);
+        check(
+            &["h1"],
+            1,
+            vec![request(1, &waits, 1, now - ms(50), Some(now)), request(2, &waits, 10, now, None)],
+            now,
+            &[(vec![2], Plan::Whole, vec!["h1"])],
+            &[1],
+        );
         // A batch that is not full waits until its leader has waited 20 ms...
-        let mut scheduler = check(&["h1"], 1, vec![request(1, &waits, 1, now, None), request(2, &waits, 1, now + ms(5), None)], now + ms(10), &[], &[]);
+        let mut scheduler = check(
+            &["h1"],
+            1,
+            vec![request(1, &waits, 1, now, None), request(2, &waits, 1, now + ms(5), None)],
+            now + ms(10),
+            &[],
+            &[],
+        );
         assert_eq!(scheduler.dispatch(now + ms(10), 1).wake_at, Some(now + ms(20)));
         assert_eq!(seen(&scheduler.dispatch(now + ms(20), 1)), [(vec![1, 2], Plan::Whole, vec!["h1"])]);
         // ...or half of a member's time to its deadline, whichever comes first.
-        let mut scheduler = check(&["h1"], 1, vec![request(1, &waits, 1, now, None), request(2, &waits, 1, now, Some(now + ms(16)))], now, &[], &[]);
+        let mut scheduler = check(
+            &["h1"],
+            1,
+            vec![request(1, &waits, 1, now, None), request(2, &waits, 1, now, Some(now + ms(16)))],
+            now,
+            &[],
+            &[],
+        );
         assert_eq!(scheduler.dispatch(now, 1).wake_at, Some(now + ms(8)));
         // A full batch starts at once.
-        check(&["h1"], 1, vec![request(1, &waits, 4, now, None), request(2, &waits, 6, now, None)], now, &[(vec![1, 2], Plan::Whole, vec!["h1"])], &[]);
+        check(
+            &["h1"],
+            1,
+            vec![request(1, &waits, 4, now, None), request(2, &waits, 6, now, None)],
+            now,
+            &[(vec![1, 2], Plan::Whole, vec!["h1"])],
+            &[],
+        );
     }
 
     #[test]
@@ -387,7 +447,14 @@ mod tests {
         let always = model("always", batching(10, 0, SplitPolicy::Always), Some(100));
         let whole = model("whole", batching(10, 0, SplitPolicy::Never), None);
         // auto: idle hosts and nothing else waiting: split by trees on every idle host.
-        check(&["h1", "h2", "h3"], 4, vec![request(1, &auto, 1, now, None)], now, &[(vec![1], Plan::Trees(3), vec!["h3", "h2", "h1"])], &[]);
+        check(
+            &["h1", "h2", "h3"],
+            4,
+            vec![request(1, &auto, 1, now, None)],
+            now,
+            &[(vec![1], Plan::Trees(3), vec!["h3", "h2", "h1"])],
+            &[],
+        );
         // auto: others waiting, so whole (the second request then finds only one host idle).
         check(
             &["h1", "h2"],
@@ -399,7 +466,8 @@ mod tests {
         );
         // always: waits for every live host, holding the idle ones (the request behind it
         // does not take them)...
-        let mut scheduler = check(&["h1"], 2, vec![request(1, &always, 2, now, None), request(2, &whole, 1, now, None)], now, &[], &[]);
+        let mut scheduler =
+            check(&["h1"], 2, vec![request(1, &always, 2, now, None), request(2, &whole, 1, now, None)], now, &[], &[]);
         assert!(scheduler.park("h2").is_ok());
         assert_eq!(seen(&scheduler.dispatch(now, 2)), [(vec![1], Plan::Trees(2), vec!["h2", "h1"])]);
         // ...and a retried request goes whole whatever the policy.
@@ -412,7 +480,8 @@ mod tests {
     fn removed_and_closed() {
         let now = Instant::now();
         let a = model("a", batching(10, 0, SplitPolicy::Never), None);
-        let mut scheduler = check(&[], 1, vec![request(1, &a, 1, now, None), request(2, &a, 1, now, None)], now, &[], &[]);
+        let mut scheduler =
+            check(&[], 1, vec![request(1, &a, 1, now, None), request(2, &a, 1, now, None)], now, &[], &[]);
         assert_eq!(scheduler.remove(1).map(|w| w.id), Some(1));
         assert!(scheduler.remove(1).is_none());
         assert!(scheduler.park("h1").is_ok());

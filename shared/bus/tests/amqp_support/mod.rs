@@ -8,8 +8,7 @@ use std::time::Duration;
 use bus::{AmqpBus, AmqpConfig, Requester};
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -17,16 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 /// The broker the tests use: the local one unless `RFLEET_TEST_AMQP_URL` says otherwise.
 pub fn url() -> String {
-    std::env::var("RFLEET_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("RFLEET_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// A configuration whose every name is unique to this test run.
 pub fn config(name: &str) -> AmqpConfig {
-    let prefix = format!(
-        "rfleet.test.{name}.{}.",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let prefix = format!("rfleet.test.{name}.{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     AmqpConfig {
         url: url(),
         ca_file: None,
@@ -82,49 +77,27 @@ impl TestBroker {
     }
 
     pub async fn with_queue_type(name: &str, queue_type: settings::QueueType) -> TestBroker {
-        Self::start(AmqpConfig {
-            queue_type,
-            ..config(name)
-        })
-        .await
+        Self::start(AmqpConfig { queue_type, ..config(name) }).await
     }
 
     pub async fn start(config: AmqpConfig) -> TestBroker {
         let shutdown = CancellationToken::new();
         let bus = AmqpBus::start(config.clone(), shutdown.clone());
-        assert!(
-            bus.wait_connected(Duration::from_secs(10)).await,
-            "no broker at {}",
-            config.url
-        );
-        let raw = Connection::connect(&config.url, ConnectionProperties::default())
-            .await
-            .expect("raw connection");
-        TestBroker {
-            config,
-            bus,
-            shutdown,
-            raw,
-            queues: Mutex::default(),
-        }
+        assert!(bus.wait_connected(Duration::from_secs(10)).await, "no broker at {}", config.url);
+        let raw = Connection::connect(&config.url, ConnectionProperties::default()).await.expect("raw connection");
+        TestBroker { config, bus, shutdown, raw, queues: Mutex::default() }
     }
 
     pub async fn transport(&self, model: &str) -> Amqp {
         self.queues.lock().unwrap().push(self.bus.queue_for(model));
-        Amqp {
-            bus: self.bus.clone(),
-            model: model.into(),
-        }
+        Amqp { bus: self.bus.clone(), model: model.into() }
     }
 
     /// Takes one message from the dead-letter queue, if any.
     pub async fn get_dead_letter(&self) -> Option<DeadLetter> {
         let channel = self.raw.create_channel().await.unwrap();
         let options = BasicGetOptions { no_ack: true };
-        let message = channel
-            .basic_get(self.config.dead_letter_queue.as_str().into(), options)
-            .await
-            .unwrap()?;
+        let message = channel.basic_get(self.config.dead_letter_queue.as_str().into(), options).await.unwrap()?;
         let properties = &message.delivery.properties;
         Some(DeadLetter {
             body: message.delivery.data.clone(),
@@ -143,68 +116,32 @@ impl TestBroker {
     ) -> (Option<String>, Vec<u8>) {
         let channel = self.raw.create_channel().await.unwrap();
         // Direct reply-to requires consuming the pseudo-queue (no-ack) before publishing.
-        let no_ack = BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        };
+        let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
         let mut replies = channel
-            .basic_consume(
-                "amq.rabbitmq.reply-to".into(),
-                "".into(),
-                no_ack,
-                FieldTable::default(),
-            )
+            .basic_consume("amq.rabbitmq.reply-to".into(), "".into(), no_ack, FieldTable::default())
             .await
             .unwrap();
         let properties = BasicProperties::default()
             .with_correlation_id(correlation_id.into())
             .with_reply_to("amq.rabbitmq.reply-to".into())
             .with_content_type("application/msgpack".into());
-        channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
-            .await
-            .expect("a reply")
-            .unwrap()
-            .unwrap();
-        (
-            reply
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|s| s.to_string()),
-            reply.data,
-        )
+        channel.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, properties).await.unwrap();
+        let reply =
+            tokio::time::timeout(Duration::from_secs(5), replies.next()).await.expect("a reply").unwrap().unwrap();
+        (reply.properties.correlation_id().as_ref().map(|s| s.to_string()), reply.data)
     }
 
     /// Deletes what this test declared, then stops its bus.
     pub async fn cleanup(self) {
         // A connection of its own: the raw one may have died with a broker restart.
-        let connection = Connection::connect(&self.config.url, ConnectionProperties::default())
-            .await
-            .unwrap();
+        let connection = Connection::connect(&self.config.url, ConnectionProperties::default()).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let queues = self.queues.lock().unwrap().clone();
         for queue in queues.iter().chain([&self.config.dead_letter_queue]) {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
-        for exchange in [
-            &self.config.dead_letter_exchange,
-            &self.config.catalog_exchange,
-        ] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+        for exchange in [&self.config.dead_letter_exchange, &self.config.catalog_exchange] {
+            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
         }
         self.shutdown.cancel();
         let _ = connection.close(200, "done".into()).await;
