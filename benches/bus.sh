@@ -61,34 +61,8 @@ fi
 # (found by name on the broker when rabbitmqctl can list them, else the ones it must
 # have made), its dead-letter and catalog exchanges. Nothing without the prefix.
 broker_used=0
-broker_cleanup() {
-    ((broker_used)) || return 0
-    command -v python3 >/dev/null || { say "python3 missing: delete the broker's $NAMESPACE.* queues by hand"; return 0; }
-    local queues=("$NAMESPACE.model.rf500" "$NAMESPACE.dead") exchanges=("$NAMESPACE.dead" "$NAMESPACE.catalog")
-    if command -v rabbitmqctl >/dev/null; then
-        mapfile -t -O "${#queues[@]}" queues < <(timeout 30 rabbitmqctl -q list_queues name 2>/dev/null | grep -F "$NAMESPACE." || true)
-        mapfile -t -O "${#exchanges[@]}" exchanges < <(timeout 30 rabbitmqctl -q list_exchanges name 2>/dev/null | grep -F "$NAMESPACE." || true)
-    fi
-    BROKER_URL="$BROKER_URL" NAMESPACE="$NAMESPACE" timeout 30 python3 - "${queues[@]}" -- "${exchanges[@]}" 2>/dev/null <<'EOF' || say "could not delete the broker's $NAMESPACE.* objects"
-import os, sys
-import pika
-names = sys.argv[1:]
-split = names.index("--")
-prefix = os.environ["NAMESPACE"] + "."
-connection = pika.BlockingConnection(pika.URLParameters(os.environ["BROKER_URL"]))
-for kind, delete, group in (("queue", "queue_delete", names[:split]), ("exchange", "exchange_delete", names[split + 1:])):
-    for name in sorted(set(group)):
-        if not name.startswith(prefix):
-            continue
-        # A channel per object: deleting a missing exchange closes the channel.
-        channel = connection.channel()
-        try:
-            getattr(channel, delete)(name)
-        except Exception:
-            pass
-connection.close()
-EOF
-}
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 SERVER_PID=""
 LOAD_PID=""
@@ -100,14 +74,9 @@ cleanup() {
     if [[ -n "$LOAD_PID" ]]; then
         kill -TERM "$LOAD_PID" 2>/dev/null || true
     fi
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        say "stopping the server (pid $SERVER_PID) after a failure"
-        kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$SERVER_PID" 2>/dev/null || kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
     if [[ -n "$SERVER_PID" ]]; then
-        pkill -KILL -g "$SERVER_PID" 2>/dev/null || true
+        kill -0 "$SERVER_PID" 2>/dev/null && say "stopping the server (pid $SERVER_PID) after a failure"
+        kill_group "$SERVER_PID"
     fi
     broker_cleanup
     exit "$status"

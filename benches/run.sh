@@ -31,19 +31,16 @@ LOAD="$ROOT/target/release/rfleet-load"
 say() { printf 'run.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 SERVER_PID=""
 # Whatever happens, no server (and no R host of its) outlives this script. The server
 # runs in its own process group (setsid), so the group kill reaches its children too.
 cleanup() {
     local status=$?
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        say "stopping the server (pid $SERVER_PID) after a failure"
-        kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$SERVER_PID" 2>/dev/null || kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
     if [[ -n "$SERVER_PID" ]]; then
-        pkill -KILL -g "$SERVER_PID" 2>/dev/null || true
+        kill -0 "$SERVER_PID" 2>/dev/null && say "stopping the server (pid $SERVER_PID) after a failure"
+        kill_group "$SERVER_PID"
     fi
     exit "$status"
 }
