@@ -167,11 +167,8 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
         }
         None => None,
     };
-    let models = pool.models();
-    let Some(model) = models.iter().find(|m| {
-        m.name == request.model && request.model_version.as_ref().is_none_or(|v| m.version.as_ref() == Some(v))
-    }) else {
-        let served: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    let Some(model) = pool.model(&request.model, request.model_version.as_deref()) else {
+        let served: Vec<String> = pool.models().into_iter().map(|m| m.name).collect();
         let wanted = match &request.model_version {
             Some(version) => format!("'{}' version '{version}'", request.model),
             None => format!("'{}'", request.model),

@@ -188,6 +188,16 @@ impl Pool {
         self.inner.models.iter().map(|m| m.info.clone()).collect()
     }
 
+    /// The model called `name` (at `version` when one is asked for), without copying the
+    /// catalog: this runs for every request.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Option<&ModelInfo> {
+        self.inner
+            .models
+            .iter()
+            .map(|m| &m.info)
+            .find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
+    }
+
     /// Hosts alive now (idle or busy).
     pub fn live_hosts(&self) -> usize {
         self.inner.live.load(Ordering::Relaxed)
