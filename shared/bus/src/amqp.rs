@@ -48,8 +48,9 @@
 //!   sent to the reply queue meanwhile is lost with it), and fails new operations fast
 //!   until the connection and its channels are back;
 //! - re-declares request queues lazily after each reconnect;
-//! - if lapin gives up (its retries are exhausted, or a channel's replay fails), drops the
-//!   connection and opens a new one, and every [`AmqpConsumer`] and catalog listener
+//! - if lapin gives up (its retries are exhausted, or a channel's replay fails) or stalls
+//!   (the broker accepts TCP connections again for 3 s and lapin has not reconnected, which
+//!   lapin 4.12 does now and then after a reset), drops the connection and opens a new one, and every [`AmqpConsumer`] and catalog listener
 //!   re-subscribes on it by itself (its own re-subscription, keyed by a connection
 //!   generation).
 //!
@@ -96,6 +97,11 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest lapin may spend re-establishing a lost connection before this transport drops it
 /// and opens a new one itself.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(45);
+/// Longest the broker may accept connections again while lapin has not reconnected to it
+/// before this transport opens a new connection itself. lapin waits at most 1 s between
+/// attempts, so a recovery that has not happened by then is stuck (it is, now and then,
+/// after a reset that arrives before the broker's `connection.close`).
+const STALLED_RECOVERY: Duration = Duration::from_secs(3);
 
 /// How to reach the broker and name things on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -605,6 +611,7 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut down_since: Option<Instant> = None;
     let mut reconnected_at: Option<Instant> = None;
+    let mut reachable_since: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -639,6 +646,7 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
                         tracing::info!(generation = session.generation, "broker connection recovered");
                         down_since = None;
                         reconnected_at = None;
+                        reachable_since = None;
                         inner.session.send_replace(Some(session.clone()));
                     }
                     (Some(since), false) => {
@@ -650,12 +658,34 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
                             tracing::warn!("lapin did not recover the broker channels; reconnecting from scratch");
                             return;
                         }
+                        // The broker is back but lapin is not reconnecting to it.
+                        if reconnected_at.is_none() && since.elapsed() > Duration::from_secs(1) {
+                            if broker_accepts_connections(&inner.config.url).await {
+                                let since = *reachable_since.get_or_insert_with(Instant::now);
+                                if since.elapsed() > STALLED_RECOVERY {
+                                    tracing::warn!(
+                                        ?status,
+                                        "lapin is not reconnecting to a reachable broker; reconnecting from scratch"
+                                    );
+                                    return;
+                                }
+                            } else {
+                                reachable_since = None;
+                            }
+                        }
                     }
                     (None, true) => {}
                 }
             }
         }
     }
+}
+
+/// Whether the broker in `url` accepts TCP connections (within a short bound).
+async fn broker_accepts_connections(url: &str) -> bool {
+    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else { return false };
+    let address = (uri.authority.host.as_str(), uri.authority.port);
+    matches!(tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }
 
 /// Removes the pending entry when the caller stops waiting (deadline, error or
