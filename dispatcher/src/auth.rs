@@ -12,8 +12,9 @@
 //!   the issuer's JWKS, which is fetched once and again whenever a token names a key id
 //!   that is not in it (the issuer rotated its signing keys).
 //!
-//! Whatever is wrong, the answer is the same 401 with the same message: a caller never
-//! learns which part of a credential failed. Operators see the reason at debug level.
+//! Whatever is wrong, the answer is the same 401 with the same message
+//! ([`ApiError::Unauthenticated`]): a caller never learns which part of a credential
+//! failed. Operators see the reason ([`Refusal`]) at debug level.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -30,14 +31,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use settings::auth::AuthSettings;
 
-use crate::error::error_body;
+use crate::error::ApiError;
 use crate::openapi::{DOCS_PATH, OPENAPI_PATH};
 
 /// Routes open even with auth on: load balancers and Kubernetes probe without credentials.
 pub const OPEN_PATHS: &[&str] = &["/", "/live", "/ready", "/ping", "/v2/health/live", "/v2/health/ready"];
-
-/// The one message of every 401, whatever was wrong.
-pub const REFUSED_MESSAGE: &str = "authentication required";
 
 /// `iss` and `aud` of the tokens `POST /token` issues; an OIDC token never carries them,
 /// so neither kind of token passes for the other.
@@ -355,19 +353,9 @@ pub enum Refusal {
     Invalid(String),
 }
 
-impl IntoResponse for Refusal {
-    /// 401 in the usual JSON error shape, with the RFC 6750 challenge. A key is a bearer
-    /// credential too, so `error="invalid_token"` says only that one was sent.
-    // The status is set here rather than in `error.rs` because this answer also carries
-    // the challenge, which no other error has.
-    fn into_response(self) -> Response {
-        let challenge = match self {
-            Refusal::Missing => r#"Bearer realm="rfleet""#,
-            Refusal::Invalid(_) => r#"Bearer realm="rfleet", error="invalid_token""#,
-        };
-        let mut response = (StatusCode::UNAUTHORIZED, Json(error_body(REFUSED_MESSAGE, None))).into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        response
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        ApiError::Unauthenticated { credential_sent: matches!(refusal, Refusal::Invalid(_)) }
     }
 }
 
@@ -399,7 +387,7 @@ pub async fn token(State(auth): State<Auth>, caller: Option<Extension<Caller>>) 
     match issued {
         // RFC 6749 §5.1: a token response must not be cached.
         Some(token) => ([(header::CACHE_CONTROL, "no-store")], Json(token)).into_response(),
-        None => Refusal::Invalid("only a key is exchanged for a token".into()).into_response(),
+        None => ApiError::from(Refusal::Invalid("only a key is exchanged for a token".into())).into_response(),
     }
 }
 
@@ -545,6 +533,7 @@ impl Oidc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     const PRIMARY: &str = "primary-key-0123456789";
     const SECONDARY: &str = "secondary-key-0123456789";

@@ -3,8 +3,9 @@
 //! Errors that have a stable protocol [`ErrorCode`] (whether a worker replied with it or the
 //! dispatcher found the problem first, e.g. a malformed body) are [`ApiError::Coded`], so a
 //! problem answers with the same status wherever it was detected. The few failures that
-//! only exist at the HTTP layer (size limit, routing, probes) have variants of their own.
-//! Every error response is JSON: `{"message": "..."}`, plus `"code"` when there is one.
+//! only exist at the HTTP layer (size limit, routing, probes, authentication) have variants
+//! of their own. Every error response is JSON: `{"message": "..."}`, plus `"code"` when there
+//! is one.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,9 @@ use protocol::{ErrorBody, ErrorCode};
 
 /// How many seconds a client told to back off (`Retry-After`) should wait.
 pub const RETRY_AFTER_SECONDS: &str = "1";
+
+/// The one message of every 401, whatever was wrong.
+pub const UNAUTHENTICATED_MESSAGE: &str = "authentication required";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -30,6 +34,11 @@ pub enum ApiError {
     /// The readiness probe failed; the message says what is missing.
     #[error("not ready: {0}")]
     NotReady(String),
+    /// No valid credential. The answer is the same whatever was wrong, so a caller never
+    /// learns which part of a credential failed (`auth` logs why); only whether one was
+    /// sent shows, in the challenge, as RFC 6750 asks.
+    #[error("{UNAUTHENTICATED_MESSAGE}")]
+    Unauthenticated { credential_sent: bool },
 }
 
 impl ApiError {
@@ -72,6 +81,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -113,6 +123,16 @@ impl IntoResponse for ApiError {
         if code == Some(ErrorCode::Overloaded) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
+        // The bearer challenge (RFC 6750); `invalid_token` says only that a credential was
+        // sent (a key is a bearer credential too), never what was wrong with it.
+        if let ApiError::Unauthenticated { credential_sent } = self {
+            let challenge = if credential_sent {
+                r#"Bearer realm="rfleet", error="invalid_token""#
+            } else {
+                r#"Bearer realm="rfleet""#
+            };
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         response
     }
 }
@@ -134,5 +154,21 @@ mod tests {
         check(BusError::Unavailable("down".into()), 503, "the message bus is unavailable: down", false);
         check(BusError::DeadlineExceeded, 504, "no reply within 250 ms", false);
         check(BusError::DuplicateId("x".into()), 500, "correlation id 'x' is already in flight", false);
+    }
+
+    /// Every 401 has the same body; the challenge says only whether a credential was sent.
+    #[tokio::test]
+    async fn unauthenticated_is_401_with_a_challenge() {
+        for (credential_sent, challenge) in
+            [(false, r#"Bearer realm="rfleet""#), (true, r#"Bearer realm="rfleet", error="invalid_token""#)]
+        {
+            let response = ApiError::Unauthenticated { credential_sent }.into_response();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], challenge);
+            assert!(!response.headers().contains_key(header::RETRY_AFTER));
+            let body = axum::body::to_bytes(response.into_body(), 1 << 10).await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body, serde_json::json!({"message": "authentication required"}));
+        }
     }
 }
