@@ -439,7 +439,9 @@ pub fn rows_from_inputs(inputs: &[InputTensor], schema: Option<&Schema>) -> Resu
                 usize::try_from(*d).map_err(|_| format!("input '{name}': shape {:?} has a negative size", input.shape))
             })
             .collect::<Result<_, _>>()?;
-        let n_values: usize = dims.iter().product();
+        // Checked: a shape is the caller's to choose, and its product can overflow.
+        let n_values = dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+        let n_values = n_values.ok_or_else(|| format!("input '{name}': shape {:?} is too large", input.shape))?;
         if dims.is_empty() || n_values != values.len() {
             return Err(format!(
                 "input '{name}': shape {:?} holds {n_values} values but data has {}",
@@ -452,12 +454,15 @@ pub fn rows_from_inputs(inputs: &[InputTensor], schema: Option<&Schema>) -> Resu
             [n_rows, width] => {
                 // One [n, k] tensor: the schema's k columns, in order.
                 let schema_columns = schema.map(|s| s.columns.as_slice()).unwrap_or_default();
-                if inputs.len() != 1 || schema_columns.len() != *width {
+                if inputs.len() != 1 || schema_columns.is_empty() || schema_columns.len() != *width {
+                    // Only a model with a schema has columns in an order.
+                    let or_matrix = match schema_columns.len() {
+                        0 => String::new(),
+                        k => format!(", or one [n, {k}] input holding the model's columns in order"),
+                    };
                     return Err(format!(
-                        "input '{name}': shape {:?} is a matrix; send one input per column (shape [n] or [n, 1]), or \
-                         one [n, {}] input holding the model's columns in order",
-                        input.shape,
-                        schema_columns.len()
+                        "input '{name}': shape {:?} is a matrix; send one input per column (shape [n] or [n, 1]){or_matrix}",
+                        input.shape
                     ));
                 }
                 for (c, spec) in schema_columns.iter().enumerate() {
@@ -619,6 +624,17 @@ mod tests {
                    {"name": "y", "datatype": "FP64", "shape": [2], "data": [1.0, 2.0]}]),
             None,
             Err("input 'y' has 2 rows but input 'x' has 1; every input is one column of the same rows"),
+        );
+        // Found by schemathesis: a shape whose product overflows, a matrix of no columns.
+        check_rows(
+            json!([{"name": "x", "datatype": "INT64", "shape": [3544, 1251432, 9223372036854775806u64], "data": []}]),
+            None,
+            Err("input 'x': shape [3544, 1251432, 9223372036854775806] is too large"),
+        );
+        check_rows(
+            json!([{"name": "x", "datatype": "FP64", "shape": [2, 0], "data": []}]),
+            None,
+            Err("input 'x': shape [2, 0] is a matrix; send one input per column (shape [n] or [n, 1])"),
         );
         check_rows(
             json!([{"name": "x", "datatype": "FP64", "shape": [1], "parameters": {"binary_data_size": 8}}]),

@@ -16,7 +16,7 @@ use bus::{ContentType, Outgoing};
 use futures::StreamExt;
 use protocol::json::{frame_from_slice, predictions_to_json, JsonError};
 use protocol::message::SplitPolicy;
-use protocol::{ErrorCode, Input, ModelInfo, ModelKind, Options, Outcome, Reply, Request, Timings};
+use protocol::{ColumnData, ErrorCode, Frame, Input, ModelInfo, ModelKind, Options, Outcome, Reply, Request, Timings};
 use serde::Deserialize;
 use tracing::Span;
 
@@ -27,6 +27,9 @@ use crate::AppState;
 
 /// Overrides `server.request_timeout_ms` for one request.
 pub const X_RFLEET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-rfleet-timeout-ms");
+/// The longest deadline a request may ask for: a day. A real-time request waiting longer
+/// is a mistake, and a bound keeps deadline arithmetic far from overflowing.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 /// Passed through to the worker so traces cross the bus (W3C trace context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -96,6 +99,18 @@ pub(crate) async fn score(
     Span::current().record("model", name.as_str());
     let shared = &state.shared;
     let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    // `?type=` would reach R as "" and fail there with a message about R's arguments.
+    match query.predict_type.as_deref() {
+        Some("") => {
+            return Err(ApiError::bad_request(
+                "`type` is empty: leave it out for the model's default, or name a type its predict accepts (e.g. prob)",
+            ))
+        }
+        Some(predict_type) if predict_type.contains('\0') => {
+            return Err(ApiError::bad_request(format!("`type` holds a NUL character, {NUL_IN_R}")))
+        }
+        _ => {}
+    }
 
     // The caller's clock starts now: time spent reading the body counts against it.
     let timeout_ms = timeout_ms(&headers, shared.server.request_timeout_ms)?;
@@ -174,9 +189,11 @@ impl AppState {
 /// The request's timeout: the `x-rfleet-timeout-ms` header, else the configured default.
 fn timeout_ms(headers: &HeaderMap, default_ms: u64) -> Result<u64, ApiError> {
     let Some(value) = headers.get(&X_RFLEET_TIMEOUT_MS) else { return Ok(default_ms) };
-    value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|ms| *ms > 0).ok_or_else(|| {
+    let valid = 1..=MAX_TIMEOUT_MS;
+    value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|ms| valid.contains(ms)).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "invalid {X_RFLEET_TIMEOUT_MS} header '{}': expected a positive whole number of milliseconds",
+            "invalid {X_RFLEET_TIMEOUT_MS} header '{}': expected a whole number of milliseconds from 1 to \
+             {MAX_TIMEOUT_MS}",
             String::from_utf8_lossy(value.as_bytes())
         ))
     })
@@ -249,10 +266,37 @@ fn encode_request(mut request: Request, info: &ModelInfo, body: &[u8], max_rows:
                 }
                 None => frame,
             };
+            refuse_nul(&frame)?;
             Input::Frame(frame)
         }
     };
     protocol::encode(&request).map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))
+}
+
+/// Why a string with a NUL character is refused: R's strings cannot hold one.
+const NUL_IN_R: &str = "which R strings cannot hold";
+
+/// Refuses a frame with a NUL character in a string R would get (a column name, a
+/// character value): R cannot make such a string, and trying ends the R host, so one
+/// request would cost two hosts (found by schemathesis). Factor levels are the model's.
+fn refuse_nul(frame: &Frame) -> Result<(), ApiError> {
+    for column in &frame.columns {
+        let name = &column.name;
+        if name.contains('\0') {
+            return Err(ApiError::invalid_input(format!(
+                "column {name:?}: its name holds a NUL character, {NUL_IN_R}"
+            )));
+        }
+        if let ColumnData::Str { values } = &column.data {
+            if let Some(row) = values.iter().position(|v| v.as_deref().is_some_and(|s| s.contains('\0'))) {
+                return Err(ApiError::invalid_input(format!(
+                    "column '{name}': a NUL character in row {}, {NUL_IN_R}",
+                    row + 1
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The body as a string, if it is well-formed JSON.

@@ -542,28 +542,26 @@ async fn scoring() {
         // Deadlines.
         case("POST", "/models/hang/score", r#"[{"a":1}]"#, 504, &error("deadline_exceeded", "no reply within 200 ms"))
             .with("x-rfleet-timeout-ms", "200"),
-        case(
-            "POST",
-            "/models/echo/score",
-            r#"[{"a":1}]"#,
-            400,
-            &error(
-                "bad_request",
-                "invalid x-rfleet-timeout-ms header 'soon': expected a positive whole number of milliseconds",
-            ),
-        )
-        .with("x-rfleet-timeout-ms", "soon"),
-        case(
-            "POST",
-            "/models/echo/score",
-            r#"[{"a":1}]"#,
-            400,
-            &error(
-                "bad_request",
-                "invalid x-rfleet-timeout-ms header '0': expected a positive whole number of milliseconds",
-            ),
-        )
-        .with("x-rfleet-timeout-ms", "0"),
+    ];
+    for bad in ["soon", "0", "86400001"] {
+        cases.push(
+            case(
+                "POST",
+                "/models/echo/score",
+                r#"[{"a":1}]"#,
+                400,
+                &error(
+                    "bad_request",
+                    &format!(
+                        "invalid x-rfleet-timeout-ms header '{bad}': expected a whole number of milliseconds from 1 \
+                         to 86400000"
+                    ),
+                ),
+            )
+            .with("x-rfleet-timeout-ms", bad),
+        );
+    }
+    cases.extend([
         // Replies that are bugs somewhere: 500 with a message saying what broke.
         case(
             "POST",
@@ -590,8 +588,40 @@ async fn scoring() {
                 "the worker's reply holds an invalid frame: column 'p': factor code 5 in row ...",
             ),
         ),
-        case("POST", "/models/echo/score?type=", r#"[{"a":1}]"#, 200, "[1]"),
-    ];
+        // `?type=` would reach R as "" (found by schemathesis).
+        case(
+            "POST",
+            "/models/echo/score?type=",
+            r#"[{"a":1}]"#,
+            400,
+            &error(
+                "bad_request",
+                "`type` is empty: leave it out for the model's default, or name a type its predict accepts (e.g. prob)",
+            ),
+        ),
+        // R strings cannot hold NUL: one reaching R ended the host (found by schemathesis).
+        case(
+            "POST",
+            "/models/echo/score?type=a%00b",
+            r#"[{"a":1}]"#,
+            400,
+            &error("bad_request", "`type` holds a NUL character, which R strings cannot hold"),
+        ),
+        case(
+            "POST",
+            "/models/echo/score",
+            r#"[{"s":"ok"},{"s":"a\u0000b"}]"#,
+            422,
+            &error("invalid_input", "column 's': a NUL character in row 2, which R strings cannot hold"),
+        ),
+        case(
+            "POST",
+            "/models/echo/score",
+            r#"[{"a\u0000":1}]"#,
+            422,
+            &error("invalid_input", r#"column "a\0": its name holds a NUL character, which R strings cannot hold"#),
+        ),
+    ]);
     // Every error code a worker can answer with, and its status.
     for (code, status) in [
         ("bad_request", 400),
