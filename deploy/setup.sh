@@ -12,8 +12,9 @@ R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-json
             r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
 TEST_PACKAGES=(curl rabbitmq-server python3-pip chromium openssl)
 # The example publisher and the broker tests use pika and msgpack; the convention tests
-# drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client.
-PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client)
+# drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client,
+# and check it against its OpenAPI document with schemathesis (4.x: its config file format).
+PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5")
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -386,6 +386,20 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Answer {
     Answer { status, headers, text: response.text().await.unwrap() }
 }
 
+/// Runs one of the Python clients in `tests/clients/` and returns its JSON output.
+pub fn run_client(script: &str, args: &[&str]) -> Value {
+    let path = repo_root().join("tests/clients").join(script);
+    let output = Command::new("python3").arg(&path).args(args).output().expect("run python3");
+    assert!(
+        output.status.success(),
+        "{script} failed ({}); deploy/setup.sh test installs what it needs:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
 /// Sends SIGTERM to `server` once `started` has reached `after` requests, checks that it
 /// exits 0, and returns how many requests the `clients` got answered in all. Each client
 /// counts what it started in `started` and stops at its first refused connection.

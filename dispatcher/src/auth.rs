@@ -148,10 +148,15 @@ struct TokenClaims {
 }
 
 /// What `POST /token` answers (the OAuth 2.0 token response's fields).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
+    /// The token, to send as `Authorization: Bearer <token>`.
     pub access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until the token expires (`auth.token_ttl_s`).
+    #[schema(example = 3600)]
     pub expires_in: u64,
 }
 
@@ -372,13 +377,19 @@ pub async fn require(State(auth): State<Auth>, mut request: Request, next: Next)
         }
         Err(refusal) => {
             tracing::debug!(reason = ?refusal, "request refused");
-            refusal.into_response()
+            ApiError::from(refusal).into_response()
         }
     }
 }
 
 /// `POST /token`: a short-lived token for a caller who presented a key. A token cannot be
 /// exchanged for another, or a leaked token would never expire.
+#[utoipa::path(post, path = "/token", tag = "authentication",
+    summary = "A short-lived token for a key",
+    description = "Send a key (the primary or the secondary) as the bearer credential and no body; use the token \
+                   in its place until it expires. Only a key is exchanged: a token or an OIDC access token gets 401.",
+    responses((status = 200, body = TokenResponse,
+        headers(("Cache-Control" = String, description = "`no-store`: a token response is never cached")))))]
 pub async fn token(State(auth): State<Auth>, caller: Option<Extension<Caller>>) -> Response {
     let issued = match caller {
         Some(Extension(Caller::Key(slot))) => auth.issue_token(slot),

@@ -147,6 +147,8 @@ pub struct InferRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
+    /// One tensor per input column.
+    #[schema(min_items = 1)]
     pub inputs: Vec<InputTensor>,
     /// Which outputs to return; all when absent.
     #[serde(default)]
@@ -157,16 +159,32 @@ pub struct InferRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InputTensor {
     pub name: String,
+    /// `[n]` or `[n, 1]` for one column of n rows; `[n, k]` for the schema's k columns.
+    #[schema(min_items = 1)]
     pub shape: Vec<i64>,
     /// `FP64`, `FP32`, `INT8`..`INT64`, `UINT8`..`UINT64`, `BOOL` or `BYTES` (strings).
+    #[schema(schema_with = datatype_schema)]
     pub datatype: String,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
-    /// The values, row-major, flat or nested.
+    /// The values, row-major, flat or nested. Required: only the JSON encoding is spoken.
+    // Optional here so that its absence gets this module's message rather than serde's.
     #[serde(default)]
-    #[schema(value_type = Value)]
+    #[schema(value_type = Value, required = true)]
     pub data: Option<Value>,
+}
+
+/// The input datatypes [`check_datatype`] accepts.
+pub const INPUT_DATATYPES: &[&str] = &[
+    "BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64", "BYTES",
+];
+
+fn datatype_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(INPUT_DATATYPES.iter().copied()))
+        .build()
 }
 
 /// An output the caller wants back.
@@ -209,13 +227,15 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata { name: "rfleet", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() })
 }
 
-#[utoipa::path(get, path = "/v2/health/live", tag = "open inference protocol", summary = "Server liveness",
+#[utoipa::path(get, path = "/v2/health/live", operation_id = "v2_live", tag = "open inference protocol",
+    summary = "Server liveness",
     responses((status = 200, body = Liveness)))]
 pub async fn live() -> Json<Liveness> {
     Json(Liveness { live: true })
 }
 
-#[utoipa::path(get, path = "/v2/health/ready", tag = "open inference protocol", summary = "Server readiness",
+#[utoipa::path(get, path = "/v2/health/ready", operation_id = "v2_ready", tag = "open inference protocol",
+    summary = "Server readiness",
     description = "Ready when models are loaded, an R host is up and the bus takes requests.",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -330,11 +350,7 @@ fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open inference protocol", summary = "Score with a model",
     params(("name" = String, Path, description = "the model's name")),
     request_body = InferRequest,
-    responses(
-        (status = 200, body = InferResponse),
-        (status = "4XX", description = "bad tensors, bad input, unknown model", body = OipErrorBody),
-        (status = "5XX", description = "R hosts down, deadline passed", body = OipErrorBody),
-    ))]
+    responses((status = 200, body = InferResponse)))]
 pub async fn infer(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
@@ -350,11 +366,7 @@ pub async fn infer(
     summary = "Score with one version of a model",
     params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
     request_body = InferRequest,
-    responses(
-        (status = 200, body = InferResponse),
-        (status = "4XX", description = "bad tensors, bad input, unknown model", body = OipErrorBody),
-        (status = "5XX", description = "R hosts down, deadline passed", body = OipErrorBody),
-    ))]
+    responses((status = 200, body = InferResponse)))]
 pub async fn infer_version(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
@@ -641,6 +653,15 @@ mod tests {
             None,
             Err("input 'x': binary data and shared memory are not supported; send the values as JSON data"),
         );
+    }
+
+    /// The documented datatypes are those accepted.
+    #[test]
+    fn documented_datatypes_are_accepted() {
+        for datatype in INPUT_DATATYPES {
+            assert_eq!(check_datatype("x", datatype, 0, &Value::Null), Ok(()), "{datatype}");
+        }
+        assert!(check_datatype("x", "FP8", 0, &Value::Null).is_err());
     }
 
     #[test]

@@ -8,20 +8,30 @@
 //! a row as it stands. The catalog can change (workers announce models over a broker), so
 //! nothing of it is cached.
 //!
+//! What every scoring operation shares (the deadline header, `type` and `split`, the error
+//! statuses) is added to each from one table ([`SCORING_OPERATIONS`], [`SCORING_ERRORS`]),
+//! and with auth on [`secure`] adds the bearer scheme, `POST /token` and the requirement on
+//! every operation that needs a credential, so the document never promises what the
+//! server refuses.
+//!
 //! Swagger UI's assets are compiled into the binary (`utoipa-swagger-ui`'s `vendored`
 //! feature): `/docs` works on a machine without internet access.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
-use protocol::{ColumnSpec, ColumnType, ModelInfo};
+use protocol::message::SplitPolicy;
+use protocol::{ColumnSpec, ColumnType, ModelInfo, ModelKind};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
+use utoipa::{OpenApi, PartialSchema, ToSchema};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use crate::auth::{self, Auth};
 use crate::oip::{self, datatype_of};
+use crate::score::{MAX_TIMEOUT_MS, X_RFLEET_TIMEOUT_MS};
 use crate::vetiver::{self, example_value};
 use crate::AppState;
 
@@ -57,29 +67,83 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 )]
 pub struct ApiDoc;
 
-/// A scoring body: rows, pandas' split orientation, or either inside `{"data": ...}`.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum ScoringBody {
-    /// `[{"col": value, ...}, ...]`; `null` or an absent key is `NA`.
-    Rows(Vec<HashMap<String, Value>>),
-    /// `{"columns": [...], "data": [[...], ...]}`.
-    Split { columns: Vec<String>, data: Vec<Vec<Value>> },
-    /// `{"data": <rows or split>}`.
-    Wrapped {
-        #[schema(value_type = Value)]
-        data: Value,
-    },
+/// One value of a table: a number, a string, a boolean or `null` (R's `NA`). Written as
+/// `anyOf` rather than a list of types, which means the same: schemathesis 4 crashes on
+/// a list of types inside an array's items (its issue #3194, fixed for other places only).
+fn cell() -> Value {
+    json!({"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "null"}]})
 }
 
-/// Predictions: a plain array for one vector, row objects for a matrix or data.frame, or
-/// an Azure ML entry script's own JSON.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum Predictions {
-    Vector(Vec<Value>),
-    Rows(Vec<HashMap<String, Value>>),
+/// A string R can hold: without a NUL character.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// `POST /token`, documented only when auth is on (without it the route is not served).
+#[derive(OpenApi)]
+#[openapi(
+    paths(auth::token),
+    components(schemas(auth::TokenResponse)),
+    tags((name = "authentication", description = "tokens for keys; every other operation but the probes needs a credential")),
+)]
+struct TokenDoc;
+
+/// The name of the bearer security scheme in the document.
+pub const BEARER_SCHEME: &str = "bearer";
+
+/// A scoring body: at least one row, as row objects or pandas' split orientation, or either
+/// inside `{"data": ...}`. Written out by hand: `protocol::json` parses the body, so no Rust
+/// type describes it to derive the schema from.
+pub struct ScoringBody;
+
+impl PartialSchema for ScoringBody {
+    fn schema() -> RefOr<Schema> {
+        let rows = json!({
+            "type": "array", "minItems": 1,
+            "description": "`[{\"col\": value, ...}, ...]`; `null` or an absent key is `NA`",
+            "items": {"type": "object", "additionalProperties": cell()},
+        });
+        let split = json!({
+            "type": "object", "required": ["columns", "data"],
+            "description": "pandas' split orientation: `{\"columns\": [...], \"data\": [[...], ...]}`",
+            "properties": {
+                "columns": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "data": {"type": "array", "minItems": 1, "items": {"type": "array", "items": cell()}},
+            },
+        });
+        let wrapped = json!({
+            "type": "object", "required": ["data"],
+            "description": "`{\"data\": <rows or split>}`",
+            "properties": {"data": {"oneOf": [rows, split]}},
+        });
+        let schema = json!({
+            "description": "rows as `jsonlite::toJSON(df)` writes them, pandas' split orientation, or either inside \
+                            `{\"data\": ...}`",
+            "oneOf": [rows, split, wrapped],
+        });
+        RefOr::T(serde_json::from_value(schema).expect("the scoring body schema is a schema"))
+    }
 }
+
+impl ToSchema for ScoringBody {}
+
+/// Predictions: a plain array for one vector, row objects for a matrix or data.frame. An
+/// Azure ML entry script answers its own JSON: [`complete`] widens the schema to any JSON
+/// when such a model is served.
+pub struct Predictions;
+
+impl PartialSchema for Predictions {
+    fn schema() -> RefOr<Schema> {
+        let schema = json!({
+            "description": "one prediction vector as a plain array; a matrix or data.frame as one object per row",
+            "anyOf": [
+                {"type": "array", "items": cell()},
+                {"type": "array", "items": {"type": "object", "additionalProperties": cell()}},
+            ],
+        });
+        RefOr::T(serde_json::from_value(schema).expect("the predictions schema is a schema"))
+    }
+}
+
+impl ToSchema for Predictions {}
 
 /// Every error of rfleet's own routes.
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,56 +209,120 @@ fn get_model() {}
 #[allow(dead_code)]
 fn get_model_version() {}
 
+// The scoring operations document their own parameters and answers; what they share is
+// added by `scoring_conventions`.
+
 #[utoipa::path(post, path = "/score", tag = "scoring",
     summary = "Score rows with the served model (or `models.default`)",
-    params(
-        ("type" = Option<String>, Query, description = "passed to R's `predict` as `type` (e.g. `prob`)"),
-        ("x-rfleet-timeout-ms" = Option<u64>, Header, description = "this request's deadline"),
-    ),
     request_body = ScoringBody,
-    responses(
-        (status = 200, body = Predictions, example = json!([21.4, 19.7])),
-        (status = 400, description = "malformed JSON, empty body, bad header", body = ErrorMessage),
-        (status = 404, description = "no model to score with", body = ErrorMessage),
-        (status = 413, description = "body over `server.max_body_bytes`", body = ErrorMessage),
-        (status = 422, description = "input does not fit the model, or R signalled an error", body = ErrorMessage),
-        (status = 500, description = "R hosts crashed on every attempt", body = ErrorMessage),
-        (status = 503, description = "overloaded (`Retry-After`) or no R host up", body = ErrorMessage),
-        (status = 504, description = "no answer before the deadline", body = ErrorMessage),
-    ))]
+    responses((status = 200, body = Predictions, example = json!([21.4, 19.7]))))]
 #[allow(dead_code)]
 fn score_default() {}
 
 #[utoipa::path(post, path = "/models/{name}/score", tag = "scoring", summary = "Score rows with one model",
-    params(
-        ("name" = String, Path, description = "the model's name"),
-        ("type" = Option<String>, Query, description = "passed to R's `predict` as `type` (e.g. `prob`)"),
-        ("x-rfleet-timeout-ms" = Option<u64>, Header, description = "this request's deadline"),
-    ),
+    params(("name" = String, Path, description = "the model's name")),
     request_body = ScoringBody,
-    responses(
-        (status = 200, body = Predictions),
-        (status = "4XX", description = "bad body, unknown model, input that does not fit", body = ErrorMessage),
-        (status = "5XX", description = "R hosts down or crashing, deadline passed", body = ErrorMessage),
-    ))]
+    responses((status = 200, body = Predictions)))]
 #[allow(dead_code)]
 fn score_model() {}
 
 #[utoipa::path(post, path = "/models/{name}/versions/{version}/score", tag = "scoring",
     summary = "Score rows with one version of a model",
-    params(
-        ("name" = String, Path, description = "the model's name"),
-        ("version" = String, Path),
-        ("type" = Option<String>, Query, description = "passed to R's `predict` as `type` (e.g. `prob`)"),
-    ),
+    params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
     request_body = ScoringBody,
-    responses(
-        (status = 200, body = Predictions),
-        (status = "4XX", description = "bad body, unknown model, input that does not fit", body = ErrorMessage),
-        (status = "5XX", description = "R hosts down or crashing, deadline passed", body = ErrorMessage),
-    ))]
+    responses((status = 200, body = Predictions)))]
 #[allow(dead_code)]
 fn score_model_version() {}
+
+/// How a scoring operation answers errors: rfleet's `{"message", "code"}` or the Open
+/// Inference Protocol's `{"error"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    Rfleet,
+    Oip,
+}
+
+/// Every operation that scores, with the shape of its errors. Each goes through
+/// `score::score`, so each takes the deadline header and answers the same statuses.
+const SCORING_OPERATIONS: &[(&str, ErrorShape)] = &[
+    ("/score", ErrorShape::Rfleet),
+    ("/models/{name}/score", ErrorShape::Rfleet),
+    ("/models/{name}/versions/{version}/score", ErrorShape::Rfleet),
+    ("/predict", ErrorShape::Rfleet),
+    ("/models/{name}/predict", ErrorShape::Rfleet),
+    ("/v2/models/{name}/infer", ErrorShape::Oip),
+    ("/v2/models/{name}/versions/{version}/infer", ErrorShape::Oip),
+];
+
+/// What a scoring operation answers besides 200 (and 401 with auth on): README's table.
+const SCORING_ERRORS: &[(&str, &str)] = &[
+    ("400", "malformed JSON, an empty body, an invalid header or query parameter"),
+    ("404", "an unknown model, or none to score with"),
+    ("413", "a body over `server.max_body_bytes`, or more rows than `server.max_rows`"),
+    (
+        "422",
+        "input that does not fit the model (a missing column, a wrong type, an unseen factor level), or R's \
+             `predict` signalled an error (R's message)",
+    ),
+    ("500", "the request crashed or hung R hosts on both attempts"),
+    ("503", "too many requests in flight (with `Retry-After`), or no R host up"),
+    (
+        "504",
+        "no answer before the deadline (`x-rfleet-timeout-ms`, else `server.request_timeout_ms`); a deadline \
+             shorter than the model takes answers 504",
+    ),
+];
+
+/// Adds the scoring operations' shared parameters and error answers to each of them.
+fn scoring_conventions(doc: &mut Value) {
+    let deadline = json!({
+        "name": X_RFLEET_TIMEOUT_MS.as_str(), "in": "header", "required": false,
+        "description": "this request's deadline in milliseconds (default `server.request_timeout_ms`)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS},
+    });
+    let predict_type = json!({
+        "name": "type", "in": "query", "required": false,
+        "description": "passed to R's `predict` as `type` (e.g. `prob`); leave it out for the model's default",
+        "schema": {"type": "string", "minLength": 1, "pattern": NO_NUL},
+    });
+    let splits: Vec<&str> =
+        [SplitPolicy::Auto, SplitPolicy::Never, SplitPolicy::Always].map(SplitPolicy::as_str).into();
+    let split = json!({
+        "name": "split", "in": "query", "required": false,
+        "description": "whether the worker may split this request across its R hosts (default: the model's policy)",
+        "schema": {"type": "string", "enum": splits},
+    });
+    for (path, shape) in SCORING_OPERATIONS {
+        let operation = doc["paths"].get_mut(*path).and_then(|item| item.get_mut("post"));
+        let operation = operation.unwrap_or_else(|| panic!("POST {path} is not in the document"));
+        let mut parameters = vec![deadline.clone()];
+        // The Open Inference Protocol passes `type` in the body's `parameters`.
+        if *shape == ErrorShape::Rfleet {
+            parameters.extend([predict_type.clone(), split.clone()]);
+        }
+        match operation["parameters"].as_array_mut() {
+            Some(declared) => declared.extend(parameters),
+            None => operation["parameters"] = Value::Array(parameters),
+        }
+        let body = match shape {
+            ErrorShape::Rfleet => "ErrorMessage",
+            ErrorShape::Oip => "OipErrorBody",
+        };
+        for (status, description) in SCORING_ERRORS {
+            let mut response = json!({
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{body}")}}},
+            });
+            if *status == "503" {
+                response["headers"] = json!({"Retry-After": {
+                    "description": "seconds to wait, when too many requests are in flight",
+                    "schema": {"type": "integer"},
+                }});
+            }
+            operation["responses"][*status] = response;
+        }
+    }
+}
 
 #[utoipa::path(get, path = "/openapi.json", tag = "documentation", summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
@@ -222,14 +350,69 @@ pub fn swagger_ui() -> SwaggerUi {
 pub fn document(state: &AppState) -> Value {
     let models = state.shared.catalog.models();
     let default = state.default_model_name().ok().and_then(|name| models.iter().find(|m| m.name == name).cloned());
-    complete(base_document(), &models, default.as_ref())
+    complete(base_document(state.auth.as_ref()), &models, default.as_ref())
 }
 
-/// The part generated from the code, the same for every fleet.
-pub fn base_document() -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+/// The part generated from the code, the same for every fleet with the same `[auth]`.
+pub fn base_document(auth: Option<&Auth>) -> Value {
+    let mut api = ApiDoc::openapi();
+    if auth.is_some() {
+        api.merge(TokenDoc::openapi());
+    }
+    let mut doc = serde_json::to_value(api).expect("the OpenAPI document serializes");
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    describe_responses(&mut doc);
+    scoring_conventions(&mut doc);
+    if let Some(auth) = auth {
+        secure(&mut doc, auth);
+    }
     doc
+}
+
+/// OpenAPI requires a description on every response; where an annotation gives none, the
+/// status's reason phrase (`OK`, `Not Found`) says what it is.
+fn describe_responses(doc: &mut Value) {
+    for item in doc["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut()) {
+        for_each_operation(item, |operation| {
+            for (status, response) in operation["responses"].as_object_mut().into_iter().flatten() {
+                if response.get("description").is_none_or(|d| d == "") {
+                    let reason = status.parse().ok().and_then(|s| StatusCode::from_u16(s).ok());
+                    response["description"] = json!(reason.and_then(|s| s.canonical_reason()).unwrap_or(status));
+                }
+            }
+        });
+    }
+}
+
+/// With auth on, the document says how to authenticate: the bearer scheme, and on every
+/// operation that needs a credential (all but the probes, and the documentation with
+/// `auth.public_docs`) the requirement and its 401. Which ones is `Auth::is_open`'s
+/// decision, the same the server takes. With auth off the document has none of it: no
+/// credential is asked for, and `/token` is not served.
+fn secure(doc: &mut Value, auth: &Auth) {
+    doc["components"]["securitySchemes"][BEARER_SCHEME] = json!({
+        "type": "http", "scheme": "bearer",
+        "description": "`Authorization: Bearer <credential>`: the primary or the secondary key, a token from \
+                        `POST /token`, or an access token of the OIDC issuer (`auth.oidc_issuer`)",
+    });
+    doc["components"]["responses"]["Unauthenticated"] = json!({
+        "description": "no valid credential; the answer is the same whatever was wrong",
+        "headers": {"WWW-Authenticate": {
+            "description": "`Bearer realm=\"rfleet\"`, plus `error=\"invalid_token\"` when a credential was sent",
+            "schema": {"type": "string"},
+        }},
+        "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorMessage"},
+            "example": {"message": crate::error::UNAUTHENTICATED_MESSAGE},
+        }},
+    });
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for (_, item) in paths.iter_mut().filter(|(path, _)| !auth.is_open(path)) {
+        for_each_operation(item, |operation| {
+            operation["security"] = json!([{ BEARER_SCHEME: [] }]);
+            operation["responses"]["401"] = json!({"$ref": "#/components/responses/Unauthenticated"});
+        });
+    }
 }
 
 /// Adds what the catalog knows: model names, per-model row schemas and examples.
@@ -243,6 +426,16 @@ pub fn complete(mut doc: Value, models: &[ModelInfo], default: Option<&ModelInfo
         let key = schema_key(info);
         doc["components"]["schemas"][&key] = rows_schema(info);
         per_model.push((info, key));
+    }
+    // An Azure ML entry script answers whatever JSON it makes.
+    if models.iter().any(|m| m.kind == ModelKind::AzureMl) {
+        if let Some(any_of) = doc["components"]["schemas"]["Predictions"]["anyOf"].as_array_mut() {
+            any_of.push(json!({"description": "an Azure ML entry script's own JSON, as it returned it"}));
+        }
+    }
+    if let Some(default) = default.filter(|d| d.schema.is_some()) {
+        // In place of the generic example, whose columns fit no model: one that scores.
+        doc["components"]["schemas"]["InferRequest"]["example"] = example_infer_request(default);
     }
 
     let Some(paths) = doc["paths"].as_object_mut() else { return doc };
@@ -287,11 +480,6 @@ pub fn complete(mut doc: Value, models: &[ModelInfo], default: Option<&ModelInfo
                 body["example"] = example_rows(default);
             }
         }
-        for path in ["/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"] {
-            if let Some(item) = paths.get_mut(path) {
-                item["post"]["requestBody"]["content"]["application/json"]["example"] = example_infer_request(default);
-            }
-        }
     }
     doc
 }
@@ -322,6 +510,7 @@ fn rows_schema(info: &ModelInfo) -> Value {
     let required: Vec<&str> = columns.map(|c| c.name.as_str()).collect();
     json!({
         "type": "array",
+        "minItems": 1,
         "description": format!("rows for model `{}`", info.name),
         "items": {"type": "object", "properties": properties, "required": required},
         "example": example_rows(info),
@@ -333,7 +522,7 @@ fn column_schema(spec: &ColumnSpec) -> Value {
         ColumnType::Numeric => json!({"type": ["number", "null"]}),
         ColumnType::Integer => json!({"type": ["integer", "null"]}),
         ColumnType::Logical => json!({"type": ["boolean", "null"]}),
-        ColumnType::Character => json!({"type": ["string", "null"]}),
+        ColumnType::Character => json!({"type": ["string", "null"], "pattern": NO_NUL}),
         ColumnType::Factor | ColumnType::Ordered => {
             let mut levels: Vec<Value> = spec.levels.iter().flatten().map(|l| json!(l)).collect();
             levels.push(Value::Null);
@@ -421,7 +610,7 @@ mod tests {
     /// The documented model description has every field the wire type serializes.
     #[test]
     fn model_description_matches_model_info() {
-        let doc = base_document();
+        let doc = base_document(None);
         let documented = doc["components"]["schemas"]["ModelDescription"]["properties"].as_object().unwrap();
         let wire = serde_json::to_value(model()).unwrap();
         for key in wire.as_object().unwrap().keys() {
@@ -432,7 +621,7 @@ mod tests {
     #[test]
     fn catalog_completes_the_document() {
         let info = model();
-        let doc = complete(base_document(), std::slice::from_ref(&info), Some(&info));
+        let doc = complete(base_document(None), std::slice::from_ref(&info), Some(&info));
         let score = &doc["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"];
         assert_eq!(score["example"], json!([{"x1": 0.5, "grp": "a"}]));
         assert_eq!(score["schema"]["$ref"], "#/components/schemas/rows_iris_2");
@@ -441,10 +630,98 @@ mod tests {
         let by_name = &doc["paths"]["/models/{name}/score"]["post"];
         assert!(by_name["description"].as_str().unwrap().contains("`grp`: factor (a, b)"), "{by_name}");
         assert_eq!(by_name["parameters"][0]["schema"]["enum"], json!(["iris"]));
-        let infer = &doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"];
         assert_eq!(
-            infer["example"]["inputs"][1],
+            doc["components"]["schemas"]["InferRequest"]["example"]["inputs"][1],
             json!({"name": "grp", "datatype": "BYTES", "shape": [1], "data": ["a"]})
         );
+    }
+
+    /// OpenAPI requires unique operation ids and a description on every response.
+    #[test]
+    fn operations_are_well_formed() {
+        let doc = complete(base_document(None), &[model()], None);
+        let mut ids = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no id"));
+                assert!(ids.insert(id.to_string()), "{method} {path}: operation id '{id}' is taken");
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    assert!(response["description"].as_str().is_some_and(|d| !d.is_empty()), "{path} {status}");
+                }
+            }
+        }
+    }
+
+    /// The hand-written schemas survive utoipa's types unchanged.
+    #[test]
+    fn scoring_body_and_predictions_schemas() {
+        let doc = base_document(None);
+        let body = &doc["components"]["schemas"]["ScoringBody"];
+        assert_eq!(body["oneOf"].as_array().map(Vec::len), Some(3), "{body}");
+        assert_eq!(body["oneOf"][0]["minItems"], 1, "{body}");
+        assert_eq!(body["oneOf"][1]["properties"]["data"]["minItems"], 1, "{body}");
+        assert_eq!(body["oneOf"][2]["properties"]["data"]["oneOf"][0], body["oneOf"][0]);
+        let predictions = &doc["components"]["schemas"]["Predictions"];
+        assert_eq!(predictions["anyOf"].as_array().map(Vec::len), Some(2), "{predictions}");
+        let azure = ModelInfo { kind: ModelKind::AzureMl, schema: None, ..model() };
+        let doc = complete(doc, &[azure], None);
+        assert_eq!(doc["components"]["schemas"]["Predictions"]["anyOf"].as_array().map(Vec::len), Some(3));
+    }
+
+    /// Every scoring operation takes the deadline header and documents every status,
+    /// the 504 of a deadline too short included, in its own error shape.
+    #[test]
+    fn scoring_operations_share_parameters_and_statuses() {
+        let doc = base_document(None);
+        for (path, shape) in SCORING_OPERATIONS {
+            let operation = &doc["paths"][path]["post"];
+            let names: Vec<&str> =
+                operation["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+            assert!(names.contains(&"x-rfleet-timeout-ms"), "{path}: {names:?}");
+            assert_eq!(names.contains(&"type"), *shape == ErrorShape::Rfleet, "{path}: {names:?}");
+            for (status, _) in SCORING_ERRORS {
+                let schema = &operation["responses"][status]["content"]["application/json"]["schema"]["$ref"];
+                assert!(schema.as_str().is_some_and(|s| s.ends_with("ErrorMessage") || s.ends_with("OipErrorBody")));
+            }
+        }
+        let deadline = &doc["paths"]["/score"]["post"]["parameters"][0];
+        assert_eq!(deadline["schema"], json!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS}));
+    }
+
+    #[tokio::test]
+    async fn security_follows_auth() {
+        let settings = |public_docs: bool| settings::auth::AuthSettings {
+            enabled: true,
+            primary_key: Some("primary-key-0123456789".into()),
+            public_docs,
+            ..Default::default()
+        };
+        let secured = |doc: &Value, method: &str, path: &str| {
+            let operation = &doc["paths"][path][method];
+            assert!(operation.is_object(), "{method} {path} is not documented");
+            let required = operation["security"] == json!([{"bearer": []}]);
+            assert_eq!(required, operation["responses"]["401"].is_object(), "{method} {path}");
+            required
+        };
+        let auth = Auth::from_settings(&settings(false)).await.unwrap().unwrap();
+        let doc = base_document(Some(&auth));
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["type"], "http");
+        assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+        assert!(doc["paths"]["/token"]["post"]["responses"]["200"].is_object());
+        for (method, path) in [("post", "/token"), ("post", "/score"), ("get", "/models"), ("get", "/openapi.json")] {
+            assert!(secured(&doc, method, path), "{method} {path} should need a credential");
+        }
+        for path in ["/", "/live", "/ready", "/ping", "/v2/health/live", "/v2/health/ready"] {
+            assert!(!secured(&doc, "get", path), "{path} should be open");
+        }
+
+        let public_docs = Auth::from_settings(&settings(true)).await.unwrap().unwrap();
+        let doc = base_document(Some(&public_docs));
+        assert!(!secured(&doc, "get", "/openapi.json") && !secured(&doc, "get", "/docs/"));
+        assert!(secured(&doc, "get", "/metadata"));
+
+        let open = base_document(None);
+        assert!(open["paths"]["/token"].is_null() && open["components"]["securitySchemes"].is_null());
+        assert!(!open.to_string().contains("\"security\""));
     }
 }

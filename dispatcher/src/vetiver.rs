@@ -68,13 +68,10 @@ pub struct PrototypeColumn {
     path = "/predict",
     tag = "vetiver",
     summary = "Score rows with the default model, answered as vetiver does",
-    params(("type" = Option<String>, Query, description = "passed to R's `predict` as `type`")),
     request_body(content = crate::openapi::ScoringBody, description = "rows, as for `POST /score`"),
     responses(
         (status = 200, description = "`{\".pred\": [...]}` for one prediction vector; an array of row objects for a \
          matrix or data.frame", body = Value, example = json!({".pred": [21.4, 19.7]})),
-        (status = "4XX", description = "bad input, unknown model", body = crate::openapi::ErrorMessage),
-        (status = "5XX", description = "R hosts down, deadline passed", body = crate::openapi::ErrorMessage),
     )
 )]
 pub async fn predict_default(
@@ -96,16 +93,11 @@ pub async fn predict_default(
     path = "/models/{name}/predict",
     tag = "vetiver",
     summary = "Score rows with one model, answered as vetiver does",
-    params(
-        ("name" = String, Path, description = "the model's name"),
-        ("type" = Option<String>, Query, description = "passed to R's `predict` as `type`"),
-    ),
+    params(("name" = String, Path, description = "the model's name")),
     request_body(content = crate::openapi::ScoringBody, description = "rows, as for `POST /score`"),
     responses(
         (status = 200, description = "`{\".pred\": [...]}` or an array of row objects", body = Value,
          example = json!({".pred": [21.4, 19.7]})),
-        (status = "4XX", description = "bad input, unknown model", body = crate::openapi::ErrorMessage),
-        (status = "5XX", description = "R hosts down, deadline passed", body = crate::openapi::ErrorMessage),
     )
 )]
 pub async fn predict_model(

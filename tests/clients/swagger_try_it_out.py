@@ -1,8 +1,10 @@
 """Drives Swagger UI at /docs in headless Chromium as a person would: opens POST /score,
 presses "Try it out" and "Execute" with the example body the document offers, reads the
-answer shown on the page and saves a screenshot of it.
+answer shown on the page and saves a screenshot of it. Given a key, first presses
+"Authorize", types the key into the bearer field and confirms, as a person would with
+auth on (and `auth.public_docs`, so the page itself loads without a credential).
 
-usage: swagger_try_it_out.py BASE_URL SCREENSHOT_PNG
+usage: swagger_try_it_out.py BASE_URL SCREENSHOT_PNG [KEY]
 Prints one JSON object: {"status": <HTTP status shown>, "body": <response body shown>}.
 Talks to Chromium over the DevTools protocol (websocket-client); no browser download.
 """
@@ -34,6 +36,17 @@ TRY_IT_OUT = r"""
     for (let i = 0; i < 300; i++) { const found = find(); if (found) return found; await sleep(100); }
     throw new Error('timed out waiting for ' + what);
   };
+  const key = __KEY__;
+  if (key !== null) {
+    (await until(() => document.querySelector('.auth-wrapper button.authorize'), 'the Authorize button')).click();
+    const field = await until(() => document.querySelector('.modal-ux input'), 'the bearer field');
+    // React reads the value through its own setter and an input event, as typing does.
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(field, key);
+    field.dispatchEvent(new Event('input', {bubbles: true}));
+    (await until(() => document.querySelector('.modal-ux .auth-btn-wrapper button.authorize'),
+                 'Authorize in the dialog')).click();
+    (await until(() => document.querySelector('.modal-ux button.btn-done'), 'Close in the dialog')).click();
+  }
   const op = await until(() => document.querySelector('#operations-scoring-score_default'), 'POST /score');
   if (!op.classList.contains('is-open')) op.querySelector('button.opblock-summary-control').click();
   const tryOut = await until(() => op.querySelector('button.try-out__btn'), 'the Try it out button');
@@ -71,6 +84,7 @@ class DevTools:
 
 def main():
     base_url, screenshot = sys.argv[1:3]
+    key = sys.argv[3] if len(sys.argv) > 3 else None
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         sys.exit("chromium is not installed (apt-get install chromium)")
@@ -96,7 +110,8 @@ def main():
         tools = DevTools(pages[0]["webSocketDebuggerUrl"])
         tools.call("Page.enable")
         tools.call("Page.navigate", url=f"{base_url}/docs/")
-        result = tools.call("Runtime.evaluate", expression=TRY_IT_OUT, awaitPromise=True, returnByValue=True)
+        script = TRY_IT_OUT.replace("__KEY__", json.dumps(key))
+        result = tools.call("Runtime.evaluate", expression=script, awaitPromise=True, returnByValue=True)
         if "exceptionDetails" in result:
             sys.exit(f"Try it out failed in the page: {result['exceptionDetails']}")
         shot = tools.call("Page.captureScreenshot", format="png")

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{assert_same, case, client, fixtures, Answer, ServerOptions};
+use support::{assert_same, case, client, fixtures, run_client, target_dir, Answer, ServerOptions};
 
 const PRIMARY: &str = "primary-0123456789abcdef";
 const SECONDARY: &str = "secondary-0123456789abcdef";
@@ -286,6 +286,45 @@ async fn auth_keys_from_the_environment_and_public_docs() {
     }
     target.check(&[("authorization", &bearer(PRIMARY))], "GET /models", 200).await;
     target.check(&[("authorization", &bearer(SECONDARY))], "GET /models", 401).await;
+
+    // The document says how to authenticate: the bearer scheme, `POST /token`, and which
+    // operations need a credential, as the server decides it.
+    let doc = target.check(&[], "GET /openapi.json", 200).await.json();
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!((&scheme["type"], &scheme["scheme"]), (&json!("http"), &json!("bearer")), "{scheme}");
+    let token = &doc["paths"]["/token"]["post"];
+    assert_eq!(
+        token["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TokenResponse"
+    );
+    let secured = |method: &str, path: &str| {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        let required = operation["security"] == json!([{"bearer": []}]);
+        assert_eq!(required, operation["responses"]["401"].is_object(), "{method} {path}: 401 documented or not");
+        required
+    };
+    for (method, path) in [
+        ("post", "/token"),
+        ("post", "/score"),
+        ("get", "/models"),
+        ("get", "/metadata"),
+        ("post", "/v2/models/{name}/infer"),
+    ] {
+        assert!(secured(method, path), "{method} {path} needs a credential");
+    }
+    for path in ["/", "/live", "/ready", "/ping", "/v2/health/live", "/v2/health/ready", "/openapi.json", "/docs/"] {
+        assert!(!secured("get", path), "GET {path} is open");
+    }
+
+    // Swagger UI's "Authorize" takes the key; "Try it out" then scores with it.
+    let artifacts = target_dir().parent().expect("target").join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("swagger-ui-authorize.png");
+    let shown = run_client("swagger_try_it_out.py", &[&server.url, screenshot.to_str().unwrap(), PRIMARY]);
+    assert_eq!(shown["status"], 200, "{shown}");
+    let body: Value = serde_json::from_str(shown["body"].as_str().unwrap()).expect("the page shows JSON");
+    assert!(body.as_array().is_some_and(|p| p.len() == 1 && p[0].is_f64()), "not one prediction: {body}");
 
     // Keys never reach `rfleet config`'s output.
     let output = Command::new(support::binary("rfleet"))

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use support::{assert_same, case, client, fixtures, get, post, repo_root, target_dir, Answer, ServerOptions};
+use support::{
+    assert_same, case, client, fixtures, get, post, repo_root, run_client, target_dir, Answer, ServerOptions,
+};
 
 fn rf_reg_server() -> support::Server {
     ServerOptions::new(fixtures().join("models/rf_reg")).hosts(1).start()
@@ -19,20 +21,6 @@ fn rf_reg_server() -> support::Server {
 fn check(answer: Answer, status: u16, what: &str) -> Value {
     assert_eq!(answer.status, status, "{what}: {}", answer.text);
     answer.json()
-}
-
-/// Runs one of the Python clients in `tests/clients/` and returns its JSON output.
-fn run_client(script: &str, args: &[&str]) -> Value {
-    let path = repo_root().join("tests/clients").join(script);
-    let output = Command::new("python3").arg(&path).args(args).output().expect("run python3");
-    assert!(
-        output.status.success(),
-        "{script} failed ({}); deploy/setup.sh test installs what it needs:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,6 +186,26 @@ async fn openapi_documents_every_route() {
         routes.iter().map(|(_, p)| p).collect::<std::collections::BTreeSet<_>>().len()
     );
 
+    // Auth is off: nothing asks for a credential, and there is no `/token` (it is not served).
+    assert!(doc["components"]["securitySchemes"].is_null(), "{}", doc["components"]);
+    assert!(!doc.to_string().contains("\"security\""), "an operation asks for a credential with auth off");
+    let token = post(&client, &format!("{}/token", server.url), "", &[]).await;
+    assert_eq!(token.status, 404, "{}", token.text);
+
+    // Every scoring operation (every POST) takes the deadline header and documents the 504 of
+    // a deadline shorter than scoring takes; `type`, where it is a parameter, cannot be empty.
+    for (_, path) in routes.iter().filter(|(method, _)| *method == "post") {
+        let operation = &doc["paths"][path]["post"];
+        let parameter =
+            |name: &str| operation["parameters"].as_array().into_iter().flatten().find(|p| p["name"] == name).cloned();
+        assert!(operation["responses"]["504"].is_object(), "POST {path} does not document 504");
+        let deadline = parameter("x-rfleet-timeout-ms").unwrap_or_else(|| panic!("POST {path}: no deadline header"));
+        assert_eq!(deadline["schema"]["minimum"], 1, "POST {path}");
+        if let Some(predict_type) = parameter("type") {
+            assert_eq!(predict_type["schema"]["minLength"], 1, "POST {path}");
+        }
+    }
+
     // Completed from the catalog: the default model's columns and a body that scores.
     let score = &doc["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"];
     let example = score["example"].clone();
@@ -249,5 +257,48 @@ async fn swagger_ui_try_it_out_scores_a_row_in_chromium() {
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
         "{} is not a screenshot",
         screenshot.display()
+    );
+}
+
+/// schemathesis generates requests from the document and checks every answer against it:
+/// no server error, documented statuses, content types, bodies and headers that fit their
+/// schemas, schema-invalid requests refused (`tests/clients/schemathesis.toml` says which
+/// checks and why). Once with auth off, once with it on, where it also checks that no
+/// operation the document secures answers without a credential.
+#[test]
+fn schemathesis_finds_nothing() {
+    let server = rf_reg_server();
+    run_schemathesis(&server.url, None);
+    drop(server);
+
+    const KEY: &str = "schemathesis-0123456789abcdef";
+    let server = ServerOptions::new(fixtures().join("models/rf_reg"))
+        .hosts(1)
+        .env("RFLEET_AUTH__ENABLED", "true")
+        .env("RFLEET_AUTH__PRIMARY_KEY", KEY)
+        .start();
+    run_schemathesis(&server.url, Some(KEY));
+}
+
+/// Runs schemathesis on the document at `url` (sending `key` as the bearer credential) and
+/// asserts it found nothing, printing its report otherwise.
+fn run_schemathesis(url: &str, key: Option<&str>) {
+    let config = repo_root().join("tests/clients/schemathesis.toml");
+    // What it writes (reports, caches) goes to its working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("python3");
+    // The console script, run by the python3 that `deploy/setup.sh test` installs it for.
+    command.args(["-c", "from schemathesis.cli import schemathesis; schemathesis()", "--config-file"]);
+    command.arg(&config).args(["run", "--no-color"]);
+    if let Some(key) = key {
+        command.args(["--header", &format!("Authorization: Bearer {key}")]);
+    }
+    let output = command.arg(format!("{url}/openapi.json")).current_dir(dir.path()).output().expect("run python3");
+    assert!(
+        output.status.success(),
+        "schemathesis failed ({}; deploy/setup.sh test installs it):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }
