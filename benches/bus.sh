@@ -3,7 +3,7 @@
 #
 # Usage: benches/bus.sh            (from anywhere; takes a few minutes; needs a RabbitMQ
 #                                   broker on loopback, amqp://guest:guest@127.0.0.1:5672/%2f)
-# Knobs (environment): REQUESTS=2000 WARMUP=200 HOSTS=2 CONCURRENCY_LEVELS="1 8"
+# Knobs (environment): REQUESTS=2000 WARMUP=200 HOSTS=2 CONCURRENCY_LEVELS="1 8" SPLIT=never
 #   BUSES="embedded amqp" BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f
 #   DURATION_S=300 READY_TIMEOUT_S=180 SHUTDOWN_TIMEOUT_S=30 SKIP_BUILD=0
 #   OUT_DIR=benches/out/bus RFLEET=target/release/rfleet (another build of rfleet to measure)
@@ -26,6 +26,9 @@ REQUESTS="${REQUESTS:-2000}"
 WARMUP="${WARMUP:-200}"
 HOSTS="${HOSTS:-2}"
 CONCURRENCY_LEVELS="${CONCURRENCY_LEVELS:-1 8}"
+# `?split=` on every request. `never` by default: each request is one R call, so latency
+# minus that call's R time is the path's own cost, not that plus combining forest parts.
+SPLIT="${SPLIT:-never}"
 BUSES="${BUSES:-embedded amqp}"
 BROKER_URL="${BROKER_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 DURATION_S="${DURATION_S:-300}"
@@ -177,7 +180,7 @@ run_bus() {
         addr="$(sed -n 's|^rfleet listening on http://\([^/[:space:]]*\).*$|\1|p' "$stdout" | head -n1)"
         [[ -n "$addr" ]] || sleep 0.1
     done
-    local base="http://$addr"
+    local base="http://$addr" score_url="http://$addr/score?split=$SPLIT"
     say "$bus: server listening on $base; waiting for GET /ready"
     until [[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/ready" || true)" == 200 ]]; do
         kill -0 "$SERVER_PID" 2>/dev/null || server_failed "the server exited before it was ready"
@@ -190,7 +193,7 @@ run_bus() {
     local first_row status
     first_row="$(head -n1 "$ROWS")"
     status="$(curl -s -D "$OUT/server-$bus.first-reply.headers" -o "$OUT/server-$bus.first-reply.json" \
-        -w '%{http_code}' -H 'content-type: application/json' --data-binary "$first_row" "$base/score")"
+        -w '%{http_code}' -H 'content-type: application/json' --data-binary "$first_row" "$score_url")"
     [[ "$status" == 200 ]] || server_failed "POST /score answered $status: $(head -c 500 "$OUT/server-$bus.first-reply.json")"
     grep -qi '^x-rfleet-r-ms:' "$OUT/server-$bus.first-reply.headers" ||
         server_failed "the reply has no x-rfleet-r-ms header: no overhead can be measured"
@@ -201,7 +204,7 @@ run_bus() {
         say "$bus: rfleet-load: concurrency $concurrency, $REQUESTS requests after $WARMUP warm-up"
         # In the background and waited for, so that a signal to this script is handled
         # at once (a foreground command would hold the trap back until it ends).
-        "$LOAD" --url "$base/score" --body-file "$ROWS" --concurrency "$concurrency" \
+        "$LOAD" --url "$score_url" --body-file "$ROWS" --concurrency "$concurrency" \
             --requests "$REQUESTS" --warmup "$WARMUP" --duration-s "$DURATION_S" \
             --json "$OUT/$bus-c$concurrency.json" &
         LOAD_PID=$!

@@ -36,7 +36,10 @@
 //! `delivery_mode` 1 (transient: see `call`). Requests are published `mandatory` on a channel in
 //! confirm mode: the call fails with [`BusError::Unavailable`] when the broker nacks it or
 //! returns it unroutable. Replies carry the request's `correlation_id` and the reply's
-//! content type.
+//! content type; a worker publishes each reply on the channel its request was delivered on
+//! and acknowledges the request right after, on the same channel, without waiting for a
+//! confirm (the broker handles one channel's methods in order, so the reply is routed
+//! before the ack takes effect).
 //!
 //! # Recovery
 //! One connection per [`AmqpBus`], opened by a background task, with lapin's
@@ -318,7 +321,7 @@ impl AmqpBus {
         let session = self.inner.current().ok_or_else(not_connected)?;
         let properties = BasicProperties::default().with_content_type(ContentType::MSGPACK.into());
         let exchange = self.inner.config.catalog_exchange.as_str();
-        publish(&session, exchange, "", false, &body, properties).await
+        publish(&session.publisher, exchange, "", false, &body, properties).await
     }
 
     /// A stream of catalog announcements (an exclusive, auto-delete queue bound to the
@@ -397,9 +400,10 @@ async fn close_quietly(channel: Channel) {
     }
 }
 
-/// Publishes on the session's confirm channel and waits for the broker's confirm.
+/// Publishes on `channel`; on a channel in confirm mode (the session's publisher), waits for
+/// the broker's confirm.
 async fn publish(
-    session: &Session,
+    channel: &Channel,
     exchange: &str,
     routing_key: &str,
     mandatory: bool,
@@ -408,7 +412,7 @@ async fn publish(
 ) -> Result<(), BusError> {
     let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
     let confirmation = bounded(&format!("publish to '{routing_key}'"), async {
-        session.publisher.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
+        channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
     })
     .await?;
     match confirmation {
@@ -731,7 +735,7 @@ impl Requester for AmqpBus {
             if let Some(expiration_ms) = message.expiration_ms {
                 properties = properties.with_expiration(expiration_ms.to_string().into());
             }
-            let published = publish(&session, "", &queue, true, &message.body, properties).await;
+            let published = publish(&session.publisher, "", &queue, true, &message.body, properties).await;
             if matches!(&published, Err(BusError::Unavailable(m)) if m.contains("unroutable")) {
                 // The queue vanished since we declared it (deleted, or a broker without
                 // its data): declare it again next time.
@@ -942,7 +946,7 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
     let handle = AmqpHandle {
         inner: inner.clone(),
         acker: Some(delivery.acker),
-        _channel: channel,
+        channel,
         queue,
         properties,
         body: delivery.data.clone(),
@@ -989,9 +993,9 @@ struct AmqpHandle {
     inner: Arc<Inner>,
     /// `Some` until settled; an unsettled drop requeues.
     acker: Option<lapin::Acker>,
-    /// Keeps the delivery's channel open until the delivery is settled: a closed channel
-    /// would requeue it and make the ack fail.
-    _channel: Channel,
+    /// The delivery's channel, kept open until the delivery is settled (a closed channel
+    /// would requeue it and make the ack fail); replies are published on it.
+    channel: Channel,
     queue: String,
     properties: BasicProperties,
     /// A copy of the body for dead-lettering.
@@ -1011,14 +1015,22 @@ impl DeliveryHandle for AmqpHandle {
             tracing::info!(queue = %self.queue, correlation_id = self.correlation_id(), "request has no reply_to; reply dropped");
             return Ok(());
         };
-        let session = self.inner.current().ok_or_else(not_connected)?;
+        if !self.channel.status().connected() {
+            return Err(not_connected());
+        }
         let mut properties = BasicProperties::default().with_content_type(content_type.as_str().into());
         if let Some(correlation_id) = self.properties.correlation_id() {
             properties = properties.with_correlation_id(correlation_id.clone());
         }
         // Not mandatory: a caller that is gone (its reply queue with it) is no error for
         // the worker; the reply is dropped, as late replies are.
-        publish(&session, "", reply_to.as_str(), false, &body, properties).await
+        //
+        // On the delivery's own channel, which is not in confirm mode, so nothing waits for
+        // the broker here: AMQP has a channel's methods processed in order, so the broker
+        // routes this reply before it sees the `basic.ack` that follows on the same channel,
+        // and a connection lost in between loses the ack too (the request is redelivered).
+        // Reply-before-ack holds without the confirm's round trip on every request.
+        publish(&self.channel, "", reply_to.as_str(), false, &body, properties).await
     }
 
     async fn ack(&mut self) -> Result<(), BusError> {
@@ -1075,7 +1087,7 @@ impl DeliveryHandle for AmqpHandle {
             properties = properties.with_priority(*v);
         }
         let exchange = self.inner.config.dead_letter_exchange.clone();
-        publish(&session, &exchange, &self.queue, false, &self.body, properties).await?;
+        publish(&session.publisher, &exchange, &self.queue, false, &self.body, properties).await?;
         self.ack().await
     }
 }

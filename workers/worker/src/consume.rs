@@ -99,7 +99,13 @@ async fn settle(delivery: Delivery, reply: Reply, dead_letter: Option<String>) {
     let path = reply.timings.path.as_deref().unwrap_or("");
     match &reply.outcome {
         Outcome::Error(error) => tracing::info!(code = ?error.code, message = %error.message, path, "request failed"),
-        _ => tracing::debug!(path, queue_ms = reply.timings.queue_ms, r_ms = reply.timings.r_ms, "request scored"),
+        _ => tracing::debug!(
+            path,
+            queue_ms = reply.timings.queue_ms,
+            r_ms = reply.timings.r_ms,
+            worker_ms = reply.timings.worker_ms,
+            "request scored"
+        ),
     }
     let body = match delivery.content_type {
         ContentType::MsgPack => protocol::encode(&reply).map_err(|e| e.to_string()),
