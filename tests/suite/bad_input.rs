@@ -89,8 +89,8 @@ async fn bad_input_is_named_and_survived() {
     let message = answer.json()["message"].as_str().unwrap().to_string();
     for needle in [
         format!("missing column '{numeric}'"),
-        format!("'no-such-level' in row 1"),
-        format!("'no-such-level' in row 2"),
+        "'no-such-level' in row 1".to_string(),
+        "'no-such-level' in row 2".to_string(),
     ] {
         assert!(message.contains(&needle), "{message:?} does not mention {needle:?}");
     }
