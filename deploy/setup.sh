@@ -45,11 +45,11 @@ ensure_broker() {
 }
 
 python_packages() {
-    if ! python3 -c "import pika, msgpack, tritonclient.http, websocket" 2>/dev/null; then
-        # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv one does not.
-        python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}" 2>/dev/null ||
-            python3 -m pip install --quiet --break-system-packages "${PYTHON_PACKAGES[@]}"
-    fi
+    # pip itself checks the versions; with everything satisfied it changes nothing and
+    # needs no network.
+    # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv one does not.
+    python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}" 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages "${PYTHON_PACKAGES[@]}"
 }
 
 need_cargo() {

@@ -11,7 +11,43 @@ use extendr_api::prelude::*;
 use extendr_api::scalar::{Rbool, Rfloat, Rint};
 use extendr_api::{Error, Result};
 use protocol::host::ForestPart;
-use protocol::{Column, ColumnData, ColumnSpec, ColumnType, Frame, Schema};
+use protocol::{Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, Schema};
+
+/// Refuses input holding a NUL character where R would get it as a string (a column
+/// name, a character value, a factor level, the predict type, a raw JSON body): R's
+/// strings cannot hold one, and making one ends the host. The dispatcher refuses such
+/// requests already; this covers what direct publishers send.
+pub fn refuse_nul(input: &Input, predict_type: Option<&str>) -> std::result::Result<(), ErrorBody> {
+    const WHY: &str = "which R strings cannot hold";
+    let refused =
+        |what: String| Err(ErrorBody::new(ErrorCode::InvalidInput, format!("{what} holds a NUL character, {WHY}")));
+    if predict_type.is_some_and(|t| t.contains('\0')) {
+        return refused("the predict type".into());
+    }
+    let frame = match input {
+        Input::Json(body) if body.contains('\0') => return refused("the JSON body".into()),
+        Input::Json(_) => return Ok(()),
+        Input::Frame(frame) => frame,
+    };
+    let has_nul = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+    for column in &frame.columns {
+        let name = &column.name;
+        if name.contains('\0') {
+            return refused(format!("column name {name:?}"));
+        }
+        let row = match &column.data {
+            ColumnData::Str { values } => values.iter().position(has_nul),
+            ColumnData::Factor { levels, .. } if levels.iter().any(|l| l.contains('\0')) => {
+                return refused(format!("a level of column '{name}'"));
+            }
+            _ => None,
+        };
+        if let Some(row) = row {
+            return refused(format!("column '{name}', row {}", row + 1));
+        }
+    }
+    Ok(())
+}
 
 /// R vectors that every request of a model would otherwise allocate again: the column
 /// names and each factor column's levels. A frame conformed to a schema repeats them

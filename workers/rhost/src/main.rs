@@ -154,10 +154,14 @@ fn serve(mut models: Models, reader: &mut impl std::io::Read, writer: &mut impl 
     while let Some(message) = read_message::<ToHost>(reader).context("cannot read from the host channel")? {
         let received = Instant::now();
         let (id, result) = match message {
-            ToHost::Score { id, model, input, predict_type } => {
-                (id, models.score(&model, &input, predict_type.as_deref()))
+            ToHost::Score { id, model, input, predict_type } => (
+                id,
+                convert::refuse_nul(&input, predict_type.as_deref())
+                    .and_then(|()| models.score(&model, &input, predict_type.as_deref())),
+            ),
+            ToHost::ScoreTrees { id, model, input, trees } => {
+                (id, convert::refuse_nul(&input, None).and_then(|()| models.score_trees(&model, &input, trees)))
             }
-            ToHost::ScoreTrees { id, model, input, trees } => (id, models.score_trees(&model, &input, trees)),
             ToHost::Load { .. } => bail!("a second load message arrived; a host loads its models once"),
         };
         let r_us = received.elapsed().as_micros() as u64;

@@ -382,6 +382,19 @@ fn errors_are_answers_and_the_host_survives_them() {
         Frame { n_rows: 2, columns: vec![protocol::Column::new("x", ColumnData::F64 { values: vec![Some(1.0)] })] };
     assert_eq!(host.error("faulty", Input::Frame(broken)).code, ErrorCode::BadRequest);
 
+    // A NUL character R would have to put in a string is refused, and the host lives on
+    // (making such a string used to end it).
+    let with_nul = json!([{ "x1": 1.0, "x2": 2.0, "grp": "be\0ta", "cnt": 3 }]);
+    let error = host.error("lm", Input::Frame(protocol::json::frame_from_value(&with_nul).unwrap()));
+    assert_eq!(error.code, ErrorCode::InvalidInput);
+    assert_eq!(error.message, "column 'grp', row 1 holds a NUL character, which R strings cannot hold");
+    let named = json!([{ "x\0": 1.0 }]);
+    let error = host.error("faulty", Input::Frame(protocol::json::frame_from_value(&named).unwrap()));
+    assert!(error.message.starts_with("column name \"x\\0\" holds a NUL character"), "{}", error.message);
+    let error = host.score("faulty", Input::Frame(x_frame(2.0)), Some("resp\0onse")).unwrap_err();
+    assert_eq!(error.message, "the predict type holds a NUL character, which R strings cannot hold");
+    assert_eq!(frame_json(&host.frame("faulty", x_frame(21.0), None)), json!([42.0]), "still serving");
+
     // A model that kills its own process: no answer, the channel closes, SIGKILL is seen.
     assert!(host.try_score("faulty", Input::Frame(x_frame(666.0)), None).is_none(), "a dead host cannot answer");
     let status = host.child.wait().unwrap();
