@@ -135,10 +135,11 @@ jq -n \
     --arg git "$git_rev" \
     --arg rabbitmq "$rabbitmq" \
     --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --arg requests "$REQUESTS" --arg warmup "$WARMUP" --arg hosts "$HOSTS" \
+    --arg requests "$REQUESTS" --arg warmup "$WARMUP" --arg hosts "$HOSTS" --arg split "$SPLIT" \
     '{date: $date, nproc: ($nproc | tonumber), cpu: $cpu, kernel: $kernel, r_version: $r_version,
       randomForest: $random_forest, rfleet: $rfleet, git: $git, rabbitmq: $rabbitmq, loadavg_before: $loadavg,
-      requests: ($requests | tonumber), warmup: ($warmup | tonumber), hosts: ($hosts | tonumber)}' \
+      requests: ($requests | tonumber), warmup: ($warmup | tonumber), hosts: ($hosts | tonumber),
+      split: $split}' \
     >"$OUT/machine.json"
 say "machine: $(jq -c . "$OUT/machine.json")"
 
@@ -263,7 +264,7 @@ printf '%s\n' "${runs[@]}" | jq -s --slurpfile machine "$OUT/machine.json" \
 fmt() { if [[ "$1" == - || "$1" == null ]]; then echo -; else printf "%.${2}f" "$1"; fi; }
 {
     jq -r '.machine | "Machine: \(.nproc) cores (\(.cpu)), \(.kernel), \(.r_version), randomForest \(.randomForest), \(.rabbitmq); \(.rfleet) at \(.git); \(.date)",
-        "Workload: randomForest regression, 500 trees, single-row requests, `rfleet serve --hosts \(.hosts)`; \(.requests) measured requests after \(.warmup) warm-up per row. Overhead = latency - x-rfleet-r-ms, per request."' \
+        "Workload: randomForest regression, 500 trees, single-row requests, `rfleet serve --hosts \(.hosts)`, `POST /score?split=\(.split)`; \(.requests) measured requests after \(.warmup) warm-up per row. Overhead = latency - x-rfleet-r-ms, per request."' \
         "$OUT/results.json"
     echo
     echo "| bus | concurrency | requests/s | p50 ms | p99 ms | R p50 ms | overhead p50 ms | overhead p99 ms | errors |"
