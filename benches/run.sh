@@ -33,24 +33,11 @@ die() { say "error: $*"; exit 1; }
 
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
-SERVER_PID=""
 # Whatever happens, no server (and no R host of its) outlives this script. The server
 # runs in its own process group (setsid), so the group kill reaches its children too.
-cleanup() {
-    local status=$?
-    if [[ -n "$SERVER_PID" ]]; then
-        kill -0 "$SERVER_PID" 2>/dev/null && say "stopping the server (pid $SERVER_PID) after a failure"
-        kill_group "$SERVER_PID"
-    fi
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup_on_exit
 
-for tool in cargo Rscript curl jq setsid pgrep; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+require_tools cargo Rscript curl jq setsid pgrep
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 MODEL_DIR="$OUT/model"
@@ -58,71 +45,27 @@ ROWS="$MODEL_DIR/rows.jsonl"
 rm -f "$OUT"/rfleet-c*.json "$OUT"/r-limit-p*.json "$OUT"/results.* "$OUT"/server.*
 
 # (a) Release binaries.
-if [[ "$SKIP_BUILD" != 1 ]]; then
-    say "building release binaries"
-    (cd "$ROOT" && cargo build --release -p dispatcher -p rhost -p benches)
-fi
-for bin in "$RFLEET" "$LOAD"; do
-    [[ -x "$bin" ]] || die "$bin is missing (build with: cargo build --release -p dispatcher -p rhost -p benches)"
-done
+build_release "$RFLEET" "$LOAD"
 
 # Machine facts, recorded next to the figures they qualify.
-git_rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then git_rev="$git_rev+dirty"; fi
-jq -n \
-    --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --arg nproc "$(nproc)" \
-    --arg cpu "$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)" \
-    --arg kernel "$(uname -sr)" \
-    --arg r_version "$(Rscript -e 'cat(R.version.string)')" \
-    --arg random_forest "$(Rscript -e 'cat(as.character(packageVersion("randomForest")))')" \
-    --arg rfleet "$("$RFLEET" --version 2>/dev/null || echo unknown)" \
-    --arg git "$git_rev" \
-    --arg requests "$REQUESTS" --arg warmup "$WARMUP" --arg hosts "$HOSTS" \
-    '{date: $date, nproc: ($nproc | tonumber), cpu: $cpu, kernel: $kernel, r_version: $r_version,
-      randomForest: $random_forest, rfleet: $rfleet, git: $git,
-      requests: ($requests | tonumber), warmup: ($warmup | tonumber), hosts: ($hosts | tonumber)}' \
+machine_facts | jq --arg requests "$REQUESTS" --arg warmup "$WARMUP" --arg hosts "$HOSTS" \
+    '. + {requests: ($requests | tonumber), warmup: ($warmup | tonumber), hosts: ($hosts | tonumber)}' \
     >"$OUT/machine.json"
 say "machine: $(jq -c . "$OUT/machine.json")"
 
 # (b) The model package and the request rows (seeded: identical on every run).
 Rscript "$ROOT/benches/make_model.R" "$MODEL_DIR" >&2
 
-# (c) The server, on a port the kernel picks. It runs from $OUT so that no rfleet.toml
-# lying in the caller's directory changes what is measured.
-say "starting rfleet serve with $HOSTS R hosts"
-(cd "$OUT" && exec setsid "$RFLEET" serve --models "$MODEL_DIR" --listen 127.0.0.1:0 --hosts "$HOSTS" \
-    >"$OUT/server.stdout" 2>"$OUT/server.log") &
-SERVER_PID=$!
-
-server_failed() {
-    say "server log (last 30 lines of $OUT/server.log):"
-    tail -n 30 "$OUT/server.log" >&2 || true
-    die "$*"
-}
-
-addr=""
-deadline=$((SECONDS + READY_TIMEOUT_S))
-while [[ -z "$addr" ]]; do
-    kill -0 "$SERVER_PID" 2>/dev/null || server_failed "the server exited before listening"
-    ((SECONDS < deadline)) || server_failed "no 'rfleet listening on' line within ${READY_TIMEOUT_S}s"
-    addr="$(sed -n 's|^rfleet listening on http://\([^/[:space:]]*\).*$|\1|p' "$OUT/server.stdout" | head -n1)"
-    [[ -n "$addr" ]] || sleep 0.1
-done
-base="http://$addr"
-say "server listening on $base; waiting for GET /ready"
-until [[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/ready" || true)" == 200 ]]; do
-    kill -0 "$SERVER_PID" 2>/dev/null || server_failed "the server exited before it was ready"
-    ((SECONDS < deadline)) || server_failed "GET /ready did not answer 200 within ${READY_TIMEOUT_S}s"
-    sleep 0.2
-done
+# (c) The server, on a port the kernel picks, with its log in server.log.
+start_rfleet "" "$OUT/server.log" "$MODEL_DIR" embedded
+base="$RFLEET_BASE"
 
 # One request by hand: a wrong answer must not be benchmarked. Its prediction is printed
 # next to R's own prediction for the same row (from the R limit below) to compare.
 first_row="$(head -n1 "$ROWS")"
 status="$(curl -s -o "$OUT/server.first-reply.json" -w '%{http_code}' \
     -H 'content-type: application/json' --data-binary "$first_row" "$base/score")"
-[[ "$status" == 200 ]] || server_failed "POST /score answered $status: $(head -c 500 "$OUT/server.first-reply.json")"
+[[ "$status" == 200 ]] || die_with_log "$OUT/server.log" "POST /score answered $status: $(head -c 500 "$OUT/server.first-reply.json")"
 say "POST /score $first_row -> $(head -c 300 "$OUT/server.first-reply.json")"
 
 # (d) Closed-loop load at each concurrency level.
@@ -135,29 +78,7 @@ done
 
 # (f) Graceful stop: SIGTERM to the server alone, which must drain and exit by itself
 # within the grace period and take its R hosts with it.
-say "sending SIGTERM to the server"
-kill -TERM "$SERVER_PID"
-stop_started=$SECONDS
-while kill -0 "$SERVER_PID" 2>/dev/null; do
-    ((SECONDS - stop_started < SHUTDOWN_TIMEOUT_S)) || die "the server did not exit within ${SHUTDOWN_TIMEOUT_S}s of SIGTERM"
-    sleep 0.1
-done
-server_status=0
-wait "$SERVER_PID" || server_status=$?
-# R hosts still exiting get a moment; after that, any survivor is a shutdown bug.
-for _ in $(seq 20); do
-    leftovers="$(pgrep -g "$SERVER_PID" || true)"
-    [[ -n "$leftovers" ]] || break
-    sleep 0.1
-done
-SERVER_PID_DONE="$SERVER_PID"
-SERVER_PID=""
-if [[ -n "$leftovers" ]]; then
-    pkill -KILL -g "$SERVER_PID_DONE" || true
-    die "processes of the server's group outlived it: $(echo "$leftovers" | tr '\n' ' ')"
-fi
-((server_status == 0)) || { tail -n 30 "$OUT/server.log" >&2; die "the server exited with status $server_status after SIGTERM"; }
-say "server exited cleanly in $((SECONDS - stop_started))s"
+stop_rfleet
 
 # (e) The R limit, after the server is gone so that it has the machine to itself.
 r_processes="1"

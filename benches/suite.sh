@@ -76,61 +76,15 @@ done
 ((HOSTS >= 1 && REQUESTS >= 1 && DURATION_S >= 1 && BIG_RUNS >= 1)) || die "HOSTS, REQUESTS, DURATION_S and BIG_RUNS must be at least 1"
 ((DURATION_S <= 600)) || die "DURATION_S is capped at 600 s per phase"
 
-# The broker: loopback only, as for rfleet-load: a benchmark, not a probe of another broker.
-broker_host="$(sed -n 's|^amqp://\([^@/]*@\)\{0,1\}\([^:/]*\).*$|\2|p' <<<"$BROKER_URL")"
-broker_port="$(sed -n 's|^amqp://\([^@/]*@\)\{0,1\}[^:/]*:\([0-9]*\).*$|\2|p' <<<"$BROKER_URL")"
-broker_port="${broker_port:-5672}"
-if has_system amqp; then
-    [[ "$broker_host" == 127.* || "$broker_host" == localhost ]] ||
-        die "BROKER_URL must point at a loopback broker such as 127.0.0.1 (got host '${broker_host}')"
-fi
-
-# ---------------------------------------------------------------------------------------
-# Clean-up: every process group this script started, and this run's broker objects.
-
-GROUPS_STARTED=()   # leaders of the process groups (setsid) this script started
-LOAD_PID=""
-broker_used=0
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+if has_system amqp; then require_loopback_broker; fi
 
-cleanup() {
-    local status=$? leader
-    trap - EXIT INT TERM
-    if [[ -n "$LOAD_PID" ]]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; fi
-    for leader in ${GROUPS_STARTED[@]+"${GROUPS_STARTED[@]}"}; do
-        if kill -0 -- "-$leader" 2>/dev/null; then
-            say "stopping process group $leader"
-            kill_group "$leader"
-        fi
-    done
-    broker_cleanup
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# ---------------------------------------------------------------------------------------
+# Clean-up: every process group this script started (start_group, start_rfleet), and this
+# run's broker objects.
 
-# Starts "$@" in a new session (its own process group, leader = its pid) with stdout and
-# stderr to files; sets STARTED_PID. The command must not fork before exec'ing.
-start_group() {
-    local stdout="$1" stderr="$2"
-    shift 2
-    (cd "$OUT" && exec setsid "$@" >"$stdout" 2>"$stderr") &
-    STARTED_PID=$!
-    GROUPS_STARTED+=("$STARTED_PID")
-}
-
-# Runs a command in the background and waits for it, so that a signal to this script is
-# handled at once (a foreground command would hold the trap back until it ends).
-run_waited() {
-    "$@" &
-    LOAD_PID=$!
-    local status=0
-    wait "$LOAD_PID" || status=$?
-    LOAD_PID=""
-    return "$status"
-}
+trap_cleanup_on_exit
 
 # What else uses the CPU (top's second frame: current, not lifetime, usage), appended to
 # cpu-samples.txt at the start, between sections and at the end: a busy neighbour on two
@@ -250,9 +204,7 @@ install_needs() {
     fi
 }
 
-for tool in cargo setsid pgrep timeout; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+require_tools cargo setsid pgrep timeout
 install_needs
 
 mkdir -p "$OUT"
@@ -266,18 +218,8 @@ find "$OUT" -maxdepth 1 -type f \( -name '.times' -o -name '*.json' -o -name '*.
 # ---------------------------------------------------------------------------------------
 # (b) Release binaries, and what this rfleet build offers.
 
-if [[ "$SKIP_BUILD" != 1 ]]; then
-    say "building release binaries (cargo waits if another build holds the target directory)"
-    (cd "$ROOT" && timeout 3600 cargo build --release -p benches -p dispatcher -p rhost) || die "cargo build failed"
-fi
-for bin in "$RFLEET" "$LOAD"; do
-    [[ -x "$bin" ]] || die "$bin is missing (build with: cargo build --release -p benches -p dispatcher -p rhost)"
-done
-if has_system amqp; then
-    serve_help="$("$RFLEET" serve --help 2>&1 || true)"
-    [[ "$serve_help" == *--bus* ]] || die "$RFLEET has no --bus flag: rebuild it, or leave amqp out of SYSTEMS"
-    (exec 3<>"/dev/tcp/$broker_host/$broker_port") 2>/dev/null || die "no broker answers on $broker_host:$broker_port (or leave amqp out of SYSTEMS)"
-fi
+build_release "$RFLEET" "$LOAD"
+if has_system amqp; then require_broker "leave amqp out of SYSTEMS"; fi
 # Batching: the sweep needs the max_batch_rows setting, checked through `rfleet config`
 # with the variable in its environment only.
 config_default="$(cd "$OUT" && "$RFLEET" config 2>/dev/null || true)"
@@ -294,43 +236,26 @@ fi
 # ---------------------------------------------------------------------------------------
 # (c) Machine facts, next to the figures they qualify.
 
-git_rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]]; then git_rev="$git_rev+dirty"; fi
 rabbitmq="-"
-if has_system amqp; then
-    rabbitmq="$(BROKER_URL="$BROKER_URL" timeout 30 python3 -c '
-import os, pika
-c = pika.BlockingConnection(pika.URLParameters(os.environ["BROKER_URL"]))
-p = c._impl.server_properties
-print(" ".join(p.get(k, b"?").decode() if isinstance(p.get(k), bytes) else str(p.get(k, "?")) for k in ("product", "version")))
-c.close()' 2>/dev/null || echo unknown)"
-fi
+if has_system amqp; then rabbitmq="$(rabbitmq_version)"; fi
 valve_version="-"
 if has_system valve; then
     valve_version="$(grep -o 'valve-rs [0-9.]*' "$HOME/.cargo/.crates.toml" 2>/dev/null | head -n1 || true)"
     valve_version="${valve_version:-valve-rs (version unknown)}"
 fi
-jq -n \
-    --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-    --arg nproc "$(nproc)" \
-    --arg cpu "$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)" \
-    --arg kernel "$(uname -sr)" \
-    --arg r_version "$(Rscript -e 'cat(R.version.string)')" \
-    --arg random_forest "$(Rscript -e 'cat(as.character(packageVersion("randomForest")))')" \
-    --arg plumber "$(Rscript -e 'cat(tryCatch(as.character(packageVersion("plumber")), error = function(e) "-"))')" \
+plumber_version="$(Rscript -e 'cat(tryCatch(as.character(packageVersion("plumber")), error = function(e) "-"))')"
+machine_facts | jq \
+    --arg plumber "$plumber_version" \
     --arg valve "$valve_version" \
-    --arg rfleet "$("$RFLEET" --version 2>/dev/null || echo unknown)" \
-    --arg git "$git_rev" \
     --arg rabbitmq "$rabbitmq" \
     --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
     --arg mem "$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" \
     --arg requests "$REQUESTS" --arg warmup "$WARMUP" --arg duration "$DURATION_S" --arg hosts "$HOSTS" \
     --arg big_rows "$BIG_ROWS" --arg big_runs "$BIG_RUNS" --arg batching "$has_batching" \
-    '{date: $date, nproc: ($nproc | tonumber), cpu: $cpu, memory: $mem, kernel: $kernel, r_version: $r_version,
-      randomForest: $random_forest, plumber: $plumber, valve: $valve, rfleet: $rfleet, git: $git,
-      rabbitmq: $rabbitmq, loadavg_before: $loadavg, requests: ($requests | tonumber),
-      warmup: ($warmup | tonumber), duration_s: ($duration | tonumber), hosts: ($hosts | tonumber),
-      big_rows: ($big_rows | tonumber), big_runs: ($big_runs | tonumber), batching: ($batching == "1")}' \
+    '. + {memory: $mem, plumber: $plumber, valve: $valve, rabbitmq: $rabbitmq, loadavg_before: $loadavg,
+          requests: ($requests | tonumber), warmup: ($warmup | tonumber), duration_s: ($duration | tonumber),
+          hosts: ($hosts | tonumber), big_rows: ($big_rows | tonumber), big_runs: ($big_runs | tonumber),
+          batching: ($batching == "1")}' \
     >"$OUT/machine.json"
 say "machine: $(jq -c . "$OUT/machine.json")"
 
@@ -394,82 +319,13 @@ load_run() {
     ((errors == 0)) || say "warning: $system at concurrency $concurrency: $errors failed requests (reported in the table)"
 }
 
-wait_ready() {
-    local system="$1" url="$2" leader="$3" log="$4" deadline=$((SECONDS + READY_TIMEOUT_S))
-    until [[ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$url" || true)" == 200 ]]; do
-        kill -0 "$leader" 2>/dev/null || { tail -n 30 "$log" >&2 || true; die "$system exited before it was ready"; }
-        ((SECONDS < deadline)) || { tail -n 30 "$log" >&2 || true; die "$system: $url did not answer 200 within ${READY_TIMEOUT_S}s"; }
-        sleep 0.2
-    done
-}
-
 # One request by hand: a wrong answer must not be benchmarked. Prints the reply.
 first_reply() {
     local system="$1" url="$2" log="$3" status
     status="$(curl -s -m 60 -D "$OUT/$system.first-reply.headers" -o "$OUT/$system.first-reply.json" -w '%{http_code}' \
         -H 'content-type: application/json' --data-binary "$(head -n1 "$ROWS")" "$url" || true)"
-    [[ "$status" == 200 ]] || { tail -n 30 "$log" >&2 || true; die "$system: POST $url answered '$status': $(head -c 300 "$OUT/$system.first-reply.json" 2>/dev/null)"; }
+    [[ "$status" == 200 ]] || die_with_log "$log" "$system: POST $url answered '$status': $(head -c 300 "$OUT/$system.first-reply.json" 2>/dev/null)"
     say "$system: first row -> $(head -c 200 "$OUT/$system.first-reply.json")"
-}
-
-RFLEET_BASE=""
-RFLEET_PID=""
-# Starts rfleet serve; $1 = label, $2 = models dir, $3 = bus (embedded|amqp), rest =
-# NAME=value settings for the server's environment only.
-start_rfleet() {
-    local label="$1" models="$2" bus="$3"
-    shift 3
-    local env_vars=("$@") flags=()
-    if [[ "$bus" == amqp ]]; then
-        broker_used=1
-        flags=(--bus "$BROKER_URL")
-        env_vars+=(
-            "RFLEET_BUS__QUEUE_PREFIX=$NAMESPACE.model."
-            "RFLEET_BUS__CATALOG_EXCHANGE=$NAMESPACE.catalog"
-            "RFLEET_BUS__DEAD_LETTER_EXCHANGE=$NAMESPACE.dead"
-            "RFLEET_BUS__DEAD_LETTER_QUEUE=$NAMESPACE.dead"
-        )
-    fi
-    local log="$OUT/server-$label.log" stdout="$OUT/server-$label.stdout"
-    say "$label: starting rfleet serve --hosts $HOSTS ${flags[*]+${flags[*]}} ${env_vars[*]+${env_vars[*]}}"
-    # From $OUT (start_group cd's there), so that no rfleet.toml in the caller's directory
-    # changes what is measured.
-    start_group "$stdout" "$log" env ${env_vars[@]+"${env_vars[@]}"} "$RFLEET" serve --models "$models" \
-        --listen 127.0.0.1:0 --hosts "$HOSTS" ${flags[@]+"${flags[@]}"}
-    RFLEET_PID="$STARTED_PID"
-    CURRENT_GROUP="$RFLEET_PID"
-    local addr="" deadline=$((SECONDS + READY_TIMEOUT_S))
-    while [[ -z "$addr" ]]; do
-        kill -0 "$RFLEET_PID" 2>/dev/null || { tail -n 30 "$log" >&2; die "$label: rfleet exited before listening"; }
-        ((SECONDS < deadline)) || { tail -n 30 "$log" >&2; die "$label: no 'rfleet listening on' line within ${READY_TIMEOUT_S}s"; }
-        addr="$(sed -n 's|^rfleet listening on http://\([^/[:space:]]*\).*$|\1|p;T;q' "$stdout")"
-        [[ -n "$addr" ]] || sleep 0.1
-    done
-    RFLEET_BASE="http://$addr"
-    wait_ready "$label" "$RFLEET_BASE/ready" "$RFLEET_PID" "$log"
-}
-
-# SIGTERM to the server alone: it must drain and exit by itself with status 0, taking
-# its R hosts with it.
-stop_rfleet() {
-    local label="$1" log="$OUT/server-$1.log" started=$SECONDS status=0 leftovers=""
-    kill -TERM "$RFLEET_PID"
-    while kill -0 "$RFLEET_PID" 2>/dev/null; do
-        ((SECONDS - started < SHUTDOWN_TIMEOUT_S)) || die "$label: rfleet did not exit within ${SHUTDOWN_TIMEOUT_S}s of SIGTERM"
-        sleep 0.1
-    done
-    wait "$RFLEET_PID" || status=$?
-    for _ in $(seq 20); do
-        leftovers="$(pgrep -g "$RFLEET_PID" || true)"
-        [[ -n "$leftovers" ]] || break
-        sleep 0.1
-    done
-    if [[ -n "$leftovers" ]]; then
-        kill_group "$RFLEET_PID"
-        die "$label: processes of rfleet's group outlived it: $(echo "$leftovers" | tr '\n' ' ')"
-    fi
-    ((status == 0)) || { tail -n 30 "$log" >&2; die "$label: rfleet exited with status $status after SIGTERM"; }
-    RFLEET_PID=""
 }
 
 # Stops a plumber or valve group (they have no graceful drain to check).
@@ -499,7 +355,8 @@ if has_system embedded || has_system amqp; then
     for bus in embedded amqp; do
         has_system "$bus" || continue
         label="rfleet-$bus"
-        start_rfleet "$label" "$MODEL_DIR" "$bus"
+        start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" "$bus"
+        CURRENT_GROUP="$RFLEET_PID"
         first_reply "$label" "$RFLEET_BASE/score" "$OUT/server-$label.log"
         grep -qi '^x-rfleet-r-ms:' "$OUT/$label.first-reply.headers" || die "$label: the reply has no x-rfleet-r-ms header"
         prediction="$(jq '.[0]' "$OUT/$label.first-reply.json")"
@@ -516,7 +373,7 @@ if has_system embedded || has_system amqp; then
                 "$REQUESTS" "$WARMUP" single "$label-never"
         fi
         memory_snapshot "$label" "$RFLEET_PID"
-        stop_rfleet "$label"
+        stop_rfleet
         if [[ "$bus" == amqp ]]; then broker_cleanup; fi
     done
 fi
@@ -608,7 +465,8 @@ fi
 cpu_sample "before the large-request runs"
 if has_system embedded; then
     label=rfleet-split
-    start_rfleet "$label" "$SPLIT_MODELS" embedded
+    start_rfleet "$label" "$OUT/server-$label.log" "$SPLIT_MODELS" embedded
+    CURRENT_GROUP="$RFLEET_PID"
     for variant in "${split_variants[@]}"; do
         read -r model split <<<"$variant"
         name="big-rfleet-$model-$split"
@@ -617,7 +475,7 @@ if has_system embedded; then
     done
     jq -e '.paths' "$OUT/big-rfleet-rf500-always.json" >/dev/null ||
         say "warning: the replies carry no x-rfleet-path header: this rfleet may not split requests"
-    stop_rfleet "$label"
+    stop_rfleet
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -627,12 +485,13 @@ cpu_sample "before the batching runs"
 if has_system embedded && ((has_batching)); then
     for rows in $BATCH_ROWS_LEVELS; do
         label="rfleet-batch$rows"
-        start_rfleet "$label" "$MODEL_DIR" embedded "RFLEET_WORKERS__MAX_BATCH_ROWS=$rows"
+        start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" embedded "RFLEET_WORKERS__MAX_BATCH_ROWS=$rows"
+        CURRENT_GROUP="$RFLEET_PID"
         load_run "$RFLEET_BASE/score" "$BATCH_CONCURRENCY" "$OUT/batch-$rows.json" "$ROWS" "$REQUESTS" "$WARMUP" batch \
             "rfleet max_batch_rows=$rows"
         jq --argjson rows "$rows" '. + {max_batch_rows: $rows}' "$OUT/batch-$rows.json" >"$OUT/batch-$rows.tmp" &&
             mv "$OUT/batch-$rows.tmp" "$OUT/batch-$rows.json"
-        stop_rfleet "$label"
+        stop_rfleet
     done
 fi
 
