@@ -16,7 +16,9 @@ use bus::{ContentType, Outgoing};
 use futures::StreamExt;
 use protocol::json::{frame_from_slice, predictions_to_json, JsonError};
 use protocol::message::SplitPolicy;
-use protocol::{ColumnData, ErrorCode, Frame, Input, ModelInfo, ModelKind, Options, Outcome, Reply, Request, Timings};
+use protocol::{
+    ErrorCode, Frame, Input, ModelInfo, ModelKind, NulAt, Options, Outcome, Reply, Request, Timings, NUL_IN_R,
+};
 use serde::Deserialize;
 use tracing::Span;
 
@@ -273,30 +275,16 @@ fn encode_request(mut request: Request, info: &ModelInfo, body: &[u8], max_rows:
     protocol::encode(&request).map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))
 }
 
-/// Why a string with a NUL character is refused: R's strings cannot hold one.
-const NUL_IN_R: &str = "which R strings cannot hold";
-
-/// Refuses a frame with a NUL character in a string R would get (a column name, a
-/// character value): R cannot make such a string, and trying ends the R host, so one
-/// request would cost two hosts (found by schemathesis). Factor levels are the model's.
+/// Refuses a frame with a NUL character in a string R would get: trying to make one ends
+/// the R host, so one request would cost two hosts (found by schemathesis).
 fn refuse_nul(frame: &Frame) -> Result<(), ApiError> {
-    for column in &frame.columns {
-        let name = &column.name;
-        if name.contains('\0') {
-            return Err(ApiError::invalid_input(format!(
-                "column {name:?}: its name holds a NUL character, {NUL_IN_R}"
-            )));
-        }
-        if let ColumnData::Str { values } = &column.data {
-            if let Some(row) = values.iter().position(|v| v.as_deref().is_some_and(|s| s.contains('\0'))) {
-                return Err(ApiError::invalid_input(format!(
-                    "column '{name}': a NUL character in row {}, {NUL_IN_R}",
-                    row + 1
-                )));
-            }
-        }
-    }
-    Ok(())
+    let message = match frame.find_nul() {
+        None => return Ok(()),
+        Some(NulAt::ColumnName(name)) => format!("column {name:?}: its name holds a NUL character, {NUL_IN_R}"),
+        Some(NulAt::Value { column, row }) => format!("column '{column}': a NUL character in row {row}, {NUL_IN_R}"),
+        Some(NulAt::Level { column }) => format!("column '{column}': a level holds a NUL character, {NUL_IN_R}"),
+    };
+    Err(ApiError::invalid_input(message))
 }
 
 /// The body as a string, if it is well-formed JSON.

@@ -130,4 +130,43 @@ impl Frame {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// The first string R would get from this frame that holds a NUL character (a column
+    /// name, a character value, a factor level), if any. R's strings cannot hold one, and
+    /// making one ends the R host: such frames are refused before R sees them.
+    pub fn find_nul(&self) -> Option<NulAt<'_>> {
+        self.columns.iter().find_map(|column| {
+            let name = column.name.as_str();
+            if name.contains('\0') {
+                return Some(NulAt::ColumnName(name));
+            }
+            match &column.data {
+                ColumnData::Str { values } => values
+                    .iter()
+                    .position(|v| v.as_deref().is_some_and(|s| s.contains('\0')))
+                    .map(|row| NulAt::Value { column: name, row: row + 1 }),
+                ColumnData::Factor { levels, .. } if levels.iter().any(|l| l.contains('\0')) => {
+                    Some(NulAt::Level { column: name })
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// Why a string with a NUL character is refused, for messages.
+pub const NUL_IN_R: &str = "which R strings cannot hold";
+
+/// Where [`Frame::find_nul`] found a NUL character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NulAt<'a> {
+    ColumnName(&'a str),
+    /// A character value; `row` counts from 1.
+    Value {
+        column: &'a str,
+        row: usize,
+    },
+    Level {
+        column: &'a str,
+    },
 }

@@ -18,7 +18,7 @@ pub mod json;
 pub mod message;
 pub mod schema;
 
-pub use frame::{Column, ColumnData, Frame, FrameError};
+pub use frame::{Column, ColumnData, Frame, FrameError, NulAt, NUL_IN_R};
 pub use message::{
     decode, encode, Announcement, ErrorBody, ErrorCode, ForestInfo, Input, ModelInfo, ModelKind, Options, Outcome,
     Reply, Request, Timings, WireError, PROTOCOL_VERSION,

@@ -11,42 +11,30 @@ use extendr_api::prelude::*;
 use extendr_api::scalar::{Rbool, Rfloat, Rint};
 use extendr_api::{Error, Result};
 use protocol::host::ForestPart;
-use protocol::{Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, Schema};
+use protocol::{
+    Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, NulAt, Schema, NUL_IN_R,
+};
 
-/// Refuses input holding a NUL character where R would get it as a string (a column
-/// name, a character value, a factor level, the predict type, a raw JSON body): R's
-/// strings cannot hold one, and making one ends the host. The dispatcher refuses such
-/// requests already; this covers what direct publishers send.
+/// Refuses input holding a NUL character where R would get it as a string (see
+/// [`Frame::find_nul`]; also the predict type and a raw JSON body): making one ends the
+/// host. The dispatcher refuses such requests already; this covers direct publishers.
 pub fn refuse_nul(input: &Input, predict_type: Option<&str>) -> std::result::Result<(), ErrorBody> {
-    const WHY: &str = "which R strings cannot hold";
-    let refused =
-        |what: String| Err(ErrorBody::new(ErrorCode::InvalidInput, format!("{what} holds a NUL character, {WHY}")));
+    let refused = |what: String| {
+        Err(ErrorBody::new(ErrorCode::InvalidInput, format!("{what} holds a NUL character, {NUL_IN_R}")))
+    };
     if predict_type.is_some_and(|t| t.contains('\0')) {
         return refused("the predict type".into());
     }
-    let frame = match input {
-        Input::Json(body) if body.contains('\0') => return refused("the JSON body".into()),
-        Input::Json(_) => return Ok(()),
-        Input::Frame(frame) => frame,
-    };
-    let has_nul = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
-    for column in &frame.columns {
-        let name = &column.name;
-        if name.contains('\0') {
-            return refused(format!("column name {name:?}"));
-        }
-        let row = match &column.data {
-            ColumnData::Str { values } => values.iter().position(has_nul),
-            ColumnData::Factor { levels, .. } if levels.iter().any(|l| l.contains('\0')) => {
-                return refused(format!("a level of column '{name}'"));
-            }
-            _ => None,
-        };
-        if let Some(row) = row {
-            return refused(format!("column '{name}', row {}", row + 1));
-        }
+    match input {
+        Input::Json(body) if body.contains('\0') => refused("the JSON body".into()),
+        Input::Json(_) => Ok(()),
+        Input::Frame(frame) => match frame.find_nul() {
+            None => Ok(()),
+            Some(NulAt::ColumnName(name)) => refused(format!("column name {name:?}")),
+            Some(NulAt::Value { column, row }) => refused(format!("column '{column}', row {row}")),
+            Some(NulAt::Level { column }) => refused(format!("a level of column '{column}'")),
+        },
     }
-    Ok(())
 }
 
 /// R vectors that every request of a model would otherwise allocate again: the column
