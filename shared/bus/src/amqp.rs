@@ -53,9 +53,9 @@
 //! - re-declares request queues lazily after each reconnect;
 //! - if lapin gives up (its retries are exhausted, or a channel's replay fails) or stalls
 //!   (the broker accepts TCP connections again for 3 s and lapin has not reconnected, which
-//!   lapin 4.12 does now and then after a reset), drops the connection and opens a new one, and every [`AmqpConsumer`] and catalog listener
-//!   re-subscribes on it by itself (its own re-subscription, keyed by a connection
-//!   generation).
+//!   lapin 4.12 does now and then after a reset), drops the connection and opens a new
+//!   one, and every [`AmqpConsumer`] and catalog listener re-subscribes on it by itself
+//!   (its own re-subscription, keyed by a connection generation).
 //!
 //! Deliveries whose channel died before they were acknowledged are redelivered by the
 //! broker (`redelivered = true`); their `ack` fails. That is the at-least-once contract.
@@ -616,6 +616,7 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
     let mut down_since: Option<Instant> = None;
     let mut reconnected_at: Option<Instant> = None;
     let mut reachable_since: Option<Instant> = None;
+    let broker = broker_address(&inner.config.url);
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,
@@ -662,19 +663,18 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
                             tracing::warn!("lapin did not recover the broker channels; reconnecting from scratch");
                             return;
                         }
-                        // The broker is back but lapin is not reconnecting to it.
+                        // The broker is back but lapin is not reconnecting to it. Probed
+                        // until it answers once, so the broker sees one extra connection.
                         if reconnected_at.is_none() && since.elapsed() > Duration::from_secs(1) {
-                            if broker_accepts_connections(&inner.config.url).await {
-                                let since = *reachable_since.get_or_insert_with(Instant::now);
-                                if since.elapsed() > STALLED_RECOVERY {
-                                    tracing::warn!(
-                                        ?status,
-                                        "lapin is not reconnecting to a reachable broker; reconnecting from scratch"
-                                    );
-                                    return;
-                                }
-                            } else {
-                                reachable_since = None;
+                            if reachable_since.is_none() && broker_accepts_connections(broker.as_ref()).await {
+                                reachable_since = Some(Instant::now());
+                            }
+                            if reachable_since.is_some_and(|at| at.elapsed() > STALLED_RECOVERY) {
+                                tracing::warn!(
+                                    ?status,
+                                    "lapin is not reconnecting to a reachable broker; reconnecting from scratch"
+                                );
+                                return;
                             }
                         }
                     }
@@ -685,11 +685,17 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
     }
 }
 
-/// Whether the broker in `url` accepts TCP connections (within a short bound).
-async fn broker_accepts_connections(url: &str) -> bool {
-    let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() else { return false };
-    let address = (uri.authority.host.as_str(), uri.authority.port);
-    matches!(tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
+/// The broker's host and port, from its URL.
+fn broker_address(url: &str) -> Option<(String, u16)> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    Some((uri.authority.host, uri.authority.port))
+}
+
+/// Whether the broker accepts TCP connections (within a short bound).
+async fn broker_accepts_connections(address: Option<&(String, u16)>) -> bool {
+    let Some((host, port)) = address else { return false };
+    let connecting = tokio::net::TcpStream::connect((host.as_str(), *port));
+    matches!(tokio::time::timeout(Duration::from_millis(300), connecting).await, Ok(Ok(_)))
 }
 
 /// Removes the pending entry when the caller stops waiting (deadline, error or
