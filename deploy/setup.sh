@@ -57,6 +57,17 @@ need_cargo() {
         echo "rfleet setup: cargo not found; install Rust 1.88 or newer (rustup) and run again" >&2
         exit 1
     fi
+    # A build tried before R was installed records R as missing, and cargo never looks
+    # again: extendr-ffi's build script says what to watch only once it finds R. Forget it.
+    local output
+    for output in target/*/build/extendr-ffi-*/output; do
+        if [ -f "$output" ] && ! grep -q rerun-if-env-changed "$output"; then
+            echo "rfleet setup: rebuilding extendr-ffi, first built before R was installed" >&2
+            cargo clean --quiet -p extendr-ffi
+            cargo clean --quiet --release -p extendr-ffi
+            break
+        fi
+    done
 }
 
 case "${1:-}" in

@@ -137,6 +137,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 413 is sent before the rest of its body is read, so the connection cannot carry
+/// another request: say so (RFC 9112 §9.6), or a client may reuse it in the moment before
+/// it closes and fail a good request that follows.
+/// Applied to every response (`axum::middleware::map_response`).
+pub async fn close_if_unread(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -157,6 +157,7 @@ fn with_layers(routes: Router, auth: Option<auth::Auth>) -> Router {
     };
     routes
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::map_response(error::close_if_unread))
         // Outermost, so panics and fallbacks are logged and carry request ids too.
         .layer(axum::middleware::from_fn(request_log::track))
 }

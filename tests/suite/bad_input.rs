@@ -97,7 +97,10 @@ async fn bad_input_is_named_and_survived() {
 
     check(&client, &server, "/models/no_such_model/score", "[{\"x\": 1}]", 404, "no_such_model").await;
     let huge = format!("[{}]", vec!["{\"x\": 1.0}"; 10_000].join(","));
-    check(&client, &server, score, huge, 413, "65536").await;
+    check(&client, &server, score, huge.clone(), 413, "65536").await;
+    // The rest of a refused body is never read, so the connection is closed, and said to be.
+    let refused = post(&client, &format!("{}{score}", server.url), huge, &[]).await;
+    assert_eq!((refused.status, refused.header("connection")), (413, Some("close")), "{}", refused.text);
     check(&client, &server, "/models/azureml/score", "{not json", 400, "JSON").await;
 
     // An R error inside predict: R's message, the host survives.
