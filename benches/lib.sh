@@ -142,6 +142,22 @@ require_broker() {
 }
 
 # ---------------------------------------------------------------------------------------
+# R outside rfleet.
+
+# The allocator settings rfleet gives its R hosts (HOST_ENV_DEFAULTS in
+# workers/worker/src/host.rs), as arguments to env(1). The R loop and R's own one-call
+# predict run with them too (`env $(r_malloc_env) Rscript ...`), so the limit they set is
+# R's and not glibc's defaults'; R_MALLOC=default runs them as a plain R session does.
+R_MALLOC="${R_MALLOC:-rfleet}"
+r_malloc_env() {
+    case "$R_MALLOC" in
+    rfleet) echo MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 ;;
+    default) echo -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ ;;
+    esac
+}
+[[ "$R_MALLOC" == rfleet || "$R_MALLOC" == default ]] || die "R_MALLOC is rfleet or default, not $R_MALLOC"
+
+# ---------------------------------------------------------------------------------------
 # Machine facts.
 
 # The facts every script records next to its figures, as one JSON object; the caller adds
@@ -159,8 +175,9 @@ machine_facts() {
         --arg random_forest "$(Rscript -e 'cat(as.character(packageVersion("randomForest")))')" \
         --arg rfleet "$("$RFLEET" --version 2>/dev/null || echo unknown)" \
         --arg git "$git_rev" \
+        --arg r_malloc "$R_MALLOC" \
         '{date: $date, nproc: ($nproc | tonumber), cpu: $cpu, kernel: $kernel, r_version: $r_version,
-          randomForest: $random_forest, rfleet: $rfleet, git: $git}'
+          randomForest: $random_forest, rfleet: $rfleet, git: $git, r_malloc: $r_malloc}'
 }
 
 # The broker's product and version, e.g. "RabbitMQ 3.12.1", or "unknown".

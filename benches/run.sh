@@ -85,7 +85,8 @@ r_processes="1"
 if [[ "$HOSTS" != 1 ]]; then r_processes="1 $HOSTS"; fi
 for processes in $r_processes; do
     say "R limit: $processes process(es), $REQUESTS single-row predict calls after $WARMUP warm-up"
-    Rscript "$ROOT/benches/r_limit.R" --model "$MODEL_DIR/rf500/model.rds" --rows "$ROWS" \
+    # shellcheck disable=SC2046 # r_malloc_env gives several words
+    env $(r_malloc_env) Rscript "$ROOT/benches/r_limit.R" --model "$MODEL_DIR/rf500/model.rds" --rows "$ROWS" \
         --requests "$REQUESTS" --warmup "$WARMUP" --processes "$processes" --duration-s "$DURATION_S" \
         --json "$OUT/r-limit-p$processes.json"
 done

@@ -438,8 +438,9 @@ if has_system rloop; then
         if [[ "$processes" == 1 && -f "$OUT/single-rloop-p1.json" ]]; then continue; fi
         say "R predict loop: $processes process(es), $REQUESTS calls after $WARMUP warm-up"
         cpu_mark
-        run_waited timeout $((2 * DURATION_S + 120)) Rscript "$ROOT/benches/r_limit.R" --model "$MODEL_DIR/rf500/model.rds" \
-            --rows "$ROWS" --requests "$REQUESTS" --warmup "$WARMUP" --processes "$processes" \
+        # shellcheck disable=SC2046 # r_malloc_env gives several words
+        run_waited timeout $((2 * DURATION_S + 120)) env $(r_malloc_env) Rscript "$ROOT/benches/r_limit.R" \
+            --model "$MODEL_DIR/rf500/model.rds" --rows "$ROWS" --requests "$REQUESTS" --warmup "$WARMUP" --processes "$processes" \
             --duration-s "$DURATION_S" --json "$OUT/single-rloop-p$processes.raw" >&2 || die "r_limit.R failed"
         jq --arg system "R loop ($processes process$([[ $processes == 1 ]] || echo es))" \
             '. + {section: "single", system: $system}' "$OUT/single-rloop-p$processes.raw" >"$OUT/single-rloop-p$processes.json"
@@ -452,8 +453,9 @@ if has_system rloop; then
     done
     say "R predict, one call on $BIG_ROWS rows, $BIG_RUNS runs"
     cpu_mark
-    run_waited timeout 600 Rscript "$ROOT/benches/r_big.R" --model "$MODEL_DIR/rf500/model.rds" --body "$BIG_BODY" \
-        --runs "$BIG_RUNS" --json "$OUT/big-rloop.raw" >&2 || die "r_big.R failed"
+    # shellcheck disable=SC2046 # r_malloc_env gives several words
+    run_waited timeout 600 env $(r_malloc_env) Rscript "$ROOT/benches/r_big.R" \
+        --model "$MODEL_DIR/rf500/model.rds" --body "$BIG_BODY" --runs "$BIG_RUNS" --json "$OUT/big-rloop.raw" >&2 || die "r_big.R failed"
     jq '. + {section: "big", system: "R predict (1 call)"}' "$OUT/big-rloop.raw" >"$OUT/big-rloop.json"
     rm -f "$OUT/big-rloop.raw"
     cpu_account "$OUT/big-rloop.json"

@@ -127,8 +127,11 @@ async fn sigterm_finishes_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_are_recycled_after_max_requests() {
-    let server =
-        ServerOptions::new(fixtures().join("models")).hosts(1).env("RFLEET_WORKERS__MAX_REQUESTS_PER_HOST", 3).start();
+    let server = ServerOptions::new(fixtures().join("models"))
+        .hosts(1)
+        .env("RFLEET_WORKERS__MAX_REQUESTS_PER_HOST", 3)
+        .env("MALLOC_TRIM_THRESHOLD_", 12345678)
+        .start();
     let client = client();
     let rows = single_rows(&["rf_reg", "lm"]);
     let mut pids = std::collections::BTreeSet::new();
@@ -141,4 +144,13 @@ async fn hosts_are_recycled_after_max_requests() {
     // 10 requests, 3 per host: hosts 1-3 served 3 each, the fourth served the last one.
     assert_eq!(pids.len(), 4, "hosts that served: {pids:?}");
     server.wait_until(Duration::from_secs(60), "one live host", |s| s.host_pids().len() == 1);
+
+    // Replacements get the hosts' environment: the worker's defaults, unless its own
+    // environment says otherwise.
+    let host = server.host_pids()[0];
+    let environ = std::fs::read(format!("/proc/{host}/environ")).expect("the host's environment");
+    let environ: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    for setting in ["OMP_NUM_THREADS=1", "MALLOC_MMAP_THRESHOLD_=33554432", "MALLOC_TRIM_THRESHOLD_=12345678"] {
+        assert!(environ.iter().any(|v| v == setting), "host {host} lacks {setting}: {environ:?}");
+    }
 }

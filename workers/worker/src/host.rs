@@ -78,6 +78,23 @@ fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder().max_frame_length(MAX_MESSAGE_BYTES).new_codec()
 }
 
+/// The environment a host gets unless the worker's own environment says otherwise.
+/// - One host per core already uses every core: threaded BLAS or OpenMP inside a host
+///   would oversubscribe them. R also complains at start when TZ is unset.
+/// - glibc's malloc serves blocks over 128 KiB from fresh `mmap` pages and gives freed heap
+///   back to the kernel, and `predict` allocates and frees large blocks on every call
+///   (randomForest's `.C` copies the whole forest): one call on a 500-tree forest took
+///   about 460 page faults. Blocks up to 32 MiB stay on the heap and up to 256 MiB of free
+///   heap stays in the host, so a host keeps its peak resident memory and its calls stop
+///   faulting (BENCHMARKS.md, "Host memory allocator").
+const HOST_ENV_DEFAULTS: [(&str, &str); 5] = [
+    ("OMP_NUM_THREADS", "1"),
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("TZ", "UTC"),
+    ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+    ("MALLOC_TRIM_THRESHOLD_", "268435456"),
+];
+
 impl Host {
     /// Starts a host, loads `models` and waits until it is ready. Returns the host, the
     /// models as R sees them (with inferred schemas) and R's version.
@@ -87,10 +104,10 @@ impl Host {
         let their_fd = theirs.as_raw_fd();
         let mut command = Command::new(&config.rhost_path);
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        // One host per core already uses every core: threaded BLAS or OpenMP inside a host
-        // would oversubscribe them. R also complains at start when TZ is unset.
-        for (key, value) in [("OMP_NUM_THREADS", "1"), ("OPENBLAS_NUM_THREADS", "1"), ("TZ", "UTC")] {
-            if std::env::var_os(key).is_none() {
+        // Whoever tunes malloc with glibc's own GLIBC_TUNABLES keeps it to themselves.
+        let malloc_tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|tunables| tunables.contains("glibc.malloc."));
+        for (key, value) in HOST_ENV_DEFAULTS {
+            if std::env::var_os(key).is_none() && !(malloc_tuned && key.starts_with("MALLOC_")) {
                 command.env(key, value);
             }
         }
