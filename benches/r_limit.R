@@ -79,12 +79,22 @@ if (length(rows) == 0) stop(sprintf("%s has no rows", opts$rows), call. = FALSE)
 
 now <- function() as.double(Sys.time())
 
+# This process's minor page faults so far (field 10 of /proc/self/stat; NA where there is
+# none): memory the allocator took fresh from the kernel, see BENCHMARKS.md.
+minor_faults <- function() {
+  stat <- tryCatch(readLines("/proc/self/stat", warn = FALSE), error = function(e) "")
+  # The command name (field 2) is in parentheses and may hold spaces: count after it.
+  fields <- strsplit(sub("^.*\\) ", "", stat), " ", fixed = TRUE)[[1]]
+  if (length(fields) < 8) NA_real_ else as.numeric(fields[[8]])
+}
+
 # Times `n` calls starting at row `first` (0-based, cycling); stops early at `stop_at`.
 timed_loop <- function(n, first, stop_at) {
   latencies_s <- numeric(n)
   ok <- logical(n)
   first_error <- NULL
   done <- 0L
+  faults_before <- minor_faults()
   started <- now()
   for (i in seq_len(n)) {
     if (now() >= stop_at) break
@@ -100,7 +110,7 @@ timed_loop <- function(n, first, stop_at) {
     latencies_s[i] <- now() - t0
     done <- i
   }
-  list(started = started, ended = now(), latencies_s = latencies_s[seq_len(done)][ok[seq_len(done)]],
+  list(started = started, ended = now(), faults = minor_faults() - faults_before, latencies_s = latencies_s[seq_len(done)][ok[seq_len(done)]],
        n_done = done, n_errors = sum(!ok[seq_len(done)]), first_error = first_error)
 }
 
@@ -132,6 +142,7 @@ n_done <- sum(vapply(loops, `[[`, integer(1), "n_done"))
 n_errors <- sum(vapply(loops, `[[`, integer(1), "n_errors"))
 seconds <- max(vapply(loops, `[[`, numeric(1), "ended")) - min(vapply(loops, `[[`, numeric(1), "started"))
 first_error <- Filter(Negate(is.null), lapply(loops, `[[`, "first_error"))
+faults_per_call <- sum(vapply(loops, `[[`, numeric(1), "faults")) / max(n_done, 1)
 if (length(first_error) > 0) cat("r_limit: first error: ", first_error[[1]], "\n", file = stderr())
 
 proc_status_kib <- function(field) {
@@ -162,14 +173,17 @@ summary <- list(
   # (NA where there is none): the model, the rows and R itself, for the memory table.
   rss_kib = proc_status_kib("VmRSS"),
   hwm_kib = proc_status_kib("VmHWM"),
+  # Minor page faults per measured call, over every loop.
+  minor_faults_per_call = round(faults_per_call, 1),
   first_prediction = unname(as.vector(first_prediction))[1]
 )
 
 fmt <- function(v) if (is.na(v)) "-" else sprintf("%.2f", v)
 cat(sprintf(paste0("r_limit: processes=%d requests=%d errors=%d seconds=%.3f rps=%.1f ",
-                   "p50_ms=%s p90_ms=%s p99_ms=%s max_ms=%s first_prediction=%s\n"),
+                   "p50_ms=%s p90_ms=%s p99_ms=%s max_ms=%s minor_faults_per_call=%s first_prediction=%s\n"),
             n_processes, n_done, n_errors, seconds, summary$rps,
             fmt(summary$p50_ms), fmt(summary$p90_ms), fmt(summary$p99_ms), fmt(summary$max_ms),
+            fmt(summary$minor_faults_per_call),
             format(summary$first_prediction, digits = 15)))
 if (!is.null(opts$json)) {
   writeLines(toJSON(summary, auto_unbox = TRUE, digits = NA, pretty = TRUE, na = "null"), opts$json)
