@@ -110,7 +110,8 @@ timed_loop <- function(n, first, stop_at) {
     latencies_s[i] <- now() - t0
     done <- i
   }
-  list(started = started, ended = now(), faults = minor_faults() - faults_before, latencies_s = latencies_s[seq_len(done)][ok[seq_len(done)]],
+  list(started = started, ended = now(), faults = minor_faults() - faults_before,
+       latencies_s = latencies_s[seq_len(done)][ok[seq_len(done)]],
        n_done = done, n_errors = sum(!ok[seq_len(done)]), first_error = first_error)
 }
 

@@ -47,13 +47,14 @@ pub enum JsonError {
 /// not take cleanly, bad ones included, is parsed again into a `Value` and read by
 /// [`frame_from_value`], so every answer, each error message included, is that function's.
 pub fn frame_from_slice(body: &[u8]) -> Result<Frame, JsonError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(JsonError::Empty);
-    }
-    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        if let Some(frame) = stream::rows(body) {
-            return Ok(frame);
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => return Err(JsonError::Empty),
+        Some(b'[') => {
+            if let Some(frame) = stream::rows(body) {
+                return Ok(frame);
+            }
         }
+        Some(_) => {}
     }
     let value: Value = serde_json::from_slice(body).map_err(|e| JsonError::Syntax(e.to_string()))?;
     frame_from_value(&value)
