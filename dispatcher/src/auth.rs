@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -28,14 +28,12 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use settings::auth::AuthSettings;
 
 use crate::error::ApiError;
-use crate::openapi::{DOCS_PATH, OPENAPI_PATH};
-
-/// Routes open even with auth on: load balancers and Kubernetes probe without credentials.
-pub const OPEN_PATHS: &[&str] = &["/", "/live", "/ready", "/ping", "/v2/health/live", "/v2/health/ready"];
+use crate::AppState;
 
 /// `iss` and `aud` of the tokens `POST /token` issues; an OIDC token never carries them,
 /// so neither kind of token passes for the other.
@@ -274,17 +272,13 @@ impl Auth {
     }
 
     fn keys(&self) -> Arc<Keys> {
-        self.inner.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.keys.read().clone()
     }
 
-    /// Whether `path` is served without credentials.
-    pub fn is_open(&self, path: &str) -> bool {
-        OPEN_PATHS.contains(&path)
-            || (self.inner.public_docs
-                && (path == OPENAPI_PATH
-                    || path == "/swagger.json"
-                    || path == DOCS_PATH
-                    || path.strip_prefix(DOCS_PATH).is_some_and(|rest| rest.starts_with('/'))))
+    /// Whether the API's description and Swagger UI are served without credentials
+    /// (`auth.public_docs`).
+    pub fn public_docs(&self) -> bool {
+        self.inner.public_docs
     }
 
     /// Who sent `headers`, or why not (the reason is for the log, never for the caller).
@@ -364,12 +358,10 @@ impl From<Refusal> for ApiError {
     }
 }
 
-/// Middleware: lets probes through, and everything else only with a valid credential,
-/// which it leaves in the request's extensions as a [`Caller`].
+/// Middleware on every route that needs a credential (the route table decides which):
+/// lets the request through only with a valid credential, which it leaves in the request's
+/// extensions as a [`Caller`].
 pub async fn require(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
-    if auth.is_open(request.uri().path()) {
-        return next.run(request).await;
-    }
     match auth.authenticate(request.headers()).await {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -390,9 +382,9 @@ pub async fn require(State(auth): State<Auth>, mut request: Request, next: Next)
                    in its place until it expires. Only a key is exchanged: a token or an OIDC access token gets 401.",
     responses((status = 200, body = TokenResponse,
         headers(("Cache-Control" = String, description = "`no-store`: a token response is never cached")))))]
-pub async fn token(State(auth): State<Auth>, caller: Option<Extension<Caller>>) -> Response {
-    let issued = match caller {
-        Some(Extension(Caller::Key(slot))) => auth.issue_token(slot),
+pub async fn token(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
+    let issued = match (caller, &state.auth) {
+        (Some(Extension(Caller::Key(slot))), Some(auth)) => auth.issue_token(slot),
         _ => None,
     };
     match issued {
@@ -427,7 +419,7 @@ async fn watch_keys_file(path: PathBuf, auth: Weak<Inner>, mut last_text: Vec<u8
         match outcome {
             Ok(keys) => {
                 tracing::info!(keys_file = %path.display(), n_keys = keys.keys.len(), "keys reloaded");
-                *inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                *inner.keys.write() = Arc::new(keys);
                 last_error = None;
             }
             // Warned once per distinct problem, not every second.
@@ -492,7 +484,7 @@ impl Oidc {
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+        self.keys.read().get(kid).cloned()
     }
 
     /// Refetches the JWKS unless another request just did (or fetched `kid` meanwhile).
@@ -505,7 +497,7 @@ impl Oidc {
         match self.fetch(&mut source.url).await {
             Ok(keys) => {
                 tracing::info!(issuer = %self.issuer, n_keys = keys.len(), "oidc signing keys fetched");
-                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+                *self.keys.write() = keys;
             }
             // Tokens are refused until a fetch succeeds; the log says why.
             Err(error) => tracing::warn!(issuer = %self.issuer, %error, "cannot fetch the oidc signing keys"),

@@ -97,7 +97,10 @@ impl ApiError {
 /// compile until someone decides its status.
 pub fn status_for_code(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::BadRequest | ErrorCode::UnsupportedVersion => StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        // The dispatcher and a worker speak different protocol versions: the fleet's
+        // version skew, not the client's fault. The worker is this gateway's upstream.
+        ErrorCode::UnsupportedVersion => StatusCode::BAD_GATEWAY,
         ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
         ErrorCode::InvalidInput | ErrorCode::RError => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::HostCrashed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

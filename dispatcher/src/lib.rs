@@ -3,38 +3,42 @@
 //!
 //! # Layout
 //! - [`AppState`], [`router`] and [`serve`] (this file): what `main` wires together.
-//! - [`routes`]: probes (`/`, `/live`, `/ready`), `GET /models`, and the JSON answers
-//!   to unknown routes and methods.
-//! - [`score`]: `POST /score` and `/models/{name}[/versions/{version}]/score`: read the
-//!   body under its limit, turn JSON into a frame, check it against the model's schema,
-//!   publish, await the reply until the deadline.
-//! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
-//! - [`auth`]: keys, `POST /token` and OIDC tokens, checked by a layer before any route
-//!   but the probes (`[auth]`, off by default).
-//! - [`tls`]: HTTPS (`[tls]`, off by default): a listener whose connections arrive with
-//!   their TLS handshake done, and the certificate reloaded from its files.
-//! - [`request_log`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
-//!   access log span.
-//! - [`announcements`]: workers' announcements (over a broker) into the catalog.
+//! - [`api`]: the route table: every route once with its access level; the router, the
+//!   OpenAPI document and the credential checks are made from it.
+//! - [`scoring`]: the one scoring call ([`scoring::execute`]): the in-flight permit, the
+//!   body limit, parsing and schema checks off the async threads, publishing, awaiting the
+//!   reply until the deadline, typed predictions back.
+//! - [`score`]: Azure ML's `POST /score` and `/models/{name}[/versions/{version}]/score`,
+//!   a front and a renderer on [`scoring`].
 //! - [`vetiver`]: vetiver / plumber's `POST /predict`, `/ping`, `/metadata`, `/prototype`.
 //! - [`oip`]: the Open Inference Protocol (KServe v2, Triton) under `/v2`.
-//! - [`scored`]: how those two score: through [`score`], predictions back as JSON.
-//! - [`openapi`]: the OpenAPI document (`/openapi.json`, `/swagger.json`) and Swagger UI
-//!   (`/docs`).
+//! - [`routes`]: probes (`/`, `/live`, `/ready`), `GET /models`, and the JSON answers
+//!   to unknown routes and methods.
+//! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
+//! - [`auth`]: keys, `POST /token` and OIDC tokens, checked on the routes that need a
+//!   credential (`[auth]`, off by default).
+//! - [`tls`]: HTTPS (`[tls]`, off by default): a listener whose connections arrive with
+//!   their TLS handshake done, and the certificate reloaded from its files.
+//! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
+//!   access log, from tower-http's layers.
+//! - [`announcements`]: workers' announcements (over a broker) into the catalog.
+//! - [`openapi`]: the OpenAPI document (`/openapi.json`, `/swagger.json`) completed from
+//!   the catalog, and Swagger UI (`/docs`).
 //!
 //! **Architecture Invariant:** the dispatcher never touches R and never blocks the async
 //! runtime: R runs in the workers' host processes, and parsing or encoding a large body
 //! runs on tokio's blocking pool.
 
 pub mod announcements;
+pub mod api;
 pub mod auth;
 pub mod error;
 pub mod oip;
 pub mod openapi;
-pub mod request_log;
+pub mod request_id;
 pub mod routes;
 pub mod score;
-mod scored;
+pub mod scoring;
 pub mod tls;
 pub mod vetiver;
 
@@ -44,8 +48,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use bus::{Catalog, Requester};
 use settings::ServerSettings;
 use tokio::sync::Semaphore;
@@ -99,67 +102,25 @@ impl AppState {
     }
 }
 
-/// All routes, with the layers every response goes through.
+/// All routes of the route table ([`api`]), with the layers every response goes through.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/", get(routes::healthy))
-        .route("/live", get(routes::live))
-        .route("/ready", get(routes::ready))
-        .route("/models", get(routes::list_models))
-        .route("/models/{name}", get(routes::get_model))
-        .route("/models/{name}/versions/{version}", get(routes::get_model_version))
-        .route("/score", post(score::score_default))
-        .route("/models/{name}/score", post(score::score_model))
-        .route("/models/{name}/versions/{version}/score", post(score::score_model_version))
-        // vetiver / plumber clients.
-        .route("/predict", post(vetiver::predict_default))
-        .route("/models/{name}/predict", post(vetiver::predict_model))
-        .route("/ping", get(vetiver::ping))
-        .route("/metadata", get(vetiver::metadata))
-        .route("/prototype", get(vetiver::prototype))
-        // Open Inference Protocol (KServe v2 / Triton).
-        .route("/v2", get(oip::server_metadata))
-        .route("/v2/health/live", get(oip::live))
-        .route("/v2/health/ready", get(oip::ready))
-        .route("/v2/models/{name}", get(oip::model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(oip::model_version_metadata))
-        .route("/v2/models/{name}/ready", get(oip::model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(oip::model_version_ready))
-        .route("/v2/models/{name}/infer", post(oip::infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_version))
-        // The API's own description; every route above is in it.
-        .route(openapi::OPENAPI_PATH, get(openapi::openapi_json))
-        .route("/swagger.json", get(openapi::swagger_json))
-        .merge(openapi::swagger_ui())
-        .with_state(state.clone());
-    // Only with auth on: there is nothing to exchange for a token otherwise.
-    let routes = match &state.auth {
-        Some(auth) => routes.route("/token", post(auth::token).with_state(auth.clone())),
-        None => routes,
-    };
-    with_layers(routes, state.auth)
+    let api = api::build(state.auth.as_ref());
+    let document = openapi::BaseDocument(Arc::new(api.document(state.auth.is_some())));
+    let routes = api.router.layer(Extension(document)).with_state(state);
+    with_layers(routes)
 }
 
-/// The JSON fallbacks and the layers, kept apart from the routes so tests can wrap a
-/// router of their own (e.g. one that panics).
-fn with_layers(routes: Router, auth: Option<auth::Auth>) -> Router {
+/// The layers, kept apart from the routes so tests can wrap a router of their own (e.g.
+/// one that panics).
+fn with_layers(routes: Router) -> Router {
     let routes = routes
-        .fallback(routes::route_not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
         // Scoring reads the body itself under `max_body_bytes`; axum's default 2 MB limit
         // would otherwise cut in first with a plain-text answer.
-        .layer(DefaultBodyLimit::disable());
-    // After the fallbacks, so that without credentials an unknown route is a 401 too and
-    // the routes cannot be enumerated; before the body is read, so refusals are cheap.
-    let routes = match auth {
-        Some(auth) => routes.layer(axum::middleware::from_fn_with_state(auth, auth::require)),
-        None => routes,
-    };
-    routes
+        .layer(DefaultBodyLimit::disable())
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::map_response(error::close_if_unread))
-        // Outermost, so panics and fallbacks are logged and carry request ids too.
-        .layer(axum::middleware::from_fn(request_log::track))
+        .layer(axum::middleware::map_response(error::close_if_unread));
+    // Outermost, so panics and fallbacks are logged and carry request ids too.
+    request_id::track(routes)
 }
 
 /// A handler panicked: a bug. Answer 500 in the usual JSON shape and keep serving.
@@ -199,7 +160,7 @@ mod tests {
 
     #[tokio::test]
     async fn panics_become_json_500() {
-        let app = with_layers(Router::new().route("/boom", get(|| async { panic!("boom") as &str })), None);
+        let app = with_layers(Router::new().route("/boom", axum::routing::get(|| async { panic!("boom") as &str })));
         let response = app.oneshot(Request::get("/boom").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(response.headers().contains_key("x-request-id"));

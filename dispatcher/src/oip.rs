@@ -16,19 +16,21 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
-use protocol::{ColumnType, ModelInfo, Schema};
+use axum::Json;
+use protocol::json::{column_to_json, frame_from_value};
+use protocol::{ColumnData, ColumnType, Frame, Input, ModelInfo, ModelKind, Options, Schema, Timings};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::request_log::RequestId;
-use crate::score::ScoreQuery;
-use crate::scored::{headers_for_new_body, score_json, Target};
+use crate::openapi::OIP_TAG;
+use crate::request_id::RequestId;
+use crate::scoring::Target;
+use crate::scoring::{self, checked_frame, json_error, Answer, CallHeaders, Failure, Parse, Parsed, ScoreCall, Scored};
 use crate::AppState;
 
 /// The name of the output tensor holding a single prediction vector (rfleet's `.pred`).
@@ -37,11 +39,13 @@ pub const PREDICT_OUTPUT: &str = "predict";
 /// Sent by clients that append binary tensor data after the JSON header.
 const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
-/// An error in the protocol's shape: `{"error": "..."}`.
+/// An error in the protocol's shape: `{"error": "..."}`, with the worker's timings as
+/// headers when a worker answered.
 #[derive(Debug)]
 pub struct OipError {
     status: StatusCode,
     message: String,
+    timings: Option<Timings>,
 }
 
 /// The body of every OIP error.
@@ -53,30 +57,29 @@ pub struct OipErrorBody {
 
 impl OipError {
     fn bad_request(message: impl Into<String>) -> Self {
-        OipError { status: StatusCode::BAD_REQUEST, message: message.into() }
-    }
-
-    /// Re-shapes an answer in rfleet's `{"message": ...}` shape, keeping its status.
-    async fn from_response(response: Response) -> Self {
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap_or_default();
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        OipError { status, message }
+        OipError::from(ApiError::bad_request(message))
     }
 }
 
 impl From<ApiError> for OipError {
     fn from(error: ApiError) -> Self {
-        OipError { status: error.status(), message: error.to_string() }
+        OipError { status: error.status(), message: error.to_string(), timings: None }
+    }
+}
+
+impl From<Failure> for OipError {
+    fn from(failure: Failure) -> Self {
+        OipError { timings: failure.timings, ..OipError::from(failure.error) }
     }
 }
 
 impl IntoResponse for OipError {
     fn into_response(self) -> Response {
-        (self.status, Json(OipErrorBody { error: self.message })).into_response()
+        let mut response = (self.status, Json(OipErrorBody { error: self.message })).into_response();
+        if let Some(timings) = &self.timings {
+            scoring::insert_timings(response.headers_mut(), timings);
+        }
+        response
     }
 }
 
@@ -221,20 +224,20 @@ pub struct OutputTensor {
     pub data: Vec<Value>,
 }
 
-#[utoipa::path(get, path = "/v2", tag = "open inference protocol", summary = "Server metadata",
+#[utoipa::path(get, path = "/v2", tag = OIP_TAG, summary = "Server metadata",
     responses((status = 200, body = ServerMetadata, example = json!({"name": "rfleet", "version": "0.1.0", "extensions": []}))))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata { name: "rfleet", version: env!("CARGO_PKG_VERSION"), extensions: Vec::new() })
 }
 
-#[utoipa::path(get, path = "/v2/health/live", operation_id = "v2_live", tag = "open inference protocol",
+#[utoipa::path(get, path = "/v2/health/live", operation_id = "v2_live", tag = OIP_TAG,
     summary = "Server liveness",
     responses((status = 200, body = Liveness)))]
 pub async fn live() -> Json<Liveness> {
     Json(Liveness { live: true })
 }
 
-#[utoipa::path(get, path = "/v2/health/ready", operation_id = "v2_ready", tag = "open inference protocol",
+#[utoipa::path(get, path = "/v2/health/ready", operation_id = "v2_ready", tag = OIP_TAG,
     summary = "Server readiness",
     description = "Ready when models are loaded, an R host is up and the bus takes requests.",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
@@ -247,7 +250,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-#[utoipa::path(get, path = "/v2/models/{name}", tag = "open inference protocol", summary = "Model metadata",
+#[utoipa::path(get, path = "/v2/models/{name}", tag = OIP_TAG, summary = "Model metadata",
     params(("name" = String, Path, description = "the model's name")),
     responses((status = 200, body = ModelMetadata), (status = 404, body = OipErrorBody)))]
 pub async fn model_metadata(
@@ -258,7 +261,7 @@ pub async fn model_metadata(
     metadata(&state, &name, None)
 }
 
-#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "open inference protocol",
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = OIP_TAG,
     summary = "Model metadata of one version",
     params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
     responses((status = 200, body = ModelMetadata), (status = 404, body = OipErrorBody)))]
@@ -309,7 +312,7 @@ pub fn datatype_of(column_type: ColumnType) -> &'static str {
     }
 }
 
-#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "open inference protocol", summary = "Model readiness",
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = OIP_TAG, summary = "Model readiness",
     params(("name" = String, Path, description = "the model's name")),
     responses((status = 200, body = Readiness), (status = 404, body = OipErrorBody), (status = 503, body = Readiness)))]
 pub async fn model_ready(State(state): State<AppState>, path: Result<Path<String>, PathRejection>) -> Response {
@@ -319,7 +322,7 @@ pub async fn model_ready(State(state): State<AppState>, path: Result<Path<String
     }
 }
 
-#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "open inference protocol",
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = OIP_TAG,
     summary = "Model readiness of one version",
     params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
     responses((status = 200, body = Readiness), (status = 404, body = OipErrorBody), (status = 503, body = Readiness)))]
@@ -347,74 +350,112 @@ fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { name: Some(info.name), ready: false, error })).into_response()
 }
 
-#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "open inference protocol", summary = "Score with a model",
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = OIP_TAG, summary = "Score with a model",
     params(("name" = String, Path, description = "the model's name")),
     request_body = InferRequest,
     responses((status = 200, body = InferResponse)))]
 pub async fn infer(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OipError> {
     let Path(name) = path.map_err(path_error)?;
-    infer_with(state, name, None, request_id, headers, body).await
+    infer_with(&state, Target { name, version: None }, request_id, headers, body).await
 }
 
-#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "open inference protocol",
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = OIP_TAG,
     summary = "Score with one version of a model",
     params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
     request_body = InferRequest,
     responses((status = 200, body = InferResponse)))]
 pub async fn infer_version(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OipError> {
     let Path((name, version)) = path.map_err(path_error)?;
-    infer_with(state, name, Some(version), request_id, headers, body).await
+    infer_with(&state, Target { name, version: Some(version) }, request_id, headers, body).await
 }
 
 async fn infer_with(
-    state: AppState,
-    name: String,
-    version: Option<String>,
-    request_id: RequestId,
+    state: &AppState,
+    target: Target,
+    RequestId(request_id): RequestId,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, OipError> {
-    let info = state.find_model(&name, version.as_deref())?;
     if headers.contains_key(INFERENCE_HEADER_CONTENT_LENGTH) {
         return Err(OipError::bad_request(
             "the binary tensor extension is not supported: send tensors as JSON data (tritonclient: \
              set_data_from_numpy(..., binary_data=False))",
         ));
     }
-    let limit_bytes = state.shared.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit_bytes)
-        .await
-        .map_err(|_| OipError::from(ApiError::BodyTooLarge { limit_bytes }))?;
-    let request: InferRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| OipError::bad_request(format!("malformed inference request: {e}")))?;
-    let rows = rows_from_inputs(&request.inputs, info.schema.as_ref()).map_err(OipError::bad_request)?;
-    let predict_type = request.parameters.as_ref().and_then(|p| p.get("type")).and_then(Value::as_str);
-    let query = Ok(Query(ScoreQuery { predict_type: predict_type.map(str::to_string), ..ScoreQuery::default() }));
-
-    let id = request.id.clone().unwrap_or_else(|| request_id.0.clone());
-    let target = Target { name: info.name.clone(), version: version.clone() };
-    let body = Body::from(Value::Array(rows).to_string());
-    let scored = match score_json(state, target, request_id, query, headers_for_new_body(headers), body).await {
-        Ok(scored) => scored,
-        Err(response) => return Err(OipError::from_response(response).await),
+    let call = ScoreCall {
+        target,
+        body,
+        parse: Tensors,
+        options: Options::default(),
+        headers: CallHeaders::from_headers(&headers)?,
+        request_id: request_id.clone(),
     };
-    let outputs = outputs_from_predictions(&scored.json)
-        .map_err(|message| OipError { status: StatusCode::INTERNAL_SERVER_ERROR, message })?;
-    let outputs = select_outputs(outputs, request.outputs.as_deref()).map_err(OipError::bad_request)?;
-    let answer = InferResponse { model_name: info.name, model_version: info.version, id, outputs };
-    Ok((scored.headers, Json(answer)).into_response())
+    let Scored { model, answer, timings, extra: wanted } = scoring::execute(state, call).await?;
+    let outputs = match answer {
+        Answer::Predictions(frame) => outputs_from_frame(&frame),
+        // An Azure ML entry script's own JSON: read as `POST /score` would answer it.
+        Answer::Json(text) => serde_json::from_str(&text)
+            .map_err(|e| format!("the model's answer is not JSON: {e}"))
+            .and_then(|predictions| outputs_from_predictions(&predictions))
+            .map_err(|message| OipError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+                timings: Some(timings.clone()),
+            })?,
+    };
+    let outputs = select_outputs(outputs, wanted.outputs.as_deref())
+        .map_err(|message| OipError { timings: Some(timings.clone()), ..OipError::bad_request(message) })?;
+    let id = wanted.id.unwrap_or(request_id);
+    let mut response =
+        Json(InferResponse { model_name: model.name, model_version: model.version, id, outputs }).into_response();
+    scoring::insert_timings(response.headers_mut(), &timings);
+    Ok(response)
+}
+
+/// An inference request's body: its tensors become the input for the model's kind (a
+/// frame; for an Azure ML entry script, the rows as JSON text, the body every scoring path
+/// hands such a script); `parameters.type` is passed to `predict`.
+struct Tensors;
+
+/// What the answer needs of the request: its `id` and the outputs it asked for.
+struct Wanted {
+    id: Option<String>,
+    outputs: Option<Vec<RequestedOutput>>,
+}
+
+impl Parse for Tensors {
+    type Extra = Wanted;
+
+    fn parse(self, body: &[u8], info: &ModelInfo, max_rows: usize) -> Result<Parsed<Wanted>, ApiError> {
+        let request: InferRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("malformed inference request: {e}")))?;
+        let rows =
+            Value::Array(rows_from_inputs(&request.inputs, info.schema.as_ref()).map_err(ApiError::bad_request)?);
+        let input = match info.kind {
+            ModelKind::AzureMl => Input::Json(rows.to_string()),
+            ModelKind::Predict | ModelKind::PredictFn => {
+                Input::Frame(checked_frame(frame_from_value(&rows).map_err(json_error)?, info, max_rows)?)
+            }
+        };
+        let predict_type = request.parameters.as_ref().and_then(|p| p.get("type")).and_then(Value::as_str);
+        Ok(Parsed {
+            input,
+            predict_type: predict_type.map(str::to_string),
+            extra: Wanted { id: request.id, outputs: request.outputs },
+        })
+    }
 }
 
 fn path_error(rejection: PathRejection) -> OipError {
@@ -532,7 +573,28 @@ fn check_datatype(name: &str, datatype: &str, index: usize, value: &Value) -> Re
     }
 }
 
-/// Turns `POST /score`'s JSON (a plain array, or row objects) into one tensor per column.
+/// One tensor per prediction column, typed by the column; a single column is `predict`.
+pub fn outputs_from_frame(frame: &Frame) -> Vec<OutputTensor> {
+    let single = frame.columns.len() == 1;
+    frame
+        .columns
+        .iter()
+        .map(|column| OutputTensor {
+            name: if single { PREDICT_OUTPUT.to_string() } else { column.name.clone() },
+            datatype: match column.data {
+                ColumnData::F64 { .. } => "FP64",
+                ColumnData::I32 { .. } => "INT32",
+                ColumnData::Bool { .. } => "BOOL",
+                ColumnData::Str { .. } | ColumnData::Factor { .. } => "BYTES",
+            },
+            shape: vec![frame.n_rows],
+            data: column_to_json(&column.data),
+        })
+        .collect()
+}
+
+/// Turns `POST /score`'s JSON (a plain array, or row objects) into one tensor per column:
+/// what an Azure ML entry script answers.
 pub fn outputs_from_predictions(predictions: &Value) -> Result<Vec<OutputTensor>, String> {
     let rows = predictions.as_array().ok_or("the model's answer is not an array of predictions")?;
     if !rows.iter().any(Value::is_object) {

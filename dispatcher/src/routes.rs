@@ -7,19 +7,27 @@ use axum::Json;
 use protocol::{ErrorCode, ModelInfo};
 
 use crate::error::ApiError;
+use crate::openapi::{ErrorMessage, ModelDescription};
 use crate::AppState;
 
 /// `GET /`: Azure ML's liveness answer, which its clients and load balancers look for.
+#[utoipa::path(get, path = "/", tag = "probes", summary = "Azure ML liveness: `Healthy`",
+    responses((status = 200, content_type = "text/plain", body = String, example = "Healthy")))]
 pub async fn healthy() -> &'static str {
     "Healthy"
 }
 
 /// `GET /live`: the process answers, nothing more (a failing liveness probe restarts the pod).
+#[utoipa::path(get, path = "/live", tag = "probes", summary = "Liveness",
+    responses((status = 200, content_type = "text/plain", body = String, example = "live")))]
 pub async fn live() -> &'static str {
     "live"
 }
 
 /// `GET /ready`: models are loaded, an R host is up and the bus takes requests.
+#[utoipa::path(get, path = "/ready", tag = "probes", summary = "Readiness: models loaded, an R host up, the bus ready",
+    responses((status = 200, content_type = "text/plain", body = String, example = "ready"),
+              (status = 503, body = ErrorMessage)))]
 pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let catalog = &state.shared.catalog;
     let requester = &state.shared.requester;
@@ -40,11 +48,16 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
 }
 
 /// `GET /models`: every served model with its schema.
+#[utoipa::path(get, path = "/models", tag = "scoring", summary = "Served models with their input schemas",
+    responses((status = 200, body = Vec<ModelDescription>)))]
 pub async fn list_models(State(state): State<AppState>) -> Json<Vec<ModelInfo>> {
     Json(state.shared.catalog.models())
 }
 
 /// `GET /models/{name}`.
+#[utoipa::path(get, path = "/models/{name}", tag = "scoring", summary = "One served model",
+    params(("name" = String, Path, description = "the model's name")),
+    responses((status = 200, body = ModelDescription), (status = 404, body = ErrorMessage)))]
 pub async fn get_model(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -54,6 +67,9 @@ pub async fn get_model(
 }
 
 /// `GET /models/{name}/versions/{version}`.
+#[utoipa::path(get, path = "/models/{name}/versions/{version}", tag = "scoring", summary = "One version of a served model",
+    params(("name" = String, Path, description = "the model's name"), ("version" = String, Path)),
+    responses((status = 200, body = ModelDescription), (status = 404, body = ErrorMessage)))]
 pub async fn get_model_version(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,

@@ -5,24 +5,24 @@
 //! prediction vector as `{".pred": [...]}`, a matrix or data.frame as an array of row
 //! objects. The routes without a model name use the same model as `POST /score`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
-use protocol::{ColumnSpec, ColumnType, ModelInfo};
+use axum::Json;
+use protocol::json::predictions_to_json;
+use protocol::{ErrorCode, ModelInfo};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::request_log::RequestId;
+use crate::openapi::{example_value, ErrorMessage, ScoringBody};
+use crate::request_id::RequestId;
 use crate::routes::path_error;
-use crate::score::ScoreQuery;
-use crate::scored::{score_json, Scored, Target};
+use crate::score::{table_call, ScoreQuery};
+use crate::scoring::{self, Answer, Failure, ScoreCall, Scored, Table, Target};
 use crate::AppState;
 
 /// `GET /ping`: vetiver's health answer.
@@ -68,7 +68,7 @@ pub struct PrototypeColumn {
     path = "/predict",
     tag = "vetiver",
     summary = "Score rows with the default model, answered as vetiver does",
-    request_body(content = crate::openapi::ScoringBody, description = "rows, as for `POST /score`"),
+    request_body(content = ScoringBody, description = "rows, as for `POST /score`"),
     responses(
         (status = 200, description = "`{\".pred\": [...]}` for one prediction vector; an array of row objects for a \
          matrix or data.frame", body = Value, example = json!({".pred": [21.4, 19.7]})),
@@ -76,16 +76,13 @@ pub struct PrototypeColumn {
 )]
 pub async fn predict_default(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     query: Result<Query<ScoreQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let name = match state.default_model_name() {
-        Ok(name) => name,
-        Err(e) => return e.into_response(),
-    };
-    predict(state, Target { name, version: None }, request_id, query, headers, body).await
+) -> Result<Response, Failure> {
+    let target = Target { name: state.default_model_name()?, version: None };
+    predict(&state, table_call(target, request_id, query, &headers, body)?).await
 }
 
 #[utoipa::path(
@@ -94,7 +91,7 @@ pub async fn predict_default(
     tag = "vetiver",
     summary = "Score rows with one model, answered as vetiver does",
     params(("name" = String, Path, description = "the model's name")),
-    request_body(content = crate::openapi::ScoringBody, description = "rows, as for `POST /score`"),
+    request_body(content = ScoringBody, description = "rows, as for `POST /score`"),
     responses(
         (status = 200, description = "`{\".pred\": [...]}` or an array of row objects", body = Value,
          example = json!({".pred": [21.4, 19.7]})),
@@ -102,31 +99,29 @@ pub async fn predict_default(
 )]
 pub async fn predict_model(
     State(state): State<AppState>,
-    Extension(request_id): Extension<RequestId>,
+    request_id: RequestId,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ScoreQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    let name = match path {
-        Ok(Path(name)) => name,
-        Err(e) => return path_error(e).into_response(),
-    };
-    predict(state, Target { name, version: None }, request_id, query, headers, body).await
+) -> Result<Response, Failure> {
+    let Path(name) = path.map_err(path_error)?;
+    predict(&state, table_call(Target { name, version: None }, request_id, query, &headers, body)?).await
 }
 
-async fn predict(
-    state: AppState,
-    target: Target,
-    request_id: RequestId,
-    query: Result<Query<ScoreQuery>, QueryRejection>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match score_json(state, target, request_id, query, headers, body).await {
-        Ok(Scored { json, headers }) => (headers, Json(vetiver_shape(json))).into_response(),
-        Err(response) => response,
-    }
+async fn predict(state: &AppState, call: ScoreCall<Table>) -> Result<Response, Failure> {
+    let Scored { answer, timings, .. } = scoring::execute(state, call).await?;
+    let predictions = match answer {
+        Answer::Predictions(frame) => predictions_to_json(&frame),
+        // An Azure ML entry script's own JSON, reshaped like any prediction.
+        Answer::Json(text) => serde_json::from_str(&text).map_err(|e| Failure {
+            error: ApiError::coded(ErrorCode::RError, format!("the model's answer is not JSON: {e}")),
+            timings: Some(timings.clone()),
+        })?,
+    };
+    let mut response = Json(vetiver_shape(predictions)).into_response();
+    scoring::insert_timings(response.headers_mut(), &timings);
+    Ok(response)
 }
 
 /// vetiver answers a prediction vector as `{".pred": [...]}`; rows (a matrix or a
@@ -146,8 +141,7 @@ pub fn vetiver_shape(predictions: Value) -> Value {
     responses((status = 200, body = Ping))
 )]
 pub async fn ping() -> Json<Ping> {
-    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    Json(Ping { status: "online", time: utc_timestamp(seconds) })
+    Json(Ping { status: "online", time: r_timestamp(time::OffsetDateTime::now_utc()) })
 }
 
 #[utoipa::path(
@@ -158,7 +152,7 @@ pub async fn ping() -> Json<Ping> {
     responses(
         (status = 200, body = VetiverMetadata,
          example = json!({"user": {}, "version": "1.0.0", "url": null, "required_pkgs": ["randomForest"]})),
-        (status = 404, description = "no default model", body = crate::openapi::ErrorMessage),
+        (status = 404, description = "no default model", body = ErrorMessage),
     )
 )]
 pub async fn metadata(State(state): State<AppState>) -> Response {
@@ -185,7 +179,7 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         (status = 200, body = HashMap<String, PrototypeColumn>,
          example = json!({"x1": {"type": "double", "example": 0.5, "details": {}},
                           "grp": {"type": "factor", "example": "a", "details": {"levels": ["a", "b"]}}})),
-        (status = 404, description = "no default model", body = crate::openapi::ErrorMessage),
+        (status = 404, description = "no default model", body = ErrorMessage),
     )
 )]
 pub async fn prototype(State(state): State<AppState>) -> Response {
@@ -212,36 +206,10 @@ pub fn prototype_of(info: &ModelInfo) -> Map<String, Value> {
                 details.insert("levels".into(), json!(levels));
             }
             let column =
-                PrototypeColumn { column_type: r_type(spec.column_type), example: example_value(spec), details };
+                PrototypeColumn { column_type: spec.column_type.r_type(), example: example_value(spec), details };
             (spec.name.clone(), serde_json::to_value(column).expect("a prototype column serializes"))
         })
         .collect()
-}
-
-/// R's name for a column type, as `typeof()` (or `class()` for factors) says it.
-pub fn r_type(column_type: ColumnType) -> &'static str {
-    match column_type {
-        ColumnType::Numeric => "double",
-        ColumnType::Integer => "integer",
-        ColumnType::Logical => "logical",
-        ColumnType::Character => "character",
-        ColumnType::Factor => "factor",
-        ColumnType::Ordered => "ordered",
-    }
-}
-
-/// A plausible value for a column, for prototypes and documented examples. The schema
-/// knows types and levels, not ranges, so numbers are small and unremarkable.
-pub fn example_value(spec: &ColumnSpec) -> Value {
-    match spec.column_type {
-        ColumnType::Numeric => json!(0.5),
-        ColumnType::Integer => json!(1),
-        ColumnType::Logical => json!(true),
-        ColumnType::Character => json!("a"),
-        ColumnType::Factor | ColumnType::Ordered => {
-            spec.levels.as_ref().and_then(|l| l.first()).map_or(Value::Null, |l| json!(l))
-        }
-    }
 }
 
 /// The R packages whose classes appear in `class(model)`, for vetiver's `required_pkgs`.
@@ -271,22 +239,12 @@ pub fn required_pkgs(r_class: &[String]) -> Vec<String> {
     packages
 }
 
-/// `2025-01-31 12:00:00` (UTC) for `seconds` since the Unix epoch, as R prints a time.
-fn utc_timestamp(seconds: u64) -> String {
-    let days = (seconds / 86_400) as i64;
-    let time = seconds % 86_400;
-    // Days to a civil date in the proleptic Gregorian calendar (H. Hinnant's algorithm),
-    // to avoid a date-time dependency for one field.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", time / 3600, time % 3600 / 60, time % 60)
+/// `2025-01-31 12:00:00` (UTC), as R prints a time.
+const R_TIME: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+
+fn r_timestamp(at: time::OffsetDateTime) -> String {
+    at.format(R_TIME).expect("a UTC time formats as year, month, day and time")
 }
 
 #[cfg(test)]
@@ -299,9 +257,10 @@ mod tests {
         assert_eq!(vetiver_shape(json!(["setosa"])), json!({".pred": ["setosa"]}));
         let rows = json!([{"a": 0.25, "b": 0.75}]);
         assert_eq!(vetiver_shape(rows.clone()), rows);
-        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
-        assert_eq!(utc_timestamp(951_782_400 + 3_661), "2000-02-29 01:01:01");
-        assert_eq!(utc_timestamp(1_738_324_800), "2025-01-31 12:00:00");
+        let at = |seconds| r_timestamp(time::OffsetDateTime::from_unix_timestamp(seconds).unwrap());
+        assert_eq!(at(0), "1970-01-01 00:00:00");
+        assert_eq!(at(951_782_400 + 3_661), "2000-02-29 01:01:01");
+        assert_eq!(at(1_738_324_800), "2025-01-31 12:00:00");
         let classes = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(required_pkgs(&classes(&["randomForest.formula", "randomForest"])), ["randomForest"]);
         assert_eq!(required_pkgs(&classes(&["glm", "lm"])), ["stats"]);

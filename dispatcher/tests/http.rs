@@ -625,7 +625,7 @@ async fn scoring() {
     // Every error code a worker can answer with, and its status.
     for (code, status) in [
         ("bad_request", 400),
-        ("unsupported_version", 400),
+        ("unsupported_version", 502),
         ("model_not_found", 404),
         ("invalid_input", 422),
         ("r_error", 422),
@@ -677,10 +677,19 @@ async fn body_limit_and_inflight_bound() {
         ])
         .await;
 
-    // A chunked body has no Content-Length: the limit is enforced while reading.
-    let response = raw_chunked_post(&service.base, "/models/echo/score", &"[".repeat(150)).await;
-    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
-    assert!(response.ends_with(&too_large), "{response}");
+    // A chunked body has no Content-Length: the limit is enforced while reading, on every
+    // scoring route (the Open Inference Protocol's in its own error shape).
+    let oip_too_large = json!({"error": "request body exceeds the limit of 100 bytes"}).to_string();
+    for (path, expected) in [("/models/echo/score", &too_large), ("/v2/models/echo/infer", &oip_too_large)] {
+        let response = raw_chunked_post(&service.base, path, &"[".repeat(150)).await;
+        assert!(response.starts_with("HTTP/1.1 413"), "{path}: {response}");
+        assert!(response.ends_with(expected.as_str()), "{path}: {response}");
+    }
+    service
+        .check(
+            &case("POST", "/v2/models/echo/infer", &"[".repeat(101), 413, &oip_too_large).expect("connection", "close"),
+        )
+        .await;
 
     // One request waits for a reply that never comes; the next finds no permit.
     let hanging = {
@@ -703,6 +712,19 @@ async fn body_limit_and_inflight_bound() {
             .expect("retry-after", "1"),
         )
         .await;
+    // Every protocol takes its permit before it reads a byte of the body: a request whose
+    // body never arrives is refused at once, not read first (regression: the Open Inference
+    // Protocol read up to `max_body_bytes` before asking for a permit).
+    for (path, expected) in [
+        ("/models/echo/score", error("overloaded", "too many requests in flight (limit 1); retry later")),
+        ("/predict", error("overloaded", "too many requests in flight (limit 1); retry later")),
+        ("/v2/models/echo/infer", json!({"error": "too many requests in flight (limit 1); retry later"}).to_string()),
+    ] {
+        let response = raw_post_unfinished_body(&service.base, path, 50, "{\"inputs\"").await;
+        assert!(response.starts_with("HTTP/1.1 503"), "{path}: {response}");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        assert_eq!(serde_json::from_str::<Value>(body).ok(), serde_json::from_str::<Value>(&expected).ok(), "{path}");
+    }
     let (status, _, body) = hanging.await.unwrap();
     assert_eq!(status, 504);
     assert_json_matches(
@@ -826,6 +848,42 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let served = tokio::time::timeout(Duration::from_secs(5), &mut service.server).await;
     assert!(matches!(served, Ok(Ok(Ok(())))), "serve did not return cleanly: {served:?}");
     assert!(reqwest::Client::new().post(&url).body("[{}]").send().await.is_err(), "served after shutdown");
+}
+
+/// Sends a POST by hand that declares `content_length` bytes but sends only `sent`, and
+/// returns the response, which must come without the rest of the body (within 10 s).
+async fn raw_post_unfinished_body(base: &str, path: &str, content_length: usize, sent: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: \
+         {content_length}\r\n\r\n{sent}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The connection stays open (the body is unfinished): read until the whole answer is in.
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buffer).await.unwrap();
+            response.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&response);
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_string));
+                length.and_then(|l| l.trim().parse::<usize>().ok()).is_some_and(|l| body.len() >= l)
+            });
+            if n == 0 || complete {
+                break;
+            }
+        }
+    })
+    .await;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(read.is_ok(), "{path}: no answer while the body was unfinished (got {response:?})");
+    response
 }
 
 /// Sends a chunked POST by hand (reqwest only streams bodies with an extra feature) and

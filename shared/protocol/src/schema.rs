@@ -51,6 +51,19 @@ pub enum InputError {
 }
 
 impl ColumnType {
+    /// R's name for the type, as `typeof()` (or `class()` for factors) says it: `double`,
+    /// `integer`, `logical`, `character`, `factor`, `ordered`.
+    pub fn r_type(self) -> &'static str {
+        match self {
+            ColumnType::Numeric => "double",
+            ColumnType::Integer => "integer",
+            ColumnType::Logical => "logical",
+            ColumnType::Character => "character",
+            ColumnType::Factor => "factor",
+            ColumnType::Ordered => "ordered",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             ColumnType::Numeric => "a number",

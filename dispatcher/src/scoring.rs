@@ -1,0 +1,431 @@
+//! The one scoring call every protocol goes through: [`execute`] a [`ScoreCall`], get
+//! typed predictions ([`Scored`]) or a [`Failure`].
+//!
+//! The call owns everything the protocols share, in this order: the model's catalog entry,
+//! the in-flight permit, the body read under its limit, the protocol's parser and the
+//! schema checks (off the async threads for large bodies), publishing, awaiting the reply
+//! until the deadline, and decoding it. A protocol (Azure ML's `/score`, vetiver, the Open
+//! Inference Protocol, batch jobs) is a [`Parse`] in front and a renderer behind, so none
+//! of them can skip a limit or parse an HTTP answer back.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bus::{ContentType, Outgoing};
+use futures::StreamExt;
+use protocol::json::{frame_from_slice, JsonError};
+use protocol::{
+    ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, NulAt, Options, Outcome, Reply, Request, Timings,
+    NUL_IN_R,
+};
+use tracing::Span;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Overrides `server.request_timeout_ms` for one request.
+pub const X_RFLEET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-rfleet-timeout-ms");
+/// The longest deadline a request may ask for: a day. A real-time request waiting longer
+/// is a mistake, and a bound keeps deadline arithmetic far from overflowing.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Passed through to the worker so traces cross the bus (W3C trace context).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Bodies (and replies) at least this large are parsed and encoded on the blocking pool:
+/// below it the work takes well under a millisecond and a thread hop would cost more.
+pub const BLOCKING_THRESHOLD_BYTES: usize = 1024 * 1024;
+
+/// Which model scores: a name, and a version when the route names one.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+/// One scoring request, as a protocol hands it to [`execute`].
+pub struct ScoreCall<P> {
+    pub target: Target,
+    /// The request body, unread: [`execute`] reads it once the request holds a permit.
+    pub body: Body,
+    /// How the protocol turns the body into the request's input.
+    pub parse: P,
+    /// Options from the URL (`?type=`, `?split=`); a parser may add `type` from the body.
+    pub options: Options,
+    /// What the request's headers say: deadline, trace context, declared length.
+    pub headers: CallHeaders,
+    /// The request id (`x-request-id` or `x-ms-client-request-id`), for the worker's logs.
+    pub request_id: String,
+}
+
+/// The headers the call reads, parsed before anything else so a bad one costs nothing.
+#[derive(Debug, Clone)]
+pub struct CallHeaders {
+    /// `x-rfleet-timeout-ms`, when sent.
+    pub timeout_ms: Option<u64>,
+    pub traceparent: Option<String>,
+    /// `Content-Length`, when sent: a body declared too large is refused unread.
+    pub content_length: Option<u64>,
+}
+
+impl CallHeaders {
+    pub fn from_headers(headers: &HeaderMap) -> Result<CallHeaders, ApiError> {
+        Ok(CallHeaders {
+            timeout_ms: timeout_header(headers)?,
+            traceparent: headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string),
+            content_length: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok()),
+        })
+    }
+}
+
+/// A protocol's reading of a request body: the input for the model's kind, and whatever
+/// the protocol's renderer needs back ([`Parse::Extra`]).
+pub trait Parse: Send + 'static {
+    type Extra: Send + 'static;
+
+    /// Parses `body` for `info`'s model. Runs on the blocking pool for large bodies, so it
+    /// may take its time; it must not block on I/O.
+    fn parse(self, body: &[u8], info: &ModelInfo, max_rows: usize) -> Result<Parsed<Self::Extra>, ApiError>;
+}
+
+/// What a [`Parse`] found in the body.
+pub struct Parsed<E> {
+    pub input: Input,
+    /// `type` given in the body (the Open Inference Protocol's `parameters.type`), which
+    /// overrides the URL's.
+    pub predict_type: Option<String>,
+    pub extra: E,
+}
+
+/// The body every rfleet and vetiver scoring route takes: rows, pandas' split orientation,
+/// or either inside `{"data": ...}` (see `protocol::json`); an Azure ML entry script gets
+/// the JSON text as it came.
+pub struct Table;
+
+impl Parse for Table {
+    type Extra = ();
+
+    fn parse(self, body: &[u8], info: &ModelInfo, max_rows: usize) -> Result<Parsed<()>, ApiError> {
+        let input = match info.kind {
+            // Azure ML entry scripts parse the body themselves; it only has to be JSON.
+            ModelKind::AzureMl => Input::Json(json_text(body)?),
+            ModelKind::Predict | ModelKind::PredictFn => {
+                let frame = frame_from_slice(body).map_err(json_error)?;
+                Input::Frame(checked_frame(frame, info, max_rows)?)
+            }
+        };
+        Ok(Parsed { input, predict_type: None, extra: () })
+    }
+}
+
+/// What the model answered, typed.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Predictions as a frame: one column for a prediction vector, several for a matrix or
+    /// a data.frame.
+    Predictions(Frame),
+    /// An Azure ML entry script's JSON text, as it returned it.
+    Json(String),
+}
+
+/// A scored request: the model that scored it, its answer, where the time went, and what
+/// the protocol's parser kept for rendering.
+pub struct Scored<E> {
+    pub model: ModelInfo,
+    pub answer: Answer,
+    pub timings: Timings,
+    pub extra: E,
+}
+
+/// A request that failed, with the worker's timings when a worker answered it.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: ApiError,
+    pub timings: Option<Timings>,
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure { error, timings: None }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        if let Some(timings) = &self.timings {
+            insert_timings(response.headers_mut(), timings);
+        }
+        response
+    }
+}
+
+/// Scores one request; see the module's documentation for what it owns.
+pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<Scored<P::Extra>, Failure> {
+    let ScoreCall { target, body, parse, mut options, headers, request_id } = call;
+    Span::current().record("model", target.name.as_str());
+    let shared = &state.shared;
+    check_predict_type(options.predict_type.as_deref())?;
+
+    // The caller's clock starts now: time spent reading the body counts against it.
+    let timeout_ms = headers.timeout_ms.unwrap_or(shared.server.request_timeout_ms);
+    let (deadline, deadline_ms) = deadline_after(timeout_ms)?;
+
+    let info = state.find_model(&target.name, target.version.as_deref())?;
+
+    // Held until the reply is decoded. Taken before reading the body, so the limit also
+    // bounds the memory that bodies in flight hold.
+    let _permit = shared.inflight.clone().try_acquire_owned().map_err(|_| {
+        ApiError::coded(
+            ErrorCode::Overloaded,
+            format!("too many requests in flight (limit {}); retry later", shared.server.max_inflight),
+        )
+    })?;
+
+    let body = read_body(body, headers.content_length, shared.server.max_body_bytes).await?;
+
+    let correlation_id = uuid::Uuid::new_v4().to_string();
+    let max_rows = shared.server.max_rows;
+    let queue = shared.requester.queue_for(&info.name);
+    let request_info = info.clone();
+    let id = correlation_id.clone();
+    let (encoded, extra) = run_cpu(body.len(), move || {
+        let parsed = parse.parse(&body, &request_info, max_rows)?;
+        if parsed.predict_type.is_some() {
+            check_predict_type(parsed.predict_type.as_deref())?;
+            options.predict_type = parsed.predict_type;
+        }
+        let request = Request {
+            version: protocol::PROTOCOL_VERSION,
+            id,
+            model: request_info.name.clone(),
+            // The version whose schema was checked here, so the worker scores with the same one.
+            model_version: request_info.version.clone(),
+            deadline_ms: Some(deadline_ms),
+            options,
+            traceparent: headers.traceparent,
+            request_id: Some(request_id),
+            input: parsed.input,
+        };
+        let encoded =
+            protocol::encode(&request).map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+        Ok::<_, ApiError>((encoded, parsed.extra))
+    })
+    .await?;
+
+    let outgoing = Outgoing {
+        correlation_id: correlation_id.clone(),
+        queue,
+        content_type: ContentType::MsgPack,
+        body: encoded,
+        expiration_ms: Some(timeout_ms),
+    };
+    let reply = shared.requester.call(outgoing, deadline).await.map_err(|e| ApiError::from_bus(e, timeout_ms))?;
+    let (answer, timings) = run_cpu(reply.len(), move || decode_reply(&reply, &correlation_id)).await?;
+    match answer {
+        Ok(answer) => Ok(Scored { model: info, answer, timings, extra }),
+        Err(error) => Err(Failure { error: ApiError::Coded(error), timings: Some(timings) }),
+    }
+}
+
+/// `?type=` would reach R as "" and fail there with a message about R's arguments, and a
+/// NUL character cannot be in an R string.
+fn check_predict_type(predict_type: Option<&str>) -> Result<(), ApiError> {
+    match predict_type {
+        Some("") => Err(ApiError::bad_request(
+            "`type` is empty: leave it out for the model's default, or name a type its predict accepts (e.g. prob)",
+        )),
+        Some(predict_type) if predict_type.contains('\0') => {
+            Err(ApiError::bad_request(format!("`type` holds a NUL character, {NUL_IN_R}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `x-rfleet-timeout-ms` header, when sent.
+fn timeout_header(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(&X_RFLEET_TIMEOUT_MS) else { return Ok(None) };
+    let valid = 1..=MAX_TIMEOUT_MS;
+    let timeout_ms =
+        value.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|ms| valid.contains(ms)).ok_or_else(
+            || {
+                ApiError::bad_request(format!(
+                    "invalid {X_RFLEET_TIMEOUT_MS} header '{}': expected a whole number of milliseconds from 1 to \
+                     {MAX_TIMEOUT_MS}",
+                    String::from_utf8_lossy(value.as_bytes())
+                ))
+            },
+        )?;
+    Ok(Some(timeout_ms))
+}
+
+/// The deadline `timeout_ms` from now, as the bus waits for it (`Instant`) and as it travels
+/// in the request (ms since the Unix epoch), taken at the same moment so they agree.
+fn deadline_after(timeout_ms: u64) -> Result<(Instant, u64), ApiError> {
+    let too_far = || ApiError::bad_request(format!("{X_RFLEET_TIMEOUT_MS} of {timeout_ms} ms is too far away"));
+    let now = Instant::now();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let deadline = now.checked_add(Duration::from_millis(timeout_ms)).ok_or_else(too_far)?;
+    let deadline_ms = now_ms.checked_add(timeout_ms).ok_or_else(too_far)?;
+    Ok((deadline, deadline_ms))
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit_bytes`: at
+/// once from `Content-Length`, else while streaming (chunked bodies). A body that breaks
+/// off is a 400, not a 413.
+async fn read_body(body: Body, declared: Option<u64>, limit_bytes: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::BodyTooLarge { limit_bytes };
+    if declared.is_some_and(|n| n > limit_bytes as u64) {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if bytes.len() + chunk.len() > limit_bytes {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Runs CPU work proportional to `size_bytes` inline when small, else on the blocking pool
+/// so a large body never stalls the other requests on this runtime thread.
+async fn run_cpu<T: Send + 'static>(size_bytes: usize, work: impl FnOnce() -> T + Send + 'static) -> T {
+    if size_bytes < BLOCKING_THRESHOLD_BYTES {
+        return work();
+    }
+    let span = Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(work)).await {
+        Ok(value) => value,
+        // Re-raise on this task, where the catch-panic layer turns it into a JSON 500.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("blocking task cancelled: {e}"),
+    }
+}
+
+/// A body that is not a table: malformed JSON is the client's syntax (400), a well-formed
+/// body of the wrong shape is input that does not fit (422).
+pub fn json_error(error: JsonError) -> ApiError {
+    match error {
+        JsonError::Syntax(_) | JsonError::Empty => ApiError::bad_request(error.to_string()),
+        _ => ApiError::invalid_input(error.to_string()),
+    }
+}
+
+/// The checks every frame passes before it is published: the row limit (first, so a huge
+/// request is refused without more work), the model's schema, and no NUL character R
+/// would get.
+pub fn checked_frame(frame: Frame, info: &ModelInfo, max_rows: usize) -> Result<Frame, ApiError> {
+    if frame.n_rows > max_rows {
+        return Err(ApiError::TooManyRows { rows: frame.n_rows, limit_rows: max_rows });
+    }
+    let frame = match &info.schema {
+        Some(schema) => protocol::conform(&frame, schema).map_err(|e| ApiError::invalid_input(e.to_string()))?,
+        None => frame,
+    };
+    refuse_nul(&frame)?;
+    Ok(frame)
+}
+
+/// Refuses a frame with a NUL character in a string R would get: trying to make one ends
+/// the R host, so one request would cost two hosts (found by schemathesis).
+fn refuse_nul(frame: &Frame) -> Result<(), ApiError> {
+    let message = match frame.find_nul() {
+        None => return Ok(()),
+        Some(NulAt::ColumnName(name)) => format!("column {name:?}: its name holds a NUL character, {NUL_IN_R}"),
+        Some(NulAt::Value { column, row }) => format!("column '{column}': a NUL character in row {row}, {NUL_IN_R}"),
+        Some(NulAt::Level { column }) => format!("column '{column}': a level holds a NUL character, {NUL_IN_R}"),
+    };
+    Err(ApiError::invalid_input(message))
+}
+
+/// The body as a string, if it is well-formed JSON.
+pub fn json_text(body: &[u8]) -> Result<String, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(JsonError::Empty.to_string()));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: the body is not UTF-8 ({e})")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| ApiError::bad_request(JsonError::Syntax(e.to_string()).to_string()))?;
+    Ok(text.to_string())
+}
+
+/// Decodes the worker's reply: its answer (or the error it answered) and its timings.
+fn decode_reply(bytes: &[u8], correlation_id: &str) -> Result<(Result<Answer, ErrorBody>, Timings), ApiError> {
+    let reply: Reply =
+        protocol::decode(bytes).map_err(|e| ApiError::internal(format!("the worker's reply is unreadable: {e}")))?;
+    if reply.id != correlation_id {
+        // The bus routes by correlation id, so a mismatch is a transport or worker bug.
+        return Err(ApiError::internal(format!(
+            "the worker's reply carries id '{}' but the request's id is '{correlation_id}'",
+            reply.id
+        )));
+    }
+    let answer = match reply.outcome {
+        Outcome::Predictions(frame) => {
+            // A frame whose factor codes point past its levels would panic when rendered.
+            frame
+                .validate()
+                .map_err(|e| ApiError::internal(format!("the worker's reply holds an invalid frame: {e}")))?;
+            Ok(Answer::Predictions(frame))
+        }
+        Outcome::Json(text) => Ok(Answer::Json(text)),
+        Outcome::Error(error) => Err(error),
+    };
+    Ok((answer, reply.timings))
+}
+
+/// The reply's timings as `x-rfleet-*` response headers.
+pub fn insert_timings(headers: &mut HeaderMap, timings: &Timings) {
+    let mut insert = |name: &'static str, value: String| {
+        // A worker id that is not a valid header value is left out rather than failing the reply.
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    insert("x-rfleet-worker", timings.worker.clone());
+    if let Some(pid) = timings.host_pid {
+        insert("x-rfleet-host-pid", pid.to_string());
+    }
+    insert("x-rfleet-queue-ms", format!("{:.3}", timings.queue_ms));
+    insert("x-rfleet-r-ms", format!("{:.3}", timings.r_ms));
+    insert("x-rfleet-attempts", timings.attempts.to_string());
+    if let Some(path) = &timings.path {
+        insert("x-rfleet-path", path.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    /// Too large by its header or while streaming is a 413; a body that breaks off is the
+    /// client's 400, never a 413 (regression: the Open Inference Protocol answered 413).
+    #[tokio::test]
+    async fn body_limits_and_broken_bodies() {
+        let chunks = |parts: Vec<Result<&'static str, std::io::Error>>| Body::from_stream(futures::stream::iter(parts));
+        let check =
+            |result: Result<Vec<u8>, ApiError>, expected: Result<&str, (StatusCode, &str)>| match (result, expected) {
+                (Ok(bytes), Ok(want)) => assert_eq!(bytes, want.as_bytes()),
+                (Err(e), Err((status, message))) => {
+                    assert_eq!(e.status(), status, "{e}");
+                    assert!(e.to_string().starts_with(message), "{e}");
+                }
+                (got, want) => panic!("got {got:?}, want {want:?}"),
+            };
+        check(read_body(chunks(vec![Ok("[1,"), Ok("2]")]), None, 5).await, Ok("[1,2]"));
+        let too_large = (StatusCode::PAYLOAD_TOO_LARGE, "request body exceeds the limit of 5 bytes");
+        check(read_body(chunks(vec![Ok("[1,"), Ok("2,3]")]), None, 5).await, Err(too_large));
+        check(read_body(chunks(vec![Ok("[1]")]), Some(6), 5).await, Err(too_large));
+        let broken = vec![Ok("[1,"), Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"))];
+        check(read_body(chunks(broken), None, 5).await, Err((StatusCode::BAD_REQUEST, "cannot read the request body")));
+    }
+}
