@@ -217,6 +217,7 @@ const SCORING_ERRORS: &[(&str, &str)] = &[
              `predict` signalled an error (R's message)",
     ),
     ("500", "the request crashed or hung R hosts on both attempts"),
+    ("502", "the worker speaks another protocol version than the dispatcher (version skew in the fleet)"),
     ("503", "too many requests in flight (with `Retry-After`), or no R host up"),
     (
         "504",
