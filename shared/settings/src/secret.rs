@@ -3,9 +3,11 @@
 //! A field that holds a secret is typed [`Secret`] (a key, a SAS key: shown as `***`) or
 //! [`SecretUrl`] (a URL with credentials: shown with its password as `***`, so `rfleet
 //! config` and logs still say which broker and user). Making a new setting secret is one
-//! type annotation. The value is read only through `expose_secret()`, at the point of use
-//! (connecting, hashing), so every place that sees it is found with one `git grep`. Both
-//! keep the value in a [`secrecy::SecretString`], zeroed when dropped.
+//! type annotation (an Azure Service Bus SAS key to come: `pub sas_key: Option<Secret>`;
+//! `rfleet config` then prints `sas_key = "***"`). The value is read only through
+//! `expose_secret()`, at the point of use (connecting, hashing), so every place that sees
+//! it is found with one `git grep`. Both keep the value in a [`secrecy::SecretString`],
+//! zeroed when dropped.
 //!
 //! Deserializing takes the plain string from a file, the environment or a flag, exactly as
 //! a `String` field would. `rfleet config` output read back holds `***` where the secrets
@@ -115,7 +117,7 @@ fn user_info(url: &str) -> Option<(usize, usize, Option<&str>)> {
 
 /// `url` with its password replaced by [`REDACTED`]; a URL without a password (no user
 /// info, or a user name alone) is shown as it is.
-pub fn redact_url(url: &str) -> String {
+fn redact_url(url: &str) -> String {
     match user_info(url) {
         Some((start, end, Some(password))) => {
             let user = &url[start..end - password.len() - 1];
