@@ -237,8 +237,12 @@ impl Auth {
                 (keys, Some(text))
             }
             None => (
-                Keys::new(settings.primary_key.as_deref(), settings.secondary_key.as_deref())
-                    .map_err(AuthError::Keys)?,
+                // The one place the configured keys are exposed: to be hashed.
+                Keys::new(
+                    settings.primary_key.as_ref().map(settings::Secret::expose_secret),
+                    settings.secondary_key.as_ref().map(settings::Secret::expose_secret),
+                )
+                .map_err(AuthError::Keys)?,
                 None,
             ),
         };
@@ -544,8 +548,8 @@ mod tests {
     async fn auth(primary: Option<&str>, secondary: Option<&str>) -> Auth {
         let settings = AuthSettings {
             enabled: true,
-            primary_key: primary.map(str::to_string),
-            secondary_key: secondary.map(str::to_string),
+            primary_key: primary.map(Into::into),
+            secondary_key: secondary.map(Into::into),
             ..AuthSettings::default()
         };
         Auth::from_settings(&settings).await.unwrap().unwrap()

@@ -4,7 +4,7 @@
 //!   broker (`--bus amqp://...`).
 //! - `dispatcher`: the HTTP front alone, over a broker.
 //! - `worker`: a worker alone (R host pool), over a broker.
-//! - `config`: print the effective settings.
+//! - `config`: print the effective settings, secrets redacted.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,7 +36,8 @@ enum Command {
     Dispatcher(Flags),
     /// A worker alone: R hosts scoring requests from the broker.
     Worker(Flags),
-    /// Print the effective settings (defaults < file < environment < flags) as TOML.
+    /// Print the effective settings (defaults < file < environment < flags) as TOML, with
+    /// passwords and keys shown as `***`.
     Config(Flags),
 }
 
@@ -94,6 +95,9 @@ fn main() -> anyhow::Result<()> {
         &cli.command;
     let settings = Settings::load(&Sources::from_process(cli.config.clone(), flags.overrides()))?;
     if let Command::Config(_) = cli.command {
+        // Secret settings serialize as their redacted form (`settings::secret`); the
+        // comment says so to whoever reads the output, or copies it into a config file.
+        println!("# effective settings; secrets are redacted: passwords and keys show as \"***\"");
         print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
         return Ok(());
     }
@@ -137,27 +141,34 @@ async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> 
         n => n,
     };
     let name = format!("rfleet-{role}-{}", worker::worker_id(settings.workers.id.as_deref()));
+    check_broker_url(&settings.bus.url)?;
     let config = AmqpConfig::from_settings(&settings.bus, &name, prefetch);
     // Unlike a broker that is down, a CA file that does not load will not get better by
     // retrying: it is a configuration error.
     config.tls_config().context("cannot set up tls to the broker")?;
     let bus = AmqpBus::start(config, shutdown.clone());
     if !bus.wait_connected(Duration::from_secs(10)).await {
-        tracing::warn!(url = %redact(&settings.bus.url), "broker not reachable yet; retrying in the background");
+        tracing::warn!(url = %settings.bus.url, "broker not reachable yet; retrying in the background");
     }
     Ok(bus)
 }
 
-/// The broker URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
+/// Refuses, at start-up and with the URL shown redacted, a broker URL that can never work,
+/// rather than retrying it in the background forever: one that is not `amqp://` or
+/// `amqps://` (for some of those, e.g. `guest:secret@host`, lapin's parse error repeats the
+/// whole URL, password and all, into every retry's log line), or one whose password is the
+/// `***` that `rfleet config` printed in its place.
+fn check_broker_url(url: &settings::SecretUrl) -> anyhow::Result<()> {
+    let scheme = url.expose_secret().split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    anyhow::ensure!(
+        matches!(scheme.as_deref(), Some("amqp" | "amqps")),
+        "bus.url {url} is not an amqp:// or amqps:// URL"
+    );
+    anyhow::ensure!(
+        !url.is_redacted(),
+        "bus.url {url} has the password `***` that `rfleet config` prints in place of the real one"
+    );
+    Ok(())
 }
 
 /// Binds the listener and serves HTTP, or HTTPS when `[tls]` names a certificate, until

@@ -109,8 +109,9 @@ const STALLED_RECOVERY: Duration = Duration::from_secs(3);
 /// How to reach the broker and name things on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AmqpConfig {
-    /// `amqp://user:password@host:port/vhost`, or `amqps://...` for TLS.
-    pub url: String,
+    /// `amqp://user:password@host:port/vhost`, or `amqps://...` for TLS. Its `Debug` and
+    /// `Display` hide the password: only connecting exposes it.
+    pub url: settings::SecretUrl,
     /// With `amqps://`: PEM CA certificates trusted for the broker, besides the built-in
     /// public CAs.
     pub ca_file: Option<PathBuf>,
@@ -149,7 +150,7 @@ impl AmqpConfig {
             return Ok(OwnedTLSConfig::default());
         };
         // A CA file for a plain connection is a mistake (a URL left at amqp://), not a no-op.
-        if !self.url.starts_with("amqps://") {
+        if !self.url.expose_secret().starts_with("amqps://") {
             return Err(BrokerTlsError::NotAmqps);
         }
         let pem =
@@ -447,7 +448,13 @@ async fn supervise(inner: Arc<Inner>) {
         let connecting = async {
             // The captured TLS settings are what lapin's recoveries of this connection use.
             let runtime = lapin::runtime::default_runtime()?;
-            Connection::connect_with_config(&inner.config.url, connection_properties(&inner.config), tls, runtime).await
+            Connection::connect_with_config(
+                inner.config.url.expose_secret(),
+                connection_properties(&inner.config),
+                tls,
+                runtime,
+            )
+            .await
         };
         let connection = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
@@ -616,7 +623,7 @@ async fn watch_session(inner: &Inner, session: &Arc<Session>) {
     let mut down_since: Option<Instant> = None;
     let mut reconnected_at: Option<Instant> = None;
     let mut reachable_since: Option<Instant> = None;
-    let broker = broker_address(&inner.config.url);
+    let broker = broker_address(inner.config.url.expose_secret());
     loop {
         tokio::select! {
             _ = inner.shutdown.cancelled() => return,

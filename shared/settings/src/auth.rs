@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Secret;
+
 /// Authentication of HTTP requests; off unless `enabled`. Probes (`/`, `/live`, `/ready`,
 /// `/ping`, `/v2/health/*`) are always open.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Every other route needs `Authorization: Bearer <key or token>`.
@@ -16,11 +18,9 @@ pub struct AuthSettings {
     /// (a mounted Kubernetes secret); exclusive with `primary_key` / `secondary_key`.
     pub keys_file: Option<PathBuf>,
     /// Keys given directly, usually as `RFLEET_AUTH__PRIMARY_KEY`; changing them needs a
-    /// restart. Never serialized, so `rfleet config` does not print them.
-    #[serde(skip_serializing)]
-    pub primary_key: Option<String>,
-    #[serde(skip_serializing)]
-    pub secondary_key: Option<String>,
+    /// restart. Printed and logged as `***`.
+    pub primary_key: Option<Secret>,
+    pub secondary_key: Option<Secret>,
     /// Lifetime of the tokens `POST /token` issues.
     pub token_ttl_s: u64,
     /// Serve `/docs`, `/openapi.json` and `/swagger.json` without credentials, as Azure ML
@@ -48,24 +48,6 @@ impl Default for AuthSettings {
             oidc_audience: None,
             oidc_jwks_url: None,
         }
-    }
-}
-
-/// By hand, so that logging the settings never prints a key.
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |key: &Option<String>| key.as_ref().map(|_| "<redacted>");
-        f.debug_struct("AuthSettings")
-            .field("enabled", &self.enabled)
-            .field("keys_file", &self.keys_file)
-            .field("primary_key", &redacted(&self.primary_key))
-            .field("secondary_key", &redacted(&self.secondary_key))
-            .field("token_ttl_s", &self.token_ttl_s)
-            .field("public_docs", &self.public_docs)
-            .field("oidc_issuer", &self.oidc_issuer)
-            .field("oidc_audience", &self.oidc_audience)
-            .field("oidc_jwks_url", &self.oidc_jwks_url)
-            .finish()
     }
 }
 

@@ -4,9 +4,14 @@
 //! `--config` / `RFLEET_CONFIG`) < `RFLEET_*` environment variables (sections joined with
 //! `__`, e.g. `RFLEET_SERVER__LISTEN`) < command-line flags. Unknown keys in any layer
 //! are an error, so a typo never silently falls back to a default.
+//!
+//! Secret settings (the broker URL's password, API keys) are typed [`Secret`] or
+//! [`SecretUrl`]: `Debug` and `Serialize` (so logs and `rfleet config`) show them redacted,
+//! and only `expose_secret()` at the point of use reads them.
 
 pub mod auth;
 pub mod manifest;
+pub mod secret;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -16,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{Manifest, ManifestError};
 pub use protocol::message::SplitPolicy;
+pub use secret::{Secret, SecretUrl};
 
 /// The environment variable prefix; `RFLEET_CONFIG` names the config file and is not a key.
 pub const ENV_PREFIX: &str = "RFLEET";
@@ -110,8 +116,8 @@ pub struct BusSettings {
     /// Embedded bus: messages it holds before publishers get 503.
     pub capacity: usize,
     /// AMQP: the broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost),
-    /// or `amqps://...` (port 5671 by default) for TLS.
-    pub url: String,
+    /// or `amqps://...` (port 5671 by default) for TLS. Printed and logged without its password.
+    pub url: SecretUrl,
     /// AMQP over TLS (`amqps://`): a PEM file of CA certificates trusted for the broker's
     /// certificate, besides the public web CAs built in; read again for every new connection.
     pub ca_file: Option<PathBuf>,
@@ -211,7 +217,7 @@ impl Default for BusSettings {
             kind: BusKind::Embedded,
             request_queue: "rfleet.requests".into(),
             capacity: 4096,
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            url: SecretUrl::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             ca_file: None,
             queue_prefix: "rfleet.model.".into(),
             queue_type: QueueType::Classic,
@@ -260,7 +266,10 @@ impl Sources {
 
 impl Settings {
     pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
-        let mut builder = config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        // No layer of defaults: every section is `#[serde(default)]`, so what no source
+        // sets comes from `Default`. (A layer made by serializing `Settings::default()` would
+        // hold the redacted form of every secret, not the secret.)
+        let mut builder = config::Config::builder();
         if let Some(file) = &sources.file {
             if !file.exists() {
                 return Err(SettingsError::MissingFile(file.clone()));
@@ -364,5 +373,47 @@ mod tests {
         tuned.workers.split = SplitPolicy::Never;
         check(Some(file), &[("RFLEET_WORKERS__SPLIT", "never")], &[], Ok(tuned));
         check(None, &[("RFLEET_WORKERS__SPLIT", "sometimes")], &[], Err("sometimes"));
+    }
+
+    /// Issue 8: `rfleet config` and the settings' `Debug` printed `bus.url` with its
+    /// password. Secrets from every layer load as given and are shown only redacted.
+    #[test]
+    fn secrets_load_from_every_layer_and_are_shown_redacted() {
+        let url = |password: &str| format!("amqp://rfleet:{password}@broker.example:5672/%2f");
+        let with = |password: &str| {
+            let mut settings = Settings::default();
+            settings.bus.url = url(password).into();
+            settings.auth.primary_key = Some("primary-key-from-env-0123".into());
+            settings
+        };
+        let key = ("RFLEET_AUTH__PRIMARY_KEY", "primary-key-from-env-0123");
+        let file = format!("[bus]\nurl = \"{}\"\n", url("pw-from-file"));
+        check(Some(&file), &[key], &[], Ok(with("pw-from-file")));
+        let env_url = url("pw-from-env");
+        check(Some(&file), &[key, ("RFLEET_BUS__URL", &env_url)], &[], Ok(with("pw-from-env")));
+        let flag_url = url("pw-from-flag");
+        check(Some(&file), &[key, ("RFLEET_BUS__URL", &env_url)], &[("bus.url", &flag_url)], Ok(with("pw-from-flag")));
+
+        let settings = with("pw-from-flag");
+        assert_eq!(settings.bus.url.expose_secret(), flag_url);
+        let printed = toml::to_string_pretty(&settings).unwrap();
+        let debug = format!("{settings:?}");
+        for shown in [&printed, &debug] {
+            assert!(!shown.contains("pw-from-flag") && !shown.contains("primary-key-from-env"), "{shown}");
+            assert!(shown.contains("amqp://rfleet:***@broker.example:5672/%2f"), "{shown}");
+        }
+        assert!(printed.contains("primary_key = \"***\""), "{printed}");
+        assert!(debug.contains("primary_key: Some(\"***\")"), "{debug}");
+
+        // Printed settings read back as themselves, but for the secrets, which read back
+        // as the redacted form (and say so).
+        let read_back: Settings = toml::from_str(&printed).unwrap();
+        assert!(
+            read_back.bus.url.is_redacted() && read_back.auth.primary_key.as_ref().is_some_and(Secret::is_redacted)
+        );
+        let mut unredacted = read_back.clone();
+        unredacted.bus.url = settings.bus.url.clone();
+        unredacted.auth.primary_key = settings.auth.primary_key.clone();
+        assert_eq!(unredacted, settings);
     }
 }

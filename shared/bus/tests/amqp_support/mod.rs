@@ -23,7 +23,7 @@ pub fn url() -> String {
 pub fn config(name: &str) -> AmqpConfig {
     let prefix = format!("rfleet.test.{name}.{}.", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     AmqpConfig {
-        url: url(),
+        url: url().into(),
         ca_file: None,
         queue_prefix: prefix.clone(),
         queue_type: settings::QueueType::Classic,
@@ -84,7 +84,9 @@ impl TestBroker {
         let shutdown = CancellationToken::new();
         let bus = AmqpBus::start(config.clone(), shutdown.clone());
         assert!(bus.wait_connected(Duration::from_secs(10)).await, "no broker at {}", config.url);
-        let raw = Connection::connect(&config.url, ConnectionProperties::default()).await.expect("raw connection");
+        let raw = Connection::connect(config.url.expose_secret(), ConnectionProperties::default())
+            .await
+            .expect("raw connection");
         TestBroker { config, bus, shutdown, raw, queues: Mutex::default() }
     }
 
@@ -134,7 +136,8 @@ impl TestBroker {
     /// Deletes what this test declared, then stops its bus.
     pub async fn cleanup(self) {
         // A connection of its own: the raw one may have died with a broker restart.
-        let connection = Connection::connect(&self.config.url, ConnectionProperties::default()).await.unwrap();
+        let connection =
+            Connection::connect(self.config.url.expose_secret(), ConnectionProperties::default()).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let queues = self.queues.lock().unwrap().clone();
         for queue in queues.iter().chain([&self.config.dead_letter_queue]) {
