@@ -109,7 +109,7 @@ require_tools() {
 
 # Builds the release binaries unless SKIP_BUILD=1; then each of "$@" must be there.
 build_release() {
-    local build=(cargo build --release -p dispatcher -p rhost -p benches) bin
+    local build=(cargo build --release -p rfleet -p rhost -p benches) bin
     if [[ "$SKIP_BUILD" != 1 ]]; then
         say "building release binaries (cargo waits if another build holds the target directory)"
         (cd "$ROOT" && timeout 3600 "${build[@]}") || die "cargo build failed"

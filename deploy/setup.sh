@@ -74,7 +74,7 @@ case "${1:-}" in
 serve)
     apt_install "${R_PACKAGES[@]}"
     need_cargo
-    cargo build --release --locked -p dispatcher -p rhost
+    cargo build --release --locked -p rfleet -p rhost
     models="${2:-.rfleet/models}"
     if [ ! -f "$models/mtcars/model.rds" ]; then
         Rscript deploy/demo/make_demo.R "$models"
