@@ -71,7 +71,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -83,6 +83,7 @@ use lapin::options::{
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -365,8 +366,8 @@ impl Inner {
     fn mark_down(&self, reason: &str) {
         let was_up = self.session.send_replace(None).is_some();
         self.losses.fetch_add(1, Ordering::SeqCst);
-        self.declared.lock().expect("bus lock poisoned").clear();
-        let pending: Vec<_> = self.pending.lock().expect("bus lock poisoned").drain().collect();
+        self.declared.lock().clear();
+        let pending: Vec<_> = self.pending.lock().drain().collect();
         if was_up || !pending.is_empty() {
             tracing::warn!(reason, failed_calls = pending.len(), "broker connection down");
         }
@@ -376,7 +377,7 @@ impl Inner {
     }
 
     async fn declare_request_queue(&self, session: &Session, queue: &str) -> Result<(), BusError> {
-        if self.declared.lock().expect("bus lock poisoned").contains(queue) {
+        if self.declared.lock().contains(queue) {
             return Ok(());
         }
         // A declaration with other arguments than the queue has fails its channel
@@ -389,7 +390,7 @@ impl Inner {
         .await;
         close_quietly(channel).await;
         declared?;
-        self.declared.lock().expect("bus lock poisoned").insert(queue.to_string());
+        self.declared.lock().insert(queue.to_string());
         Ok(())
     }
 }
@@ -477,7 +478,7 @@ async fn supervise(inner: Arc<Inner>) {
         };
         retry_delay = Duration::from_millis(100);
         tracing::info!(generation, reply_queue = %inner.reply_queue, "connected to the broker");
-        inner.declared.lock().expect("bus lock poisoned").clear();
+        inner.declared.lock().clear();
         inner.session.send_replace(Some(session.clone()));
         watch_session(&inner, &session).await;
         inner.mark_down("connection abandoned");
@@ -598,7 +599,7 @@ async fn route_replies(inner: std::sync::Weak<Inner>, mut replies: lapin::Consum
             tracing::debug!("dropping reply without correlation id");
             continue;
         };
-        let waiter = inner.pending.lock().expect("bus lock poisoned").remove(&correlation_id);
+        let waiter = inner.pending.lock().remove(&correlation_id);
         match waiter {
             Some(reply_tx) => {
                 let _ = reply_tx.send(Ok(reply.data));
@@ -707,7 +708,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.inner.pending.lock().expect("bus lock poisoned").remove(self.correlation_id);
+        self.inner.pending.lock().remove(self.correlation_id);
     }
 }
 
@@ -721,7 +722,7 @@ impl Requester for AmqpBus {
         let queue = message.queue;
         let (reply_tx, reply_rx) = oneshot::channel();
         {
-            let mut pending = inner.pending.lock().expect("bus lock poisoned");
+            let mut pending = inner.pending.lock();
             if pending.contains_key(&correlation_id) {
                 return Err(BusError::DuplicateId(correlation_id));
             }
@@ -745,7 +746,7 @@ impl Requester for AmqpBus {
             if matches!(&published, Err(BusError::Unavailable(m)) if m.contains("unroutable")) {
                 // The queue vanished since we declared it (deleted, or a broker without
                 // its data): declare it again next time.
-                inner.declared.lock().expect("bus lock poisoned").remove(&queue);
+                inner.declared.lock().remove(&queue);
             }
             published
         };

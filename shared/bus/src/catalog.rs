@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use protocol::{Announcement, ModelInfo};
 
 #[derive(Debug, Default)]
@@ -31,7 +31,7 @@ struct Remote {
 impl Catalog {
     /// The models this process's own worker serves.
     pub fn set_models(&self, models: Vec<ModelInfo>) {
-        *self.models.write().expect("catalog lock poisoned") = models;
+        *self.models.write() = models;
     }
 
     /// This process's own live R hosts.
@@ -42,7 +42,7 @@ impl Catalog {
     /// Records a worker's announcement, valid for three of its intervals.
     pub fn record(&self, announcement: Announcement, now: Instant) {
         let ttl = Duration::from_millis(announcement.interval_ms.max(100) * 3);
-        self.remote.lock().expect("catalog lock poisoned").insert(
+        self.remote.lock().insert(
             announcement.worker,
             Remote {
                 models: announcement.models,
@@ -56,9 +56,9 @@ impl Catalog {
     /// Every model served, by this process or a worker heard from recently; one entry per
     /// (name, version).
     pub fn models(&self) -> Vec<ModelInfo> {
-        let mut models = self.models.read().expect("catalog lock poisoned").clone();
+        let mut models = self.models.read().clone();
         let now = Instant::now();
-        let mut remote = self.remote.lock().expect("catalog lock poisoned");
+        let mut remote = self.remote.lock();
         remote.retain(|_, r| r.expires > now);
         let mut announced: Vec<&ModelInfo> =
             remote.values().filter(|r| !r.draining).flat_map(|r| r.models.iter()).collect();
@@ -83,7 +83,6 @@ impl Catalog {
         let remote: usize = self
             .remote
             .lock()
-            .expect("catalog lock poisoned")
             .values()
             .filter(|r| r.expires > now && !r.draining)
             .map(|r| r.live_hosts)

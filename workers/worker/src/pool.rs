@@ -27,10 +27,11 @@
 //! - An R error never costs a host.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bus::Catalog;
+use parking_lot::{Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
 use protocol::message::SplitPolicy;
 use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo};
@@ -278,7 +279,7 @@ impl Pool {
     }
 
     fn scheduler(&self) -> MutexGuard<'_, Scheduler<IdleHost>> {
-        self.inner.scheduler.lock().expect("pool lock poisoned")
+        self.inner.scheduler.lock()
     }
 
     /// Asks the scheduler what starts now, and starts it.
