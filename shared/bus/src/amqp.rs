@@ -33,9 +33,11 @@
 //! # Properties
 //! Requests carry `correlation_id`, `reply_to`, `content_type` (`application/msgpack` or
 //! `application/json`), `expiration` (ms left until the deadline, as a string) and
-//! `delivery_mode` 1 (transient: see `call`). Requests are published `mandatory` on a channel in
-//! confirm mode: the call fails with [`BusError::Unavailable`] when the broker nacks it or
-//! returns it unroutable. Replies carry the request's `correlation_id` and the reply's
+//! `delivery_mode` 1 (transient: see `call`); an `expiration` beyond RabbitMQ's limit
+//! (2^32 - 1 ms) is sent as the limit. Requests are published `mandatory` on a channel in
+//! confirm mode: the call fails with [`BusError::Unavailable`] when the broker nacks it and
+//! with [`BusError::Unroutable`] when it returns it (the queue is gone: it is declared again
+//! before the next publish). Replies carry the request's `correlation_id` and the reply's
 //! content type; a worker publishes each reply on the channel its request was delivered on
 //! and acknowledges the request right after, on the same channel, without waiting for a
 //! confirm (the broker handles one channel's methods in order, so the reply is routed
@@ -94,6 +96,13 @@ use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing,
 pub const REASON_HEADER: &str = "x-rfleet-reason";
 /// Header naming the request queue a dead-lettered request came from.
 pub const QUEUE_HEADER: &str = "x-rfleet-queue";
+/// Header in which quorum queues count a message's earlier, returned deliveries.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// The longest `expiration` RabbitMQ takes (its `MAX_EXPIRY_TIMER`, 2^32 - 1 ms, about 49
+/// days): a longer one is refused by closing the channel, the shared publisher's included.
+/// A deadline further away than that is sent as that.
+const MAX_EXPIRATION_MS: u64 = u32::MAX as u64;
 
 /// Longest a single broker operation (declare, publish confirm, ack) may take before it is
 /// reported as `Unavailable`: nothing here may hang on a broker that stopped answering.
@@ -418,10 +427,10 @@ async fn publish(
     .await?;
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(unavailable(format!(
-            "the broker returned the message to '{routing_key}' as unroutable ({}): no such queue",
-            returned.reply_text
-        ))),
+        Confirmation::Ack(Some(returned)) => Err(BusError::Unroutable {
+            queue: routing_key.to_string(),
+            reply_text: returned.reply_text.to_string(),
+        }),
         Confirmation::Nack(_) => {
             Err(unavailable(format!("the broker refused (nacked) the message to '{routing_key}'")))
         }
@@ -740,10 +749,10 @@ impl Requester for AmqpBus {
                 // buys nothing and costs a disk write on the latency path.
                 .with_delivery_mode(1);
             if let Some(expiration_ms) = message.expiration_ms {
-                properties = properties.with_expiration(expiration_ms.to_string().into());
+                properties = properties.with_expiration(expiration_ms.min(MAX_EXPIRATION_MS).to_string().into());
             }
             let published = publish(&session.publisher, "", &queue, true, &message.body, properties).await;
-            if matches!(&published, Err(BusError::Unavailable(m)) if m.contains("unroutable")) {
+            if let Err(BusError::Unroutable { .. }) = &published {
                 // The queue vanished since we declared it (deleted, or a broker without
                 // its data): declare it again next time.
                 inner.declared.lock().remove(&queue);
@@ -950,6 +959,7 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
     };
     let correlation_id = properties.correlation_id().as_ref().map(ShortString::to_string);
     let reply_to = properties.reply_to().as_ref().map(ShortString::to_string);
+    let attempt = attempt_of(delivery.redelivered, properties.headers().as_ref());
     let handle = AmqpHandle {
         inner: inner.clone(),
         acker: Some(delivery.acker),
@@ -958,7 +968,30 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
         properties,
         body: delivery.data.clone(),
     };
-    Delivery::new(delivery.data, correlation_id, reply_to, content_type, delivery.redelivered, Box::new(handle))
+    Delivery::new(delivery.data, correlation_id, reply_to, content_type, attempt, Box::new(handle))
+}
+
+/// Which delivery of a message this is (see [`Delivery::attempt`]). Quorum queues count the
+/// earlier deliveries that came back in `x-delivery-count` (absent, or 0, on the first);
+/// classic queues say only `redelivered`, which means the second attempt at least. The
+/// header comes off the wire: any integer type is taken, negatives as 0, and the count is
+/// saturated rather than trusted.
+fn attempt_of(redelivered: bool, headers: Option<&FieldTable>) -> u32 {
+    let at_least = if redelivered { 2 } else { 1 };
+    let returned = headers.and_then(|headers| headers.inner().get(DELIVERY_COUNT_HEADER)).and_then(|value| {
+        let count: i64 = match *value {
+            AMQPValue::ShortShortInt(n) => n.into(),
+            AMQPValue::ShortShortUInt(n) => n.into(),
+            AMQPValue::ShortInt(n) => n.into(),
+            AMQPValue::ShortUInt(n) => n.into(),
+            AMQPValue::LongInt(n) => n.into(),
+            AMQPValue::LongUInt(n) => n.into(),
+            AMQPValue::LongLongInt(n) => n,
+            _ => return None,
+        };
+        Some(u32::try_from(count.max(0)).unwrap_or(u32::MAX))
+    });
+    returned.map_or(at_least, |count| count.saturating_add(1).max(at_least))
 }
 
 /// The worker's subscription to its models' request queues, one merged stream.
@@ -1236,6 +1269,30 @@ mod tests {
             (Err(got), Err(want)) => assert!(got.to_string().contains(want), "error {got} does not mention {want}"),
             (got, want) => panic!("{url} with {ca:?}: got {got:?}, want {want:?}"),
         }
+    }
+
+    /// The attempt number read off a delivery, for every shape the header can come in.
+    #[test]
+    fn attempts_from_redelivered_and_the_delivery_count() {
+        let check = |redelivered: bool, count: Option<AMQPValue>, expected: u32| {
+            let headers = count.clone().map(|count| {
+                let mut headers = FieldTable::default();
+                headers.insert(DELIVERY_COUNT_HEADER.into(), count);
+                headers
+            });
+            assert_eq!(attempt_of(redelivered, headers.as_ref()), expected, "{redelivered} {count:?}");
+        };
+        check(false, None, 1);
+        check(true, None, 2);
+        check(false, Some(AMQPValue::LongLongInt(0)), 1);
+        check(true, Some(AMQPValue::LongLongInt(0)), 2);
+        check(true, Some(AMQPValue::LongLongInt(1)), 2);
+        check(true, Some(AMQPValue::LongLongInt(4)), 5);
+        check(true, Some(AMQPValue::ShortShortUInt(2)), 3);
+        check(true, Some(AMQPValue::LongUInt(u32::MAX)), u32::MAX);
+        check(true, Some(AMQPValue::LongLongInt(i64::MAX)), u32::MAX);
+        check(false, Some(AMQPValue::LongLongInt(i64::MIN)), 1);
+        check(true, Some(AMQPValue::LongString("3".into())), 2);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! It behaves as the broker transports do, so code tested on it holds on them: bounded
 //! queues (publishing to a full one fails at once), replies routed by correlation id,
 //! late or duplicate replies dropped, and a delivery dropped unacknowledged (its worker
-//! task died) redelivered with `redelivered = true`.
+//! task died) redelivered with `redelivered = true`. It counts every delivery of a message
+//! exactly ([`Delivery::attempt`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -50,7 +51,8 @@ struct Message {
     correlation_id: String,
     content_type: ContentType,
     body: Vec<u8>,
-    redelivered: bool,
+    /// Deliveries so far: 0 while never delivered.
+    deliveries: u32,
 }
 
 impl EmbeddedBus {
@@ -143,7 +145,7 @@ impl Requester for EmbeddedBus {
                 correlation_id: message.correlation_id,
                 content_type: message.content_type,
                 body: message.body,
-                redelivered: false,
+                deliveries: 0,
             });
         }
         queue.notify.notify_one();
@@ -188,7 +190,8 @@ impl Consumer for EmbeddedConsumer {
             // is not missed.
             let notified = self.queue.notify.notified();
             let popped = self.queue.messages.lock().pop_front();
-            if let Some(message) = popped {
+            if let Some(mut message) = popped {
+                message.deliveries = message.deliveries.saturating_add(1);
                 // Pass the wake-up on: other consumers may have work too.
                 if !self.queue.messages.lock().is_empty() {
                     self.queue.notify.notify_one();
@@ -200,7 +203,7 @@ impl Consumer for EmbeddedConsumer {
                     Some(message.correlation_id),
                     Some("embedded".into()),
                     message.content_type,
-                    message.redelivered,
+                    message.deliveries,
                     Box::new(handle),
                 ));
             }
@@ -238,9 +241,8 @@ impl DeliveryHandle for EmbeddedHandle {
     }
 
     async fn reject(&mut self, requeue: bool) -> Result<(), BusError> {
-        if let Some(mut message) = self.message.take() {
+        if let Some(message) = self.message.take() {
             if requeue {
-                message.redelivered = true;
                 self.queue.push(message, true);
             }
         }
@@ -264,8 +266,7 @@ impl Drop for EmbeddedHandle {
     fn drop(&mut self) {
         // Unsettled: the worker lost it (task died or shut down). Redeliver, as a broker
         // does when a consumer's channel closes with unacknowledged messages.
-        if let Some(mut message) = self.message.take() {
-            message.redelivered = true;
+        if let Some(message) = self.message.take() {
             self.queue.push(message, true);
         }
     }
