@@ -70,7 +70,7 @@ impl<R: Requester> ScoringClient<R> {
         timeout: Duration,
     ) -> Result<Scored, ClientError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| millis(d));
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis);
         let timeout_ms = millis(timeout);
         let request = Request {
             version: PROTOCOL_VERSION,
