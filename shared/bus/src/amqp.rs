@@ -56,11 +56,14 @@
 //! - if lapin gives up (its retries are exhausted, or a channel's replay fails) or stalls
 //!   (the broker accepts TCP connections again for 3 s and lapin has not reconnected, which
 //!   lapin 4.12 does now and then after a reset), drops the connection and opens a new
-//!   one, and every [`AmqpConsumer`] and catalog listener re-subscribes on it by itself
-//!   (its own re-subscription, keyed by a connection generation).
+//!   one (tries spaced by jittered exponential backoff, 100 ms to under 2 s), and every
+//!   [`AmqpConsumer`] and catalog listener re-subscribes on it by itself (its own
+//!   re-subscription, keyed by a connection generation).
 //!
 //! Deliveries whose channel died before they were acknowledged are redelivered by the
 //! broker (`redelivered = true`); their `ack` fails. That is the at-least-once contract.
+//! [`Delivery::attempt`] counts deliveries from `x-delivery-count` (quorum queues) or, on
+//! classic queues, knows only that a redelivered message is on its second attempt at least.
 //!
 //! # TLS
 //! An `amqps://` URL connects over TLS (rustls with the ring provider, port 5671 by
@@ -77,6 +80,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -107,6 +111,8 @@ const MAX_EXPIRATION_MS: u64 = u32::MAX as u64;
 /// Longest a single broker operation (declare, publish confirm, ack) may take before it is
 /// reported as `Unavailable`: nothing here may hang on a broker that stopped answering.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one try to connect (TCP, TLS, AMQP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest lapin may spend re-establishing a lost connection before this transport drops it
 /// and opens a new one itself.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(45);
@@ -442,58 +448,67 @@ async fn publish(
 
 async fn supervise(inner: Arc<Inner>) {
     let mut generation = 0;
-    let mut retry_delay = Duration::from_millis(100);
-    while !inner.shutdown.is_cancelled() {
-        let tls = match inner.config.tls_config() {
-            Ok(tls) => tls,
-            // Checked at start-up too; here it can only be a CA file broken since then.
-            Err(error) => {
-                tracing::warn!(%error, retry_in_ms = retry_delay.as_millis() as u64, "cannot connect to the broker");
-                sleep_or_cancel(&inner.shutdown, retry_delay).await;
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let connecting = async {
-            // The captured TLS settings are what lapin's recoveries of this connection use.
-            let runtime = lapin::runtime::default_runtime()?;
-            Connection::connect_with_config(&inner.config.url, connection_properties(&inner.config), tls, runtime).await
-        };
-        let connection = tokio::select! {
+    loop {
+        // A fresh backoff for each connection: a broker back after an outage is used again
+        // within a second or two, whatever happened before.
+        let connect = || connect(&inner, generation + 1);
+        let connecting = connect.retry(reconnect_backoff()).notify(|error, delay| {
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+        });
+        let session = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
-            result = tokio::time::timeout(Duration::from_secs(10), connecting) => match result {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, retry_in_ms = retry_delay.as_millis() as u64, "cannot connect to the broker");
-                    sleep_or_cancel(&inner.shutdown, retry_delay).await;
-                    retry_delay = (retry_delay * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("connecting to the broker timed out");
-                    continue;
-                }
+            session = connecting => match session {
+                Ok(session) => Arc::new(session),
+                // The backoff never runs out; this is for the types' sake.
+                Err(_) => continue,
             },
         };
-        generation += 1;
-        let session = match open_session(&inner, connection, generation).await {
-            Ok(session) => Arc::new(session),
-            Err((connection, error)) => {
-                tracing::warn!(%error, "cannot set up the broker topology");
-                let _ = tokio::time::timeout(OPERATION_TIMEOUT, connection.close(200, "setup failed".into())).await;
-                sleep_or_cancel(&inner.shutdown, retry_delay).await;
-                continue;
-            }
-        };
-        retry_delay = Duration::from_millis(100);
+        generation = session.generation;
         tracing::info!(generation, reply_queue = %inner.reply_queue, "connected to the broker");
         inner.declared.lock().clear();
         inner.session.send_replace(Some(session.clone()));
         watch_session(&inner, &session).await;
         inner.mark_down("connection abandoned");
         let _ = tokio::time::timeout(Duration::from_secs(1), session.connection.close(200, "bye".into())).await;
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
     }
     inner.mark_down("shutting down");
+}
+
+/// Waits between tries to connect: exponential from 100 ms, jittered so that a fleet that
+/// lost its broker together does not reconnect in step, and under 2 s (backon's jitter adds
+/// up to the delay again, so the cap is 1 s).
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// One try at a usable connection: the TLS settings, the connection (bounded), the topology.
+async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Session, BusError> {
+    // Checked at start-up too; here it can only be a CA file broken since then.
+    let tls = inner.config.tls_config().map_err(unavailable)?;
+    let connecting = async {
+        // The captured TLS settings are what lapin's recoveries of this connection use.
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_with_config(&inner.config.url, connection_properties(&inner.config), tls, runtime).await
+    };
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return Err(unavailable(error)),
+        Err(_) => return Err(unavailable(format!("connecting timed out after {CONNECT_TIMEOUT:?}"))),
+    };
+    match open_session(inner, connection, generation).await {
+        Ok(session) => Ok(session),
+        Err((connection, error)) => {
+            let _ = tokio::time::timeout(OPERATION_TIMEOUT, connection.close(200, "setup failed".into())).await;
+            Err(error)
+        }
+    }
 }
 
 fn connection_properties(config: &AmqpConfig) -> ConnectionProperties {

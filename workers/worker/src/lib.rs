@@ -66,6 +66,19 @@ pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
     }
 }
 
+/// Waits between tries of something that must eventually work (an R host start, the first
+/// subscription to the broker): exponential from `first`, jittered so that workers that
+/// failed together do not retry together, never more than `longest`, and never giving up
+/// (shutdown ends it). backon's jitter adds up to the delay again, hence the cap at half.
+pub(crate) fn backoff(first: Duration, longest: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(longest / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
 /// The message a panic carries (`panic!` with a literal gives a `&str`, with arguments a
 /// `String`), for the error reply and the log line that report it.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use bus::Catalog;
 use parking_lot::{Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
@@ -45,6 +46,11 @@ use crate::host::{Call, Host, HostConfig, HostError, Scored};
 use crate::policy::{Plan, Throughput};
 use crate::rows;
 use crate::schedule::{Scheduler, ServedModel, Start, Waiting};
+
+/// The first and the longest wait between tries to start a replacement host (a broken
+/// model package or a full disk fails every start: retried, but not in a tight loop).
+const HOST_RESTART_FIRST: Duration = Duration::from_millis(500);
+const HOST_RESTART_LONGEST: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for busy hosts to finish before leaving them to die with the
 /// worker (they are killed with it).
@@ -521,31 +527,22 @@ impl Pool {
         }
         let pool = self.clone();
         self.inner.tasks.spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                let start = Host::start(&pool.inner.config.host, &pool.inner.specs);
-                let result = tokio::select! {
-                    _ = pool.inner.shutdown.cancelled() => return,
-                    result = start => result,
-                };
-                match result {
-                    Ok((host, _, _)) => {
-                        if pool.inner.shutdown.is_cancelled() {
-                            host.stop().await;
-                        } else {
-                            pool.run_host(host);
-                        }
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::error!(error = %error, retry_in_ms = backoff.as_millis() as u64, "cannot start r host");
-                        tokio::select! {
-                            _ = pool.inner.shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
+            let start = || Host::start(&pool.inner.config.host, &pool.inner.specs);
+            let started = start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
+                tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
+            });
+            let host = tokio::select! {
+                _ = pool.inner.shutdown.cancelled() => return,
+                started = started => match started {
+                    Ok((host, _, _)) => host,
+                    // The backoff never runs out; this is for the types' sake.
+                    Err(error) => return tracing::error!(error = %error, "gave up starting an r host"),
+                },
+            };
+            if pool.inner.shutdown.is_cancelled() {
+                host.stop().await;
+            } else {
+                pool.run_host(host);
             }
         });
     }
