@@ -65,7 +65,9 @@ impl ApiError {
     pub fn from_bus(error: BusError, timeout_ms: u64) -> Self {
         match error {
             BusError::QueueFull(_) => Self::coded(ErrorCode::Overloaded, format!("{error}; retry later")),
-            BusError::Unavailable(_) => Self::coded(ErrorCode::Unavailable, error.to_string()),
+            BusError::Unavailable(_) | BusError::Unroutable { .. } => {
+                Self::coded(ErrorCode::Unavailable, error.to_string())
+            }
             BusError::DeadlineExceeded => {
                 Self::coded(ErrorCode::DeadlineExceeded, format!("no reply within {timeout_ms} ms"))
             }
@@ -166,6 +168,12 @@ mod tests {
         };
         check(BusError::QueueFull("q".into()), 503, "the request queue 'q' is full; retry later", true);
         check(BusError::Unavailable("down".into()), 503, "the message bus is unavailable: down", false);
+        check(
+            BusError::Unroutable { queue: "rfleet.model.m".into(), reply_text: "NO_ROUTE".into() },
+            503,
+            "the message bus is unavailable: the broker returned the message to 'rfleet.model.m' as unroutable (NO_ROUTE): no such queue",
+            false,
+        );
         check(BusError::DeadlineExceeded, 504, "no reply within 250 ms", false);
         check(BusError::DuplicateId("x".into()), 500, "correlation id 'x' is already in flight", false);
     }

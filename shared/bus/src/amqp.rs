@@ -33,9 +33,11 @@
 //! # Properties
 //! Requests carry `correlation_id`, `reply_to`, `content_type` (`application/msgpack` or
 //! `application/json`), `expiration` (ms left until the deadline, as a string) and
-//! `delivery_mode` 1 (transient: see `call`). Requests are published `mandatory` on a channel in
-//! confirm mode: the call fails with [`BusError::Unavailable`] when the broker nacks it or
-//! returns it unroutable. Replies carry the request's `correlation_id` and the reply's
+//! `delivery_mode` 1 (transient: see `call`); an `expiration` beyond RabbitMQ's limit
+//! (2^32 - 1 ms) is sent as the limit. Requests are published `mandatory` on a channel in
+//! confirm mode: the call fails with [`BusError::Unavailable`] when the broker nacks it and
+//! with [`BusError::Unroutable`] when it returns it (the queue is gone: it is declared again
+//! before the next publish). Replies carry the request's `correlation_id` and the reply's
 //! content type; a worker publishes each reply on the channel its request was delivered on
 //! and acknowledges the request right after, on the same channel, without waiting for a
 //! confirm (the broker handles one channel's methods in order, so the reply is routed
@@ -54,11 +56,14 @@
 //! - if lapin gives up (its retries are exhausted, or a channel's replay fails) or stalls
 //!   (the broker accepts TCP connections again for 3 s and lapin has not reconnected, which
 //!   lapin 4.12 does now and then after a reset), drops the connection and opens a new
-//!   one, and every [`AmqpConsumer`] and catalog listener re-subscribes on it by itself
-//!   (its own re-subscription, keyed by a connection generation).
+//!   one (tries spaced by jittered exponential backoff, 100 ms to under 2 s), and every
+//!   [`AmqpConsumer`] and catalog listener re-subscribes on it by itself (its own
+//!   re-subscription, keyed by a connection generation).
 //!
 //! Deliveries whose channel died before they were acknowledged are redelivered by the
 //! broker (`redelivered = true`); their `ack` fails. That is the at-least-once contract.
+//! [`Delivery::attempt`] counts deliveries from `x-delivery-count` (quorum queues) or, on
+//! classic queues, knows only that a redelivered message is on its second attempt at least.
 //!
 //! # TLS
 //! An `amqps://` URL connects over TLS (rustls with the ring provider, port 5671 by
@@ -71,10 +76,11 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -83,6 +89,7 @@ use lapin::options::{
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event, ExchangeKind};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -93,10 +100,19 @@ use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing,
 pub const REASON_HEADER: &str = "x-rfleet-reason";
 /// Header naming the request queue a dead-lettered request came from.
 pub const QUEUE_HEADER: &str = "x-rfleet-queue";
+/// Header in which quorum queues count a message's earlier, returned deliveries.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+/// The longest `expiration` RabbitMQ takes (its `MAX_EXPIRY_TIMER`, 2^32 - 1 ms, about 49
+/// days): a longer one is refused by closing the channel, the shared publisher's included.
+/// A deadline further away than that is sent as that.
+const MAX_EXPIRATION_MS: u64 = u32::MAX as u64;
 
 /// Longest a single broker operation (declare, publish confirm, ack) may take before it is
 /// reported as `Unavailable`: nothing here may hang on a broker that stopped answering.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one try to connect (TCP, TLS, AMQP handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest lapin may spend re-establishing a lost connection before this transport drops it
 /// and opens a new one itself.
 const RECOVERY_WINDOW: Duration = Duration::from_secs(45);
@@ -366,8 +382,8 @@ impl Inner {
     fn mark_down(&self, reason: &str) {
         let was_up = self.session.send_replace(None).is_some();
         self.losses.fetch_add(1, Ordering::SeqCst);
-        self.declared.lock().expect("bus lock poisoned").clear();
-        let pending: Vec<_> = self.pending.lock().expect("bus lock poisoned").drain().collect();
+        self.declared.lock().clear();
+        let pending: Vec<_> = self.pending.lock().drain().collect();
         if was_up || !pending.is_empty() {
             tracing::warn!(reason, failed_calls = pending.len(), "broker connection down");
         }
@@ -377,7 +393,7 @@ impl Inner {
     }
 
     async fn declare_request_queue(&self, session: &Session, queue: &str) -> Result<(), BusError> {
-        if self.declared.lock().expect("bus lock poisoned").contains(queue) {
+        if self.declared.lock().contains(queue) {
             return Ok(());
         }
         // A declaration with other arguments than the queue has fails its channel
@@ -390,7 +406,7 @@ impl Inner {
         .await;
         close_quietly(channel).await;
         declared?;
-        self.declared.lock().expect("bus lock poisoned").insert(queue.to_string());
+        self.declared.lock().insert(queue.to_string());
         Ok(())
     }
 }
@@ -418,10 +434,9 @@ async fn publish(
     .await?;
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(unavailable(format!(
-            "the broker returned the message to '{routing_key}' as unroutable ({}): no such queue",
-            returned.reply_text
-        ))),
+        Confirmation::Ack(Some(returned)) => {
+            Err(BusError::Unroutable { queue: routing_key.to_string(), reply_text: returned.reply_text.to_string() })
+        }
         Confirmation::Nack(_) => {
             Err(unavailable(format!("the broker refused (nacked) the message to '{routing_key}'")))
         }
@@ -433,64 +448,73 @@ async fn publish(
 
 async fn supervise(inner: Arc<Inner>) {
     let mut generation = 0;
-    let mut retry_delay = Duration::from_millis(100);
-    while !inner.shutdown.is_cancelled() {
-        let tls = match inner.config.tls_config() {
-            Ok(tls) => tls,
-            // Checked at start-up too; here it can only be a CA file broken since then.
-            Err(error) => {
-                tracing::warn!(%error, retry_in_ms = retry_delay.as_millis() as u64, "cannot connect to the broker");
-                sleep_or_cancel(&inner.shutdown, retry_delay).await;
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let connecting = async {
-            // The captured TLS settings are what lapin's recoveries of this connection use.
-            let runtime = lapin::runtime::default_runtime()?;
-            Connection::connect_with_config(
-                inner.config.url.expose_secret(),
-                connection_properties(&inner.config),
-                tls,
-                runtime,
-            )
-            .await
-        };
-        let connection = tokio::select! {
+    loop {
+        // A fresh backoff for each connection: a broker back after an outage is used again
+        // within a second or two, whatever happened before.
+        let connect = || connect(&inner, generation + 1);
+        let connecting = connect.retry(reconnect_backoff()).notify(|error, delay| {
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect to the broker");
+        });
+        let session = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
-            result = tokio::time::timeout(Duration::from_secs(10), connecting) => match result {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, retry_in_ms = retry_delay.as_millis() as u64, "cannot connect to the broker");
-                    sleep_or_cancel(&inner.shutdown, retry_delay).await;
-                    retry_delay = (retry_delay * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    tracing::warn!("connecting to the broker timed out");
-                    continue;
-                }
+            session = connecting => match session {
+                Ok(session) => Arc::new(session),
+                // The backoff never runs out; this is for the types' sake.
+                Err(_) => continue,
             },
         };
-        generation += 1;
-        let session = match open_session(&inner, connection, generation).await {
-            Ok(session) => Arc::new(session),
-            Err((connection, error)) => {
-                tracing::warn!(%error, "cannot set up the broker topology");
-                let _ = tokio::time::timeout(OPERATION_TIMEOUT, connection.close(200, "setup failed".into())).await;
-                sleep_or_cancel(&inner.shutdown, retry_delay).await;
-                continue;
-            }
-        };
-        retry_delay = Duration::from_millis(100);
+        generation = session.generation;
         tracing::info!(generation, reply_queue = %inner.reply_queue, "connected to the broker");
-        inner.declared.lock().expect("bus lock poisoned").clear();
+        inner.declared.lock().clear();
         inner.session.send_replace(Some(session.clone()));
         watch_session(&inner, &session).await;
         inner.mark_down("connection abandoned");
         let _ = tokio::time::timeout(Duration::from_secs(1), session.connection.close(200, "bye".into())).await;
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
     }
     inner.mark_down("shutting down");
+}
+
+/// Waits between tries to connect: exponential from 100 ms, jittered so that a fleet that
+/// lost its broker together does not reconnect in step, and under 2 s (backon's jitter adds
+/// up to the delay again, so the cap is 1 s).
+fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// One try at a usable connection: the TLS settings, the connection (bounded), the topology.
+async fn connect(inner: &Arc<Inner>, generation: u64) -> Result<Session, BusError> {
+    // Checked at start-up too; here it can only be a CA file broken since then.
+    let tls = inner.config.tls_config().map_err(unavailable)?;
+    let connecting = async {
+        // The captured TLS settings are what lapin's recoveries of this connection use.
+        let runtime = lapin::runtime::default_runtime()?;
+        Connection::connect_with_config(
+            inner.config.url.expose_secret(),
+            connection_properties(&inner.config),
+            tls,
+            runtime,
+        )
+        .await
+    };
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return Err(unavailable(error)),
+        Err(_) => return Err(unavailable(format!("connecting timed out after {CONNECT_TIMEOUT:?}"))),
+    };
+    match open_session(inner, connection, generation).await {
+        Ok(session) => Ok(session),
+        Err((connection, error)) => {
+            let _ = tokio::time::timeout(OPERATION_TIMEOUT, connection.close(200, "setup failed".into())).await;
+            Err(error)
+        }
+    }
 }
 
 fn connection_properties(config: &AmqpConfig) -> ConnectionProperties {
@@ -605,7 +629,7 @@ async fn route_replies(inner: std::sync::Weak<Inner>, mut replies: lapin::Consum
             tracing::debug!("dropping reply without correlation id");
             continue;
         };
-        let waiter = inner.pending.lock().expect("bus lock poisoned").remove(&correlation_id);
+        let waiter = inner.pending.lock().remove(&correlation_id);
         match waiter {
             Some(reply_tx) => {
                 let _ = reply_tx.send(Ok(reply.data));
@@ -714,7 +738,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.inner.pending.lock().expect("bus lock poisoned").remove(self.correlation_id);
+        self.inner.pending.lock().remove(self.correlation_id);
     }
 }
 
@@ -728,7 +752,7 @@ impl Requester for AmqpBus {
         let queue = message.queue;
         let (reply_tx, reply_rx) = oneshot::channel();
         {
-            let mut pending = inner.pending.lock().expect("bus lock poisoned");
+            let mut pending = inner.pending.lock();
             if pending.contains_key(&correlation_id) {
                 return Err(BusError::DuplicateId(correlation_id));
             }
@@ -746,13 +770,13 @@ impl Requester for AmqpBus {
                 // buys nothing and costs a disk write on the latency path.
                 .with_delivery_mode(1);
             if let Some(expiration_ms) = message.expiration_ms {
-                properties = properties.with_expiration(expiration_ms.to_string().into());
+                properties = properties.with_expiration(expiration_ms.min(MAX_EXPIRATION_MS).to_string().into());
             }
             let published = publish(&session.publisher, "", &queue, true, &message.body, properties).await;
-            if matches!(&published, Err(BusError::Unavailable(m)) if m.contains("unroutable")) {
+            if let Err(BusError::Unroutable { .. }) = &published {
                 // The queue vanished since we declared it (deleted, or a broker without
                 // its data): declare it again next time.
-                inner.declared.lock().expect("bus lock poisoned").remove(&queue);
+                inner.declared.lock().remove(&queue);
             }
             published
         };
@@ -956,6 +980,7 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
     };
     let correlation_id = properties.correlation_id().as_ref().map(ShortString::to_string);
     let reply_to = properties.reply_to().as_ref().map(ShortString::to_string);
+    let attempt = attempt_of(delivery.redelivered, properties.headers().as_ref());
     let handle = AmqpHandle {
         inner: inner.clone(),
         acker: Some(delivery.acker),
@@ -964,7 +989,30 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
         properties,
         body: delivery.data.clone(),
     };
-    Delivery::new(delivery.data, correlation_id, reply_to, content_type, delivery.redelivered, Box::new(handle))
+    Delivery::new(delivery.data, correlation_id, reply_to, content_type, attempt, Box::new(handle))
+}
+
+/// Which delivery of a message this is (see [`Delivery::attempt`]). Quorum queues count the
+/// earlier deliveries that came back in `x-delivery-count` (absent, or 0, on the first);
+/// classic queues say only `redelivered`, which means the second attempt at least. The
+/// header comes off the wire: any integer type is taken, negatives as 0, and the count is
+/// saturated rather than trusted.
+fn attempt_of(redelivered: bool, headers: Option<&FieldTable>) -> u32 {
+    let at_least = if redelivered { 2 } else { 1 };
+    let returned = headers.and_then(|headers| headers.inner().get(DELIVERY_COUNT_HEADER)).and_then(|value| {
+        let count: i64 = match *value {
+            AMQPValue::ShortShortInt(n) => n.into(),
+            AMQPValue::ShortShortUInt(n) => n.into(),
+            AMQPValue::ShortInt(n) => n.into(),
+            AMQPValue::ShortUInt(n) => n.into(),
+            AMQPValue::LongInt(n) => n.into(),
+            AMQPValue::LongUInt(n) => n.into(),
+            AMQPValue::LongLongInt(n) => n,
+            _ => return None,
+        };
+        Some(u32::try_from(count.max(0)).unwrap_or(u32::MAX))
+    });
+    returned.map_or(at_least, |count| count.saturating_add(1).max(at_least))
 }
 
 /// The worker's subscription to its models' request queues, one merged stream.
@@ -1242,6 +1290,30 @@ mod tests {
             (Err(got), Err(want)) => assert!(got.to_string().contains(want), "error {got} does not mention {want}"),
             (got, want) => panic!("{url} with {ca:?}: got {got:?}, want {want:?}"),
         }
+    }
+
+    /// The attempt number read off a delivery, for every shape the header can come in.
+    #[test]
+    fn attempts_from_redelivered_and_the_delivery_count() {
+        let check = |redelivered: bool, count: Option<AMQPValue>, expected: u32| {
+            let headers = count.clone().map(|count| {
+                let mut headers = FieldTable::default();
+                headers.insert(DELIVERY_COUNT_HEADER.into(), count);
+                headers
+            });
+            assert_eq!(attempt_of(redelivered, headers.as_ref()), expected, "{redelivered} {count:?}");
+        };
+        check(false, None, 1);
+        check(true, None, 2);
+        check(false, Some(AMQPValue::LongLongInt(0)), 1);
+        check(true, Some(AMQPValue::LongLongInt(0)), 2);
+        check(true, Some(AMQPValue::LongLongInt(1)), 2);
+        check(true, Some(AMQPValue::LongLongInt(4)), 5);
+        check(true, Some(AMQPValue::ShortShortUInt(2)), 3);
+        check(true, Some(AMQPValue::LongUInt(u32::MAX)), u32::MAX);
+        check(true, Some(AMQPValue::LongLongInt(i64::MAX)), u32::MAX);
+        check(false, Some(AMQPValue::LongLongInt(i64::MIN)), 1);
+        check(true, Some(AMQPValue::LongString("3".into())), 2);
     }
 
     #[test]

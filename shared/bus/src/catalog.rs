@@ -8,10 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use protocol::{Announcement, ModelInfo};
+
+/// The announcement intervals a worker is taken at its word for. An interval comes off the
+/// bus, so it is clamped: below the floor a worker would be forgotten between two of its
+/// own announcements under ordinary scheduling jitter; above the ceiling a dead worker
+/// would be served to for a day, and `interval * 3` could overflow.
+pub const ANNOUNCE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -31,7 +37,7 @@ struct Remote {
 impl Catalog {
     /// The models this process's own worker serves.
     pub fn set_models(&self, models: Vec<ModelInfo>) {
-        *self.models.write().expect("catalog lock poisoned") = models;
+        *self.models.write() = models;
     }
 
     /// This process's own live R hosts.
@@ -39,16 +45,20 @@ impl Catalog {
         self.live_hosts.store(n, Ordering::Relaxed);
     }
 
-    /// Records a worker's announcement, valid for three of its intervals.
+    /// Records a worker's announcement, valid for three of its intervals (clamped to
+    /// [`ANNOUNCE_INTERVAL_MS`]).
     pub fn record(&self, announcement: Announcement, now: Instant) {
-        let ttl = Duration::from_millis(announcement.interval_ms.max(100) * 3);
-        self.remote.lock().expect("catalog lock poisoned").insert(
+        let interval_ms = announcement.interval_ms.clamp(*ANNOUNCE_INTERVAL_MS.start(), *ANNOUNCE_INTERVAL_MS.end());
+        let ttl = Duration::from_millis(interval_ms.saturating_mul(3));
+        // An `Instant` that cannot be represented is far enough away to be "for now".
+        let expires = now.checked_add(ttl).unwrap_or(now);
+        self.remote.lock().insert(
             announcement.worker,
             Remote {
                 models: announcement.models,
                 live_hosts: announcement.live_hosts as usize,
                 draining: announcement.draining,
-                expires: now + ttl,
+                expires,
             },
         );
     }
@@ -56,9 +66,9 @@ impl Catalog {
     /// Every model served, by this process or a worker heard from recently; one entry per
     /// (name, version).
     pub fn models(&self) -> Vec<ModelInfo> {
-        let mut models = self.models.read().expect("catalog lock poisoned").clone();
+        let mut models = self.models.read().clone();
         let now = Instant::now();
-        let mut remote = self.remote.lock().expect("catalog lock poisoned");
+        let mut remote = self.remote.lock();
         remote.retain(|_, r| r.expires > now);
         let mut announced: Vec<&ModelInfo> =
             remote.values().filter(|r| !r.draining).flat_map(|r| r.models.iter()).collect();
@@ -83,12 +93,10 @@ impl Catalog {
         let remote: usize = self
             .remote
             .lock()
-            .expect("catalog lock poisoned")
             .values()
             .filter(|r| r.expires > now && !r.draining)
-            .map(|r| r.live_hosts)
-            .sum();
-        self.live_hosts.load(Ordering::Relaxed) + remote
+            .fold(0usize, |sum, r| sum.saturating_add(r.live_hosts));
+        self.live_hosts.load(Ordering::Relaxed).saturating_add(remote)
     }
 
     /// Ready to score: models are known and at least one R host is up.
@@ -145,5 +153,27 @@ mod tests {
         assert_eq!(catalog.live_hosts(), 0);
         assert!(catalog.models().is_empty());
         assert!(!catalog.is_ready());
+    }
+
+    /// Intervals and host counts off the wire at their extremes: clamped, never overflowing.
+    #[test]
+    fn extreme_announcements_are_bounded() {
+        let check = |interval_ms: u64, live_hosts: u32, heard_ms_ago: u64, expected_hosts: usize| {
+            let catalog = Catalog::default();
+            let now = Instant::now();
+            let heard = now.checked_sub(Duration::from_millis(heard_ms_ago)).unwrap_or(now);
+            catalog.record(Announcement { interval_ms, live_hosts, ..announce("w", &["a"], 0, false) }, heard);
+            catalog.record(Announcement { interval_ms, live_hosts, ..announce("v", &["a"], 0, false) }, heard);
+            assert_eq!(catalog.live_hosts(), expected_hosts, "interval {interval_ms} ms, heard {heard_ms_ago} ms ago");
+        };
+        let hour = *ANNOUNCE_INTERVAL_MS.end();
+        check(u64::MAX, 1, 0, 2);
+        check(u64::MAX, u32::MAX, 0, 2 * u32::MAX as usize);
+        // Clamped to an hour: forgotten after three hours, as the longest allowed interval.
+        check(u64::MAX, 1, 3 * hour - 60_000, 2);
+        check(u64::MAX, 1, 3 * hour + 60_000, 0);
+        // Clamped up to 100 ms: gone after 300 ms, not at once.
+        check(0, 1, 0, 2);
+        check(0, 1, 400, 0);
     }
 }

@@ -21,6 +21,13 @@ use protocol::{ErrorBody, Frame, Input, Options, Outcome, Reply, Request, Timing
 
 use crate::{BusError, ContentType, Outgoing, Requester};
 
+/// How long a call waits at most when asked to wait longer than an `Instant` can say.
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Scores frames through any transport's [`Requester`].
 pub struct ScoringClient<R> {
     requester: R,
@@ -63,14 +70,14 @@ impl<R: Requester> ScoringClient<R> {
         timeout: Duration,
     ) -> Result<Scored, ClientError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let timeout_ms = timeout.as_millis() as u64;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, millis);
+        let timeout_ms = millis(timeout);
         let request = Request {
             version: PROTOCOL_VERSION,
             id: id.clone(),
             model: model.to_string(),
             model_version: None,
-            deadline_ms: Some(now_ms + timeout_ms),
+            deadline_ms: Some(now_ms.saturating_add(timeout_ms)),
             options,
             traceparent: None,
             request_id: None,
@@ -83,7 +90,9 @@ impl<R: Requester> ScoringClient<R> {
             body: protocol::encode(&request)?,
             expiration_ms: Some(timeout_ms),
         };
-        let body = self.requester.call(outgoing, Instant::now() + timeout).await?;
+        // A timeout beyond what an `Instant` holds waits as long as one can.
+        let deadline = Instant::now().checked_add(timeout).unwrap_or_else(|| Instant::now() + MAX_WAIT);
+        let body = self.requester.call(outgoing, deadline).await?;
         let reply: Reply = protocol::decode(&body)?;
         if reply.id != id {
             return Err(ClientError::Mismatch { sent: id, got: reply.id });

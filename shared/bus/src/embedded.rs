@@ -3,13 +3,15 @@
 //! It behaves as the broker transports do, so code tested on it holds on them: bounded
 //! queues (publishing to a full one fails at once), replies routed by correlation id,
 //! late or duplicate replies dropped, and a delivery dropped unacknowledged (its worker
-//! task died) redelivered with `redelivered = true`.
+//! task died) redelivered with `redelivered = true`. It counts every delivery of a message
+//! exactly ([`Delivery::attempt`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 
 use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing, Requester};
@@ -49,7 +51,8 @@ struct Message {
     correlation_id: String,
     content_type: ContentType,
     body: Vec<u8>,
-    redelivered: bool,
+    /// Deliveries so far: 0 while never delivered.
+    deliveries: u32,
 }
 
 impl EmbeddedBus {
@@ -69,31 +72,31 @@ impl EmbeddedBus {
 
     /// Messages dead-lettered so far, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.inner.dead_letters.lock().expect("bus lock poisoned").clone()
+        self.inner.dead_letters.lock().clone()
     }
 
     /// Starts consuming `queue` (created if needed). Several consumers share a queue.
     pub fn consumer(&self, queue: &str) -> EmbeddedConsumer {
         let queue = self.inner.queue(queue);
-        *queue.consumers.lock().expect("queue lock poisoned") += 1;
+        *queue.consumers.lock() += 1;
         EmbeddedConsumer { queue, bus: self.inner.clone() }
     }
 
     /// Messages waiting in `queue`, not yet delivered.
     pub fn depth(&self, queue: &str) -> usize {
-        self.inner.queue(queue).messages.lock().expect("queue lock poisoned").len()
+        self.inner.queue(queue).messages.lock().len()
     }
 }
 
 impl Inner {
     fn queue(&self, name: &str) -> Arc<Queue> {
-        self.queues.lock().expect("bus lock poisoned").entry(name.to_string()).or_default().clone()
+        self.queues.lock().entry(name.to_string()).or_default().clone()
     }
 }
 
 impl Queue {
     fn push(&self, message: Message, front: bool) {
-        let mut messages = self.messages.lock().expect("queue lock poisoned");
+        let mut messages = self.messages.lock();
         if front {
             messages.push_front(message);
         } else {
@@ -113,7 +116,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.inner.pending.lock().expect("bus lock poisoned").remove(&self.correlation_id);
+        self.inner.pending.lock().remove(&self.correlation_id);
     }
 }
 
@@ -121,12 +124,12 @@ impl Drop for PendingGuard<'_> {
 impl Requester for EmbeddedBus {
     async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
         let queue = self.inner.queue(&message.queue);
-        if *queue.consumers.lock().expect("queue lock poisoned") == 0 {
+        if *queue.consumers.lock() == 0 {
             return Err(BusError::Unavailable(format!("no worker consumes '{}'", message.queue)));
         }
         let (reply_tx, reply_rx) = oneshot::channel();
         {
-            let mut pending = self.inner.pending.lock().expect("bus lock poisoned");
+            let mut pending = self.inner.pending.lock();
             if pending.contains_key(&message.correlation_id) {
                 return Err(BusError::DuplicateId(message.correlation_id));
             }
@@ -134,7 +137,7 @@ impl Requester for EmbeddedBus {
         }
         let _guard = PendingGuard { inner: &self.inner, correlation_id: message.correlation_id.clone() };
         {
-            let mut messages = queue.messages.lock().expect("queue lock poisoned");
+            let mut messages = queue.messages.lock();
             if messages.len() >= self.inner.capacity {
                 return Err(BusError::QueueFull(message.queue));
             }
@@ -142,7 +145,7 @@ impl Requester for EmbeddedBus {
                 correlation_id: message.correlation_id,
                 content_type: message.content_type,
                 body: message.body,
-                redelivered: false,
+                deliveries: 0,
             });
         }
         queue.notify.notify_one();
@@ -159,12 +162,7 @@ impl Requester for EmbeddedBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner
-            .queues
-            .lock()
-            .expect("bus lock poisoned")
-            .values()
-            .any(|q| *q.consumers.lock().expect("queue lock poisoned") > 0)
+        self.inner.queues.lock().values().any(|q| *q.consumers.lock() > 0)
     }
 }
 
@@ -176,7 +174,7 @@ pub struct EmbeddedConsumer {
 
 impl Drop for EmbeddedConsumer {
     fn drop(&mut self) {
-        *self.queue.consumers.lock().expect("queue lock poisoned") -= 1;
+        *self.queue.consumers.lock() -= 1;
     }
 }
 
@@ -187,10 +185,11 @@ impl Consumer for EmbeddedConsumer {
             // Register interest before looking, so a push between the look and the wait
             // is not missed.
             let notified = self.queue.notify.notified();
-            let popped = self.queue.messages.lock().expect("queue lock poisoned").pop_front();
-            if let Some(message) = popped {
+            let popped = self.queue.messages.lock().pop_front();
+            if let Some(mut message) = popped {
+                message.deliveries = message.deliveries.saturating_add(1);
                 // Pass the wake-up on: other consumers may have work too.
-                if !self.queue.messages.lock().expect("queue lock poisoned").is_empty() {
+                if !self.queue.messages.lock().is_empty() {
                     self.queue.notify.notify_one();
                 }
                 let handle =
@@ -200,7 +199,7 @@ impl Consumer for EmbeddedConsumer {
                     Some(message.correlation_id),
                     Some("embedded".into()),
                     message.content_type,
-                    message.redelivered,
+                    message.deliveries,
                     Box::new(handle),
                 ));
             }
@@ -221,7 +220,7 @@ impl DeliveryHandle for EmbeddedHandle {
     async fn reply(&self, _content_type: ContentType, body: Vec<u8>) -> Result<(), BusError> {
         let bus = &self.bus;
         let Some(message) = &self.message else { return Ok(()) };
-        let waiter = bus.pending.lock().expect("bus lock poisoned").remove(&message.correlation_id);
+        let waiter = bus.pending.lock().remove(&message.correlation_id);
         match waiter {
             // The caller may have given up between the lookup and the send: that reply is late.
             Some(reply_tx) => {
@@ -238,9 +237,8 @@ impl DeliveryHandle for EmbeddedHandle {
     }
 
     async fn reject(&mut self, requeue: bool) -> Result<(), BusError> {
-        if let Some(mut message) = self.message.take() {
+        if let Some(message) = self.message.take() {
             if requeue {
-                message.redelivered = true;
                 self.queue.push(message, true);
             }
         }
@@ -250,7 +248,7 @@ impl DeliveryHandle for EmbeddedHandle {
     async fn dead_letter(&mut self, reason: &str) -> Result<(), BusError> {
         if let Some(message) = self.message.take() {
             tracing::warn!(correlation_id = %message.correlation_id, reason, "dead-lettering request");
-            self.bus.dead_letters.lock().expect("bus lock poisoned").push(DeadLetter {
+            self.bus.dead_letters.lock().push(DeadLetter {
                 correlation_id: message.correlation_id,
                 body: message.body,
                 reason: reason.to_string(),
@@ -264,8 +262,7 @@ impl Drop for EmbeddedHandle {
     fn drop(&mut self) {
         // Unsettled: the worker lost it (task died or shut down). Redeliver, as a broker
         // does when a consumer's channel closes with unacknowledged messages.
-        if let Some(mut message) = self.message.take() {
-            message.redelivered = true;
+        if let Some(message) = self.message.take() {
             self.queue.push(message, true);
         }
     }

@@ -70,6 +70,13 @@ pub enum BusError {
     /// No transport connection, or nobody consumes the queue (HTTP 503).
     #[error("the message bus is unavailable: {0}")]
     Unavailable(String),
+    /// The broker returned a mandatory request: no queue is bound to its routing key (the
+    /// queue was deleted, or the broker lost it since it was declared). A kind of
+    /// unavailability (HTTP 503), typed so the publisher can forget the queue it declared.
+    #[error(
+        "the message bus is unavailable: the broker returned the message to '{queue}' as unroutable ({reply_text}): no such queue"
+    )]
+    Unroutable { queue: String, reply_text: String },
     /// No reply arrived before the deadline (HTTP 504).
     #[error("no reply before the deadline")]
     DeadlineExceeded,
@@ -109,8 +116,15 @@ pub struct Delivery {
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
     pub content_type: ContentType,
-    /// True when the bus delivered this message before (a consumer died holding it).
+    /// True when the bus delivered this message before (a consumer died holding it, or
+    /// gave it back).
     pub redelivered: bool,
+    /// Which delivery of this message this is, from 1. The embedded bus counts exactly;
+    /// AMQP reads `x-delivery-count` where the queue keeps one (quorum queues) and otherwise
+    /// knows only that a redelivered message is on its second attempt at least. A worker
+    /// gives up on a message that keeps failing at a bounded attempt, so nothing is retried
+    /// forever.
+    pub attempt: u32,
     handle: Box<dyn DeliveryHandle>,
 }
 
@@ -134,10 +148,12 @@ impl Delivery {
         correlation_id: Option<String>,
         reply_to: Option<String>,
         content_type: ContentType,
-        redelivered: bool,
+        attempt: u32,
         handle: Box<dyn DeliveryHandle>,
     ) -> Self {
-        Delivery { body, correlation_id, reply_to, content_type, redelivered, handle }
+        // Attempt 0 does not exist: a transport that cannot count says 1.
+        let attempt = attempt.max(1);
+        Delivery { body, correlation_id, reply_to, content_type, redelivered: attempt > 1, attempt, handle }
     }
 
     /// Publishes the reply to the delivery's `reply_to` with its correlation id.
@@ -166,7 +182,7 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("correlation_id", &self.correlation_id)
             .field("bytes", &self.body.len())
-            .field("redelivered", &self.redelivered)
+            .field("attempt", &self.attempt)
             .finish()
     }
 }

@@ -5,11 +5,21 @@
 //! (at-least-once), never a lost answer. Requests are checked before they reach R:
 //! undecodable bytes, other protocol versions, unknown models, expired deadlines and
 //! input that does not fit the schema are answered without an R call.
+//!
+//! The loop ([`serve`]) keeps apart what a delivery means (a [`Handler`]: for a worker,
+//! decoding and scoring) and settling it (a guard: reply, then ack or dead-letter). A
+//! handler that panics is a bug the guard contains: the delivery goes back to the queue for
+//! another worker, and at its [`MAX_PANICKING_ATTEMPTS`]th delivery it is answered
+//! `internal`, naming the panic, and dead-lettered, so a request that panics every worker
+//! is not redelivered forever.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bus::{Consumer, ContentType, Delivery};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use protocol::host::HostOutput;
 use protocol::{ErrorCode, Input, Outcome, Reply, Request, Timings, PROTOCOL_VERSION};
 use tokio::sync::Semaphore;
@@ -31,10 +41,58 @@ pub struct ConsumeConfig {
     pub drain_timeout: Duration,
 }
 
-/// Consumes until `shutdown` fires or the bus closes, then drains in-flight work (at most
-/// `drain_timeout`). Deliveries not yet taken stay on the bus.
-pub async fn run(mut consumer: impl Consumer, pool: Pool, config: ConsumeConfig, shutdown: CancellationToken) {
-    let config = Arc::new(config);
+/// Deliveries of one message whose handling panics before it is dead-lettered. Two, as for
+/// a request that crashes R hosts: one more try, perhaps on another worker, then a clear
+/// error. The transports count deliveries ([`Delivery::attempt`]).
+pub const MAX_PANICKING_ATTEMPTS: u32 = 2;
+
+/// The longest a request's deadline is taken to be away. A deadline comes off the bus, and
+/// one far in the future (a direct publisher's mistake) would overflow `Instant`; a day is
+/// beyond any host timeout, so for scoring it is "no hurry".
+const MAX_TIME_LEFT: Duration = Duration::from_secs(24 * 3600);
+
+/// What a [`Handler`] made of a delivery: the reply and, for a request that must never be
+/// retried, why it is dead-lettered rather than acknowledged.
+pub struct Answer {
+    pub reply: Reply,
+    pub dead_letter: Option<String>,
+    /// Where settling the delivery is logged.
+    pub span: tracing::Span,
+}
+
+/// Turns one delivery into its [`Answer`]; [`serve`] settles the delivery around it.
+pub trait Handler: Send + Sync + 'static {
+    fn answer<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Answer>;
+}
+
+/// The worker's handler: decode, check, score on the pool.
+struct Scoring {
+    pool: Pool,
+    worker_id: String,
+}
+
+impl Handler for Scoring {
+    fn answer<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Answer> {
+        handle(delivery, &self.pool, &self.worker_id).boxed()
+    }
+}
+
+/// Consumes until `shutdown` fires or the bus closes, scoring on `pool`, then drains
+/// in-flight work (at most `drain_timeout`). Deliveries not yet taken stay on the bus.
+pub async fn run(consumer: impl Consumer, pool: Pool, config: ConsumeConfig, shutdown: CancellationToken) {
+    let handler = Scoring { pool, worker_id: config.worker_id.clone() };
+    serve(consumer, handler, config, shutdown).await;
+}
+
+/// [`run`] with any handler: each delivery is answered by `handler` and settled by
+/// [`guard`], which also contains the handler's panics.
+pub async fn serve(
+    mut consumer: impl Consumer,
+    handler: impl Handler,
+    config: ConsumeConfig,
+    shutdown: CancellationToken,
+) {
+    let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let tasks = TaskTracker::new();
     loop {
@@ -49,9 +107,9 @@ pub async fn run(mut consumer: impl Consumer, pool: Pool, config: ConsumeConfig,
                 None => break,
             },
         };
-        let (pool, config) = (pool.clone(), config.clone());
+        let handler = handler.clone();
         tasks.spawn(async move {
-            handle(delivery, &pool, &config).await;
+            guard(delivery, &*handler).await;
             drop(permit);
         });
     }
@@ -63,13 +121,43 @@ pub async fn run(mut consumer: impl Consumer, pool: Pool, config: ConsumeConfig,
     }
 }
 
-/// Handles one delivery from receipt to acknowledgement.
-async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
+/// Answers one delivery with `handler`, then settles it: reply, then ack or dead-letter.
+/// A panicking handler leaves the delivery here, unsettled: it is requeued for another try
+/// below [`MAX_PANICKING_ATTEMPTS`], and answered `internal` and dead-lettered at it.
+async fn guard(delivery: Delivery, handler: &dyn Handler) {
+    let panic = match AssertUnwindSafe(handler.answer(&delivery)).catch_unwind().await {
+        Ok(Answer { reply, dead_letter, span }) => {
+            // The span is attached to the future, never entered across an await: an entered
+            // span held over `.await` leaks into whatever else runs on this thread meanwhile
+            // (regression: over RabbitMQ the dispatcher's request spans nested inside these).
+            return settle(delivery, reply, dead_letter).instrument(span).await;
+        }
+        Err(panic) => crate::panic_message(&*panic),
+    };
+    let attempt = delivery.attempt;
+    let span =
+        tracing::error_span!("panicked", correlation_id = delivery.correlation_id.as_deref().unwrap_or(""), attempt);
+    if attempt < MAX_PANICKING_ATTEMPTS {
+        tracing::error!(parent: &span, panic = %panic, "handling a request panicked; returning it to the queue");
+        if let Err(error) = delivery.reject(true).instrument(span.clone()).await {
+            tracing::warn!(parent: &span, %error, "cannot requeue; the bus redelivers it with its channel");
+        }
+        return;
+    }
+    tracing::error!(parent: &span, panic = %panic, "handling a request panicked again; dead-lettering it");
+    let id = delivery.correlation_id.clone().unwrap_or_default();
+    let reply = Reply::error(id, ErrorCode::Internal, format!("the worker panicked handling this request: {panic}"));
+    let reason = format!("handler panicked on attempt {attempt}: {panic}");
+    settle(delivery, reply, Some(reason)).instrument(span).await;
+}
+
+/// What one delivery means for a worker: its reply, and whether it is dead-lettered.
+async fn handle(delivery: &Delivery, pool: &Pool, worker_id: &str) -> Answer {
     let received = Instant::now();
-    let (reply, span) = match decode(&delivery) {
+    let (reply, span) = match decode(delivery) {
         Ok(request) => {
             let span = tracing::info_span!("score", model = %request.model, request_id = request.request_id.as_deref().unwrap_or(""), id = %request.id);
-            let reply = score(request, pool, config, received).instrument(span.clone()).await;
+            let reply = score(request, pool, worker_id, received).instrument(span.clone()).await;
             (reply, span)
         }
         Err(reply) => (
@@ -88,10 +176,7 @@ async fn handle(delivery: Delivery, pool: &Pool, config: &ConsumeConfig) {
         },
         _ => None,
     };
-    // The span is attached to the future, never entered across an await: an entered span
-    // held over `.await` leaks into whatever else runs on this thread meanwhile
-    // (regression: over RabbitMQ the dispatcher's request spans nested inside these).
-    settle(delivery, reply, dead_letter).instrument(span).await;
+    Answer { reply, dead_letter, span }
 }
 
 /// Replies, then acknowledges (or dead-letters) the delivery.
@@ -154,22 +239,29 @@ fn decode(delivery: &Delivery) -> Result<Request, Box<Reply>> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: Instant) -> Reply {
+/// A request's deadline (`deadline_ms`, Unix milliseconds off the wire) as an `Instant` on
+/// this machine's clock, `now_ms` being `received`; at most [`MAX_TIME_LEFT`] away. `Err`
+/// with how many ms ago it passed.
+fn deadline_at(deadline_ms: u64, now_ms: u64, received: Instant) -> Result<Instant, u64> {
+    let Some(left_ms) = deadline_ms.checked_sub(now_ms).filter(|&left| left > 0) else {
+        return Err(now_ms.saturating_sub(deadline_ms));
+    };
+    let left = Duration::from_millis(left_ms).min(MAX_TIME_LEFT);
+    Ok(received.checked_add(left).unwrap_or(received))
+}
+
+async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant) -> Reply {
     let fail = |code, message: String| Reply::error(request.id.clone(), code, message);
-    // The deadline as an Instant on this machine's clock.
-    let deadline = match request.deadline_ms {
-        Some(deadline_ms) => {
-            let now = now_ms();
-            if deadline_ms <= now {
-                return fail(
-                    ErrorCode::DeadlineExceeded,
-                    format!("the deadline passed {} ms before scoring began", now - deadline_ms),
-                );
-            }
-            Some(received + Duration::from_millis(deadline_ms - now))
+    let deadline = match request.deadline_ms.map(|deadline_ms| deadline_at(deadline_ms, now_ms(), received)) {
+        Some(Ok(deadline)) => Some(deadline),
+        Some(Err(passed_ms)) => {
+            return fail(
+                ErrorCode::DeadlineExceeded,
+                format!("the deadline passed {passed_ms} ms before scoring began"),
+            )
         }
         None => None,
     };
@@ -210,7 +302,7 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
     };
     let scored = pool.score(pool_request).await;
     let worker_ms = received.elapsed().as_secs_f64() * 1e3;
-    let mut timings = Timings { worker_ms, worker: config.worker_id.clone(), ..Timings::default() };
+    let mut timings = Timings { worker_ms, worker: worker_id.to_string(), ..Timings::default() };
     let outcome = match scored {
         Ok(scored) => {
             timings.queue_ms = scored.wait.as_secs_f64() * 1e3;
@@ -229,16 +321,56 @@ async fn score(request: Request, pool: &Pool, config: &ConsumeConfig, received: 
                 Err(error) => Outcome::Error(error),
             }
         }
-        Err(error) => {
-            let code = match &error {
-                PoolError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
-                PoolError::ShuttingDown => ErrorCode::Unavailable,
-                PoolError::Crashed { .. } => ErrorCode::HostCrashed,
-                PoolError::UnknownModel(_) => ErrorCode::ModelNotFound,
-                PoolError::Start(_) => ErrorCode::Internal,
-            };
-            Outcome::Error(protocol::ErrorBody::new(code, error.to_string()))
-        }
+        Err(error) => Outcome::Error(protocol::ErrorBody::new(code_for(&error), error.to_string())),
     };
     Reply { version: PROTOCOL_VERSION, id: request.id, outcome, timings }
+}
+
+/// The protocol's code for each way the pool fails a request. Exhaustive on purpose: a new
+/// failure does not compile until someone decides what the caller is told.
+fn code_for(error: &PoolError) -> ErrorCode {
+    match error {
+        PoolError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+        PoolError::ShuttingDown => ErrorCode::Unavailable,
+        PoolError::Crashed { .. } => ErrorCode::HostCrashed,
+        PoolError::UnknownModel(_) => ErrorCode::ModelNotFound,
+        // Bugs, not the caller's doing nor a passing condition.
+        PoolError::Start(_) | PoolError::Panicked(_) => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside a pool job is a bug (500), not shutdown (503).
+    #[test]
+    fn pool_panics_are_internal() {
+        for (error, code) in [
+            (PoolError::Panicked("index out of bounds".into()), ErrorCode::Internal),
+            (PoolError::ShuttingDown, ErrorCode::Unavailable),
+            (PoolError::DeadlineExceeded, ErrorCode::DeadlineExceeded),
+            (PoolError::Crashed { attempts: 2, last: "killed".into() }, ErrorCode::HostCrashed),
+        ] {
+            assert_eq!(code_for(&error), code, "{error}");
+        }
+    }
+
+    /// Deadlines off the wire at their extremes: never an overflow, never further than a day.
+    #[test]
+    fn deadlines_are_bounded() {
+        let received = Instant::now();
+        let check = |deadline_ms: u64, now_ms: u64, expected: Result<Duration, u64>| {
+            let got = deadline_at(deadline_ms, now_ms, received).map(|at| at - received);
+            assert_eq!(got, expected, "deadline {deadline_ms} at {now_ms}");
+        };
+        let now = 1_700_000_000_000;
+        check(now + 250, now, Ok(Duration::from_millis(250)));
+        check(now, now, Err(0));
+        check(now - 40, now, Err(40));
+        check(0, now, Err(now));
+        check(0, u64::MAX, Err(u64::MAX));
+        check(u64::MAX, now, Ok(MAX_TIME_LEFT));
+        check(u64::MAX, 0, Ok(MAX_TIME_LEFT));
+    }
 }

@@ -10,7 +10,8 @@
 //! - [`policy`]: batch sizes and waits, and when a job is split across hosts.
 //! - [`rows`]: frames concatenated into batches and cut into row ranges.
 //! - [`forest`]: forests cut into tree ranges, and the parts combined exactly.
-//! - [`consume`]: the bus loop: decode, check, score, reply, acknowledge.
+//! - [`consume`]: the bus loop: decode, check, score, reply, acknowledge; a guard around
+//!   the handler settles a delivery whose handling panicked (requeued, then dead-lettered).
 //! - [`process`]: a whole worker: discovery, pool, consumer and announcements.
 //!
 //! **Invariant:** this crate never links R; R lives only in `rfleet-rhost` children, so a
@@ -29,7 +30,7 @@ mod schedule;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use consume::{run, ConsumeConfig};
+pub use consume::{run, serve, Answer, ConsumeConfig, Handler, MAX_PANICKING_ATTEMPTS};
 pub use discover::{discover, DiscoverError, ModelPackage};
 pub use host::{Call, Host, HostConfig, HostError};
 pub use policy::Throughput;
@@ -62,6 +63,29 @@ pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
         max_requests_per_host: settings.max_requests_per_host,
         max_host_rss_mib: settings.max_host_rss_mib,
         throughput: Throughput::from_settings(settings),
+    }
+}
+
+/// Waits between tries of something that must eventually work (an R host start, the first
+/// subscription to the broker): exponential from `first`, jittered so that workers that
+/// failed together do not retry together, never more than `longest`, and never giving up
+/// (shutdown ends it). backon's jitter adds up to the delay again, hence the cap at half.
+pub(crate) fn backoff(first: Duration, longest: Duration) -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(longest / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// The message a panic carries (`panic!` with a literal gives a `&str`, with arguments a
+/// `String`), for the error reply and the log line that report it.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => (*message).to_string(),
+        (None, Some(message)) => message.clone(),
+        (None, None) => "a panic without a message".to_string(),
     }
 }
 

@@ -27,10 +27,12 @@
 //! - An R error never costs a host.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use bus::Catalog;
+use parking_lot::{Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
 use protocol::message::SplitPolicy;
 use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo};
@@ -44,6 +46,11 @@ use crate::host::{Call, Host, HostConfig, HostError, Scored};
 use crate::policy::{Plan, Throughput};
 use crate::rows;
 use crate::schedule::{Scheduler, ServedModel, Start, Waiting};
+
+/// The first and the longest wait between tries to start a replacement host (a broken
+/// model package or a full disk fails every start: retried, but not in a tight loop).
+const HOST_RESTART_FIRST: Duration = Duration::from_millis(500);
+const HOST_RESTART_LONGEST: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for busy hosts to finish before leaving them to die with the
 /// worker (they are killed with it).
@@ -76,6 +83,9 @@ pub enum PoolError {
     Crashed { attempts: u32, last: String },
     #[error("model '{0}' is not loaded in this worker's R hosts")]
     UnknownModel(String),
+    /// A bug: the pool panicked while finishing the request's job.
+    #[error("the worker panicked while scoring the request: {0}")]
+    Panicked(String),
 }
 
 /// One request for the pool.
@@ -278,7 +288,7 @@ impl Pool {
     }
 
     fn scheduler(&self) -> MutexGuard<'_, Scheduler<IdleHost>> {
-        self.inner.scheduler.lock().expect("pool lock poisoned")
+        self.inner.scheduler.lock()
     }
 
     /// Asks the scheduler what starts now, and starts it.
@@ -368,76 +378,49 @@ impl Pool {
         });
     }
 
-    /// Combines a job's parts and answers its requests, or queues them again to be
-    /// retried alone.
+    /// Decides what a finished job means for its requests ([`conclude`]), then answers
+    /// them or queues them again to be retried alone.
     fn finish_job(&self, members: Vec<Waiting>, plan: Plan, done: Vec<Result<PartDone, oneshot::error::RecvError>>) {
         let path = path(members.len(), plan);
-        let host_pid = done.iter().find_map(|d| d.as_ref().ok().map(|d| d.host_pid)).unwrap_or_default();
-        let mut r_us = 0;
-        let mut outputs = Vec::with_capacity(done.len());
-        let mut lost = None;
-        for part in done {
-            match part {
-                Ok(PartDone { result: Ok(scored), .. }) => {
-                    r_us = r_us.max(scored.r_us);
-                    outputs.push(scored.result);
-                }
-                Ok(PartDone { result: Err(error), .. }) => {
-                    lost.get_or_insert(error.to_string());
-                }
-                Err(_) => {
-                    lost.get_or_insert("its host's driver stopped".to_string());
-                }
-            }
-        }
+        let Some((members, Concluded { verdict, r_us, host_pid })) =
+            guard_job(members, |members| conclude(members, plan, done))
+        else {
+            return;
+        };
         let answer = |member: Waiting, result: Result<HostOutput, ErrorBody>| {
             let wait =
                 member.started.map_or(Duration::ZERO, |started| started.saturating_duration_since(member.arrived));
             let attempts = member.tries;
             member.reply(Ok(PoolScored { result, r_us, host_pid, attempts, wait, path: path.clone() }));
         };
-
-        if let Some(loss) = lost {
-            tracing::warn!(path, requests = members.len(), error = %loss, "r host lost; retrying its requests alone");
-            let mut retry = Vec::new();
-            for mut member in members {
-                member.lost += 1;
-                if member.lost >= 2 {
-                    let attempts = member.lost;
-                    member.reply(Err(PoolError::Crashed { attempts, last: loss.clone() }));
-                } else {
-                    member.solo = true;
-                    retry.push(member);
+        match verdict {
+            Verdict::Lost(loss) => {
+                tracing::warn!(path, requests = members.len(), error = %loss, "r host lost; retrying its requests alone");
+                let mut retry = Vec::new();
+                for mut member in members {
+                    member.lost += 1;
+                    if member.lost >= 2 {
+                        let attempts = member.lost;
+                        member.reply(Err(PoolError::Crashed { attempts, last: loss.clone() }));
+                    } else {
+                        member.solo = true;
+                        retry.push(member);
+                    }
+                }
+                self.requeue(retry);
+            }
+            Verdict::Alone(result) => {
+                if let Some(member) = members.into_iter().next() {
+                    answer(member, result);
                 }
             }
-            return self.requeue(retry);
-        }
-
-        let n_rows: usize = members.iter().map(|m| m.n_rows).sum();
-        let lead = &members[0];
-        let combined = combine(plan, outputs, lead.model.info.forest.as_ref(), lead.forest, n_rows);
-        if members.len() == 1 && plan == Plan::Whole {
-            // Alone and whole: whatever R said is this request's answer.
-            let member = members.into_iter().next().expect("one member");
-            return answer(member, combined);
-        }
-        match combined {
-            Ok(HostOutput::Frame(frame)) if frame.n_rows == n_rows => {
-                tracing::debug!(path, requests = members.len(), rows = n_rows, r_us, "job scored");
-                let ranges = rows::offsets(members.iter().map(|m| m.n_rows));
-                if members.len() == 1 {
-                    let member = members.into_iter().next().expect("one member");
-                    return answer(member, Ok(HostOutput::Frame(frame)));
-                }
-                for (member, range) in members.into_iter().zip(ranges) {
-                    answer(member, Ok(HostOutput::Frame(rows::slice(&frame, range))));
+            Verdict::Rows(frames) => {
+                tracing::debug!(path, requests = members.len(), r_us, "job scored");
+                for (member, frame) in members.into_iter().zip(frames) {
+                    answer(member, Ok(HostOutput::Frame(frame)));
                 }
             }
-            other => {
-                let why = match other {
-                    Err(error) => error.message,
-                    Ok(output) => format!("the job answered {} for {n_rows} rows", describe(&output)),
-                };
+            Verdict::RetryAlone(why) => {
                 tracing::info!(path, requests = members.len(), error = %why, "batch or split failed; retrying its requests alone");
                 let retry = members.into_iter().map(|member| Waiting { solo: true, ..member }).collect();
                 self.requeue(retry);
@@ -544,33 +527,110 @@ impl Pool {
         }
         let pool = self.clone();
         self.inner.tasks.spawn(async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                let start = Host::start(&pool.inner.config.host, &pool.inner.specs);
-                let result = tokio::select! {
-                    _ = pool.inner.shutdown.cancelled() => return,
-                    result = start => result,
-                };
-                match result {
-                    Ok((host, _, _)) => {
-                        if pool.inner.shutdown.is_cancelled() {
-                            host.stop().await;
-                        } else {
-                            pool.run_host(host);
-                        }
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::error!(error = %error, retry_in_ms = backoff.as_millis() as u64, "cannot start r host");
-                        tokio::select! {
-                            _ = pool.inner.shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
+            let start = || Host::start(&pool.inner.config.host, &pool.inner.specs);
+            let started =
+                start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
+                    tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
+                });
+            let host = tokio::select! {
+                _ = pool.inner.shutdown.cancelled() => return,
+                started = started => match started {
+                    Ok((host, _, _)) => host,
+                    // The backoff never runs out; this is for the types' sake.
+                    Err(error) => return tracing::error!(error = %error, "gave up starting an r host"),
+                },
+            };
+            if pool.inner.shutdown.is_cancelled() {
+                host.stop().await;
+            } else {
+                pool.run_host(host);
             }
         });
+    }
+}
+
+/// What a finished job means for its requests. Decided before any request is answered, so
+/// that a panic while deciding (combining parts, cutting rows) leaves every request in hand
+/// to be answered as the bug it is.
+enum Verdict {
+    /// A host was lost: each request is retried alone, or answered `Crashed` after two losses.
+    Lost(String),
+    /// One request, whole: whatever R said is its answer.
+    Alone(Result<HostOutput, ErrorBody>),
+    /// Each request's own rows of the job's answer, in member order.
+    Rows(Vec<Frame>),
+    /// The batch or split failed: each request is retried alone.
+    RetryAlone(String),
+}
+
+struct Concluded {
+    verdict: Verdict,
+    /// Time inside R: the longest part's.
+    r_us: u64,
+    /// The first part's host.
+    host_pid: u32,
+}
+
+/// Combines a job's part answers into one [`Verdict`] for its `members`.
+fn conclude(members: &[Waiting], plan: Plan, done: Vec<Result<PartDone, oneshot::error::RecvError>>) -> Concluded {
+    let host_pid = done.iter().find_map(|d| d.as_ref().ok().map(|d| d.host_pid)).unwrap_or_default();
+    let mut r_us = 0;
+    let mut outputs = Vec::with_capacity(done.len());
+    let mut lost = None;
+    for part in done {
+        match part {
+            Ok(PartDone { result: Ok(scored), .. }) => {
+                r_us = r_us.max(scored.r_us);
+                outputs.push(scored.result);
+            }
+            Ok(PartDone { result: Err(error), .. }) => {
+                lost.get_or_insert(error.to_string());
+            }
+            Err(_) => {
+                lost.get_or_insert("its host's driver stopped".to_string());
+            }
+        }
+    }
+    let concluded = |verdict| Concluded { verdict, r_us, host_pid };
+    if let Some(loss) = lost {
+        return concluded(Verdict::Lost(loss));
+    }
+    let n_rows: usize = members.iter().map(|m| m.n_rows).sum();
+    let lead = &members[0];
+    let combined = combine(plan, outputs, lead.model.info.forest.as_ref(), lead.forest, n_rows);
+    if members.len() == 1 && plan == Plan::Whole {
+        return concluded(Verdict::Alone(combined));
+    }
+    match combined {
+        Ok(HostOutput::Frame(frame)) if frame.n_rows == n_rows => {
+            if members.len() == 1 {
+                return concluded(Verdict::Rows(vec![frame]));
+            }
+            let ranges = rows::offsets(members.iter().map(|m| m.n_rows));
+            concluded(Verdict::Rows(ranges.into_iter().map(|range| rows::slice(&frame, range)).collect()))
+        }
+        Err(error) => concluded(Verdict::RetryAlone(error.message)),
+        Ok(output) => {
+            concluded(Verdict::RetryAlone(format!("the job answered {} for {n_rows} rows", describe(&output))))
+        }
+    }
+}
+
+/// Runs `conclude` over a job's members. A panic in it is a bug, not a lost host nor
+/// shutdown: every member is answered [`PoolError::Panicked`] with the panic's message
+/// (logged at error level), rather than dropped unanswered (which its waiter would take for
+/// shutdown). `None` when that happened.
+fn guard_job<T>(members: Vec<Waiting>, conclude: impl FnOnce(&[Waiting]) -> T) -> Option<(Vec<Waiting>, T)> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conclude(&members))) {
+        Ok(concluded) => Some((members, concluded)),
+        Err(panic) => {
+            let message = crate::panic_message(&*panic);
+            tracing::error!(requests = members.len(), panic = %message, "a pool job panicked; answering its requests internal");
+            for member in members {
+                member.reply(Err(PoolError::Panicked(message.clone())));
+            }
+            None
+        }
     }
 }
 
@@ -690,6 +750,32 @@ mod tests {
         check(Plan::Trees(2), vec![part(3, 2.0), part(1, 6.0)], 1, Ok(pred(&[3.0])));
         check(Plan::Trees(2), vec![part(3, 2.0), Ok(pred(&[1.0]))], 1, Err("a tree part answered a frame"));
         check(Plan::Trees(2), vec![part(3, 2.0), part(3, 2.0)], 1, Err("cover 6 trees"));
+    }
+
+    /// A panic while finishing a job answers each of its requests `Panicked` with the panic's
+    /// message (500 `internal`), where it used to drop them (503 `shutting down`).
+    #[test]
+    fn a_panicking_job_answers_its_requests_internal() {
+        use crate::schedule::tests::{batching, model, request};
+        let model = model("m", batching(1, 0, SplitPolicy::Never), None);
+        let waiting = |id| {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            (Waiting { reply_tx, ..request(id, &model, 1, Instant::now(), None) }, reply_rx)
+        };
+        let (members, waiters): (Vec<Waiting>, Vec<_>) = (0..2).map(waiting).unzip();
+        let concluded = guard_job(members, |members| -> () { panic!("row {} out of range", members.len()) });
+        assert!(concluded.is_none());
+        for mut waiter in waiters {
+            match waiter.try_recv() {
+                Ok(Err(PoolError::Panicked(message))) => assert_eq!(message, "row 2 out of range"),
+                other => panic!("expected a panic answer, got {other:?}"),
+            }
+        }
+        // No panic: the members come back with the verdict, not yet answered.
+        let (member, mut waiter) = waiting(7);
+        let (members, verdict) = guard_job(vec![member], |members| members.len()).expect("no panic");
+        assert_eq!((members.len(), verdict), (1, 1));
+        assert!(matches!(waiter.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
 
     #[test]

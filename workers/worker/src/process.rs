@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use bus::amqp::AmqpBus;
 use bus::{Catalog, EmbeddedBus};
 use protocol::{Announcement, PROTOCOL_VERSION};
@@ -11,6 +12,11 @@ use settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 use crate::{discover, pool_config, worker_id, ConsumeConfig, DiscoverError, Pool, PoolError};
+
+/// The first and the longest wait between tries to subscribe to a broker that is not
+/// there yet.
+const CONSUME_RETRY_FIRST: Duration = Duration::from_millis(200);
+const CONSUME_RETRY_LONGEST: Duration = Duration::from_secs(5);
 
 /// The transport a worker consumes from.
 pub enum WorkerBus {
@@ -83,22 +89,16 @@ impl Worker {
                     .into_iter()
                     .collect();
                 // A broker that is down at start is waited for, not fatal.
-                let mut backoff = Duration::from_millis(200);
-                let consumer = loop {
-                    match bus.consumer(&names).await {
-                        Ok(consumer) => break consumer,
-                        Err(error) => {
-                            tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "cannot consume yet");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => {
-                                    pool.shutdown().await;
-                                    return Ok(());
-                                }
-                                _ = tokio::time::sleep(backoff) => {}
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
+                let subscribe = || bus.consumer(&names);
+                let subscribed = subscribe.retry(crate::backoff(CONSUME_RETRY_FIRST, CONSUME_RETRY_LONGEST)).notify(
+                    |error, delay| tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot consume yet"),
+                );
+                let consumer = tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        pool.shutdown().await;
+                        return Ok(());
                     }
+                    subscribed = subscribed => subscribed?,
                 };
                 let announcer =
                     tokio::spawn(announce(bus.clone(), pool.clone(), id.clone(), announce_interval, shutdown.clone()));

@@ -268,14 +268,14 @@ impl<D> Scheduler<D> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use protocol::{Column, ColumnData, ForestInfo, ModelKind};
 
     use super::*;
 
-    fn model(name: &str, throughput: Throughput, n_trees: Option<u32>) -> Arc<ServedModel> {
+    pub(crate) fn model(name: &str, throughput: Throughput, n_trees: Option<u32>) -> Arc<ServedModel> {
         let info = ModelInfo {
             name: name.into(),
             version: None,
@@ -288,12 +288,12 @@ mod tests {
         Arc::new(ServedModel { info, throughput })
     }
 
-    fn batching(max_batch_rows: usize, wait_ms: u64, split: SplitPolicy) -> Throughput {
+    pub(crate) fn batching(max_batch_rows: usize, wait_ms: u64, split: SplitPolicy) -> Throughput {
         Throughput { max_batch_rows, max_batch_wait: Duration::from_millis(wait_ms), split, split_min_rows: 1000 }
     }
 
     /// A request of `n_rows` rows for `model`, arrived at `arrived`.
-    fn request(
+    pub(crate) fn request(
         id: u64,
         model: &Arc<ServedModel>,
         n_rows: usize,
