@@ -327,7 +327,7 @@ async fn amqp_broker_restart_under_load() {
     load(vec![front.url.clone()], 4, 10, Arc::new(AtomicUsize::new(0))).await;
 }
 
-/// The Rust client in `shared/bus` scores through a worker directly, no HTTP.
+/// The Rust client (`shared/client`) scores through a worker directly, no HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_rust_client_scores_without_http() {
     let fleet = Fleet::new("client");
@@ -338,7 +338,7 @@ async fn amqp_rust_client_scores_without_http() {
     let bus =
         bus::AmqpBus::start(bus::AmqpConfig::from_settings(&settings.bus, "rfleet-test-client", 1), shutdown.clone());
     assert!(bus.wait_connected(Duration::from_secs(10)).await);
-    let client = bus::ScoringClient::new(bus);
+    let client = ::client::ScoringClient::new(bus);
     let rf = case(&fixtures(), "rf_reg");
     let frame = protocol::json::frame_from_value(&Value::Array(rf.rows.clone())).unwrap();
     let scored = client.score("rf_reg", frame, protocol::Options::default(), Duration::from_secs(30)).await.unwrap();

@@ -38,8 +38,8 @@ pub use discover::{discover, DiscoverError, ModelPackage};
 pub use host::{Call, Host, HostConfig, HostError};
 pub use policy::Throughput;
 pub use pool::{Pool, PoolConfig};
-pub use request::{PoolError, PoolRequest, PoolScored};
 pub use process::{Worker, WorkerBus, WorkerError};
+pub use request::{PoolError, PoolRequest, PoolScored};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable
 /// (where `cargo build` and the release archive put it), else on `PATH`.
