@@ -211,6 +211,45 @@ impl ServerOptions {
     }
 }
 
+/// A hold on the `faulty` fixture's calls of x = 888 (see `make_models.R`): while it lasts,
+/// such a call stays in R and its host's pid is known, so a test can act on a host that is
+/// running a request. Released when dropped.
+pub struct Hold {
+    dir: tempfile::TempDir,
+}
+
+impl Hold {
+    /// The value of x that `faulty` holds.
+    pub const X: i64 = 888;
+
+    pub fn new() -> Hold {
+        let hold = Hold { dir: tempfile::tempdir().unwrap() };
+        std::fs::write(hold.path(), b"").unwrap();
+        hold
+    }
+
+    /// The file to pass as `SCORE_HOLD_FILE`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("hold")
+    }
+
+    /// The pid of the host that last began a held call, once it has written it whole.
+    pub fn host_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("hold.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Lets held calls (and any later one) go on.
+    pub fn release(&self) {
+        let _ = std::fs::remove_file(self.path());
+    }
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold::new()
+    }
+}
+
 /// One isolated fleet on a RabbitMQ broker (the shared one unless a test brings its own
 /// node): its own queue prefix, dead-letter queue and catalog exchange, so tests running at
 /// once never see each other's messages.

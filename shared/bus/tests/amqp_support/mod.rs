@@ -96,11 +96,15 @@ impl TestBroker {
         Amqp { bus: self.bus.clone(), model: model.into() }
     }
 
-    /// How many messages wait in `queue` (a passive declare: the queue must exist).
-    pub async fn message_count(&self, queue: &str) -> u32 {
+    /// How many messages wait in `queue`, ready for a consumer (not those delivered and
+    /// unacknowledged); `None` while nobody has declared it.
+    pub async fn message_count(&self, queue: &str) -> Option<u32> {
+        // A passive declare of a missing queue closes its channel: one channel per question.
         let channel = self.raw.create_channel().await.unwrap();
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        channel.queue_declare(queue.into(), passive, FieldTable::default()).await.unwrap().message_count()
+        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
+        let _ = channel.close(200, "done".into()).await;
+        Some(declared.message_count())
     }
 
     /// Takes one message from the dead-letter queue, if any.
