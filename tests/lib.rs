@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -480,9 +480,6 @@ pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> boo
 #[derive(Default)]
 pub struct Drain {
     answered: AtomicUsize,
-    signalled: AtomicBool,
-    /// Requests sent before SIGTERM and answered in full after it: the drain's own work.
-    drained: AtomicUsize,
 }
 
 impl Drain {
@@ -491,7 +488,6 @@ impl Drain {
     /// server read must be answered in full: any other failure is a taken request that was
     /// dropped, and fails the test.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Option<Answer> {
-        let before_signal = !self.signalled.load(Ordering::SeqCst);
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) if e.is_connect() || reset_unread(&e) => return None,
@@ -500,9 +496,6 @@ impl Drain {
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let text = response.text().await.unwrap_or_else(|e| panic!("a taken request was cut off: {e:?}"));
         self.answered.fetch_add(1, Ordering::SeqCst);
-        if before_signal && self.signalled.load(Ordering::SeqCst) {
-            self.drained.fetch_add(1, Ordering::SeqCst);
-        }
         Some(Answer { status, headers, text })
     }
 }
@@ -523,19 +516,31 @@ fn reset_unread(error: &reqwest::Error) -> bool {
     false
 }
 
-/// Sends SIGTERM to `server` once the `clients`, sending through `drain`, have had `after`
-/// answers. Checks that the server exits 0 and that requests in flight at the signal were
-/// answered after it (the drain did its work, rather than the clients merely stopping).
-pub async fn terminate_under_load(server: Server, drain: Arc<Drain>, clients: Vec<JoinHandle<()>>, after: usize) {
+/// Sends SIGTERM to `server` while a request is in R and the `clients`, sending through
+/// `drain`, are being answered: once they have had `after` answers, `send_held` sends a
+/// request of `faulty` that `hold` keeps in R (the server serves `faulty` under some
+/// route), and the signal comes when R has it. Checks that the held request, in flight at
+/// the signal, is answered in full after it, and that the server exits 0.
+pub async fn terminate_under_load(
+    server: Server,
+    drain: Arc<Drain>,
+    clients: Vec<JoinHandle<()>>,
+    after: usize,
+    hold: &Hold,
+    send_held: impl FnOnce() -> JoinHandle<Answer>,
+) {
     wait_for(Duration::from_secs(120), "answers before SIGTERM", || drain.answered.load(Ordering::SeqCst) >= after)
         .await;
+    let held = send_held();
+    wait_for(Duration::from_secs(60), "the held request in R", || hold.host_pid().is_some()).await;
     server.signal(libc::SIGTERM);
-    drain.signalled.store(true, Ordering::SeqCst);
+    hold.release();
     let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(30))).await.unwrap();
     assert!(status.success(), "rfleet exited with {status} after SIGTERM");
+    let held = held.await.expect("the held request");
+    assert_eq!(held.status, 200, "the request in R at SIGTERM: {}", held.text);
+    assert_same(&held.json(), &serde_json::json!([2 * Hold::X]), "the request in R at SIGTERM");
     for client in clients {
         client.await.expect("client task");
     }
-    let (answered, drained) = (drain.answered.load(Ordering::SeqCst), drain.drained.load(Ordering::SeqCst));
-    assert!(drained > 0, "{answered} answers, none to a request in flight at SIGTERM");
 }

@@ -120,7 +120,11 @@ async fn concurrent_clients_get_their_own_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_in_flight_requests() {
-    let server = ServerOptions::new(fixtures().join("models")).env("RFLEET_SERVER__DRAIN_TIMEOUT_MS", 20000).start();
+    let hold = Hold::new();
+    let server = ServerOptions::new(fixtures().join("models"))
+        .env("RFLEET_SERVER__DRAIN_TIMEOUT_MS", 20000)
+        .env("SCORE_HOLD_FILE", hold.path().display())
+        .start();
     let url = server.url.clone();
     let rows = Arc::new(single_rows(&["rf_reg", "lm"]));
     let drain = Arc::new(Drain::default());
@@ -141,7 +145,11 @@ async fn sigterm_finishes_in_flight_requests() {
             }
         }));
     }
-    support::terminate_under_load(server, drain, clients, 30).await;
+    let held = move || {
+        let url = format!("{url}/models/faulty/score");
+        tokio::spawn(async move { post(&client(), &url, json!([{ "x": Hold::X }]).to_string(), &[]).await })
+    };
+    support::terminate_under_load(server, drain, clients, 30, &hold, held).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

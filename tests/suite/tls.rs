@@ -100,8 +100,12 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
     replace(&cert_file, &first.cert_pem);
     replace(&key_file, &first.key_pem);
 
-    let server = ServerOptions::new(fixtures.join("models/rf_reg"))
+    // rf_reg answers `/score`; `faulty` is there for the drain's held request.
+    let hold = support::Hold::new();
+    let server = ServerOptions::new(fixtures.join("models"))
         .hosts(1)
+        .env("RFLEET_MODELS__DEFAULT", "rf_reg")
+        .env("SCORE_HOLD_FILE", hold.path().display())
         .env("RFLEET_TLS__CERT_FILE", cert_file.display())
         .env("RFLEET_TLS__KEY_FILE", key_file.display())
         .start();
@@ -169,7 +173,16 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
             }
         }));
     }
-    support::terminate_under_load(server, drain, clients, 10).await;
+    let held = {
+        let (client, url) = (trusting(&second.ca_pem, false), format!("{url}/models/faulty/score"));
+        move || {
+            tokio::spawn(async move {
+                let body = json!([{ "x": support::Hold::X }]).to_string();
+                support::post(&client, &url, body, &[]).await
+            })
+        }
+    };
+    support::terminate_under_load(server, drain, clients, 10, &hold, held).await;
 }
 
 /// A TLS-terminating proxy on loopback in front of the local RabbitMQ, serving `authority`'s
