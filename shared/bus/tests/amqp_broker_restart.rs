@@ -46,7 +46,7 @@ async fn amqp_broker_restart_recovers() {
         .with_test_writer()
         .try_init();
     let mut node = BrokerNode::start("bus-restart");
-    let broker = TestBroker::start(AmqpConfig { url: node.url(), ..amqp_support::config("restart") }).await;
+    let broker = TestBroker::start(AmqpConfig { url: node.url().into(), ..amqp_support::config("restart") }).await;
     let bus = broker.bus.clone();
     let echo = broker.transport("echo").await;
     let idle = broker.transport("idle").await; // declared, never consumed
