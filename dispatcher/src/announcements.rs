@@ -1,9 +1,9 @@
-//! Follows workers' announcements from the catalog exchange into the [`Catalog`].
+//! Follows workers' announcements from the bus (any transport) into the [`Catalog`].
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bus::Catalog;
+use crate::Catalog;
 use protocol::{Announcement, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 

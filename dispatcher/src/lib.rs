@@ -21,7 +21,8 @@
 //!   their TLS handshake done, and the certificate reloaded from its files.
 //! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log, from tower-http's layers.
-//! - [`announcements`]: workers' announcements (over a broker) into the catalog.
+//! - [`catalog`]: what the fleet serves, as this dispatcher knows it from announcements.
+//! - [`announcements`]: workers' announcements, over any transport, into the catalog.
 //! - [`openapi`]: the OpenAPI document (`/openapi.json`, `/swagger.json`) completed from
 //!   the catalog, and Swagger UI (`/docs`).
 //!
@@ -32,6 +33,7 @@
 pub mod announcements;
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod oip;
 pub mod openapi;
@@ -49,7 +51,9 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
-use bus::{Catalog, Requester};
+use bus::Requester;
+
+pub use catalog::Catalog;
 use settings::ServerSettings;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;

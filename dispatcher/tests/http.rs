@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bus::embedded::EmbeddedConsumer;
-use bus::{Catalog, Consumer, ContentType, EmbeddedBus};
-use dispatcher::AppState;
+use bus::{Consumer, ContentType, EmbeddedBus};
+use dispatcher::{AppState, Catalog};
 use protocol::{
-    Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, Outcome,
-    Reply, Request, Schema, Timings, PROTOCOL_VERSION,
+    Announcement, Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind,
+    Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 use settings::ServerSettings;
@@ -108,6 +108,21 @@ impl Case {
     }
 }
 
+/// The scripted worker's announcement, as the dispatcher's catalog records it (valid for the
+/// longest interval a worker may announce, so it outlasts the test).
+fn announce(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32) {
+    let announcement = Announcement {
+        version: PROTOCOL_VERSION,
+        worker: "test-worker".into(),
+        models,
+        live_hosts,
+        n_hosts: 1,
+        interval_ms: *dispatcher::catalog::ANNOUNCE_INTERVAL_MS.end(),
+        draining: false,
+    };
+    catalog.record(announcement, std::time::Instant::now());
+}
+
 fn models() -> Vec<ModelInfo> {
     let model = |name: &str, version: Option<&str>, kind: ModelKind, schema: Option<Schema>| ModelInfo {
         name: name.into(),
@@ -142,14 +157,14 @@ fn models() -> Vec<ModelInfo> {
     ]
 }
 
-const SERVED: &str = "echo, iris 2, azure, options, errors, hang, garbage, wrongid, badframe, slow";
+/// The served models as error messages list them: by name, then version.
+const SERVED: &str = "azure, badframe, echo, errors, garbage, hang, iris 2, options, slow, wrongid";
 
 impl Service {
     async fn start(setup: Setup) -> Service {
         let bus = EmbeddedBus::new(setup.bus_capacity, QUEUE);
         let catalog = Arc::new(Catalog::default());
-        catalog.set_models(models());
-        catalog.set_live_hosts(1);
+        announce(&catalog, models(), 1);
         let hung = Arc::new(AtomicUsize::new(0));
         let mut stalled = None;
         match setup.worker {
@@ -367,7 +382,10 @@ async fn routes_probes_and_models() {
     let iris = r#"{"name":"iris","version":"2","kind":"predict","r_class":["test"],"predict_type":null,
         "schema":{"columns":[{"name":"Sepal.Length","type":"numeric"},
                              {"name":"Species","type":"factor","levels":["setosa","versicolor"]}]}}"#;
-    let all_models = serde_json::to_string(&models()).unwrap();
+    // `GET /models` lists them by name, then version, whatever order workers announce.
+    let mut sorted = models();
+    sorted.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    let all_models = serde_json::to_string(&sorted).unwrap();
     service
         .check_all(&[
             case("GET", "/", "", 200, "Healthy").expect("content-type", "text/plain; charset=utf-8"),
@@ -795,7 +813,7 @@ async fn without_workers_or_default_model() {
         .await;
 
     // With one model served, POST /score means it: the schema check proves which was chosen.
-    service.catalog.set_models(models().into_iter().filter(|m| m.name == "iris").collect());
+    announce(&service.catalog, models().into_iter().filter(|m| m.name == "iris").collect(), 1);
     service
         .check(&case(
             "POST",
@@ -806,8 +824,7 @@ async fn without_workers_or_default_model() {
         ))
         .await;
 
-    service.catalog.set_models(Vec::new());
-    service.catalog.set_live_hosts(0);
+    announce(&service.catalog, Vec::new(), 0);
     service
         .check_all(&[
             case(

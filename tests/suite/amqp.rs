@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{assert_same, case, client, fixtures, get, post, repo_root, wait_for, BrokerNode, Fleet, Server, ServerOptions};
+use support::{
+    assert_same, case, client, fixtures, get, post, repo_root, wait_for, BrokerNode, Fleet, Server, ServerOptions,
+};
 
 /// (model, one-row body, R's answer) for rf_reg and lm.
 fn single_rows() -> Vec<(String, String, Value)> {

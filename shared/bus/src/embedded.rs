@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing, Requester};
 
@@ -29,7 +29,13 @@ struct Inner {
     dead_letters: Mutex<Vec<DeadLetter>>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
     pending: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
+    /// Workers' announcements, to every dispatcher subscribed when one is sent.
+    announcements: broadcast::Sender<Vec<u8>>,
 }
+
+/// Announcements a slow subscriber may fall behind by before it misses some (the next
+/// periodic announcement repeats what it missed).
+const ANNOUNCEMENTS_BUFFERED: usize = 64;
 
 #[derive(Default)]
 struct Queue {
@@ -66,6 +72,7 @@ impl EmbeddedBus {
                 dead_letters: Mutex::default(),
                 queues: Mutex::default(),
                 pending: Mutex::default(),
+                announcements: broadcast::channel(ANNOUNCEMENTS_BUFFERED).0,
             }),
         }
     }
@@ -80,6 +87,39 @@ impl EmbeddedBus {
         let queue = self.inner.queue(queue);
         *queue.consumers.lock() += 1;
         EmbeddedConsumer { queue, bus: self.inner.clone() }
+    }
+
+    /// The queue every model's requests go to.
+    pub fn request_queue(&self) -> String {
+        self.inner.request_queue.clone()
+    }
+
+    /// Sends a worker's announcement to every current subscriber (none: nobody listens yet).
+    pub fn publish_announcement(&self, announcement: Vec<u8>) {
+        let _ = self.inner.announcements.send(announcement);
+    }
+
+    /// Announcements from now on, until the bus is dropped. Needs a tokio runtime: a task
+    /// forwards them, as the broker transport's listener does.
+    pub fn subscribe_announcements(&self) -> mpsc::Receiver<Vec<u8>> {
+        let mut subscription = self.inner.announcements.subscribe();
+        let (announcement_tx, announcement_rx) = mpsc::channel(ANNOUNCEMENTS_BUFFERED);
+        tokio::spawn(async move {
+            loop {
+                let announcement = match subscription.recv().await {
+                    Ok(announcement) => announcement,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "announcement subscriber fell behind");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if announcement_tx.send(announcement).await.is_err() {
+                    return;
+                }
+            }
+        });
+        announcement_rx
     }
 
     /// Messages waiting in `queue`, not yet delivered.

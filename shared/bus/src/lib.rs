@@ -8,23 +8,24 @@
 //! - [`embedded`]: the in-process transport `rfleet serve` uses by default.
 //! - [`amqp`]: RabbitMQ through lapin: per-model request queues, a reply queue per
 //!   dispatcher, publisher confirms, dead-lettering, announcements, recovery.
-//! - [`catalog`]: what the fleet serves, as the dispatcher knows it.
+//! - [`transport`]: [`Transport`], what the dispatcher and the worker need of a bus, over
+//!   every transport, and [`connect`], which picks the transport the settings name.
 //!
 //! **Invariant:** the transports move opaque bytes plus AMQP-like properties; only the
 //! `protocol` crate knows what the bytes mean, so one conformance suite checks every
 //! transport the same way.
 
 pub mod amqp;
-pub mod catalog;
 pub mod embedded;
+pub mod transport;
 
 use std::time::Instant;
 
 use async_trait::async_trait;
 
 pub use amqp::{AmqpBus, AmqpConfig, AmqpConsumer};
-pub use catalog::Catalog;
 pub use embedded::{DeadLetter, EmbeddedBus};
+pub use transport::{connect, ConnectError, ConnectOptions, Transport};
 
 /// How a body is encoded, as AMQP's `content_type` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +106,17 @@ pub trait Consumer: Send + 'static {
     /// Stops deliveries (AMQP `basic.cancel`); deliveries not yet taken return to the
     /// queue. Called once when the worker drains.
     async fn shutdown(&mut self) {}
+}
+
+#[async_trait]
+impl Consumer for Box<dyn Consumer> {
+    async fn next(&mut self) -> Option<Delivery> {
+        (**self).next().await
+    }
+
+    async fn shutdown(&mut self) {
+        (**self).shutdown().await
+    }
 }
 
 /// One request as a worker received it.

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bus::amqp::{AmqpBus, AmqpConfig};
-use bus::{Catalog, EmbeddedBus, Requester};
+use bus::{ConnectOptions, Transport};
 use clap::{Parser, Subcommand};
-use settings::{BusKind, Settings, Sources};
+use dispatcher::Catalog;
+use settings::{Settings, Sources};
 use tokio_util::sync::CancellationToken;
-use worker::{Worker, WorkerBus};
+use worker::Worker;
 
 #[derive(Parser)]
 #[command(name = "rfleet", version, about = "Serve R models as a fast, observable web service")]
@@ -127,9 +127,17 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to the broker in the background and waits a little for it, so that a fleet
-/// started together is ready together; a broker that is down is retried, not fatal.
-async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> anyhow::Result<AmqpBus> {
+/// How long `serve` waits for its own worker's first announcement before it listens, so
+/// that its first answers already know the models.
+const OWN_WORKER_WAIT: Duration = Duration::from_secs(10);
+
+/// The bus `settings.bus` names (a broker is connected to in the background and waited for
+/// a little, so that a fleet started together is ready together), open until `connection`.
+async fn transport(
+    settings: &Settings,
+    role: &str,
+    connection: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Transport>> {
     // Enough unacknowledged deliveries to keep every host busy and to fill a batch, but
     // bounded, so one worker does not hoard what other workers (or KEDA's new pods) could
     // take, and a draining worker has little to hand back.
@@ -141,41 +149,21 @@ async fn amqp(settings: &Settings, role: &str, shutdown: &CancellationToken) -> 
         n => n,
     };
     let name = format!("rfleet-{role}-{}", worker::worker_id(settings.workers.id.as_deref()));
-    check_broker_url(&settings.bus.url)?;
-    let config = AmqpConfig::from_settings(&settings.bus, &name, prefetch);
-    // Unlike a broker that is down, a CA file that does not load will not get better by
-    // retrying: it is a configuration error.
-    config.tls_config().context("cannot set up tls to the broker")?;
-    let bus = AmqpBus::start(config, shutdown.clone());
-    if !bus.wait_connected(Duration::from_secs(10)).await {
-        tracing::warn!(url = %settings.bus.url, "broker not reachable yet; retrying in the background");
-    }
-    Ok(bus)
+    Ok(bus::connect(&settings.bus, ConnectOptions { name, prefetch }, connection.clone()).await?)
 }
 
-/// Refuses, at start-up and with the URL shown redacted, a broker URL that can never work,
-/// rather than retrying it in the background forever: one that is not `amqp://` or
-/// `amqps://` (for some of those, e.g. `guest:secret@host`, lapin's parse error repeats the
-/// whole URL, password and all, into every retry's log line), or one whose password is the
-/// `***` that `rfleet config` printed in its place.
-fn check_broker_url(url: &settings::SecretUrl) -> anyhow::Result<()> {
-    let scheme = url.expose_secret().split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
-    anyhow::ensure!(
-        matches!(scheme.as_deref(), Some("amqp" | "amqps")),
-        "bus.url {url} is not an amqp:// or amqps:// URL"
-    );
-    anyhow::ensure!(
-        !url.is_redacted(),
-        "bus.url {url} has the password `***` that `rfleet config` prints in place of the real one"
-    );
-    Ok(())
+/// A catalog fed by every worker's announcements on `transport`, from now on.
+fn follow_announcements(transport: &dyn Transport) -> Arc<Catalog> {
+    let catalog = Arc::new(Catalog::default());
+    tokio::spawn(dispatcher::announcements::follow(transport.announcements(), catalog.clone()));
+    catalog
 }
 
 /// Binds the listener and serves HTTP, or HTTPS when `[tls]` names a certificate, until
 /// `shutdown`, then drains for at most `server.drain_timeout_ms`.
 async fn http(
     settings: &Settings,
-    requester: Arc<dyn Requester>,
+    requester: Arc<dyn bus::Requester>,
     catalog: Arc<Catalog>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -216,23 +204,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let http_shutdown = CancellationToken::new();
     let worker_shutdown = CancellationToken::new();
     cancel_on_signal(http_shutdown.clone())?;
-    // The broker connection outlives both stages: draining workers still reply over it.
+    // The bus outlives both stages: draining workers still reply over it.
     let connection = CancellationToken::new();
-    let catalog = Arc::new(Catalog::default());
-    let (requester, worker_bus): (Arc<dyn Requester>, WorkerBus) = match settings.bus.kind {
-        BusKind::Embedded => {
-            let bus = EmbeddedBus::new(settings.bus.capacity, settings.bus.request_queue.clone());
-            (Arc::new(bus.clone()), WorkerBus::Embedded(bus))
-        }
-        BusKind::Amqp => {
-            let bus = amqp(&settings, "serve", &connection).await?;
-            tokio::spawn(dispatcher::announcements::follow(bus.catalog(), catalog.clone()));
-            (Arc::new(bus.clone()), WorkerBus::Amqp(bus))
-        }
-    };
-    let worker = Worker::start(&settings, worker_bus, catalog.clone()).await?;
+    let transport = transport(&settings, "serve", &connection).await?;
+    // Subscribed before the worker starts, so its first announcement is heard.
+    let catalog = follow_announcements(&*transport);
+    let worker = Worker::start(&settings, transport.clone()).await?;
     let worker_task = tokio::spawn(worker.run(worker_shutdown.clone()));
-    http(&settings, requester, catalog, http_shutdown).await?;
+    if tokio::time::timeout(OWN_WORKER_WAIT, catalog.ready()).await.is_err() {
+        tracing::warn!("this process's worker has not announced itself yet; serving anyway");
+    }
+    http(&settings, transport.requester(), catalog, http_shutdown).await?;
     worker_shutdown.cancel();
     worker_task.await.context("worker task failed")??;
     connection.cancel();
@@ -240,36 +222,35 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The broker connection of a `dispatcher` or `worker` process, which needs one.
+/// The bus of a `dispatcher` or `worker` process, which must be a broker.
 async fn broker_process(
     settings: &Settings,
     role: &str,
-) -> anyhow::Result<(AmqpBus, CancellationToken, CancellationToken)> {
-    anyhow::ensure!(
-        settings.bus.kind == BusKind::Amqp,
-        "`rfleet {role}` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\""
-    );
+) -> anyhow::Result<(Arc<dyn Transport>, CancellationToken, CancellationToken)> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone())?;
     // Closed only at the very end: a draining process still talks to the broker.
     let connection = CancellationToken::new();
-    let bus = amqp(settings, role, &connection).await?;
-    Ok((bus, shutdown, connection))
+    let transport = transport(settings, role, &connection).await?;
+    anyhow::ensure!(
+        !transport.in_process(),
+        "`rfleet {role}` needs a broker: pass --bus amqp://... or set bus.kind = \"amqp\""
+    );
+    Ok((transport, shutdown, connection))
 }
 
 async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
-    let (bus, shutdown, connection) = broker_process(&settings, "dispatcher").await?;
-    let catalog = Arc::new(Catalog::default());
-    tokio::spawn(dispatcher::announcements::follow(bus.catalog(), catalog.clone()));
-    http(&settings, Arc::new(bus), catalog, shutdown).await?;
+    let (transport, shutdown, connection) = broker_process(&settings, "dispatcher").await?;
+    let catalog = follow_announcements(&*transport);
+    http(&settings, transport.requester(), catalog, shutdown).await?;
     connection.cancel();
     tracing::info!("rfleet dispatcher stopped");
     Ok(())
 }
 
 async fn worker(settings: Settings) -> anyhow::Result<()> {
-    let (bus, shutdown, connection) = broker_process(&settings, "worker").await?;
-    let worker = Worker::start(&settings, WorkerBus::Amqp(bus), Arc::new(Catalog::default())).await?;
+    let (transport, shutdown, connection) = broker_process(&settings, "worker").await?;
+    let worker = Worker::start(&settings, transport).await?;
     println!("rfleet worker ready with {} R hosts", worker.pool().live_hosts());
     worker.run(shutdown).await?;
     connection.cancel();

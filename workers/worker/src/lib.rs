@@ -38,7 +38,7 @@ pub use discover::{discover, DiscoverError, ModelPackage};
 pub use host::{Call, Host, HostConfig, HostError};
 pub use policy::Throughput;
 pub use pool::{Pool, PoolConfig};
-pub use process::{Worker, WorkerBus, WorkerError};
+pub use process::{Worker, WorkerError};
 pub use request::{PoolError, PoolRequest, PoolScored};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable

@@ -31,11 +31,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
-use bus::Catalog;
 use parking_lot::{Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
 use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -84,7 +83,8 @@ struct Inner {
     scheduler: Mutex<Scheduler<IdleHost>>,
     next_id: AtomicU64,
     live: AtomicUsize,
-    catalog: Arc<Catalog>,
+    /// The live host count, for whoever announces it (the worker's announcer).
+    live_tx: watch::Sender<usize>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -110,14 +110,9 @@ struct PartDone {
 impl Pool {
     /// Starts the first host (so a broken model package fails here, loudly), then the
     /// others in the background.
-    pub async fn start(
-        config: PoolConfig,
-        packages: Vec<ModelPackage>,
-        catalog: Arc<Catalog>,
-    ) -> Result<Pool, PoolError> {
+    pub async fn start(config: PoolConfig, packages: Vec<ModelPackage>) -> Result<Pool, PoolError> {
         let specs: Vec<ModelSpec> = packages.iter().map(|p| p.spec.clone()).collect();
         let (first, infos, _r_version) = Host::start(&config.host, &specs).await?;
-        catalog.set_models(infos.clone());
         let models = infos
             .into_iter()
             .map(|info| {
@@ -135,7 +130,7 @@ impl Pool {
                 scheduler: Mutex::new(Scheduler::new()),
                 next_id: AtomicU64::new(0),
                 live: AtomicUsize::new(0),
-                catalog,
+                live_tx: watch::Sender::new(0),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -165,6 +160,11 @@ impl Pool {
     /// Hosts alive now (idle or busy).
     pub fn live_hosts(&self) -> usize {
         self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Follows the live host count: changes whenever a host comes up or goes.
+    pub fn live_hosts_changes(&self) -> watch::Receiver<usize> {
+        self.inner.live_tx.subscribe()
     }
 
     pub fn n_hosts(&self) -> usize {
@@ -470,7 +470,7 @@ impl Pool {
     }
 
     fn publish_live(&self) {
-        self.inner.catalog.set_live_hosts(self.live_hosts());
+        self.inner.live_tx.send_replace(self.live_hosts());
     }
 
     /// Starts a host in the background, retrying with backoff until it is up or the pool

@@ -132,8 +132,8 @@ impl BrokerNode {
 
     /// The last lines the node printed, for a failure message.
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(format!("server-{}.out", self.runs)))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join(format!("server-{}.out", self.runs))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -187,7 +187,9 @@ fn speaks_amqp(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(1)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let mut frame_type = [0u8; 1];
-    stream.write_all(b"AMQP\x00\x00\x09\x01").is_ok() && stream.read_exact(&mut frame_type).is_ok() && frame_type[0] == 1
+    stream.write_all(b"AMQP\x00\x00\x09\x01").is_ok()
+        && stream.read_exact(&mut frame_type).is_ok()
+        && frame_type[0] == 1
 }
 
 /// Sends `signal` to the process group led by `child` (the `kill` command: the bus crate's

@@ -1,17 +1,17 @@
-//! What the fleet serves, as this process knows it: models and live R hosts.
+//! What the fleet serves, as this dispatcher knows it: models and live R hosts.
 //!
-//! In `rfleet serve` with the embedded bus the worker fills it directly
-//! ([`Catalog::set_models`], [`Catalog::set_live_hosts`]). Over a broker, workers announce
-//! themselves on the catalog exchange and a dispatcher records each announcement
+//! Workers announce themselves over the bus, whichever transport it is (the embedded one
+//! in `rfleet serve` too), and [`crate::announcements`] records each announcement here
 //! ([`Catalog::record`]); a worker not heard from for three intervals is forgotten. The
-//! dispatcher reads it for `GET /models`, schema checks and readiness.
+//! dispatcher reads it for `GET /models`, schema checks and readiness. Nothing else writes
+//! it: the worker only announces.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use protocol::{Announcement, ModelInfo};
+use tokio::sync::Notify;
 
 /// The announcement intervals a worker is taken at its word for. An interval comes off the
 /// bus, so it is clamped: below the floor a worker would be forgotten between two of its
@@ -21,13 +21,14 @@ pub const ANNOUNCE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 #[derive(Debug, Default)]
 pub struct Catalog {
-    models: RwLock<Vec<ModelInfo>>,
-    live_hosts: AtomicUsize,
-    remote: Mutex<HashMap<String, Remote>>,
+    /// By worker id.
+    workers: Mutex<HashMap<String, Announced>>,
+    /// Woken by every announcement recorded.
+    recorded: Notify,
 }
 
 #[derive(Debug)]
-struct Remote {
+struct Announced {
     models: Vec<ModelInfo>,
     live_hosts: usize,
     draining: bool,
@@ -35,16 +36,6 @@ struct Remote {
 }
 
 impl Catalog {
-    /// The models this process's own worker serves.
-    pub fn set_models(&self, models: Vec<ModelInfo>) {
-        *self.models.write() = models;
-    }
-
-    /// This process's own live R hosts.
-    pub fn set_live_hosts(&self, n: usize) {
-        self.live_hosts.store(n, Ordering::Relaxed);
-    }
-
     /// Records a worker's announcement, valid for three of its intervals (clamped to
     /// [`ANNOUNCE_INTERVAL_MS`]).
     pub fn record(&self, announcement: Announcement, now: Instant) {
@@ -52,26 +43,26 @@ impl Catalog {
         let ttl = Duration::from_millis(interval_ms.saturating_mul(3));
         // An `Instant` that cannot be represented is far enough away to be "for now".
         let expires = now.checked_add(ttl).unwrap_or(now);
-        self.remote.lock().insert(
+        self.workers.lock().insert(
             announcement.worker,
-            Remote {
+            Announced {
                 models: announcement.models,
                 live_hosts: announcement.live_hosts as usize,
                 draining: announcement.draining,
                 expires,
             },
         );
+        self.recorded.notify_waiters();
     }
 
-    /// Every model served, by this process or a worker heard from recently; one entry per
-    /// (name, version).
+    /// Every model served by a worker heard from recently; one entry per (name, version).
     pub fn models(&self) -> Vec<ModelInfo> {
-        let mut models = self.models.read().clone();
+        let mut models: Vec<ModelInfo> = Vec::new();
         let now = Instant::now();
-        let mut remote = self.remote.lock();
-        remote.retain(|_, r| r.expires > now);
+        let mut workers = self.workers.lock();
+        workers.retain(|_, r| r.expires > now);
         let mut announced: Vec<&ModelInfo> =
-            remote.values().filter(|r| !r.draining).flat_map(|r| r.models.iter()).collect();
+            workers.values().filter(|r| !r.draining).flat_map(|r| r.models.iter()).collect();
         // A stable order, whatever the hash map's and the workers' timing.
         announced.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         for model in announced {
@@ -87,16 +78,26 @@ impl Catalog {
         self.models().into_iter().find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
     }
 
-    /// R hosts up: this process's plus those of workers heard from recently.
+    /// R hosts up in the workers heard from recently.
     pub fn live_hosts(&self) -> usize {
         let now = Instant::now();
-        let remote: usize = self
-            .remote
+        self.workers
             .lock()
             .values()
             .filter(|r| r.expires > now && !r.draining)
-            .fold(0usize, |sum, r| sum.saturating_add(r.live_hosts));
-        self.live_hosts.load(Ordering::Relaxed).saturating_add(remote)
+            .fold(0usize, |sum, r| sum.saturating_add(r.live_hosts))
+    }
+
+    /// Returns once the catalog [`is_ready`](Catalog::is_ready).
+    pub async fn ready(&self) {
+        loop {
+            // Registered before the check, so an announcement in between is not missed.
+            let recorded = self.recorded.notified();
+            if self.is_ready() {
+                return;
+            }
+            recorded.await;
+        }
     }
 
     /// Ready to score: models are known and at least one R host is up.
