@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{subscribe_after, Session};
 use super::publish::publish;
-use super::{bounded, not_connected, topology, Inner, DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER};
+use super::{bounded, not_connected, topology, unavailable, Inner, DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER};
 use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle};
 
 /// Subscribes to `queues` on the current connection (failing at once when there is none)
@@ -319,14 +319,14 @@ impl DeliveryHandle for AmqpHandle {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        bounded("basic.ack", acker.ack(BasicAckOptions::default())).await.map(drop)
+        settle("basic.ack", acker.ack(BasicAckOptions::default())).await
     }
 
     async fn reject(&mut self, requeue: bool) -> Result<(), BusError> {
         let Some(acker) = self.acker.take() else {
             return Ok(());
         };
-        bounded("basic.nack", acker.nack(BasicNackOptions { requeue, multiple: false })).await.map(drop)
+        settle("basic.nack", acker.nack(BasicNackOptions { requeue, multiple: false })).await
     }
 
     async fn dead_letter(&mut self, reason: &str) -> Result<(), BusError> {
@@ -342,6 +342,17 @@ impl DeliveryHandle for AmqpHandle {
         let exchange = self.inner.config.dead_letter_exchange.clone();
         publish(&session.publisher, &exchange, &self.queue, false, &self.body, properties).await?;
         self.ack().await
+    }
+}
+
+/// Runs an acknowledgement under the operation bound. lapin answers `Ok(false)` for an
+/// acker that was already used (never here: the handle gives its acker up once) or whose
+/// channel died: then the broker redelivers the message, and the worker must hear that it
+/// was not settled.
+async fn settle(what: &str, settling: impl std::future::Future<Output = lapin::Result<bool>>) -> Result<(), BusError> {
+    match bounded(what, settling).await? {
+        true => Ok(()),
+        false => Err(unavailable(format!("{what}: the delivery's channel is gone; the broker delivers it again"))),
     }
 }
 
@@ -394,7 +405,7 @@ impl Drop for AmqpHandle {
         };
         let queue = std::mem::take(&mut self.queue);
         runtime.spawn(async move {
-            if let Err(error) = bounded("basic.nack", acker.nack(BasicNackOptions { requeue: true, multiple: false })).await {
+            if let Err(error) = settle("basic.nack", acker.nack(BasicNackOptions { requeue: true, multiple: false })).await {
                 tracing::debug!(%queue, %error, "requeueing a dropped delivery failed; the broker requeues it with its channel");
             }
         });

@@ -96,6 +96,8 @@ mod announcements;
 mod connection;
 mod consume;
 mod publish;
+#[cfg(test)]
+mod reconnect_tests;
 mod tls;
 mod topology;
 
