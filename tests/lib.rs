@@ -8,9 +8,18 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
+
 use serde_json::Value;
+
+// The RabbitMQ node of a test's own, shared with the bus crate's broker tests.
+#[path = "../shared/bus/tests/amqp_support/node.rs"]
+mod broker_node;
+pub use broker_node::BrokerNode;
 
 /// `target/debug` (or wherever cargo put this test binary's siblings).
 pub fn target_dir() -> PathBuf {
@@ -202,18 +211,65 @@ impl ServerOptions {
     }
 }
 
-/// One isolated fleet on the shared RabbitMQ broker: its own queue prefix, dead-letter
-/// queue and catalog exchange, so tests running at once never see each other's messages.
+/// A hold on the `faulty` fixture's calls of x = 888 (see `make_models.R`): while it lasts,
+/// such a call stays in R and its host's pid is known, so a test can act on a host that is
+/// running a request. Released when dropped.
+pub struct Hold {
+    dir: tempfile::TempDir,
+}
+
+impl Hold {
+    /// The value of x that `faulty` holds.
+    pub const X: i64 = 888;
+
+    pub fn new() -> Hold {
+        let hold = Hold { dir: tempfile::tempdir().unwrap() };
+        std::fs::write(hold.path(), b"").unwrap();
+        hold
+    }
+
+    /// The file to pass as `SCORE_HOLD_FILE`.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("hold")
+    }
+
+    /// The pid of the host that last began a held call, once it has written it whole.
+    pub fn host_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("hold.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Lets held calls (and any later one) go on.
+    pub fn release(&self) {
+        let _ = std::fs::remove_file(self.path());
+    }
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold::new()
+    }
+}
+
+/// One isolated fleet on a RabbitMQ broker (the shared one unless a test brings its own
+/// node): its own queue prefix, dead-letter queue and catalog exchange, so tests running at
+/// once never see each other's messages.
 pub struct Fleet {
     pub name: String,
+    pub broker_url: String,
 }
 
 pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 impl Fleet {
+    /// A fleet on the shared broker at [`BROKER_URL`].
     pub fn new(test: &str) -> Fleet {
+        Fleet::on(test, BROKER_URL)
+    }
+
+    /// A fleet on the broker at `broker_url` (e.g. a [`BrokerNode`] of the test's own).
+    pub fn on(test: &str, broker_url: &str) -> Fleet {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        Fleet { name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()) }
+        Fleet { name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()), broker_url: broker_url.to_string() }
     }
 
     pub fn queue_prefix(&self) -> String {
@@ -227,7 +283,7 @@ impl Fleet {
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("RFLEET_BUS__KIND", "amqp".to_string()),
-            ("RFLEET_BUS__URL", BROKER_URL.to_string()),
+            ("RFLEET_BUS__URL", self.broker_url.clone()),
             ("RFLEET_BUS__QUEUE_PREFIX", self.queue_prefix()),
             ("RFLEET_BUS__DEAD_LETTER_EXCHANGE", format!("{}.dead", self.name)),
             ("RFLEET_BUS__DEAD_LETTER_QUEUE", self.dead_letter_queue()),
@@ -244,9 +300,10 @@ impl Drop for Fleet {
     /// Deletes the fleet's queues and exchanges from the broker (best effort).
     fn drop(&mut self) {
         let script = format!(
-            "import pika\nc = pika.BlockingConnection(pika.URLParameters('{BROKER_URL}'))\n\
+            "import pika\nc = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
              for name in {names:?}:\n    ch = c.channel()\n    try: ch.queue_delete(name)\n    except Exception: pass\n\
              for name in {exchanges:?}:\n    ch = c.channel()\n    try: ch.exchange_delete(name)\n    except Exception: pass\nc.close()\n",
+            url = self.broker_url,
             names = self.queues(),
             exchanges = [format!("{}.dead", self.name), format!("{}.catalog", self.name)],
         );
@@ -310,9 +367,18 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+    pub fn terminate(self, limit: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(limit)
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0, "signal rfleet");
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -400,23 +466,81 @@ pub fn run_client(script: &str, args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
 }
 
-/// Sends SIGTERM to `server` once `started` has reached `after` requests, checks that it
-/// exits 0, and returns how many requests the `clients` got answered in all. Each client
-/// counts what it started in `started` and stops at its first refused connection.
-pub async fn terminate_under_load(
-    server: Server,
-    clients: Vec<tokio::task::JoinHandle<usize>>,
-    started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    after: usize,
-) -> usize {
-    while started.load(std::sync::atomic::Ordering::Relaxed) < after {
+/// Waits until `done()` holds, checking every few milliseconds; fails naming `what` once
+/// `limit` has passed.
+pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let status = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30))).await.unwrap();
-    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
-    let mut answered = 0;
-    for client in clients {
-        answered += client.await.expect("client task");
+}
+
+/// Clients sending requests to a server while it shuts down, and what became of them.
+#[derive(Default)]
+pub struct Drain {
+    answered: AtomicUsize,
+}
+
+impl Drain {
+    /// Sends `request`: `None` when the server never took it, because the connection was
+    /// refused (the listener had closed) or reset with the request unread. A request the
+    /// server read must be answered in full: any other failure is a taken request that was
+    /// dropped, and fails the test.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Option<Answer> {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if e.is_connect() || reset_unread(&e) => return None,
+            Err(e) => panic!("a request the server took was dropped: {e:?}"),
+        };
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let text = response.text().await.unwrap_or_else(|e| panic!("a taken request was cut off: {e:?}"));
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        Some(Answer { status, headers, text })
     }
-    answered
+}
+
+/// Whether the server closed the connection with our request unread: a socket closed with
+/// data still unread in it answers with a reset (RFC 1122 4.2.2.13, as Linux does), so a
+/// reset before any response means the request's bytes were thrown away, never read. This
+/// is what a connection accepted just as the server began to shut down gets. A server that
+/// read the request and then went away ends the connection cleanly, without an answer.
+fn reset_unread(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Sends SIGTERM to `server` while a request is in R and the `clients`, sending through
+/// `drain`, are being answered: once they have had `after` answers, `send_held` sends a
+/// request of `faulty` that `hold` keeps in R (the server serves `faulty` under some
+/// route), and the signal comes when R has it. Checks that the held request, in flight at
+/// the signal, is answered in full after it, and that the server exits 0.
+pub async fn terminate_under_load(
+    server: Server,
+    drain: Arc<Drain>,
+    clients: Vec<JoinHandle<()>>,
+    after: usize,
+    hold: &Hold,
+    send_held: impl FnOnce() -> JoinHandle<Answer>,
+) {
+    wait_for(Duration::from_secs(120), "answers before SIGTERM", || drain.answered.load(Ordering::SeqCst) >= after)
+        .await;
+    let held = send_held();
+    wait_for(Duration::from_secs(60), "the held request in R", || hold.host_pid().is_some()).await;
+    server.signal(libc::SIGTERM);
+    hold.release();
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(30))).await.unwrap();
+    assert!(status.success(), "rfleet exited with {status} after SIGTERM");
+    let held = held.await.expect("the held request");
+    assert_eq!(held.status, 200, "the request in R at SIGTERM: {}", held.text);
+    assert_same(&held.json(), &serde_json::json!([2 * Hold::X]), "the request in R at SIGTERM");
+    for client in clients {
+        client.await.expect("client task");
+    }
 }

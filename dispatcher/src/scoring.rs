@@ -8,17 +8,14 @@
 //! Inference Protocol, batch jobs) is a [`Parse`] in front and a renderer behind, so none
 //! of them can skip a limit or parse an HTTP answer back.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use bus::{ContentType, Outgoing};
+use client::Deadline;
 use futures::StreamExt;
 use protocol::json::{frame_from_slice, JsonError};
 use protocol::{
-    ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, NulAt, Options, Outcome, Reply, Request, Timings,
-    NUL_IN_R,
+    ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, NulAt, Options, Outcome, Request, Timings, NUL_IN_R,
 };
 use tracing::Span;
 
@@ -173,7 +170,8 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
 
     // The caller's clock starts now: time spent reading the body counts against it.
     let timeout_ms = headers.timeout_ms.unwrap_or(shared.server.request_timeout_ms);
-    let (deadline, deadline_ms) = deadline_after(timeout_ms)?;
+    let deadline = Deadline::after_ms(timeout_ms)
+        .ok_or_else(|| ApiError::bad_request(format!("{X_RFLEET_TIMEOUT_MS} of {timeout_ms} ms is too far away")))?;
 
     let info = state.find_model(&target.name, target.version.as_deref())?;
 
@@ -190,7 +188,6 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
 
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let max_rows = shared.server.max_rows;
-    let queue = shared.requester.queue_for(&info.name);
     let request_info = info.clone();
     let id = correlation_id.clone();
     let (encoded, extra) = run_cpu(body.len(), move || {
@@ -205,7 +202,7 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
             model: request_info.name.clone(),
             // The version whose schema was checked here, so the worker scores with the same one.
             model_version: request_info.version.clone(),
-            deadline_ms: Some(deadline_ms),
+            deadline_ms: Some(deadline.epoch_ms),
             options,
             traceparent: headers.traceparent,
             request_id: Some(request_id),
@@ -217,14 +214,9 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
     })
     .await?;
 
-    let outgoing = Outgoing {
-        correlation_id: correlation_id.clone(),
-        queue,
-        content_type: ContentType::MsgPack,
-        body: encoded,
-        expiration_ms: Some(timeout_ms),
-    };
-    let reply = shared.requester.call(outgoing, deadline).await.map_err(|e| ApiError::from_bus(e, timeout_ms))?;
+    let reply = client::publish_and_await(&*shared.requester, &info.name, &correlation_id, encoded, &deadline)
+        .await
+        .map_err(|e| ApiError::from_bus(e, timeout_ms))?;
     let (answer, timings) = run_cpu(reply.len(), move || decode_reply(&reply, &correlation_id)).await?;
     match answer {
         Ok(answer) => Ok(Scored { model: info, answer, timings, extra }),
@@ -261,17 +253,6 @@ fn timeout_header(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             },
         )?;
     Ok(Some(timeout_ms))
-}
-
-/// The deadline `timeout_ms` from now, as the bus waits for it (`Instant`) and as it travels
-/// in the request (ms since the Unix epoch), taken at the same moment so they agree.
-fn deadline_after(timeout_ms: u64) -> Result<(Instant, u64), ApiError> {
-    let too_far = || ApiError::bad_request(format!("{X_RFLEET_TIMEOUT_MS} of {timeout_ms} ms is too far away"));
-    let now = Instant::now();
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let deadline = now.checked_add(Duration::from_millis(timeout_ms)).ok_or_else(too_far)?;
-    let deadline_ms = now_ms.checked_add(timeout_ms).ok_or_else(too_far)?;
-    Ok((deadline, deadline_ms))
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit_bytes`: at
@@ -359,15 +340,7 @@ pub fn json_text(body: &[u8]) -> Result<String, ApiError> {
 
 /// Decodes the worker's reply: its answer (or the error it answered) and its timings.
 fn decode_reply(bytes: &[u8], correlation_id: &str) -> Result<(Result<Answer, ErrorBody>, Timings), ApiError> {
-    let reply: Reply =
-        protocol::decode(bytes).map_err(|e| ApiError::internal(format!("the worker's reply is unreadable: {e}")))?;
-    if reply.id != correlation_id {
-        // The bus routes by correlation id, so a mismatch is a transport or worker bug.
-        return Err(ApiError::internal(format!(
-            "the worker's reply carries id '{}' but the request's id is '{correlation_id}'",
-            reply.id
-        )));
-    }
+    let reply = client::read_reply(bytes, correlation_id).map_err(|e| ApiError::internal(e.to_string()))?;
     let answer = match reply.outcome {
         Outcome::Predictions(frame) => {
             // A frame whose factor codes point past its levels would panic when rendered.

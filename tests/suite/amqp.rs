@@ -1,7 +1,8 @@
 //! A fleet over the real RabbitMQ broker at 127.0.0.1:5672: separate worker and
 //! dispatcher processes, direct publishers (Python, pika), and faults: a killed worker,
 //! SIGTERM, poison messages, expired requests, a broker restart. Each test runs its own
-//! isolated fleet (queue prefix, dead-letter queue, catalog exchange).
+//! isolated fleet (queue prefix, dead-letter queue, catalog exchange); the broker restart
+//! happens to a RabbitMQ node of that test's own.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{assert_same, case, client, fixtures, get, post, repo_root, Fleet, Server, ServerOptions, BROKER_URL};
+use support::{assert_same, case, client, fixtures, get, post, repo_root, wait_for, BrokerNode, Fleet, Server, ServerOptions};
 
 /// (model, one-row body, R's answer) for rf_reg and lm.
 fn single_rows() -> Vec<(String, String, Value)> {
@@ -50,7 +51,7 @@ fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
         .arg(repo_root().join("deploy/examples/publish.py"))
         .args([
             "--url",
-            BROKER_URL,
+            &fleet.broker_url,
             "--model",
             model,
             "--queue-prefix",
@@ -70,7 +71,7 @@ fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
 fn dead_letters(fleet: &Fleet) -> Vec<Value> {
     let script = format!(
         "import json, pika\n\
-         c = pika.BlockingConnection(pika.URLParameters('{BROKER_URL}'))\n\
+         c = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
          ch = c.channel()\n\
          out = []\n\
          while True:\n\
@@ -80,6 +81,7 @@ fn dead_letters(fleet: &Fleet) -> Vec<Value> {
          \x20   r = h.get('x-rfleet-reason'); q = h.get('x-rfleet-queue')\n\
          \x20   out.append({{'reason': r.decode() if isinstance(r, bytes) else r, 'queue': q.decode() if isinstance(q, bytes) else q, 'bytes': len(body)}})\n\
          print(json.dumps(out))\n",
+        url = fleet.broker_url,
         queue = fleet.dead_letter_queue()
     );
     let output = Command::new("python3").args(["-c", &script]).output().expect("python3");
@@ -200,18 +202,26 @@ async fn amqp_direct_publishers_poison_and_expiry() {
 /// answered, `fault` is done to the first worker. Every request must still be answered
 /// correctly.
 async fn fault_under_load(fleet: Fleet, first_worker: ServerOptions, fault: impl FnOnce(Server) + Send + 'static) {
-    let victim = first_worker.start();
-    let _other = worker(&fleet).start();
+    let victim = first_worker.env("RFLEET_WORKERS__ID", "victim").start();
+    let _other = worker(&fleet).env("RFLEET_WORKERS__ID", "other").start();
     let front = dispatcher(&fleet).start();
-    wait_ready(&client(), &front).await;
-    // Ready means one worker was heard from; hear from both (announcements every 500 ms)
-    // so the dispatcher still knows a worker when the first one drains or dies.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let client = client();
+    wait_ready(&client, &front).await;
+    // Ready means one worker was heard from. Both must serve before the fault, so the
+    // fault hits a worker with work and the other one takes over.
+    let (model, body, expected) = single_rows().remove(0);
+    let mut served = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    while served.len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "only {served:?} served");
+        let answer = post(&client, &format!("{}/models/{model}/score", front.url), body.clone(), &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_same(&answer.json(), &expected, "before the fault");
+        served.insert(answer.header("x-rfleet-worker").unwrap_or_default().to_string());
+    }
     let done = Arc::new(AtomicUsize::new(0));
     let traffic = tokio::spawn(load(vec![front.url.clone()], 8, 30, done.clone()));
-    while done.load(Ordering::Relaxed) < 30 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(Duration::from_secs(60), "30 answers", || done.load(Ordering::Relaxed) >= 30).await;
     tokio::task::spawn_blocking(move || fault(victim)).await.unwrap();
     traffic.await.expect("every request answered correctly");
     assert_eq!(done.load(Ordering::Relaxed), 8 * 30);
@@ -237,32 +247,20 @@ async fn amqp_sigterm_worker_drains() {
     .await;
 }
 
-/// Restarts the broker's application even when the test fails: other tests share it.
-struct BrokerGuard;
-
-impl Drop for BrokerGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").arg("start_app").output();
-    }
-}
-
-fn rabbitmqctl(command: &str) {
-    let output = Command::new("rabbitmqctl").arg(command).output().expect("rabbitmqctl");
-    assert!(output.status.success(), "rabbitmqctl {command}: {}", String::from_utf8_lossy(&output.stderr));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_broker_restart_under_load() {
-    let fleet = Fleet::new("restart");
+    let mut node = BrokerNode::start("fleet-restart");
+    let fleet = Fleet::on("restart", &node.url());
     let _worker = worker(&fleet).start();
     let front = dispatcher(&fleet).start();
     let client = client();
     wait_ready(&client, &front).await;
     let rows = Arc::new(single_rows());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for client_no in 0..4 {
-        let (rows, url, stop) = (rows.clone(), front.url.clone(), stop.clone());
+        let (rows, url, stop, answered) = (rows.clone(), front.url.clone(), stop.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
             let client = support::client();
             let mut statuses = Vec::new();
@@ -280,23 +278,28 @@ async fn amqp_broker_restart_under_load() {
                 // Never past its deadline (3 s) by more than a margin.
                 assert!(sent.elapsed() < Duration::from_secs(6), "a request hung for {:?}", sent.elapsed());
                 match answer.status {
-                    200 => assert_same(&answer.json(), expected, "answer across a broker restart"),
+                    200 => {
+                        assert_same(&answer.json(), expected, "answer across a broker restart");
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                     503 | 504 => assert!(answer.json()["message"].is_string()),
                     other => panic!("unexpected status {other}: {}", answer.text),
                 }
                 statuses.push(answer.status);
                 i += 1;
+                // Pacing: a steady stream, not a flood.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             statuses
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let guard = BrokerGuard;
-    rabbitmqctl("stop_app");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    rabbitmqctl("start_app");
-    drop(guard);
+    // The broker goes away while the clients are being answered.
+    wait_for(Duration::from_secs(60), "answers before the restart", || answered.load(Ordering::Relaxed) >= 8).await;
+    // Blocking for the seconds a node takes to stop and boot: the clients run on the workers.
+    tokio::task::block_in_place(|| {
+        node.stop();
+        node.start_again();
+    });
     // Recovery on their own, within seconds.
     let recovered = Instant::now();
     let (model, body, expected) = single_rows().remove(0);
@@ -315,8 +318,11 @@ async fn amqp_broker_restart_under_load() {
         assert!(recovered.elapsed() < Duration::from_secs(45), "no recovery: {} {}", answer.status, answer.text);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("recovered {:?} after start_app", recovered.elapsed());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!("recovered {:?} after the node restarted", recovered.elapsed());
+    // The clients themselves are answered again before they stop.
+    let before = answered.load(Ordering::Relaxed);
+    wait_for(Duration::from_secs(30), "answers after the restart", || answered.load(Ordering::Relaxed) >= before + 8)
+        .await;
     stop.store(true, Ordering::Relaxed);
     let mut statuses = Vec::new();
     for task in tasks {
@@ -327,7 +333,7 @@ async fn amqp_broker_restart_under_load() {
     load(vec![front.url.clone()], 4, 10, Arc::new(AtomicUsize::new(0))).await;
 }
 
-/// The Rust client in `shared/bus` scores through a worker directly, no HTTP.
+/// The Rust client (`shared/client`) scores through a worker directly, no HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqp_rust_client_scores_without_http() {
     let fleet = Fleet::new("client");
@@ -338,7 +344,7 @@ async fn amqp_rust_client_scores_without_http() {
     let bus =
         bus::AmqpBus::start(bus::AmqpConfig::from_settings(&settings.bus, "rfleet-test-client", 1), shutdown.clone());
     assert!(bus.wait_connected(Duration::from_secs(10)).await);
-    let client = bus::ScoringClient::new(bus);
+    let client = ::client::ScoringClient::new(bus);
     let rf = case(&fixtures(), "rf_reg");
     let frame = protocol::json::frame_from_value(&Value::Array(rf.rows.clone())).unwrap();
     let scored = client.score("rf_reg", frame, protocol::Options::default(), Duration::from_secs(30)).await.unwrap();

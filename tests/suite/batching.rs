@@ -91,16 +91,44 @@ async fn run_all(probes: Vec<Probe>, concurrency: usize) -> Vec<String> {
     paths
 }
 
-/// Names of the served models that can be split by trees.
-async fn forests(server: &Server) -> Vec<String> {
+/// The served models that can be split by trees, with what `/models` says of each forest.
+async fn forests(server: &Server) -> BTreeMap<String, Value> {
     let models = get(&client(), &format!("{}/models", server.url)).await.json();
     models
         .as_array()
         .unwrap()
         .iter()
         .filter(|m| !m["forest"].is_null())
-        .map(|m| m["name"].as_str().unwrap().to_string())
+        .map(|m| (m["name"].as_str().unwrap().to_string(), m["forest"].clone()))
         .collect()
+}
+
+/// The fixtures' forests (`make_models.R`) among `names`: every randomForest and ranger
+/// model, with its trees and, for a classification, its classes in level order. gbm's
+/// boosted trees are no forest: they add up, they are not averaged.
+fn fixture_forests(names: &[&str]) -> BTreeMap<String, Value> {
+    let iris = json!(["setosa", "versicolor", "virginica"]);
+    [
+        ("rf_reg", json!({ "n_trees": 200, "classes": null })),
+        ("rf_class", json!({ "n_trees": 200, "classes": iris })),
+        ("rf_xy", json!({ "n_trees": 200, "classes": null })),
+        ("ranger_reg", json!({ "n_trees": 100, "classes": null })),
+        ("ranger_class", json!({ "n_trees": 500, "classes": iris })),
+    ]
+    .into_iter()
+    .filter(|(name, _)| names.contains(name))
+    .map(|(name, forest)| (name.to_string(), forest))
+    .collect()
+}
+
+/// Every fixture model's name.
+fn all_models(fixtures: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures.join("models"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn counts(paths: &[String]) -> BTreeMap<String, usize> {
@@ -122,7 +150,13 @@ async fn random_mixes_batched_and_split_match_r() {
         .start();
     let cases: Vec<Case> = cases(&fixtures).into_iter().filter(|c| c.model != "faulty").collect();
     assert!(cases.len() >= 8, "too few fixture cases");
+    // Forest detection is checked, not trusted: the tree-splitting checks below run over
+    // the fixtures' known forests.
+    let names = all_models(&fixtures);
+    let expected_forests = fixture_forests(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(expected_forests.len(), 5, "the fixtures' forests: {names:?}");
     let forests = forests(&server).await;
+    assert_eq!(forests, expected_forests, "forests listed by /models");
     let client = client();
 
     // Alone, `always` splits many rows of any model by rows, across every live host. The
@@ -157,7 +191,9 @@ async fn random_mixes_batched_and_split_match_r() {
     let mut paths = run_all(probes, 16).await;
 
     // Alone, a few rows of a forest are split by trees.
-    for case in cases.iter().filter(|c| forests.contains(&c.model)) {
+    let forest_cases: Vec<&Case> = cases.iter().filter(|c| expected_forests.contains_key(&c.model)).collect();
+    assert_eq!(forest_cases.len(), 6, "cases of the forests (rf_class twice: labels and prob)");
+    for case in forest_cases {
         let lone = Probe::new(&server, case, 0..1, &[]).check(&client).await;
         assert_eq!(lone, "trees:2", "one row of {} alone", case.name);
         paths.push(lone);
@@ -274,7 +310,7 @@ async fn split_when_idle_whole_under_load() {
     let models = models_dir(&fixtures, &["rf_reg", "lm"], &[("lm_never", "lm", "split = \"never\"\n")]);
     let server = ServerOptions::new(models.path()).env("RFLEET_WORKERS__SPLIT_MIN_ROWS", 4).start();
     let client = client();
-    let forests = forests(&server).await;
+    assert_eq!(forests(&server).await, fixture_forests(&["rf_reg"]), "forests listed by /models");
     let rf_reg = support::case(&fixtures, "rf_reg");
     let lm = support::case(&fixtures, "lm");
     let lm_never = Case { model: "lm_never".into(), ..lm.clone() };
@@ -292,11 +328,7 @@ async fn split_when_idle_whole_under_load() {
     assert_eq!(Probe::new(&server, &lm, 0..8, &["split=never"]).check(&client).await, "whole");
     assert_eq!(Probe::new(&server, &lm_never, 0..8, &[]).check(&client).await, "whole");
     assert_eq!(Probe::new(&server, &lm_never, 0..8, &["split=always"]).check(&client).await, "rows:2");
-    if forests.contains(&"rf_reg".to_string()) {
-        assert_eq!(Probe::new(&server, &rf_reg, 0..1, &[]).check(&client).await, "trees:2");
-    } else {
-        eprintln!("rf_reg is not listed as a forest: tree splitting not checked");
-    }
+    assert_eq!(Probe::new(&server, &rf_reg, 0..1, &[]).check(&client).await, "trees:2");
     let bad = post(&client, &format!("{}/models/lm/score?split=sometimes", server.url), "[{}]", &[]).await;
     assert_eq!(bad.status, 400, "{}", bad.text);
 

@@ -2,7 +2,9 @@
 //! JSON errors, a real third-party client (curl), and overload answered at once.
 
 use serde_json::{json, Value};
-use support::{assert_same, case, client, fixtures, get, post, Answer, ServerOptions};
+use std::time::Duration;
+
+use support::{assert_same, case, client, fixtures, get, post, wait_for, Hold, ServerOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_ml_conventions_and_probes() {
@@ -80,10 +82,9 @@ async fn several_models_need_a_name_or_a_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_beyond_the_inflight_bound() {
     const MAX_INFLIGHT: usize = 2;
-    /// `faulty` answers 2x, after sleeping 30 s in R when x is 777.
-    const SLOW_X: i64 = 777;
     let fixtures = fixtures();
-    // `faulty` writes each R call's row count here before it sleeps.
+    // `faulty` holds calls of x = Hold::X in R, and writes each call's row count here first.
+    let hold = Hold::new();
     let counter = tempfile::NamedTempFile::new().unwrap();
     let rows_in_r = || -> usize {
         let text = std::fs::read_to_string(counter.path()).unwrap();
@@ -92,10 +93,11 @@ async fn flood_beyond_the_inflight_bound() {
     let server = ServerOptions::new(fixtures.join("models/faulty"))
         .hosts(2)
         .env("RFLEET_SERVER__MAX_INFLIGHT", MAX_INFLIGHT)
-        // Room for the slow requests: the deadline and the host timeout are well past 30 s.
+        // Room for the held requests: neither the deadline nor the host timeout cuts them short.
         .env("RFLEET_SERVER__REQUEST_TIMEOUT_MS", 120_000)
         .env("RFLEET_WORKERS__HOST_TIMEOUT_MS", 120_000)
         .env("SCORE_COUNTER_FILE", counter.path().display())
+        .env("SCORE_HOLD_FILE", hold.path().display())
         .start();
     let client = client();
     let url = format!("{}/score", server.url);
@@ -103,49 +105,32 @@ async fn flood_beyond_the_inflight_bound() {
         let (client, url) = (client.clone(), url.clone());
         tokio::spawn(async move { (x, post(&client, &url, json!([{ "x": x }]).to_string(), &[]).await) })
     };
-    // Every answer is a refusal that says why and when to retry, or the model's answer.
-    let refused = |x: i64, answer: &Answer| -> bool {
-        match answer.status {
-            503 => {
-                assert_eq!(answer.header("retry-after"), Some("1"), "x = {x}: {:?}", answer.headers);
-                let body = answer.json();
-                assert_eq!(body["code"], "overloaded", "x = {x}: {body}");
-                let message = body["message"].as_str().unwrap_or_default();
-                assert!(
-                    message.contains("too many requests in flight")
-                        && message.contains(&format!("limit {MAX_INFLIGHT}")),
-                    "x = {x}: {message:?} does not name the problem"
-                );
-                true
-            }
-            200 => {
-                assert_same(&answer.json(), &json!([2 * x]), &format!("x = {x}: admitted, so answered"));
-                false
-            }
-            status => panic!("x = {x}: {status} {}", answer.text),
-        }
-    };
 
-    // Slow requests take every in-flight permit and hold it while R sleeps: once R has
+    // Held requests take every in-flight permit and keep it while R holds them: once R has
     // their rows, the bound is full.
-    let slow: Vec<_> = (0..MAX_INFLIGHT).map(|_| score(SLOW_X)).collect();
-    let waiting = std::time::Instant::now();
-    while rows_in_r() < MAX_INFLIGHT {
-        assert!(waiting.elapsed().as_secs() < 60, "the slow requests did not reach R");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    // A flood of concurrent requests beyond it.
+    let slow: Vec<_> = (0..MAX_INFLIGHT).map(|_| score(Hold::X)).collect();
+    wait_for(Duration::from_secs(60), "the held requests in R", || rows_in_r() >= MAX_INFLIGHT).await;
+    // A flood of concurrent requests beyond it: every one is refused at once, saying why and
+    // when to retry.
     let flood: Vec<_> = (1..=16).map(score).collect();
-    let mut n_refused = 0;
     for request in flood {
         let (x, answer) = request.await.unwrap();
-        n_refused += usize::from(refused(x, &answer));
+        assert_eq!(answer.status, 503, "x = {x}, with the bound full: {}", answer.text);
+        assert_eq!(answer.header("retry-after"), Some("1"), "x = {x}: {:?}", answer.headers);
+        let body = answer.json();
+        assert_eq!(body["code"], "overloaded", "x = {x}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("too many requests in flight") && message.contains(&format!("limit {MAX_INFLIGHT}")),
+            "x = {x}: {message:?} does not name the problem"
+        );
     }
-    assert!(n_refused > 0, "{MAX_INFLIGHT} slow requests in flight, and nothing of the flood was refused");
-    // The slow requests were admitted: they get their answers.
+    // The held requests were admitted: released, they get their answers.
+    hold.release();
     for request in slow {
         let (x, answer) = request.await.unwrap();
-        assert!(!refused(x, &answer), "x = {x} was admitted, then refused");
+        assert_eq!(answer.status, 200, "x = {x} was admitted: {}", answer.text);
+        assert_same(&answer.json(), &json!([2 * x]), &format!("x = {x}: admitted, so answered"));
     }
 
     // Afterwards, a normal request gets R's answer.

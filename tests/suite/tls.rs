@@ -100,8 +100,12 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
     replace(&cert_file, &first.cert_pem);
     replace(&key_file, &first.key_pem);
 
-    let server = ServerOptions::new(fixtures.join("models/rf_reg"))
+    // rf_reg answers `/score`; `faulty` is there for the drain's held request.
+    let hold = support::Hold::new();
+    let server = ServerOptions::new(fixtures.join("models"))
         .hosts(1)
+        .env("RFLEET_MODELS__DEFAULT", "rf_reg")
+        .env("SCORE_HOLD_FILE", hold.path().display())
         .env("RFLEET_TLS__CERT_FILE", cert_file.display())
         .env("RFLEET_TLS__KEY_FILE", key_file.display())
         .start();
@@ -154,30 +158,31 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
 
     // SIGTERM while clients (HTTP/2 and HTTP/1.1) keep sending: every request the server took
     // is answered in full, then it exits cleanly.
-    let started = Arc::new(AtomicUsize::new(0));
+    let drain = Arc::new(support::Drain::default());
     let mut clients = Vec::new();
     for http1_only in [false, true] {
-        let (client, url, rows, expected, started) =
-            (trusting(&second.ca_pem, http1_only), url.clone(), rows.clone(), expected.clone(), started.clone());
+        let (client, url, rows, expected, drain) =
+            (trusting(&second.ca_pem, http1_only), url.clone(), rows.clone(), expected.clone(), drain.clone());
         clients.push(tokio::spawn(async move {
-            let mut answered = 0;
             for _ in 0..200 {
-                started.fetch_add(1, Ordering::Relaxed);
+                // Refused once the listener has closed; every request taken is answered.
                 let request = client.post(format!("{url}/score")).header("content-type", "application/json");
-                let sent = request.body(rows.clone()).send().await;
-                // After the listener closes, new connections are refused: that request was
-                // never taken.
-                let Ok(response) = sent else { break };
-                assert_eq!(response.status().as_u16(), 200);
-                let text = response.text().await.expect("a taken request is answered in full");
-                assert_same(&serde_json::from_str(&text).unwrap(), &expected, "answer during shutdown");
-                answered += 1;
+                let Some(answer) = drain.send(request.body(rows.clone())).await else { break };
+                assert_eq!(answer.status, 200, "{}", answer.text);
+                assert_same(&answer.json(), &expected, "answer during shutdown");
             }
-            answered
         }));
     }
-    let answered = support::terminate_under_load(server, clients, started, 10).await;
-    assert!(answered >= 8, "only {answered} requests answered");
+    let held = {
+        let (client, url) = (trusting(&second.ca_pem, false), format!("{url}/models/faulty/score"));
+        move || {
+            tokio::spawn(async move {
+                let body = json!([{ "x": support::Hold::X }]).to_string();
+                support::post(&client, &url, body, &[]).await
+            })
+        }
+    };
+    support::terminate_under_load(server, drain, clients, 10, &hold, held).await;
 }
 
 /// A TLS-terminating proxy on loopback in front of the local RabbitMQ, serving `authority`'s

@@ -9,7 +9,6 @@
 //! - [`amqp`]: RabbitMQ through lapin: per-model request queues, a reply queue per
 //!   dispatcher, publisher confirms, dead-lettering, announcements, recovery.
 //! - [`catalog`]: what the fleet serves, as the dispatcher knows it.
-//! - [`client`]: [`ScoringClient`], for Rust programs that score through the bus directly.
 //!
 //! **Invariant:** the transports move opaque bytes plus AMQP-like properties; only the
 //! `protocol` crate knows what the bytes mean, so one conformance suite checks every
@@ -17,7 +16,6 @@
 
 pub mod amqp;
 pub mod catalog;
-pub mod client;
 pub mod embedded;
 
 use std::time::Instant;
@@ -26,7 +24,6 @@ use async_trait::async_trait;
 
 pub use amqp::{AmqpBus, AmqpConfig, AmqpConsumer};
 pub use catalog::Catalog;
-pub use client::{ClientError, Scored, ScoringClient};
 pub use embedded::{DeadLetter, EmbeddedBus};
 
 /// How a body is encoded, as AMQP's `content_type` says.

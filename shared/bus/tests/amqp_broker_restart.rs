@@ -1,34 +1,19 @@
-//! Recovery from a broker restart (`rabbitmqctl stop_app` / `start_app`): calls fail fast
-//! during the outage, and the same `AmqpBus` and consumer serve again after it.
+//! Recovery from a broker restart: calls fail fast during the outage, and the same
+//! `AmqpBus` and consumer serve again after it.
 //!
-//! A test binary of its own, so no other test of this crate runs against the broker while
-//! it is down; in a shared CI run, put every test named `*broker_restart*` in a serial group.
+//! The broker restarted is a RabbitMQ node of this test's own (`amqp_support::node`), never
+//! the shared one: other tests may use that at the same time, and nothing but this test
+//! knows of its node.
 
 mod amqp_support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use amqp_support::node::BrokerNode;
 use amqp_support::TestBroker;
-use bus::{BusError, Consumer, ContentType, Outgoing, Requester};
-
-/// Restarts the broker's application if the test ends (or panics) while it is stopped:
-/// other tests share the broker.
-struct StartAppGuard {
-    armed: bool,
-}
-
-impl Drop for StartAppGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            rabbitmqctl("start_app");
-        }
-    }
-}
-
-fn rabbitmqctl(command: &str) {
-    let status = std::process::Command::new("rabbitmqctl").arg(command).output().expect("run rabbitmqctl");
-    assert!(status.status.success(), "rabbitmqctl {command}: {}", String::from_utf8_lossy(&status.stderr));
-}
+use bus::{AmqpConfig, BusError, Consumer, ContentType, Outgoing, Requester};
 
 fn request(queue: &str, id: &str) -> Outgoing {
     Outgoing {
@@ -60,12 +45,14 @@ async fn amqp_broker_restart_recovers() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let broker = TestBroker::new("restart").await;
+    let mut node = BrokerNode::start("bus-restart");
+    let broker = TestBroker::start(AmqpConfig { url: node.url().into(), ..amqp_support::config("restart") }).await;
     let bus = broker.bus.clone();
     let echo = broker.transport("echo").await;
     let idle = broker.transport("idle").await; // declared, never consumed
     let _worker = spawn_tolerant_echo(bus.consumer(std::slice::from_ref(&echo.model)).await.unwrap());
     let echo_queue = bus.queue_for(&echo.model);
+    let idle_queue = bus.queue_for(&idle.model);
     assert_eq!(
         bus.call(request(&echo_queue, "before"), Instant::now() + Duration::from_secs(5)).await.unwrap(),
         b"before"
@@ -73,22 +60,22 @@ async fn amqp_broker_restart_recovers() {
 
     // A call that waits when the broker goes away must fail then, not at its deadline.
     let waiting = tokio::spawn({
-        let bus = bus.clone();
-        let queue = bus.queue_for(&idle.model);
+        let (bus, queue) = (bus.clone(), idle_queue.clone());
         async move {
             let started = Instant::now();
             (bus.call(request(&queue, "waiting"), Instant::now() + Duration::from_secs(30)).await, started.elapsed())
         }
     });
     // A steady stream of calls through the outage.
+    let answered = Arc::new(AtomicUsize::new(0));
     let stream = tokio::spawn({
-        let bus = bus.clone();
-        let queue = echo_queue.clone();
+        let (bus, queue, answered) = (bus.clone(), echo_queue.clone(), answered.clone());
         async move {
             let mut outcomes = Vec::new();
             for i in 0..40 {
                 let deadline = Instant::now() + Duration::from_millis(1500);
                 let result = bus.call(request(&queue, &format!("during-{i}")), deadline).await;
+                answered.fetch_add(usize::from(result.is_ok()), Ordering::Relaxed);
                 outcomes.push((result, Instant::now().saturating_duration_since(deadline)));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -96,10 +83,14 @@ async fn amqp_broker_restart_recovers() {
         }
     });
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut guard = StartAppGuard { armed: true };
-    tokio::task::spawn_blocking(|| rabbitmqctl("stop_app")).await.unwrap();
-    let stopped_at = Instant::now();
+    // The outage must find both in flight: the waiting call in its queue, the stream flowing.
+    let start = Instant::now();
+    while broker.message_count(&idle_queue).await != Some(1) || answered.load(Ordering::Relaxed) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the calls did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Blocking for the seconds a node takes to stop: the bus's tasks run on the workers.
+    tokio::task::block_in_place(|| node.stop());
 
     let (result, waited) = waiting.await.unwrap();
     assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
@@ -110,26 +101,24 @@ async fn amqp_broker_restart_recovers() {
     assert!(started.elapsed() < Duration::from_millis(500), "a call while down took {:?}", started.elapsed());
     assert!(!bus.is_ready());
 
-    tokio::time::sleep(Duration::from_secs(1).saturating_sub(stopped_at.elapsed())).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl("start_app")).await.unwrap();
-    guard.armed = false;
+    tokio::task::block_in_place(|| node.start_again());
     let restarted_at = Instant::now();
 
     // The same bus and the same consumer serve again within seconds.
-    let mut recovered = None;
-    for i in 0..100 {
+    let mut i = 0;
+    loop {
         let result =
             bus.call(request(&echo_queue, &format!("after-{i}")), Instant::now() + Duration::from_secs(2)).await;
         if let Ok(body) = result {
             assert_eq!(body, format!("after-{i}").as_bytes());
-            recovered = Some(restarted_at.elapsed());
             break;
         }
+        assert!(restarted_at.elapsed() < Duration::from_secs(30), "no call succeeded within 30 s of the restart");
         tokio::time::sleep(Duration::from_millis(200)).await;
+        i += 1;
     }
-    let recovered = recovered.expect("no call succeeded within 20 s of start_app");
     assert!(bus.is_ready());
-    eprintln!("recovered {recovered:?} after start_app");
+    eprintln!("recovered {:?} after the node restarted", restarted_at.elapsed());
 
     for (result, overrun) in stream.await.unwrap() {
         assert!(
@@ -139,6 +128,6 @@ async fn amqp_broker_restart_recovers() {
         assert!(overrun < Duration::from_millis(500), "a call ran {overrun:?} past its deadline");
     }
     // The idle queue survived the restart (durable) and can be consumed.
-    assert_eq!(bus.consumer_count(&bus.queue_for(&idle.model)).await, Ok(0));
+    assert_eq!(bus.consumer_count(&idle_queue).await, Ok(0));
     broker.cleanup().await;
 }

@@ -221,9 +221,14 @@ async fn embedded_queue_is_bounded() {
     let mut waiting = Vec::new();
     for i in 0..2 {
         let bus = bus.clone();
-        waiting.push(tokio::spawn(async move { bus.call(outgoing(QUEUE, &format!("q{i}"), b"x"), soon(300)).await }));
+        waiting.push(tokio::spawn(async move { bus.call(outgoing(QUEUE, &format!("q{i}"), b"x"), soon(2000)).await }));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Full once both calls are queued (their deadline is well past this wait).
+    let start = Instant::now();
+    while bus.depth(QUEUE) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(1), "depth {} after 1 s", bus.depth(QUEUE));
+        tokio::task::yield_now().await;
+    }
     assert_eq!(bus.depth(QUEUE), 2);
     assert_eq!(bus.call(outgoing(QUEUE, "q2", b"x"), soon(300)).await, Err(BusError::QueueFull(QUEUE.into())));
     for call in waiting {
@@ -345,16 +350,19 @@ async fn amqp_consumer_shutdown_requeues_prefetched() {
     let broker = TestBroker::new("drain").await;
     let transport = broker.transport("drain").await;
     let queue = transport.queue();
-    let mut consumer = transport.consumer().await;
     let calls: Vec<_> = (0..3)
         .map(|i| {
             let bus = transport.bus.clone();
             let queue = queue.clone();
-            tokio::spawn(async move { bus.call(outgoing(&queue, &format!("d{i}"), b"x"), soon(5000)).await })
+            tokio::spawn(async move { bus.call(outgoing(&queue, &format!("d{i}"), b"x"), soon(10_000)).await })
         })
         .collect();
+    // All three wait in the queue before anyone consumes; then the consumer's prefetch (8)
+    // takes them all: one in hand, two prefetched, none left ready in the queue.
+    wait_for_count(&broker, &queue, 3).await;
+    let mut consumer = transport.consumer().await;
     let taken = consumer.next().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // the other two are prefetched by now
+    wait_for_count(&broker, &queue, 0).await;
     consumer.shutdown().await;
     assert_eq!(transport.bus.consumer_count(&queue).await, Ok(0));
     // The delivery in hand still settles after shutdown.
@@ -371,6 +379,19 @@ async fn amqp_consumer_shutdown_requeues_prefetched() {
     broker.cleanup().await;
 }
 
+/// Waits until `count` messages are ready in `queue`, for at most 10 s.
+async fn wait_for_count(broker: &TestBroker, queue: &str, count: u32) {
+    let start = Instant::now();
+    loop {
+        let ready = broker.message_count(queue).await;
+        if ready == Some(count) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{queue}: {ready:?} ready, not {count}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Catalog announcements reach every listener.
 #[tokio::test]
 async fn amqp_catalog_announcements_fan_out() {
@@ -378,9 +399,11 @@ async fn amqp_catalog_announcements_fan_out() {
     let transport = broker.transport("m").await;
     let mut first = transport.bus.catalog();
     let mut second = transport.bus.catalog();
-    // Listeners subscribe in the background; announce until both heard something.
+    // Listeners subscribe in the background: announce until both heard something (an
+    // announcement before a listener is bound reaches nobody, as on any fanout exchange).
     let mut heard = (None, None);
-    for _ in 0..50 {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
         transport.bus.announce(b"worker-1".to_vec()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         if heard.0.is_none() {

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::pool::{Pool, PoolError, PoolRequest};
+use crate::pool::Pool;
+use crate::request::{PoolError, PoolRequest};
 
 /// How the loop behaves.
 #[derive(Debug, Clone)]

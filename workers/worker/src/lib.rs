@@ -6,6 +6,8 @@
 //! - [`host`]: one R host child process: start, channel, kill.
 //! - [`pool`]: the supervisor: one driver task per host, replacement, retries, recycling,
 //!   and carrying out the scheduler's decisions.
+//! - [`request`]: a request for the pool and its answer ([`PoolRequest`], [`PoolScored`],
+//!   [`PoolError`]), shared by the pool and the scheduler.
 //! - [`schedule`]: the queue, and which requests start together on which idle hosts.
 //! - [`policy`]: batch sizes and waits, and when a job is split across hosts.
 //! - [`rows`]: frames concatenated into batches and cut into row ranges.
@@ -24,6 +26,7 @@ pub mod host;
 pub mod policy;
 pub mod pool;
 pub mod process;
+pub mod request;
 pub mod rows;
 mod schedule;
 
@@ -34,8 +37,9 @@ pub use consume::{run, serve, Answer, ConsumeConfig, Handler, MAX_PANICKING_ATTE
 pub use discover::{discover, DiscoverError, ModelPackage};
 pub use host::{Call, Host, HostConfig, HostError};
 pub use policy::Throughput;
-pub use pool::{Pool, PoolConfig, PoolError, PoolRequest, PoolScored};
+pub use pool::{Pool, PoolConfig};
 pub use process::{Worker, WorkerBus, WorkerError};
+pub use request::{PoolError, PoolRequest, PoolScored};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable
 /// (where `cargo build` and the release archive put it), else on `PATH`.

@@ -34,7 +34,6 @@ use backon::Retryable;
 use bus::Catalog;
 use parking_lot::{Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
-use protocol::message::SplitPolicy;
 use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +43,7 @@ use crate::discover::ModelPackage;
 use crate::forest::{self, ForestOutput};
 use crate::host::{Call, Host, HostConfig, HostError, Scored};
 use crate::policy::{Plan, Throughput};
+use crate::request::{PoolError, PoolRequest, PoolScored};
 use crate::rows;
 use crate::schedule::{Scheduler, ServedModel, Start, Waiting};
 
@@ -69,52 +69,6 @@ pub struct PoolConfig {
     pub max_host_rss_mib: u64,
     /// Batching and splitting, for models whose `model.toml` does not say otherwise.
     pub throughput: Throughput,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error(transparent)]
-    Start(#[from] HostError),
-    #[error("the deadline passed before an R host could take the request")]
-    DeadlineExceeded,
-    #[error("the worker is shutting down")]
-    ShuttingDown,
-    #[error("the request was given to {attempts} R hosts and each one was lost ({last}); it is not retried further")]
-    Crashed { attempts: u32, last: String },
-    #[error("model '{0}' is not loaded in this worker's R hosts")]
-    UnknownModel(String),
-    /// A bug: the pool panicked while finishing the request's job.
-    #[error("the worker panicked while scoring the request: {0}")]
-    Panicked(String),
-}
-
-/// One request for the pool.
-#[derive(Debug, Clone)]
-pub struct PoolRequest {
-    pub model: String,
-    pub version: Option<String>,
-    /// Already validated and conformed to the model's schema.
-    pub input: Input,
-    pub predict_type: Option<String>,
-    /// Overrides the model's split policy.
-    pub split: Option<SplitPolicy>,
-    pub deadline: Option<Instant>,
-}
-
-/// What the pool returns for one request.
-#[derive(Debug)]
-pub struct PoolScored {
-    pub result: Result<HostOutput, ErrorBody>,
-    /// Time inside R (the longest part, for a split).
-    pub r_us: u64,
-    /// The host that scored it (the first part's, for a split).
-    pub host_pid: u32,
-    /// R calls the request took part in.
-    pub attempts: u32,
-    /// Time from queueing to the start of its last R call.
-    pub wait: Duration,
-    /// How it was scored: `whole`, `batch:N`, `rows:K`, `trees:K`, `batch:N+trees:K`.
-    pub path: String,
 }
 
 /// A cheap handle to the pool.
@@ -701,6 +655,7 @@ fn describe(output: &HostOutput) -> String {
 #[cfg(test)]
 mod tests {
     use protocol::host::ForestPart;
+    use protocol::message::SplitPolicy;
     use protocol::{Column, ColumnData, ForestInfo};
 
     use super::*;

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::forest::ForestOutput;
 use crate::policy::{self, Hosts, JobShape, Plan, Throughput};
-use crate::pool::{PoolError, PoolScored};
+use crate::request::{PoolError, PoolScored};
 use crate::rows;
 
 /// A model as the pool serves it: what the hosts said about it, and its throughput

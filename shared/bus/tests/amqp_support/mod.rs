@@ -2,13 +2,16 @@
 //! queue and catalog exchange, a raw lapin connection to look behind the bus, and cleanup.
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod node;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bus::{AmqpBus, AmqpConfig, Requester};
 use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -93,6 +96,17 @@ impl TestBroker {
     pub async fn transport(&self, model: &str) -> Amqp {
         self.queues.lock().unwrap().push(self.bus.queue_for(model));
         Amqp { bus: self.bus.clone(), model: model.into() }
+    }
+
+    /// How many messages wait in `queue`, ready for a consumer (not those delivered and
+    /// unacknowledged); `None` while nobody has declared it.
+    pub async fn message_count(&self, queue: &str) -> Option<u32> {
+        // A passive declare of a missing queue closes its channel: one channel per question.
+        let channel = self.raw.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
+        let _ = channel.close(200, "done".into()).await;
+        Some(declared.message_count())
     }
 
     /// Takes one message from the dead-letter queue, if any.
