@@ -1,0 +1,161 @@
+//! Publishing (with publisher confirms where the channel has them) and the dispatcher's
+//! side: calls waiting for replies, and the reply consumer that hands replies to them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{bounded, unavailable, AmqpBus, Inner};
+use crate::{BusError, Outgoing, Requester};
+
+/// Where a waiting caller's reply (or the reason it will never come) goes.
+pub(super) type ReplyTx = oneshot::Sender<Result<Vec<u8>, BusError>>;
+
+/// The longest `expiration` RabbitMQ takes (its `MAX_EXPIRY_TIMER`, 2^32 - 1 ms, about 49
+/// days): a longer one is refused by closing the channel, the shared publisher's included.
+/// A deadline further away than that is sent as that.
+const MAX_EXPIRATION_MS: u64 = u32::MAX as u64;
+
+/// Publishes on `channel`; on a channel in confirm mode (the session's publisher), waits for
+/// the broker's confirm.
+pub(super) async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BusError> {
+    let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
+    let confirmation = bounded(&format!("publish to '{routing_key}'"), async {
+        channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
+    })
+    .await?;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => {
+            Err(BusError::Unroutable { queue: routing_key.to_string(), reply_text: returned.reply_text.to_string() })
+        }
+        Confirmation::Nack(_) => {
+            Err(unavailable(format!("the broker refused (nacked) the message to '{routing_key}'")))
+        }
+    }
+}
+
+/// Removes the pending entry when the caller stops waiting (deadline, error or
+/// cancellation), so a reply that comes later finds nobody and is dropped.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    correlation_id: &'a str,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().remove(self.correlation_id);
+    }
+}
+
+#[async_trait]
+impl Requester for AmqpBus {
+    async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
+        let inner = &self.inner;
+        let session = inner.current()?;
+        let losses = inner.losses.load(Ordering::SeqCst);
+        let correlation_id = message.correlation_id;
+        let queue = message.queue;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut pending = inner.pending.lock();
+            if pending.contains_key(&correlation_id) {
+                return Err(BusError::DuplicateId(correlation_id));
+            }
+            pending.insert(correlation_id.clone(), reply_tx);
+        }
+        let _guard = PendingGuard { inner, correlation_id: &correlation_id };
+        let publishing = async {
+            inner.declare_request_queue(&session, &queue).await?;
+            let mut properties = BasicProperties::default()
+                .with_correlation_id(correlation_id.as_str().into())
+                .with_reply_to(inner.reply_queue.as_str().into())
+                .with_content_type(message.content_type.as_str().into())
+                // Transient: a request outlives a broker restart only to be answered into a
+                // reply queue that is gone (its caller already got 503), so persisting it
+                // buys nothing and costs a disk write on the latency path.
+                .with_delivery_mode(1);
+            if let Some(expiration_ms) = message.expiration_ms {
+                properties = properties.with_expiration(expiration_ms.min(MAX_EXPIRATION_MS).to_string().into());
+            }
+            let published = publish(&session.publisher, "", &queue, true, &message.body, properties).await;
+            if let Err(BusError::Unroutable { .. }) = &published {
+                // The queue vanished since we declared it (deleted, or a broker without
+                // its data): declare it again next time.
+                inner.declared.lock().remove(&queue);
+            }
+            published
+        };
+        match tokio::time::timeout_at(deadline.into(), publishing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%queue, %correlation_id, %error, "publishing request failed");
+                return Err(error);
+            }
+            Err(_) => return Err(BusError::DeadlineExceeded),
+        }
+        // The connection dropped between our look at it and the confirm: the reply, if
+        // any, went to a reply queue that no longer exists.
+        if inner.losses.load(Ordering::SeqCst) != losses {
+            return Err(unavailable("lost the broker connection while publishing"));
+        }
+        match tokio::time::timeout_at(deadline.into(), reply_rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(unavailable("the bus shut down")),
+            Err(_) => Err(BusError::DeadlineExceeded),
+        }
+    }
+
+    fn queue_for(&self, model: &str) -> String {
+        format!("{}{model}", self.inner.config.queue_prefix)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.current().is_ok_and(|session| session.healthy())
+    }
+}
+
+/// Hands each reply to the caller waiting for its correlation id, until the reply consumer
+/// ends: its connection is gone, or the broker cancelled it. Either way the session is
+/// lost (`replies_ended`), so the bus reconnects and consumes the reply queue anew.
+pub(super) async fn route_replies(inner: Weak<Inner>, mut replies: lapin::Consumer, replies_ended: CancellationToken) {
+    let _ended = replies_ended.drop_guard();
+    while let Some(reply) = replies.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let reply = match reply {
+            Ok(reply) => reply,
+            // The connection's error, reported before the stream ends; the supervisor
+            // fails the pending calls.
+            Err(error) => {
+                tracing::debug!(%error, "reply consumer interrupted");
+                continue;
+            }
+        };
+        let Some(correlation_id) = reply.properties.correlation_id().as_ref().map(ShortString::to_string) else {
+            tracing::debug!("dropping reply without correlation id");
+            continue;
+        };
+        let waiter = inner.pending.lock().remove(&correlation_id);
+        match waiter {
+            Some(reply_tx) => {
+                let _ = reply_tx.send(Ok(reply.data));
+            }
+            None => tracing::debug!(%correlation_id, "dropping late or duplicate reply"),
+        }
+    }
+}
