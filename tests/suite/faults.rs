@@ -158,6 +158,9 @@ async fn hosts_are_recycled_after_max_requests() {
         .hosts(1)
         .env("RFLEET_WORKERS__MAX_REQUESTS_PER_HOST", 3)
         .env("MALLOC_TRIM_THRESHOLD_", 12345678)
+        // A secret in rfleet's own environment (unused by the embedded bus) that model code
+        // in R must not be able to read or print.
+        .env("RFLEET_BUS__URL", "amqp://guest:host-must-not-see@127.0.0.1:1/%2f")
         .start();
     let client = client();
     let rows = single_rows(&["rf_reg", "lm"]);
@@ -180,4 +183,7 @@ async fn hosts_are_recycled_after_max_requests() {
     for setting in ["OMP_NUM_THREADS=1", "MALLOC_MMAP_THRESHOLD_=33554432", "MALLOC_TRIM_THRESHOLD_=12345678"] {
         assert!(environ.iter().any(|v| v == setting), "host {host} lacks {setting}: {environ:?}");
     }
+    // rfleet's settings (broker passwords, keys) stay with the supervisor.
+    let leaked: Vec<&String> = environ.iter().filter(|v| v.starts_with("RFLEET_")).collect();
+    assert!(leaked.is_empty(), "host {host} got rfleet's settings: {leaked:?}");
 }

@@ -95,6 +95,9 @@ const HOST_ENV_DEFAULTS: [(&str, &str); 5] = [
     ("MALLOC_TRIM_THRESHOLD_", "268435456"),
 ];
 
+/// The prefix of rfleet's settings in the environment (`RFLEET_BUS__URL`, ...).
+const SETTINGS_ENV_PREFIX: &str = "RFLEET_";
+
 impl Host {
     /// Starts a host, loads `models` and waits until it is ready. Returns the host, the
     /// models as R sees them (with inferred schemas) and R's version.
@@ -109,6 +112,14 @@ impl Host {
         for (key, value) in HOST_ENV_DEFAULTS {
             if std::env::var_os(key).is_none() && !(malloc_tuned && key.starts_with("MALLOC_")) {
                 command.env(key, value);
+            }
+        }
+        // rfleet's own settings stay with the supervisor: they hold the broker's password
+        // and the API keys, which model code in R could otherwise read and print (R's
+        // printing becomes log lines). A host is configured over its channel only.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|key| key.starts_with(SETTINGS_ENV_PREFIX)) {
+                command.env_remove(key);
             }
         }
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
