@@ -1,7 +1,8 @@
 //! TLS with a real `rfleet serve`, with certificate authorities made here by rcgen:
 //! - HTTPS (`[tls]`): scoring over HTTP/2 and HTTP/1.1 with clients that trust only the test
 //!   CA, plain HTTP refused, curl, the certificate replaced while the server runs, and the
-//!   SIGTERM drain over TLS;
+//!   SIGTERM drain over TLS (a connection that finished its handshake before the signal is
+//!   answered, never closed with an EOF);
 //! - the broker over `amqps://` with `bus.ca_file`, through a TLS-terminating proxy in front
 //!   of the local RabbitMQ (which has no TLS listener of its own).
 
@@ -83,6 +84,77 @@ async fn check_scores(client: &reqwest::Client, url: &str, rows: &str, expected:
     assert_same(&answer, expected, &format!("scores over https ({version:?})"));
 }
 
+/// The 503 that a connection the server held at SIGTERM, before its request, is answered.
+fn shutting_down() -> Value {
+    json!({"code": "unavailable", "message": "the server is shutting down; retry"})
+}
+
+/// Whether `answer`, to a request sent during the drain, is a full answer: R's scores, or
+/// the 503 that says the server is shutting down (the connection was one the listener
+/// still held). Anything else fails the test.
+fn answered_in_full(status: u16, body: &str, expected: &Value, what: &str) {
+    let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
+    match status {
+        200 => assert_same(&answer, expected, what),
+        503 => assert_eq!(answer, shutting_down(), "{what}"),
+        _ => panic!("{what}: status {status}: {body}"),
+    }
+}
+
+/// An HTTPS connection to `port` over HTTP/1.1 whose TLS handshake has finished, on which
+/// nothing has been sent yet.
+async fn handshaken(ca_pem: &str, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls handshake")
+}
+
+/// Regression test for the TLS drain dropping connections: the listener held connections
+/// whose handshake had finished until axum accepted them, and axum, at SIGTERM, dropped the
+/// listener with them (or closed those on which nothing had arrived yet), so their clients
+/// got `peer closed connection without sending TLS close_notify` for a request they sent.
+/// Waits until the listener has closed (`port` refuses), then sends one request on `tls`,
+/// whose handshake finished before the signal, and returns the status and body of an answer
+/// that must end with the server's TLS close_notify, never an EOF.
+async fn send_after_the_listener_closed(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    port: u16,
+    rows: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the listener did not close within 30 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let request = format!(
+        "POST /score HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{rows}",
+        rows.len()
+    );
+    tls.write_all(request.as_bytes()).await.expect("send the request");
+    let mut response = Vec::new();
+    // `read_to_end` fails with UnexpectedEof unless the server ended with close_notify.
+    tls.read_to_end(&mut response).await.expect("a request sent after the handshake was dropped");
+    let response = String::from_utf8(response).expect("an HTTP/1.1 response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head: {response:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
+    if status == 503 {
+        assert!(head.to_ascii_lowercase().contains("\r\nretry-after: 1"), "no Retry-After: {head}");
+    }
+    (status, body.to_string())
+}
+
 /// Whether a new connection from a client trusting only `ca_pem` gets an answer.
 async fn trusted_by(ca_pem: &str, url: &str) -> bool {
     trusting(ca_pem, false).get(format!("{url}/ready")).send().await.is_ok()
@@ -111,6 +183,7 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
         .start();
     let url = server.url.clone();
     let port = url.strip_prefix("https://127.0.0.1:").unwrap_or_else(|| panic!("not an https address: {url}"));
+    let port_number: u16 = port.parse().unwrap();
 
     // HTTPS, with HTTP/2 when the client offers it (ALPN) and HTTP/1.1 when it does not.
     check_scores(&trusting(&first.ca_pem, false), &url, &rows, &expected, Version::HTTP_2).await;
@@ -157,7 +230,9 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
     check_scores(&trusting(&second.ca_pem, false), &url, &rows, &expected, Version::HTTP_2).await;
 
     // SIGTERM while clients (HTTP/2 and HTTP/1.1) keep sending: every request the server took
-    // is answered in full, then it exits cleanly.
+    // is answered in full (scores, or the 503 of a connection the listener still held), then
+    // it exits cleanly. One more client finishes its handshake before the signal and sends
+    // its request only once the listener has closed: it gets the 503, never an EOF.
     let drain = Arc::new(support::Drain::default());
     let mut clients = Vec::new();
     for http1_only in [false, true] {
@@ -168,21 +243,32 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
                 // Refused once the listener has closed; every request taken is answered.
                 let request = client.post(format!("{url}/score")).header("content-type", "application/json");
                 let Some(answer) = drain.send(request.body(rows.clone())).await else { break };
-                assert_eq!(answer.status, 200, "{}", answer.text);
-                assert_same(&answer.json(), &expected, "answer during shutdown");
+                answered_in_full(answer.status, &answer.text, &expected, "answer during shutdown");
+                if answer.status == 503 {
+                    assert_eq!(answer.header("retry-after"), Some("1"), "{}", answer.text);
+                    break;
+                }
             }
         }));
     }
+    let (sent_late_tx, sent_late) = tokio::sync::oneshot::channel();
     let held = {
         let (client, url) = (trusting(&second.ca_pem, false), format!("{url}/models/faulty/score"));
+        let (ca_pem, rows) = (second.ca_pem.clone(), rows.clone());
         move || {
             tokio::spawn(async move {
+                // Handshake first: the signal follows the held request, which follows this.
+                let tls = handshaken(&ca_pem, port_number).await;
+                let late = tokio::spawn(async move { send_after_the_listener_closed(tls, port_number, &rows).await });
+                let _ = sent_late_tx.send(late);
                 let body = json!([{ "x": support::Hold::X }]).to_string();
                 support::post(&client, &url, body, &[]).await
             })
         }
     };
     support::terminate_under_load(server, drain, clients, 10, &hold, held).await;
+    let (status, body) = sent_late.await.expect("the late client started").await.expect("the late client");
+    answered_in_full(status, &body, &expected, "a request sent after SIGTERM on a connection made before it");
 }
 
 /// A TLS-terminating proxy on loopback in front of the local RabbitMQ, serving `authority`'s
