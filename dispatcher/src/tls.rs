@@ -29,7 +29,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -157,7 +158,7 @@ struct CurrentCertificate(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for CurrentCertificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(self.0.read().clone())
     }
 }
 
@@ -517,7 +518,7 @@ async fn reload_on_change(
             }
             Ok(contents) => match files.load(&contents, &provider) {
                 Ok(certified) => {
-                    *current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
+                    *current.0.write() = Arc::new(certified);
                     loaded = contents;
                     failing = None;
                     tracing::info!(

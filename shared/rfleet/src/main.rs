@@ -184,16 +184,36 @@ async fn http(
     let drain = Duration::from_millis(settings.server.drain_timeout_ms);
     let stopped = shutdown.clone().cancelled_owned();
     // HTTPS only when TLS is on: a plain-HTTP port beside it would be a way around it.
+    // With TLS, the connections the listener still holds when it closes are answered 503;
+    // those answers are part of the drain.
+    let mut shutdown_answers = None;
     let mut server = match tls {
-        Some(tls) => tokio::spawn(dispatcher::serve(tls.listener(listener), state, stopped)),
+        Some(tls) => {
+            let listener = tls.listener(listener);
+            shutdown_answers = Some(listener.shutdown_answers());
+            tokio::spawn(dispatcher::serve(listener, state, stopped))
+        }
         None => tokio::spawn(dispatcher::serve(listener, state, stopped)),
     };
-    tokio::select! {
-        result = &mut server => result.context("http server task failed")?.context("http server failed")?,
-        _ = shutdown.cancelled() => match tokio::time::timeout(drain, &mut server).await {
-            Ok(result) => result.context("http server task failed")?.context("http server failed")?,
-            Err(_) => tracing::warn!(drain_ms = drain.as_millis() as u64, "http drain timed out"),
-        },
+    let drain_started = tokio::select! {
+        result = &mut server => {
+            result.context("http server task failed")?.context("http server failed")?;
+            tokio::time::Instant::now()
+        }
+        _ = shutdown.cancelled() => {
+            let drain_started = tokio::time::Instant::now();
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(result) => result.context("http server task failed")?.context("http server failed")?,
+                Err(_) => tracing::warn!(drain_ms = drain.as_millis() as u64, "http drain timed out"),
+            }
+            drain_started
+        }
+    };
+    if let Some(answers) = shutdown_answers {
+        let left = drain.saturating_sub(drain_started.elapsed());
+        if tokio::time::timeout(left, answers.finished()).await.is_err() {
+            tracing::warn!("tls connections held at shutdown were not all answered within the drain");
+        }
     }
     Ok(())
 }
