@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -419,7 +419,7 @@ async fn run_phase(
     n_requests: u64,
 ) -> (Summary, Vec<Option<Connection>>) {
     let next_request = Arc::new(AtomicU64::new(0));
-    let n_errors_seen = Arc::new(Mutex::new(0usize));
+    let n_errors_seen = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let stop_at = started + plan.phase_limit;
 
@@ -466,10 +466,9 @@ async fn run_phase(
                     // The connection's state is unknown after a transport failure: start over.
                     connection = None;
                 }
-                let mut seen = n_errors_seen.lock().expect("error counter poisoned");
-                *seen += 1;
-                if *seen <= N_ERRORS_PRINTED {
-                    eprintln!("rfleet-load: error {} (request {index}): {failure}", *seen);
+                let seen = n_errors_seen.fetch_add(1, Ordering::Relaxed) + 1;
+                if seen <= N_ERRORS_PRINTED as u64 {
+                    eprintln!("rfleet-load: error {seen} (request {index}): {failure}");
                 }
             }
             (tally, connection)

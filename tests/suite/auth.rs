@@ -4,7 +4,9 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -131,7 +133,7 @@ async fn start_issuer(jwks: Arc<Mutex<Value>>) -> String {
             "/.well-known/openid-configuration",
             axum::routing::get(move || std::future::ready(axum::Json(discovery.clone()))),
         )
-        .route("/keys", axum::routing::get(move || std::future::ready(axum::Json(jwks.lock().unwrap().clone()))));
+        .route("/keys", axum::routing::get(move || std::future::ready(axum::Json(jwks.lock().clone()))));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     issuer
 }
@@ -261,7 +263,7 @@ async fn auth_keys_tokens_oidc_and_rotation() {
 
     // The issuer rotates its signing keys: a token naming the new key id makes the server
     // fetch the JWKS again (at most every 10 s, so this may wait out the last fetch).
-    *jwks.lock().unwrap() = json!({ "keys": [rotated_issuer_jwk] });
+    *jwks.lock() = json!({ "keys": [rotated_issuer_jwk] });
     let rotated = oidc(&rotated_issuer_key, "issuer-2", json!({}));
     target.eventually(&[("authorization", &bearer(&rotated))], "GET /models", 200, Duration::from_secs(15)).await;
     target.check(&[("authorization", &bearer(&rotated))], "POST /score", 200).await;

@@ -4,7 +4,7 @@
 
 pub mod node;
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bus::{AmqpBus, AmqpConfig, Requester};
@@ -94,7 +94,7 @@ impl TestBroker {
     }
 
     pub async fn transport(&self, model: &str) -> Amqp {
-        self.queues.lock().unwrap().push(self.bus.queue_for(model));
+        self.queues.lock().push(self.bus.queue_for(model));
         Amqp { bus: self.bus.clone(), model: model.into() }
     }
 
@@ -153,7 +153,7 @@ impl TestBroker {
         let connection =
             Connection::connect(self.config.url.expose_secret(), ConnectionProperties::default()).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
-        let queues = self.queues.lock().unwrap().clone();
+        let queues = self.queues.lock().clone();
         for queue in queues.iter().chain([&self.config.dead_letter_queue]) {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
