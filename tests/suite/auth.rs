@@ -5,13 +5,13 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::{Duration, Instant};
+
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use support::{assert_same, case, client, fixtures, run_client, target_dir, Answer, ServerOptions};
 
