@@ -27,11 +27,13 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::openapi::OIP_TAG;
 use crate::request_id::RequestId;
 use crate::scoring::Target;
 use crate::scoring::{self, checked_frame, json_error, Answer, CallHeaders, Failure, Parse, Parsed, ScoreCall, Scored};
 use crate::AppState;
+
+/// The tag of the protocol's operations in the OpenAPI document.
+pub const OIP_TAG: &str = "open inference protocol";
 
 /// The name of the output tensor holding a single prediction vector (rfleet's `.pred`).
 pub const PREDICT_OUTPUT: &str = "predict";

@@ -32,7 +32,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::oip::datatype_of;
+use crate::oip::{datatype_of, OIP_TAG};
 use crate::scoring::{MAX_TIMEOUT_MS, X_RFLEET_TIMEOUT_MS};
 use crate::AppState;
 
@@ -172,9 +172,6 @@ enum ErrorShape {
     Rfleet,
     Oip,
 }
-
-/// The tag of the Open Inference Protocol's operations.
-pub const OIP_TAG: &str = "open inference protocol";
 
 /// Whether an operation scores, and the shape of its errors: every `POST` of the scoring,
 /// vetiver and Open Inference Protocol routes goes through `scoring::execute`, so each
