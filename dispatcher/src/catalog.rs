@@ -56,13 +56,18 @@ impl Catalog {
     }
 
     /// Every model served by a worker heard from recently; one entry per (name, version).
+    ///
+    /// A draining worker's models still count until it is forgotten: its schemas are still
+    /// right, and other workers may consume the same queues without having been heard from
+    /// yet (a dispatcher learns of a worker only at its next announcement), so requests go
+    /// on being published rather than refused. Its hosts no longer count
+    /// ([`Catalog::live_hosts`]), so readiness follows the workers that take new work.
     pub fn models(&self) -> Vec<ModelInfo> {
         let mut models: Vec<ModelInfo> = Vec::new();
         let now = Instant::now();
         let mut workers = self.workers.lock();
         workers.retain(|_, r| r.expires > now);
-        let mut announced: Vec<&ModelInfo> =
-            workers.values().filter(|r| !r.draining).flat_map(|r| r.models.iter()).collect();
+        let mut announced: Vec<&ModelInfo> = workers.values().flat_map(|r| r.models.iter()).collect();
         // A stable order, whatever the hash map's and the workers' timing.
         announced.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         for model in announced {
@@ -145,12 +150,20 @@ mod tests {
         assert_eq!(names(&catalog), ["a", "b", "c"]);
         assert_eq!(catalog.live_hosts(), 3);
         assert!(catalog.is_ready());
-        // A draining worker takes no new work: its models and hosts no longer count.
+        // A draining worker takes no new work: its hosts no longer count, its models still
+        // do until it is forgotten (regression: a dispatcher that had not heard yet from
+        // the worker taking over refused requests the moment the other one drained).
         catalog.record(announce("w2", &["b", "c"], 1, true), now);
-        assert_eq!(names(&catalog), ["a", "b"]);
+        assert_eq!(names(&catalog), ["a", "b", "c"]);
         assert_eq!(catalog.live_hosts(), 2);
+        catalog.record(announce("w1", &["a", "b"], 2, true), now);
+        assert_eq!(names(&catalog), ["a", "b", "c"]);
+        assert_eq!(catalog.live_hosts(), 0);
+        assert!(!catalog.is_ready());
         // Silence for three intervals: forgotten.
         catalog.record(announce("w1", &["a", "b"], 2, false), now - Duration::from_millis(400));
+        assert_eq!(names(&catalog), ["b", "c"]);
+        catalog.record(announce("w2", &["b", "c"], 1, true), now - Duration::from_millis(400));
         assert_eq!(catalog.live_hosts(), 0);
         assert!(catalog.models().is_empty());
         assert!(!catalog.is_ready());

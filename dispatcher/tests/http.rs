@@ -111,6 +111,10 @@ impl Case {
 /// The scripted worker's announcement, as the dispatcher's catalog records it (valid for the
 /// longest interval a worker may announce, so it outlasts the test).
 fn announce(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32) {
+    announce_as(catalog, models, live_hosts, false);
+}
+
+fn announce_as(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32, draining: bool) {
     let announcement = Announcement {
         version: PROTOCOL_VERSION,
         worker: "test-worker".into(),
@@ -118,7 +122,7 @@ fn announce(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32) {
         live_hosts,
         n_hosts: 1,
         interval_ms: *dispatcher::catalog::ANNOUNCE_INTERVAL_MS.end(),
-        draining: false,
+        draining,
     };
     catalog.record(announcement, std::time::Instant::now());
 }
@@ -752,6 +756,22 @@ async fn body_limit_and_inflight_bound() {
     );
     // The permit came back with the answer.
     service.check(&case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]")).await;
+}
+
+/// The only worker this dispatcher has heard from drains while another, not heard from yet,
+/// consumes the same queue (a dispatcher learns of a worker at its next announcement):
+/// requests are still published and answered, though readiness drops (regression: every
+/// request was refused "no worker has announced its models yet" until the next announcement).
+#[tokio::test]
+async fn a_draining_worker_leaves_its_models_known() {
+    let service = Service::start(Setup::default()).await;
+    announce_as(&service.catalog, models(), 1, true);
+    service
+        .check_all(&[
+            case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]"),
+            case("GET", "/ready", "", 503, &plain_error("not ready: no R host is running")),
+        ])
+        .await;
 }
 
 #[tokio::test]
