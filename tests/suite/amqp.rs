@@ -320,7 +320,6 @@ async fn amqp_broker_restart_under_load() {
         assert!(recovered.elapsed() < Duration::from_secs(45), "no recovery: {} {}", answer.status, answer.text);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("recovered {:?} after the node restarted", recovered.elapsed());
     // The clients themselves are answered again before they stop.
     let before = answered.load(Ordering::Relaxed);
     wait_for(Duration::from_secs(30), "answers after the restart", || answered.load(Ordering::Relaxed) >= before + 8)

@@ -8,7 +8,7 @@ mod amqp_support;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use amqp_support::{Amqp, TestBroker};
+use amqp_support::{wait_for, Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
 
 const QUEUE: &str = "conformance.requests";
@@ -300,15 +300,7 @@ async fn amqp_expired_request_is_dead_lettered() {
     let mut message = outgoing(&queue, "expires", b"too late");
     message.expiration_ms = Some(100);
     assert_eq!(transport.bus.call(message, soon(300)).await, Err(BusError::DeadlineExceeded));
-    let mut dead = None;
-    for _ in 0..50 {
-        dead = broker.get_dead_letter().await;
-        if dead.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let dead = dead.expect("the expired request reached the dead-letter queue");
+    let dead = broker.wait_dead_letter(Duration::from_secs(5)).await;
     assert_eq!((dead.correlation_id.as_deref(), dead.body.as_slice()), (Some("expires"), &b"too late"[..]));
     assert!(dead.has_header("x-death"), "the broker records why it dead-lettered");
     broker.cleanup().await;
@@ -381,15 +373,9 @@ async fn amqp_consumer_shutdown_requeues_prefetched() {
 
 /// Waits until `count` messages are ready in `queue`, for at most 10 s.
 async fn wait_for_count(broker: &TestBroker, queue: &str, count: u32) {
-    let start = Instant::now();
-    loop {
-        let ready = broker.message_count(queue).await;
-        if ready == Some(count) {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{queue}: {ready:?} ready, not {count}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{count} messages ready in {queue}");
+    wait_for(Duration::from_secs(10), &what, async || (broker.message_count(queue).await == Some(count)).then_some(()))
+        .await;
 }
 
 /// Catalog announcements reach every listener.

@@ -120,14 +120,7 @@ async fn amqp_panicking_delivery_is_dead_lettered_after_the_limit() {
         check(consumer, &transport.bus, &queue).await;
         // The dead letter is published before the request is acknowledged, after the reply:
         // wait for it to arrive, with a deadline.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let dead = loop {
-            if let Some(dead) = broker.get_dead_letter().await {
-                break dead;
-            }
-            assert!(Instant::now() < deadline, "{queue_type:?}: no dead letter within 5 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let dead = broker.wait_dead_letter(Duration::from_secs(5)).await;
         assert_eq!((dead.correlation_id.as_deref(), dead.body.as_slice()), (Some("poisoned"), POISON));
         assert_eq!(dead.header(bus::amqp::REASON_HEADER), Some(expected_reason()), "{queue_type:?}");
         assert_eq!(dead.header(bus::amqp::QUEUE_HEADER), Some(queue.clone()));

@@ -4,8 +4,7 @@
 
 pub mod node;
 
-use parking_lot::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bus::{AmqpBus, AmqpConfig, Requester};
 use futures::StreamExt;
@@ -15,7 +14,24 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
+
+/// How often [`wait_for`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `check` yields a value, looking again every few milliseconds; fails naming
+/// `what` once `limit` has passed.
+pub async fn wait_for<T>(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(POLL).await;
+    }
+}
 
 /// The broker the tests use: the local one unless `RFLEET_TEST_AMQP_URL` says otherwise.
 pub fn url() -> String {
@@ -110,6 +126,11 @@ impl TestBroker {
     }
 
     /// Takes one message from the dead-letter queue, if any.
+    /// The next dead letter, once one has arrived (at most `limit`).
+    pub async fn wait_dead_letter(&self, limit: Duration) -> DeadLetter {
+        wait_for(limit, "a dead letter", async || self.get_dead_letter().await).await
+    }
+
     pub async fn get_dead_letter(&self) -> Option<DeadLetter> {
         let channel = self.raw.create_channel().await.unwrap();
         let options = BasicGetOptions { no_ack: true };
