@@ -188,10 +188,10 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
 
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let max_rows = shared.server.max_rows;
-    let request_info = info.clone();
     let id = correlation_id.clone();
-    let (encoded, extra) = run_cpu(body.len(), move || {
-        let parsed = parse.parse(&body, &request_info, max_rows)?;
+    // The model's entry travels with the work and back, for the renderer.
+    let (encoded, extra, info) = run_cpu(body.len(), move || {
+        let parsed = parse.parse(&body, &info, max_rows)?;
         if parsed.predict_type.is_some() {
             check_predict_type(parsed.predict_type.as_deref())?;
             options.predict_type = parsed.predict_type;
@@ -199,9 +199,9 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
         let request = Request {
             version: protocol::PROTOCOL_VERSION,
             id,
-            model: request_info.name.clone(),
+            model: info.name.clone(),
             // The version whose schema was checked here, so the worker scores with the same one.
-            model_version: request_info.version.clone(),
+            model_version: info.version.clone(),
             deadline_ms: Some(deadline.epoch_ms),
             options,
             traceparent: headers.traceparent,
@@ -210,7 +210,7 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
         };
         let encoded =
             protocol::encode(&request).map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
-        Ok::<_, ApiError>((encoded, parsed.extra))
+        Ok::<_, ApiError>((encoded, parsed.extra, info))
     })
     .await?;
 

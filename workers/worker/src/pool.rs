@@ -26,7 +26,7 @@
 //!   two hosts is answered `host_crashed` rather than allowed to take down the pool.
 //! - An R error never costs a host.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,8 @@ struct Inner {
     models: Vec<Arc<ServedModel>>,
     scheduler: Mutex<Scheduler<IdleHost>>,
     next_id: AtomicU64,
-    live: AtomicUsize,
-    /// The live host count, for whoever announces it (the worker's announcer).
-    live_tx: watch::Sender<usize>,
+    /// Hosts up, watched by whoever announces them (the worker's announcer).
+    live: watch::Sender<usize>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -129,8 +128,7 @@ impl Pool {
                 models,
                 scheduler: Mutex::new(Scheduler::new()),
                 next_id: AtomicU64::new(0),
-                live: AtomicUsize::new(0),
-                live_tx: watch::Sender::new(0),
+                live: watch::Sender::new(0),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -159,12 +157,12 @@ impl Pool {
 
     /// Hosts alive now (idle or busy).
     pub fn live_hosts(&self) -> usize {
-        self.inner.live.load(Ordering::Relaxed)
+        *self.inner.live.borrow()
     }
 
     /// Follows the live host count: changes whenever a host comes up or goes.
     pub fn live_hosts_changes(&self) -> watch::Receiver<usize> {
-        self.inner.live_tx.subscribe()
+        self.inner.live.subscribe()
     }
 
     pub fn n_hosts(&self) -> usize {
@@ -395,8 +393,7 @@ impl Pool {
     /// Runs a started host: its driver takes one part at a time until the host is lost,
     /// recycled or the pool shuts down.
     fn run_host(&self, host: Host) {
-        self.inner.live.fetch_add(1, Ordering::Relaxed);
-        self.publish_live();
+        self.inner.live.send_modify(|live| *live += 1);
         let pool = self.clone();
         self.inner.tasks.spawn(async move { pool.drive(host).await });
     }
@@ -464,13 +461,8 @@ impl Pool {
 
     /// A host stopped counting as live; a job waiting for every live host may now start.
     fn host_gone(&self) {
-        self.inner.live.fetch_sub(1, Ordering::Relaxed);
-        self.publish_live();
+        self.inner.live.send_modify(|live| *live -= 1);
         self.dispatch();
-    }
-
-    fn publish_live(&self) {
-        self.inner.live_tx.send_replace(self.live_hosts());
     }
 
     /// Starts a host in the background, retrying with backoff until it is up or the pool
