@@ -136,6 +136,7 @@ mod tests {
             n_hosts: 2,
             interval_ms: 100,
             draining,
+            failed: Vec::new(),
         }
     }
 

@@ -214,7 +214,7 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
     })
     .await?;
 
-    let reply = client::publish_and_await(&*shared.requester, &info.name, &correlation_id, encoded, &deadline)
+    let reply = client::publish_and_await(&*shared.requester, &info.name, info.version.as_deref(), &correlation_id, encoded, &deadline)
         .await
         .map_err(|e| ApiError::from_bus(e, timeout_ms))?;
     let (answer, timings) = run_cpu(reply.len(), move || decode_reply(&reply, &correlation_id)).await?;

@@ -123,6 +123,7 @@ fn announce_as(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32, drain
         n_hosts: 1,
         interval_ms: *dispatcher::catalog::ANNOUNCE_INTERVAL_MS.end(),
         draining,
+        failed: Vec::new(),
     };
     catalog.record(announcement, std::time::Instant::now());
 }
@@ -357,6 +358,7 @@ fn scripted_reply(request: &Request) -> Reply {
             host_pid: Some(4242),
             attempts: 1,
             path: None,
+            model_version: None,
         },
     }
 }

@@ -83,7 +83,7 @@ async fn through_bus(url: &str, prefix: &str, requests: usize, work: Duration) -
             delivery.ack().await.expect("ack");
         }
     });
-    let queue = bus.queue_for("echo");
+    let queue = bus.queue_for("echo", None);
     let mut times = Vec::with_capacity(requests);
     for i in 0..WARMUP + requests {
         let message = Outgoing {

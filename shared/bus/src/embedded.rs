@@ -197,7 +197,7 @@ impl Requester for EmbeddedBus {
         }
     }
 
-    fn queue_for(&self, _model: &str) -> String {
+    fn queue_for(&self, _model: &str, _version: Option<&str>) -> String {
         self.inner.request_queue.clone()
     }
 

@@ -90,8 +90,10 @@ pub trait Requester: Send + Sync + 'static {
     /// until `deadline`. Returns the reply's body.
     async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError>;
 
-    /// The queue requests for `model` are published to.
-    fn queue_for(&self, model: &str) -> String;
+    /// The queue requests for `model` are published to: its version's queue when
+    /// `version` is given, else the model's name queue (unpinned requests of direct
+    /// publishers, and unversioned models).
+    fn queue_for(&self, model: &str, version: Option<&str>) -> String;
 
     /// Whether the transport can take requests now (connected, queue has consumers).
     fn is_ready(&self) -> bool;

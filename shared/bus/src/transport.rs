@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use settings::{BusKind, BusSettings, SecretUrl};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{AmqpBus, AmqpConfig, BrokerTlsError};
@@ -23,8 +23,14 @@ pub trait Transport: Send + Sync + 'static {
     /// The dispatcher's side: publish a request, await its reply.
     fn requester(&self) -> Arc<dyn Requester>;
 
-    /// The worker's side: a consumer of the request queues of `models`.
-    async fn consume(&self, models: &[String]) -> Result<Box<dyn Consumer>, BusError>;
+    /// The worker's side: a consumer of the request queues named in `queues` (see
+    /// [`Transport::queue_for`]), following the set as it changes while the worker runs.
+    async fn consume(&self, queues: watch::Receiver<Vec<String>>) -> Result<Box<dyn Consumer>, BusError>;
+
+    /// The queue requests for `model` (at `version`) go to; see [`Requester::queue_for`].
+    fn queue_for(&self, model: &str, version: Option<&str>) -> String {
+        self.requester().queue_for(model, version)
+    }
 
     /// Tells every dispatcher what this worker serves (an encoded `protocol::Announcement`).
     async fn announce(&self, announcement: Vec<u8>) -> Result<(), BusError>;
@@ -102,7 +108,7 @@ impl Transport for EmbeddedBus {
     }
 
     /// Every model's requests share the one in-process queue.
-    async fn consume(&self, _models: &[String]) -> Result<Box<dyn Consumer>, BusError> {
+    async fn consume(&self, _queues: watch::Receiver<Vec<String>>) -> Result<Box<dyn Consumer>, BusError> {
         Ok(Box::new(self.consumer(&self.request_queue())))
     }
 
@@ -126,8 +132,8 @@ impl Transport for AmqpBus {
         Arc::new(self.clone())
     }
 
-    async fn consume(&self, models: &[String]) -> Result<Box<dyn Consumer>, BusError> {
-        Ok(Box::new(self.consumer(models).await?))
+    async fn consume(&self, queues: watch::Receiver<Vec<String>>) -> Result<Box<dyn Consumer>, BusError> {
+        Ok(Box::new(self.consumer_following(queues).await?))
     }
 
     async fn announce(&self, announcement: Vec<u8>) -> Result<(), BusError> {

@@ -51,8 +51,8 @@ async fn amqp_broker_restart_recovers() {
     let echo = broker.transport("echo").await;
     let idle = broker.transport("idle").await; // declared, never consumed
     let _worker = spawn_tolerant_echo(bus.consumer(std::slice::from_ref(&echo.model)).await.unwrap());
-    let echo_queue = bus.queue_for(&echo.model);
-    let idle_queue = bus.queue_for(&idle.model);
+    let echo_queue = bus.queue_for(&echo.model, None);
+    let idle_queue = bus.queue_for(&idle.model, None);
     assert_eq!(
         bus.call(request(&echo_queue, "before"), Instant::now() + Duration::from_secs(5)).await.unwrap(),
         b"before"

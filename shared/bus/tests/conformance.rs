@@ -56,7 +56,7 @@ impl Transport for Amqp {
         self.bus.consumer(std::slice::from_ref(&self.model)).await.expect("consume the test queue")
     }
     fn queue(&self) -> String {
-        self.bus.queue_for(&self.model)
+        self.bus.queue_for(&self.model, None)
     }
 }
 
@@ -314,7 +314,7 @@ async fn amqp_broker_down_is_unavailable_fast() {
     config.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
     let bus = bus::AmqpBus::start(config, shutdown.clone());
     let started = Instant::now();
-    let result = bus.call(outgoing(&bus.queue_for("m"), "x", b"x"), soon(5000)).await;
+    let result = bus.call(outgoing(&bus.queue_for("m", None), "x", b"x"), soon(5000)).await;
     assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
     assert!(matches!(bus.consumer(&["m".to_string()]).await, Err(BusError::Unavailable(_))));
     assert!(matches!(bus.announce(b"hi".to_vec()).await, Err(BusError::Unavailable(_))));

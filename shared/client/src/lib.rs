@@ -64,17 +64,19 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// Publishes `body`, an encoded [`Request`] whose id is `correlation_id`, on the queue of
-/// `model`, and returns the reply's bytes once it arrives, at the latest at `deadline`.
+/// `model` (at `version`: that version's queue), and returns the reply's bytes once it
+/// arrives, at the latest at `deadline`.
 pub async fn publish_and_await(
     requester: &dyn Requester,
     model: &str,
+    version: Option<&str>,
     correlation_id: &str,
     body: Vec<u8>,
     deadline: &Deadline,
 ) -> Result<Vec<u8>, BusError> {
     let outgoing = Outgoing {
         correlation_id: correlation_id.to_string(),
-        queue: requester.queue_for(model),
+        queue: requester.queue_for(model, version),
         content_type: ContentType::MsgPack,
         body,
         expiration_ms: Some(deadline.timeout_ms),
@@ -155,7 +157,7 @@ impl<R: Requester> ScoringClient<R> {
             request_id: None,
             input: Input::Frame(frame),
         };
-        let body = publish_and_await(&self.requester, model, &id, protocol::encode(&request)?, &deadline).await?;
+        let body = publish_and_await(&self.requester, model, None, &id, protocol::encode(&request)?, &deadline).await?;
         let reply = read_reply(&body, &id)?;
         match reply.outcome {
             Outcome::Predictions(predictions) => Ok(Scored { predictions, timings: reply.timings }),

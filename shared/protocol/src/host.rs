@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::message::{ErrorBody, Input, ModelInfo, WireError};
+use crate::message::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef, WireError};
 use crate::{Frame, Schema};
 
 /// The file descriptor of the supervisor channel in an R host process.
@@ -33,17 +33,24 @@ pub struct ModelSpec {
     pub predict_type: Option<String>,
 }
 
+impl ModelSpec {
+    pub fn model_ref(&self) -> ModelRef {
+        ModelRef { name: self.name.clone(), version: self.version.clone() }
+    }
+}
+
 /// Supervisor to host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToHost {
-    /// The first message: load these models, then answer [`FromHost::Ready`].
+    /// The first message: load these models, then answer [`FromHost::Ready`] with those
+    /// that loaded and those that failed (several versions of one name are several models).
     Load { models: Vec<ModelSpec> },
     /// Score one request. The frame has already been conformed to the model's schema.
-    Score { id: u64, model: String, input: Input, predict_type: Option<String> },
+    Score { id: u64, model: ModelRef, input: Input, predict_type: Option<String> },
     /// Score a frame with a subset of a forest's trees (forest splitting). Only for models
     /// whose [`ModelInfo::forest`] is set; the answer is a [`HostOutput::ForestPart`].
-    ScoreTrees { id: u64, model: String, input: Input, trees: TreeRange },
+    ScoreTrees { id: u64, model: ModelRef, input: Input, trees: TreeRange },
 }
 
 /// Trees `start..end` of a forest (0-based, end exclusive), in the model's own order.
@@ -69,7 +76,16 @@ pub enum ForestPart {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FromHost {
-    Ready { pid: u32, r_version: String, models: Vec<ModelInfo> },
+    /// R is up: `models` loaded (in the order they were listed), `failed` did not, each
+    /// with R's error; one broken package does not stop a host.
+    Ready {
+        pid: u32,
+        r_version: String,
+        models: Vec<ModelInfo>,
+        #[serde(default)]
+        failed: Vec<LoadFailure>,
+    },
+    /// The host cannot serve at all (R did not start, the prelude failed).
     LoadFailed { message: String },
     Scored { id: u64, result: Result<HostOutput, ErrorBody>, r_us: u64 },
 }

@@ -20,7 +20,7 @@ pub mod schema;
 
 pub use frame::{Column, ColumnData, Frame, FrameError, NulAt, NUL_IN_R};
 pub use message::{
-    decode, encode, Announcement, ErrorBody, ErrorCode, ForestInfo, Input, ModelInfo, ModelKind, Options, Outcome,
-    Reply, Request, Timings, WireError, PROTOCOL_VERSION,
+    compare_versions, decode, encode, Announcement, ErrorBody, ErrorCode, ForestInfo, Input, LoadFailure, ModelInfo,
+    ModelKind, ModelRef, Options, Outcome, Reply, Request, Timings, WireError, PROTOCOL_VERSION,
 };
 pub use schema::{conform, ColumnSpec, ColumnType, InputError, InputErrors, Schema};

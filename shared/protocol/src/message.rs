@@ -161,6 +161,98 @@ pub struct Timings {
     /// forest's trees), or a batch that was split, `batch:N+trees:K`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The version of the model that scored it (`None` for an unversioned model, and in
+    /// replies of workers older than this field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<String>,
+}
+
+/// A model as the fleet addresses it: its name and, for a versioned package (`version` in
+/// its `model.toml`), its version. Two packages of one name with different versions are
+/// two models: a worker, and one R host, may hold both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl ModelRef {
+    pub fn new(name: impl Into<String>, version: Option<String>) -> Self {
+        ModelRef { name: name.into(), version }
+    }
+
+    /// Whether this is `name`, at `version` when one is asked for.
+    pub fn matches(&self, name: &str, version: Option<&str>) -> bool {
+        self.name == name && version.is_none_or(|v| self.version.as_deref() == Some(v))
+    }
+}
+
+impl From<&str> for ModelRef {
+    /// An unversioned model called `name`.
+    fn from(name: &str) -> Self {
+        ModelRef { name: name.to_string(), version: None }
+    }
+}
+
+impl std::fmt::Display for ModelRef {
+    /// `rf-reg` or `rf-reg version 2`, as error messages and logs say it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.version {
+            Some(version) => write!(f, "{} version {version}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Orders versions as people number them: runs of digits compare as numbers (`10` after
+/// `9`, `1.10` after `1.9`), everything else as text; an unversioned model comes first.
+/// The worker scores an unpinned request with the highest version it holds by this order.
+pub fn compare_versions(a: Option<&str>, b: Option<&str>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a, b) = match (a, b) {
+        (None, None) => return Ordering::Equal,
+        (None, Some(_)) => return Ordering::Less,
+        (Some(_), None) => return Ordering::Greater,
+        (Some(a), Some(b)) => (a, b),
+    };
+    // Split into alternating runs of digits and non-digits.
+    fn runs(s: &str) -> Vec<&str> {
+        let mut runs = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                runs.push(&s[start..i]);
+                start = i;
+            }
+        }
+        runs
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for (x, y) in ra.iter().zip(rb.iter()) {
+        let numeric = x.as_bytes()[0].is_ascii_digit() && y.as_bytes()[0].is_ascii_digit();
+        let ordering = if numeric {
+            let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        } else {
+            x.cmp(y)
+        };
+        if ordering != Ordering::Equal {
+            return ordering;
+        }
+    }
+    ra.len().cmp(&rb.len()).then_with(|| a.cmp(b))
+}
+
+/// A model package that did not load, as a worker reports it: the package, and R's (or
+/// the manifest's) error. Its routes answer 503 with the message while no worker serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadFailure {
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub message: String,
 }
 
 /// What the fleet serves, as listed by `GET /models`.
@@ -209,6 +301,9 @@ pub struct Announcement {
     /// True once the worker is shutting down: it takes no new requests.
     #[serde(default)]
     pub draining: bool,
+    /// Model packages in its directory that failed to load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<LoadFailure>,
 }
 
 /// How a model is called.
@@ -239,6 +334,18 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
 /// Decodes a wire type from MessagePack.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     Ok(rmp_serde::from_slice(bytes)?)
+}
+
+impl ModelInfo {
+    /// The reference requests use for this model.
+    pub fn model_ref(&self) -> ModelRef {
+        ModelRef { name: self.name.clone(), version: self.version.clone() }
+    }
+
+    /// Whether this is `name`, at `version` when one is asked for.
+    pub fn matches(&self, name: &str, version: Option<&str>) -> bool {
+        self.name == name && version.is_none_or(|v| self.version.as_deref() == Some(v))
+    }
 }
 
 impl ErrorCode {
@@ -273,5 +380,29 @@ impl Reply {
             outcome: Outcome::Error(ErrorBody::new(code, message)),
             timings: Timings::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions_order_as_numbered() {
+        let check = |a: Option<&str>, b: Option<&str>, expected| {
+            assert_eq!(compare_versions(a, b), expected, "{a:?} vs {b:?}");
+            assert_eq!(compare_versions(b, a), expected.reverse(), "{b:?} vs {a:?}");
+        };
+        check(Some("2"), Some("10"), Less);
+        check(Some("1.9"), Some("1.10"), Less);
+        check(Some("1.0"), Some("1.0.1"), Less);
+        check(Some("v2"), Some("v10"), Less);
+        check(Some("2024-01-31"), Some("2024-02-01"), Less);
+        check(Some("01"), Some("1"), Less);
+        check(Some("blue"), Some("green"), Less);
+        check(Some("3"), Some("3"), Equal);
+        check(None, Some("1"), Less);
+        check(None, None, Equal);
     }
 }

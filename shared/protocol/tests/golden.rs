@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost};
 use protocol::{
-    Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, Options,
-    Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
+    Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelKind,
+    ModelRef, Options, Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
 };
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -61,6 +61,7 @@ fn reply() -> Reply {
             host_pid: Some(4242),
             attempts: 1,
             path: None,
+            model_version: Some("1".into()),
         },
     }
 }
@@ -127,11 +128,16 @@ fn golden_vectors() {
             n_hosts: 2,
             interval_ms: 2000,
             draining: false,
+            failed: vec![LoadFailure {
+                name: "churn".into(),
+                version: Some("3".into()),
+                message: "model 'churn': loading failed in R: readRDS: unknown input format".into(),
+            }],
         },
     );
     check(
         "host_score",
-        ToHost::Score { id: 7, model: "mtcars".into(), input: Input::Frame(input_frame()), predict_type: None },
+        ToHost::Score { id: 7, model: ModelRef::new("mtcars", Some("1".into())), input: Input::Frame(input_frame()), predict_type: None },
     );
     check(
         "host_load",
@@ -143,6 +149,15 @@ fn golden_vectors() {
                 schema: None,
                 predict_type: None,
             }],
+        },
+    );
+    check(
+        "host_ready",
+        FromHost::Ready {
+            pid: 4242,
+            r_version: "4.2.2".into(),
+            models: vec![model_info()],
+            failed: vec![LoadFailure { name: "churn".into(), version: None, message: "model 'churn': no model.rds".into() }],
         },
     );
     check(

@@ -66,6 +66,16 @@ pub struct ModelsSettings {
     pub dir: PathBuf,
     /// The model `POST /score` uses when several are served.
     pub default: Option<String>,
+    /// A package that fails to load stops the worker from starting (for deployments that
+    /// must fail on a broken package). By default it is reported in `GET /models` and the
+    /// logs, its routes answer 503 naming the error, and the other models serve.
+    pub strict: bool,
+    /// How often a worker looks in `dir` for packages added, changed or removed, and loads
+    /// them without a restart (0: never; packages are read once at start).
+    pub poll_interval_ms: u64,
+    /// Dispatcher: a TOML file of traffic splits per model (weights per version, a mirror),
+    /// re-read when it changes (README "Rolling out a new model version").
+    pub traffic_file: Option<PathBuf>,
 }
 
 /// A worker: its pool of R host processes.
@@ -92,6 +102,10 @@ pub struct WorkerSettings {
     /// On SIGTERM, how long in-flight requests may take to finish; the rest go back to
     /// the queue.
     pub drain_timeout_ms: u64,
+    /// On SIGTERM over a broker, how long a worker goes on taking requests after it has
+    /// announced that it is draining, so that every dispatcher has heard before its queues
+    /// lose a consumer (requests published meanwhile are still served).
+    pub drain_notice_ms: u64,
     /// Queued requests for the same model and predict type are scored in one R call of
     /// at most this many rows (a larger request goes alone); 0 or 1 turns batching off.
     pub max_batch_rows: usize,
@@ -187,7 +201,13 @@ impl Default for ServerSettings {
 
 impl Default for ModelsSettings {
     fn default() -> Self {
-        ModelsSettings { dir: PathBuf::from("models"), default: None }
+        ModelsSettings {
+            dir: PathBuf::from("models"),
+            default: None,
+            strict: false,
+            poll_interval_ms: 2000,
+            traffic_file: None,
+        }
     }
 }
 
@@ -203,6 +223,7 @@ impl Default for WorkerSettings {
             rhost_path: None,
             id: None,
             drain_timeout_ms: 25_000,
+            drain_notice_ms: 1000,
             max_batch_rows: 256,
             max_batch_wait_ms: 0,
             split: SplitPolicy::Auto,

@@ -144,7 +144,8 @@ fn run() -> anyhow::Result<()> {
             bail!("{message}");
         }
     };
-    let ready = FromHost::Ready { pid: std::process::id(), r_version: r_version(), models: models.infos(&specs) };
+    let ready =
+        FromHost::Ready { pid: std::process::id(), r_version: r_version(), models: models.infos(&specs), failed: Vec::new() };
     write_message(&mut writer, &ready).context("cannot send ready")?;
     serve(models, &mut reader, &mut writer)
 }
@@ -157,10 +158,10 @@ fn serve(mut models: Models, reader: &mut impl std::io::Read, writer: &mut impl 
             ToHost::Score { id, model, input, predict_type } => (
                 id,
                 convert::refuse_nul(&input, predict_type.as_deref())
-                    .and_then(|()| models.score(&model, &input, predict_type.as_deref())),
+                    .and_then(|()| models.score(&model.name, &input, predict_type.as_deref())),
             ),
             ToHost::ScoreTrees { id, model, input, trees } => {
-                (id, convert::refuse_nul(&input, None).and_then(|()| models.score_trees(&model, &input, trees)))
+                (id, convert::refuse_nul(&input, None).and_then(|()| models.score_trees(&model.name, &input, trees)))
             }
             ToHost::Load { .. } => bail!("a second load message arrived; a host loads its models once"),
         };

@@ -94,7 +94,7 @@ impl Host {
 
     fn ready_with(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, Vec<ModelInfo>) {
         match Host::start_with(models, stdout) {
-            (host, FromHost::Ready { pid, r_version, models }) => {
+            (host, FromHost::Ready { pid, r_version, models, .. }) => {
                 assert_eq!(pid, host.child.id());
                 assert!(r_version.starts_with("4."), "r_version {r_version:?}");
                 (host, models)

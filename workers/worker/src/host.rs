@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost, TreeRange, HOST_FD, MAX_MESSAGE_BYTES};
-use protocol::{ErrorBody, Input, ModelInfo};
+use protocol::{ErrorBody, Input, ModelInfo, ModelRef};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -164,7 +164,7 @@ impl Host {
         match tokio::time::timeout(config.start_timeout, handshake).await {
             Err(_) => Err(HostError::StartTimeout(config.start_timeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(FromHost::Ready { models, r_version, .. })) => {
+            Ok(Ok(FromHost::Ready { models, r_version, failed: _, .. })) => {
                 tracing::info!(host = pid, r_version = %r_version, elapsed_ms = started.elapsed().as_millis() as u64, "r host ready");
                 Ok((host, models, r_version))
             }
@@ -182,14 +182,14 @@ impl Host {
     /// says so; the caller replaces it. An R error is an `Ok` with an error result.
     pub async fn call(
         &mut self,
-        model: &str,
+        model: &ModelRef,
         input: Input,
         call: Call,
         timeout: Duration,
     ) -> Result<Scored, HostError> {
         self.next_id += 1;
         let id = self.next_id;
-        let model = model.to_string();
+        let model = model.clone();
         let message = match call {
             Call::Predict { predict_type } => ToHost::Score { id, model, input, predict_type },
             Call::Trees(trees) => ToHost::ScoreTrees { id, model, input, trees },

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use backon::Retryable;
 use parking_lot::{Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
-use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo};
+use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelRef};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,7 +95,7 @@ struct IdleHost {
 
 /// One R call of a job, for one host.
 struct Part {
-    model: String,
+    model: ModelRef,
     input: Input,
     call: Call,
     done_tx: oneshot::Sender<PartDone>,
@@ -310,7 +310,7 @@ impl Pool {
             }
             _ => vec![(input, predict())],
         };
-        let model = lead.model.info.name.clone();
+        let model = lead.model.info.model_ref();
         let mut hosts = hosts.into_iter();
         let mut done = Vec::with_capacity(calls.len());
         for (input, call) in calls {
@@ -416,7 +416,7 @@ impl Pool {
             let Ok(Part { model, input, call, done_tx }) = work_rx.await else { break };
             let result = host.call(&model, input, call, self.inner.config.host_timeout).await;
             if let Err(error) = &result {
-                tracing::warn!(host = pid, model, error = %error, "r host lost; replacing it");
+                tracing::warn!(host = pid, model = %model, error = %error, "r host lost; replacing it");
                 // Counted out before the job hears of it, so a retry never waits for it.
                 self.host_gone();
                 let _ = done_tx.send(PartDone { result, host_pid: pid });

@@ -69,10 +69,9 @@ impl Worker {
     /// hosts and tells dispatchers it is gone.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let Worker { pool, transport, id, consume, announce_interval } = self;
-        let names: Vec<String> =
-            pool.models().into_iter().map(|m| m.name).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let (_queues_tx, queues) = tokio::sync::watch::channel(request_queues(&*transport, &pool.models()));
         // A broker that is down at start is waited for, not fatal.
-        let subscribe = || transport.consume(&names);
+        let subscribe = || transport.consume(queues.clone());
         let subscribed = subscribe.retry(crate::backoff(CONSUME_RETRY_FIRST, CONSUME_RETRY_LONGEST)).notify(
             |error, delay| tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot consume yet"),
         );
@@ -94,6 +93,19 @@ impl Worker {
     }
 }
 
+/// The queues a worker serving `models` consumes: each version's own queue, and each
+/// model's name queue (unpinned requests of direct publishers; unversioned models).
+fn request_queues(transport: &dyn Transport, models: &[protocol::ModelInfo]) -> Vec<String> {
+    let mut queues = std::collections::BTreeSet::new();
+    for model in models {
+        queues.insert(transport.queue_for(&model.name, None));
+        if let Some(version) = &model.version {
+            queues.insert(transport.queue_for(&model.name, Some(version)));
+        }
+    }
+    queues.into_iter().collect()
+}
+
 fn announcement(pool: &Pool, worker: &str, interval: Duration, draining: bool) -> Announcement {
     Announcement {
         version: PROTOCOL_VERSION,
@@ -103,6 +115,7 @@ fn announcement(pool: &Pool, worker: &str, interval: Duration, draining: bool) -
         n_hosts: pool.n_hosts() as u32,
         interval_ms: interval.as_millis() as u64,
         draining,
+        failed: Vec::new(),
     }
 }
 

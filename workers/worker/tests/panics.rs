@@ -115,7 +115,7 @@ async fn amqp_panicking_delivery_is_dead_lettered_after_the_limit() {
     for queue_type in [settings::QueueType::Classic, settings::QueueType::Quorum] {
         let broker = amqp_support::TestBroker::with_queue_type("panics", queue_type).await;
         let transport = broker.transport("brittle").await;
-        let queue = transport.bus.queue_for(&transport.model);
+        let queue = transport.bus.queue_for(&transport.model, None);
         let consumer = transport.bus.consumer(std::slice::from_ref(&transport.model)).await.expect("a consumer");
         check(consumer, &transport.bus, &queue).await;
         // The dead letter is published before the request is acknowledged, after the reply:

@@ -233,7 +233,18 @@ impl AmqpBus {
     /// Worker side: declares (idempotently) and consumes the request queues
     /// `<prefix><model>` for these models, merged into one stream.
     pub async fn consumer(&self, models: &[String]) -> Result<AmqpConsumer, BusError> {
-        let queues = models.iter().map(|m| self.queue_for(m)).collect();
+        let queues = models.iter().map(|m| self.queue_for(m, None)).collect();
+        consume::start(&self.inner, queues).await
+    }
+
+    /// Worker side: consumes the request queues named in `queues`, following it as it
+    /// changes (models loaded or removed while the worker runs).
+    pub async fn consumer_following(
+        &self,
+        queues: tokio::sync::watch::Receiver<Vec<String>>,
+    ) -> Result<AmqpConsumer, BusError> {
+        // TODO(bus): follow changes of `queues`; for now the set at subscription.
+        let queues = queues.borrow().clone();
         consume::start(&self.inner, queues).await
     }
 
@@ -273,6 +284,15 @@ impl AmqpBus {
     pub async fn declare_queue(&self, queue: &str) -> Result<(), BusError> {
         let session = self.inner.current()?;
         self.inner.declare_request_queue(&session, queue).await
+    }
+}
+
+/// The request queue of `model` (its name queue), or of one of its versions:
+/// `<prefix><model>` and `<prefix><model>@<version>` (docs/protocol.md).
+pub fn queue_name(prefix: &str, model: &str, version: Option<&str>) -> String {
+    match version {
+        Some(version) => format!("{prefix}{model}@{version}"),
+        None => format!("{prefix}{model}"),
     }
 }
 

@@ -121,8 +121,8 @@ impl Requester for AmqpBus {
         }
     }
 
-    fn queue_for(&self, model: &str) -> String {
-        format!("{}{model}", self.inner.config.queue_prefix)
+    fn queue_for(&self, model: &str, version: Option<&str>) -> String {
+        super::queue_name(&self.inner.config.queue_prefix, model, version)
     }
 
     fn is_ready(&self) -> bool {

@@ -137,7 +137,7 @@ async fn a_lost_connection_is_replaced_as_a_whole() {
     let shutdown = CancellationToken::new();
     let bus = AmqpBus::start(config.clone(), shutdown.clone());
     assert!(bus.wait_connected(Duration::from_secs(10)).await, "no broker behind the proxy at {}", broker_url());
-    let queue = bus.queue_for("m");
+    let queue = bus.queue_for("m", None);
     let mut consumer = bus.consumer(&["m".to_string()]).await.unwrap();
     let mut announcements = bus.catalog();
     // The listener subscribes in the background: hearing an announcement means it is bound.

@@ -110,7 +110,7 @@ impl TestBroker {
     }
 
     pub async fn transport(&self, model: &str) -> Amqp {
-        self.queues.lock().push(self.bus.queue_for(model));
+        self.queues.lock().push(self.bus.queue_for(model, None));
         Amqp { bus: self.bus.clone(), model: model.into() }
     }
 
