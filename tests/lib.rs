@@ -99,6 +99,72 @@ pub fn case(fixtures: &Path, name: &str) -> Case {
     cases(fixtures).into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"))
 }
 
+/// Three versions of one model, `rf_reg` versions 1, 2 and 3 (`<fixtures>/versions/rf_reg_v<k>`,
+/// see `make_models.R`), and R's answer of each version for a few rows.
+pub struct Versions {
+    pub dir: PathBuf,
+    /// Row objects, each sent alone.
+    pub rows: Vec<Value>,
+    /// By version: R's prediction for each row.
+    pub expected: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+impl Versions {
+    pub fn load() -> Versions {
+        let dir = fixtures().join("versions");
+        let value: Value = serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+        let rows = value["rows"].as_array().expect("version rows").clone();
+        let expected = value["expected"]
+            .as_object()
+            .expect("expected by version")
+            .iter()
+            .map(|(v, p)| (v.clone(), p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()))
+            .collect();
+        Versions { dir, rows, expected }
+    }
+
+    /// The package of `version`.
+    pub fn package(&self, version: &str) -> PathBuf {
+        self.dir.join(format!("rf_reg_v{version}"))
+    }
+
+    /// Checks one answer to row `row`: 200, the version named in `x-rfleet-model-version`,
+    /// and R's prediction of that version; returns the version.
+    pub fn check(&self, answer: &Answer, row: usize, context: &str) -> String {
+        assert_eq!(answer.status, 200, "{context}: {}", answer.text);
+        let version = answer.header("x-rfleet-model-version").unwrap_or_else(|| panic!("{context}: no version header"));
+        let expected = self.expected.get(version).unwrap_or_else(|| panic!("{context}: unknown version {version}"));
+        assert_same(
+            &answer.json(),
+            &serde_json::json!([expected[row]]),
+            &format!("{context} (version {version}, row {row})"),
+        );
+        version.to_string()
+    }
+}
+
+/// A models directory of its own holding copies of `packages` (each a package directory,
+/// copied under its own name), for tests that add to it or break it.
+pub fn models_dir(packages: &[&Path]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for package in packages {
+        copy_package(package, &dir.path().join(package.file_name().unwrap()));
+    }
+    dir
+}
+
+/// Copies a package directory (plain files only) to `to`, atomically: written beside it,
+/// then renamed into place, so a worker polling the parent never sees half a package.
+pub fn copy_package(from: &Path, to: &Path) {
+    let staging = to.with_file_name(format!(".{}.partial", to.file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&staging).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
+    }
+    std::fs::rename(&staging, to).unwrap();
+}
+
 /// Asserts `got` equals R's answer: numbers within 1e-9, everything else identical.
 pub fn assert_same(got: &Value, expected: &Value, context: &str) {
     match (got, expected) {
@@ -322,6 +388,8 @@ impl Fleet {
                     .collect()
             })
             .unwrap_or_default();
+        // The version queues of `Versions`' rf_reg.
+        queues.extend((1..=3).map(|v| format!("{}rf_reg@{v}", self.queue_prefix())));
         queues.push(self.dead_letter_queue());
         queues
     }

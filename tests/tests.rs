@@ -23,3 +23,5 @@ mod http;
 mod predictions;
 #[path = "suite/tls.rs"]
 mod tls;
+#[path = "suite/versions.rs"]
+mod versions;
