@@ -4,7 +4,7 @@
 //! # Layout
 //! - `main.rs` (this file): the channel loop. Reads [`ToHost`] messages from file
 //!   descriptor [`HOST_FD`], answers [`FromHost`] messages there.
-//! - [`models`]: loading model packages and scoring one request.
+//! - [`models`]: loading model packages (by name and version) and scoring one request.
 //! - [`convert`]: frames to `data.frame`s and R results back to frames.
 //! - `prelude.R`: the R half, sourced once at start: `.rfleet_load`, the per-model scorer
 //!   closures, schema inference, output normalization.
@@ -12,11 +12,30 @@
 //! # Lifecycle
 //! The supervisor starts the host with the channel on fd 3, stdin on /dev/null and
 //! stdout/stderr piped (R's own `print`, `cat`, `message` and warnings land there and are
-//! logged; R flushes them per call). The first message is `Load`: R starts, the models
-//! load, and the host answers `Ready` (or `LoadFailed` naming the model, the step and R's
-//! message, then exits 1). Then each `Score` or `ScoreTrees` gets one `Scored`, whose
-//! `r_us` runs from receipt of the request to its result being ready. When the supervisor
-//! closes the channel the host exits 0.
+//! logged; R flushes them per call). The first message is `Load`: R starts, then each
+//! model package loads on its own, and the host answers `Ready` with the models that
+//! loaded (`models`, in the order listed) and those that did not (`failed`: a
+//! [`LoadFailure`](protocol::LoadFailure) per package, whose message names the model, its
+//! version, the step and R's error, as in `model 'rf_reg' version '2': loading failed in
+//! R: reading model.rds: unknown input format`). One broken package never costs the
+//! others their host: a host whose every model failed still answers `Ready`, with no
+//! models, and the supervisor decides what that means (a strict worker refuses to start).
+//! `LoadFailed` is only for a host that cannot serve at all (the prelude did not source);
+//! it then exits 1. Then each `Score` or `ScoreTrees` gets one `Scored`, whose `r_us` runs
+//! from receipt of the request to its result being ready. When the supervisor closes the
+//! channel the host exits 0.
+//!
+//! # Versions
+//! Models are addressed by [`ModelRef`](protocol::ModelRef): name and version. One host
+//! may hold several versions of one name (two packages whose `model.toml` give the same
+//! name and different versions): each has its own R environment, model and caches. A
+//! request naming a version gets that version or `model_not_found` naming what the host
+//! holds (`model 'rf_reg' version '3' is not loaded in this host (loaded: rf_reg version
+//! 1, rf_reg version 2)`); a request without a version gets the unversioned model of that
+//! name, else the highest version held (`protocol::compare_versions`), the worker's rule
+//! for unpinned requests. The same name and version listed twice is a load failure of the
+//! second package. Messages name a versioned model `model '<name>' version '<version>'`,
+//! an unversioned one `model '<name>'`.
 //!
 //! # Model kinds
 //! - `score.R` defines `init`: an Azure ML entry script ([`ModelKind::AzureMl`]). It is
@@ -89,7 +108,8 @@
 //! vector rules (dates as ISO strings). `NA` and `NaN` both become missing. Anything else,
 //! or a length that is not the number of input rows, is an `r_error` saying what came
 //! back and what is accepted. R errors are `r_error` too, with R's message after
-//! `model '<name>': predict failed: ` (or `predict_fn failed`, ...).
+//! `model '<name>': predict failed: ` (or `predict_fn failed`, ...; `model '<name>'
+//! version '<version>': ...` for a versioned model).
 //!
 //! **Invariant:** this is a plain synchronous program with one thread. R is not
 //! thread-safe and cannot be restarted in a process; a host that crashes or hangs is
@@ -135,17 +155,18 @@ fn run() -> anyhow::Result<()> {
         None => return Ok(()),
     };
 
-    start_r()?;
-    let models = match Models::load(&specs) {
-        Ok(models) => models,
-        Err(message) => {
+    // Only a host that cannot load anything answers load_failed; a package that fails
+    // is one of `Ready.failed`, and the rest serve.
+    let (models, failed) = match start_r().and_then(|()| Models::load(&specs).map_err(anyhow::Error::msg)) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let message = format!("{e:#}");
             write_message(&mut writer, &FromHost::LoadFailed { message: message.clone() })
                 .context("cannot send load_failed")?;
             bail!("{message}");
         }
     };
-    let ready =
-        FromHost::Ready { pid: std::process::id(), r_version: r_version(), models: models.infos(&specs), failed: Vec::new() };
+    let ready = FromHost::Ready { pid: std::process::id(), r_version: r_version(), models: models.infos(), failed };
     write_message(&mut writer, &ready).context("cannot send ready")?;
     serve(models, &mut reader, &mut writer)
 }
@@ -158,10 +179,10 @@ fn serve(mut models: Models, reader: &mut impl std::io::Read, writer: &mut impl 
             ToHost::Score { id, model, input, predict_type } => (
                 id,
                 convert::refuse_nul(&input, predict_type.as_deref())
-                    .and_then(|()| models.score(&model.name, &input, predict_type.as_deref())),
+                    .and_then(|()| models.score(&model, &input, predict_type.as_deref())),
             ),
             ToHost::ScoreTrees { id, model, input, trees } => {
-                (id, convert::refuse_nul(&input, None).and_then(|()| models.score_trees(&model.name, &input, trees)))
+                (id, convert::refuse_nul(&input, None).and_then(|()| models.score_trees(&model, &input, trees)))
             }
             ToHost::Load { .. } => bail!("a second load message arrived; a host loads its models once"),
         };

@@ -1,19 +1,29 @@
-//! The models this host serves: loaded once through the prelude's `.rfleet_load()`, then
-//! scored per request through the R closure it returned; forests also in parts, through
-//! a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`.
+//! The models this host serves, by [`ModelRef`] (name and version, so one host holds
+//! several versions of a model): each loaded once through the prelude's `.rfleet_load()`,
+//! then scored per request through the R closure it returned; forests also in parts,
+//! through a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`.
+//!
+//! Each package loads on its own: one that fails becomes a [`LoadFailure`] and the others
+//! load regardless. A model is registered only once every step of its load has succeeded,
+//! on the Rust side as in R (the prelude keeps no registry of its own), so a failed load
+//! leaves nothing a later request could reach.
 
 use std::collections::HashMap;
 
 use extendr_api::prelude::*;
 use extendr_api::Error;
 use protocol::host::{HostOutput, ModelSpec, TreeRange};
-use protocol::{ErrorBody, ErrorCode, ForestInfo, Frame, Input, ModelInfo, ModelKind};
+use protocol::{
+    compare_versions, ErrorBody, ErrorCode, ForestInfo, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef,
+};
 
 use crate::convert::{self, FrameCache};
 
 /// One loaded model.
 struct Model {
     info: ModelInfo,
+    /// How messages name it: `model 'rf_reg'`, or `model 'rf_reg' version '2'`.
+    label: String,
     /// `function(newdata, type, n)` (or `function(data)` for Azure ML scripts) made by
     /// `.rfleet_scorer()`: it wraps the model call in `tryCatch` and converts the result,
     /// so a request costs one R call and never parses R source.
@@ -32,16 +42,30 @@ struct Model {
 /// changed its split must not make the host keep every range it ever saw.
 const MAX_PARTS: usize = 8;
 
-/// The models by name.
+/// The loaded models, in the order the supervisor listed them.
 pub struct Models {
-    by_name: HashMap<String, Model>,
+    models: Vec<Model>,
+    /// Index into `models` by name and version.
+    by_ref: HashMap<ModelRef, usize>,
     /// The prelude's `.rfleet_part_scorer`.
     part_scorer: Function,
 }
 
+/// How messages name a model: `model 'rf_reg'` or `model 'rf_reg' version '2'`.
+fn label(model: &ModelRef) -> String {
+    match &model.version {
+        Some(version) => format!("model '{}' version '{version}'", model.name),
+        None => format!("model '{}'", model.name),
+    }
+}
+
 impl Models {
-    /// Loads every model; the error names the model and carries R's message.
-    pub fn load(specs: &[ModelSpec]) -> std::result::Result<Models, String> {
+    /// Loads every model it can, each on its own: those that fail come back as
+    /// [`LoadFailure`]s naming the model, its version and R's error, in the order listed.
+    /// A package listed a second time under the same name and version is a failure of the
+    /// second. The error is for a host that cannot load anything: a prelude without its
+    /// functions.
+    pub fn load(specs: &[ModelSpec]) -> std::result::Result<(Models, Vec<LoadFailure>), String> {
         let load = eval_string(".rfleet_load")
             .ok()
             .and_then(|f| f.as_function())
@@ -50,41 +74,57 @@ impl Models {
             .ok()
             .and_then(|f| f.as_function())
             .ok_or("the prelude does not define .rfleet_part_scorer")?;
-        let mut by_name = HashMap::new();
-        for spec in specs {
-            if by_name.contains_key(&spec.name) {
-                return Err(format!("model '{}' is listed twice", spec.name));
+        let mut loaded = Models { models: Vec::new(), by_ref: HashMap::new(), part_scorer };
+        let mut failed = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let model_ref = spec.model_ref();
+            let loaded_one = match specs[..i].iter().find(|earlier| earlier.model_ref() == model_ref) {
+                Some(first) => Err(format!(
+                    "{}: listed twice; the package in {} comes first, the one in {} is not loaded",
+                    label(&model_ref),
+                    first.dir.display(),
+                    spec.dir.display()
+                )),
+                None => load_one(&load, spec),
+            };
+            match loaded_one {
+                Ok(model) => {
+                    loaded.by_ref.insert(model_ref, loaded.models.len());
+                    loaded.models.push(model);
+                }
+                Err(message) => {
+                    failed.push(LoadFailure { name: spec.name.clone(), version: spec.version.clone(), message })
+                }
             }
-            let model = load_one(&load, spec)?;
-            by_name.insert(spec.name.clone(), model);
         }
-        Ok(Models { by_name, part_scorer })
+        Ok((loaded, failed))
     }
 
-    pub fn infos(&self, specs: &[ModelSpec]) -> Vec<ModelInfo> {
-        // In the order the supervisor listed them, which a HashMap forgets.
-        specs.iter().filter_map(|s| self.by_name.get(&s.name)).map(|m| m.info.clone()).collect()
+    /// The loaded models' infos, in the order they were listed.
+    pub fn infos(&self) -> Vec<ModelInfo> {
+        self.models.iter().map(|m| m.info.clone()).collect()
     }
 
     /// Scores one request. R errors, bad inputs and unknown models all come back as an
     /// [`ErrorBody`]; only a crash of R itself can stop the host here.
     pub fn score(
         &mut self,
-        model: &str,
+        model: &ModelRef,
         input: &Input,
         predict_type: Option<&str>,
     ) -> std::result::Result<HostOutput, ErrorBody> {
         let entry = self.get(model)?;
+        let label = &entry.label;
         match (entry.info.kind, input) {
             (ModelKind::AzureMl, Input::Json(body)) => entry.score_json(body),
             (ModelKind::AzureMl, Input::Frame(_)) => Err(ErrorBody::new(
                 ErrorCode::BadRequest,
-                format!("model '{model}' is an Azure ML entry script (score.R with init()) and takes the raw JSON body, not a frame"),
+                format!("{label} is an Azure ML entry script (score.R with init()) and takes the raw JSON body, not a frame"),
             )),
             (_, Input::Frame(frame)) => entry.score_frame(frame, predict_type),
             (_, Input::Json(_)) => Err(ErrorBody::new(
                 ErrorCode::BadRequest,
-                format!("model '{model}' takes a frame; only Azure ML entry scripts (score.R with init()) take a raw JSON body"),
+                format!("{label} takes a frame; only Azure ML entry scripts (score.R with init()) take a raw JSON body"),
             )),
         }
     }
@@ -95,13 +135,14 @@ impl Models {
     /// `r_error`s as for [`Models::score`].
     pub fn score_trees(
         &mut self,
-        model: &str,
+        model: &ModelRef,
         input: &Input,
         trees: TreeRange,
     ) -> std::result::Result<HostOutput, ErrorBody> {
         let part_scorer = self.part_scorer.clone();
         let entry = self.get(model)?;
-        let bad = |message: String| Err(ErrorBody::new(ErrorCode::BadRequest, format!("model '{model}': {message}")));
+        let label = entry.label.clone();
+        let bad = |message: String| Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {message}")));
         let Some(forest) = entry.info.forest.clone() else {
             return bad(format!(
                 "cannot score a range of trees: it is not a forest that can be split (only randomForest and ranger \
@@ -121,31 +162,54 @@ impl Models {
         entry.score_part(&part_scorer, frame, trees, &forest)
     }
 
-    fn get(&mut self, model: &str) -> std::result::Result<&mut Model, ErrorBody> {
-        if !self.by_name.contains_key(model) {
-            let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(ErrorBody::new(
-                ErrorCode::ModelNotFound,
-                format!("model '{model}' is not loaded in this host (loaded: {})", known.join(", ")),
-            ));
+    /// The model a request addresses: the one of that name and version; for a request
+    /// without a version, the unversioned model of that name, else the highest version
+    /// held (by [`compare_versions`], the worker's rule for unpinned requests).
+    fn get(&mut self, model: &ModelRef) -> std::result::Result<&mut Model, ErrorBody> {
+        let index = self.by_ref.get(model).copied().or_else(|| match model.version {
+            Some(_) => None,
+            None => self
+                .by_ref
+                .iter()
+                .filter(|(held, _)| held.name == model.name)
+                .max_by(|(a, _), (b, _)| compare_versions(a.version.as_deref(), b.version.as_deref()))
+                .map(|(_, &index)| index),
+        });
+        match index {
+            Some(index) => Ok(&mut self.models[index]),
+            None => {
+                let mut held: Vec<&ModelRef> = self.by_ref.keys().collect();
+                held.sort_by(|a, b| {
+                    a.name.cmp(&b.name).then_with(|| compare_versions(a.version.as_deref(), b.version.as_deref()))
+                });
+                let held: Vec<String> = held.iter().map(|r| r.to_string()).collect();
+                let held = if held.is_empty() { "none".to_string() } else { held.join(", ") };
+                Err(ErrorBody::new(
+                    ErrorCode::ModelNotFound,
+                    format!("{} is not loaded in this host (loaded: {held})", label(model)),
+                ))
+            }
         }
-        Ok(self.by_name.get_mut(model).expect("checked above"))
     }
 }
 
+/// Loads one package; the error is its [`LoadFailure`] message, naming the model.
 fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, String> {
-    let name = &spec.name;
+    let label = label(&spec.model_ref());
     let dir = std::path::absolute(&spec.dir).unwrap_or_else(|_| spec.dir.clone());
-    let dir = dir.to_str().ok_or_else(|| format!("model '{name}': the package path {} is not UTF-8", dir.display()))?;
+    let dir = dir.to_str().ok_or_else(|| format!("{label}: the package path {} is not UTF-8", dir.display()))?;
+    // R cannot make such a string: it would signal an error past every handler.
+    if [label.as_str(), dir, spec.predict_type.as_deref().unwrap_or_default()].iter().any(|s| s.contains('\0')) {
+        return Err(format!("{label}: its name, version, path or predict_type holds a NUL character"));
+    }
     let predict_type: Robj = spec.predict_type.as_deref().map_or_else(|| ().into(), Robj::from);
     let loaded = load
-        .call(Pairlist::from_pairs([("", Robj::from(name.as_str())), ("", Robj::from(dir)), ("", predict_type)]))
-        .map_err(|e| format!("model '{name}': loading failed in R: {e}"))?;
+        .call(Pairlist::from_pairs([("", Robj::from(label.as_str())), ("", Robj::from(dir)), ("", predict_type)]))
+        .map_err(|e| format!("{label}: loading failed in R: {e}"))?;
     if loaded.inherits("rfleet_error") {
         return Err(loaded.as_str().unwrap_or("loading failed").to_string());
     }
-    let bad = |what: &str| format!("model '{name}': .rfleet_load answered no {what}");
+    let bad = |what: &str| format!("{label}: .rfleet_load answered no {what}");
     let fields = convert::fields(&loaded.as_list().ok_or_else(|| bad("list"))?);
     let field = |key: &str| fields.get(key).cloned().ok_or_else(|| bad(key));
     let kind = match field("kind")?.as_str() {
@@ -159,7 +223,7 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
     // A declared schema wins; the inferred one is only asked for when there is none.
     let schema = match &spec.schema {
         Some(schema) => Some(schema.clone()),
-        None => convert::schema_from_r(&field("schema")?).map_err(|e| format!("model '{name}': {e}"))?,
+        None => convert::schema_from_r(&field("schema")?).map_err(|e| format!("{label}: {e}"))?,
     };
     let default_type = field("predict_type")?;
     let predict_type = default_type.as_str().map(str::to_string);
@@ -167,11 +231,11 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
     let (forest_info, forest) = if forest_robj.is_null() {
         (None, None)
     } else {
-        (Some(forest_info(&forest_robj).map_err(|e| format!("model '{name}': {e}"))?), Some(forest_robj))
+        (Some(forest_info(&forest_robj).map_err(|e| format!("{label}: {e}"))?), Some(forest_robj))
     };
     Ok(Model {
         info: ModelInfo {
-            name: name.clone(),
+            name: spec.name.clone(),
             version: spec.version.clone(),
             kind,
             r_class,
@@ -179,6 +243,7 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
             predict_type,
             forest: forest_info,
         },
+        label,
         scorer,
         default_type,
         cache: FrameCache::default(),
@@ -209,13 +274,13 @@ fn forest_info(forest: &Robj) -> std::result::Result<ForestInfo, String> {
 
 impl Model {
     fn score_frame(&mut self, frame: &Frame, predict_type: Option<&str>) -> std::result::Result<HostOutput, ErrorBody> {
-        let name = &self.info.name;
+        let label = &self.label;
         // Frames are conformed by the supervisor; this guards R against a malformed one
         // (a factor code beyond its levels, columns of different lengths).
-        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("model '{name}': {e}")))?;
-        let internal = |e: Error| ErrorBody::new(ErrorCode::Internal, format!("model '{name}': {e}"));
+        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}")))?;
+        let internal = |e: Error| ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}"));
         let n_rows = i32::try_from(frame.n_rows)
-            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("model '{name}': too many rows for R")))?;
+            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: too many rows for R")))?;
         let newdata = convert::data_frame(frame, &mut self.cache).map_err(internal)?;
         let predict_type = match predict_type {
             Some(t) => Robj::from(t),
@@ -224,13 +289,13 @@ impl Model {
         let result = self
             .scorer
             .call(Pairlist::from_pairs([("", newdata), ("", predict_type), ("", Robj::from(n_rows))]))
-            .map_err(|_| escaped(name))?;
+            .map_err(|_| escaped(label))?;
         if result.inherits("rfleet_error") {
             return Err(ErrorBody::new(ErrorCode::RError, result.as_str().unwrap_or("R failed").to_string()));
         }
         convert::frame_from_columns(&result, frame.n_rows)
             .map(HostOutput::Frame)
-            .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("model '{name}': {e}")))
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}")))
     }
 
     fn score_part(
@@ -240,11 +305,11 @@ impl Model {
         trees: TreeRange,
         forest: &ForestInfo,
     ) -> std::result::Result<HostOutput, ErrorBody> {
-        let name = &self.info.name;
-        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("model '{name}': {e}")))?;
-        let internal = |e: String| ErrorBody::new(ErrorCode::Internal, format!("model '{name}': {e}"));
+        let label = &self.label;
+        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}")))?;
+        let internal = |e: String| ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}"));
         let n_rows = i32::try_from(frame.n_rows)
-            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("model '{name}': too many rows for R")))?;
+            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: too many rows for R")))?;
         let scorer = match self.parts.iter().position(|(range, _)| *range == trees) {
             Some(i) => {
                 let entry = self.parts.remove(i);
@@ -257,12 +322,12 @@ impl Model {
                     self.forest.clone().ok_or_else(|| internal("no R forest for a forest model".into()))?;
                 let made = part_scorer
                     .call(Pairlist::from_pairs([
-                        ("", Robj::from(name.as_str())),
+                        ("", Robj::from(label.as_str())),
                         ("", forest_robj),
                         ("", Robj::from(f64::from(trees.start))),
                         ("", Robj::from(f64::from(trees.end))),
                     ]))
-                    .map_err(|_| escaped(name))?;
+                    .map_err(|_| escaped(label))?;
                 if made.inherits("rfleet_error") {
                     return Err(ErrorBody::new(ErrorCode::RError, made.as_str().unwrap_or("R failed").to_string()));
                 }
@@ -275,7 +340,7 @@ impl Model {
         };
         let newdata = convert::data_frame(frame, &mut self.cache).map_err(|e| internal(e.to_string()))?;
         let result =
-            scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))])).map_err(|_| escaped(name))?;
+            scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))])).map_err(|_| escaped(label))?;
         if result.inherits("rfleet_error") {
             return Err(ErrorBody::new(ErrorCode::RError, result.as_str().unwrap_or("R failed").to_string()));
         }
@@ -285,14 +350,14 @@ impl Model {
     }
 
     fn score_json(&mut self, body: &str) -> std::result::Result<HostOutput, ErrorBody> {
-        let name = &self.info.name;
-        let result = self.scorer.call(Pairlist::from_pairs([("", Robj::from(body))])).map_err(|_| escaped(name))?;
+        let label = &self.label;
+        let result = self.scorer.call(Pairlist::from_pairs([("", Robj::from(body))])).map_err(|_| escaped(label))?;
         match result.as_str() {
             Some(message) if result.inherits("rfleet_error") => {
                 Err(ErrorBody::new(ErrorCode::RError, message.to_string()))
             }
             Some(json) => Ok(HostOutput::Json(json.to_string())),
-            None => Err(ErrorBody::new(ErrorCode::Internal, format!("model '{name}': the scorer answered no string"))),
+            None => Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: the scorer answered no string"))),
         }
     }
 }
@@ -301,9 +366,9 @@ impl Model {
 /// does after a C stack overflow it caught as a segfault, or on an `abort` restart. R is
 /// still usable then. Such a jump carries no condition to read; what R knew it printed to
 /// stderr, which the supervisor logs.
-fn escaped(name: &str) -> ErrorBody {
+fn escaped(label: &str) -> ErrorBody {
     ErrorBody::new(
         ErrorCode::RError,
-        format!("model '{name}': R aborted the call past its error handlers (see the host's log for R's output)"),
+        format!("{label}: R aborted the call past its error handlers (see the host's log for R's output)"),
     )
 }

@@ -1,9 +1,12 @@
-# rfleet R host prelude: the R half of loading and scoring models (see src/lib docs).
+# rfleet R host prelude: the R half of loading and scoring models (see src/main.rs docs).
 #
 # Sourced once into the global environment when the host starts. Every name starts with
 # `.rfleet_` so it stays out of the way of models' own scripts. The Rust side calls two
 # functions: `.rfleet_load()` once per model, then, per request, the scorer closure that
 # `.rfleet_load()` returned. Nothing here parses R source at request time.
+#
+# `label` arguments are how messages name a model: "model 'rf_reg'", or "model 'rf_reg'
+# version '2'" for a versioned package, since one host may hold several versions of a name.
 
 # Warnings are printed as they happen (to stderr, which the supervisor logs) instead of
 # piling up until a top level that an embedded R never reaches.
@@ -150,9 +153,9 @@ options(warn = 1, stringsAsFactors = FALSE)
 # What the Rust side turns into a frame: a named list of columns, each a double,
 # integer, logical or character vector or a factor, all `n` long. Anything else becomes
 # an rfleet_error naming what came back.
-.rfleet_columns <- function(x, n, name, what) {
+.rfleet_columns <- function(x, n, label, what) {
   fail <- function(why) .rfleet_error(paste0(
-    "model '", name, "': ", what, " returned ", .rfleet_describe(x), why, "; ", .rfleet_accepted))
+    label, ": ", what, " returned ", .rfleet_describe(x), why, "; ", .rfleet_accepted))
   # A 3-d array with one slice (gbm's multinomial response) is a matrix.
   d <- dim(x)
   if (is.array(x) && length(d) == 3 && d[3] == 1) {
@@ -185,12 +188,12 @@ options(warn = 1, stringsAsFactors = FALSE)
 
 # The JSON an Azure ML entry script's function returned: a character scalar as is
 # (jsonlite::toJSON's "json" class included), anything else through jsonlite.
-.rfleet_json <- function(x, name) {
+.rfleet_json <- function(x, label) {
   if (is.character(x) && length(x) == 1 && !is.na(x)) return(enc2utf8(as.character(x)))
   tryCatch(
     enc2utf8(as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA))),
     error = function(e) .rfleet_error(paste0(
-      "model '", name, "': the function returned by init() returned ", .rfleet_describe(x),
+      label, ": the function returned by init() returned ", .rfleet_describe(x),
       " that jsonlite cannot encode: ", conditionMessage(e), "; expected a JSON string")))
 }
 
@@ -311,7 +314,7 @@ options(warn = 1, stringsAsFactors = FALSE)
 # The scorer of trees start..end (0-based, end exclusive) of a model's forest:
 # function(newdata, n) answering list(mean) or list(votes) for n rows, or an
 # rfleet_error. Preparing the sub-forest may fail too; that is an rfleet_error as well.
-.rfleet_part_scorer <- function(name, forest, start, end) {
+.rfleet_part_scorer <- function(label, forest, start, end) {
   trees <- paste0("trees ", start, "..", end)
   tryCatch({
     part <- forest$part(as.integer(start), as.integer(end))
@@ -324,10 +327,10 @@ options(warn = 1, stringsAsFactors = FALSE)
         }
         out
       }, error = function(e) .rfleet_error(paste0(
-        "model '", name, "': predict failed (", trees, "): ", conditionMessage(e))))
+        label, ": predict failed (", trees, "): ", conditionMessage(e))))
     }
   }, error = function(e) .rfleet_error(paste0(
-    "model '", name, "': preparing ", trees, " failed: ", conditionMessage(e))))
+    label, ": preparing ", trees, " failed: ", conditionMessage(e))))
 }
 
 # --- loading -------------------------------------------------------------------------
@@ -368,15 +371,15 @@ options(warn = 1, stringsAsFactors = FALSE)
 # The per-request entry point for one model: function(newdata, type, n) for frames,
 # function(data) for Azure ML scripts. It never signals an error: R errors come back as
 # an `rfleet_error` string that names the model and carries R's message.
-.rfleet_scorer <- function(name, kind, model, script_fn, dir) {
-  force(name); force(model); force(script_fn); force(dir)
+.rfleet_scorer <- function(label, kind, model, script_fn, dir) {
+  force(label); force(model); force(script_fn); force(dir)
   if (kind == "azure_ml") {
     return(function(data) {
       # Entry scripts may read AZUREML_MODEL_DIR at request time too, and one host
       # serves several models, so it points at this model's directory for the call.
       Sys.setenv(AZUREML_MODEL_DIR = dir)
-      tryCatch(.rfleet_json(script_fn(data), name), error = function(e) .rfleet_error(paste0(
-        "model '", name, "': the function returned by init() failed: ", conditionMessage(e))))
+      tryCatch(.rfleet_json(script_fn(data), label), error = function(e) .rfleet_error(paste0(
+        label, ": the function returned by init() failed: ", conditionMessage(e))))
     })
   }
   if (kind == "predict_fn") {
@@ -393,16 +396,22 @@ options(warn = 1, stringsAsFactors = FALSE)
   }
   function(newdata, type, n) {
     tryCatch(
-      .rfleet_columns(call(newdata, type), n, name, what),
+      .rfleet_columns(call(newdata, type), n, label, what),
       error = function(e) .rfleet_error(paste0(
-        "model '", name, "': ", what, " failed: ", conditionMessage(e))))
+        label, ": ", what, " failed: ", conditionMessage(e))))
   }
 }
 
 # Loads one model package. Answers list(kind, scorer, r_class, schema, predict_type,
-# forest), or an rfleet_error naming the model, the step that failed and R's message.
+# forest), or an rfleet_error "<label>: loading failed in R: <step>: <R's message>".
 # `forest` is `.rfleet_forest()`'s answer for a model called by `predict`, else NULL.
-.rfleet_load <- function(name, dir, predict_type) {
+#
+# Loading registers nothing anywhere: the package's environment (score.R's definitions)
+# and the model live only in the closures of the answer, which the Rust side keeps. A load
+# that fails therefore leaves nothing behind for the next one to trip on (bar what a
+# score.R does to the global state itself: packages it attaches, `<<-`), and two versions
+# of one name never share an environment. AZUREML_MODEL_DIR is restored either way.
+.rfleet_load <- function(label, dir, predict_type) {
   step <- "reading the package"
   # AZUREML_MODEL_DIR points at the package while score.R is sourced and init() runs.
   old_dir <- Sys.getenv("AZUREML_MODEL_DIR", unset = NA)
@@ -455,11 +464,11 @@ options(warn = 1, stringsAsFactors = FALSE)
     if (is.null(predict_type) && kind == "predict") predict_type <- .rfleet_default_type(model)
     list(
       kind = kind,
-      scorer = .rfleet_scorer(name, kind, model, fn, dir),
+      scorer = .rfleet_scorer(label, kind, model, fn, dir),
       r_class = r_class,
       schema = schema,
       predict_type = predict_type,
       forest = forest
     )
-  }, error = function(e) .rfleet_error(paste0("model '", name, "': ", step, " failed: ", conditionMessage(e))))
+  }, error = function(e) .rfleet_error(paste0(label, ": loading failed in R: ", step, ": ", conditionMessage(e))))
 }

@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, ToHost, HOST_FD};
-use protocol::{ColumnData, ColumnType, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind, Schema};
+use protocol::{
+    ColumnData, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef, Schema,
+};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -53,12 +55,8 @@ struct Host {
 
 impl Host {
     /// Starts a host with the channel on fd 3 and sends it `Load`; returns its answer.
-    fn start(models: Vec<ModelSpec>) -> (Host, FromHost) {
-        Host::start_with(models, Stdio::inherit())
-    }
-
-    /// [`Host::start`] with the host's stdout going to `stdout`; stdin is /dev/null and
-    /// stderr this test's, as the supervisor sets them up (it pipes both to its log).
+    /// The host's stdout goes to `stdout`; stdin is /dev/null and stderr this test's, as
+    /// the supervisor sets them up (it pipes both to its log).
     fn start_with(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, FromHost) {
         let (ours, theirs) = UnixStream::pair().expect("socketpair");
         let their_fd = theirs.as_raw_fd();
@@ -93,20 +91,30 @@ impl Host {
     }
 
     fn ready_with(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, Vec<ModelInfo>) {
-        match Host::start_with(models, stdout) {
-            (host, FromHost::Ready { pid, r_version, models, .. }) => {
-                assert_eq!(pid, host.child.id());
-                assert!(r_version.starts_with("4."), "r_version {r_version:?}");
-                (host, models)
-            }
-            (_, other) => panic!("host did not load: {other:?}"),
+        match Host::start_some(models, stdout) {
+            (host, models, failed) if failed.is_empty() => (host, models),
+            (_, _, failed) => panic!("models failed to load: {failed:?}"),
         }
     }
 
-    /// Scores one request; `None` when the host died instead of answering.
+    /// Starts a host that answers ready; returns it with the models that loaded and those
+    /// that failed.
+    fn start_some(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, Vec<ModelInfo>, Vec<LoadFailure>) {
+        match Host::start_with(models, stdout) {
+            (host, FromHost::Ready { pid, r_version, models, failed }) => {
+                assert_eq!(pid, host.child.id());
+                assert!(r_version.starts_with("4."), "r_version {r_version:?}");
+                (host, models, failed)
+            }
+            (_, other) => panic!("host did not answer ready: {other:?}"),
+        }
+    }
+
+    /// Scores one request (a `&str` addresses a model by name only); `None` when the host
+    /// died instead of answering.
     fn try_score(
         &mut self,
-        model: &str,
+        model: impl Into<ModelRef>,
         input: Input,
         predict_type: Option<&str>,
     ) -> Option<Result<HostOutput, ErrorBody>> {
@@ -124,19 +132,26 @@ impl Host {
         }
     }
 
-    fn score(&mut self, model: &str, input: Input, predict_type: Option<&str>) -> Result<HostOutput, ErrorBody> {
+    fn score(
+        &mut self,
+        model: impl Into<ModelRef>,
+        input: Input,
+        predict_type: Option<&str>,
+    ) -> Result<HostOutput, ErrorBody> {
         self.try_score(model, input, predict_type).expect("the host died")
     }
 
-    fn frame(&mut self, model: &str, frame: Frame, predict_type: Option<&str>) -> Frame {
-        match self.score(model, Input::Frame(frame), predict_type) {
+    fn frame(&mut self, model: impl Into<ModelRef>, frame: Frame, predict_type: Option<&str>) -> Frame {
+        let model = model.into();
+        match self.score(model.clone(), Input::Frame(frame), predict_type) {
             Ok(HostOutput::Frame(frame)) => frame,
             other => panic!("{model}: expected a frame, got {other:?}"),
         }
     }
 
-    fn error(&mut self, model: &str, input: Input) -> ErrorBody {
-        match self.score(model, input, None) {
+    fn error(&mut self, model: impl Into<ModelRef>, input: Input) -> ErrorBody {
+        let model = model.into();
+        match self.score(model.clone(), input, None) {
             Err(error) => error,
             other => panic!("{model}: expected an error, got {other:?}"),
         }
@@ -232,7 +247,7 @@ fn check(host: &mut Host, infos: &[ModelInfo], case_path: &Path) {
     let (rows, expected) = (&case["rows"], &case["expected"]);
     if model.kind == ModelKind::AzureMl {
         // The entry script gets the body as the client sent it and answers JSON itself.
-        let answer = match host.score(&model.name, Input::Json(rows.to_string()), predict_type) {
+        let answer = match host.score(model.model_ref(), Input::Json(rows.to_string()), predict_type) {
             Ok(HostOutput::Json(json)) => json,
             other => panic!("{name}: expected JSON, got {other:?}"),
         };
@@ -240,10 +255,10 @@ fn check(host: &mut Host, infos: &[ModelInfo], case_path: &Path) {
         assert_same(&answer, expected, &name);
         return;
     }
-    let got = host.frame(&model.name, frame_for(rows, model), predict_type);
+    let got = host.frame(model.model_ref(), frame_for(rows, model), predict_type);
     assert_same(&frame_json(&got), expected, &name);
     for (i, row) in rows.as_array().unwrap().iter().enumerate().take(3) {
-        let got = host.frame(&model.name, frame_for(&json!([row]), model), predict_type);
+        let got = host.frame(model.model_ref(), frame_for(&json!([row]), model), predict_type);
         assert_same(&frame_json(&got), &json!([expected[i]]), &format!("{name} row {i} alone"));
     }
 }
@@ -347,7 +362,7 @@ fn errors_are_answers_and_the_host_survives_them() {
 
     let error = host.error("nope", Input::Frame(x_frame(1.0)));
     assert_eq!(error.code, ErrorCode::ModelNotFound);
-    assert_eq!(error.message, "model 'nope' is not loaded in this host (loaded: azureml, faulty, lm)");
+    assert_eq!(error.message, "model 'nope' is not loaded in this host (loaded: azureml, faulty, lm version 1.0.0)");
 
     let error = host.error("azureml", Input::Frame(x_frame(1.0)));
     assert_eq!(error.code, ErrorCode::BadRequest);
@@ -361,7 +376,7 @@ fn errors_are_answers_and_the_host_survives_them() {
     let error = host.error("lm", Input::Frame(protocol::json::frame_from_value(&partial).unwrap()));
     assert_eq!(error.code, ErrorCode::RError);
     assert!(
-        error.message.starts_with("model 'lm': predict failed: ") && error.message.contains("cnt"),
+        error.message.starts_with("model 'lm' version '1.0.0': predict failed: ") && error.message.contains("cnt"),
         "{}",
         error.message
     );
@@ -455,45 +470,272 @@ fn write_package(root: &Path, name: &str, score: &str, with_rds: bool) -> PathBu
     dir
 }
 
+/// A package's `model.toml`, naming it and giving it a version.
+fn write_manifest(dir: &Path, name: &str, version: &str) {
+    std::fs::write(dir.join("model.toml"), format!("name = \"{name}\"\nversion = \"{version}\"\n")).unwrap();
+}
+
+/// One package per way a load fails, among good ones: the host answers ready with the
+/// good ones, and a failure per bad package in the order listed, whose message names the
+/// model, its version, the step and R's error (`needle` is how it starts, `also` what
+/// else it holds). A failed package is not reachable, and the others serve.
 #[test]
-fn load_failures_name_the_model_and_the_reason() {
+fn load_failures_are_reported_and_the_rest_serve() {
     let root = tempfile::tempdir().unwrap();
-    let good = spec(&fixtures().join("models/lm"));
-    for (name, score, with_rds, needle) in [
+    let (lm, faulty) = (spec(&fixtures().join("models/lm")), spec(&fixtures().join("models/faulty")));
+    let lm_dir = lm.dir.display().to_string();
+    let bad: Vec<(ModelSpec, String, &str)> = [
         (
             "init_fails",
             "init <- function() stop(\"no weights here\")",
             false,
-            "model 'init_fails': calling init() failed: no weights here",
+            None,
+            "calling init(): no weights here",
+            "",
         ),
-        (
-            "init_not_fn",
-            "init <- function() 42",
-            false,
-            "model 'init_not_fn': calling init() failed: init() returned a numeric",
-        ),
+        ("init_not_fn", "init <- function() 42", false, None, "calling init(): init() returned a numeric", ""),
         (
             "no_rds",
             "predict_fn <- function(model, newdata) 1",
             false,
-            "model 'no_rds': reading model.rds failed: there is no model.rds",
+            Some("2"),
+            "reading model.rds: there is no model.rds",
+            "",
         ),
         (
             "bad_syntax",
             "predict_fn <- function(model, newdata) {",
             true,
-            "model 'bad_syntax': sourcing score.R failed: ",
+            None,
+            "sourcing score.R: ",
+            "unexpected end of input",
         ),
-    ] {
+        (
+            "missing_package",
+            "library(rfleetNoSuchPackage)\npredict_fn <- function(model, newdata) 1",
+            true,
+            Some("1.0"),
+            "sourcing score.R: there is no package called ",
+            "rfleetNoSuchPackage",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, score, with_rds, version, step, also)| {
         let dir = write_package(root.path(), name, score, with_rds);
-        let (mut host, answer) = Host::start(vec![good.clone(), spec(&dir)]);
-        match answer {
-            FromHost::LoadFailed { message } => assert!(message.starts_with(needle), "{name}: {message}"),
-            other => panic!("{name}: expected load_failed, got {other:?}"),
-        }
-        let status = host.child.wait().unwrap();
-        assert!(!status.success() && status.code().is_some(), "{name}: a failed load exits non-zero: {status}");
+        let label = match version {
+            Some(version) => {
+                write_manifest(&dir, name, version);
+                format!("model '{name}' version '{version}'")
+            }
+            None => format!("model '{name}'"),
+        };
+        (spec(&dir), format!("{label}: loading failed in R: {step}"), also)
+    })
+    .collect();
+    // The same name and version twice: the second is a failure, the first serves.
+    let duplicate = (
+        lm.clone(),
+        format!("model 'lm' version '1.0.0': listed twice; the package in {lm_dir} comes first, the one in {lm_dir} is not loaded"),
+        "",
+    );
+
+    let mut specs = vec![lm.clone()];
+    specs.extend(bad[..3].iter().map(|(s, ..)| s.clone()));
+    specs.push(faulty.clone());
+    specs.extend(bad[3..].iter().map(|(s, ..)| s.clone()));
+    specs.push(duplicate.0.clone());
+    let (mut host, models, failed) = Host::start_some(specs, Stdio::inherit());
+    let refs: Vec<ModelRef> = models.iter().map(ModelInfo::model_ref).collect();
+    assert_eq!(refs, [lm.model_ref(), faulty.model_ref()], "the good ones, in the order listed");
+    let expected: Vec<_> = bad.iter().chain([&duplicate]).collect();
+    assert_eq!(failed.len(), expected.len(), "{failed:#?}");
+    for (failure, (spec, needle, also)) in failed.iter().zip(expected) {
+        assert_eq!((&failure.name, &failure.version), (&spec.name, &spec.version));
+        assert!(failure.message.starts_with(needle.as_str()) && failure.message.contains(also), "{}", failure.message);
     }
+
+    // Nothing of a failed package is left to reach; the good ones serve.
+    for (spec, ..) in &bad {
+        let error = host.error(spec.model_ref(), Input::Frame(x_frame(1.0)));
+        assert_eq!(error.code, ErrorCode::ModelNotFound, "{}", error.message);
+        assert!(
+            error.message.ends_with("is not loaded in this host (loaded: faulty, lm version 1.0.0)"),
+            "{}",
+            error.message
+        );
+    }
+    check(&mut host, &models, &fixtures().join("cases/lm.json"));
+    check(&mut host, &models, &fixtures().join("cases/faulty.json"));
+
+    // A host whose every package failed still answers ready, with nothing loaded.
+    let (mut host, models, failed) = Host::start_some(vec![bad[0].0.clone()], Stdio::inherit());
+    assert_eq!((models, failed.len()), (vec![], 1), "{failed:?}");
+    let error = host.error("init_fails", Input::Frame(x_frame(1.0)));
+    assert_eq!(error.message, "model 'init_fails' is not loaded in this host (loaded: none)");
+}
+
+/// The issue's case: one corrupt `model.rds` beside two good packages. The corrupt one is
+/// a newer version of one of them, so its failure must also leave the older one in charge
+/// of unpinned requests.
+#[test]
+fn a_corrupt_package_beside_good_ones_is_reported_and_they_serve() {
+    let root = tempfile::tempdir().unwrap();
+    let broken = root.path().join("lm_2");
+    std::fs::create_dir_all(&broken).unwrap();
+    let mut rng = Rng(9);
+    let bytes: Vec<u8> = (0..4096).map(|_| (rng.unit() * 256.0) as u8).collect();
+    std::fs::write(broken.join("model.rds"), bytes).unwrap();
+    write_manifest(&broken, "lm", "2.0.0");
+    // R's own error for those bytes.
+    let output = Command::new("Rscript")
+        .args(["-e", "tryCatch(readRDS(commandArgs(TRUE)[1]), error = function(e) cat(conditionMessage(e)))"])
+        .arg(broken.join("model.rds"))
+        .output()
+        .expect("run Rscript");
+    let r_error = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success() && !r_error.is_empty(), "readRDS read random bytes? {output:?}");
+
+    let (lm, rf_reg) = (spec(&fixtures().join("models/lm")), spec(&fixtures().join("models/rf_reg")));
+    let (mut host, models, failed) =
+        Host::start_some(vec![lm.clone(), spec(&broken), rf_reg.clone()], Stdio::inherit());
+    let refs: Vec<ModelRef> = models.iter().map(ModelInfo::model_ref).collect();
+    assert_eq!(refs, [lm.model_ref(), rf_reg.model_ref()]);
+    assert_eq!(
+        failed,
+        [LoadFailure {
+            name: "lm".into(),
+            version: Some("2.0.0".into()),
+            message: format!("model 'lm' version '2.0.0': loading failed in R: reading model.rds: {r_error}"),
+        }]
+    );
+
+    for case in ["lm", "rf_reg"] {
+        check(&mut host, &models, &fixtures().join(format!("cases/{case}.json")));
+    }
+    // Unpinned, lm is the version that loaded; pinned to the broken one, it is not there.
+    let case: Value = serde_json::from_slice(&std::fs::read(fixtures().join("cases/lm.json")).unwrap()).unwrap();
+    let got = host.frame("lm", frame_for(&case["rows"], info(&models, "lm")), None);
+    assert_same(&frame_json(&got), &case["expected"], "lm unpinned");
+    let error = host.error(ModelRef::new("lm", Some("2.0.0".into())), Input::Frame(x_frame(1.0)));
+    assert_eq!(error.code, ErrorCode::ModelNotFound);
+    assert_eq!(
+        error.message,
+        "model 'lm' version '2.0.0' is not loaded in this host (loaded: lm version 1.0.0, rf_reg)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Several versions of one model in one host.
+
+/// Two versions each of an `lm` and a randomForest regression, fitted on different data
+/// (so that the versions answer differently), and R's own answers for each version:
+/// `predict` on the rows, and for the forests the mean of trees 10..30 (0-based, end
+/// exclusive) from `predict.all`. Packages `<name>_<version>` under `root`, the answers in
+/// `root/expected.json`.
+fn versioned_packages(root: &Path) -> Value {
+    let code = r#"
+      suppressPackageStartupMessages({ library(randomForest); library(jsonlite) })
+      out <- Sys.getenv("OUT")
+      fit <- function(seed, slope) {
+        set.seed(seed)
+        n <- 200
+        d <- data.frame(x1 = runif(n, 0, 10), x2 = rnorm(n), grp = factor(sample(c("a", "b", "c"), n, TRUE)))
+        d$y <- slope * d$x1 - 2 * d$x2 + as.integer(d$grp) + rnorm(n, sd = 0.5)
+        list(lm = lm(y ~ x1 + x2 + grp, data = d), rf = randomForest(y ~ x1 + x2 + grp, data = d, ntree = 40))
+      }
+      set.seed(99)
+      rows <- data.frame(x1 = round(runif(6, 0, 10), 2), x2 = round(rnorm(6), 2), grp = sample(c("a", "b", "c"), 6, TRUE))
+      rows_json <- toJSON(rows, digits = NA)
+      newdata <- fromJSON(rows_json)
+      newdata$grp <- factor(newdata$grp, levels = c("a", "b", "c"))
+      expected <- list()
+      for (version in c("1", "2")) {
+        models <- fit(as.integer(version), if (version == "1") 0.5 else 1.5)
+        for (name in c("lm", "rf")) {
+          dir <- file.path(out, paste0("v", name, "_", version))
+          dir.create(dir)
+          saveRDS(models[[name]], file.path(dir, "model.rds"))
+          writeLines(c(sprintf('name = "v%s"', name), sprintf('version = "%s"', version)), file.path(dir, "model.toml"))
+          expected[[paste0("v", name, "_", version)]] <- unname(predict(models[[name]], newdata = newdata))
+        }
+        trees <- predict(models$rf, newdata = newdata, predict.all = TRUE)$individual
+        expected[[paste0("vrf_", version, "_trees_10_30")]] <- unname(rowMeans(trees[, 11:30, drop = FALSE]))
+      }
+      expected$rows <- newdata
+      write(toJSON(expected, digits = NA, auto_unbox = FALSE), file.path(out, "expected.json"))
+    "#;
+    let status = Command::new("Rscript").arg("-e").arg(code).env("OUT", root).status().expect("run Rscript");
+    assert!(status.success(), "making the versioned packages failed: {status}");
+    serde_json::from_slice(&std::fs::read(root.join("expected.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn one_host_serves_two_versions_of_a_model() {
+    let root = tempfile::tempdir().unwrap();
+    let expected = versioned_packages(root.path());
+    // Version 2 listed first: which one is highest must not depend on the order.
+    let dirs = ["vlm_2", "vlm_1", "vrf_1", "vrf_2"];
+    let (mut host, models) = Host::ready(dirs.iter().map(|d| spec(&root.path().join(d))).collect());
+    let refs: Vec<String> = models.iter().map(|m| m.model_ref().to_string()).collect();
+    assert_eq!(refs, ["vlm version 2", "vlm version 1", "vrf version 1", "vrf version 2"]);
+    let version = |name: &str, version: &str| ModelRef::new(name, Some(version.to_string()));
+    let frame = |model: &ModelRef| {
+        let info = models.iter().find(|m| m.model_ref() == *model).unwrap_or(&models[0]);
+        frame_for(&expected["rows"], info)
+    };
+
+    // Each version answers R's own predict for that version; a request by name alone
+    // gets the highest version.
+    for (model, answer) in [
+        (version("vlm", "1"), "vlm_1"),
+        (version("vlm", "2"), "vlm_2"),
+        (version("vrf", "1"), "vrf_1"),
+        (version("vrf", "2"), "vrf_2"),
+        (ModelRef::from("vlm"), "vlm_2"),
+        (ModelRef::from("vrf"), "vrf_2"),
+    ] {
+        let got = host.frame(model.clone(), frame(&model), None);
+        assert_same(&frame_json(&got), &expected[answer], &model.to_string());
+    }
+    // The versions do answer differently, or the above would not tell them apart.
+    for name in ["vlm", "vrf"] {
+        let (one, two) = (&expected[format!("{name}_1")], &expected[format!("{name}_2")]);
+        let apart = one
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(two.as_array().unwrap())
+            .all(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() > 1e-3);
+        assert!(apart, "{name}: versions 1 and 2 answer alike: {one} vs {two}");
+    }
+
+    // A range of trees of one version is that version's trees.
+    for v in ["1", "2"] {
+        let model = version("vrf", v);
+        match host.part(model.clone(), &frame(&model), 10, 30) {
+            protocol::host::ForestPart::Regression { n_trees: 20, mean } => {
+                let mean: Vec<Value> = mean.into_iter().map(|m| json!(m)).collect();
+                assert_same(
+                    &Value::Array(mean),
+                    &expected[format!("vrf_{v}_trees_10_30")],
+                    &format!("{model} trees 10..30"),
+                );
+            }
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+
+    // A version the host does not hold: the error names those it does.
+    let error = host.error(version("vlm", "3"), Input::Frame(frame(&version("vlm", "1"))));
+    assert_eq!(error.code, ErrorCode::ModelNotFound);
+    assert_eq!(
+        error.message,
+        "model 'vlm' version '3' is not loaded in this host \
+         (loaded: vlm version 1, vlm version 2, vrf version 1, vrf version 2)"
+    );
+    let error = host.score_trees(version("vrf", "3"), Input::Frame(frame(&version("vrf", "1"))), 0, 10).0.unwrap_err();
+    assert_eq!(error.code, ErrorCode::ModelNotFound, "{}", error.message);
+    assert!(error.message.starts_with("model 'vrf' version '3' is not loaded in this host"), "{}", error.message);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -734,7 +976,13 @@ fn fixture_forests() -> Vec<(&'static str, u32, Option<Vec<String>>)> {
 
 impl Host {
     /// Scores trees `start..end`; the answer and the host's `r_us`.
-    fn score_trees(&mut self, model: &str, input: Input, start: u32, end: u32) -> (Result<HostOutput, ErrorBody>, u64) {
+    fn score_trees(
+        &mut self,
+        model: impl Into<ModelRef>,
+        input: Input,
+        start: u32,
+        end: u32,
+    ) -> (Result<HostOutput, ErrorBody>, u64) {
         self.next_id += 1;
         let id = self.next_id;
         let trees = protocol::host::TreeRange { start, end };
@@ -761,8 +1009,9 @@ impl Host {
         }
     }
 
-    fn part(&mut self, model: &str, frame: &Frame, start: u32, end: u32) -> protocol::host::ForestPart {
-        match self.score_trees(model, Input::Frame(frame.clone()), start, end).0 {
+    fn part(&mut self, model: impl Into<ModelRef>, frame: &Frame, start: u32, end: u32) -> protocol::host::ForestPart {
+        let model = model.into();
+        match self.score_trees(model.clone(), Input::Frame(frame.clone()), start, end).0 {
             Ok(HostOutput::ForestPart(part)) => part,
             other => panic!("{model} trees {start}..{end}: expected a forest part, got {other:?}"),
         }
@@ -1027,13 +1276,17 @@ fn ready_reports_forests_and_score_trees_refuses_other_models() {
     }
     assert!(info(&infos, "caret").forest.is_none(), "a forest wrapped by caret stays whole");
 
+    let label = |name: &str| match &info(&infos, name).version {
+        Some(version) => format!("model '{name}' version '{version}'"),
+        None => format!("model '{name}'"),
+    };
     let lm_rows = frame_for(&json!([{ "x1": 1.0, "x2": 2.0, "grp": "beta", "cnt": 3.0 }]), info(&infos, "lm"));
     for model in ["lm", "caret", "gbm", "predict_fn", "rpart"] {
         let (result, _) = host.score_trees(model, Input::Frame(lm_rows.clone()), 0, 1);
         let error = result.expect_err(model);
         assert_eq!(error.code, ErrorCode::BadRequest, "{model}: {}", error.message);
         assert!(
-            error.message.starts_with(&format!("model '{model}': cannot score a range of trees: it is not a forest")),
+            error.message.starts_with(&format!("{}: cannot score a range of trees: it is not a forest", label(model))),
             "{}",
             error.message
         );
