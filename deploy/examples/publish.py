@@ -3,9 +3,15 @@
 
 An example for other systems (see docs/protocol.md): it builds a request with a typed
 frame from JSON rows, publishes it to the model's queue with a reply queue and a
-deadline, and prints the reply as JSON. Needs `pip install pika msgpack`.
+deadline, and prints the reply as JSON, with the version that scored it
+(`timings.model_version`) as `model_version`. Needs `pip install pika msgpack`.
+
+Unpinned requests go to the model's name queue (`<prefix><model>`), where a worker scores
+them with the highest version it holds; `--model-version V` pins version V and publishes
+to that version's queue (`<prefix><model>@V`), which only workers holding V consume.
 
     python3 publish.py --model mtcars --rows '[{"wt": 2.62, "hp": 110, "cyl": 6, "gear": "4"}]'
+    python3 publish.py --model mtcars --model-version 2 --rows '...'
     python3 publish.py --model mtcars --content-type json --rows '...'
 """
 import argparse
@@ -55,6 +61,11 @@ def main():
     parser.add_argument("--deadline-ms", type=int, default=None, help="absolute deadline (default: now + timeout)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
     parser.add_argument("--version", type=int, default=1, help="protocol version to claim")
+    parser.add_argument(
+        "--model-version",
+        default=None,
+        help="pin this version of the model: sets model_version and publishes to its version queue",
+    )
     parser.add_argument("--raw-body", default=None, help="publish these bytes as is (for testing poison messages)")
     args = parser.parse_args()
 
@@ -71,6 +82,7 @@ def main():
         "version": args.version,
         "id": correlation_id,
         "model": args.model,
+        "model_version": args.model_version,
         "deadline_ms": deadline_ms,
         "options": {"type": args.type},
         "input": {"frame": frame(json.loads(args.rows))},
@@ -96,9 +108,14 @@ def main():
     # Direct reply-to needs the consumer before the publish.
     channel.basic_consume(queue=reply_to, on_message_callback=on_reply, auto_ack=True)
     remaining_ms = max(1, deadline_ms - int(time.time() * 1000))
+    # A pinned request goes to its version's queue: on the name queue it could reach a
+    # worker that holds another version, which answers it model_not_found.
+    queue = args.queue_prefix + args.model
+    if args.model_version is not None:
+        queue += "@" + args.model_version
     channel.basic_publish(
         exchange="",
-        routing_key=args.queue_prefix + args.model,
+        routing_key=queue,
         body=body,
         properties=pika.BasicProperties(
             correlation_id=correlation_id,
@@ -114,7 +131,16 @@ def main():
     if "body" not in reply:
         print(json.dumps({"error": "no reply within %.1f s" % args.timeout}))
         return 2
-    print(json.dumps({"content_type": reply["content_type"], "reply": reply["body"]}, default=str))
+    body = reply["body"]
+    timings = body.get("timings") if isinstance(body, dict) else None
+    answered = {
+        "content_type": reply["content_type"],
+        "queue": queue,
+        # The version that scored it (None for an unversioned model or an older worker).
+        "model_version": (timings or {}).get("model_version"),
+        "reply": body,
+    }
+    print(json.dumps(answered, default=str))
     return 0
 
 

@@ -5,6 +5,10 @@
 //! late or duplicate replies dropped, and a delivery dropped unacknowledged (its worker
 //! task died) redelivered with `redelivered = true`. It counts every delivery of a message
 //! exactly ([`Delivery::attempt`]).
+//!
+//! One queue carries every model's requests, every version's included ([`Requester::queue_for`]
+//! names it whatever the model and version), so a worker has no set of queues to follow
+//! as it loads and removes models: it takes everything and answers what it does not hold.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -107,7 +107,9 @@ impl Transport for EmbeddedBus {
         Arc::new(self.clone())
     }
 
-    /// Every model's requests share the one in-process queue.
+    /// Every model's requests share the one in-process queue, versions included, so
+    /// there is no set of queues to follow: `queues` is not read, and a model loaded or
+    /// removed needs nothing of the bus (the worker answers what it does not hold).
     async fn consume(&self, _queues: watch::Receiver<Vec<String>>) -> Result<Box<dyn Consumer>, BusError> {
         Ok(Box::new(self.consumer(&self.request_queue())))
     }

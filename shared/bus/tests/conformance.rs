@@ -1,7 +1,8 @@
 //! The transport conformance suite: the semantics every bus must keep, checked the same
 //! way on each transport: the embedded one and RabbitMQ (a real broker on
 //! 127.0.0.1:5672, `RFLEET_TEST_AMQP_URL` to point elsewhere). Each AMQP test uses its
-//! own queue prefix and dead-letter queue and deletes them at the end.
+//! own queue prefix and dead-letter queue and deletes them at the end. The embedded bus has
+//! one queue for everything, so following a set of queues is checked on RabbitMQ only.
 
 mod amqp_support;
 
@@ -403,5 +404,135 @@ async fn amqp_catalog_announcements_fan_out() {
         }
     }
     assert_eq!(heard, (Some(b"worker-1".to_vec()), Some(b"worker-1".to_vec())));
+    broker.cleanup().await;
+}
+
+/// A consumer that follows a set of queues, on version queues and name queues alike:
+/// after each change of the set, a request published to every queue of the test reaches
+/// the follower when its queue is in the set, and otherwise stays in its queue for another
+/// consumer. A name the broker would refuse is left out and the rest are served.
+#[tokio::test]
+async fn amqp_consumer_follows_its_queue_set() {
+    let broker = TestBroker::new("follow").await;
+    let bus = &broker.bus;
+    let name = broker.queue("m", None);
+    let v2 = broker.queue("m", Some("2"));
+    let other = broker.queue("n", None);
+    assert_eq!(v2, format!("{}m@2", broker.config.queue_prefix), "queue_for names the version queue");
+    let too_long = bus.queue_for(&"x".repeat(300), None);
+    let all = [name.clone(), v2.clone(), other.clone()];
+    for queue in &all {
+        bus.declare_queue(queue).await.unwrap(); // so that its consumers can be counted
+    }
+    let (set_tx, set) = tokio::sync::watch::channel(vec![name.clone(), too_long.clone()]);
+    let mut follower = bus.consumer_following(set).await.expect("consume the first set");
+    let mut check = async |step: &str, set: &[&String]| {
+        set_tx.send_replace(set.iter().map(|q| q.to_string()).chain([too_long.clone()]).collect());
+        for queue in &all {
+            let expected = u32::from(set.contains(&queue));
+            let what = format!("{expected} consumers on {queue} at step '{step}'");
+            wait_for(Duration::from_secs(10), &what, async || {
+                (bus.consumer_count(queue).await == Ok(expected)).then_some(())
+            })
+            .await;
+        }
+        let calls: Vec<_> = all
+            .iter()
+            .map(|queue| {
+                let (bus, id) = (bus.clone(), format!("{step}:{queue}"));
+                let queue = queue.clone();
+                tokio::spawn(async move { bus.call(outgoing(&queue, &id, id.as_bytes()), soon(20_000)).await })
+            })
+            .collect();
+        let mut expected: Vec<String> =
+            all.iter().filter(|q| set.contains(q)).map(|queue| format!("{step}:{queue}")).collect();
+        while !expected.is_empty() {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), follower.next())
+                .await
+                .unwrap_or_else(|_| panic!("step '{step}': the follower never got {expected:?}"))
+                .expect("the follower's stream ended");
+            let id = delivery.correlation_id.clone().unwrap_or_default();
+            assert!(expected.contains(&id), "step '{step}': the follower got {id}, published outside its set");
+            expected.retain(|e| *e != id);
+            delivery.reply(ContentType::MsgPack, b"follower".to_vec()).await.unwrap();
+            delivery.ack().await.unwrap();
+        }
+        // What went to a queue outside the set waits there: a consumer of that queue gets it.
+        for queue in all.iter().filter(|q| !set.contains(q)) {
+            let (_, fixed) = tokio::sync::watch::channel(vec![queue.clone()]);
+            let mut another = bus.consumer_following(fixed).await.unwrap();
+            let delivery = tokio::time::timeout(Duration::from_secs(10), another.next())
+                .await
+                .unwrap_or_else(|_| panic!("step '{step}': the request to {queue} did not stay in it"))
+                .unwrap();
+            assert_eq!(delivery.correlation_id, Some(format!("{step}:{queue}")));
+            delivery.reply(ContentType::MsgPack, b"another".to_vec()).await.unwrap();
+            delivery.ack().await.unwrap();
+            another.shutdown().await;
+        }
+        for (queue, call) in all.iter().zip(calls) {
+            let answered_by: &[u8] = if set.contains(&queue) { b"follower" } else { b"another" };
+            assert_eq!(call.await.unwrap().as_deref(), Ok(answered_by), "step '{step}', {queue}");
+        }
+    };
+    check("name queue only", &[&name]).await;
+    check("version queue added", &[&name, &v2]).await;
+    check("name queue removed, another added", &[&v2, &other]).await;
+    check("nothing", &[]).await;
+    check("all again", &[&name, &v2, &other]).await;
+    // A call to a queue the broker would refuse fails at once, naming why, and the
+    // connection it would have broken is still up.
+    let refused = bus.call(outgoing(&too_long, "too-long", b"x"), soon(5000)).await;
+    assert!(
+        matches!(&refused, Err(BusError::Unavailable(message)) if message.contains("RabbitMQ takes at most 255")),
+        "{refused:?}"
+    );
+    assert!(bus.is_ready());
+    follower.shutdown().await;
+    broker.cleanup().await;
+}
+
+/// Taking a queue out of the set: the delivery the worker holds still settles on its
+/// channel, the ones the consumer received but had not handed out go back to the queue
+/// for another consumer, and the queues left in the set go on.
+#[tokio::test]
+async fn amqp_removed_queue_gives_back_what_the_consumer_holds() {
+    let broker = TestBroker::new("remove").await;
+    let bus = &broker.bus;
+    let (removed, kept) = (broker.queue("m", Some("1")), broker.queue("m", None));
+    let (set_tx, set) = tokio::sync::watch::channel(vec![removed.clone(), kept.clone()]);
+    let mut follower = bus.consumer_following(set).await.unwrap();
+    let call = |queue: &String, id: &str| {
+        let (bus, queue, id) = (bus.clone(), queue.clone(), id.to_string());
+        tokio::spawn(async move { bus.call(outgoing(&queue, &id, b"x"), soon(20_000)).await })
+    };
+    let held_calls: Vec<_> = (0..3).map(|i| call(&removed, &format!("r{i}"))).collect();
+    // All three are delivered to the follower (prefetch 8): one taken, two buffered.
+    let held = follower.next().await.unwrap();
+    wait_for_count(&broker, &removed, 0).await;
+    set_tx.send_replace(vec![kept.clone()]);
+    wait_for(Duration::from_secs(10), "the removed queue's consumer cancelled", async || {
+        (bus.consumer_count(&removed).await == Ok(0)).then_some(())
+    })
+    .await;
+    let kept_call = call(&kept, "k");
+    let next = tokio::time::timeout(Duration::from_secs(10), follower.next()).await.unwrap().unwrap();
+    assert_eq!(next.correlation_id.as_deref(), Some("k"), "a delivery of the removed queue was handed out");
+    next.reply(ContentType::MsgPack, b"kept".to_vec()).await.unwrap();
+    next.ack().await.unwrap();
+    assert_eq!(kept_call.await.unwrap().as_deref(), Ok(&b"kept"[..]));
+    // The held delivery's channel outlived its consumer.
+    held.reply(ContentType::MsgPack, b"held".to_vec()).await.unwrap();
+    held.ack().await.unwrap();
+    // The two buffered ones went back and wait in the queue for another consumer.
+    wait_for_count(&broker, &removed, 2).await;
+    let _another = spawn_echo(bus.consumer(&["m@1".to_string()]).await.unwrap());
+    let mut replies = Vec::new();
+    for call in held_calls {
+        replies.push(call.await.unwrap().unwrap());
+    }
+    replies.sort();
+    assert_eq!(replies, [b"held".to_vec(), b"x".to_vec(), b"x".to_vec()]);
+    follower.shutdown().await;
     broker.cleanup().await;
 }

@@ -1,11 +1,47 @@
-//! The worker's side: subscriptions to request queues (a channel each), the pump that
-//! merges their deliveries into one [`AmqpConsumer`] and follows the bus to new
-//! connections, and settling a delivery (reply, ack, reject, dead-letter).
+//! The worker's side: subscriptions to request queues (a channel each) that follow a set
+//! of queue names as it changes, the pump that merges their deliveries into one
+//! [`AmqpConsumer`] and follows the bus to new connections, and settling a delivery (reply,
+//! ack, reject, dead-letter).
+//!
+//! # Following a set of queues
+//! The worker hands [`start`] a `watch` of queue names (name queues and version queues;
+//! it changes them as models are loaded or removed). The pump keeps one subscription
+//! (channel with `basic.qos(prefetch)`, declaration, `basic.consume`) per name in the set
+//! on the bus's current connection:
+//! - a name added to the set is subscribed on the current connection; one that cannot be
+//!   (say its declaration is refused) is tried again with the reconnect backoff, the rest
+//!   are served meanwhile;
+//! - a name taken out of the set is cancelled (`basic.cancel`): the broker sends that
+//!   consumer nothing more, and what waits in the queue stays there for other consumers;
+//! - after a reconnect the set as it is then is subscribed (`subscribe_after`: the pump
+//!   never connects, it follows the one reconnect loop's generations);
+//! - a name the broker would refuse (`check_queue_name`) is logged as an error and left
+//!   out; a sender that is dropped leaves the last set in place.
+//!
+//! Deliveries of a queue taken out of the set:
+//! - those [`AmqpConsumer::next`] already returned stay the worker's to settle. Each holds
+//!   its channel open (lapin closes a channel with its last handle), so reply, ack and
+//!   dead-letter work after the cancel; the channel closes once its consumer has ended and
+//!   the last of them is settled. If the connection goes first, the broker requeues them
+//!   (at-least-once, as always) and their acks fail.
+//! - those received but not yet returned by `next` (prefetched, or sent by the broker
+//!   before its cancel-ok) are given back at once (`basic.nack` with requeue), never handed
+//!   to the worker: once the worker has sent the new set, `next` returns no delivery of a
+//!   removed queue. A message given back counts as a delivery (`redelivered`, and
+//!   `x-delivery-count` on quorum queues, toward their `delivery-limit`). One given back
+//!   before the broker saw the cancel may come back once to the same consumer, and is then
+//!   given back again, after the cancel.
+//!
+//! A worker that removes a model should therefore take its queues out of the set before it
+//! stops being able to score it, and still answer the deliveries `next` returned earlier.
 
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::BackoffBuilder;
+use futures::stream::{BoxStream, SelectAll};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -13,175 +49,358 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{subscribe_after, Session};
+use super::connection::{reconnect_backoff, subscribe_after, Session};
 use super::publish::publish;
-use super::{bounded, not_connected, topology, unavailable, Inner, DELIVERY_COUNT_HEADER, QUEUE_HEADER, REASON_HEADER};
+use super::{
+    bounded, check_queue_name, not_connected, topology, unavailable, Inner, DELIVERY_COUNT_HEADER, OPERATION_TIMEOUT,
+    QUEUE_HEADER, REASON_HEADER,
+};
 use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle};
 
-/// Subscribes to `queues` on the current connection (failing at once when there is none)
-/// and starts the pump that keeps the subscription across connections.
-pub(super) async fn start(inner: &Arc<Inner>, queues: Vec<String>) -> Result<AmqpConsumer, BusError> {
+/// Subscribes to the set `queues` holds now on the current connection (failing at once when
+/// there is none, or when one of them cannot be subscribed) and starts the pump that
+/// follows the set and the bus's connections.
+pub(super) async fn start(inner: &Arc<Inner>, queues: watch::Receiver<Vec<String>>) -> Result<AmqpConsumer, BusError> {
     let session = inner.current()?;
-    let subscriptions = subscribe(inner, &session, &queues).await?;
     let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
     let stop = inner.shutdown.child_token();
-    let pump = ConsumerPump { inner: inner.clone(), queues, delivery_tx, stop: stop.clone() };
-    let done = inner.tasks.spawn(pump.run(session.generation, subscriptions));
-    Ok(AmqpConsumer { delivery_rx, stop, done: Some(done) })
+    let mut pump = ConsumerPump {
+        inner: inner.clone(),
+        queues: queues.clone(),
+        set_fixed: false,
+        delivery_tx,
+        stop: stop.clone(),
+        subscribed: HashMap::new(),
+        streams: SelectAll::new(),
+        next_id: 0,
+        retry: None,
+        retry_delays: reconnect_backoff().build(),
+    };
+    let wanted = wanted(&mut pump.queues);
+    for opened in subscribe(inner, &session, &wanted).await? {
+        pump.install(opened);
+    }
+    let done = inner.tasks.spawn(pump.run(session));
+    Ok(AmqpConsumer { delivery_rx, queues, stop, done: Some(done) })
 }
 
-/// One request queue's channel and consumer.
-struct Subscription {
+/// The set's names as the pump subscribes them: each once, in order, without the ones the
+/// broker would refuse (logged: no worker can serve such a queue).
+fn wanted(queues: &mut watch::Receiver<Vec<String>>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let set = queues.borrow_and_update().clone();
+    set.into_iter()
+        .filter(|queue| seen.insert(queue.clone()))
+        .filter(|queue| match check_queue_name(queue) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "not consuming a request queue the broker would refuse");
+                false
+            }
+        })
+        .collect()
+}
+
+/// A request queue's channel and consumer, just subscribed.
+struct Opened {
     queue: String,
     channel: Channel,
     consumer: lapin::Consumer,
 }
 
-/// Opens one channel per request queue with `basic.qos(prefetch)`, declares the queue and
-/// starts consuming it.
-async fn subscribe(inner: &Inner, session: &Session, queues: &[String]) -> Result<Vec<Subscription>, BusError> {
-    let mut subscriptions = Vec::with_capacity(queues.len());
-    for queue in queues {
-        let channel = bounded("open channel", session.connection.create_channel()).await?;
-        // Per channel (global = false): quorum queues refuse consumers on a channel with a
-        // global limit. One channel per queue, so each queue gets `prefetch`.
-        bounded("basic.qos", channel.basic_qos(inner.config.prefetch.max(1), BasicQosOptions { global: false }))
-            .await?;
-        topology::declare_request_queue(&channel, &inner.config, queue).await?;
-        let consumer = bounded(
-            &format!("consume queue '{queue}'"),
-            channel.basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
-        tracing::debug!(%queue, "consuming");
-        subscriptions.push(Subscription { queue: queue.clone(), channel, consumer });
-    }
-    Ok(subscriptions)
+/// Opens a channel with `basic.qos(prefetch)`, declares the queue and starts consuming it.
+/// On failure what was opened is dropped, and lapin cancels and closes it.
+async fn subscribe_one(inner: &Inner, session: &Session, queue: &str) -> Result<Opened, BusError> {
+    let channel = bounded("open channel", session.connection.create_channel()).await?;
+    // Per channel (global = false): quorum queues refuse consumers on a channel with a
+    // global limit. One channel per queue, so each queue gets `prefetch`.
+    bounded("basic.qos", channel.basic_qos(inner.config.prefetch.max(1), BasicQosOptions { global: false })).await?;
+    topology::declare_request_queue(&channel, &inner.config, queue).await?;
+    let consumer = bounded(
+        &format!("consume queue '{queue}'"),
+        channel.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()),
+    )
+    .await?;
+    tracing::debug!(%queue, "consuming");
+    Ok(Opened { queue: queue.to_string(), channel, consumer })
 }
 
-/// Moves deliveries from the broker's consumers into the [`AmqpConsumer`]'s stream, and
-/// subscribes again when the bus moved to a new connection.
+/// Subscribes every queue in `queues`, or none: the first failure drops what was opened.
+async fn subscribe(inner: &Inner, session: &Session, queues: &[String]) -> Result<Vec<Opened>, BusError> {
+    let mut opened = Vec::with_capacity(queues.len());
+    for queue in queues {
+        opened.push(subscribe_one(inner, session, queue).await?);
+    }
+    Ok(opened)
+}
+
+/// A queue the pump consumes on the current connection. Its deliveries come through the
+/// pump's `streams`, tagged with `id`.
+struct Subscription {
+    /// Tells this subscription's stream from an earlier one of the same queue that is still
+    /// draining after its cancel.
+    id: u64,
+    channel: Channel,
+    consumer_tag: ShortString,
+}
+
+/// What one subscription's stream yields: its deliveries, then `Ended` once its consumer
+/// is (after our cancel-ok, the broker's cancel, or the connection's end).
+enum Event {
+    /// Boxed: a delivery is large, and the pump moves events by value.
+    Delivery(Box<lapin::Result<lapin::message::Delivery>>),
+    Ended,
+}
+
+struct Item {
+    id: u64,
+    queue: String,
+    channel: Channel,
+    event: Event,
+}
+
+/// Moves deliveries from the broker's consumers into the [`AmqpConsumer`]'s stream,
+/// follows the set of queues, and subscribes again when the bus moved to a new connection.
 struct ConsumerPump {
     inner: Arc<Inner>,
-    queues: Vec<String>,
-    delivery_tx: mpsc::UnboundedSender<Delivery>,
+    queues: watch::Receiver<Vec<String>>,
+    /// The set's sender is gone: the set stays as it is.
+    set_fixed: bool,
+    delivery_tx: mpsc::UnboundedSender<(String, Delivery)>,
     stop: CancellationToken,
+    /// By queue name: what is consumed on the current connection.
+    subscribed: HashMap<String, Subscription>,
+    /// Every subscription's stream, cancelled ones until they end.
+    streams: SelectAll<BoxStream<'static, Item>>,
+    next_id: u64,
+    /// Set while a queue of the set could not be subscribed: when to try again.
+    retry: Option<Pin<Box<tokio::time::Sleep>>>,
+    retry_delays: backon::ExponentialBackoff,
 }
 
 /// Why [`ConsumerPump::forward`] returned.
 enum Forwarded {
     /// The consumer was shut down or dropped, or the bus is gone.
     Stopped,
-    /// The subscriptions' connection is lost (or the broker cancelled every consumer):
-    /// subscribe again on the next one.
+    /// The subscriptions' connection is lost: subscribe again on the next one.
     SessionLost,
 }
 
+/// What woke the pump.
+enum Wake {
+    Stop,
+    SessionChanged,
+    /// `false`: the set's sender is gone.
+    SetChanged(bool),
+    Retry,
+    Item(Item),
+}
+
 impl ConsumerPump {
-    async fn run(self, mut generation: u64, mut subscriptions: Vec<Subscription>) {
+    async fn run(mut self, mut session: Arc<Session>) {
         let mut sessions = self.inner.session.subscribe();
         loop {
-            match self.forward(&mut sessions, generation, &mut subscriptions).await {
+            match self.forward(&mut sessions, &session).await {
                 Forwarded::Stopped => {
-                    self.cancel(subscriptions).await;
+                    self.cancel_all().await;
                     return;
                 }
                 Forwarded::SessionLost => {}
             }
             // The old channels went with their connection. Deliveries they had not settled
             // are redelivered by the broker; their handles' acks fail (at-least-once).
-            subscriptions.clear();
-            let subscribed = subscribe_after(&self.inner, generation, &self.stop, "request queues", |session| {
-                let pump = &self;
-                async move { subscribe(&pump.inner, &session, &pump.queues).await }
+            self.subscribed.clear();
+            self.streams = SelectAll::new();
+            self.retry = None;
+            let inner = self.inner.clone();
+            let queues = &mut self.queues;
+            let subscribed = subscribe_after(&inner, session.generation, &self.stop, "request queues", |fresh| {
+                // The set as it is now, at every try.
+                let wanted = wanted(queues);
+                let inner = inner.clone();
+                async move {
+                    let opened = subscribe(&inner, &fresh, &wanted).await?;
+                    Ok((fresh, opened))
+                }
             })
             .await;
-            let Some((fresh_generation, fresh)) = subscribed else { return };
-            tracing::info!(queues = ?self.queues, generation = fresh_generation, "subscribed on a new broker connection");
-            generation = fresh_generation;
-            subscriptions = fresh;
+            let Some((generation, (fresh, opened))) = subscribed else { return };
+            let queues: Vec<_> = opened.iter().map(|o| o.queue.clone()).collect();
+            tracing::info!(?queues, generation, "subscribed on a new broker connection");
+            for opened in opened {
+                self.install(opened);
+            }
+            session = fresh;
         }
     }
 
-    /// Forwards deliveries until stopped or the session `generation` is no longer the
+    /// Forwards deliveries and follows the set until stopped or `session` is no longer the
     /// bus's current one.
     async fn forward(
-        &self,
+        &mut self,
         sessions: &mut watch::Receiver<Option<Arc<Session>>>,
-        generation: u64,
-        subscriptions: &mut [Subscription],
+        session: &Arc<Session>,
     ) -> Forwarded {
-        let streams = subscriptions.iter_mut().map(|s| {
-            let queue = s.queue.clone();
-            let channel = s.channel.clone();
-            (&mut s.consumer).map(move |d| (queue.clone(), channel.clone(), d))
-        });
-        let mut merged = futures::stream::select_all(streams);
         loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return Forwarded::Stopped,
-                changed = sessions.changed() => {
-                    if changed.is_err() {
-                        return Forwarded::Stopped;
-                    }
+            match self.wake(sessions).await {
+                Wake::Stop => return Forwarded::Stopped,
+                Wake::SessionChanged => {
                     let current = sessions.borrow_and_update().as_ref().map(|s| s.generation);
-                    if current != Some(generation) {
+                    if current != Some(session.generation) {
                         return Forwarded::SessionLost;
                     }
                 }
-                item = merged.next() => match item {
-                    Some((queue, channel, Ok(delivery))) => {
-                        let delivery = to_delivery(&self.inner, queue, channel, delivery);
-                        if self.delivery_tx.send(delivery).is_err() {
-                            // The AmqpConsumer is gone; the delivery's drop requeues it.
-                            return Forwarded::Stopped;
-                        }
-                    }
-                    // A lost connection's error, reported before the consumer ends; the
-                    // session's end is noticed through `sessions`.
-                    Some((queue, _, Err(error))) => tracing::debug!(%queue, %error, "consumer interrupted"),
-                    None => {
-                        // Every consumer ended. On a session still current that is the
-                        // broker cancelling them (queues deleted): wait for the next
-                        // connection rather than spin on this one.
-                        if sessions.borrow().as_ref().is_some_and(|s| s.generation == generation) {
-                            tracing::warn!(queues = ?self.queues, "the broker cancelled the consumers");
-                        }
-                        return Forwarded::SessionLost;
+                Wake::SetChanged(true) => self.sync(session).await,
+                Wake::SetChanged(false) => self.set_fixed = true,
+                Wake::Retry => {
+                    self.retry = None;
+                    self.sync(session).await;
+                }
+                Wake::Item(item) => {
+                    if let Some(forwarded) = self.handle(item, session).await {
+                        return forwarded;
                     }
                 }
             }
         }
     }
 
-    /// `basic.cancel` every consumer so no new deliveries arrive; deliveries the broker
-    /// sent before its cancel-ok still reach the stream and are requeued there.
-    async fn cancel(self, subscriptions: Vec<Subscription>) {
-        for subscription in subscriptions {
-            let tag = subscription.consumer.tag();
-            if let Err(error) =
-                bounded("basic.cancel", subscription.channel.basic_cancel(tag, BasicCancelOptions::default())).await
-            {
-                tracing::debug!(queue = %subscription.queue, %error, "cancelling consumer failed");
+    async fn wake(&mut self, sessions: &mut watch::Receiver<Option<Arc<Session>>>) -> Wake {
+        let ConsumerPump { stop, queues, set_fixed, retry, streams, .. } = self;
+        let retry_due = async {
+            match retry.as_mut() {
+                Some(sleep) => sleep.await,
+                None => std::future::pending().await,
             }
-            let mut consumer = subscription.consumer;
-            // After cancel-ok the stream ends; what it still yields was prefetched.
-            while let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await {
-                if let Ok(delivery) = item {
-                    let _ = self.delivery_tx.send(to_delivery(
-                        &self.inner,
-                        subscription.queue.clone(),
-                        subscription.channel.clone(),
-                        delivery,
-                    ));
+        };
+        tokio::select! {
+            _ = stop.cancelled() => Wake::Stop,
+            changed = sessions.changed() => if changed.is_ok() { Wake::SessionChanged } else { Wake::Stop },
+            changed = queues.changed(), if !*set_fixed => Wake::SetChanged(changed.is_ok()),
+            _ = retry_due => Wake::Retry,
+            // `SelectAll` ends when empty: only polled while it has streams.
+            Some(item) = streams.next(), if !streams.is_empty() => Wake::Item(item),
+        }
+    }
+
+    /// Brings the subscriptions on `session` in line with the set: cancels the queues taken
+    /// out, subscribes the ones added (trying those that fail again later).
+    async fn sync(&mut self, session: &Session) {
+        let wanted = wanted(&mut self.queues);
+        let removed: Vec<String> = self.subscribed.keys().filter(|queue| !wanted.contains(queue)).cloned().collect();
+        for queue in removed {
+            if let Some(subscription) = self.subscribed.remove(&queue) {
+                cancel(&queue, &subscription).await;
+                tracing::info!(%queue, "stopped consuming a request queue taken out of the set");
+            }
+        }
+        let added: Vec<String> = wanted.into_iter().filter(|queue| !self.subscribed.contains_key(queue)).collect();
+        let mut failed = false;
+        for queue in added {
+            match subscribe_one(&self.inner, session, &queue).await {
+                Ok(opened) => {
+                    tracing::info!(%queue, "consuming a request queue added to the set");
+                    self.install(opened);
+                }
+                Err(error) => {
+                    tracing::warn!(%queue, %error, "cannot consume a request queue added to the set; trying again");
+                    failed = true;
                 }
             }
         }
+        if failed {
+            let delay = self.retry_delays.next().unwrap_or(OPERATION_TIMEOUT);
+            self.retry = Some(Box::pin(tokio::time::sleep(delay)));
+        } else {
+            self.retry = None;
+            self.retry_delays = reconnect_backoff().build();
+        }
+    }
+
+    /// Keeps a new subscription and merges its deliveries into the pump's streams.
+    fn install(&mut self, opened: Opened) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let Opened { queue, channel, consumer } = opened;
+        let subscription = Subscription { id, channel: channel.clone(), consumer_tag: consumer.tag() };
+        self.subscribed.insert(queue.clone(), subscription);
+        let stream = consumer
+            .map(|delivery| Event::Delivery(Box::new(delivery)))
+            .chain(futures::stream::once(std::future::ready(Event::Ended)))
+            .map(move |event| Item { id, queue: queue.clone(), channel: channel.clone(), event });
+        self.streams.push(stream.boxed());
+    }
+
+    /// One item of a subscription's stream; `Some` when the pump must stop.
+    async fn handle(&mut self, item: Item, session: &Session) -> Option<Forwarded> {
+        let Item { id, queue, channel, event } = item;
+        let delivery = match event {
+            Event::Delivery(delivery) => *delivery,
+            Event::Ended => {
+                let ours = self.subscribed.get(&queue).is_some_and(|s| s.id == id);
+                let current = self.inner.session.borrow().as_ref().is_some_and(|s| s.generation == session.generation);
+                if ours && current && session.connection.status().connected() {
+                    // The queue was deleted. Declaring it again at once could fight
+                    // whoever deleted it: it is subscribed again on the next connection,
+                    // or when the set takes it out and puts it back.
+                    tracing::warn!(%queue, "the broker cancelled the consumer of a request queue (deleted?)");
+                }
+                return None;
+            }
+        };
+        match delivery {
+            Ok(delivery) => {
+                let delivery = to_delivery(&self.inner, queue.clone(), channel, delivery);
+                if !self.subscribed.contains_key(&queue) {
+                    // Sent before the broker saw our cancel: for another consumer.
+                    requeue(delivery).await;
+                } else if let Err(unsent) = self.delivery_tx.send((queue, delivery)) {
+                    // The AmqpConsumer is gone: give the delivery back now.
+                    requeue(unsent.0 .1).await;
+                    return Some(Forwarded::Stopped);
+                }
+            }
+            // A lost connection's error, reported before the consumer ends; the session's
+            // end is noticed through `sessions`.
+            Err(error) => tracing::debug!(%queue, %error, "consumer interrupted"),
+        }
+        None
+    }
+
+    /// `basic.cancel` every consumer so no new deliveries arrive, then gives back what the
+    /// broker sent before its cancel-ok (bounded: a dead channel's stream ends with its
+    /// connection).
+    async fn cancel_all(mut self) {
+        for (queue, subscription) in std::mem::take(&mut self.subscribed) {
+            cancel(&queue, &subscription).await;
+        }
+        let drain = async {
+            while let Some(item) = self.streams.next().await {
+                if let Event::Delivery(delivery) = item.event {
+                    if let Ok(delivery) = *delivery {
+                        requeue(to_delivery(&self.inner, item.queue, item.channel, delivery)).await;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(OPERATION_TIMEOUT, drain).await;
+    }
+}
+
+/// Cancels a subscription's consumer. Its stream goes on until the broker's cancel-ok and
+/// then ends; its channel stays open while deliveries taken from it are unsettled.
+async fn cancel(queue: &str, subscription: &Subscription) {
+    let cancelling =
+        subscription.channel.basic_cancel(subscription.consumer_tag.clone(), BasicCancelOptions::default());
+    if let Err(error) = bounded("basic.cancel", cancelling).await {
+        tracing::debug!(%queue, %error, "cancelling consumer failed");
+    }
+}
+
+/// Gives a delivery back to its queue for another consumer.
+async fn requeue(delivery: Delivery) {
+    if let Err(error) = delivery.reject(true).await {
+        tracing::debug!(%error, "requeueing a delivery failed; the broker requeues it with its channel");
     }
 }
 
@@ -228,9 +447,12 @@ fn attempt_of(redelivered: bool, headers: Option<&FieldTable>) -> u32 {
     returned.map_or(at_least, |count| count.saturating_add(1).max(at_least))
 }
 
-/// The worker's subscription to its models' request queues, one merged stream.
+/// The worker's subscription to its request queues, one merged stream; see the module docs.
 pub struct AmqpConsumer {
-    delivery_rx: mpsc::UnboundedReceiver<Delivery>,
+    /// Each delivery with the queue it came from.
+    delivery_rx: mpsc::UnboundedReceiver<(String, Delivery)>,
+    /// The set as the worker last sent it: what `next` may still hand out.
+    queues: watch::Receiver<Vec<String>>,
     stop: CancellationToken,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -245,7 +467,14 @@ impl Drop for AmqpConsumer {
 #[async_trait]
 impl Consumer for AmqpConsumer {
     async fn next(&mut self) -> Option<Delivery> {
-        self.delivery_rx.recv().await
+        loop {
+            let (queue, delivery) = self.delivery_rx.recv().await?;
+            if self.queues.borrow().contains(&queue) {
+                return Some(delivery);
+            }
+            // Its queue left the set after the pump received it: not the worker's any more.
+            requeue(delivery).await;
+        }
     }
 
     async fn shutdown(&mut self) {
@@ -255,10 +484,8 @@ impl Consumer for AmqpConsumer {
         }
         // Prefetched but never taken: give them back now, not when the channel closes.
         self.delivery_rx.close();
-        while let Some(delivery) = self.delivery_rx.recv().await {
-            if let Err(error) = delivery.reject(true).await {
-                tracing::debug!(%error, "requeueing a prefetched delivery failed; the broker requeues it with its channel");
-            }
+        while let Some((_, delivery)) = self.delivery_rx.recv().await {
+            requeue(delivery).await;
         }
     }
 }

@@ -8,21 +8,26 @@
 //!   their generations);
 //! - `topology`: what is declared on the broker, with which arguments;
 //! - `publish`: publishing with confirms, the [`Requester`] side, routing replies to callers;
-//! - `consume`: the worker side: subscriptions, [`AmqpConsumer`], settling a delivery;
+//! - `consume`: the worker side: subscriptions that follow a set of queues,
+//!   [`AmqpConsumer`], settling a delivery;
 //! - `announcements`: following the catalog exchange;
 //! - `tls`: the broker's TLS settings, checked before they are used.
 //!
 //! # Topology
 //! Everything is declared idempotently, with the same arguments by every side, so whichever
 //! side comes first creates it and the others' declarations are no-ops.
-//! - **Request queue per model**: `<queue_prefix><model>` (default `rfleet.model.<model>`),
-//!   durable, with arguments `x-queue-type` = `classic` | `quorum` and
-//!   `x-dead-letter-exchange` = the dead-letter exchange, so messages the broker expires
-//!   (`expiration`) or that are rejected without requeue land there too. Workers declare it
-//!   when they start consuming; a dispatcher declares it lazily, once per model and
-//!   connection, before its first publish to it, so a request published before any worker
-//!   started waits in the queue. Requests are published through the default exchange
-//!   with routing key = queue name: a direct publisher only needs the queue name.
+//! - **Request queues**: per model, its *name queue* `<queue_prefix><model>` (default
+//!   `rfleet.model.<model>`), and per version of a versioned model its *version queue*
+//!   `<queue_prefix><model>@<version>` ([`queue_name`]; names over RabbitMQ's 255 bytes are
+//!   refused before they reach the broker, [`check_queue_name`]). All durable, with
+//!   arguments `x-queue-type` = `classic` | `quorum` and `x-dead-letter-exchange` = the
+//!   dead-letter exchange, so messages the broker expires (`expiration`) or that are
+//!   rejected without requeue land there too. Workers declare the queues of what they hold
+//!   when they start consuming them (a version queue and the name queue for each versioned
+//!   model); a dispatcher declares a queue lazily, once per queue and connection, before
+//!   its first publish to it, so a request published before any worker started waits in
+//!   the queue. Requests are published through the default exchange with routing key =
+//!   queue name: a direct publisher only needs the queue name.
 //! - **Dead letters**: a durable fanout exchange (`dead_letter_exchange`, default
 //!   `rfleet.dead`) bound to a durable queue (`dead_letter_queue`, default `rfleet.dead`).
 //!   A worker dead-letters a request by publishing a copy there with the original
@@ -72,7 +77,10 @@
 //!
 //! Each [`AmqpConsumer`] and catalog listener follows the generation: when its session is
 //! lost it waits for the next one and subscribes again on it (channel, QoS, declaration,
-//! consumer), retrying with the same backoff when that fails. Every broker operation runs
+//! consumer), retrying with the same backoff when that fails; a consumer subscribes its
+//! set of queues as it is by then. Between reconnects a consumer follows its set on the
+//! current connection (`consume`'s docs: what becomes of the deliveries of a queue taken
+//! out of it). Every broker operation runs
 //! under a bound (5 s), so nothing waits on a connection that stopped answering; one that
 //! died without a reset is noticed by the AMQP heartbeat (the broker's, or a shorter
 //! `heartbeat=<seconds>` in the URL).
@@ -230,21 +238,23 @@ impl AmqpBus {
         &self.inner.reply_queue
     }
 
-    /// Worker side: declares (idempotently) and consumes the request queues
-    /// `<prefix><model>` for these models, merged into one stream.
+    /// Worker side: declares (idempotently) and consumes the name queues `<prefix><model>`
+    /// of these models, merged into one stream; a set that never changes.
     pub async fn consumer(&self, models: &[String]) -> Result<AmqpConsumer, BusError> {
-        let queues = models.iter().map(|m| self.queue_for(m, None)).collect();
+        // The sender goes at once: the consumer keeps the set it was given.
+        let (_, queues) = watch::channel(models.iter().map(|m| self.queue_for(m, None)).collect());
         consume::start(&self.inner, queues).await
     }
 
-    /// Worker side: consumes the request queues named in `queues`, following it as it
-    /// changes (models loaded or removed while the worker runs).
-    pub async fn consumer_following(
-        &self,
-        queues: tokio::sync::watch::Receiver<Vec<String>>,
-    ) -> Result<AmqpConsumer, BusError> {
-        // TODO(bus): follow changes of `queues`; for now the set at subscription.
-        let queues = queues.borrow().clone();
+    /// Worker side: consumes the request queues named in `queues` (name queues and version
+    /// queues alike, see [`queue_name`]), following the set as it changes: an added queue
+    /// is declared and consumed on the current connection, a removed one is cancelled
+    /// (`basic.cancel`), and after a reconnect the set as it is then is subscribed. Fails
+    /// only when not connected or the first set cannot be subscribed. Names the broker
+    /// would refuse ([`check_queue_name`]) are logged as errors and not consumed; the rest
+    /// are. When the sender is dropped the consumer keeps the last set. See `consume` on
+    /// deliveries of a queue taken out of the set.
+    pub async fn consumer_following(&self, queues: watch::Receiver<Vec<String>>) -> Result<AmqpConsumer, BusError> {
         consume::start(&self.inner, queues).await
     }
 
@@ -268,6 +278,7 @@ impl AmqpBus {
     /// Consumers on a request queue (passive declare), for readiness; `Err` when not
     /// connected or the queue does not exist.
     pub async fn consumer_count(&self, queue: &str) -> Result<u32, BusError> {
+        check_queue_name(queue)?;
         let session = self.inner.current()?;
         // A passive declare of a missing queue closes its channel: use a throwaway one.
         let channel = bounded("open channel", session.connection.create_channel()).await?;
@@ -282,17 +293,59 @@ impl AmqpBus {
 
     /// Declares a request queue (what both sides do before using it).
     pub async fn declare_queue(&self, queue: &str) -> Result<(), BusError> {
+        check_queue_name(queue)?;
         let session = self.inner.current()?;
         self.inner.declare_request_queue(&session, queue).await
     }
 }
 
 /// The request queue of `model` (its name queue), or of one of its versions:
-/// `<prefix><model>` and `<prefix><model>@<version>` (docs/protocol.md).
+/// `<prefix><model>` and `<prefix><model>@<version>` (docs/protocol.md). The name is not
+/// checked here; every operation that sends one to the broker checks it first
+/// ([`check_queue_name`]).
 pub fn queue_name(prefix: &str, model: &str, version: Option<&str>) -> String {
     match version {
         Some(version) => format!("{prefix}{model}@{version}"),
         None => format!("{prefix}{model}"),
+    }
+}
+
+/// The longest queue name RabbitMQ takes: an AMQP short string, 255 bytes of UTF-8.
+pub const MAX_QUEUE_NAME_BYTES: usize = 255;
+
+/// A request queue name the broker would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueNameError {
+    #[error(
+        "the queue name '{queue}' is {bytes} bytes long, and RabbitMQ takes at most {MAX_QUEUE_NAME_BYTES}: shorten bus.queue_prefix, the model's name or its version"
+    )]
+    TooLong { queue: String, bytes: usize },
+    #[error("a request queue needs a name (an empty one asks the broker to make one up)")]
+    Empty,
+    #[error("the queue name '{queue}' starts with 'amq.', which RabbitMQ keeps for itself")]
+    Reserved { queue: String },
+}
+
+/// Checks a request queue name before it goes to the broker. A name over the limit would
+/// not merely be refused: AMQP writes a short string's length in one byte, so lapin would
+/// send a malformed frame and the broker would close the whole connection.
+pub fn check_queue_name(queue: &str) -> Result<(), QueueNameError> {
+    if queue.is_empty() {
+        Err(QueueNameError::Empty)
+    } else if queue.len() > MAX_QUEUE_NAME_BYTES {
+        Err(QueueNameError::TooLong { queue: queue.to_string(), bytes: queue.len() })
+    } else if queue.starts_with("amq.") {
+        Err(QueueNameError::Reserved { queue: queue.to_string() })
+    } else {
+        Ok(())
+    }
+}
+
+/// A call to a queue the broker would refuse can never be published: no worker consumes
+/// such a queue either, so it is unavailable, with the reason.
+impl From<QueueNameError> for BusError {
+    fn from(error: QueueNameError) -> Self {
+        unavailable(error)
     }
 }
 
@@ -340,5 +393,42 @@ async fn bounded<T>(what: &str, operation: impl std::future::Future<Output = lap
 async fn close_quietly(channel: Channel) {
     if channel.status().connected() {
         let _ = tokio::time::timeout(OPERATION_TIMEOUT, channel.close(200, "done".into())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Name queues and version queues, and the names the broker would refuse.
+    #[test]
+    fn queue_names_and_the_ones_the_broker_refuses() {
+        let check = |prefix: &str, model: &str, version: Option<&str>, expected: Result<&str, QueueNameError>| {
+            let queue = queue_name(prefix, model, version);
+            assert_eq!(check_queue_name(&queue).map(|()| queue.as_str()), expected, "{prefix} {model} {version:?}");
+        };
+        check("rfleet.model.", "rf-reg", None, Ok("rfleet.model.rf-reg"));
+        check("rfleet.model.", "rf-reg", Some("2"), Ok("rfleet.model.rf-reg@2"));
+        check("rfleet.model.", "rf-reg", Some("2024-01-31.b"), Ok("rfleet.model.rf-reg@2024-01-31.b"));
+        // The limit counts bytes, not characters.
+        let at_limit = "é".repeat(121); // 242 bytes, 13 more for the prefix
+        check("rfleet.model.", &at_limit, None, Ok(&format!("rfleet.model.{at_limit}")));
+        let over = format!("{at_limit}x");
+        check(
+            "rfleet.model.",
+            &over,
+            None,
+            Err(QueueNameError::TooLong { queue: format!("rfleet.model.{over}"), bytes: 256 }),
+        );
+        check(
+            "p.",
+            "m",
+            Some(&"9".repeat(253)),
+            Err(QueueNameError::TooLong { queue: format!("p.m@{}", "9".repeat(253)), bytes: 257 }),
+        );
+        check("", "", None, Err(QueueNameError::Empty));
+        check("amq.", "m", None, Err(QueueNameError::Reserved { queue: "amq.m".into() }));
+        let message = check_queue_name(&"q".repeat(300)).unwrap_err().to_string();
+        assert!(message.contains("is 300 bytes long, and RabbitMQ takes at most 255"), "{message}");
     }
 }

@@ -67,6 +67,7 @@ impl Drop for PendingGuard<'_> {
 impl Requester for AmqpBus {
     async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
         let inner = &self.inner;
+        super::check_queue_name(&message.queue)?;
         let session = inner.current()?;
         let losses = inner.losses.load(Ordering::SeqCst);
         let correlation_id = message.correlation_id;

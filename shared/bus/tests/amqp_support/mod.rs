@@ -114,6 +114,13 @@ impl TestBroker {
         Amqp { bus: self.bus.clone(), model: model.into() }
     }
 
+    /// The request queue of `model` (at `version`: its version queue), deleted at cleanup.
+    pub fn queue(&self, model: &str, version: Option<&str>) -> String {
+        let queue = self.bus.queue_for(model, version);
+        self.queues.lock().push(queue.clone());
+        queue
+    }
+
     /// How many messages wait in `queue`, ready for a consumer (not those delivered and
     /// unacknowledged); `None` while nobody has declared it.
     pub async fn message_count(&self, queue: &str) -> Option<u32> {
