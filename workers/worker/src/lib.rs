@@ -34,12 +34,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use consume::{run, serve, Answer, ConsumeConfig, Handler, MAX_PANICKING_ATTEMPTS};
-pub use discover::{discover, DiscoverError, ModelPackage};
-pub use host::{Call, Host, HostConfig, HostError};
+pub use discover::{discover, DiscoverError, Discovered, Fingerprint, ModelPackage, PackageFailure};
+pub use host::{Call, Host, HostConfig, HostError, Started};
 pub use policy::Throughput;
 pub use pool::{Pool, PoolConfig};
 pub use process::{Worker, WorkerError};
-pub use request::{PoolError, PoolRequest, PoolScored};
+pub use request::{PoolError, PoolRequest, PoolScored, ServedModel};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable
 /// (where `cargo build` and the release archive put it), else on `PATH`.
@@ -67,6 +67,8 @@ pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
         max_requests_per_host: settings.max_requests_per_host,
         max_host_rss_mib: settings.max_host_rss_mib,
         throughput: Throughput::from_settings(settings),
+        // `models.strict` is another section's: the worker sets it.
+        strict: false,
     }
 }
 
