@@ -6,6 +6,11 @@
 //! undecodable bytes, other protocol versions, unknown models, expired deadlines and
 //! input that does not fit the schema are answered without an R call.
 //!
+//! A request with `model_version` is scored by that version, or answered `model_not_found`
+//! naming the versions of its model this worker holds; one without by the highest version
+//! held (`protocol::compare_versions`). The reply's `timings.model_version` is the version
+//! that scored.
+//!
 //! The loop ([`serve`]) keeps apart what a delivery means (a [`Handler`]: for a worker,
 //! decoding and scoring) and settling it (a guard: reply, then ack or dead-letter). A
 //! handler that panics is a bug the guard contains: the delivery goes back to the queue for
@@ -374,6 +379,51 @@ mod tests {
         ] {
             assert_eq!(code_for(&error), code, "{error}");
         }
+    }
+
+    /// A model that is not served is answered naming what is: the versions of its name
+    /// when the worker holds any, else every model.
+    #[test]
+    fn not_served_names_what_is() {
+        let info = |name: &str, version: Option<&str>| ModelInfo {
+            name: name.into(),
+            version: version.map(str::to_string),
+            kind: protocol::ModelKind::Predict,
+            r_class: Vec::new(),
+            schema: None,
+            predict_type: None,
+            forest: None,
+        };
+        let served = [info("rf_reg", Some("2")), info("rf_reg", Some("1")), info("cls", None), info("mixed", None)];
+        let check = |name: &str, version: Option<&str>, served: &[ModelInfo], expected: &str| {
+            assert_eq!(not_served(name, version, served), expected);
+        };
+        check(
+            "rf_reg",
+            Some("3"),
+            &served,
+            "model 'rf_reg' version '3' is not served by this worker (it serves rf_reg versions 1, 2)",
+        );
+        check(
+            "cls",
+            Some("1"),
+            &served,
+            "model 'cls' version '1' is not served by this worker (it serves cls without a version)",
+        );
+        check(
+            "gone",
+            None,
+            &served,
+            "model 'gone' is not served by this worker (it serves rf_reg version 2, rf_reg version 1, cls, mixed)",
+        );
+        check("gone", None, &[], "model 'gone' is not served by this worker (it serves no models)");
+        let mixed = [info("mixed", None), info("mixed", Some("1"))];
+        check(
+            "mixed",
+            Some("2"),
+            &mixed,
+            "model 'mixed' version '2' is not served by this worker (it serves mixed without a version and mixed version 1)",
+        );
     }
 
     /// Deadlines off the wire at their extremes: never an overflow, never further than a day.

@@ -166,3 +166,81 @@ pub fn discover(dir: &Path) -> Result<Discovered, DiscoverError> {
     discovered.failed.sort_by(|a, b| a.dir.cmp(&b.dir));
     Ok(discovered)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes packages under a temp dir (`(dir, model.toml or None)`, each with a
+    /// `model.rds` that is never read here), discovers them, and checks what loads
+    /// (`name version`) and what fails (`dir: part of the message`).
+    fn check(packages: &[(&str, Option<&str>)], loads: &[&str], fails: &[(&str, &str)]) {
+        let root = tempfile::tempdir().unwrap();
+        for (dir, manifest) in packages {
+            let dir = root.path().join(dir);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("model.rds"), b"rds").unwrap();
+            if let Some(manifest) = manifest {
+                std::fs::write(dir.join("model.toml"), manifest).unwrap();
+            }
+        }
+        let discovered = discover(root.path()).expect("a directory with packages");
+        let loaded: Vec<String> = discovered.packages.iter().map(|p| p.spec.model_ref().to_string()).collect();
+        assert_eq!(loaded, loads);
+        assert_eq!(discovered.failed.len(), fails.len(), "{:?}", discovered.failed);
+        for (failure, (dir, message)) in discovered.failed.iter().zip(fails) {
+            assert_eq!(failure.dir.file_name().unwrap(), *dir);
+            assert!(failure.failure.message.contains(message), "{:?} does not say {message:?}", failure.failure);
+        }
+    }
+
+    #[test]
+    fn broken_packages_are_failures_not_errors() {
+        check(&[("a", None), ("b", Some("version = \"2\""))], &["a", "b version 2"], &[]);
+        // An invalid model.toml, a name with '@' and twins fail; the rest load.
+        check(
+            &[
+                ("good", None),
+                ("bad_toml", Some("name = ")),
+                ("unknown_key", Some("colour = \"red\"")),
+                ("at", Some("name = \"rf@2\"")),
+                ("twin1", Some("name = \"twin\"\nversion = \"1\"")),
+                ("twin2", Some("name = \"twin\"\nversion = \"1\"")),
+                ("twin_v2", Some("name = \"twin\"\nversion = \"2\"")),
+            ],
+            &["good", "twin version 2"],
+            &[
+                ("at", "holds '@'"),
+                ("bad_toml", "invalid"),
+                ("twin1", "twin2 is also twin version 1"),
+                ("twin2", "twin1 is also twin version 1"),
+                ("unknown_key", "colour"),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_directory_without_packages_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(matches!(discover(&root.path().join("nope")), Err(DiscoverError::Missing(_))));
+        assert!(matches!(discover(root.path()), Err(DiscoverError::Empty(_))));
+        // One package is a directory of one.
+        std::fs::write(root.path().join("score.R"), b"predict_fn <- identity").unwrap();
+        let discovered = discover(root.path()).unwrap();
+        assert_eq!(discovered.packages.len(), 1);
+    }
+
+    /// A package's fingerprint changes with its model.toml and its files, not otherwise.
+    #[test]
+    fn fingerprints_follow_the_files() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("model.rds"), b"one").unwrap();
+        let first = Fingerprint::of(root.path());
+        assert_eq!(Fingerprint::of(root.path()), first);
+        std::fs::write(root.path().join("model.toml"), b"version = \"2\"").unwrap();
+        let with_manifest = Fingerprint::of(root.path());
+        assert_ne!(with_manifest, first);
+        std::fs::write(root.path().join("model.rds"), b"longer").unwrap();
+        assert_ne!(Fingerprint::of(root.path()), with_manifest);
+    }
+}

@@ -121,6 +121,13 @@ struct State {
     retire: Option<(Retire, oneshot::Sender<()>)>,
 }
 
+impl State {
+    /// Whether a live host holds an older generation than the current one.
+    fn old_hosts_left(&self) -> bool {
+        self.live.iter().any(|g| !Arc::ptr_eq(g, &self.current))
+    }
+}
+
 /// Which idle host a reload retires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Retire {
@@ -255,9 +262,7 @@ impl Pool {
     /// version of it served ([`compare_versions`]). This runs for every request: it hands
     /// out the served `Arc`, copying nothing.
     pub fn model(&self, name: &str, version: Option<&str>) -> Option<Arc<ServedModel>> {
-        let state = self.state();
-        let named = state.current.models.iter().filter(|m| m.info.matches(name, version));
-        named.max_by(|a, b| compare_versions(a.info.version.as_deref(), b.info.version.as_deref())).cloned()
+        choose(&self.state().current.models, name, version).cloned()
     }
 
     /// Hosts alive now (idle or busy).
@@ -347,21 +352,30 @@ impl Pool {
     /// docs). Returns once the hosts are replaced, the reload was held back, or shutdown.
     pub async fn reload(&self, discovered: Discovered) {
         let prints = discovered.fingerprints();
-        {
+        let unchanged = {
             let mut state = self.state();
-            if prints == state.tried {
+            (prints == state.tried).then(|| {
                 // The same packages: only the directory's own failures may have changed.
                 let mut failures = discovered.failed.clone();
                 failures.extend(state.failed.iter().filter(|f| prints.iter().any(|p| p.dir == f.dir)).cloned());
                 failures.sort_by(|a, b| a.dir.cmp(&b.dir));
-                if failures != state.failed {
+                let changed = failures != state.failed;
+                if changed {
                     log_failures(&failures, &state.failed);
                     state.failed = failures;
-                    drop(state);
-                    self.changed();
                 }
-                return;
+                (changed, state.old_hosts_left())
+            })
+        };
+        if let Some((changed, old_left)) = unchanged {
+            if changed {
+                self.changed();
             }
+            // A roll that could not finish (a new host would not start) goes on.
+            if old_left {
+                self.roll().await;
+            }
+            return;
         }
         let specs: Vec<ModelSpec> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
         tracing::info!(packages = specs.len(), "model packages changed; loading them on a new r host");
@@ -415,28 +429,31 @@ impl Pool {
     }
 
     /// Replaces the hosts of older generations one at a time: retire one once it is idle,
-    /// start a new one, until none is left; then trims any host beyond `n_hosts`.
+    /// start a new one, until none is left; then trims any host beyond `n_hosts`. Gives up
+    /// when a new host does not start (the next reload goes on).
     async fn roll(&self) {
         loop {
-            let old_left = {
-                let state = self.state();
-                state.live.iter().any(|g| !Arc::ptr_eq(g, &state.current))
-            };
-            if !old_left {
+            if !self.state().old_hosts_left() {
                 break;
             }
             if !self.retire(Retire::Old).await {
                 return;
             }
-            let old_left = {
-                let state = self.state();
-                state.live.iter().any(|g| !Arc::ptr_eq(g, &state.current))
-            };
-            if !old_left {
+            if !self.state().old_hosts_left() {
                 break;
             }
-            let Some((host, generation)) = self.start_host().await else { return };
-            self.run_host(host, generation);
+            // One try: a package of this generation may be gone from disk already. The
+            // next poll's reload then rolls on (to the packages on disk by then).
+            let started = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                started = self.start_current() => started,
+            };
+            match started {
+                Ok((host, generation)) => self.run_host(host, generation),
+                Err(error) => {
+                    return tracing::warn!(error = %error, "cannot start a new r host yet; the next poll goes on replacing hosts")
+                }
+            }
         }
         while self.live_hosts() > self.inner.config.n_hosts.max(1) {
             if !self.retire(Retire::Any).await {
@@ -743,8 +760,7 @@ impl Pool {
             if let Some(index) = state.live.iter().position(|g| Arc::ptr_eq(g, generation)) {
                 state.live.swap_remove(index);
             }
-            let old_left = state.live.iter().any(|g| !Arc::ptr_eq(g, &state.current));
-            if matches!(state.retire, Some((Retire::Old, _))) && !old_left {
+            if matches!(state.retire, Some((Retire::Old, _))) && !state.old_hosts_left() {
                 state.retire = None;
             }
             let State { scheduler, current, live, .. } = &mut *state;
@@ -773,43 +789,36 @@ impl Pool {
     }
 
     /// Starts a host with the current packages, retrying with backoff; `None` at shutdown.
-    /// A host that fails a package that loaded before is not one of them: stopped and
-    /// tried again. One that comes up after a reload made other packages current is
-    /// stopped and started again with those.
     async fn start_host(&self) -> Option<(Host, Arc<Generation>)> {
+        let start = || self.start_current();
+        let started = start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
+            tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
+        });
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => None,
+            started = started => started.ok(),
+        }
+    }
+
+    /// Starts a host with the current packages, once. A host that fails a package that
+    /// loaded before is not one of them: stopped, and an error. One that comes up after a
+    /// reload made other packages current is stopped and started again with those.
+    async fn start_current(&self) -> Result<(Host, Arc<Generation>), HostError> {
         loop {
-            let start = || async {
-                let generation = self.state().current.clone();
-                let started = Host::start(&self.inner.config.host, &generation.specs).await?;
-                if !started.failed.is_empty() {
-                    started.host.stop().await;
-                    return Err(HostError::LoadFailed(describe_failures(&started.failed)));
-                }
-                Ok((started.host, generation))
-            };
-            let started =
-                start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
-                    tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
-                });
-            let (host, generation) = tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return None,
-                started = started => match started {
-                    Ok(started) => started,
-                    // The backoff never runs out; this is for the types' sake.
-                    Err(error) => {
-                        tracing::error!(error = %error, "gave up starting an r host");
-                        return None;
-                    }
-                },
-            };
+            let generation = self.state().current.clone();
+            let started = Host::start(&self.inner.config.host, &generation.specs).await?;
+            if !started.failed.is_empty() {
+                started.host.stop().await;
+                return Err(HostError::LoadFailed(describe_failures(&started.failed)));
+            }
             if self.inner.shutdown.is_cancelled() {
-                host.stop().await;
-                return None;
+                started.host.stop().await;
+                return Err(HostError::LoadFailed("the pool is shutting down".into()));
             }
             if Arc::ptr_eq(&generation, &self.state().current) {
-                return Some((host, generation));
+                return Ok((started.host, generation));
             }
-            host.stop().await;
+            started.host.stop().await;
         }
     }
 }
@@ -843,6 +852,13 @@ fn generation_of(
         generation.prints.push(package.fingerprint.clone());
     }
     generation
+}
+
+/// The model called `name` at `version`, or the highest version of it by
+/// [`compare_versions`] when none is asked for.
+fn choose<'a>(models: &'a [Arc<ServedModel>], name: &str, version: Option<&str>) -> Option<&'a Arc<ServedModel>> {
+    let named = models.iter().filter(|m| m.info.matches(name, version));
+    named.max_by(|a, b| compare_versions(a.info.version.as_deref(), b.info.version.as_deref()))
 }
 
 /// Logs each failure in `failures` that `known` does not already hold, once, at error
@@ -1082,6 +1098,37 @@ mod tests {
         let (members, verdict) = guard_job(vec![member], |members| members.len()).expect("no panic");
         assert_eq!((members.len(), verdict), (1, 1));
         assert!(matches!(waiter.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+    }
+
+    /// A pinned request gets its version or nothing; an unpinned one the highest version
+    /// held, numbers compared as numbers.
+    #[test]
+    fn versions_are_chosen() {
+        use crate::schedule::tests::{batching, model};
+        let versioned = |name: &str, version: Option<&str>| {
+            let plain = model(name, batching(1, 0, SplitPolicy::Never), None);
+            let info = ModelInfo { version: version.map(str::to_string), ..plain.info.clone() };
+            Arc::new(ServedModel { info, throughput: plain.throughput.clone() })
+        };
+        let models = [
+            versioned("reg", Some("2")),
+            versioned("reg", Some("10")),
+            versioned("reg", Some("9")),
+            versioned("solo", None),
+            versioned("mixed", None),
+            versioned("mixed", Some("1")),
+        ];
+        let check = |name: &str, version: Option<&str>, expected: Option<Option<&str>>| {
+            let chosen = choose(&models, name, version).map(|m| m.info.version.as_deref());
+            assert_eq!(chosen, expected, "{name} {version:?}");
+        };
+        check("reg", None, Some(Some("10")));
+        check("reg", Some("9"), Some(Some("9")));
+        check("reg", Some("3"), None);
+        check("solo", None, Some(None));
+        check("solo", Some("1"), None);
+        check("mixed", None, Some(Some("1")));
+        check("nothing", None, None);
     }
 
     #[test]

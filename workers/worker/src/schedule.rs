@@ -532,4 +532,114 @@ pub(crate) mod tests {
         assert!(scheduler.push_back(request(3, &a, 1, now, None)).is_err());
         assert!(scheduler.dispatch(now, &|_| 1).starts.is_empty());
     }
+
+    /// A host that holds some models only (by name), as old and new hosts do during a reload.
+    struct Picky(&'static str, &'static [&'static str]);
+
+    impl Holds for Picky {
+        fn holds(&self, model: &Arc<ServedModel>) -> bool {
+            self.1.contains(&model.info.name.as_str())
+        }
+    }
+
+    /// Queues `requests` with `idle` hosts (bottom of the stack first), dispatches, and
+    /// checks which requests started on which hosts and which wait.
+    fn check_picky(
+        idle: Vec<Picky>,
+        live: &dyn Fn(&Arc<ServedModel>) -> usize,
+        requests: Vec<Waiting>,
+        starts: &[(Vec<u64>, Plan, Vec<&str>)],
+        waiting: &[u64],
+    ) -> Scheduler<Picky> {
+        let now = Instant::now();
+        let mut scheduler = Scheduler::new();
+        for request in requests {
+            assert!(scheduler.push_back(request).is_ok());
+        }
+        for host in idle {
+            assert!(scheduler.park(host).is_ok());
+        }
+        let decisions = scheduler.dispatch(now, live);
+        let started: Vec<(Vec<u64>, Plan, Vec<&str>)> = decisions
+            .starts
+            .iter()
+            .map(|s| (s.members.iter().map(|w| w.id).collect(), s.plan, s.hosts.iter().map(|h| h.0).collect()))
+            .collect();
+        assert_eq!(started, starts);
+        assert_eq!(scheduler.queue.iter().map(|w| w.id).collect::<Vec<_>>(), waiting);
+        scheduler
+    }
+
+    /// During a reload hosts differ: a request goes only to a host holding its package,
+    /// waits (without holding up the others) while none is idle, and an `always` split
+    /// waits for the live hosts holding its model only.
+    #[test]
+    fn hosts_that_differ_take_only_their_models() {
+        let now = Instant::now();
+        let never = || batching(1, 0, SplitPolicy::Never);
+        let (a, b, c) = (model("a", never(), None), model("b", never(), None), model("c", never(), None));
+        let old = || Picky("old", &["a", "b", "s"]);
+        let new = || Picky("new", &["a", "c", "s"]);
+        let everywhere = |_: &Arc<ServedModel>| 2;
+        // The warmest host is new, but the oldest request is for b, which only old holds.
+        check_picky(
+            vec![old(), new()],
+            &everywhere,
+            vec![request(1, &b, 1, now, None), request(2, &c, 1, now, None), request(3, &a, 1, now, None)],
+            &[(vec![1], Plan::Whole, vec!["old"]), (vec![2], Plan::Whole, vec!["new"])],
+            &[3],
+        );
+        // Only new idle: b waits for old, and a (behind it) takes new.
+        check_picky(
+            vec![new()],
+            &everywhere,
+            vec![request(1, &b, 1, now, None), request(2, &a, 1, now, None)],
+            &[(vec![2], Plan::Whole, vec!["new"])],
+            &[1],
+        );
+        // always: split across the idle hosts that hold it, once every live one that holds
+        // it is idle; a host without it does not count.
+        let always = model("s", batching(10, 0, SplitPolicy::Always), Some(100));
+        let live_s = |m: &Arc<ServedModel>| if m.info.name == "s" { 2 } else { 3 };
+        check_picky(
+            vec![Picky("other", &["a"]), old(), new()],
+            &live_s,
+            vec![request(1, &always, 2, now, None)],
+            &[(vec![1], Plan::Trees(2), vec!["new", "old"])],
+            &[],
+        );
+        check_picky(
+            vec![Picky("other", &["a", "s"]), new()],
+            &|_| 3,
+            vec![request(1, &always, 2, now, None)],
+            &[],
+            &[1],
+        );
+    }
+
+    /// A reload retires an idle old host, the longest idle first, but never the last live
+    /// host holding a queued request's model.
+    #[test]
+    fn retiring_keeps_the_last_host_a_queued_request_needs() {
+        let now = Instant::now();
+        let b = model("b", batching(1, 0, SplitPolicy::Never), None);
+        let old = |name| Picky(name, &["a", "b"]);
+        let is_old = |host: &Picky| host.0.starts_with("old");
+        let check = |idle: Vec<Picky>, live_b: usize, queued: bool, expected: Option<&str>| {
+            let mut scheduler: Scheduler<Picky> = Scheduler::new();
+            if queued {
+                assert!(scheduler.push_back(request(1, &b, 1, now, None)).is_ok());
+            }
+            for host in idle {
+                assert!(scheduler.park(host).is_ok());
+            }
+            assert_eq!(scheduler.retire(is_old, &|_| live_b).map(|h| h.0), expected);
+        };
+        check(vec![old("old1"), old("old2"), Picky("new", &["a"])], 2, false, Some("old1"));
+        check(vec![Picky("new", &["a", "b"])], 1, false, None);
+        // b is queued and old1 is the only live host holding it.
+        check(vec![old("old1"), Picky("new", &["a"])], 1, true, None);
+        // Another live host (busy) holds b too.
+        check(vec![old("old1"), Picky("new", &["a"])], 2, true, Some("old1"));
+    }
 }
