@@ -6,6 +6,11 @@
 //! undecodable bytes, other protocol versions, unknown models, expired deadlines and
 //! input that does not fit the schema are answered without an R call.
 //!
+//! A request with `model_version` is scored by that version, or answered `model_not_found`
+//! naming the versions of its model this worker holds; one without by the highest version
+//! held (`protocol::compare_versions`). The reply's `timings.model_version` is the version
+//! that scored.
+//!
 //! The loop ([`serve`]) keeps apart what a delivery means (a [`Handler`]: for a worker,
 //! decoding and scoring) and settling it (a guard: reply, then ack or dead-letter). A
 //! handler that panics is a bug the guard contains: the delivery goes back to the queue for
@@ -21,7 +26,7 @@ use bus::{Consumer, ContentType, Delivery};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use protocol::host::HostOutput;
-use protocol::{ErrorCode, Input, Outcome, Reply, Request, Timings, PROTOCOL_VERSION};
+use protocol::{ErrorCode, Input, ModelInfo, Outcome, Reply, Request, Timings, PROTOCOL_VERSION};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -267,22 +272,15 @@ async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant
         None => None,
     };
     let Some(model) = pool.model(&request.model, request.model_version.as_deref()) else {
-        let served: Vec<String> = pool.models().into_iter().map(|m| m.name).collect();
-        let wanted = match &request.model_version {
-            Some(version) => format!("'{}' version '{version}'", request.model),
-            None => format!("'{}'", request.model),
-        };
-        return fail(
-            ErrorCode::ModelNotFound,
-            format!("model {wanted} is not served here (served: {})", served.join(", ")),
-        );
+        let message = not_served(&request.model, request.model_version.as_deref(), &pool.models());
+        return fail(ErrorCode::ModelNotFound, message);
     };
     let input = match request.input {
         Input::Frame(frame) => {
             if let Err(error) = frame.validate() {
                 return fail(ErrorCode::BadRequest, error.to_string());
             }
-            match &model.schema {
+            match &model.info.schema {
                 Some(schema) => match protocol::conform(&frame, schema) {
                     Ok(frame) => Input::Frame(frame),
                     Err(error) => return fail(ErrorCode::InvalidInput, error.to_string()),
@@ -292,18 +290,12 @@ async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant
         }
         json => json,
     };
-    let predict_type = request.options.predict_type.clone().or_else(|| model.predict_type.clone());
-    let pool_request = PoolRequest {
-        model: model.name.clone(),
-        version: model.version.clone(),
-        input,
-        predict_type,
-        split: request.options.split,
-        deadline,
-    };
+    let predict_type = request.options.predict_type.clone().or_else(|| model.info.predict_type.clone());
+    let model_version = model.info.version.clone();
+    let pool_request = PoolRequest { model, input, predict_type, split: request.options.split, deadline };
     let scored = pool.score(pool_request).await;
     let worker_ms = received.elapsed().as_secs_f64() * 1e3;
-    let mut timings = Timings { worker_ms, worker: worker_id.to_string(), ..Timings::default() };
+    let mut timings = Timings { worker_ms, worker: worker_id.to_string(), model_version, ..Timings::default() };
     let outcome = match scored {
         Ok(scored) => {
             timings.queue_ms = scored.wait.as_secs_f64() * 1e3;
@@ -327,6 +319,36 @@ async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant
     Reply { version: PROTOCOL_VERSION, id: request.id, outcome, timings }
 }
 
+/// Why `name` (at `version`) is not served, naming what this worker serves instead: the
+/// versions of that name when it holds any, else every model.
+fn not_served(name: &str, version: Option<&str>, served: &[ModelInfo]) -> String {
+    let wanted = match version {
+        Some(version) => format!("model '{name}' version '{version}'"),
+        None => format!("model '{name}'"),
+    };
+    let mut same_name: Vec<Option<&str>> =
+        served.iter().filter(|m| m.name == name).map(|m| m.version.as_deref()).collect();
+    same_name.sort_by(|a, b| protocol::compare_versions(*a, *b));
+    let serves = if same_name.is_empty() {
+        let all: Vec<String> = served.iter().map(|m| m.model_ref().to_string()).collect();
+        if all.is_empty() {
+            "no models".to_string()
+        } else {
+            all.join(", ")
+        }
+    } else {
+        let versions: Vec<&str> = same_name.iter().flatten().copied().collect();
+        let unversioned = same_name.iter().any(Option::is_none).then(|| format!("{name} without a version"));
+        let versioned = match versions.as_slice() {
+            [] => None,
+            [one] => Some(format!("{name} version {one}")),
+            many => Some(format!("{name} versions {}", many.join(", "))),
+        };
+        [unversioned, versioned].into_iter().flatten().collect::<Vec<_>>().join(" and ")
+    };
+    format!("{wanted} is not served by this worker (it serves {serves})")
+}
+
 /// The protocol's code for each way the pool fails a request. Exhaustive on purpose: a new
 /// failure does not compile until someone decides what the caller is told.
 fn code_for(error: &PoolError) -> ErrorCode {
@@ -335,8 +357,10 @@ fn code_for(error: &PoolError) -> ErrorCode {
         PoolError::ShuttingDown => ErrorCode::Unavailable,
         PoolError::Crashed { .. } => ErrorCode::HostCrashed,
         PoolError::UnknownModel(_) => ErrorCode::ModelNotFound,
+        // A reload raced the request: it may be retried, and then finds the new package.
+        PoolError::Replaced(_) => ErrorCode::Unavailable,
         // Bugs, not the caller's doing nor a passing condition.
-        PoolError::Start(_) | PoolError::Panicked(_) => ErrorCode::Internal,
+        PoolError::Start(_) | PoolError::Load(_) | PoolError::Panicked(_) => ErrorCode::Internal,
     }
 }
 
@@ -355,6 +379,51 @@ mod tests {
         ] {
             assert_eq!(code_for(&error), code, "{error}");
         }
+    }
+
+    /// A model that is not served is answered naming what is: the versions of its name
+    /// when the worker holds any, else every model.
+    #[test]
+    fn not_served_names_what_is() {
+        let info = |name: &str, version: Option<&str>| ModelInfo {
+            name: name.into(),
+            version: version.map(str::to_string),
+            kind: protocol::ModelKind::Predict,
+            r_class: Vec::new(),
+            schema: None,
+            predict_type: None,
+            forest: None,
+        };
+        let served = [info("rf_reg", Some("2")), info("rf_reg", Some("1")), info("cls", None), info("mixed", None)];
+        let check = |name: &str, version: Option<&str>, served: &[ModelInfo], expected: &str| {
+            assert_eq!(not_served(name, version, served), expected);
+        };
+        check(
+            "rf_reg",
+            Some("3"),
+            &served,
+            "model 'rf_reg' version '3' is not served by this worker (it serves rf_reg versions 1, 2)",
+        );
+        check(
+            "cls",
+            Some("1"),
+            &served,
+            "model 'cls' version '1' is not served by this worker (it serves cls without a version)",
+        );
+        check(
+            "gone",
+            None,
+            &served,
+            "model 'gone' is not served by this worker (it serves rf_reg version 2, rf_reg version 1, cls, mixed)",
+        );
+        check("gone", None, &[], "model 'gone' is not served by this worker (it serves no models)");
+        let mixed = [info("mixed", None), info("mixed", Some("1"))];
+        check(
+            "mixed",
+            Some("2"),
+            &mixed,
+            "model 'mixed' version '2' is not served by this worker (it serves mixed without a version and mixed version 1)",
+        );
     }
 
     /// Deadlines off the wire at their extremes: never an overflow, never further than a day.

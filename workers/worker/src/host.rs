@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost, TreeRange, HOST_FD, MAX_MESSAGE_BYTES};
-use protocol::{ErrorBody, Input, ModelInfo, ModelRef};
+use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -68,6 +68,15 @@ pub enum Call {
     Trees(TreeRange),
 }
 
+/// A host that is up: the models as R sees them (with inferred schemas), the packages it
+/// could not load, and R's version.
+pub struct Started {
+    pub host: Host,
+    pub models: Vec<ModelInfo>,
+    pub failed: Vec<LoadFailure>,
+    pub r_version: String,
+}
+
 /// What one scoring call produced.
 pub struct Scored {
     pub result: Result<HostOutput, ErrorBody>,
@@ -99,9 +108,9 @@ const HOST_ENV_DEFAULTS: [(&str, &str); 5] = [
 const SETTINGS_ENV_PREFIX: &str = "RFLEET_";
 
 impl Host {
-    /// Starts a host, loads `models` and waits until it is ready. Returns the host, the
-    /// models as R sees them (with inferred schemas) and R's version.
-    pub async fn start(config: &HostConfig, models: &[ModelSpec]) -> Result<(Host, Vec<ModelInfo>, String), HostError> {
+    /// Starts a host, loads `models` and waits until it is ready. A package that fails to
+    /// load is in [`Started::failed`]; an error means the host cannot serve at all.
+    pub async fn start(config: &HostConfig, models: &[ModelSpec]) -> Result<Started, HostError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
         let their_fd = theirs.as_raw_fd();
@@ -164,9 +173,9 @@ impl Host {
         match tokio::time::timeout(config.start_timeout, handshake).await {
             Err(_) => Err(HostError::StartTimeout(config.start_timeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(FromHost::Ready { models, r_version, failed: _, .. })) => {
-                tracing::info!(host = pid, r_version = %r_version, elapsed_ms = started.elapsed().as_millis() as u64, "r host ready");
-                Ok((host, models, r_version))
+            Ok(Ok(FromHost::Ready { models, r_version, failed, .. })) => {
+                tracing::info!(host = pid, r_version = %r_version, failed = failed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "r host ready");
+                Ok(Started { host, models, failed, r_version })
             }
             Ok(Ok(FromHost::LoadFailed { message })) => Err(HostError::LoadFailed(message)),
             Ok(Ok(other)) => Err(HostError::Protocol { pid, message: format!("expected ready, got {other:?}") }),

@@ -2,19 +2,25 @@
 //! pool of R host processes.
 //!
 //! # Layout
-//! - [`discover`]: finds model packages on disk.
+//! - [`discover`]: finds model packages on disk, with a fingerprint of each; a broken
+//!   package is a failure beside the others, not an error.
 //! - [`host`]: one R host child process: start, channel, kill.
 //! - [`pool`]: the supervisor: one driver task per host, replacement, retries, recycling,
-//!   and carrying out the scheduler's decisions.
+//!   reloads (a new package set on new hosts, one host at a time), and carrying out the
+//!   scheduler's decisions.
 //! - [`request`]: a request for the pool and its answer ([`PoolRequest`], [`PoolScored`],
-//!   [`PoolError`]), shared by the pool and the scheduler.
-//! - [`schedule`]: the queue, and which requests start together on which idle hosts.
+//!   [`PoolError`]) and the model it names ([`ServedModel`]: one package as loaded),
+//!   shared by the pool and the scheduler.
+//! - [`schedule`]: the queue, and which requests start together on which idle hosts
+//!   (only hosts holding a request's package), and which idle host a reload retires.
 //! - [`policy`]: batch sizes and waits, and when a job is split across hosts.
 //! - [`rows`]: frames concatenated into batches and cut into row ranges.
 //! - [`forest`]: forests cut into tree ranges, and the parts combined exactly.
-//! - [`consume`]: the bus loop: decode, check, score, reply, acknowledge; a guard around
-//!   the handler settles a delivery whose handling panicked (requeued, then dead-lettered).
-//! - [`process`]: a whole worker: discovery, pool, consumer and announcements.
+//! - [`consume`]: the bus loop: decode, check, pick the version (the one pinned, else the
+//!   highest held), score, reply, acknowledge; a guard around the handler settles a
+//!   delivery whose handling panicked (requeued, then dead-lettered).
+//! - [`process`]: a whole worker: discovery, pool, consumer (following the queues of the
+//!   models served), announcements, the drain notice, and polling the models directory.
 //!
 //! **Invariant:** this crate never links R; R lives only in `rfleet-rhost` children, so a
 //! crash in R costs one host, never the worker.
@@ -34,12 +40,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use consume::{run, serve, Answer, ConsumeConfig, Handler, MAX_PANICKING_ATTEMPTS};
-pub use discover::{discover, DiscoverError, ModelPackage};
-pub use host::{Call, Host, HostConfig, HostError};
+pub use discover::{discover, DiscoverError, Discovered, Fingerprint, ModelPackage, PackageFailure};
+pub use host::{Call, Host, HostConfig, HostError, Started};
 pub use policy::Throughput;
 pub use pool::{Pool, PoolConfig};
 pub use process::{Worker, WorkerError};
-pub use request::{PoolError, PoolRequest, PoolScored};
+pub use request::{PoolError, PoolRequest, PoolScored, ServedModel};
 
 /// The R host binary: configured, else `rfleet-rhost` next to the running executable
 /// (where `cargo build` and the release archive put it), else on `PATH`.
@@ -67,6 +73,8 @@ pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
         max_requests_per_host: settings.max_requests_per_host,
         max_host_rss_mib: settings.max_host_rss_mib,
         throughput: Throughput::from_settings(settings),
+        // `models.strict` is another section's: the worker sets it.
+        strict: false,
     }
 }
 

@@ -14,10 +14,24 @@
 //! and replaced in the background. Hosts are also recycled after a number of R calls or
 //! above a memory size.
 //!
+//! # Packages and reloads
+//! The hosts load one *generation*: the packages that loaded on the first host (those
+//! that failed are reported, [`Pool::failed`], or refused with `strict`). [`Pool::reload`]
+//! loads a new package set on a new host in the background while the old hosts serve;
+//! once it is up, that host goes live and requests go to the new packages (added models
+//! are served, removed ones are unknown at once), then the old hosts are replaced one at a
+//! time: retired once idle, a new one started, so there are never fewer live hosts than
+//! before and at most one more. A reload that would stop serving a package that is served
+//! now (it changed and now fails to load, or its `model.toml` broke) is held back: the
+//! failure is reported and the hosts keep what they hold until the package is fixed or
+//! removed. With `strict`, a reload with any failure is held back.
+//!
 //! # Invariants
 //! - A request is in exactly one place until answered: the queue, or one running job.
 //! - A host runs one R call at a time: its driver is either on the idle stack or running
 //!   one part of one job.
+//! - A request goes only to a host that holds its exact package; a host is retired only
+//!   when idle, and never while it is the last live host holding a queued request's model.
 //! - Nothing is scored after its deadline: expired requests leave the queue unscored, and
 //!   a waiter whose deadline passes takes its request out of the queue.
 //! - Every request gets exactly one answer.
@@ -31,20 +45,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
-use protocol::{ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelRef};
+use protocol::{compare_versions, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelRef};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::discover::ModelPackage;
+use crate::discover::{Discovered, Fingerprint, PackageFailure};
 use crate::forest::{self, ForestOutput};
-use crate::host::{Call, Host, HostConfig, HostError, Scored};
+use crate::host::{Call, Host, HostConfig, HostError, Scored, Started};
 use crate::policy::{Plan, Throughput};
-use crate::request::{PoolError, PoolRequest, PoolScored};
+use crate::request::{describe_failures, PoolError, PoolRequest, PoolScored, ServedModel};
 use crate::rows;
-use crate::schedule::{Scheduler, ServedModel, Start, Waiting};
+use crate::schedule::{Holds, Scheduler, Start, Waiting};
 
 /// The first and the longest wait between tries to start a replacement host (a broken
 /// model package or a full disk fails every start: retried, but not in a tight loop).
@@ -68,6 +82,9 @@ pub struct PoolConfig {
     pub max_host_rss_mib: u64,
     /// Batching and splitting, for models whose `model.toml` does not say otherwise.
     pub throughput: Throughput,
+    /// `models.strict`: a package that fails to load is a start error (and holds back a
+    /// reload) rather than reported beside the others.
+    pub strict: bool,
 }
 
 /// A cheap handle to the pool.
@@ -78,19 +95,85 @@ pub struct Pool {
 
 struct Inner {
     config: PoolConfig,
-    specs: Vec<ModelSpec>,
-    models: Vec<Arc<ServedModel>>,
-    scheduler: Mutex<Scheduler<IdleHost>>,
+    state: Mutex<State>,
     next_id: AtomicU64,
     /// Hosts up, watched by whoever announces them (the worker's announcer).
     live: watch::Sender<usize>,
+    /// Bumped whenever the models served or the packages failed change.
+    changes: watch::Sender<u64>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
+/// What the pool's lock guards: the scheduler and which hosts hold what.
+struct State {
+    scheduler: Scheduler<IdleHost>,
+    /// What new hosts load and new requests are given to.
+    current: Arc<Generation>,
+    /// The generation of each live host, one entry per host.
+    live: Vec<Arc<Generation>>,
+    /// Packages in the directory that cannot be served, as the last load found them.
+    failed: Vec<PackageFailure>,
+    /// The packages the last load tried, sorted: a reload is tried again only once what
+    /// is on disk differs (a broken package is not loaded again every poll).
+    tried: Vec<Fingerprint>,
+    /// A reload waiting for a host to retire: which, and whom to tell once it is gone.
+    retire: Option<(Retire, oneshot::Sender<()>)>,
+}
+
+impl State {
+    /// Whether a live host holds an older generation than the current one.
+    fn old_hosts_left(&self) -> bool {
+        self.live.iter().any(|g| !Arc::ptr_eq(g, &self.current))
+    }
+}
+
+/// Which idle host a reload retires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retire {
+    /// One that holds an older generation than the current one.
+    Old,
+    /// Any (the pool has more hosts than configured after hosts were lost mid-reload).
+    Any,
+}
+
+/// One set of packages, as the hosts that loaded it hold them.
+struct Generation {
+    /// What a host of this generation loads.
+    specs: Vec<ModelSpec>,
+    models: Vec<Arc<ServedModel>>,
+    /// Each model's package, in `models` order.
+    prints: Vec<Fingerprint>,
+}
+
+impl Generation {
+    fn holds(&self, model: &Arc<ServedModel>) -> bool {
+        self.models.iter().any(|m| Arc::ptr_eq(m, model))
+    }
+
+    /// The model `model` names exactly.
+    fn find(&self, model: &ModelRef) -> Option<&Arc<ServedModel>> {
+        self.models.iter().find(|m| m.info.name == model.name && m.info.version == model.version)
+    }
+}
+
 /// An idle host's driver, on the idle stack, waiting for its next part.
 struct IdleHost {
-    work_tx: oneshot::Sender<Part>,
+    work_tx: oneshot::Sender<Work>,
+    generation: Arc<Generation>,
+}
+
+impl Holds for IdleHost {
+    fn holds(&self, model: &Arc<ServedModel>) -> bool {
+        self.generation.holds(model)
+    }
+}
+
+/// What an idle host's driver is given.
+enum Work {
+    Part(Part),
+    /// Stop the host (a reload replaces it), then say so.
+    Retire(oneshot::Sender<()>),
 }
 
 /// One R call of a job, for one host.
@@ -106,53 +189,80 @@ struct PartDone {
     host_pid: u32,
 }
 
+/// The packages a host failed to load, as failures of their directories.
+fn failures_of(started_failed: &[LoadFailure], specs: &[ModelSpec]) -> Vec<PackageFailure> {
+    started_failed
+        .iter()
+        .map(|failure| PackageFailure {
+            dir: specs
+                .iter()
+                .find(|s| s.name == failure.name && s.version == failure.version)
+                .map(|s| s.dir.clone())
+                .unwrap_or_default(),
+            failure: failure.clone(),
+        })
+        .collect()
+}
+
 impl Pool {
-    /// Starts the first host (so a broken model package fails here, loudly), then the
-    /// others in the background.
-    pub async fn start(config: PoolConfig, packages: Vec<ModelPackage>) -> Result<Pool, PoolError> {
-        let specs: Vec<ModelSpec> = packages.iter().map(|p| p.spec.clone()).collect();
-        let (first, infos, _r_version) = Host::start(&config.host, &specs).await?;
-        let models = infos
-            .into_iter()
-            .map(|info| {
-                let manifest = packages.iter().find(|p| p.spec.name == info.name && p.spec.version == info.version);
-                let throughput =
-                    manifest.map_or_else(|| config.throughput.clone(), |p| config.throughput.for_model(&p.manifest));
-                Arc::new(ServedModel { info, throughput })
-            })
-            .collect();
+    /// Starts the first host (so a package that fails to load is known here: reported, or
+    /// with `strict` an error), then the others in the background with the packages that
+    /// loaded.
+    pub async fn start(config: PoolConfig, discovered: Discovered) -> Result<Pool, PoolError> {
+        if config.strict && !discovered.failed.is_empty() {
+            return Err(PoolError::Load(discovered.failed.into_iter().map(|f| f.failure).collect()));
+        }
+        let specs: Vec<ModelSpec> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
+        let Started { host: first, models: infos, failed, .. } = Host::start(&config.host, &specs).await?;
+        let mut failures = discovered.failed.clone();
+        failures.extend(failures_of(&failed, &specs));
+        failures.sort_by(|a, b| a.dir.cmp(&b.dir));
+        if config.strict && !failures.is_empty() {
+            first.stop().await;
+            return Err(PoolError::Load(failures.into_iter().map(|f| f.failure).collect()));
+        }
+        log_failures(&failures, &[]);
+        let generation = Arc::new(generation_of(&config, &discovered, infos, None));
         let pool = Pool {
             inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    scheduler: Scheduler::new(),
+                    current: generation.clone(),
+                    live: Vec::new(),
+                    failed: failures,
+                    tried: discovered.fingerprints(),
+                    retire: None,
+                }),
                 config,
-                specs,
-                models,
-                scheduler: Mutex::new(Scheduler::new()),
                 next_id: AtomicU64::new(0),
                 live: watch::Sender::new(0),
+                changes: watch::Sender::new(0),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
         };
-        pool.run_host(first);
+        pool.run_host(first, generation);
         for _ in 1..pool.inner.config.n_hosts.max(1) {
             pool.replace();
         }
         Ok(pool)
     }
 
-    /// The models as the hosts loaded them (with inferred schemas).
+    /// The models served now, as the hosts loaded them (with inferred schemas).
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.inner.models.iter().map(|m| m.info.clone()).collect()
+        self.state().current.models.iter().map(|m| m.info.clone()).collect()
     }
 
-    /// The model called `name` (at `version` when one is asked for), without copying the
-    /// catalog: this runs for every request.
-    pub fn model(&self, name: &str, version: Option<&str>) -> Option<&ModelInfo> {
-        self.inner
-            .models
-            .iter()
-            .map(|m| &m.info)
-            .find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
+    /// The packages in the models directory that cannot be served, with their errors.
+    pub fn failed(&self) -> Vec<LoadFailure> {
+        self.state().failed.iter().map(|f| f.failure.clone()).collect()
+    }
+
+    /// The model called `name` at `version`, or (no version asked for) the highest
+    /// version of it served ([`compare_versions`]). This runs for every request: it hands
+    /// out the served `Arc`, copying nothing.
+    pub fn model(&self, name: &str, version: Option<&str>) -> Option<Arc<ServedModel>> {
+        choose(&self.state().current.models, name, version).cloned()
     }
 
     /// Hosts alive now (idle or busy).
@@ -165,6 +275,12 @@ impl Pool {
         self.inner.live.subscribe()
     }
 
+    /// Follows what the pool serves: changes whenever the models served or the packages
+    /// failed change (a reload).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
     pub fn n_hosts(&self) -> usize {
         self.inner.config.n_hosts
     }
@@ -172,23 +288,18 @@ impl Pool {
     /// Scores one request: queued, maybe batched with others or split across hosts, and
     /// retried alone if its batch fails or its host is lost.
     pub async fn score(&self, request: PoolRequest) -> Result<PoolScored, PoolError> {
-        let model = self
-            .inner
-            .models
-            .iter()
-            .find(|m| m.info.name == request.model && (request.version.is_none() || m.info.version == request.version))
-            .cloned()
-            .ok_or_else(|| PoolError::UnknownModel(request.model.clone()))?;
         let (n_rows, forest) = match &request.input {
-            Input::Frame(frame) => (frame.n_rows, ForestOutput::of(&model.info, request.predict_type.as_deref())),
+            Input::Frame(frame) => {
+                (frame.n_rows, ForestOutput::of(&request.model.info, request.predict_type.as_deref()))
+            }
             Input::Json(_) => (0, None),
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply_tx, mut reply_rx) = oneshot::channel();
-        let waiting = Waiting {
+        let mut waiting = Waiting {
             id,
-            split: request.split.unwrap_or(model.throughput.split),
-            model,
+            split: request.split.unwrap_or(request.model.throughput.split),
+            model: request.model,
             input: request.input,
             n_rows,
             predict_type: request.predict_type,
@@ -201,8 +312,21 @@ impl Pool {
             solo: false,
             reply_tx,
         };
-        if self.scheduler().push_back(waiting).is_err() {
-            return Err(PoolError::ShuttingDown);
+        {
+            let mut state = self.state();
+            // A package replaced by a reload since the caller looked it up: the new one
+            // scores it if its schema is the same (the input was conformed to the old).
+            if !state.current.holds(&waiting.model) && !state.live.iter().any(|g| g.holds(&waiting.model)) {
+                let wanted = waiting.model.info.model_ref();
+                match state.current.find(&wanted) {
+                    Some(now) if now.info.schema == waiting.model.info.schema => waiting.model = now.clone(),
+                    Some(_) => return Err(PoolError::Replaced(wanted)),
+                    None => return Err(PoolError::UnknownModel(wanted)),
+                }
+            }
+            if state.scheduler.push_back(waiting).is_err() {
+                return Err(PoolError::ShuttingDown);
+            }
         }
         self.dispatch();
         let answer = match request.deadline {
@@ -223,6 +347,135 @@ impl Pool {
         answer.unwrap_or(Err(PoolError::ShuttingDown))
     }
 
+    /// Loads the packages `discovered` found, if they differ from those last loaded: on a
+    /// new host first (the old ones serve meanwhile), then host by host (see the module
+    /// docs). Returns once the hosts are replaced, the reload was held back, or shutdown.
+    pub async fn reload(&self, discovered: Discovered) {
+        let prints = discovered.fingerprints();
+        let unchanged = {
+            let mut state = self.state();
+            (prints == state.tried).then(|| {
+                // The same packages: only the directory's own failures may have changed.
+                let mut failures = discovered.failed.clone();
+                failures.extend(state.failed.iter().filter(|f| prints.iter().any(|p| p.dir == f.dir)).cloned());
+                failures.sort_by(|a, b| a.dir.cmp(&b.dir));
+                let changed = failures != state.failed;
+                if changed {
+                    log_failures(&failures, &state.failed);
+                    state.failed = failures;
+                }
+                (changed, state.old_hosts_left())
+            })
+        };
+        if let Some((changed, old_left)) = unchanged {
+            if changed {
+                self.changed();
+            }
+            // A roll that could not finish (a new host would not start) goes on.
+            if old_left {
+                self.roll().await;
+            }
+            return;
+        }
+        let specs: Vec<ModelSpec> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
+        tracing::info!(packages = specs.len(), "model packages changed; loading them on a new r host");
+        let started = tokio::select! {
+            _ = self.inner.shutdown.cancelled() => return,
+            started = Host::start(&self.inner.config.host, &specs) => started,
+        };
+        let Started { host, models: infos, failed, .. } = match started {
+            Ok(started) => started,
+            // Not a package's fault (R did not start): tried again at the next poll.
+            Err(error) => return tracing::error!(error = %error, "cannot start an r host with the new packages"),
+        };
+        let mut failures = discovered.failed.clone();
+        failures.extend(failures_of(&failed, &specs));
+        failures.sort_by(|a, b| a.dir.cmp(&b.dir));
+        let generation = {
+            let mut state = self.state();
+            log_failures(&failures, &state.failed);
+            let serving = |dir: &std::path::Path| state.current.prints.iter().any(|p| p.dir == dir);
+            let held_back = failures.iter().find(|f| self.inner.config.strict || serving(&f.dir)).cloned();
+            state.failed = failures;
+            state.tried = prints;
+            let generation = (held_back.is_none())
+                .then(|| Arc::new(generation_of(&self.inner.config, &discovered, infos, Some(&state.current))))
+                .filter(|generation| generation.prints != state.current.prints);
+            if let Some(failure) = held_back {
+                tracing::warn!(
+                    dir = %failure.dir.display(),
+                    error = %failure.failure.message,
+                    strict = self.inner.config.strict,
+                    "a package failed to load; the hosts keep the packages they hold until it is fixed or removed"
+                );
+            }
+            if let Some(generation) = &generation {
+                let names =
+                    |g: &Generation| g.models.iter().map(|m| m.info.model_ref().to_string()).collect::<Vec<_>>();
+                tracing::info!(before = ?names(&state.current), after = ?names(generation), "serving the new packages");
+                state.current = generation.clone();
+            }
+            generation
+        };
+        self.changed();
+        let Some(generation) = generation else {
+            host.stop().await;
+            return;
+        };
+        // Live at once, under the lock that made its packages current: a request for a
+        // package it brings finds a host that holds it.
+        self.run_host(host, generation);
+        self.roll().await;
+    }
+
+    /// Replaces the hosts of older generations one at a time: retire one once it is idle,
+    /// start a new one, until none is left; then trims any host beyond `n_hosts`. Gives up
+    /// when a new host does not start (the next reload goes on).
+    async fn roll(&self) {
+        loop {
+            if !self.state().old_hosts_left() {
+                break;
+            }
+            if !self.retire(Retire::Old).await {
+                return;
+            }
+            if !self.state().old_hosts_left() {
+                break;
+            }
+            // One try: a package of this generation may be gone from disk already. The
+            // next poll's reload then rolls on (to the packages on disk by then).
+            let started = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                started = self.start_current() => started,
+            };
+            match started {
+                Ok((host, generation)) => self.run_host(host, generation),
+                Err(error) => {
+                    return tracing::warn!(error = %error, "cannot start a new r host yet; the next poll goes on replacing hosts")
+                }
+            }
+        }
+        while self.live_hosts() > self.inner.config.n_hosts.max(1) {
+            if !self.retire(Retire::Any).await {
+                return;
+            }
+        }
+        tracing::info!(live_hosts = self.live_hosts(), "r hosts replaced");
+    }
+
+    /// Retires one idle host `which` allows (the pool's dispatch picks it); false at
+    /// shutdown.
+    async fn retire(&self, which: Retire) -> bool {
+        let (retired_tx, retired_rx) = oneshot::channel();
+        self.state().retire = Some((which, retired_tx));
+        self.dispatch();
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => false,
+            // Sent once the host is gone, or dropped when no such host is left.
+            _ = retired_rx => true,
+        }
+    }
+
     /// Stops taking requests, answers the queued ones `ShuttingDown`, stops the idle hosts
     /// and waits (bounded) for busy ones to finish their R call.
     pub async fn shutdown(&self) {
@@ -239,13 +492,40 @@ impl Pool {
         }
     }
 
-    fn scheduler(&self) -> MutexGuard<'_, Scheduler<IdleHost>> {
-        self.inner.scheduler.lock()
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock()
     }
 
-    /// Asks the scheduler what starts now, and starts it.
+    fn scheduler(&self) -> MappedMutexGuard<'_, Scheduler<IdleHost>> {
+        MutexGuard::map(self.state(), |state| &mut state.scheduler)
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Asks the scheduler what starts now (and which host a reload retires), and starts it.
     fn dispatch(&self) {
-        let decisions = self.scheduler().dispatch(Instant::now(), self.live_hosts());
+        let (decisions, retired) = {
+            let mut state = self.state();
+            let State { scheduler, current, live, retire, .. } = &mut *state;
+            let live_holding = |model: &Arc<ServedModel>| live.iter().filter(|g| g.holds(model)).count();
+            // Before any job, so that a busy pool cannot keep an old host busy forever.
+            let mut retired = None;
+            if let Some((which, _)) = retire {
+                let which = *which;
+                let retirable = |host: &IdleHost| which == Retire::Any || !Arc::ptr_eq(&host.generation, current);
+                if let Some(host) = scheduler.retire(retirable, &live_holding) {
+                    retired = retire.take().map(|(_, retired_tx)| (host, retired_tx));
+                }
+            }
+            (scheduler.dispatch(Instant::now(), &live_holding), retired)
+        };
+        if let Some((host, retired_tx)) = retired {
+            // A driver that is gone already counts as retired: the send fails, and
+            // `retired_tx` dropped with it tells the reload.
+            let _ = host.work_tx.send(Work::Retire(retired_tx));
+        }
         for waiting in decisions.expired {
             waiting.reply(Err(PoolError::DeadlineExceeded));
         }
@@ -317,7 +597,7 @@ impl Pool {
             let host = hosts.next().expect("the scheduler gives a split one host per part");
             let (done_tx, done_rx) = oneshot::channel();
             // A failed send drops `done_tx`, which the job task counts as a lost host.
-            let _ = host.work_tx.send(Part { model: model.clone(), input, call, done_tx });
+            let _ = host.work_tx.send(Work::Part(Part { model: model.clone(), input, call, done_tx }));
             done.push(done_rx);
         }
         for spare in hosts {
@@ -391,21 +671,22 @@ impl Pool {
     }
 
     /// Runs a started host: its driver takes one part at a time until the host is lost,
-    /// recycled or the pool shuts down.
-    fn run_host(&self, host: Host) {
+    /// recycled, retired or the pool shuts down.
+    fn run_host(&self, host: Host, generation: Arc<Generation>) {
+        self.state().live.push(generation.clone());
         self.inner.live.send_modify(|live| *live += 1);
         let pool = self.clone();
-        self.inner.tasks.spawn(async move { pool.drive(host).await });
+        self.inner.tasks.spawn(async move { pool.drive(host, generation).await });
     }
 
-    async fn drive(self, mut host: Host) {
+    async fn drive(self, mut host: Host, generation: Arc<Generation>) {
         let pid = host.pid();
         // The last part's answer, sent once the host is idle again: a caller answered now
         // then finds its hosts free (and a lone request can be split again).
         let mut finished: Option<(oneshot::Sender<PartDone>, PartDone)> = None;
         loop {
             let (work_tx, work_rx) = oneshot::channel();
-            let parked = self.park(IdleHost { work_tx });
+            let parked = self.park(IdleHost { work_tx, generation: generation.clone() });
             if let Some((done_tx, done)) = finished.take() {
                 let _ = done_tx.send(done);
             }
@@ -413,12 +694,22 @@ impl Pool {
                 break;
             }
             // The sender goes away unused only when shutdown empties the idle stack.
-            let Ok(Part { model, input, call, done_tx }) = work_rx.await else { break };
+            let Part { model, input, call, done_tx } = match work_rx.await {
+                Ok(Work::Part(part)) => part,
+                Ok(Work::Retire(retired_tx)) => {
+                    tracing::info!(host = pid, "retiring r host: a reload replaces it");
+                    self.host_gone(&generation);
+                    host.stop().await;
+                    let _ = retired_tx.send(());
+                    return;
+                }
+                Err(_) => break,
+            };
             let result = host.call(&model, input, call, self.inner.config.host_timeout).await;
             if let Err(error) = &result {
                 tracing::warn!(host = pid, model = %model, error = %error, "r host lost; replacing it");
                 // Counted out before the job hears of it, so a retry never waits for it.
-                self.host_gone();
+                self.host_gone(&generation);
                 let _ = done_tx.send(PartDone { result, host_pid: pid });
                 // Dropping kills the child (kill_on_drop) and tokio reaps it.
                 drop(host);
@@ -427,7 +718,7 @@ impl Pool {
             }
             if let Some(reason) = self.worn_out(&host) {
                 tracing::info!(host = pid, served = host.served, reason, "recycling r host");
-                self.host_gone();
+                self.host_gone(&generation);
                 let _ = done_tx.send(PartDone { result, host_pid: pid });
                 self.replace();
                 host.stop().await;
@@ -435,7 +726,7 @@ impl Pool {
             }
             finished = Some((done_tx, PartDone { result, host_pid: pid }));
         }
-        self.host_gone();
+        self.host_gone(&generation);
         host.stop().await;
     }
 
@@ -459,9 +750,27 @@ impl Pool {
         fat.then_some("max_host_rss_mib")
     }
 
-    /// A host stopped counting as live; a job waiting for every live host may now start.
-    fn host_gone(&self) {
+    /// A host of `generation` stopped counting as live: a job waiting for every live host
+    /// may now start, a reload waiting to retire an old host that is no more goes on, and
+    /// queued requests for a package no host holds any more (its last old host lost during
+    /// a reload) are answered.
+    fn host_gone(&self, generation: &Arc<Generation>) {
+        let stranded = {
+            let mut state = self.state();
+            if let Some(index) = state.live.iter().position(|g| Arc::ptr_eq(g, generation)) {
+                state.live.swap_remove(index);
+            }
+            if matches!(state.retire, Some((Retire::Old, _))) && !state.old_hosts_left() {
+                state.retire = None;
+            }
+            let State { scheduler, current, live, .. } = &mut *state;
+            scheduler.remove_where(|w| !current.holds(&w.model) && !live.iter().any(|g| g.holds(&w.model)))
+        };
         self.inner.live.send_modify(|live| *live -= 1);
+        for waiting in stranded {
+            let model = waiting.model.info.model_ref();
+            waiting.reply(Err(PoolError::Replaced(model)));
+        }
         self.dispatch();
     }
 
@@ -473,25 +782,91 @@ impl Pool {
         }
         let pool = self.clone();
         self.inner.tasks.spawn(async move {
-            let start = || Host::start(&pool.inner.config.host, &pool.inner.specs);
-            let started =
-                start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
-                    tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
-                });
-            let host = tokio::select! {
-                _ = pool.inner.shutdown.cancelled() => return,
-                started = started => match started {
-                    Ok((host, _, _)) => host,
-                    // The backoff never runs out; this is for the types' sake.
-                    Err(error) => return tracing::error!(error = %error, "gave up starting an r host"),
-                },
-            };
-            if pool.inner.shutdown.is_cancelled() {
-                host.stop().await;
-            } else {
-                pool.run_host(host);
+            if let Some((host, generation)) = pool.start_host().await {
+                pool.run_host(host, generation);
             }
         });
+    }
+
+    /// Starts a host with the current packages, retrying with backoff; `None` at shutdown.
+    async fn start_host(&self) -> Option<(Host, Arc<Generation>)> {
+        let start = || self.start_current();
+        let started = start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
+            tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
+        });
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => None,
+            started = started => started.ok(),
+        }
+    }
+
+    /// Starts a host with the current packages, once. A host that fails a package that
+    /// loaded before is not one of them: stopped, and an error. One that comes up after a
+    /// reload made other packages current is stopped and started again with those.
+    async fn start_current(&self) -> Result<(Host, Arc<Generation>), HostError> {
+        loop {
+            let generation = self.state().current.clone();
+            let started = Host::start(&self.inner.config.host, &generation.specs).await?;
+            if !started.failed.is_empty() {
+                started.host.stop().await;
+                return Err(HostError::LoadFailed(describe_failures(&started.failed)));
+            }
+            if self.inner.shutdown.is_cancelled() {
+                started.host.stop().await;
+                return Err(HostError::LoadFailed("the pool is shutting down".into()));
+            }
+            if Arc::ptr_eq(&generation, &self.state().current) {
+                return Ok((started.host, generation));
+            }
+            started.host.stop().await;
+        }
+    }
+}
+
+/// The generation of the packages that loaded: `infos` as the host reported them, each
+/// with its package's throughput settings. A package `previous` already serves (the same
+/// fingerprint) keeps its `Arc`, so its requests may go to old and new hosts alike.
+fn generation_of(
+    config: &PoolConfig,
+    discovered: &Discovered,
+    infos: Vec<ModelInfo>,
+    previous: Option<&Generation>,
+) -> Generation {
+    let mut generation = Generation { specs: Vec::new(), models: Vec::new(), prints: Vec::new() };
+    for info in infos {
+        let Some(package) =
+            discovered.packages.iter().find(|p| p.spec.name == info.name && p.spec.version == info.version)
+        else {
+            tracing::warn!(model = %info.model_ref(), "an r host reported a model it was not asked to load");
+            continue;
+        };
+        let kept = previous.and_then(|previous| {
+            let index = previous.prints.iter().position(|p| *p == package.fingerprint)?;
+            Some(previous.models[index].clone())
+        });
+        let model = kept.unwrap_or_else(|| {
+            Arc::new(ServedModel { info, throughput: config.throughput.for_model(&package.manifest) })
+        });
+        generation.specs.push(package.spec.clone());
+        generation.models.push(model);
+        generation.prints.push(package.fingerprint.clone());
+    }
+    generation
+}
+
+/// The model called `name` at `version`, or the highest version of it by
+/// [`compare_versions`] when none is asked for.
+fn choose<'a>(models: &'a [Arc<ServedModel>], name: &str, version: Option<&str>) -> Option<&'a Arc<ServedModel>> {
+    let named = models.iter().filter(|m| m.info.matches(name, version));
+    named.max_by(|a, b| compare_versions(a.info.version.as_deref(), b.info.version.as_deref()))
+}
+
+/// Logs each failure in `failures` that `known` does not already hold, once, at error
+/// level.
+fn log_failures(failures: &[PackageFailure], known: &[PackageFailure]) {
+    for failure in failures.iter().filter(|f| !known.contains(f)) {
+        let model = ModelRef::new(failure.failure.name.clone(), failure.failure.version.clone());
+        tracing::error!(model = %model, dir = %failure.dir.display(), error = %failure.failure.message, "model package failed to load; the others serve");
     }
 }
 
@@ -723,6 +1098,37 @@ mod tests {
         let (members, verdict) = guard_job(vec![member], |members| members.len()).expect("no panic");
         assert_eq!((members.len(), verdict), (1, 1));
         assert!(matches!(waiter.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+    }
+
+    /// A pinned request gets its version or nothing; an unpinned one the highest version
+    /// held, numbers compared as numbers.
+    #[test]
+    fn versions_are_chosen() {
+        use crate::schedule::tests::{batching, model};
+        let versioned = |name: &str, version: Option<&str>| {
+            let plain = model(name, batching(1, 0, SplitPolicy::Never), None);
+            let info = ModelInfo { version: version.map(str::to_string), ..plain.info.clone() };
+            Arc::new(ServedModel { info, throughput: plain.throughput.clone() })
+        };
+        let models = [
+            versioned("reg", Some("2")),
+            versioned("reg", Some("10")),
+            versioned("reg", Some("9")),
+            versioned("solo", None),
+            versioned("mixed", None),
+            versioned("mixed", Some("1")),
+        ];
+        let check = |name: &str, version: Option<&str>, expected: Option<Option<&str>>| {
+            let chosen = choose(&models, name, version).map(|m| m.info.version.as_deref());
+            assert_eq!(chosen, expected, "{name} {version:?}");
+        };
+        check("reg", None, Some(Some("10")));
+        check("reg", Some("9"), Some(Some("9")));
+        check("reg", Some("3"), None);
+        check("solo", None, Some(None));
+        check("solo", Some("1"), None);
+        check("mixed", None, Some(Some("1")));
+        check("nothing", None, None);
     }
 
     #[test]

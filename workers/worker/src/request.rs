@@ -2,13 +2,15 @@
 //! what [`crate::schedule`] holds while a request waits, apart from both so that neither
 //! module depends on the other for them.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::host::HostOutput;
 use protocol::message::SplitPolicy;
-use protocol::{ErrorBody, Input};
+use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef};
 
 use crate::host::HostError;
+use crate::policy::Throughput;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -20,18 +22,44 @@ pub enum PoolError {
     ShuttingDown,
     #[error("the request was given to {attempts} R hosts and each one was lost ({last}); it is not retried further")]
     Crashed { attempts: u32, last: String },
-    #[error("model '{0}' is not loaded in this worker's R hosts")]
-    UnknownModel(String),
+    #[error("model {0} is not loaded in this worker's R hosts")]
+    UnknownModel(ModelRef),
+    /// The request's package changed (a reload) while it was on its way to the pool, its
+    /// schema with it, and no R host holds the old package any more.
+    #[error("the package of model {0} was replaced while the request was queued; retry")]
+    Replaced(ModelRef),
+    /// `models.strict`: packages that failed to load stop the worker from starting.
+    #[error("model packages failed to load (models.strict refuses to start): {}", describe_failures(.0))]
+    Load(Vec<LoadFailure>),
     /// A bug: the pool panicked while finishing the request's job.
     #[error("the worker panicked while scoring the request: {0}")]
     Panicked(String),
 }
 
+/// `rf-reg version 2 (model.rds is corrupt); rf-cls (...)`, for logs and errors.
+pub fn describe_failures(failures: &[LoadFailure]) -> String {
+    let described: Vec<String> = failures
+        .iter()
+        .map(|f| format!("{} ({})", ModelRef::new(f.name.clone(), f.version.clone()), f.message))
+        .collect();
+    described.join("; ")
+}
+
+/// A model as the pool serves it: what the hosts said about it, and its throughput
+/// settings. One `Arc` is one package as loaded: a reload that leaves a package alone
+/// keeps its `Arc`, one that changes it makes a new one, and an R host takes a request
+/// only for an `Arc` it holds.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub info: ModelInfo,
+    pub throughput: Throughput,
+}
+
 /// One request for the pool.
 #[derive(Debug, Clone)]
 pub struct PoolRequest {
-    pub model: String,
-    pub version: Option<String>,
+    /// The model (one package as loaded, from [`crate::Pool::model`]) that scores it.
+    pub model: Arc<ServedModel>,
     /// Already validated and conformed to the model's schema.
     pub input: Input,
     pub predict_type: Option<String>,

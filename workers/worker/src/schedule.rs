@@ -18,27 +18,34 @@
 //!    most recently idle hosts take it (a LIFO stack: at low load one warm host serves).
 //!    A job that needs more hosts than are idle (`always`) holds the queue until they
 //!    are free, so it cannot be starved by the jobs behind it.
+//!
+//! Hosts may differ: during a reload old hosts hold the old packages and new ones the new
+//! ([`Holds`]). A request goes only to a host that holds its exact package, and counts
+//! only those hosts as live (an `always` split waits for every live host that holds its
+//! model, not for the others); a request none of whose hosts is idle waits, and the
+//! requests behind it may take the other hosts. [`Scheduler::retire`] picks an idle host
+//! to stop, never the last live host holding a queued request's model.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use protocol::message::SplitPolicy;
-use protocol::{Frame, Input, ModelInfo};
+use protocol::{Frame, Input};
 use tokio::sync::oneshot;
 
 use crate::forest::ForestOutput;
-use crate::policy::{self, Hosts, JobShape, Plan, Throughput};
-use crate::request::{PoolError, PoolScored};
+use crate::policy::{self, Hosts, JobShape, Plan};
+use crate::request::{PoolError, PoolScored, ServedModel};
 use crate::rows;
 
-/// A model as the pool serves it: what the hosts said about it, and its throughput
-/// settings.
-#[derive(Debug)]
-pub(crate) struct ServedModel {
-    pub info: ModelInfo,
-    pub throughput: Throughput,
+/// What a host holds: whether it can score a model (one package as loaded, by `Arc`).
+pub(crate) trait Holds {
+    fn holds(&self, model: &Arc<ServedModel>) -> bool;
 }
+
+/// Live hosts (idle or busy) that hold a model.
+pub(crate) type Live<'a> = &'a dyn Fn(&Arc<ServedModel>) -> usize;
 
 /// One request in the pool, from [`Pool::score`](crate::Pool::score) until its answer.
 pub(crate) struct Waiting {
@@ -130,7 +137,7 @@ pub(crate) struct Scheduler<D> {
     pub timer: Option<Instant>,
 }
 
-impl<D> Scheduler<D> {
+impl<D: Holds> Scheduler<D> {
     pub fn new() -> Self {
         Scheduler { queue: VecDeque::new(), idle: Vec::new(), closed: false, timer: None }
     }
@@ -176,8 +183,26 @@ impl<D> Scheduler<D> {
         (self.queue.drain(..).collect(), std::mem::take(&mut self.idle))
     }
 
-    /// Decides what starts now. `live` is the number of hosts up (idle or busy).
-    pub fn dispatch(&mut self, now: Instant, live: usize) -> Decisions<D> {
+    /// Takes out the queued requests `stranded` says no host will ever take.
+    pub fn remove_where(&mut self, stranded: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
+        if !self.queue.iter().any(&stranded) {
+            return Vec::new();
+        }
+        let (gone, waiting): (Vec<Waiting>, Vec<Waiting>) = self.queue.drain(..).partition(stranded);
+        self.queue = waiting.into();
+        gone
+    }
+
+    /// Takes an idle host that `retirable` allows off the stack, the longest idle first,
+    /// unless it is the last live host holding the model of a queued request.
+    pub fn retire(&mut self, retirable: impl Fn(&D) -> bool, live: Live<'_>) -> Option<D> {
+        let needed = |host: &D| self.queue.iter().any(|w| host.holds(&w.model) && live(&w.model) <= 1);
+        let index = self.idle.iter().position(|host| retirable(host) && !needed(host))?;
+        Some(self.idle.remove(index))
+    }
+
+    /// Decides what starts now. `live` counts the hosts up (idle or busy) holding a model.
+    pub fn dispatch(&mut self, now: Instant, live: Live<'_>) -> Decisions<D> {
         let mut decisions = Decisions { starts: Vec::new(), expired: Vec::new(), wake_at: None };
         if self.closed {
             return decisions;
@@ -204,6 +229,13 @@ impl<D> Scheduler<D> {
                     continue;
                 }
                 let lead = &self.queue[leader];
+                // The idle hosts that hold its package, the most recently idle first.
+                let eligible: Vec<usize> =
+                    (0..self.idle.len()).rev().filter(|&i| self.idle[i].holds(&lead.model)).collect();
+                if eligible.is_empty() {
+                    // It waits for one of its hosts; the requests behind it may take others.
+                    continue;
+                }
                 let plan = if lead.solo {
                     Plan::Whole
                 } else {
@@ -212,18 +244,19 @@ impl<D> Scheduler<D> {
                         rows_splittable: lead.frame().is_some(),
                         n_trees: lead.forest.and(lead.model.info.forest.as_ref().map(|f| f.n_trees)),
                     };
-                    let hosts = Hosts { idle: self.idle.len(), live, others_waiting: self.queue.len() > members.len() };
+                    let others_waiting = self.queue.len() > members.len();
+                    let hosts = Hosts { idle: eligible.len(), live: live(&lead.model), others_waiting };
                     policy::plan(lead.split, lead.model.throughput.split_min_rows, job, hosts)
                 };
-                if plan.hosts() > self.idle.len() {
+                if plan.hosts() > eligible.len() {
                     // Only `always` asks for hosts that are busy: keep the idle ones for it.
                     break 'start;
                 }
                 let mut taken: Vec<Waiting> =
                     members.iter().rev().map(|&i| self.queue.remove(i).expect("member index in queue")).collect();
                 taken.reverse();
-                let mut hosts = self.idle.split_off(self.idle.len() - plan.hosts());
-                hosts.reverse();
+                // Descending indices: each removal leaves the ones still to come in place.
+                let hosts = eligible[..plan.hosts()].iter().map(|&i| self.idle.remove(i)).collect();
                 decisions.starts.push(Start { members: taken, plan, hosts });
                 continue 'start;
             }
@@ -271,9 +304,17 @@ impl<D> Scheduler<D> {
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use protocol::{Column, ColumnData, ForestInfo, ModelKind};
+    use protocol::{Column, ColumnData, ForestInfo, ModelInfo, ModelKind};
 
     use super::*;
+    use crate::policy::Throughput;
+
+    /// A test host named by a string holds every model.
+    impl Holds for &'static str {
+        fn holds(&self, _: &Arc<ServedModel>) -> bool {
+            true
+        }
+    }
 
     pub(crate) fn model(name: &str, throughput: Throughput, n_trees: Option<u32>) -> Arc<ServedModel> {
         let info = ModelInfo {
@@ -343,7 +384,7 @@ pub(crate) mod tests {
         for host in idle {
             assert!(scheduler.park(*host).is_ok());
         }
-        let decisions = scheduler.dispatch(now, live);
+        let decisions = scheduler.dispatch(now, &|_| live);
         assert_eq!(seen(&decisions), starts);
         assert_eq!(decisions.expired.iter().map(|w| w.id).collect::<Vec<_>>(), expired);
         scheduler
@@ -417,8 +458,8 @@ pub(crate) mod tests {
             &[],
             &[],
         );
-        assert_eq!(scheduler.dispatch(now + ms(10), 1).wake_at, Some(now + ms(20)));
-        assert_eq!(seen(&scheduler.dispatch(now + ms(20), 1)), [(vec![1, 2], Plan::Whole, vec!["h1"])]);
+        assert_eq!(scheduler.dispatch(now + ms(10), &|_| 1).wake_at, Some(now + ms(20)));
+        assert_eq!(seen(&scheduler.dispatch(now + ms(20), &|_| 1)), [(vec![1, 2], Plan::Whole, vec!["h1"])]);
         // ...or half of a member's time to its deadline, whichever comes first.
         let mut scheduler = check(
             &["h1"],
@@ -428,7 +469,7 @@ pub(crate) mod tests {
             &[],
             &[],
         );
-        assert_eq!(scheduler.dispatch(now, 1).wake_at, Some(now + ms(8)));
+        assert_eq!(scheduler.dispatch(now, &|_| 1).wake_at, Some(now + ms(8)));
         // A full batch starts at once.
         check(
             &["h1"],
@@ -469,7 +510,7 @@ pub(crate) mod tests {
         let mut scheduler =
             check(&["h1"], 2, vec![request(1, &always, 2, now, None), request(2, &whole, 1, now, None)], now, &[], &[]);
         assert!(scheduler.park("h2").is_ok());
-        assert_eq!(seen(&scheduler.dispatch(now, 2)), [(vec![1], Plan::Trees(2), vec!["h2", "h1"])]);
+        assert_eq!(seen(&scheduler.dispatch(now, &|_| 2)), [(vec![1], Plan::Trees(2), vec!["h2", "h1"])]);
         // ...and a retried request goes whole whatever the policy.
         let mut retried = request(1, &always, 1, now, None);
         retried.solo = true;
@@ -489,6 +530,116 @@ pub(crate) mod tests {
         assert_eq!((queued.iter().map(|w| w.id).collect::<Vec<_>>(), idle), (vec![2], vec!["h1"]));
         assert!(scheduler.park("h2").is_err());
         assert!(scheduler.push_back(request(3, &a, 1, now, None)).is_err());
-        assert!(scheduler.dispatch(now, 1).starts.is_empty());
+        assert!(scheduler.dispatch(now, &|_| 1).starts.is_empty());
+    }
+
+    /// A host that holds some models only (by name), as old and new hosts do during a reload.
+    struct Picky(&'static str, &'static [&'static str]);
+
+    impl Holds for Picky {
+        fn holds(&self, model: &Arc<ServedModel>) -> bool {
+            self.1.contains(&model.info.name.as_str())
+        }
+    }
+
+    /// Queues `requests` with `idle` hosts (bottom of the stack first), dispatches, and
+    /// checks which requests started on which hosts and which wait.
+    fn check_picky(
+        idle: Vec<Picky>,
+        live: &dyn Fn(&Arc<ServedModel>) -> usize,
+        requests: Vec<Waiting>,
+        starts: &[(Vec<u64>, Plan, Vec<&str>)],
+        waiting: &[u64],
+    ) -> Scheduler<Picky> {
+        let now = Instant::now();
+        let mut scheduler = Scheduler::new();
+        for request in requests {
+            assert!(scheduler.push_back(request).is_ok());
+        }
+        for host in idle {
+            assert!(scheduler.park(host).is_ok());
+        }
+        let decisions = scheduler.dispatch(now, live);
+        let started: Vec<(Vec<u64>, Plan, Vec<&str>)> = decisions
+            .starts
+            .iter()
+            .map(|s| (s.members.iter().map(|w| w.id).collect(), s.plan, s.hosts.iter().map(|h| h.0).collect()))
+            .collect();
+        assert_eq!(started, starts);
+        assert_eq!(scheduler.queue.iter().map(|w| w.id).collect::<Vec<_>>(), waiting);
+        scheduler
+    }
+
+    /// During a reload hosts differ: a request goes only to a host holding its package,
+    /// waits (without holding up the others) while none is idle, and an `always` split
+    /// waits for the live hosts holding its model only.
+    #[test]
+    fn hosts_that_differ_take_only_their_models() {
+        let now = Instant::now();
+        let never = || batching(1, 0, SplitPolicy::Never);
+        let (a, b, c) = (model("a", never(), None), model("b", never(), None), model("c", never(), None));
+        let old = || Picky("old", &["a", "b", "s"]);
+        let new = || Picky("new", &["a", "c", "s"]);
+        let everywhere = |_: &Arc<ServedModel>| 2;
+        // The warmest host is new, but the oldest request is for b, which only old holds.
+        check_picky(
+            vec![old(), new()],
+            &everywhere,
+            vec![request(1, &b, 1, now, None), request(2, &c, 1, now, None), request(3, &a, 1, now, None)],
+            &[(vec![1], Plan::Whole, vec!["old"]), (vec![2], Plan::Whole, vec!["new"])],
+            &[3],
+        );
+        // Only new idle: b waits for old, and a (behind it) takes new.
+        check_picky(
+            vec![new()],
+            &everywhere,
+            vec![request(1, &b, 1, now, None), request(2, &a, 1, now, None)],
+            &[(vec![2], Plan::Whole, vec!["new"])],
+            &[1],
+        );
+        // always: split across the idle hosts that hold it, once every live one that holds
+        // it is idle; a host without it does not count.
+        let always = model("s", batching(10, 0, SplitPolicy::Always), Some(100));
+        let live_s = |m: &Arc<ServedModel>| if m.info.name == "s" { 2 } else { 3 };
+        check_picky(
+            vec![Picky("other", &["a"]), old(), new()],
+            &live_s,
+            vec![request(1, &always, 2, now, None)],
+            &[(vec![1], Plan::Trees(2), vec!["new", "old"])],
+            &[],
+        );
+        check_picky(
+            vec![Picky("other", &["a", "s"]), new()],
+            &|_| 3,
+            vec![request(1, &always, 2, now, None)],
+            &[],
+            &[1],
+        );
+    }
+
+    /// A reload retires an idle old host, the longest idle first, but never the last live
+    /// host holding a queued request's model.
+    #[test]
+    fn retiring_keeps_the_last_host_a_queued_request_needs() {
+        let now = Instant::now();
+        let b = model("b", batching(1, 0, SplitPolicy::Never), None);
+        let old = |name| Picky(name, &["a", "b"]);
+        let is_old = |host: &Picky| host.0.starts_with("old");
+        let check = |idle: Vec<Picky>, live_b: usize, queued: bool, expected: Option<&str>| {
+            let mut scheduler: Scheduler<Picky> = Scheduler::new();
+            if queued {
+                assert!(scheduler.push_back(request(1, &b, 1, now, None)).is_ok());
+            }
+            for host in idle {
+                assert!(scheduler.park(host).is_ok());
+            }
+            assert_eq!(scheduler.retire(is_old, &|_| live_b).map(|h| h.0), expected);
+        };
+        check(vec![old("old1"), old("old2"), Picky("new", &["a"])], 2, false, Some("old1"));
+        check(vec![Picky("new", &["a", "b"])], 1, false, None);
+        // b is queued and old1 is the only live host holding it.
+        check(vec![old("old1"), Picky("new", &["a"])], 1, true, None);
+        // Another live host (busy) holds b too.
+        check(vec![old("old1"), Picky("new", &["a"])], 2, true, Some("old1"));
     }
 }
