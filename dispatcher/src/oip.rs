@@ -13,6 +13,10 @@
 //! refused with a clear 400, and outputs are always sent as JSON (which `tritonclient`
 //! reads whether or not it asked for binary). Errors answer `{"error": "..."}`, the
 //! protocol's shape, with the status rfleet gives the same problem elsewhere.
+//!
+//! The version routes (`/v2/models/{name}/versions/{version}/...`) pin a version; the
+//! others go by the routing rule. An answer's `model_version` is the version that answered
+//! (the reply's, as the `x-rfleet-model-version` header says it).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;

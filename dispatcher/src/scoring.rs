@@ -217,6 +217,9 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
 
     let Resolved { info, mirror } = state.resolve(&target)?;
     let version = info.version.clone();
+    if let Some(version) = &version {
+        Span::current().record("model_version", version.as_str());
+    }
 
     // Held until the reply is decoded. Taken before reading the body, so the limit also
     // bounds the memory that bodies in flight hold.
