@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -42,9 +42,6 @@ pub const TOKEN_AUDIENCE: &str = "rfleet";
 
 /// Keys shorter than this are refused at start-up: a key is the whole secret.
 pub const MIN_KEY_BYTES: usize = 16;
-
-/// How often the keys file is re-read.
-const KEYS_FILE_POLL: Duration = Duration::from_secs(1);
 
 /// A token naming an unknown key id refetches the JWKS at most this often, so a flood of
 /// forged tokens cannot turn the dispatcher into a load generator against the issuer.
@@ -263,7 +260,20 @@ impl Auth {
         };
         if let (Some(path), Some(text)) = (&settings.keys_file, file_text) {
             // Holds only a weak reference: the task ends once the last `Auth` is dropped.
-            tokio::spawn(watch_keys_file(path.clone(), Arc::downgrade(&auth.inner), text));
+            let keys_file = path.clone();
+            let reload = move |inner: &Inner, text: &[u8]| {
+                let keys = Keys::parse_file(text)?;
+                tracing::info!(keys_file = %keys_file.display(), n_keys = keys.keys.len(), "keys reloaded");
+                *inner.keys.write() = Arc::new(keys);
+                Ok(())
+            };
+            tokio::spawn(crate::reload::watch_file(
+                path.clone(),
+                "keys file",
+                Arc::downgrade(&auth.inner),
+                text,
+                reload,
+            ));
         }
         tracing::info!(
             keys_file = ?settings.keys_file,
@@ -395,44 +405,6 @@ pub async fn token(State(state): State<AppState>, caller: Option<Extension<Calle
         // RFC 6749 §5.1: a token response must not be cached.
         Some(token) => ([(header::CACHE_CONTROL, "no-store")], Json(token)).into_response(),
         None => ApiError::from(Refusal::Invalid("only a key is exchanged for a token".into())).into_response(),
-    }
-}
-
-/// Re-reads the keys file every second and swaps in its keys when the contents changed.
-/// Comparing contents rather than mtimes also catches Kubernetes' updates, which swap a
-/// symlink to a new directory. A file that is unreadable or invalid keeps the old keys.
-async fn watch_keys_file(path: PathBuf, auth: Weak<Inner>, mut last_text: Vec<u8>) {
-    let mut last_error: Option<String> = None;
-    let mut poll = tokio::time::interval(KEYS_FILE_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        poll.tick().await;
-        if auth.strong_count() == 0 {
-            return;
-        }
-        let outcome = match tokio::fs::read(&path).await {
-            Ok(text) if text == last_text => continue,
-            Ok(text) => {
-                let keys = Keys::parse_file(&text);
-                last_text = text;
-                keys
-            }
-            Err(e) => Err(format!("cannot read it: {e}")),
-        };
-        let Some(inner) = auth.upgrade() else { return };
-        match outcome {
-            Ok(keys) => {
-                tracing::info!(keys_file = %path.display(), n_keys = keys.keys.len(), "keys reloaded");
-                *inner.keys.write() = Arc::new(keys);
-                last_error = None;
-            }
-            // Warned once per distinct problem, not every second.
-            Err(error) if last_error.as_ref() != Some(&error) => {
-                tracing::warn!(keys_file = %path.display(), %error, "keys file not reloaded; keeping the current keys");
-                last_error = Some(error);
-            }
-            Err(_) => {}
-        }
     }
 }
 

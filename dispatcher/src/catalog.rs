@@ -1,16 +1,22 @@
-//! What the fleet serves, as this dispatcher knows it: models and live R hosts.
+//! What the fleet serves, as this dispatcher knows it: per model version, its description,
+//! the live R hosts of the workers announcing it, and the packages that failed to load.
 //!
 //! Workers announce themselves over the bus, whichever transport it is (the embedded one
 //! in `rfleet serve` too), and [`crate::announcements`] records each announcement here
 //! ([`Catalog::record`]); a worker not heard from for three intervals is forgotten. The
-//! dispatcher reads it for `GET /models`, schema checks and readiness. Nothing else writes
-//! it: the worker only announces.
+//! dispatcher reads it ([`Catalog::snapshot`]: one consistent view) for routing, `GET
+//! /models`, schema checks and readiness. Nothing else writes it: the worker only announces.
+//!
+//! A worker's live hosts count for every model it announces (each of its R hosts holds all
+//! of them). A draining worker's models stay known until it is forgotten, its hosts no
+//! longer count; a package reported `failed` is listed as such only while no worker serves
+//! that version.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use protocol::{Announcement, ModelInfo};
+use protocol::{compare_versions, Announcement, LoadFailure, ModelInfo};
 use tokio::sync::Notify;
 
 /// The announcement intervals a worker is taken at its word for. An interval comes off the
@@ -30,9 +36,55 @@ pub struct Catalog {
 #[derive(Debug)]
 struct Announced {
     models: Vec<ModelInfo>,
+    failed: Vec<LoadFailure>,
     live_hosts: usize,
     draining: bool,
     expires: Instant,
+}
+
+/// One version of a model (or an unversioned model) as the fleet serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub info: ModelInfo,
+    /// R hosts of the workers announcing it that take new work (not draining).
+    pub live_hosts: usize,
+}
+
+/// What the fleet serves at one moment, read once so that a request's routing, schema
+/// check and error messages agree.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// One entry per (name, version), by name, then version (`compare_versions`).
+    pub served: Vec<Served>,
+    /// Packages that failed to load and that no worker serves, in the same order.
+    pub failed: Vec<LoadFailure>,
+    /// R hosts up in the workers that take new work.
+    pub live_hosts: usize,
+}
+
+impl Snapshot {
+    /// The served versions of the model called `name`, lowest first.
+    pub fn versions<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Served> + 'a {
+        self.served.iter().filter(move |s| s.info.name == name)
+    }
+
+    /// `name` at `version`; without a version, its highest served version.
+    pub fn find(&self, name: &str, version: Option<&str>) -> Option<&Served> {
+        let mut versions = self.served.iter().filter(|s| s.info.name == name);
+        match version {
+            Some(version) => versions.find(|s| s.info.version.as_deref() == Some(version)),
+            None => versions.next_back(),
+        }
+    }
+
+    /// Why `name` (at `version`, or at any version) failed to load, when no worker serves it.
+    pub fn failure(&self, name: &str, version: Option<&str>) -> Option<&LoadFailure> {
+        self.failed.iter().find(|f| f.name == name && version.is_none_or(|v| f.version.as_deref() == Some(v)))
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &ModelInfo> {
+        self.served.iter().map(|s| &s.info)
+    }
 }
 
 impl Catalog {
@@ -47,6 +99,7 @@ impl Catalog {
             announcement.worker,
             Announced {
                 models: announcement.models,
+                failed: announcement.failed,
                 live_hosts: announcement.live_hosts as usize,
                 draining: announcement.draining,
                 expires,
@@ -55,42 +108,65 @@ impl Catalog {
         self.recorded.notify_waiters();
     }
 
-    /// Every model served by a worker heard from recently; one entry per (name, version).
+    /// What the workers heard from recently serve now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot_at(Instant::now())
+    }
+
+    /// What the workers heard from before `now` (and not forgotten by then) serve.
     ///
     /// A draining worker's models still count until it is forgotten: its schemas are still
     /// right, and other workers may consume the same queues without having been heard from
     /// yet (a dispatcher learns of a worker only at its next announcement), so requests go
-    /// on being published rather than refused. Its hosts no longer count
-    /// ([`Catalog::live_hosts`]), so readiness follows the workers that take new work.
-    pub fn models(&self) -> Vec<ModelInfo> {
-        let mut models: Vec<ModelInfo> = Vec::new();
-        let now = Instant::now();
+    /// on being published rather than refused. Its hosts no longer count, so readiness and
+    /// routing follow the workers that take new work.
+    pub fn snapshot_at(&self, now: Instant) -> Snapshot {
         let mut workers = self.workers.lock();
         workers.retain(|_, r| r.expires > now);
-        let mut announced: Vec<&ModelInfo> = workers.values().flat_map(|r| r.models.iter()).collect();
-        // A stable order, whatever the hash map's and the workers' timing.
-        announced.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-        for model in announced {
-            if !models.iter().any(|m| m.name == model.name && m.version == model.version) {
-                models.push(model.clone());
+        let mut snapshot = Snapshot::default();
+        for worker in workers.values() {
+            let live_hosts = if worker.draining { 0 } else { worker.live_hosts };
+            snapshot.live_hosts = snapshot.live_hosts.saturating_add(live_hosts);
+            for model in &worker.models {
+                match snapshot.served.iter_mut().find(|s| s.info.name == model.name && s.info.version == model.version)
+                {
+                    Some(served) => served.live_hosts = served.live_hosts.saturating_add(live_hosts),
+                    None => snapshot.served.push(Served { info: model.clone(), live_hosts }),
+                }
             }
         }
-        models
+        // Several workers may describe one version; the first of a stable order wins,
+        // whatever the hash map's and the workers' timing.
+        let mut failed: Vec<LoadFailure> = workers.values().flat_map(|w| w.failed.iter().cloned()).collect();
+        drop(workers);
+        let order = |a: (&str, Option<&str>), b: (&str, Option<&str>)| a.0.cmp(b.0).then(compare_versions(a.1, b.1));
+        snapshot.served.sort_by(|a, b| {
+            order((&a.info.name, a.info.version.as_deref()), (&b.info.name, b.info.version.as_deref()))
+        });
+        failed.sort_by(|a, b| {
+            order((&a.name, a.version.as_deref()), (&b.name, b.version.as_deref())).then(a.message.cmp(&b.message))
+        });
+        failed.dedup_by(|a, b| a.name == b.name && a.version == b.version);
+        snapshot.failed = failed
+            .into_iter()
+            .filter(|f| !snapshot.served.iter().any(|s| s.info.name == f.name && s.info.version == f.version))
+            .collect();
+        snapshot
     }
 
-    /// The model called `name`, at `version` when one is asked for.
+    /// Every model served by a worker heard from recently; one entry per (name, version).
+    pub fn models(&self) -> Vec<ModelInfo> {
+        self.snapshot().served.into_iter().map(|s| s.info).collect()
+    }
+
+    /// The model called `name`, at `version` when one is asked for (else its highest).
     pub fn model(&self, name: &str, version: Option<&str>) -> Option<ModelInfo> {
-        self.models().into_iter().find(|m| m.name == name && version.is_none_or(|v| m.version.as_deref() == Some(v)))
+        self.snapshot().find(name, version).map(|s| s.info.clone())
     }
 
-    /// R hosts up in the workers heard from recently.
+    /// R hosts up in the workers heard from recently that take new work.
     pub fn live_hosts(&self) -> usize {
-        let now = Instant::now();
-        self.workers
-            .lock()
-            .values()
-            .filter(|r| r.expires > now && !r.draining)
-            .fold(0usize, |sum, r| sum.saturating_add(r.live_hosts))
+        self.snapshot().live_hosts
     }
 
     /// Returns once the catalog [`is_ready`](Catalog::is_ready).
@@ -107,7 +183,8 @@ impl Catalog {
 
     /// Ready to score: models are known and at least one R host is up.
     pub fn is_ready(&self) -> bool {
-        self.live_hosts() > 0 && !self.models().is_empty()
+        let snapshot = self.snapshot();
+        snapshot.live_hosts > 0 && !snapshot.served.is_empty()
     }
 }
 
@@ -116,9 +193,14 @@ mod tests {
     use super::*;
 
     fn model(name: &str) -> ModelInfo {
+        // `name@version` for a versioned model.
+        let (name, version) = match name.split_once('@') {
+            Some((name, version)) => (name, Some(version.to_string())),
+            None => (name, None),
+        };
         ModelInfo {
             name: name.into(),
-            version: None,
+            version,
             kind: protocol::ModelKind::Predict,
             r_class: vec![],
             schema: None,
@@ -138,6 +220,64 @@ mod tests {
             draining,
             failed: Vec::new(),
         }
+    }
+
+    fn failure(model: &str, message: &str) -> LoadFailure {
+        let info = super::tests::model(model);
+        LoadFailure { name: info.name, version: info.version, message: message.into() }
+    }
+
+    /// The snapshot as `name@version live_hosts` and the failures as `name@version: message`.
+    fn check(catalog: &Catalog, now: Instant, served: &[&str], failed: &[&str]) {
+        let at = |name: &str, version: &Option<String>| match version {
+            Some(v) => format!("{name}@{v}"),
+            None => name.to_string(),
+        };
+        let snapshot = catalog.snapshot_at(now);
+        let got: Vec<String> =
+            snapshot.served.iter().map(|s| format!("{} {}", at(&s.info.name, &s.info.version), s.live_hosts)).collect();
+        assert_eq!(got, served, "served");
+        let got: Vec<String> =
+            snapshot.failed.iter().map(|f| format!("{}: {}", at(&f.name, &f.version), f.message)).collect();
+        assert_eq!(got, failed, "failed");
+    }
+
+    #[test]
+    fn versions_hosts_and_failures() {
+        let catalog = Catalog::default();
+        let now = Instant::now();
+        check(&catalog, now, &[], &[]);
+        // Failed packages no worker serves, by name then version.
+        let failures = ["bad: invalid model.toml", "rf@11: cannot read model.rds"];
+        // A rolling update half-way: hosts per version, versions in numeric order.
+        catalog.record(announce("w1", &["rf@10", "echo"], 2, false), now);
+        catalog.record(announce("w2", &["rf@9", "echo"], 3, false), now);
+        catalog.record(
+            Announcement {
+                failed: vec![failure("rf@11", "cannot read model.rds"), failure("bad", "invalid model.toml")],
+                ..announce("w3", &["rf@9"], 1, false)
+            },
+            now,
+        );
+        check(&catalog, now, &["echo 5", "rf@9 4", "rf@10 2"], &failures);
+        let snapshot = catalog.snapshot_at(now);
+        assert_eq!(snapshot.live_hosts, 6);
+        assert_eq!(snapshot.find("rf", None).unwrap().info.version.as_deref(), Some("10"));
+        assert_eq!(snapshot.find("rf", Some("9")).unwrap().live_hosts, 4);
+        assert!(snapshot.find("rf", Some("11")).is_none());
+        assert_eq!(snapshot.failure("rf", Some("11")).unwrap().message, "cannot read model.rds");
+        assert_eq!(snapshot.failure("bad", None).unwrap().message, "invalid model.toml");
+        // A version served by one worker and failed on another is served.
+        catalog.record(
+            Announcement { failed: vec![failure("rf@10", "out of memory")], ..announce("w4", &[], 1, false) },
+            now,
+        );
+        check(&catalog, now, &["echo 5", "rf@9 4", "rf@10 2"], &failures);
+        // A draining worker's versions stay known with its hosts no longer counting.
+        catalog.record(announce("w1", &["rf@10", "echo"], 2, true), now);
+        check(&catalog, now, &["echo 3", "rf@9 4", "rf@10 0"], &failures);
+        // Forgotten after three intervals: its versions and failures go.
+        check(&catalog, now + Duration::from_millis(400), &[], &[]);
     }
 
     #[test]

@@ -21,7 +21,12 @@
 //!   their TLS handshake done, and the certificate reloaded from its files.
 //! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log, from tower-http's layers.
-//! - [`catalog`]: what the fleet serves, as this dispatcher knows it from announcements.
+//! - [`catalog`]: what the fleet serves, as this dispatcher knows it from announcements:
+//!   per model version, its description and live R hosts, and the packages that failed.
+//! - [`routing`]: which version an unpinned request goes to (the rule, without I/O);
+//!   [`traffic`]: the traffic file's splits, kept current; [`mirror`]: shadow copies,
+//!   compared with the primary's answers and counted.
+//! - [`reload`]: files re-read when their contents change (keys, traffic).
 //! - [`announcements`]: workers' announcements, over any transport, into the catalog.
 //! - [`openapi`]: the OpenAPI document (`/openapi.json`, `/swagger.json`) completed from
 //!   the catalog, and Swagger UI (`/docs`).
@@ -35,13 +40,17 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod mirror;
 pub mod oip;
 pub mod openapi;
+pub mod reload;
 pub mod request_id;
 pub mod routes;
+pub mod routing;
 pub mod score;
 pub mod scoring;
 pub mod tls;
+pub mod traffic;
 pub mod vetiver;
 
 use std::any::Any;
@@ -76,6 +85,10 @@ struct Shared {
     default_model: Option<String>,
     /// One permit per request awaiting a reply, `server.max_inflight` in all.
     inflight: Arc<Semaphore>,
+    /// The traffic file's splits (`models.traffic_file`), kept current.
+    traffic: Arc<traffic::TrafficSplits>,
+    /// Shadow copies in flight and what they found.
+    mirrors: Arc<mirror::Mirrors>,
 }
 
 impl AppState {
@@ -94,9 +107,20 @@ impl AppState {
                 server,
                 default_model,
                 inflight: Arc::new(Semaphore::new(permits)),
+                traffic: Arc::default(),
+                mirrors: Arc::default(),
             }),
             auth: None,
         }
+    }
+
+    /// Routes by the traffic file `path` (`models.traffic_file`; no-op for `None`), re-read
+    /// when it changes. Needs a tokio runtime.
+    pub fn with_traffic_file(self, path: Option<&std::path::Path>) -> Result<Self, settings::traffic::TrafficError> {
+        if let Some(path) = path {
+            self.shared.traffic.follow_file(path)?;
+        }
+        Ok(self)
     }
 
     /// Turns authentication on as `[auth]` says (no-op when it is off); reads the keys file.

@@ -13,6 +13,10 @@
 //! refused with a clear 400, and outputs are always sent as JSON (which `tritonclient`
 //! reads whether or not it asked for binary). Errors answer `{"error": "..."}`, the
 //! protocol's shape, with the status rfleet gives the same problem elsewhere.
+//!
+//! The version routes (`/v2/models/{name}/versions/{version}/...`) pin a version; the
+//! others go by the routing rule. An answer's `model_version` is the version that answered
+//! (the reply's, as the `x-rfleet-model-version` header says it).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -47,7 +51,8 @@ const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 pub struct OipError {
     status: StatusCode,
     message: String,
-    timings: Option<Timings>,
+    timings: Option<Box<Timings>>,
+    model_version: Option<String>,
 }
 
 /// The body of every OIP error.
@@ -65,13 +70,13 @@ impl OipError {
 
 impl From<ApiError> for OipError {
     fn from(error: ApiError) -> Self {
-        OipError { status: error.status(), message: error.to_string(), timings: None }
+        OipError { status: error.status(), message: error.to_string(), timings: None, model_version: None }
     }
 }
 
 impl From<Failure> for OipError {
     fn from(failure: Failure) -> Self {
-        OipError { timings: failure.timings, ..OipError::from(failure.error) }
+        OipError { timings: failure.timings, model_version: failure.model_version, ..OipError::from(failure.error) }
     }
 }
 
@@ -81,6 +86,7 @@ impl IntoResponse for OipError {
         if let Some(timings) = &self.timings {
             scoring::insert_timings(response.headers_mut(), timings);
         }
+        scoring::insert_model_version(response.headers_mut(), self.model_version.as_deref());
         response
     }
 }
@@ -210,6 +216,7 @@ pub struct RequestedOutput {
 }))]
 pub struct InferResponse {
     pub model_name: String,
+    /// The version that answered (absent for an unversioned model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_version: Option<String>,
     pub id: String,
@@ -338,14 +345,19 @@ pub async fn model_version_ready(
     }
 }
 
-/// A served model is ready when an R host can score it now.
+/// A served model (or version) is ready when an R host that holds it can score now.
 fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     let info = match state.find_model(name, version) {
         Ok(info) => info,
         Err(e) => return OipError::from(e).into_response(),
     };
     let shared = &state.shared;
-    if shared.catalog.live_hosts() > 0 && shared.requester.is_ready() {
+    let snapshot = shared.catalog.snapshot();
+    let live = match version {
+        Some(_) => snapshot.find(name, version).is_some_and(|s| s.live_hosts > 0),
+        None => snapshot.versions(name).any(|s| s.live_hosts > 0),
+    };
+    if live && shared.requester.is_ready() {
         return Json(Readiness { name: Some(info.name), ready: true, error: None }).into_response();
     }
     let error = Some("no R host is running, or the message bus is not ready".to_string());
@@ -414,14 +426,19 @@ async fn infer_with(
             .map_err(|message| OipError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message,
-                timings: Some(timings.clone()),
+                timings: Some(Box::new(timings.clone())),
+                model_version: timings.model_version.clone(),
             })?,
     };
-    let outputs = select_outputs(outputs, wanted.outputs.as_deref())
-        .map_err(|message| OipError { timings: Some(timings.clone()), ..OipError::bad_request(message) })?;
+    let outputs = select_outputs(outputs, wanted.outputs.as_deref()).map_err(|message| OipError {
+        timings: Some(Box::new(timings.clone())),
+        model_version: timings.model_version.clone(),
+        ..OipError::bad_request(message)
+    })?;
     let id = wanted.id.unwrap_or(request_id);
-    let mut response =
-        Json(InferResponse { model_name: model.name, model_version: model.version, id, outputs }).into_response();
+    // The version that answered, as the reply says (else the one published for).
+    let model_version = timings.model_version.clone();
+    let mut response = Json(InferResponse { model_name: model.name, model_version, id, outputs }).into_response();
     scoring::insert_timings(response.headers_mut(), &timings);
     Ok(response)
 }

@@ -9,7 +9,8 @@
 //! nothing of it is cached.
 //!
 //! What every scoring operation shares (the deadline header, `type` and `split`, the error
-//! statuses) is added to each scoring operation (found by its tag) from one table ([`SCORING_ERRORS`]),
+//! statuses, the response headers saying who answered: [`ANSWER_HEADERS`], the version
+//! among them) is added to each scoring operation (found by its tag) from one table ([`SCORING_ERRORS`]),
 //! and with auth on [`secure`] adds the bearer scheme, `POST /token` and the requirement on
 //! every operation that needs a credential, so the document never promises what the
 //! server refuses.
@@ -49,7 +50,7 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
                        (as `jsonlite::toJSON(df)` writes them), pandas' split orientation, or either inside \
                        `{\"data\": ...}`. Also spoken: vetiver's `/predict` and the Open Inference Protocol (`/v2`)."
     ),
-    components(schemas(ScoringBody, Predictions, ErrorMessage, ModelDescription)),
+    components(schemas(ScoringBody, Predictions, ErrorMessage, ModelDescription, crate::mirror::MirrorCounts)),
     tags(
         (name = "scoring", description = "Azure ML conventions: `POST /score` and named models"),
         (name = "probes", description = "liveness and readiness"),
@@ -146,15 +147,23 @@ pub struct ErrorMessage {
     pub code: Option<String>,
 }
 
-/// A served model, as `GET /models` lists it (the wire type `protocol::ModelInfo`).
+/// A model version, as `GET /models` lists it: when `state` is `ready`, a served version
+/// (the wire type `protocol::ModelInfo`, and how it is served now: `live_hosts`,
+/// `traffic`, the model's `traffic_config` and `mirrored` counts); when `failed`, a
+/// package that failed to load (`name`, `version`, `error` only). See `routes::ModelEntry`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelDescription {
     pub name: String,
     pub version: Option<String>,
+    /// `ready` (served) or `failed` (its package did not load).
+    #[schema(value_type = String, pattern = "^(ready|failed)$")]
+    pub state: String,
+    /// Why the package failed to load (`failed` only).
+    pub error: Option<String>,
     /// `predict`, `predict_fn` or `azure_ml`.
-    pub kind: String,
+    pub kind: Option<String>,
     /// R's `class()` of the model.
-    pub r_class: Vec<String>,
+    pub r_class: Option<Vec<String>>,
     /// `{"columns": [{"name", "type", "levels"?}]}`; `type` is numeric, integer, logical,
     /// character, factor or ordered.
     #[schema(value_type = Option<Object>)]
@@ -163,6 +172,19 @@ pub struct ModelDescription {
     /// `{"n_trees", "classes"}` for random forests.
     #[schema(value_type = Option<Object>)]
     pub forest: Option<Value>,
+    /// R hosts up in the workers serving this version that take new work.
+    pub live_hosts: Option<u64>,
+    /// The share of the model's unpinned requests this version gets now, in percent (the
+    /// routing rule: the traffic file's weights among live versions, else in proportion
+    /// to live hosts, else all to the highest version).
+    pub traffic: Option<f64>,
+    /// The model's table in the traffic file, when it has one (the same on each version):
+    /// `{"weights": {"<version>": <weight>}, "mirror": {"version", "percent"}}`.
+    #[schema(value_type = Option<Object>)]
+    pub traffic_config: Option<Value>,
+    /// What mirroring the model's requests found, once a copy was made (the same on each
+    /// version).
+    pub mirrored: Option<crate::mirror::MirrorCounts>,
 }
 
 /// How a scoring operation answers errors: rfleet's `{"message", "code"}` or the Open
@@ -206,7 +228,7 @@ fn scoring_operations(doc: &mut Value) -> Vec<(String, &mut Value, ErrorShape)> 
 /// What a scoring operation answers besides 200 (and 401 with auth on): README's table.
 const SCORING_ERRORS: &[(&str, &str)] = &[
     ("400", "malformed JSON, an empty body, an invalid header or query parameter"),
-    ("404", "an unknown model, or none to score with"),
+    ("404", "an unknown model or version (naming the live versions), or none to score with"),
     ("413", "a body over `server.max_body_bytes`, or more rows than `server.max_rows`"),
     (
         "422",
@@ -215,13 +237,34 @@ const SCORING_ERRORS: &[(&str, &str)] = &[
     ),
     ("500", "the request crashed or hung R hosts on both attempts"),
     ("502", "the worker speaks another protocol version than the dispatcher (version skew in the fleet)"),
-    ("503", "too many requests in flight (with `Retry-After`), or no R host up"),
+    (
+        "503",
+        "too many requests in flight (with `Retry-After`), no R host up, or the model's package failed to load (its \
+             error)",
+    ),
     (
         "504",
         "no answer before the deadline (`x-rfleet-timeout-ms`, else `server.request_timeout_ms`); a deadline \
              shorter than the model takes answers 504",
     ),
 ];
+
+/// The response headers of a scoring answer (`scoring::insert_timings`), on its 200 and on
+/// its errors: a worker's errors carry its timings, and every answer once a version was
+/// chosen says which.
+const ANSWER_HEADERS: &[(&str, &str, &str)] = &[
+    ("x-rfleet-model-version", "string", "the version of the model that answered (absent for an unversioned model)"),
+    ("x-rfleet-worker", "string", "the worker that answered"),
+    ("x-rfleet-host-pid", "integer", "the R host process that scored"),
+    ("x-rfleet-queue-ms", "number", "milliseconds from publishing until an R host took the request"),
+    ("x-rfleet-r-ms", "number", "milliseconds inside R"),
+    ("x-rfleet-attempts", "integer", "how many times the request was given to R"),
+    ("x-rfleet-path", "string", "how the worker scored it: `whole`, `batch:N`, `rows:K`, `trees:K`"),
+];
+
+/// The operations that take Azure ML's deployment header: those with a model but no version
+/// in their path.
+const DEPLOYMENT_HEADER_PATHS: &[&str] = &["/score", "/models/{name}/score"];
 
 /// Adds the scoring operations' shared parameters and error answers to each of them.
 fn scoring_conventions(doc: &mut Value) {
@@ -242,11 +285,29 @@ fn scoring_conventions(doc: &mut Value) {
         "description": "whether the worker may split this request across its R hosts (default: the model's policy)",
         "schema": {"type": "string", "enum": splits},
     });
-    for (_, operation, shape) in scoring_operations(doc) {
+    let deployment = json!({
+        "name": crate::scoring::AZUREML_MODEL_DEPLOYMENT.as_str(), "in": "header", "required": false,
+        "description": "Azure ML's deployment selector: the version of the model to score with (pinned, as \
+                        `/versions/{version}/` routes are; a version not served is a 404 naming the live ones)",
+        "schema": {"type": "string", "minLength": 1, "pattern": "^[\\x21-\\x7e]+$"},
+    });
+    let answer_headers: Map<String, Value> = ANSWER_HEADERS
+        .iter()
+        .map(|(name, kind, description)| {
+            (name.to_string(), json!({"description": description, "schema": {"type": kind}}))
+        })
+        .collect();
+    for (path, operation, shape) in scoring_operations(doc) {
         let mut parameters = vec![deadline.clone()];
         // The Open Inference Protocol passes `type` in the body's `parameters`.
         if shape == ErrorShape::Rfleet {
             parameters.extend([predict_type.clone(), split.clone()]);
+        }
+        if DEPLOYMENT_HEADER_PATHS.contains(&path.as_str()) {
+            parameters.push(deployment.clone());
+        }
+        if let Some(ok) = operation["responses"].get_mut("200") {
+            ok["headers"] = Value::Object(answer_headers.clone());
         }
         match operation["parameters"].as_array_mut() {
             Some(declared) => declared.extend(parameters),
@@ -261,11 +322,12 @@ fn scoring_conventions(doc: &mut Value) {
                 "description": description,
                 "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{body}")}}},
             });
+            response["headers"] = Value::Object(answer_headers.clone());
             if *status == "503" {
-                response["headers"] = json!({"Retry-After": {
+                response["headers"]["Retry-After"] = json!({
                     "description": "seconds to wait, when too many requests are in flight",
                     "schema": {"type": "integer"},
-                }});
+                });
             }
             operation["responses"][*status] = response;
         }
@@ -588,15 +650,42 @@ mod tests {
         }
     }
 
-    /// The documented model description has every field the wire type serializes.
+    /// The documented model description has every field `GET /models` serializes, for a
+    /// served version and a failed package, and requires only what both have.
     #[test]
-    fn model_description_matches_model_info() {
+    fn model_description_matches_model_entries() {
+        use crate::routes::{ModelEntry, ModelState};
         let doc = base(None);
-        let documented = doc["components"]["schemas"]["ModelDescription"]["properties"].as_object().unwrap();
-        let wire = serde_json::to_value(model()).unwrap();
-        for key in wire.as_object().unwrap().keys() {
-            assert!(documented.contains_key(key), "ModelInfo field '{key}' is not documented");
+        let description = &doc["components"]["schemas"]["ModelDescription"];
+        let documented = description["properties"].as_object().unwrap();
+        let traffic = settings::traffic::Traffic::parse("[iris]\nweights = { 2 = 1 }\n", "t").unwrap();
+        let entries = [
+            ModelEntry::Ready {
+                info: model(),
+                state: ModelState::Ready,
+                live_hosts: 2,
+                traffic: 100.0,
+                traffic_config: traffic.model("iris").cloned(),
+                mirrored: Some(Default::default()),
+            },
+            ModelEntry::Failed {
+                name: "bad".into(),
+                version: Some("1".into()),
+                state: ModelState::Failed,
+                error: "cannot read model.rds".into(),
+            },
+        ];
+        for entry in entries {
+            let wire = serde_json::to_value(&entry).unwrap();
+            let wire = wire.as_object().unwrap();
+            for key in wire.keys() {
+                assert!(documented.contains_key(key), "GET /models field '{key}' is not documented");
+            }
+            for required in description["required"].as_array().into_iter().flatten() {
+                assert!(wire.contains_key(required.as_str().unwrap()), "{required} is required: {wire:?}");
+            }
         }
+        assert!(documented["mirrored"].to_string().contains("#/components/schemas/MirrorCounts"), "{documented:?}");
     }
 
     #[test]
@@ -683,6 +772,27 @@ mod tests {
         }
         let deadline = &doc["paths"]["/score"]["post"]["parameters"][0];
         assert_eq!(deadline["schema"], json!({"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS}));
+    }
+
+    /// Every scoring answer documents the headers saying who answered, the version among
+    /// them; Azure ML's deployment header is taken where a path names no version.
+    #[test]
+    fn scoring_answers_say_which_version_answered() {
+        let mut doc = base(None);
+        for (path, operation, _) in scoring_operations(&mut doc) {
+            for status in ["200", "422", "504"] {
+                let headers = &operation["responses"][status]["headers"];
+                assert_eq!(headers["x-rfleet-model-version"]["schema"]["type"], "string", "{path} {status}");
+                assert!(headers["x-rfleet-worker"].is_object(), "{path} {status}");
+            }
+            assert!(operation["responses"]["503"]["headers"]["Retry-After"].is_object(), "{path}");
+            let deployment = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "azureml-model-deployment" && p["in"] == "header");
+            assert_eq!(deployment, DEPLOYMENT_HEADER_PATHS.contains(&path.as_str()), "{path}");
+        }
     }
 
     #[tokio::test]

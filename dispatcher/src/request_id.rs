@@ -56,7 +56,7 @@ impl MakeRequestId for UnlessClientId {
     }
 }
 
-/// The access log's span: handlers record `model` in it.
+/// The access log's span: handlers record `model` (and the version chosen, `model_version`) in it.
 #[derive(Clone, Copy)]
 struct RequestSpan;
 
@@ -68,6 +68,7 @@ impl MakeSpan<Body> for RequestSpan {
             path = %request.uri().path(),
             request_id = %RequestId::of(request.headers()).0,
             model = Empty,
+            model_version = Empty,
             status = Empty,
             latency_ms = Empty,
         )

@@ -1,5 +1,9 @@
 //! Azure ML's scoring routes: `POST /score` and `/models/{name}[/versions/{version}]/score`.
 //! A parser of the URL in front of [`scoring::execute`], and the Azure ML renderer behind it.
+//!
+//! As on an Azure ML online endpoint, the `azureml-model-deployment` request header on
+//! `/score` and `/models/{name}/score` selects a deployment: here the version it names,
+//! pinned like a `/versions/{version}/` route (which needs no header and ignores it).
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -17,7 +21,7 @@ use crate::error::ApiError;
 use crate::openapi::{Predictions, ScoringBody};
 use crate::request_id::RequestId;
 use crate::routes::path_error;
-use crate::scoring::{self, Answer, CallHeaders, Failure, ScoreCall, Scored, Table, Target};
+use crate::scoring::{self, Answer, CallHeaders, Failure, ScoreCall, Scored, Table, Target, AZUREML_MODEL_DEPLOYMENT};
 use crate::AppState;
 
 /// Query parameters of the scoring routes. Unknown ones are ignored: Azure ML clients
@@ -70,7 +74,7 @@ pub async fn score_default(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
-    let target = Target { name: state.default_model_name()?, version: None };
+    let target = Target { name: state.default_model_name()?, version: deployment(&headers)? };
     score(&state, table_call(target, request_id, query, &headers, body)?).await
 }
 
@@ -87,7 +91,8 @@ pub async fn score_model(
     body: Body,
 ) -> Result<Response, Failure> {
     let Path(name) = path.map_err(path_error)?;
-    score(&state, table_call(Target { name, version: None }, request_id, query, &headers, body)?).await
+    let target = Target { name, version: deployment(&headers)? };
+    score(&state, table_call(target, request_id, query, &headers, body)?).await
 }
 
 #[utoipa::path(post, path = "/models/{name}/versions/{version}/score", tag = "scoring",
@@ -107,13 +112,26 @@ pub async fn score_model_version(
     score(&state, table_call(Target { name, version: Some(version) }, request_id, query, &headers, body)?).await
 }
 
+/// The version Azure ML's `azureml-model-deployment` header pins, when sent.
+fn deployment(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(&AZUREML_MODEL_DEPLOYMENT) else { return Ok(None) };
+    match value.to_str().map(str::trim) {
+        Ok(version) if !version.is_empty() => Ok(Some(version.to_string())),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid {AZUREML_MODEL_DEPLOYMENT} header '{}': expected a version of the model",
+            String::from_utf8_lossy(value.as_bytes())
+        ))),
+    }
+}
+
 async fn score(state: &AppState, call: ScoreCall<Table>) -> Result<Response, Failure> {
     let scored = scoring::execute(state, call).await?;
     Ok(render(scored))
 }
 
 /// Azure ML's answer: the predictions as JSON (a plain array for one vector, row objects
-/// for several columns), or an entry script's JSON byte for byte; timings as headers.
+/// for several columns), or an entry script's JSON byte for byte; timings and the version
+/// that answered as headers.
 fn render(Scored { answer, timings, .. }: Scored<()>) -> Response {
     let mut response = match answer {
         Answer::Predictions(frame) => Json(predictions_to_json(&frame)).into_response(),

@@ -1,10 +1,13 @@
 //! The one scoring call every protocol goes through: [`execute`] a [`ScoreCall`], get
 //! typed predictions ([`Scored`]) or a [`Failure`].
 //!
-//! The call owns everything the protocols share, in this order: the model's catalog entry,
-//! the in-flight permit, the body read under its limit, the protocol's parser and the
+//! The call owns everything the protocols share, in this order: the version that scores
+//! ([`AppState::resolve`]: a pinned request's own, else the routing rule's choice, so the
+//! schema check uses the version that will score), the in-flight permit, the body read under its limit, the protocol's parser and the
 //! schema checks (off the async threads for large bodies), publishing, awaiting the reply
-//! until the deadline, and decoding it. A protocol (Azure ML's `/score`, vetiver, the Open
+//! until the deadline, and decoding it; for a share of unpinned requests, a copy to the
+//! model's shadow version ([`crate::mirror`]), which never delays or changes the answer.
+//! Every answer says which version answered ([`X_RFLEET_MODEL_VERSION`]). A protocol (Azure ML's `/score`, vetiver, the Open
 //! Inference Protocol, batch jobs) is a [`Parse`] in front and a renderer behind, so none
 //! of them can skip a limit or parse an HTTP answer back.
 
@@ -19,7 +22,9 @@ use protocol::{
 };
 use tracing::Span;
 
+use crate::catalog::Served;
 use crate::error::ApiError;
+use crate::routing::{self, Candidate};
 use crate::AppState;
 
 /// Overrides `server.request_timeout_ms` for one request.
@@ -27,6 +32,12 @@ pub const X_RFLEET_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-rfleet-ti
 /// The longest deadline a request may ask for: a day. A real-time request waiting longer
 /// is a mistake, and a bound keeps deadline arithmetic far from overflowing.
 pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// The version of the model that answered (the reply's `timings.model_version`, else the
+/// version the request was published for), on every scoring answer once a version is chosen.
+pub const X_RFLEET_MODEL_VERSION: HeaderName = HeaderName::from_static("x-rfleet-model-version");
+/// Azure ML's deployment selector: on `/score` and `/models/{name}/score`, pins the
+/// request to the version it names.
+pub const AZUREML_MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
 /// Passed through to the worker so traces cross the bus (W3C trace context).
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -34,11 +45,19 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// below it the work takes well under a millisecond and a thread hop would cost more.
 pub const BLOCKING_THRESHOLD_BYTES: usize = 1024 * 1024;
 
-/// Which model scores: a name, and a version when the route names one.
+/// Which model scores: a name, and a version when the request pins one (a `/versions/{v}/`
+/// route, or Azure ML's `azureml-model-deployment` header); else the routing rule chooses.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub name: String,
     pub version: Option<String>,
+}
+
+/// The version a request scores with, and the shadow version a copy of it goes to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub info: ModelInfo,
+    pub mirror: Option<ModelInfo>,
 }
 
 /// One scoring request, as a protocol hands it to [`execute`].
@@ -129,8 +148,9 @@ pub enum Answer {
     Json(String),
 }
 
-/// A scored request: the model that scored it, its answer, where the time went, and what
-/// the protocol's parser kept for rendering.
+/// A scored request: the model that scored it, its answer, where the time went (with
+/// `timings.model_version` the version that answered, filled in with the version published
+/// for when the worker's reply does not say), and what the protocol's parser kept.
 pub struct Scored<E> {
     pub model: ModelInfo,
     pub answer: Answer,
@@ -138,25 +158,47 @@ pub struct Scored<E> {
     pub extra: E,
 }
 
-/// A request that failed, with the worker's timings when a worker answered it.
+/// A request that failed, with the worker's timings when a worker answered it, and the
+/// version it was for once one was chosen.
 #[derive(Debug)]
 pub struct Failure {
     pub error: ApiError,
-    pub timings: Option<Timings>,
+    pub timings: Option<Box<Timings>>,
+    pub model_version: Option<String>,
 }
 
 impl From<ApiError> for Failure {
     fn from(error: ApiError) -> Self {
-        Failure { error, timings: None }
+        Failure { error, timings: None, model_version: None }
+    }
+}
+
+impl Failure {
+    /// The same failure, said to be about `version`.
+    fn of_version(error: ApiError, version: &Option<String>) -> Self {
+        Failure { error, timings: None, model_version: version.clone() }
+    }
+
+    /// A failure of a request a worker answered (its timings say which version).
+    pub fn answered(error: ApiError, timings: &Timings) -> Self {
+        Failure { error, timings: Some(Box::new(timings.clone())), model_version: timings.model_version.clone() }
+    }
+
+    /// The headers of the answer: the worker's timings and the version.
+    pub fn insert_headers(&self, headers: &mut HeaderMap) {
+        if let Some(timings) = &self.timings {
+            insert_timings(headers, timings);
+        }
+        insert_model_version(headers, self.model_version.as_deref());
     }
 }
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
+        let mut headers = HeaderMap::new();
+        self.insert_headers(&mut headers);
         let mut response = self.error.into_response();
-        if let Some(timings) = &self.timings {
-            insert_timings(response.headers_mut(), timings);
-        }
+        response.headers_mut().extend(headers);
         response
     }
 }
@@ -173,30 +215,40 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
     let deadline = Deadline::after_ms(timeout_ms)
         .ok_or_else(|| ApiError::bad_request(format!("{X_RFLEET_TIMEOUT_MS} of {timeout_ms} ms is too far away")))?;
 
-    let info = state.find_model(&target.name, target.version.as_deref())?;
+    let Resolved { info, mirror } = state.resolve(&target)?;
+    let version = info.version.clone();
+    if let Some(version) = &version {
+        Span::current().record("model_version", version.as_str());
+    }
 
     // Held until the reply is decoded. Taken before reading the body, so the limit also
     // bounds the memory that bodies in flight hold.
     let _permit = shared.inflight.clone().try_acquire_owned().map_err(|_| {
-        ApiError::coded(
-            ErrorCode::Overloaded,
-            format!("too many requests in flight (limit {}); retry later", shared.server.max_inflight),
+        Failure::of_version(
+            ApiError::coded(
+                ErrorCode::Overloaded,
+                format!("too many requests in flight (limit {}); retry later", shared.server.max_inflight),
+            ),
+            &version,
         )
     })?;
 
-    let body = read_body(body, headers.content_length, shared.server.max_body_bytes).await?;
+    let body = read_body(body, headers.content_length, shared.server.max_body_bytes)
+        .await
+        .map_err(|e| Failure::of_version(e, &version))?;
 
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let max_rows = shared.server.max_rows;
     let id = correlation_id.clone();
+    let copy_request_id = request_id.clone();
     // The model's entry travels with the work and back, for the renderer.
-    let (encoded, extra, info) = run_cpu(body.len(), move || {
+    let (encoded, extra, info, copy) = run_cpu(body.len(), move || {
         let parsed = parse.parse(&body, &info, max_rows)?;
         if parsed.predict_type.is_some() {
             check_predict_type(parsed.predict_type.as_deref())?;
             options.predict_type = parsed.predict_type;
         }
-        let request = Request {
+        let mut request = Request {
             version: protocol::PROTOCOL_VERSION,
             id,
             model: info.name.clone(),
@@ -210,17 +262,100 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
         };
         let encoded =
             protocol::encode(&request).map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
-        Ok::<_, ApiError>((encoded, parsed.extra, info))
+        // Only a request that parsed is mirrored, checked against the shadow's own schema.
+        let copy = mirror.map(|mirror| {
+            let mirror_version = mirror.version.clone().unwrap_or_default();
+            request.id = uuid::Uuid::new_v4().to_string();
+            request.model_version = mirror.version.clone();
+            let body = mirror_input(request.input.clone(), &info, &mirror, max_rows).and_then(|input| {
+                request.input = input;
+                protocol::encode(&request).map_err(|e| format!("cannot encode the request: {e}"))
+            });
+            crate::mirror::Copy {
+                model: info.name.clone(),
+                primary_version: info.version.clone(),
+                mirror_version,
+                request_id: copy_request_id,
+                correlation_id: request.id,
+                body,
+                timeout_ms,
+            }
+        });
+        Ok::<_, ApiError>((encoded, parsed.extra, info, copy))
     })
-    .await?;
+    .await
+    .map_err(|e| Failure::of_version(e, &version))?;
+    let primary_tx = copy.and_then(|copy| shared.mirrors.send(shared.requester.clone(), copy));
 
-    let reply = client::publish_and_await(&*shared.requester, &info.name, info.version.as_deref(), &correlation_id, encoded, &deadline)
+    let reply = client::publish_and_await(
+        &*shared.requester,
+        &info.name,
+        info.version.as_deref(),
+        &correlation_id,
+        encoded,
+        &deadline,
+    )
+    .await
+    .map_err(|e| Failure::of_version(ApiError::from_bus(e, timeout_ms), &version))?;
+    let (answer, mut timings) = run_cpu(reply.len(), move || decode_reply(&reply, &correlation_id))
         .await
-        .map_err(|e| ApiError::from_bus(e, timeout_ms))?;
-    let (answer, timings) = run_cpu(reply.len(), move || decode_reply(&reply, &correlation_id)).await?;
+        .map_err(|e| Failure::of_version(e, &version))?;
+    if timings.model_version.is_none() {
+        timings.model_version = version;
+    }
+    if let Some(primary_tx) = primary_tx {
+        // The copy's task compares; it may be gone (its own deadline passed) and that is fine.
+        let _ = primary_tx.send(answer.clone());
+    }
     match answer {
         Ok(answer) => Ok(Scored { model: info, answer, timings, extra }),
-        Err(error) => Err(Failure { error: ApiError::Coded(error), timings: Some(timings) }),
+        Err(error) => Err(Failure::answered(ApiError::Coded(error), &timings)),
+    }
+}
+
+/// The primary's input, as the shadow version `mirror` takes it: a frame fitted to its own
+/// schema; JSON text as it is, if both are entry scripts.
+fn mirror_input(input: Input, primary: &ModelInfo, mirror: &ModelInfo, max_rows: usize) -> Result<Input, String> {
+    let json_kind = |info: &ModelInfo| info.kind == ModelKind::AzureMl;
+    if json_kind(primary) != json_kind(mirror) {
+        return Err("the shadow version takes another kind of input than the primary".into());
+    }
+    match input {
+        Input::Frame(frame) => checked_frame(frame, mirror, max_rows).map(Input::Frame).map_err(|e| e.to_string()),
+        Input::Json(text) => Ok(Input::Json(text)),
+    }
+}
+
+impl AppState {
+    /// The version `target` scores with: a pinned one as it is (or a 404 naming the live
+    /// versions, a 503 naming a load failure); else the routing rule's choice over the
+    /// catalog's versions and the traffic file's weights ([`routing`]), and, for the
+    /// traffic file's share, the shadow version a copy goes to.
+    pub(crate) fn resolve(&self, target: &Target) -> Result<Resolved, ApiError> {
+        let snapshot = self.shared.catalog.snapshot();
+        if let Some(version) = &target.version {
+            return match snapshot.find(&target.name, Some(version)) {
+                Some(served) => Ok(Resolved { info: served.info.clone(), mirror: None }),
+                None => Err(self.not_served(&snapshot, &target.name, Some(version))),
+            };
+        }
+        let versions: Vec<&Served> = snapshot.versions(&target.name).collect();
+        if versions.is_empty() {
+            return Err(self.not_served(&snapshot, &target.name, None));
+        }
+        let traffic = self.shared.traffic.current();
+        let config = traffic.model(&target.name);
+        let candidates: Vec<Candidate> = versions.iter().map(|s| Candidate::from(*s)).collect();
+        let weights = config.and_then(|c| c.weights.as_ref());
+        let chosen = routing::route(&candidates, weights, fastrand::f64()).unwrap_or(versions.len() - 1);
+        let info = versions[chosen].info.clone();
+        let mirror = config
+            .and_then(|c| c.mirror.as_ref())
+            .filter(|m| fastrand::f64() * 100.0 < f64::from(m.percent))
+            .filter(|m| info.version.as_deref() != Some(m.version.as_str()))
+            .and_then(|m| snapshot.find(&target.name, Some(&m.version)))
+            .map(|s| s.info.clone());
+        Ok(Resolved { info, mirror })
     }
 }
 
@@ -339,7 +474,10 @@ pub fn json_text(body: &[u8]) -> Result<String, ApiError> {
 }
 
 /// Decodes the worker's reply: its answer (or the error it answered) and its timings.
-fn decode_reply(bytes: &[u8], correlation_id: &str) -> Result<(Result<Answer, ErrorBody>, Timings), ApiError> {
+pub(crate) fn decode_reply(
+    bytes: &[u8],
+    correlation_id: &str,
+) -> Result<(Result<Answer, ErrorBody>, Timings), ApiError> {
     let reply = client::read_reply(bytes, correlation_id).map_err(|e| ApiError::internal(e.to_string()))?;
     let answer = match reply.outcome {
         Outcome::Predictions(frame) => {
@@ -372,6 +510,14 @@ pub fn insert_timings(headers: &mut HeaderMap, timings: &Timings) {
     insert("x-rfleet-attempts", timings.attempts.to_string());
     if let Some(path) = &timings.path {
         insert("x-rfleet-path", path.clone());
+    }
+    insert_model_version(headers, timings.model_version.as_deref());
+}
+
+/// [`X_RFLEET_MODEL_VERSION`], for a versioned model.
+pub fn insert_model_version(headers: &mut HeaderMap, version: Option<&str>) {
+    if let Some(value) = version.and_then(|v| HeaderValue::from_str(v).ok()) {
+        headers.insert(X_RFLEET_MODEL_VERSION, value);
     }
 }
 

@@ -114,9 +114,11 @@ async fn predict(state: &AppState, call: ScoreCall<Table>) -> Result<Response, F
     let predictions = match answer {
         Answer::Predictions(frame) => predictions_to_json(&frame),
         // An Azure ML entry script's own JSON, reshaped like any prediction.
-        Answer::Json(text) => serde_json::from_str(&text).map_err(|e| Failure {
-            error: ApiError::coded(ErrorCode::RError, format!("the model's answer is not JSON: {e}")),
-            timings: Some(timings.clone()),
+        Answer::Json(text) => serde_json::from_str(&text).map_err(|e| {
+            Failure::answered(
+                ApiError::coded(ErrorCode::RError, format!("the model's answer is not JSON: {e}")),
+                &timings,
+            )
         })?,
     };
     let mut response = Json(vetiver_shape(predictions)).into_response();

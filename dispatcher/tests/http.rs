@@ -3,7 +3,11 @@
 //!
 //! The scripted worker answers by model name (see [`scripted_reply`]), so each case picks
 //! the worker behaviour it needs (echo, chosen error code, no reply, garbage) by the route.
+//! `rf_reg` has versions: the catalog hears of them from several announced workers (the
+//! embedded bus has one queue, which the scripted worker serves for all of them), and the
+//! scripted worker answers as the version the request names (`model_version`).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,8 +16,8 @@ use bus::embedded::EmbeddedConsumer;
 use bus::{Consumer, ContentType, EmbeddedBus};
 use dispatcher::{AppState, Catalog};
 use protocol::{
-    Announcement, Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelKind,
-    Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
+    Announcement, Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure,
+    ModelInfo, ModelKind, Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 use settings::ServerSettings;
@@ -36,6 +40,8 @@ struct Setup {
     default_model: Option<&'static str>,
     worker: Worker,
     bus_capacity: usize,
+    /// `models.traffic_file`.
+    traffic_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Setup {
@@ -45,6 +51,7 @@ impl Default for Setup {
             default_model: Some("echo"),
             worker: Worker::Scripted,
             bus_capacity: 64,
+            traffic_file: None,
         }
     }
 }
@@ -115,17 +122,44 @@ fn announce(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32) {
 }
 
 fn announce_as(catalog: &Catalog, models: Vec<ModelInfo>, live_hosts: u32, draining: bool) {
+    announce_worker(catalog, "test-worker", models, live_hosts, draining, Vec::new());
+}
+
+/// Another worker's announcement (the scripted worker answers for every one of them).
+fn announce_worker(
+    catalog: &Catalog,
+    worker: &str,
+    models: Vec<ModelInfo>,
+    live_hosts: u32,
+    draining: bool,
+    failed: Vec<LoadFailure>,
+) {
     let announcement = Announcement {
         version: PROTOCOL_VERSION,
-        worker: "test-worker".into(),
+        worker: worker.into(),
         models,
         live_hosts,
         n_hosts: 1,
         interval_ms: *dispatcher::catalog::ANNOUNCE_INTERVAL_MS.end(),
         draining,
-        failed: Vec::new(),
+        failed,
     };
     catalog.record(announcement, std::time::Instant::now());
+}
+
+/// `rf_reg` at `version`: one numeric column `x`.
+fn rf_reg(version: &str) -> ModelInfo {
+    ModelInfo {
+        name: "rf_reg".into(),
+        version: Some(version.into()),
+        kind: ModelKind::Predict,
+        r_class: vec!["randomForest".into()],
+        schema: Some(Schema {
+            columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }],
+        }),
+        predict_type: None,
+        forest: None,
+    }
 }
 
 fn models() -> Vec<ModelInfo> {
@@ -180,7 +214,9 @@ impl Service {
             Worker::Absent => {}
         }
         let state =
-            AppState::new(Arc::new(bus.clone()), catalog.clone(), setup.server, setup.default_model.map(Into::into));
+            AppState::new(Arc::new(bus.clone()), catalog.clone(), setup.server, setup.default_model.map(Into::into))
+                .with_traffic_file(setup.traffic_file.as_deref())
+                .expect("the traffic file is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -281,6 +317,12 @@ async fn scripted_worker(mut consumer: EmbeddedConsumer, hung: Arc<AtomicUsize>)
                 hung.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
+            // A shadow version that never answers.
+            "rf_reg" if request.model_version.as_deref() == Some("9") => {
+                held.push(delivery);
+                hung.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
             // Answers after a while, from a task of its own so other requests go on.
             "slow" => {
                 hung.fetch_add(1, Ordering::SeqCst);
@@ -337,6 +379,15 @@ fn scripted_reply(request: &Request) -> Reply {
             let parsed: ErrorCode = serde_json::from_value(Value::String(code.clone())).unwrap();
             Outcome::Error(ErrorBody::new(parsed, format!("scripted {code}")))
         }
+        // `x` back as `.pred`; version 3 answers one more (a shadow that disagrees).
+        "rf_reg" => {
+            let Some(ColumnData::F64 { values }) = frame().column("x").map(|c| c.data.clone()) else {
+                panic!("rf_reg needs a numeric column 'x'")
+            };
+            let shift = if request.model_version.as_deref() == Some("3") { 1.0 } else { 0.0 };
+            let values = values.into_iter().map(|v| v.map(|v| v + shift)).collect();
+            Outcome::Predictions(Frame::new(vec![Column::new(".pred", ColumnData::F64 { values })]).unwrap())
+        }
         "badframe" => Outcome::Predictions(Frame {
             n_rows: 1,
             columns: vec![Column::new(
@@ -358,7 +409,9 @@ fn scripted_reply(request: &Request) -> Reply {
             host_pid: Some(4242),
             attempts: 1,
             path: None,
-            model_version: None,
+            // The version that scored, as a worker says it; the other models leave it to
+            // the dispatcher (as a worker older than the field does).
+            model_version: request.model_version.clone().filter(|_| request.model == "rf_reg"),
         },
     }
 }
@@ -387,11 +440,23 @@ async fn routes_probes_and_models() {
     let service = Service::start(Setup::default()).await;
     let iris = r#"{"name":"iris","version":"2","kind":"predict","r_class":["test"],"predict_type":null,
         "schema":{"columns":[{"name":"Sepal.Length","type":"numeric"},
-                             {"name":"Species","type":"factor","levels":["setosa","versicolor"]}]}}"#;
-    // `GET /models` lists them by name, then version, whatever order workers announce.
+                             {"name":"Species","type":"factor","levels":["setosa","versicolor"]}]},
+        "state":"ready","live_hosts":1,"traffic":100.0}"#;
+    // `GET /models` lists them by name, then version, whatever order workers announce,
+    // each with how it is served.
     let mut sorted = models();
     sorted.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-    let all_models = serde_json::to_string(&sorted).unwrap();
+    let listed: Vec<Value> = sorted
+        .iter()
+        .map(|m| {
+            let mut entry = serde_json::to_value(m).unwrap();
+            entry["state"] = json!("ready");
+            entry["live_hosts"] = json!(1);
+            entry["traffic"] = json!(100.0);
+            entry
+        })
+        .collect();
+    let all_models = serde_json::to_string(&listed).unwrap();
     service
         .check_all(&[
             case("GET", "/", "", 200, "Healthy").expect("content-type", "text/plain; charset=utf-8"),
@@ -405,7 +470,7 @@ async fn routes_probes_and_models() {
                 "/models/iris/versions/3",
                 "",
                 404,
-                &error("model_not_found", &format!("model 'iris' version '3' is not served here (served: {SERVED})")),
+                &error("model_not_found", "model 'iris' version '3' is not served here (live versions: 2)"),
             ),
             case(
                 "GET",
@@ -443,7 +508,9 @@ async fn scoring() {
             r#"[{"a":1.0,"b":"x"},{"a":2.5,"b":null}]"#,
         )
         .expect_timings(),
-        case("POST", "/models/echo/score", r#"[{"a":1},{"a":2}]"#, 200, "[1,2]").expect_timings(),
+        case("POST", "/models/echo/score", r#"[{"a":1},{"a":2}]"#, 200, "[1,2]")
+            .expect_timings()
+            .expect("x-rfleet-model-version", "-"),
         case("POST", "/models/echo/score", r#"{"columns":["a"],"data":[[1],[2]]}"#, 200, "[1,2]"),
         case("POST", "/models/echo/score", r#"{"data":[{"a":true}]}"#, 200, "[true]"),
         // The schema orders and types the columns and drops extra ones before the bus.
@@ -454,14 +521,18 @@ async fn scoring() {
             200,
             r#"[{"Sepal.Length":5.0,"Species":"setosa"}]"#,
         ),
+        // A worker that does not say which version scored: the one published for.
         case(
             "POST",
             "/models/iris/versions/2/score",
             r#"[{"Species":"versicolor","Sepal.Length":6.5}]"#,
             200,
             r#"[{"Sepal.Length":6.5,"Species":"versicolor"}]"#,
-        ),
-        case("POST", "/models/iris/score", r#"[{"Sepal.Length":5}]"#, 422, &missing_species),
+        )
+        .expect("x-rfleet-model-version", "2"),
+        // The version whose schema refused the input is named too.
+        case("POST", "/models/iris/score", r#"[{"Sepal.Length":5}]"#, 422, &missing_species)
+            .expect("x-rfleet-model-version", "2"),
         case(
             "POST",
             "/models/iris/score",
@@ -481,8 +552,9 @@ async fn scoring() {
             "/models/iris/versions/3/score",
             "[{}]",
             404,
-            &error("model_not_found", &format!("model 'iris' version '3' is not served here (served: {SERVED})")),
-        ),
+            &error("model_not_found", "model 'iris' version '3' is not served here (live versions: 2)"),
+        )
+        .expect("x-rfleet-model-version", "-"),
         case(
             "POST",
             "/models/nope/score",
@@ -940,4 +1012,313 @@ async fn raw_chunked_post(base: &str, path: &str, body: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
+}
+
+/// Sends `n` scoring requests (`headers` on each) to `path`, 50 at a time, and counts
+/// them by the version that answered (`x-rfleet-model-version`), after checking that each
+/// answer is the one every version of `rf_reg` but 3 gives.
+async fn count_versions(service: &Service, path: &str, headers: &[(&str, &str)], n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        let sent = chunk.iter().map(|i| {
+            let mut request = service.client.post(format!("{}{path}", service.base)).body(format!(r#"[{{"x":{i}}}]"#));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status().as_u16();
+                let version = response.headers().get("x-rfleet-model-version").map(|v| v.to_str().unwrap().to_string());
+                let body = response.text().await.unwrap();
+                assert_eq!((status, body.as_str()), (200, format!("[{i}.0]").as_str()), "{path}");
+                version.expect("x-rfleet-model-version")
+            }
+        });
+        for version in futures::future::join_all(sent).await {
+            *counts.entry(version).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// `counts` (of `n` requests) hold each version's share in percent within 4.5 standard
+/// deviations of a binomial count; a version with no share got none.
+fn assert_split(counts: &BTreeMap<String, usize>, n: usize, expected: &[(&str, f64)]) {
+    let total: usize = counts.values().sum();
+    assert_eq!(total, n, "{counts:?}");
+    assert!(counts.keys().all(|v| expected.iter().any(|(e, _)| e == v)), "{counts:?} for {expected:?}");
+    for (version, percent) in expected {
+        let got = counts.get(*version).copied().unwrap_or(0) as f64;
+        let p = percent / 100.0;
+        let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+        assert!((got - mean).abs() <= 4.5 * sd, "version {version}: {counts:?} for {expected:?}");
+    }
+}
+
+/// `GET /models`, once `condition` holds for it (bounded).
+async fn listed_once(service: &Service, what: &str, condition: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut last = Vec::new();
+    for _ in 0..500 {
+        let response = service.client.get(format!("{}/models", service.base)).send().await.unwrap();
+        last = response.json::<Vec<Value>>().await.unwrap();
+        if condition(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}: GET /models says {last:?}");
+}
+
+/// The entry of `rf_reg` at `version` in a `GET /models` list.
+fn rf_entry<'a>(models: &'a [Value], version: &str) -> &'a Value {
+    models.iter().find(|m| m["name"] == "rf_reg" && m["version"] == version).unwrap_or(&Value::Null)
+}
+
+/// A rolling update (v1 on three hosts, v2 on one), then a traffic file that says 90/10,
+/// rewritten to 10/90 while the dispatcher runs: each split over 1,000 unpinned requests,
+/// and `GET /models` shows each version's share and the file's table.
+#[tokio::test]
+async fn unpinned_traffic_follows_live_hosts_then_the_traffic_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let traffic_file = dir.path().join("traffic.toml");
+    std::fs::write(&traffic_file, "").unwrap();
+    let service = Service::start(Setup { traffic_file: Some(traffic_file.clone()), ..Setup::default() }).await;
+    announce_worker(&service.catalog, "v1-a", vec![rf_reg("1")], 2, false, Vec::new());
+    announce_worker(&service.catalog, "v1-b", vec![rf_reg("1")], 1, false, Vec::new());
+    announce_worker(&service.catalog, "v2-a", vec![rf_reg("2")], 1, false, Vec::new());
+    // A draining worker's hosts do not count.
+    announce_worker(&service.catalog, "v2-b", vec![rf_reg("2")], 8, true, Vec::new());
+    let n = 1000;
+
+    let models = listed_once(&service, "rf_reg is listed", |m| rf_entry(m, "1").is_object()).await;
+    assert_eq!(
+        (rf_entry(&models, "1")["live_hosts"].clone(), rf_entry(&models, "1")["traffic"].clone()),
+        (json!(3), json!(75.0))
+    );
+    assert_eq!(
+        (rf_entry(&models, "2")["live_hosts"].clone(), rf_entry(&models, "2")["traffic"].clone()),
+        (json!(1), json!(25.0))
+    );
+    assert!(rf_entry(&models, "1").get("traffic_config").is_none());
+    assert_split(&count_versions(&service, "/models/rf_reg/score", &[], n).await, n, &[("1", 75.0), ("2", 25.0)]);
+
+    // The file changes: no restart, the split follows.
+    std::fs::write(&traffic_file, "[rf_reg]\nweights = { \"1\" = 90, \"2\" = 10 }\n").unwrap();
+    let models = listed_once(&service, "the weights apply", |m| rf_entry(m, "1")["traffic"] == json!(90.0)).await;
+    assert_eq!(rf_entry(&models, "2")["traffic_config"], json!({"weights": {"1": 90, "2": 10}}));
+    assert_split(&count_versions(&service, "/models/rf_reg/score", &[], n).await, n, &[("1", 90.0), ("2", 10.0)]);
+
+    // An invalid file keeps the last good split; the next good one applies.
+    std::fs::write(&traffic_file, "[rf_reg]\nweights = { \"1\" = -1 }\n").unwrap();
+    std::fs::write(&traffic_file, "[rf_reg]\nwieghts = { \"1\" = 1 }\n").unwrap();
+    // That nothing changes cannot be waited for: two polls of the file are given to it.
+    tokio::time::sleep(dispatcher::reload::POLL * 2).await;
+    let models = listed_once(&service, "the last good weights stay", |_| true).await;
+    assert_eq!(rf_entry(&models, "1")["traffic"], json!(90.0));
+    std::fs::write(&traffic_file, "[rf_reg]\nweights = { \"1\" = 10, \"2\" = 90 }\n").unwrap();
+    listed_once(&service, "the new weights apply", |m| rf_entry(m, "2")["traffic"] == json!(90.0)).await;
+    assert_split(&count_versions(&service, "/models/rf_reg/score", &[], n).await, n, &[("1", 10.0), ("2", 90.0)]);
+
+    // Weighted versions without live hosts: the default rule over the live ones.
+    announce_worker(&service.catalog, "v2-a", vec![rf_reg("2")], 0, false, Vec::new());
+    let models = listed_once(&service, "v2 has no live host", |m| rf_entry(m, "2")["live_hosts"] == json!(0)).await;
+    assert_eq!(
+        (rf_entry(&models, "1")["traffic"].clone(), rf_entry(&models, "2")["traffic"].clone()),
+        (json!(100.0), json!(0.0))
+    );
+    assert_split(&count_versions(&service, "/models/rf_reg/score", &[], 200).await, 200, &[("1", 100.0)]);
+}
+
+/// Pinned requests (a version route, Azure ML's deployment header, the Open Inference
+/// Protocol's version routes) reach only their version, which the worker sees as the
+/// request's `model_version` and says in its reply; unknown and failed versions say why.
+#[tokio::test]
+async fn pinned_versions_and_failed_packages() {
+    let service = Service::start(Setup { default_model: Some("rf_reg"), ..Setup::default() }).await;
+    announce_worker(&service.catalog, "v1", vec![rf_reg("1")], 1, false, Vec::new());
+    announce_worker(&service.catalog, "v2", vec![rf_reg("2")], 1, false, Vec::new());
+    // v3 is known, from a draining worker only: not live.
+    announce_worker(&service.catalog, "v3", vec![rf_reg("3")], 1, true, Vec::new());
+    let failed = vec![
+        LoadFailure { name: "rf_reg".into(), version: Some("4".into()), message: "cannot read model.rds".into() },
+        LoadFailure { name: "broken".into(), version: None, message: "invalid model.toml: unknown field `nme`".into() },
+    ];
+    announce_worker(&service.catalog, "w-failed", Vec::new(), 1, false, failed);
+    let n = 100;
+    for (path, headers, version) in [
+        ("/models/rf_reg/versions/1/score", vec![], "1"),
+        ("/models/rf_reg/versions/2/score", vec![], "2"),
+        ("/models/rf_reg/score", vec![("azureml-model-deployment", "2")], "2"),
+        ("/models/rf_reg/score", vec![("azureml-model-deployment", "1")], "1"),
+        ("/score", vec![("azureml-model-deployment", "1")], "1"),
+        // A version route wins over the header.
+        ("/models/rf_reg/versions/2/score", vec![("azureml-model-deployment", "1")], "2"),
+    ] {
+        let counts = count_versions(&service, path, &headers, n).await;
+        assert_eq!(counts, BTreeMap::from([(version.to_string(), n)]), "{path} {headers:?}");
+    }
+    let not_served = error("model_not_found", "model 'rf_reg' version '7' is not served here (live versions: 1, 2)");
+    let failed_rds = error("unavailable", "model 'rf_reg' version '4' failed to load: cannot read model.rds");
+    let failed_toml = error("unavailable", "model 'broken' failed to load: invalid model.toml: unknown field `nme`");
+    let row = r#"[{"x":1}]"#;
+    let infer = r#"{"inputs":[{"name":"x","datatype":"FP64","shape":[1],"data":[1.5]}]}"#;
+    let inferred = |version: &str| {
+        json!({"model_name": "rf_reg", "model_version": version, "id": "i-1",
+               "outputs": [{"name": "predict", "datatype": "FP64", "shape": [1], "data": [1.5]}]})
+        .to_string()
+    };
+    service
+        .check_all(&[
+            case("POST", "/models/rf_reg/versions/7/score", row, 404, &not_served),
+            case("POST", "/models/rf_reg/score", row, 404, &not_served).with("azureml-model-deployment", "7"),
+            case("POST", "/score", row, 404, &not_served).with("azureml-model-deployment", "7"),
+            case(
+                "POST",
+                "/models/rf_reg/score",
+                row,
+                400,
+                &error("bad_request", "invalid azureml-model-deployment header '': expected a version of the model"),
+            )
+            .with("azureml-model-deployment", " "),
+            // Known but not live: published all the same (its queue holds it for a worker).
+            case("POST", "/models/rf_reg/versions/3/score", row, 200, "[2.0]").expect("x-rfleet-model-version", "3"),
+            case("POST", "/models/rf_reg/versions/4/score", row, 503, &failed_rds),
+            case("POST", "/models/rf_reg/score", row, 503, &failed_rds).with("azureml-model-deployment", "4"),
+            case("POST", "/models/broken/score", row, 503, &failed_toml),
+            case(
+                "POST",
+                "/v2/models/broken/infer",
+                infer,
+                503,
+                &json!({"error": "model 'broken' failed to load: invalid model.toml: unknown field `nme`"}).to_string(),
+            ),
+            case("POST", "/v2/models/rf_reg/versions/2/infer", infer, 200, &inferred("2"))
+                .with("x-request-id", "i-1")
+                .expect("x-rfleet-model-version", "2"),
+            case("POST", "/v2/models/rf_reg/versions/1/infer", infer, 200, &inferred("1"))
+                .with("x-request-id", "i-1")
+                .expect("x-rfleet-model-version", "1"),
+            case(
+                "POST",
+                "/v2/models/rf_reg/versions/7/infer",
+                infer,
+                404,
+                &json!({"error": "model 'rf_reg' version '7' is not served here (live versions: 1, 2)"}).to_string(),
+            ),
+            case(
+                "GET",
+                "/models/broken",
+                "",
+                200,
+                &json!({"name": "broken", "version": null, "state": "failed",
+                        "error": "invalid model.toml: unknown field `nme`"})
+                .to_string(),
+            ),
+            case(
+                "GET",
+                "/models/rf_reg/versions/4",
+                "",
+                200,
+                &json!({"name": "rf_reg", "version": "4", "state": "failed", "error": "cannot read model.rds"})
+                    .to_string(),
+            ),
+        ])
+        .await;
+    // Unpinned: only the live versions (half each by their hosts); the OIP body names the
+    // version that answered, as the header does.
+    let counts = count_versions(&service, "/models/rf_reg/score", &[], 400).await;
+    assert_split(&counts, 400, &[("1", 50.0), ("2", 50.0)]);
+    for _ in 0..10 {
+        let response =
+            service.client.post(format!("{}/v2/models/rf_reg/infer", service.base)).body(infer).send().await.unwrap();
+        let header = response.headers()["x-rfleet-model-version"].to_str().unwrap().to_string();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["model_version"], json!(header));
+        assert!(header == "1" || header == "2", "{header}");
+    }
+    // `GET /models`: every version with its hosts and share, the failed packages last.
+    let models = listed_once(&service, "listed", |_| true).await;
+    let summary: Vec<(Value, Value, Value, Value)> = models
+        .iter()
+        .filter(|m| m["name"] == "rf_reg" || m["name"] == "broken")
+        .map(|m| (m["version"].clone(), m["state"].clone(), m["live_hosts"].clone(), m["traffic"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("1"), json!("ready"), json!(1), json!(50.0)),
+            (json!("2"), json!("ready"), json!(1), json!(50.0)),
+            (json!("3"), json!("ready"), json!(0), json!(0.0)),
+            (json!(null), json!("failed"), Value::Null, Value::Null),
+            (json!("4"), json!("failed"), Value::Null, Value::Null),
+        ]
+    );
+}
+
+/// Mirrored requests: the client's answer is the primary's, never the shadow's; each copy
+/// is compared and counted (a shadow that answers otherwise is `different`, one that
+/// answers the same `equal`); pinned requests and bodies that do not parse are not copied;
+/// copies beyond the bound are dropped.
+#[tokio::test]
+async fn mirrored_requests_never_change_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let traffic_file = dir.path().join("traffic.toml");
+    let mirror_to = |version: &str| {
+        let text =
+            format!("[rf_reg]\nweights = {{ \"1\" = 1 }}\nmirror = {{ version = \"{version}\", percent = 100 }}\n");
+        std::fs::write(&traffic_file, text).unwrap();
+    };
+    mirror_to("3");
+    let service = Service::start(Setup { traffic_file: Some(traffic_file.clone()), ..Setup::default() }).await;
+    for version in ["1", "2", "3", "9"] {
+        announce_worker(&service.catalog, &format!("v{version}"), vec![rf_reg(version)], 1, false, Vec::new());
+    }
+    let mirrored = |models: &[Value]| rf_entry(models, "1")["mirrored"].clone();
+    let counts = |sent: u64, equal: u64, different: u64, failed: u64, dropped: u64| json!({"sent": sent, "equal": equal, "different": different, "failed": failed, "dropped": dropped});
+
+    // The shadow (v3) answers one more: every answer is still v1's, every copy `different`.
+    let n = 20;
+    assert_eq!(count_versions(&service, "/models/rf_reg/score", &[], n).await, BTreeMap::from([("1".into(), n)]));
+    let models = listed_once(&service, "20 differences", |m| mirrored(m)["different"] == json!(20)).await;
+    assert_eq!(mirrored(&models), counts(20, 0, 20, 0, 0));
+    assert_eq!(
+        rf_entry(&models, "3")["traffic_config"],
+        json!({"weights": {"1": 1}, "mirror": {"version": "3", "percent": 100}})
+    );
+    // Neither pinned requests nor bodies that fail their checks are copied.
+    service
+        .check_all(&[
+            case("POST", "/models/rf_reg/versions/1/score", r#"[{"x":1}]"#, 200, "[1.0]"),
+            case("POST", "/models/rf_reg/score", r#"[{"x":1}]"#, 200, "[1.0]").with("azureml-model-deployment", "2"),
+            case(
+                "POST",
+                "/models/rf_reg/score",
+                r#"[{"y":1}]"#,
+                422,
+                &error("invalid_input", "missing column 'x' (the model needs: x)"),
+            ),
+        ])
+        .await;
+
+    // A shadow that agrees (v2): `equal`.
+    mirror_to("2");
+    listed_once(&service, "the mirror moves to v2", |m| rf_entry(m, "1")["traffic_config"]["mirror"]["version"] == "2")
+        .await;
+    assert_eq!(count_versions(&service, "/models/rf_reg/score", &[], n).await, BTreeMap::from([("1".into(), n)]));
+    let models = listed_once(&service, "20 agreements", |m| mirrored(m)["equal"] == json!(20)).await;
+    assert_eq!(mirrored(&models), counts(40, 20, 20, 0, 0));
+
+    // A shadow that never answers (v9) holds its copies until their own deadline; beyond the
+    // bound they are dropped, and the clients' answers do not wait for any of them.
+    mirror_to("9");
+    listed_once(&service, "the mirror moves to v9", |m| rf_entry(m, "1")["traffic_config"]["mirror"]["version"] == "9")
+        .await;
+    let bound = dispatcher::mirror::MAX_MIRRORS_IN_FLIGHT;
+    let over = 8;
+    assert_eq!(
+        count_versions(&service, "/models/rf_reg/score", &[("x-rfleet-timeout-ms", "600000")], bound + over).await,
+        BTreeMap::from([("1".into(), bound + over)])
+    );
+    let models = listed_once(&service, "copies dropped", |m| mirrored(m)["dropped"] == json!(over)).await;
+    assert_eq!(mirrored(&models), counts(40 + bound as u64, 20, 20, 0, over as u64));
 }

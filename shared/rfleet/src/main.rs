@@ -174,6 +174,8 @@ async fn http(
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
     let address = listener.local_addr()?;
     let state = dispatcher::AppState::new(requester, catalog, settings.server.clone(), settings.models.default.clone())
+        .with_traffic_file(settings.models.traffic_file.as_deref())
+        .context("cannot read the traffic file")?
         .with_auth(&settings.auth)
         .await
         .context("cannot set up authentication")?;

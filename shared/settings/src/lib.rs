@@ -13,6 +13,7 @@ pub mod auth;
 pub mod manifest;
 pub mod secret;
 pub mod tls;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
