@@ -8,7 +8,8 @@
 //! /models`, schema checks and readiness. Nothing else writes it: the worker only announces.
 //!
 //! A worker's live hosts count for every model it announces (each of its R hosts holds all
-//! of them). A draining worker's models stay known until it is forgotten, its hosts no
+//! of them), and for the default routing rule only for the highest version of each model
+//! it holds ([`Served::newest_hosts`]). A draining worker's models stay known until it is forgotten, its hosts no
 //! longer count; a package reported `failed` is listed as such only while no worker serves
 //! that version.
 
@@ -48,6 +49,10 @@ pub struct Served {
     pub info: ModelInfo,
     /// R hosts of the workers announcing it that take new work (not draining).
     pub live_hosts: usize,
+    /// Those of [`Served::live_hosts`] whose worker holds no higher version of the model:
+    /// what the default routing rule weighs, as a worker scores an unpinned request with
+    /// the highest version it holds.
+    pub newest_hosts: usize,
 }
 
 /// What the fleet serves at one moment, read once so that a request's routing, schema
@@ -128,10 +133,18 @@ impl Catalog {
             let live_hosts = if worker.draining { 0 } else { worker.live_hosts };
             snapshot.live_hosts = snapshot.live_hosts.saturating_add(live_hosts);
             for model in &worker.models {
+                let newest = !worker.models.iter().any(|other| {
+                    other.name == model.name
+                        && compare_versions(other.version.as_deref(), model.version.as_deref()).is_gt()
+                });
+                let newest_hosts = if newest { live_hosts } else { 0 };
                 match snapshot.served.iter_mut().find(|s| s.info.name == model.name && s.info.version == model.version)
                 {
-                    Some(served) => served.live_hosts = served.live_hosts.saturating_add(live_hosts),
-                    None => snapshot.served.push(Served { info: model.clone(), live_hosts }),
+                    Some(served) => {
+                        served.live_hosts = served.live_hosts.saturating_add(live_hosts);
+                        served.newest_hosts = served.newest_hosts.saturating_add(newest_hosts);
+                    }
+                    None => snapshot.served.push(Served { info: model.clone(), live_hosts, newest_hosts }),
                 }
             }
         }

@@ -5,7 +5,10 @@
 //! 1. weights set for the model: among the weighted versions that have live hosts, in
 //!    proportion to their weights (blue/green, canary); when none of them is live, rule 2;
 //! 2. among the versions with live hosts, in proportion to their live hosts, so that a
-//!    Kubernetes rolling update of the workers moves traffic pod by pod;
+//!    Kubernetes rolling update of the workers moves traffic pod by pod; a worker's hosts
+//!    count only for the highest version of the model it holds (the one it scores an
+//!    unpinned request with), so a worker holding versions 1 and 2 sends unpinned
+//!    traffic to 2, and 1 is reached by a pin or a weight;
 //! 3. no version has live hosts: the highest known version (`compare_versions`), whose
 //!    requests wait in its queue for a worker rather than being refused.
 //!
@@ -20,12 +23,19 @@ use protocol::compare_versions;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate<'a> {
     pub version: Option<&'a str>,
+    /// R hosts that can score it (a weighted version counts only while it has some).
     pub live_hosts: usize,
+    /// Those of its hosts whose worker holds no higher version: what rule 2 weighs.
+    pub newest_hosts: usize,
 }
 
 impl<'a> From<&'a crate::catalog::Served> for Candidate<'a> {
     fn from(served: &'a crate::catalog::Served) -> Self {
-        Candidate { version: served.info.version.as_deref(), live_hosts: served.live_hosts }
+        Candidate {
+            version: served.info.version.as_deref(),
+            live_hosts: served.live_hosts,
+            newest_hosts: served.newest_hosts,
+        }
     }
 }
 
@@ -46,7 +56,7 @@ pub fn shares(candidates: &[Candidate<'_>], weights: Option<&BTreeMap<String, u3
     if let Some(shares) = normalized(weighted) {
         return shares;
     }
-    if let Some(shares) = normalized(candidates.iter().map(|c| c.live_hosts as f64).collect()) {
+    if let Some(shares) = normalized(candidates.iter().map(|c| c.newest_hosts as f64).collect()) {
         return shares;
     }
     let highest = candidates.iter().enumerate().max_by(|(_, a), (_, b)| compare_versions(a.version, b.version));
@@ -85,13 +95,21 @@ pub fn route(candidates: &[Candidate<'_>], weights: Option<&BTreeMap<String, u32
 mod tests {
     use super::*;
 
-    /// `versions`: (version, live hosts); `weights`: (version, weight); `expected`: the
+    /// `versions`: (version, live hosts, of them newest); `weights`: (version, weight); `expected`: the
     /// share of each version in percent. Checked exactly through [`shares`], and by 20,000
     /// seeded draws through [`route`], within 4.5 standard deviations of a binomial count.
     fn check(versions: &[(Option<&str>, usize)], weights: Option<&[(&str, u32)]>, expected: &[f64]) {
+        check_newest(&versions.iter().map(|(v, n)| (*v, *n, *n)).collect::<Vec<_>>(), weights, expected);
+    }
+
+    fn check_newest(versions: &[(Option<&str>, usize, usize)], weights: Option<&[(&str, u32)]>, expected: &[f64]) {
         let candidates: Vec<Candidate> = versions
             .iter()
-            .map(|(version, live_hosts)| Candidate { version: *version, live_hosts: *live_hosts })
+            .map(|(version, live_hosts, newest_hosts)| Candidate {
+                version: *version,
+                live_hosts: *live_hosts,
+                newest_hosts: *newest_hosts,
+            })
             .collect();
         let weights: Option<BTreeMap<String, u32>> =
             weights.map(|w| w.iter().map(|(v, w)| (v.to_string(), *w)).collect());
@@ -128,6 +146,11 @@ mod tests {
         check(&[(Some("1"), 1), (Some("2"), 1)], Some(&[("1", 0), ("2", 1)]), &[0.0, 100.0]);
         // No weighted version is live: the default rule.
         check(&[(Some("1"), 2), (Some("2"), 0), (Some("3"), 2)], Some(&[("2", 1)]), &[50.0, 0.0, 50.0]);
+        // A worker holding 1 and 2 (two hosts) beside one holding only 1 (one host): its
+        // hosts count for 2 by default, and for 1 too when weights name it.
+        check_newest(&[(Some("1"), 3, 1), (Some("2"), 2, 2)], None, &[33.3333, 66.6667]);
+        check_newest(&[(Some("1"), 2, 0), (Some("2"), 2, 2)], None, &[0.0, 100.0]);
+        check_newest(&[(Some("1"), 2, 0), (Some("2"), 2, 2)], Some(&[("1", 1)]), &[100.0, 0.0]);
         // Nothing is live: the highest known version, numerically.
         check(&[(Some("9"), 0), (Some("10"), 0), (Some("2"), 0)], None, &[0.0, 100.0, 0.0]);
         check(&[(Some("9"), 0), (Some("10"), 0)], Some(&[("9", 1)]), &[0.0, 100.0]);

@@ -278,24 +278,22 @@ async fn traffic_splits_and_mirrors_follow_the_traffic_file() {
 
     // Every mirrored copy is accounted for, and version 3 answers differently from 1 and 2.
     let start = Instant::now();
-    let mirror = loop {
+    let mirrored = loop {
         let entry = entries(&http, &server, "rf_reg").await;
-        let mirror = entry
-            .iter()
-            .find_map(|m| m.get("mirror").filter(|m| !m.is_null()).cloned())
-            .expect("mirror stats in GET /models");
-        let stat = |key: &str| mirror["stats"][key].as_u64().unwrap_or(0);
-        let settled = stat("equal") + stat("different") + stat("failed") + stat("dropped");
-        if stat("sent") > 0 && settled == stat("sent") {
-            break mirror;
+        let mirrored = entry.iter().find_map(|m| m.get("mirrored").filter(|m| !m.is_null()).cloned());
+        let mirrored = mirrored.expect("mirror counts in GET /models");
+        let count = |key: &str| mirrored[key].as_u64().unwrap_or(0);
+        let settled = count("equal") + count("different") + count("failed") + count("dropped");
+        if count("sent") > 0 && settled == count("sent") {
+            break mirrored;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "mirror copies never settled: {mirror}");
+        assert!(start.elapsed() < Duration::from_secs(30), "mirror copies never settled: {mirrored}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let sent = mirror["stats"]["sent"].as_u64().unwrap();
-    assert!((100..=300).contains(&sent), "20 % of {n} requests mirrored: {mirror}");
-    assert!(mirror["stats"]["different"].as_u64().unwrap() > 0, "version 3 differs from 1 and 2: {mirror}");
-    assert_eq!(mirror["stats"]["failed"], 0, "{mirror}");
+    let sent = mirrored["sent"].as_u64().unwrap();
+    assert!((100..=300).contains(&sent), "20 % of {n} requests mirrored: {mirrored}");
+    assert!(mirrored["different"].as_u64().unwrap() > 0, "version 3 differs from 1 and 2: {mirrored}");
+    assert_eq!(mirrored["failed"], 0, "{mirrored}");
 
     // Blue/green: everything to version 2, without a restart.
     write_traffic(&traffic_file, "[rf_reg]\nweights = { \"2\" = 100 }\n");
@@ -389,11 +387,12 @@ async fn a_corrupt_package_is_reported_and_the_others_serve() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["state"], "failed", "{listed:?}");
     let error = listed[0]["error"].as_str().expect("the load error").to_string();
-    assert!(error.contains("broken") && error.contains("readRDS"), "{error}");
+    // R's own readRDS message for a file that is not an R data file.
+    assert!(error.contains("model 'broken'") && error.contains("unknown input format"), "{error}");
     let refused = post(&http, &format!("{}/models/broken/score", server.url), json!([{"x": 1}]).to_string(), &[]).await;
     assert_eq!(refused.status, 503, "{}", refused.text);
     let message = refused.json()["message"].as_str().unwrap().to_string();
-    assert!(message.contains("failed to load") && message.contains("readRDS"), "{message}");
+    assert!(message.contains("failed to load") && message.contains("unknown input format"), "{message}");
     drop(server);
 
     let strict = std::process::Command::new(support::binary("rfleet"))
@@ -407,7 +406,7 @@ async fn a_corrupt_package_is_reported_and_the_others_serve() {
     assert!(!strict.status.success(), "strict start-up with a corrupt package must fail");
     let stderr = String::from_utf8_lossy(&strict.stderr);
     assert!(
-        stderr.contains("broken") && stderr.contains("readRDS"),
+        stderr.contains("model 'broken'") && stderr.contains("unknown input format"),
         "the start-up error names the package and R's error: {stderr}"
     );
 }

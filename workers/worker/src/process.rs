@@ -35,8 +35,11 @@ const CONSUME_RETRY_LONGEST: Duration = Duration::from_secs(5);
 pub enum WorkerError {
     #[error("cannot find models in {dir}: {source}")]
     Models { dir: String, source: DiscoverError },
+    /// `models.strict` and a package did not load: the message names each and its error.
+    #[error("{0}")]
+    Strict(PoolError),
     #[error("cannot start the first R host: {0}")]
-    Pool(#[from] PoolError),
+    Pool(PoolError),
     #[error("cannot consume from the broker: {0}")]
     Bus(#[from] bus::BusError),
 }
@@ -67,7 +70,10 @@ impl Worker {
         let mut config = pool_config(&settings.workers);
         config.strict = settings.models.strict;
         let n_hosts = config.n_hosts;
-        let pool = Pool::start(config, discovered).await?;
+        let pool = Pool::start(config, discovered).await.map_err(|error| match error {
+            PoolError::Load(_) => WorkerError::Strict(error),
+            error => WorkerError::Pool(error),
+        })?;
         let id = worker_id(settings.workers.id.as_deref());
         Ok(Worker {
             pool,
