@@ -86,8 +86,14 @@ pub enum FromHost {
         failed: Vec<LoadFailure>,
     },
     /// The host cannot serve at all (R did not start, the prelude failed).
-    LoadFailed { message: String },
-    Scored { id: u64, result: Result<HostOutput, ErrorBody>, r_us: u64 },
+    LoadFailed {
+        message: String,
+    },
+    Scored {
+        id: u64,
+        result: Result<HostOutput, ErrorBody>,
+        r_us: u64,
+    },
 }
 
 /// What R produced for one request.

@@ -137,7 +137,12 @@ fn golden_vectors() {
     );
     check(
         "host_score",
-        ToHost::Score { id: 7, model: ModelRef::new("mtcars", Some("1".into())), input: Input::Frame(input_frame()), predict_type: None },
+        ToHost::Score {
+            id: 7,
+            model: ModelRef::new("mtcars", Some("1".into())),
+            input: Input::Frame(input_frame()),
+            predict_type: None,
+        },
     );
     check(
         "host_load",
@@ -157,7 +162,11 @@ fn golden_vectors() {
             pid: 4242,
             r_version: "4.2.2".into(),
             models: vec![model_info()],
-            failed: vec![LoadFailure { name: "churn".into(), version: None, message: "model 'churn': no model.rds".into() }],
+            failed: vec![LoadFailure {
+                name: "churn".into(),
+                version: None,
+                message: "model 'churn': no model.rds".into(),
+            }],
         },
     );
     check(

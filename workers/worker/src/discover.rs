@@ -82,7 +82,8 @@ fn is_package(dir: &Path) -> bool {
     dir.join("model.rds").is_file() || dir.join("score.R").is_file()
 }
 
-/// The packages under `dir` (or `dir` itself when it is one). A package whose
+/// The packages under `dir` (or `dir` itself when it is one), hidden directories left
+/// out. A package whose
 /// `model.toml` is invalid, whose name holds `@` (which separates name and version in
 /// queue names), or which shares its name and version with another is a failure, not an
 /// error: only a missing directory, or one with no package at all, is.
@@ -97,7 +98,13 @@ pub fn discover(dir: &Path) -> Result<Discovered, DiscoverError> {
     } else {
         let entries = std::fs::read_dir(&dir).map_err(|source| DiscoverError::Read { path: dir.clone(), source })?;
         for entry in entries {
-            let path = entry.map_err(|source| DiscoverError::Read { path: dir.clone(), source })?.path();
+            let entry = entry.map_err(|source| DiscoverError::Read { path: dir.clone(), source })?;
+            // Hidden directories are someone's work in progress (a package being copied in
+            // to be renamed into place) or Kubernetes' own (`..data` of a mounted volume).
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let path = entry.path();
             if path.is_dir() && is_package(&path) {
                 package_dirs.push(path);
             }
@@ -197,6 +204,8 @@ mod tests {
     #[test]
     fn broken_packages_are_failures_not_errors() {
         check(&[("a", None), ("b", Some("version = \"2\""))], &["a", "b version 2"], &[]);
+        // A package being copied in (hidden until renamed into place) is not one yet.
+        check(&[("a", None), (".a.partial", None)], &["a"], &[]);
         // An invalid model.toml, a name with '@' and twins fail; the rest load.
         check(
             &[
