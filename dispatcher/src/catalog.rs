@@ -14,6 +14,7 @@
 //! that version.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -36,7 +37,9 @@ pub struct Catalog {
 
 #[derive(Debug)]
 struct Announced {
-    models: Vec<ModelInfo>,
+    /// Shared with every snapshot taken, which copies only the pointers: one is taken per
+    /// request.
+    models: Vec<Arc<ModelInfo>>,
     failed: Vec<LoadFailure>,
     live_hosts: usize,
     draining: bool,
@@ -46,7 +49,7 @@ struct Announced {
 /// One version of a model (or an unversioned model) as the fleet serves it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
-    pub info: ModelInfo,
+    pub info: Arc<ModelInfo>,
     /// R hosts of the workers announcing it that take new work (not draining).
     pub live_hosts: usize,
     /// Those of [`Served::live_hosts`] whose worker holds no higher version of the model:
@@ -88,7 +91,7 @@ impl Snapshot {
     }
 
     pub fn models(&self) -> impl Iterator<Item = &ModelInfo> {
-        self.served.iter().map(|s| &s.info)
+        self.served.iter().map(|s| &*s.info)
     }
 }
 
@@ -103,7 +106,7 @@ impl Catalog {
         self.workers.lock().insert(
             announcement.worker,
             Announced {
-                models: announcement.models,
+                models: announcement.models.into_iter().map(Arc::new).collect(),
                 failed: announcement.failed,
                 live_hosts: announcement.live_hosts as usize,
                 draining: announcement.draining,
@@ -169,12 +172,12 @@ impl Catalog {
 
     /// Every model served by a worker heard from recently; one entry per (name, version).
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.snapshot().served.into_iter().map(|s| s.info).collect()
+        self.snapshot().served.into_iter().map(|s| Arc::unwrap_or_clone(s.info)).collect()
     }
 
     /// The model called `name`, at `version` when one is asked for (else its highest).
     pub fn model(&self, name: &str, version: Option<&str>) -> Option<ModelInfo> {
-        self.snapshot().find(name, version).map(|s| s.info.clone())
+        self.snapshot().find(name, version).map(|s| (*s.info).clone())
     }
 
     /// R hosts up in the workers heard from recently that take new work.

@@ -166,7 +166,7 @@ impl AppState {
             let mirrored = self.shared.mirrors.counts(name);
             for (version, share) in versions.iter().zip(shares) {
                 entries.push(ModelEntry::Ready {
-                    info: version.info.clone(),
+                    info: (*version.info).clone(),
                     state: ModelState::Ready,
                     live_hosts: version.live_hosts,
                     traffic: (share * 10_000.0).round() / 100.0,
@@ -202,7 +202,7 @@ impl AppState {
     pub(crate) fn find_model(&self, name: &str, version: Option<&str>) -> Result<ModelInfo, ApiError> {
         let snapshot = self.shared.catalog.snapshot();
         match snapshot.find(name, version) {
-            Some(served) => Ok(served.info.clone()),
+            Some(served) => Ok((*served.info).clone()),
             None => Err(self.not_served(&snapshot, name, version)),
         }
     }

@@ -11,6 +11,8 @@
 //! Inference Protocol, batch jobs) is a [`Parse`] in front and a renderer behind, so none
 //! of them can skip a limit or parse an HTTP answer back.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -56,8 +58,8 @@ pub struct Target {
 /// The version a request scores with, and the shadow version a copy of it goes to.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    pub info: ModelInfo,
-    pub mirror: Option<ModelInfo>,
+    pub info: Arc<ModelInfo>,
+    pub mirror: Option<Arc<ModelInfo>>,
 }
 
 /// One scoring request, as a protocol hands it to [`execute`].
@@ -152,7 +154,7 @@ pub enum Answer {
 /// `timings.model_version` the version that answered, filled in with the version published
 /// for when the worker's reply does not say), and what the protocol's parser kept.
 pub struct Scored<E> {
-    pub model: ModelInfo,
+    pub model: Arc<ModelInfo>,
     pub answer: Answer,
     pub timings: Timings,
     pub extra: E,
