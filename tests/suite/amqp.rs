@@ -48,7 +48,7 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) {
 }
 
 /// Runs the example publisher (`deploy/examples/publish.py`) against the fleet.
-fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
+pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
     let output = Command::new("python3")
         .arg(repo_root().join("deploy/examples/publish.py"))
         .args([

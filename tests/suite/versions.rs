@@ -410,3 +410,29 @@ async fn a_corrupt_package_is_reported_and_the_others_serve() {
         "the start-up error names the package and R's error: {stderr}"
     );
 }
+
+/// Direct publishers over RabbitMQ (`deploy/examples/publish.py`, pika): a request pinned
+/// to a version goes to that version's queue and is scored by it; an unpinned one on the
+/// name queue, as publishers sent before versions had queues, is scored by the highest
+/// version the worker holds. The reply says which.
+#[test]
+fn direct_publishers_reach_version_queues_and_the_name_queue() {
+    let versions = Versions::load();
+    let fleet = Fleet::new("version-queues");
+    let dir = models_dir(&[&versions.package("1"), &versions.package("2")]);
+    let worker = ServerOptions::fleet("worker", dir.path(), &fleet).start();
+    let rows = json!([versions.rows[2]]);
+    for (pin, version) in [(Some("1"), "1"), (Some("2"), "2"), (None, "2")] {
+        let extra: Vec<&str> = pin.map(|v| vec!["--model-version", v]).unwrap_or_default();
+        let reply = crate::amqp::publish(&fleet, "rf_reg", &rows, &extra);
+        let queue = match pin {
+            Some(v) => format!("{}rf_reg@{v}", fleet.queue_prefix()),
+            None => format!("{}rf_reg", fleet.queue_prefix()),
+        };
+        assert_eq!(reply["queue"], queue, "{reply}");
+        assert_eq!(reply["model_version"], version, "{reply}");
+        let values = &reply["reply"]["outcome"]["predictions"]["columns"][0]["values"];
+        support::assert_same(values, &json!([versions.expected[version][2]]), &format!("pinned {pin:?}"));
+    }
+    drop(worker);
+}
