@@ -438,7 +438,8 @@ async fn infer_with(
     let id = wanted.id.unwrap_or(request_id);
     // The version that answered, as the reply says (else the one published for).
     let model_version = timings.model_version.clone();
-    let mut response = Json(InferResponse { model_name: model.name.clone(), model_version, id, outputs }).into_response();
+    let mut response =
+        Json(InferResponse { model_name: model.name.clone(), model_version, id, outputs }).into_response();
     scoring::insert_timings(response.headers_mut(), &timings);
     Ok(response)
 }

@@ -51,6 +51,14 @@ impl Fingerprint {
             .collect();
         Fingerprint { dir: dir.to_path_buf(), manifest, files }
     }
+
+    /// Whether the package on disk is still what this fingerprint saw. A host loads its
+    /// packages from their directories, which may change at any moment (a package replaced
+    /// in place): checked after a host has loaded them, this tells a host that holds these
+    /// very packages from one that read newer files.
+    pub fn still_on_disk(&self) -> bool {
+        Fingerprint::of(&self.dir) == *self
+    }
 }
 
 /// A package directory that cannot be served, and why (also for the announcement).

@@ -388,6 +388,15 @@ impl Pool {
             // Not a package's fault (R did not start): tried again at the next poll.
             Err(error) => return tracing::error!(error = %error, "cannot start an r host with the new packages"),
         };
+        // The host read whatever the directories held while it loaded; unless that is
+        // still what was discovered, it may hold other packages than the fingerprints say
+        // (and a forest split over it and an older host would mix two forests). The next
+        // poll sees the change and loads again.
+        if !discovered.packages.iter().all(|p| p.fingerprint.still_on_disk()) {
+            tracing::info!("model packages changed while an r host loaded them; loading again at the next poll");
+            host.stop().await;
+            return;
+        }
         let mut failures = discovered.failed.clone();
         failures.extend(failures_of(&failed, &specs));
         failures.sort_by(|a, b| a.dir.cmp(&b.dir));
@@ -810,6 +819,15 @@ impl Pool {
             if !started.failed.is_empty() {
                 started.host.stop().await;
                 return Err(HostError::LoadFailed(describe_failures(&started.failed)));
+            }
+            // A package replaced in place since its generation was made: this host read the
+            // new files, so it is not of that generation (the next poll makes the new one
+            // current, and the retry starts a host of it).
+            if !generation.prints.iter().all(Fingerprint::still_on_disk) {
+                started.host.stop().await;
+                return Err(HostError::LoadFailed(
+                    "a model package changed on disk while the host loaded it; starting another".into(),
+                ));
             }
             if self.inner.shutdown.is_cancelled() {
                 started.host.stop().await;
