@@ -123,6 +123,12 @@ impl AppState {
         Ok(self)
     }
 
+    /// Why the traffic file's latest contents were refused (the last good splits stay in
+    /// force meanwhile), if they were.
+    pub fn traffic_file_refused(&self) -> Option<String> {
+        self.shared.traffic.refused()
+    }
+
     /// Turns authentication on as `[auth]` says (no-op when it is off); reads the keys file.
     pub async fn with_auth(mut self, settings: &settings::auth::AuthSettings) -> Result<Self, auth::AuthError> {
         self.auth = auth::Auth::from_settings(settings).await?;

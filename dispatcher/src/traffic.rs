@@ -5,13 +5,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use settings::traffic::{Traffic, TrafficError};
 
 /// The splits now in force; empty (every model by the default rule) without a file.
 #[derive(Debug, Default)]
 pub struct TrafficSplits {
     current: RwLock<Arc<Traffic>>,
+    /// Why the file's latest contents were refused, while they are (the splits in force
+    /// are then the last good ones).
+    refused: Mutex<Option<String>>,
 }
 
 impl TrafficSplits {
@@ -23,6 +26,11 @@ impl TrafficSplits {
         *self.current.write() = Arc::new(traffic);
     }
 
+    /// Why the traffic file's latest contents were refused, if they were.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().clone()
+    }
+
     /// Reads the traffic file (an error stops start-up: a split that is not what the file
     /// says must not serve), then follows it for as long as `self` lives. Needs a tokio
     /// runtime.
@@ -32,7 +40,9 @@ impl TrafficSplits {
         self.set(Traffic::parse(&String::from_utf8_lossy(&text), &shown)?);
         tracing::info!(traffic_file = %shown, models = ?self.current().models.keys().collect::<Vec<_>>(), "traffic splits read");
         let reload = move |splits: &TrafficSplits, text: &[u8]| {
-            let traffic = Traffic::parse(&String::from_utf8_lossy(text), &shown).map_err(|e| e.to_string())?;
+            let parsed = Traffic::parse(&String::from_utf8_lossy(text), &shown).map_err(|e| e.to_string());
+            *splits.refused.lock() = parsed.as_ref().err().cloned();
+            let traffic = parsed?;
             tracing::info!(traffic_file = %shown, models = ?traffic.models.keys().collect::<Vec<_>>(), "traffic splits reloaded");
             splits.set(traffic);
             Ok(())

@@ -62,6 +62,7 @@ struct Service {
     client: reqwest::Client,
     bus: EmbeddedBus,
     catalog: Arc<Catalog>,
+    state: AppState,
     /// Requests the scripted worker took and has not answered yet (models `hang`, `slow`).
     hung: Arc<AtomicUsize>,
     _stalled: Option<EmbeddedConsumer>,
@@ -220,7 +221,7 @@ impl Service {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(dispatcher::serve(listener, state, async move {
+        let server = tokio::spawn(dispatcher::serve(listener, state.clone(), async move {
             let _ = shutdown_rx.await;
         }));
         Service {
@@ -228,6 +229,7 @@ impl Service {
             client: reqwest::Client::new(),
             bus,
             catalog,
+            state,
             hung,
             _stalled: stalled,
             shutdown: Some(shutdown_tx),
@@ -1057,16 +1059,16 @@ fn assert_split(counts: &BTreeMap<String, usize>, n: usize, expected: &[(&str, f
 
 /// `GET /models`, once `condition` holds for it (bounded).
 async fn listed_once(service: &Service, what: &str, condition: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let mut last = Vec::new();
-    for _ in 0..500 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
         let response = service.client.get(format!("{}/models", service.base)).send().await.unwrap();
-        last = response.json::<Vec<Value>>().await.unwrap();
-        if condition(&last) {
-            return last;
+        let listed = response.json::<Vec<Value>>().await.unwrap();
+        if condition(&listed) {
+            return listed;
         }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}: GET /models says {listed:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting until {what}: GET /models says {last:?}");
 }
 
 /// The entry of `rf_reg` at `version` in a `GET /models` list.
@@ -1111,8 +1113,9 @@ async fn unpinned_traffic_follows_live_hosts_then_the_traffic_file() {
     // An invalid file keeps the last good split; the next good one applies.
     std::fs::write(&traffic_file, "[rf_reg]\nweights = { \"1\" = -1 }\n").unwrap();
     std::fs::write(&traffic_file, "[rf_reg]\nwieghts = { \"1\" = 1 }\n").unwrap();
-    // That nothing changes cannot be waited for: two polls of the file are given to it.
-    tokio::time::sleep(dispatcher::reload::POLL * 2).await;
+    // Once the dispatcher has read (and refused) the last of them, the split is unchanged.
+    let refused = || service.state.traffic_file_refused().is_some_and(|e| e.contains("wieghts"));
+    wait_until("the invalid traffic file is read and refused", refused).await;
     let models = listed_once(&service, "the last good weights stay", |_| true).await;
     assert_eq!(rf_entry(&models, "1")["traffic"], json!(90.0));
     std::fs::write(&traffic_file, "[rf_reg]\nweights = { \"1\" = 10, \"2\" = 90 }\n").unwrap();
