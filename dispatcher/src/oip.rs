@@ -284,10 +284,9 @@ pub async fn model_version_metadata(
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Json<ModelMetadata>, OipError> {
     let info = state.find_model(name, version)?;
-    let mut versions: Vec<String> =
-        state.shared.catalog.models().into_iter().filter(|m| m.name == info.name).filter_map(|m| m.version).collect();
-    versions.sort();
-    versions.dedup();
+    // One entry per version, in version order already.
+    let versions: Vec<String> =
+        state.shared.catalog.snapshot().versions(&info.name).filter_map(|s| s.info.version.clone()).collect();
     Ok(Json(model_metadata_of(&info, versions)))
 }
 

@@ -145,8 +145,9 @@ impl AppState {
     /// The model `POST /score` means: the only one served, else the default, else a 404
     /// pointing at the named route.
     pub(crate) fn default_model_name(&self) -> Result<String, ApiError> {
-        let models = self.shared.catalog.models();
-        let mut names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        // Every `POST /score` asks: a snapshot shares the models rather than copying them.
+        let snapshot = self.shared.catalog.snapshot();
+        let mut names: Vec<&str> = snapshot.models().map(|m| m.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         if let [only] = names.as_slice() {
