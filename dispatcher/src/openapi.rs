@@ -654,7 +654,7 @@ mod tests {
     /// served version and a failed package, and requires only what both have.
     #[test]
     fn model_description_matches_model_entries() {
-        use crate::routes::{ModelEntry, ModelState};
+        use crate::routes::ModelEntry;
         let doc = base(None);
         let description = &doc["components"]["schemas"]["ModelDescription"];
         let documented = description["properties"].as_object().unwrap();
@@ -662,18 +662,12 @@ mod tests {
         let entries = [
             ModelEntry::Ready {
                 info: model(),
-                state: ModelState::Ready,
                 live_hosts: 2,
                 traffic: 100.0,
                 traffic_config: traffic.model("iris").cloned(),
                 mirrored: Some(Default::default()),
             },
-            ModelEntry::Failed {
-                name: "bad".into(),
-                version: Some("1".into()),
-                state: ModelState::Failed,
-                error: "cannot read model.rds".into(),
-            },
+            ModelEntry::Failed { name: "bad".into(), version: Some("1".into()), error: "cannot read model.rds".into() },
         ];
         for entry in entries {
             let wire = serde_json::to_value(&entry).unwrap();

@@ -86,18 +86,11 @@ pub async fn get_model_version(
     state.model_entry(&name, Some(&version)).map(Json)
 }
 
-/// Whether a listed version serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelState {
-    Ready,
-    /// Its package failed to load on every worker that has it.
-    Failed,
-}
-
-/// One entry of `GET /models` (described in the document as `ModelDescription`).
+/// One entry of `GET /models` (described in the document as `ModelDescription`); its
+/// `state` says which: `ready`, or `failed` for a package that failed to load on every
+/// worker that has it.
 #[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
+#[serde(tag = "state", rename_all = "snake_case")]
 // Made per request and serialized at once: boxing the description would buy nothing.
 #[allow(clippy::large_enum_variant)]
 pub enum ModelEntry {
@@ -107,7 +100,6 @@ pub enum ModelEntry {
     Ready {
         #[serde(flatten)]
         info: ModelInfo,
-        state: ModelState,
         /// R hosts of the workers serving it that take new work.
         live_hosts: usize,
         /// The share of the model's unpinned requests this version gets now, in percent,
@@ -121,7 +113,7 @@ pub enum ModelEntry {
         mirrored: Option<MirrorCounts>,
     },
     /// A package that failed to load, and that no worker serves.
-    Failed { name: String, version: Option<String>, state: ModelState, error: String },
+    Failed { name: String, version: Option<String>, error: String },
 }
 
 impl ModelEntry {
@@ -167,7 +159,6 @@ impl AppState {
             for (version, share) in versions.iter().zip(shares) {
                 entries.push(ModelEntry::Ready {
                     info: (*version.info).clone(),
-                    state: ModelState::Ready,
                     live_hosts: version.live_hosts,
                     traffic: (share * 10_000.0).round() / 100.0,
                     traffic_config: config.cloned(),
@@ -178,7 +169,6 @@ impl AppState {
         entries.extend(snapshot.failed.iter().map(|f| ModelEntry::Failed {
             name: f.name.clone(),
             version: f.version.clone(),
-            state: ModelState::Failed,
             error: f.message.clone(),
         }));
         entries
