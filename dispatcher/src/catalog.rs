@@ -12,6 +12,12 @@
 //! it holds ([`Served::newest_hosts`]). A draining worker's models stay known until it is forgotten, its hosts no
 //! longer count; a package reported `failed` is listed as such only while no worker serves
 //! that version.
+//!
+//! With a retention ([`Catalog::keeping_idle`], `models.keep_idle_ms`), the versions a
+//! forgotten worker served stay known for that long with no live host ([`Served::idle`]):
+//! a fleet KEDA scaled to zero then still gets its requests, which wait in their version's
+//! queue for a worker to start, where without it they would be refused as unknown. A
+//! version a live worker stops announcing (its package removed) is not kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,8 +37,19 @@ pub const ANNOUNCE_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 pub struct Catalog {
     /// By worker id.
     workers: Mutex<HashMap<String, Announced>>,
+    /// The versions forgotten workers served, by (name, version), until when they are kept;
+    /// locked after `workers`.
+    idle: Mutex<HashMap<(String, Option<String>), Kept>>,
+    /// How long a forgotten worker's versions are kept (zero: not at all).
+    keep_idle: Duration,
     /// Woken by every announcement recorded.
     recorded: Notify,
+}
+
+#[derive(Debug)]
+struct Kept {
+    info: Arc<ModelInfo>,
+    until: Instant,
 }
 
 #[derive(Debug)]
@@ -56,6 +73,9 @@ pub struct Served {
     /// what the default routing rule weighs, as a worker scores an unpinned request with
     /// the highest version it holds.
     pub newest_hosts: usize,
+    /// Known only because it is kept after its workers were forgotten (scaled to zero):
+    /// no worker announces it now.
+    pub idle: bool,
 }
 
 /// What the fleet serves at one moment, read once so that a request's routing, schema
@@ -96,6 +116,12 @@ impl Snapshot {
 }
 
 impl Catalog {
+    /// A catalog that keeps the versions a forgotten worker served for `keep_idle` after it
+    /// was forgotten (the module's doc says why).
+    pub fn keeping_idle(keep_idle: Duration) -> Self {
+        Catalog { keep_idle, ..Catalog::default() }
+    }
+
     /// Records a worker's announcement, valid for three of its intervals (clamped to
     /// [`ANNOUNCE_INTERVAL_MS`]).
     pub fn record(&self, announcement: Announcement, now: Instant) {
@@ -130,7 +156,25 @@ impl Catalog {
     /// routing follow the workers that take new work.
     pub fn snapshot_at(&self, now: Instant) -> Snapshot {
         let mut workers = self.workers.lock();
-        workers.retain(|_, r| r.expires > now);
+        let mut idle = self.idle.lock();
+        workers.retain(|_, worker| {
+            if worker.expires > now {
+                return true;
+            }
+            if !self.keep_idle.is_zero() {
+                let until = worker.expires.checked_add(self.keep_idle).unwrap_or(worker.expires);
+                for info in &worker.models {
+                    let kept = idle
+                        .entry((info.name.clone(), info.version.clone()))
+                        .or_insert_with(|| Kept { info: info.clone(), until });
+                    if kept.until <= until {
+                        *kept = Kept { info: info.clone(), until };
+                    }
+                }
+            }
+            false
+        });
+        idle.retain(|_, kept| kept.until > now);
         let mut snapshot = Snapshot::default();
         for worker in workers.values() {
             let live_hosts = if worker.draining { 0 } else { worker.live_hosts };
@@ -147,10 +191,18 @@ impl Catalog {
                         served.live_hosts = served.live_hosts.saturating_add(live_hosts);
                         served.newest_hosts = served.newest_hosts.saturating_add(newest_hosts);
                     }
-                    None => snapshot.served.push(Served { info: model.clone(), live_hosts, newest_hosts }),
+                    None => snapshot.served.push(Served { info: model.clone(), live_hosts, newest_hosts, idle: false }),
                 }
             }
         }
+        for kept in idle.values() {
+            let announced =
+                snapshot.served.iter().any(|s| s.info.name == kept.info.name && s.info.version == kept.info.version);
+            if !announced {
+                snapshot.served.push(Served { info: kept.info.clone(), live_hosts: 0, newest_hosts: 0, idle: true });
+            }
+        }
+        drop(idle);
         // Several workers may describe one version; the first of a stable order wins,
         // whatever the hash map's and the workers' timing.
         let mut failed: Vec<LoadFailure> = workers.values().flat_map(|w| w.failed.iter().cloned()).collect();
@@ -197,10 +249,12 @@ impl Catalog {
         }
     }
 
-    /// Ready to score: models are known and at least one R host is up.
+    /// Ready to score: models are known and at least one R host is up, or a version is
+    /// kept while its fleet is scaled to zero (its requests wake it: a dispatcher that
+    /// said it was not ready would get none).
     pub fn is_ready(&self) -> bool {
         let snapshot = self.snapshot();
-        snapshot.live_hosts > 0 && !snapshot.served.is_empty()
+        (snapshot.live_hosts > 0 && !snapshot.served.is_empty()) || snapshot.served.iter().any(|s| s.idle)
     }
 }
 
@@ -324,6 +378,44 @@ mod tests {
         assert_eq!(catalog.live_hosts(), 0);
         assert!(catalog.models().is_empty());
         assert!(!catalog.is_ready());
+    }
+
+    #[test]
+    fn forgotten_workers_versions_are_kept_idle_for_the_retention() {
+        let catalog = Catalog::keeping_idle(Duration::from_millis(1000));
+        let now = Instant::now();
+        catalog.record(announce("w1", &["rf@1", "rf@2"], 2, false), now);
+        catalog.record(announce("w2", &["rf@2", "echo"], 1, false), now);
+        // w1 stops announcing rf@1 (its package removed): not kept.
+        catalog.record(announce("w1", &["rf@2"], 2, false), now);
+        // Both drain and go silent (scaled to zero): forgotten after 300 ms, their versions
+        // kept with no live host until 1000 ms after that.
+        catalog.record(announce("w1", &["rf@2"], 2, true), now);
+        catalog.record(announce("w2", &["rf@2", "echo"], 1, true), now);
+        check(&catalog, now + Duration::from_millis(400), &["echo 0", "rf@2 0"], &[]);
+        let snapshot = catalog.snapshot_at(now + Duration::from_millis(400));
+        assert!(snapshot.served.iter().all(|s| s.idle && s.newest_hosts == 0), "{snapshot:?}");
+        assert_eq!(snapshot.find("rf", None).unwrap().info.version.as_deref(), Some("2"));
+        // A worker starting again serves it live, the kept entry beside it unlisted.
+        catalog.record(announce("w3", &["rf@2"], 1, false), now + Duration::from_millis(500));
+        check(&catalog, now + Duration::from_millis(600), &["echo 0", "rf@2 1"], &[]);
+        assert!(!catalog.snapshot_at(now + Duration::from_millis(600)).find("rf", None).unwrap().idle);
+        // Past the retention only what is announced is left; w3 forgotten at 800 ms keeps
+        // rf@2 until 1800 ms.
+        check(&catalog, now + Duration::from_millis(1400), &["rf@2 0"], &[]);
+        check(&catalog, now + Duration::from_millis(1900), &[], &[]);
+        // Without a retention nothing is kept (the default).
+        let catalog = Catalog::default();
+        catalog.record(announce("w1", &["rf@2"], 2, false), now);
+        check(&catalog, now + Duration::from_millis(400), &[], &[]);
+    }
+
+    #[test]
+    fn a_version_kept_idle_makes_the_catalog_ready() {
+        let catalog = Catalog::keeping_idle(Duration::from_secs(3600));
+        catalog.record(announce("w1", &["rf@1"], 1, false), Instant::now() - Duration::from_millis(400));
+        assert!(catalog.is_ready(), "a fleet scaled to zero must still get the requests that wake it");
+        assert_eq!(catalog.live_hosts(), 0);
     }
 
     /// Intervals and host counts off the wire at their extremes: clamped, never overflowing.

@@ -353,8 +353,9 @@ fn readiness(state: &AppState, name: &str, version: Option<&str>) -> Response {
     let shared = &state.shared;
     let snapshot = shared.catalog.snapshot();
     let live = match version {
-        Some(_) => snapshot.find(name, version).is_some_and(|s| s.live_hosts > 0),
-        None => snapshot.versions(name).any(|s| s.live_hosts > 0),
+        // A version kept while its fleet is scaled to zero takes requests: they wake it.
+        Some(_) => snapshot.find(name, version).is_some_and(|s| s.live_hosts > 0 || s.idle),
+        None => snapshot.versions(name).any(|s| s.live_hosts > 0 || s.idle),
     };
     if live && shared.requester.is_ready() {
         return Json(Readiness { name: Some(info.name), ready: true, error: None }).into_response();

@@ -174,6 +174,9 @@ pub struct ModelDescription {
     pub forest: Option<Value>,
     /// R hosts up in the workers serving this version that take new work.
     pub live_hosts: Option<u64>,
+    /// `true` when no worker serves it now and it is kept while its fleet is scaled to zero
+    /// (`models.keep_idle_ms`): its requests wait in its queue for a worker to start.
+    pub idle: Option<bool>,
     /// The share of the model's unpinned requests this version gets now, in percent (the
     /// routing rule: the traffic file's weights among live versions, else in proportion
     /// to live hosts, else all to the highest version).
@@ -662,7 +665,8 @@ mod tests {
         let entries = [
             ModelEntry::Ready {
                 info: model(),
-                live_hosts: 2,
+                live_hosts: 0,
+                idle: true,
                 traffic: 100.0,
                 traffic_config: traffic.model("iris").cloned(),
                 mirrored: Some(Default::default()),

@@ -102,6 +102,10 @@ pub enum ModelEntry {
         info: ModelInfo,
         /// R hosts of the workers serving it that take new work.
         live_hosts: usize,
+        /// No worker serves it now: it is kept while its fleet is scaled to zero
+        /// (`models.keep_idle_ms`), and its requests wait in its queue for a worker.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        idle: bool,
         /// The share of the model's unpinned requests this version gets now, in percent,
         /// as the routing rule routes them.
         traffic: f64,
@@ -160,6 +164,7 @@ impl AppState {
                 entries.push(ModelEntry::Ready {
                     info: (*version.info).clone(),
                     live_hosts: version.live_hosts,
+                    idle: version.idle,
                     traffic: (share * 10_000.0).round() / 100.0,
                     traffic_config: config.cloned(),
                     mirrored,

@@ -360,3 +360,70 @@ async fn amqp_rust_client_scores_without_http() {
     assert!(error.to_string().starts_with("r_error: model 'faulty'"), "{error}");
     shutdown.cancel();
 }
+
+/// `messages` (ready + unacknowledged) of `queue` on the shared broker, from its management
+/// API, as KEDA's RabbitMQ scaler reads it in `protocol: http` mode. The broker refreshes
+/// these figures every few seconds (`collect_statistics_interval`).
+async fn queue_messages(client: &reqwest::Client, queue: &str) -> u64 {
+    let url = format!("http://127.0.0.1:15672/api/queues/%2f/{queue}");
+    let response = client.get(url).basic_auth("guest", Some("guest")).send().await.expect("management api");
+    assert!(response.status().is_success(), "management api: {}", response.status());
+    let queue: Value = response.json().await.expect("management api json");
+    queue["messages"].as_u64().unwrap_or(0)
+}
+
+/// Scaled to zero and back, as KEDA does with `minReplicaCount: 0`: with
+/// `models.keep_idle_ms`, a dispatcher whose last worker for a model is gone keeps the
+/// model (idle, no live host), stays ready, and publishes its requests, which wait in the
+/// queue (what KEDA's activation sees) until a worker starts and answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn amqp_scale_to_zero_and_back() {
+    let fleet = Fleet::new("zero");
+    let first = worker(&fleet).start();
+    let front = dispatcher(&fleet).env("RFLEET_MODELS__KEEP_IDLE_MS", 600_000).start();
+    let client = client();
+    wait_ready(&client, &front).await;
+    let case = case(&fixtures(), "rf_reg");
+    let body = json!([case.rows[0]]).to_string();
+    let url = format!("{}/models/rf_reg/score", front.url);
+    let answer = post(&client, &url, body.clone(), &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_same(&answer.json(), &json!([case.expected[0]]), "before scaling to zero");
+
+    // Scaled to zero: the worker drains and goes; the dispatcher forgets it, not its models.
+    let status = first.terminate(Duration::from_secs(30));
+    assert!(status.success(), "worker exited with {status}");
+    let models_url = format!("{}/models", front.url);
+    let start = Instant::now();
+    let idle = loop {
+        let models = get(&client, &models_url).await.json();
+        let rf = models.as_array().unwrap().iter().find(|m| m["name"] == "rf_reg").cloned();
+        if let Some(rf) = rf.filter(|rf| rf["idle"] == true) {
+            break rf;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "rf_reg never listed idle: {models}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(idle["live_hosts"], 0, "{idle}");
+    assert!(!idle["schema"]["columns"].as_array().unwrap().is_empty(), "the schema is kept: {idle}");
+    let ready = get(&client, &format!("{}/ready", front.url)).await;
+    assert_eq!(ready.status, 200, "a dispatcher of a fleet at zero must stay ready: {}", ready.text);
+
+    // A request now waits in the queue: the message KEDA's activation counts.
+    let waiting = tokio::spawn({
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { post(&client, &url, body, &[("x-rfleet-timeout-ms", "60000")]).await }
+    });
+    let queue = format!("{}rf_reg", fleet.queue_prefix());
+    let start = Instant::now();
+    while queue_messages(&client, &queue).await == 0 {
+        assert!(!waiting.is_finished(), "the request was answered with no worker running");
+        assert!(start.elapsed() < Duration::from_secs(30), "the request never reached {queue}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The worker KEDA would start answers it.
+    let _second = worker(&fleet).start();
+    let answer = waiting.await.expect("request task");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_same(&answer.json(), &json!([case.expected[0]]), "after scaling back from zero");
+}

@@ -153,8 +153,8 @@ async fn transport(
 }
 
 /// A catalog fed by every worker's announcements on `transport`, from now on.
-fn follow_announcements(transport: &dyn Transport) -> Arc<Catalog> {
-    let catalog = Arc::new(Catalog::default());
+fn follow_announcements(transport: &dyn Transport, settings: &Settings) -> Arc<Catalog> {
+    let catalog = Arc::new(Catalog::keeping_idle(Duration::from_millis(settings.models.keep_idle_ms)));
     tokio::spawn(dispatcher::announcements::follow(transport.announcements(), catalog.clone()));
     catalog
 }
@@ -230,7 +230,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let connection = CancellationToken::new();
     let transport = transport(&settings, "serve", &connection).await?;
     // Subscribed before the worker starts, so its first announcement is heard.
-    let catalog = follow_announcements(&*transport);
+    let catalog = follow_announcements(&*transport, &settings);
     let worker = Worker::start(&settings, transport.clone()).await?;
     let worker_task = tokio::spawn(worker.run(worker_shutdown.clone()));
     if tokio::time::timeout(OWN_WORKER_WAIT, catalog.ready()).await.is_err() {
@@ -263,7 +263,7 @@ async fn broker_process(
 
 async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
     let (transport, shutdown, connection) = broker_process(&settings, "dispatcher").await?;
-    let catalog = follow_announcements(&*transport);
+    let catalog = follow_announcements(&*transport, &settings);
     http(&settings, transport.requester(), catalog, shutdown).await?;
     connection.cancel();
     tracing::info!("rfleet dispatcher stopped");

@@ -77,6 +77,12 @@ pub struct ModelsSettings {
     /// Dispatcher: a TOML file of traffic splits per model (weights per version, a mirror),
     /// re-read when it changes (README "Rolling out a new model version").
     pub traffic_file: Option<PathBuf>,
+    /// Dispatcher: how long a model version stays known after the last worker serving it
+    /// was forgotten (0: forgotten with it). For fleets scaled to zero (KEDA
+    /// `minReplicaCount: 0`): their requests are published and wait in the version's queue,
+    /// which starts a worker, instead of being refused as an unknown model, and the
+    /// dispatcher stays ready meanwhile.
+    pub keep_idle_ms: u64,
 }
 
 /// A worker: its pool of R host processes.
@@ -208,6 +214,7 @@ impl Default for ModelsSettings {
             strict: false,
             poll_interval_ms: 2000,
             traffic_file: None,
+            keep_idle_ms: 0,
         }
     }
 }
