@@ -118,11 +118,14 @@ param releaseName string = 'rfleet'
 @description('Kubernetes namespace the chart is installed into.')
 param kubernetesNamespace string = 'rfleet'
 
+// The chart runs the dispatcher and the workers under one ServiceAccount named like its
+// other objects (rfleet.fullname: the release name when it holds "rfleet", else
+// <release>-rfleet); give these the chart's serviceAccount.name if you set it.
 @description('Service account of the chart\'s worker pods.')
-param workerServiceAccount string = '${releaseName}-worker'
+param workerServiceAccount string = contains(releaseName, 'rfleet') ? releaseName : '${releaseName}-rfleet'
 
 @description('Service account of the chart\'s dispatcher pods.')
-param dispatcherServiceAccount string = '${releaseName}-dispatcher'
+param dispatcherServiceAccount string = contains(releaseName, 'rfleet') ? releaseName : '${releaseName}-rfleet'
 
 @description('The model versions to create Service Bus queues for: [{name, version}], the same models as the chart\'s .Values.models.')
 param models array = []
@@ -187,12 +190,14 @@ var workloadServiceBusRoleIds = [
   roleIds.serviceBusDataReceiver
 ]
 
-// The chart's pods that sign in to Azure as the workload identity, one federated
-// credential each. KEDA's operator has an identity of its own (kedaIdentity).
-var chartServiceAccounts = [
+// The chart's service accounts whose pods sign in to Azure as the workload identity, one
+// federated credential each (union: one, when the worker's and the dispatcher's are the
+// same). KEDA's operator has an identity of its own (kedaIdentity).
+var chartServiceAccounts = union([
   workerServiceAccount
+], [
   dispatcherServiceAccount
-]
+])
 
 // ---------------------------------------------------------------------------------------
 // Monitoring
@@ -272,9 +277,6 @@ resource serviceBus 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
     name: serviceBusSku
     tier: serviceBusSku
     capacity: serviceBusSku == 'Premium' ? serviceBusPremiumCapacity : null
-  }
-  identity: {
-    type: 'SystemAssigned'
   }
   properties: {
     disableLocalAuth: !serviceBusAllowLocalAuth
@@ -760,6 +762,9 @@ output logAnalyticsWorkspaceId string = logAnalytics.properties.customerId
 // ingestion endpoint, and its instrumentation key is an identifier, not a credential
 // (Microsoft documents it so). With local auth off, sending telemetry also takes an
 // Entra ID token of an identity holding Monitoring Metrics Publisher, so the string alone
-// grants nothing; the chart puts it in an environment variable, not a Secret.
+// grants nothing. It goes in a plain environment variable (APPLICATIONINSIGHTS_CONNECTION_STRING
+// through the chart's dispatcher.env / worker.env) for an OpenTelemetry exporter, not in a
+// Secret; rfleet itself logs JSON lines to stdout, which Container insights collects.
+#disable-next-line outputs-should-not-contain-secrets
 output appInsightsConnectionString string = appInsights.properties.ConnectionString
 output prometheusWorkspaceId string = enableManagedPrometheus ? monitorWorkspace.id : ''

@@ -233,6 +233,11 @@ class Template:
         if kind == "subscription_resource_id":
             name = self.eval(args["resource_name_1"], scope)
             return Opaque(f"subscriptionResourceId({args['resource_type']}, {name})")
+        if kind == "contains":
+            container, item = (self.eval(value, scope) for value in args.values())
+            if isinstance(container, (Ref, Opaque)) or isinstance(item, (Ref, Opaque)):
+                return Opaque(kind)
+            return item in container
         if kind == "empty":
             value = self.eval(next(iter(args.values())), scope)
             return Opaque("empty") if isinstance(value, (Ref, Opaque)) else not value
@@ -512,11 +517,14 @@ MUTATIONS = [
     ("AcrPull on the resource group", "main.bicep", "  scope: acr\n  properties: {\n    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.acrPull)",
      "  properties: {\n    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.acrPull)", "no AcrPull"),
     ("AcrPull is another role", "main.bicep", "acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'", "acrPull: 'acdd72a7-3385-48ef-bd42-f606fba81ae7'", "no AcrPull"),
-    ("dispatcher has no credential", "main.bicep", "  workerServiceAccount\n  dispatcherServiceAccount\n", "  workerServiceAccount\n", "subject system:serviceaccount:rfleet:rfleet-dispatcher"),
-    ("credential subject in another namespace", "main.bicep", "'system:serviceaccount:${kubernetesNamespace}:${sa}'", "'system:serviceaccount:default:${sa}'", "with subject system:serviceaccount:rfleet:rfleet-worker"),
+    ("dispatcher has no credential", [
+        ("main.parameters.json", '"releaseName": {', '"dispatcherServiceAccount": {"value": "rfleet-dispatcher"},\n    "releaseName": {'),
+        ("main.bicep", "var chartServiceAccounts = union([\n  workerServiceAccount\n], [\n  dispatcherServiceAccount\n])", "var chartServiceAccounts = [\n  workerServiceAccount\n]"),
+    ], "with subject system:serviceaccount:rfleet:rfleet-dispatcher"),
+    ("credential subject in another namespace", "main.bicep", "'system:serviceaccount:${kubernetesNamespace}:${sa}'", "'system:serviceaccount:default:${sa}'", "with subject system:serviceaccount:rfleet:rfleet"),
     ("credential trusts another issuer", "main.bicep", "    issuer: aks.properties.oidcIssuerProfile.issuerURL\n    subject: 'system:serviceaccount:${kubernetesNamespace}",
      "    issuer: 'https://example.com'\n    subject: 'system:serviceaccount:${kubernetesNamespace}", "does not trust the AKS OIDC issuer"),
-    ("no name queues", "main.bicep", "var queues = union(versionQueues, nameQueuesOfEachVersion)", "var queues = union(versionQueues, [])", "missing ['rfleet.model.iris-rf'"),
+    ("no name queues", "main.bicep", "var queues = union(versionQueues, nameQueuesOfEachVersion)", "var queues = union(versionQueues, [])", "missing ['rfleet.model.churn']"),
     ("RabbitMQ's '@' kept", "main.bicep", "'${queuePrefix}${m.name}/${m.version}'", "'${queuePrefix}${m.name}@${m.version}'", "Service Bus queues do not follow the models"),
     ("a '/' in an ARM name", "main.bicep", "name: replace(queue, '/', '~')", "name: queue", "ARM reserves"),
     ("duplicates kept", "main.bicep", "var queues = union(versionQueues, nameQueuesOfEachVersion)", "var queues = concat(versionQueues, nameQueuesOfEachVersion)", "declared twice"),
@@ -530,7 +538,7 @@ MUTATIONS = [
     ("output from the wrong property", "main.bicep", "output acrLoginServer string = acr.properties.loginServer", "output acrLoginServer string = acr.name", "output acrLoginServer does not read"),
     ("unknown parameter", "main.parameters.json", '"namePrefix": {', '"namePrefx": {', "sets 'namePrefx'"),
     ("required parameter missing", "main.bicep", "param releaseName string = 'rfleet'", "param releaseName string\nparam clusterOwner string", "leaves out 'clusterOwner'"),
-    ("model name with '@'", "main.parameters.json", '"name": "iris-rf"', '"name": "iris@rf"', "its name holds characters"),
+    ("model version with '/'", "main.parameters.json", '"version": "2"', '"version": "2/b"', "its version holds characters"),
 ]
 
 # The same for the checkov step (slower: checkov runs once per mutation).
@@ -543,29 +551,52 @@ CHECKOV_MUTATIONS = [
 
 
 def run_mutations(mutations: list, check) -> list[str]:
+    """Each mutation is (label, file, old, new, expected) or (label, [(file, old, new)...], expected)."""
     failures = []
-    for label, file, old, new, expected in mutations:
+    for mutation in mutations:
+        label, expected = mutation[0], mutation[-1]
+        edits = [mutation[1:4]] if len(mutation) == 5 else mutation[1]
         with tempfile.TemporaryDirectory(prefix="check_bicep.") as tmp:
             copy = Path(tmp) / "azure"
             shutil.copytree(AZURE_DIR, copy)
-            target = copy / file
-            text = target.read_text()
-            if text.count(old) != 1:
-                failures.append(f"mutation '{label}': its text is in {file} {text.count(old)} times, not once (update MUTATIONS)")
+            applied = True
+            for file, old, new in edits:
+                target = copy / file
+                text = target.read_text()
+                if text.count(old) != 1:
+                    failures.append(f"mutation '{label}': its text is in {file} {text.count(old)} times, not once (update MUTATIONS)")
+                    applied = False
+                    break
+                target.write_text(text.replace(old, new))
+            if not applied:
                 continue
-            target.write_text(text.replace(old, new))
             found = check(copy)
             if not any(expected in f for f in found):
                 failures.append(f"mutation '{label}' did not make the check report '{expected}' (it reported: {found})")
     return failures
 
 
+def check_chart_models(values_file: Path) -> list[str]:
+    """The parameter file's models are the chart values file's models (name, version)."""
+    import yaml
+
+    chart = {(str(m["name"]), str(m["version"])) for m in yaml.safe_load(values_file.read_text()).get("models") or []}
+    ours = {(str(m["name"]), str(m["version"])) for m in load_parameter_file(AZURE_DIR / "main.parameters.json").get("models", [])}
+    if chart == ours:
+        return []
+    return [f"main.parameters.json's models differ from {values_file.name}'s: only in the parameter file {sorted(ours - chart)}, "
+            f"only in the chart values {sorted(chart - ours)}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-mutations", action="store_true", help="skip showing that each assertion can fail")
     parser.add_argument("--no-checkov", action="store_true", help="skip checkov")
+    parser.add_argument("--chart-values", type=Path, help="a chart values file whose models the parameter file must list")
     args = parser.parse_args()
     failures = check_template(AZURE_DIR)
+    if args.chart_values:
+        failures += check_chart_models(args.chart_values)
     if not args.no_checkov:
         failures += check_checkov(AZURE_DIR)
     if not args.no_mutations:
