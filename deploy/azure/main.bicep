@@ -256,12 +256,13 @@ resource acr 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
     publicNetworkAccess: 'Enabled'
     networkRuleBypassOptions: 'AzureServices'
     zoneRedundancy: acrSku == 'Premium' ? 'Enabled' : 'Disabled'
-    policies: {
+    // Untagged manifests (superseded pushes of a tag) go after 30 days; Premium only.
+    policies: acrSku == 'Premium' ? {
       retentionPolicy: {
-        status: acrSku == 'Premium' ? 'enabled' : 'disabled'
+        status: 'enabled'
         days: 30
       }
-    }
+    } : {}
   }
 }
 

@@ -51,6 +51,8 @@ OUTPUTS = {
     "aksClusterName": ("Microsoft.ContainerService/managedClusters", "name"),
     "oidcIssuerUrl": ("Microsoft.ContainerService/managedClusters", "properties.oidcIssuerProfile.issuerURL"),
     "workloadIdentityClientId": ("Microsoft.ManagedIdentity/userAssignedIdentities", "properties.clientId"),
+    "kedaIdentityClientId": ("Microsoft.ManagedIdentity/userAssignedIdentities", "properties.clientId"),
+    "tenantId": None,
     "serviceBusNamespaceFqdn": ("Microsoft.ServiceBus/namespaces", "properties.serviceBusEndpoint"),
     "logAnalyticsWorkspaceId": ("Microsoft.OperationalInsights/workspaces", "properties.customerId"),
     "appInsightsConnectionString": ("Microsoft.Insights/components", "properties.ConnectionString"),
@@ -366,6 +368,17 @@ def check_template(azure_dir: Path) -> list[str]:
             check(get(c, "properties.audiences") == [TOKEN_EXCHANGE_AUDIENCE],
                   f"the federated credential for {subject} does not have the audience {TOKEN_EXCHANGE_AUDIENCE}")
 
+    # KEDA's operator (the add-on's kube-system/keda-operator) signs in as its own identity.
+    keda_output = t.outputs.get("kedaIdentityClientId")
+    keda_client_id = t.eval(keda_output["value"], {}) if keda_output else None
+    keda_symbol = keda_client_id.symbol if isinstance(keda_client_id, Ref) else ""
+    keda_subject = "system:serviceaccount:kube-system:keda-operator"
+    check(any(c.get("parent") == Ref(keda_symbol) and get(c, "properties.subject") == keda_subject
+              and get(c, "properties.issuer") == issuer
+              for _, c in t.resources_of("Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials")),
+          f"no federated credential for {keda_subject} on the KEDA identity ({keda_symbol or 'output kedaIdentityClientId'}) trusting the AKS OIDC issuer")
+    check(keda_symbol != identity_symbol, "KEDA's identity is the workload identity: the pods would get KEDA's Manage right on Service Bus")
+
     # Service Bus: Entra ID only (by default), TLS 1.2, the roles of the workload identity.
     namespaces = t.resources_of("Microsoft.ServiceBus/namespaces")
     check(len(namespaces) == 1, f"expected one Service Bus namespace, found {len(namespaces)}")
@@ -524,6 +537,10 @@ MUTATIONS = [
     ("credential subject in another namespace", "main.bicep", "'system:serviceaccount:${kubernetesNamespace}:${sa}'", "'system:serviceaccount:default:${sa}'", "with subject system:serviceaccount:rfleet:rfleet"),
     ("credential trusts another issuer", "main.bicep", "    issuer: aks.properties.oidcIssuerProfile.issuerURL\n    subject: 'system:serviceaccount:${kubernetesNamespace}",
      "    issuer: 'https://example.com'\n    subject: 'system:serviceaccount:${kubernetesNamespace}", "does not trust the AKS OIDC issuer"),
+    ("KEDA credential for another service account", "main.bicep", "'system:serviceaccount:kube-system:keda-operator'",
+     "'system:serviceaccount:kube-system:keda'", "no federated credential for system:serviceaccount:kube-system:keda-operator"),
+    ("KEDA signs in as the workload identity", "main.bicep", "output kedaIdentityClientId string = kedaIdentity.properties.clientId",
+     "output kedaIdentityClientId string = workloadIdentity.properties.clientId", "KEDA's identity is the workload identity"),
     ("no name queues", "main.bicep", "var queues = union(versionQueues, nameQueuesOfEachVersion)", "var queues = union(versionQueues, [])", "missing ['rfleet.model.churn']"),
     ("RabbitMQ's '@' kept", "main.bicep", "'${queuePrefix}${m.name}/${m.version}'", "'${queuePrefix}${m.name}@${m.version}'", "Service Bus queues do not follow the models"),
     ("a '/' in an ARM name", "main.bicep", "name: replace(queue, '/', '~')", "name: queue", "ARM reserves"),
