@@ -167,9 +167,11 @@ var serviceBusName = take('${namePrefix}-${suffix}', 50)
 // Service Bus the '@' becomes '/':
 //   version queue  <prefix><m>/<v>      e.g. rfleet.model.mtcars/2
 //   name queue     <prefix><m>          e.g. rfleet.model.mtcars
-// '/' is the one allowed character a model name or version cannot hold (names come from
-// directory names; '.', '-' and '_' are common in both), so the mapping is unambiguous.
-// The Service Bus transport (issue 12) uses the same mapping.
+// '.', '-' and '_' are common in names and versions, so '/' is the one separator left; the
+// mapping is unambiguous as long as names and versions hold only letters, digits, '.', '-'
+// and '_' (tests/deploy/check_bicep.py requires it of the parameter file; rfleet itself
+// refuses only '@' in names today, so the Service Bus transport of issue 12 has to refuse
+// the rest as the worker refuses '@'). That transport uses the same mapping.
 var versionQueues = [for m in models: '${queuePrefix}${m.name}/${m.version}']
 var nameQueuesOfEachVersion = [for m in models: '${queuePrefix}${m.name}']
 // union() keeps one of each value, so a model with two versions has one name queue, and a
