@@ -92,13 +92,24 @@ class Opaque:
     text: str
 
 
+_PARSER: BicepParser | None = None
+
+
+def bicep_parser() -> BicepParser:
+    """One parser for every parse: building Lark's tables takes longer than a parse."""
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = BicepParser()
+    return _PARSER
+
+
 class Template:
     def __init__(self, files: list[Path], parameter_values: dict):
         self.parameters: dict = {}
         self.variables: dict = {}
         self.resources: dict = {}
         self.outputs: dict = {}
-        parser = BicepParser()
+        parser = bicep_parser()
         for path in files:
             tree = parser.parse(file_path=path)
             for section in ("parameters", "variables", "resources", "outputs"):
