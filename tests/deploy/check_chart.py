@@ -297,7 +297,10 @@ def rfleet_config(docs: list[dict], pod: dict, container: dict) -> dict:
     cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]), None)
     if cm is None:
         raise ValueError(f"ConfigMap {volume['configMap']['name']} (RFLEET_CONFIG) is not rendered")
-    return tomllib.loads(cm["data"][mount.get("subPath") or Path(path).name])
+    try:
+        return tomllib.loads(cm["data"][mount.get("subPath") or Path(path).name])
+    except (KeyError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"RFLEET_CONFIG={path}: ConfigMap {cm['metadata']['name']}: {e!r}")
 
 
 def setting(docs, pod, container, section: str, key: str, struct: str) -> str:
@@ -330,7 +333,11 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
             if re.search(r"\w+://[^/@\s]+:[^/@\s]+@", text):
                 fail(f"ConfigMap {cm['metadata']['name']} key {key} holds a URL with credentials")
             if key.endswith(".toml"):
-                config = tomllib.loads(text)
+                try:
+                    config = tomllib.loads(text)
+                except tomllib.TOMLDecodeError as e:
+                    fail(f"ConfigMap {cm['metadata']['name']} key {key} is not valid TOML: {e}")
+                    continue
                 for section, keys in config.items():
                     if section not in schema:
                         fail(f"{key}: [{section}] is not a section of rfleet's settings")
@@ -606,7 +613,7 @@ BREAKS = [
     ("templates/dispatcher.yaml", "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.dispatcher.image) }}",
      "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.worker.image) }}", "cross"),
     ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
-     '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [bus]\n    url = "amqp://u:p@h/"', "cross"),
+     '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
 ]
 
 
