@@ -63,7 +63,30 @@ RABBITMQ_TRIGGER_KEYS = {
 }
 RABBITMQ_AUTH_PARAMETERS = {"host", "username", "password", "ca", "cert", "key", "keyPassword", "tls"}
 
-SETTINGS = REPO / "shared" / "settings" / "src"
+
+
+def rfleet_binary() -> Path | None:
+    """The rfleet binary whose `rfleet config` resolves settings as the pods will: $RFLEET_BIN,
+    else the workspace's own build."""
+    import os
+
+    candidates = [os.environ.get("RFLEET_BIN"), REPO / "target" / "release" / "rfleet", REPO / "target" / "debug" / "rfleet"]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+# RabbitmqCluster (rabbitmq.com/v1beta1) fields the chart may set, from the operator's
+# api/v1beta1/rabbitmqcluster_types.go (RabbitmqClusterSpec, ...PersistenceSpec,
+# ...ConfigurationSpec): kubernetes-validate has no schema for it, and the operator's CRD
+# would refuse an unknown field at install time.
+RABBITMQ_CLUSTER_SPEC = {
+    "replicas", "image", "imagePullSecrets", "service", "persistence", "resources", "affinity",
+    "tolerations", "rabbitmq", "tls", "override", "skipPostDeploySteps",
+    "terminationGracePeriodSeconds", "secretBackend", "delayStartSeconds", "autoEnableAllFeatureFlags",
+}
+RABBITMQ_CLUSTER_PERSISTENCE = {"storageClassName", "storage"}
+RABBITMQ_CLUSTER_CONFIG = {"additionalPlugins", "additionalConfig", "advancedConfig", "envConfig", "erlangInetConfig"}
+# Keys of the operator's `<cluster>-default-user` Secret (internal/resource/default_user_secret.go).
+RABBITMQ_DEFAULT_USER_KEYS = {"username", "password", "host", "port", "provider", "type", "default_user.conf"}
+
 ROUTES = REPO / "dispatcher" / "src" / "routes.rs"
 
 
@@ -84,25 +107,6 @@ def run(cmd: list, **kw) -> subprocess.CompletedProcess:
 
 # ---------------------------------------------------------------------------------------
 # What rfleet's code says (read from the source, so the checks follow it)
-
-
-def settings_schema() -> dict[str, set[str]]:
-    """Section -> setting names, from the `Settings` structs (unknown keys stop rfleet)."""
-    sources = "\n".join(p.read_text() for p in sorted(SETTINGS.glob("*.rs")))
-    structs = {
-        m.group(1): set(re.findall(r"^\s*pub (\w+):", m.group(2), re.M))
-        for m in re.finditer(r"pub struct (\w+) \{(.*?)\n\}", sources, re.S)
-    }
-    sections = re.search(r"pub struct Settings \{(.*?)\n\}", sources, re.S).group(1)
-    return {name: structs[ty.split("::")[-1]] for name, ty in re.findall(r"pub (\w+): ([\w:]+),", sections)}
-
-
-def settings_default(struct: str, key: str) -> str:
-    """A default from `impl Default for <struct>` (a literal), e.g. drain_timeout_ms."""
-    sources = "\n".join(p.read_text() for p in sorted(SETTINGS.glob("*.rs")))
-    body = re.search(rf"impl Default for {struct} \{{(.*?)\n\}}", sources, re.S).group(1)
-    value = re.search(rf"\b{key}: ([^,\n]+)", body).group(1).strip().removesuffix(".into()")
-    return value.replace("_", "") if value[0].isdigit() else value.strip('"')
 
 
 def probe_routes() -> set[str]:
@@ -285,30 +289,55 @@ def cpu_cores(quantity) -> float:
     return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
 
 
-def rfleet_config(docs: list[dict], pod: dict, container: dict) -> dict:
+def config_text(docs: list[dict], pod: dict, container: dict) -> str | None:
     """rfleet.toml as the container reads it (RFLEET_CONFIG -> the mounted ConfigMap key)."""
     path = env_of(container).get("RFLEET_CONFIG")
     if not path:
-        return {}
+        return None
     mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == path), None)
     volume = next((v for v in pod.get("volumes", []) if mount and v["name"] == mount["name"]), None)
     if not volume or "configMap" not in volume:
         raise ValueError(f"RFLEET_CONFIG={path} is not a mounted ConfigMap key")
-    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]), None)
-    if cm is None:
-        raise ValueError(f"ConfigMap {volume['configMap']['name']} (RFLEET_CONFIG) is not rendered")
-    try:
-        return tomllib.loads(cm["data"][mount.get("subPath") or Path(path).name])
-    except (KeyError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"RFLEET_CONFIG={path}: ConfigMap {cm['metadata']['name']}: {e!r}")
+    name = volume["configMap"]["name"]
+    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name), None)
+    key = mount.get("subPath") or Path(path).name
+    if cm is None or key not in cm.get("data", {}):
+        raise ValueError(f"RFLEET_CONFIG={path}: ConfigMap {name} with key {key} is not rendered")
+    return cm["data"][key]
 
 
-def setting(docs, pod, container, section: str, key: str, struct: str) -> str:
-    """A setting as rfleet resolves it: env RFLEET_<SECTION>__<KEY> over the file over the default."""
-    env = env_of(container).get(f"RFLEET_{section.upper()}__{key.upper()}")
-    if env is not None:
-        return env
-    return str(rfleet_config(docs, pod, container).get(section, {}).get(key, settings_default(struct, key)))
+# Stand-ins for Secret values, shaped like what the chart's Secrets hold (a port must parse).
+SECRET_STAND_INS = {"port": "5672", "host": "broker.example.svc", "url": "amqp://user:pass@broker.example.svc:5672/%2f"}
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """The container's environment as the kubelet makes it: Secret values stood in for, and
+    $(VAR) references to earlier variables expanded."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), str(e["value"]))
+        else:
+            key = e.get("valueFrom", {}).get("secretKeyRef", {}).get("key", "")
+            env[e["name"]] = SECRET_STAND_INS.get(key, f"stand-in-{key}")
+    return env
+
+
+def effective_settings(docs: list[dict], pod: dict, container: dict) -> dict:
+    """`rfleet config` run with the container's rfleet.toml and environment: the settings the
+    pod would start with, resolved by rfleet itself (unknown keys and bad values fail)."""
+    text = config_text(docs, pod, container)
+    env = container_env(container)
+    with tempfile.TemporaryDirectory(prefix="rfleet-config-") as tmp:
+        if text is not None:
+            path = Path(tmp) / "rfleet.toml"
+            path.write_text(text)
+            env["RFLEET_CONFIG"] = str(path)
+        done = run([rfleet_binary(), "config"], env=env, cwd=tmp)
+    if done.returncode != 0:
+        message = done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}"
+        raise ValueError(f"rfleet config refuses its settings: {message}")
+    return tomllib.loads(done.stdout)
 
 
 def check_cross(name: str, docs: list[dict], report: Report) -> None:
@@ -324,10 +353,9 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
     dispatchers = [d for d in deployments.values() if component(d) == "dispatcher"]
     if len(dispatchers) != 1:
         fail(f"expected one dispatcher Deployment, found {len(dispatchers)}")
-    schema = settings_schema()
     probes = probe_routes()
 
-    # rfleet.toml: every key is a real setting, and no secret is in a ConfigMap.
+    # No secret in a ConfigMap (rfleet itself checks the keys: see effective_settings).
     for cm in by_kind.get("ConfigMap", {}).values():
         for key, text in cm.get("data", {}).items():
             if re.search(r"\w+://[^/@\s]+:[^/@\s]+@", text):
@@ -338,18 +366,12 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
                 except tomllib.TOMLDecodeError as e:
                     fail(f"ConfigMap {cm['metadata']['name']} key {key} is not valid TOML: {e}")
                     continue
-                for section, keys in config.items():
-                    if section not in schema:
-                        fail(f"{key}: [{section}] is not a section of rfleet's settings")
-                        continue
-                    for k in keys:
-                        if k not in schema[section]:
-                            fail(f"{key}: {section}.{k} is not a setting (rfleet refuses unknown keys)")
                 for section, secret in (("bus", "url"), ("auth", "primary_key"), ("auth", "secondary_key")):
                     if secret in config.get(section, {}):
                         fail(f"{key}: {section}.{secret} is a secret, in a ConfigMap")
 
-    # Every pod: hardened, rfleet env names real settings.
+    # Every pod: hardened, and rfleet accepts its settings (file and environment).
+    effective: dict[tuple[str, str], dict] = {}
     for d in deployments.values():
         pod = d["spec"]["template"]["spec"]
         what = f"Deployment {d['metadata']['name']}"
@@ -369,13 +391,8 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
             seccomp = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
             if seccomp.get("type") != "RuntimeDefault":
                 fail(f"{what}/{c['name']}: seccompProfile is not RuntimeDefault")
-            for var in env_of(c):
-                m = re.fullmatch(r"RFLEET_([A-Z]+)__([A-Z_]+)", var)
-                if var.startswith("RFLEET_") and var != "RFLEET_CONFIG":
-                    if not m or m.group(1).lower() not in schema or m.group(2).lower() not in schema[m.group(1).lower()]:
-                        fail(f"{what}/{c['name']}: env {var} is not a setting (rfleet refuses unknown keys)")
             try:
-                rfleet_config(docs, pod, c)
+                effective[(d["metadata"]["name"], c["name"])] = effective_settings(docs, pod, c)
             except ValueError as e:
                 fail(f"{what}/{c['name']}: {e}")
 
@@ -393,9 +410,14 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
             for m in c.get("volumeMounts", []):
                 if m["mountPath"] == "/models" or m["mountPath"].startswith("/models/"):
                     fail(f"{what}: mounts {m['mountPath']} (models live with the workers)")
-            tls = "RFLEET_TLS__CERT_FILE" in env_of(c)
+            settings = effective.get((d["metadata"]["name"], c["name"]))
+            if settings is None:
+                continue
+            tls = bool(settings["tls"].get("cert_file"))
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
-            listen = env_of(c).get("RFLEET_SERVER__LISTEN", "")
+            listen = settings["server"]["listen"]
+            if not listen.startswith("0.0.0.0:"):
+                fail(f"{what}: listens on {listen}, unreachable from the Service")
             for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
                 probe = c.get(kind)
                 if not probe or "httpGet" not in probe:
@@ -413,7 +435,7 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
                 if c.get(kind, {}).get("httpGet", {}).get("path") != path:
                     fail(f"{what}: {kind} should be {path}")
             pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-            drain_ms = int(setting(docs, pod, c, "server", "drain_timeout_ms", "ServerSettings"))
+            drain_ms = settings["server"]["drain_timeout_ms"]
             if pod.get("terminationGracePeriodSeconds", 30) * 1000 <= drain_ms + pause * 1000:
                 fail(f"{what}: terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} is not "
                      f"above the preStop pause ({pause}s) + server.drain_timeout_ms ({drain_ms})")
@@ -435,22 +457,24 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
         if not wname.startswith(f"{RELEASE}-rfleet-worker-"):
             fail(f"{what}: not named <release>-worker-<name>-<version>")
         c = next(c for c in pod["containers"] if c["name"] == "worker")
-        env = env_of(c)
-        hosts = env.get("RFLEET_WORKERS__N_HOSTS")
-        if not hosts or not hosts.isdigit() or int(hosts) < 1:
-            fail(f"{what}: RFLEET_WORKERS__N_HOSTS is {hosts!r}, not a host count (0 would mean one per node core)")
+        settings = effective.get((wname, c["name"]))
+        if settings is None:
+            continue
+        hosts = settings["workers"]["n_hosts"]
+        if hosts < 1:
+            fail(f"{what}: workers.n_hosts is {hosts}: 0 means one per core of whatever node it lands on")
         else:
             cpu = c.get("resources", {}).get("requests", {}).get("cpu")
-            if cpu is None or not math.isclose(cpu_cores(cpu), int(hosts)):
+            if cpu is None or not math.isclose(cpu_cores(cpu), hosts):
                 fail(f"{what}: CPU request {cpu} is not the R host count {hosts}")
-        if env.get("RFLEET_BUS__KIND") != "amqp":
-            fail(f"{what}: RFLEET_BUS__KIND is not amqp")
+        if settings["bus"]["kind"] != "amqp":
+            fail(f"{what}: bus.kind is {settings['bus']['kind']}, not amqp")
         url = next((e for e in c.get("env", []) if e["name"] == "RFLEET_BUS__URL"), None)
         if url is None or ("valueFrom" not in url and "$(" not in url.get("value", "")):
             fail(f"{what}: RFLEET_BUS__URL is not read from a Secret")
         pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-        drain_ms = int(setting(docs, pod, c, "workers", "drain_timeout_ms", "WorkerSettings"))
-        notice_ms = int(setting(docs, pod, c, "workers", "drain_notice_ms", "WorkerSettings"))
+        drain_ms = settings["workers"]["drain_timeout_ms"]
+        notice_ms = settings["workers"]["drain_notice_ms"]
         grace = pod.get("terminationGracePeriodSeconds", 30)
         if grace * 1000 <= drain_ms + notice_ms + pause * 1000:
             fail(f"{what}: terminationGracePeriodSeconds {grace} is not above workers.drain_timeout_ms ({drain_ms}) "
@@ -461,12 +485,12 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
         models = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/models"]
         if models and not all(m.get("readOnly") for m in models):
             fail(f"{what}: /models is mounted writable")
-        if env.get("RFLEET_MODELS__DIR") != "/models":
-            fail(f"{what}: RFLEET_MODELS__DIR is not /models")
+        if settings["models"]["dir"] != "/models":
+            fail(f"{what}: models.dir is {settings['models']['dir']}, not /models")
         spread = {t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])}
         if not {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= spread:
             fail(f"{what}: not spread over zones and nodes")
-        prefix = setting(docs, pod, c, "bus", "queue_prefix", "BusSettings")
+        prefix = settings["bus"]["queue_prefix"]
         consumed[wname] = {f"{prefix}{model}@{version}", f"{prefix}{model}"}
         if not any(p["spec"]["selector"]["matchLabels"].items() <= pod_labels(w).items()
                    for p in by_kind.get("PodDisruptionBudget", {}).values()):
@@ -530,6 +554,27 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
         for wname in workers:
             if len(targets.get(wname, [])) != 1:
                 fail(f"worker {wname} has {len(targets.get(wname, []))} ScaledObjects, not one")
+
+    # An operator-made broker: fields its CRD has, and Secret keys the operator writes.
+    for cluster in by_kind.get("RabbitmqCluster", {}).values():
+        what = f"RabbitmqCluster {cluster['metadata']['name']}"
+        spec = cluster.get("spec", {})
+        for keys, known, where in ((set(spec), RABBITMQ_CLUSTER_SPEC, "spec"),
+                                   (set(spec.get("persistence", {})), RABBITMQ_CLUSTER_PERSISTENCE, "spec.persistence"),
+                                   (set(spec.get("rabbitmq", {})), RABBITMQ_CLUSTER_CONFIG, "spec.rabbitmq")):
+            if keys - known:
+                fail(f"{what}: {where} has fields the operator does not know: {sorted(keys - known)}")
+        default_user = f"{cluster['metadata']['name']}-default-user"
+        refs = [e["valueFrom"]["secretKeyRef"] for d in deployments.values()
+                for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})]
+        refs += [r for a in auths.values() for r in a["spec"].get("secretTargetRef", [])]
+        for ref in refs:
+            if ref["name"].endswith("-default-user") and (ref["name"] != default_user or ref["key"] not in RABBITMQ_DEFAULT_USER_KEYS):
+                fail(f"{what}: a reference to Secret {ref['name']} key {ref['key']}, not one the operator writes "
+                     f"({default_user}: {sorted(RABBITMQ_DEFAULT_USER_KEYS)})")
+        if not any(r["name"] == default_user for r in refs):
+            fail(f"{what}: nothing reads its default user's Secret {default_user}")
 
     # NetworkPolicies: the dispatcher reachable only from the ingress controller's
     # namespace, workers from nowhere; egress only DNS and the broker (+ OIDC on 443).
@@ -612,6 +657,8 @@ BREAKS = [
     ("templates/workers.yaml", "              value: {{ $model.hosts | quote }}", "              value: {{ $model.hosts | quote }}\n            - name: RFLEET_MODELS__STRICT\n              value: \"true\"\n            - name: RFLEET_WORKERS__NHOSTS\n              value: \"1\"", "cross"),
     ("templates/dispatcher.yaml", "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.dispatcher.image) }}",
      "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.worker.image) }}", "cross"),
+    ("templates/_helpers.tpl", '"BROKER_PORT" "port"', '"BROKER_PORT" "amqp-port"', "cross"),
+    ("templates/rabbitmqcluster.yaml", "  replicas: {{ .Values.rabbitmqCluster.replicas }}", "  replica: {{ .Values.rabbitmqCluster.replicas }}", "cross"),
     ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
      '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
 ]
@@ -646,6 +693,9 @@ def main() -> int:
         if not tool.exists():
             print(f"FAIL [setup] {tool} is missing: run deploy/setup.sh test", file=sys.stderr)
             return 2
+    if rfleet_binary() is None:
+        print("FAIL [setup] no rfleet binary (target/release or target/debug, or $RFLEET_BIN): cargo build first", file=sys.stderr)
+        return 2
     report = check_chart(CHART)
     failures = list(report.failures)
     if args.self_test:
