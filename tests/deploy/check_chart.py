@@ -149,6 +149,10 @@ def check_lint(chart: Path, values: Path | None, report: Report) -> None:
     if done.returncode != 0:
         lines = [l for l in (done.stdout + done.stderr).splitlines() if "[INFO]" not in l and l.strip()]
         report.fail("lint", f"{label(values)}: helm lint --strict: " + " | ".join(lines))
+    # NOTES.txt is rendered only by install/upgrade: a client-side dry run renders it too.
+    done = run([HELM, "install", RELEASE, chart, "--namespace", NAMESPACE, "--dry-run=client", *helm_args(values)])
+    if done.returncode != 0 or "\nNOTES:\n" not in done.stdout:
+        report.fail("lint", f"{label(values)}: helm install --dry-run=client (NOTES.txt): {done.stderr.strip() or 'no NOTES'}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,6 +290,13 @@ def check_checkov(chart: Path, renders: dict[str, list[dict]], report: Report) -
 
 def env_of(container: dict) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def mebibytes(quantity) -> float:
+    q = str(quantity)
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024, "k": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    unit = next((u for u in units if q.endswith(u)), "")
+    return float(q[: len(q) - len(unit)]) * units.get(unit, 1 / 2**20)
 
 
 def cpu_cores(quantity) -> float:
@@ -473,6 +484,13 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
                 fail(f"{what}: CPU request {cpu} is not the R host count {hosts}")
         if settings["bus"]["kind"] != "amqp":
             fail(f"{what}: bus.kind is {settings['bus']['kind']}, not amqp")
+        limit = c.get("resources", {}).get("limits", {}).get("memory")
+        rss = settings["workers"]["max_host_rss_mib"]
+        if limit is None:
+            fail(f"{what}: no memory limit")
+        elif rss == 0 or rss * hosts >= mebibytes(limit):
+            fail(f"{what}: workers.max_host_rss_mib {rss} x {hosts} hosts does not fit in the memory limit {limit}: "
+                 f"a growing R host would get the whole pod OOM-killed instead of being recycled alone")
         url = next((e for e in c.get("env", []) if e["name"] == "RFLEET_BUS__URL"), None)
         if url is None or ("valueFrom" not in url and "$(" not in url.get("value", "")):
             fail(f"{what}: RFLEET_BUS__URL is not read from a Secret")
@@ -663,6 +681,7 @@ BREAKS = [
      "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.worker.image) }}", "cross"),
     ("templates/_helpers.tpl", '"BROKER_PORT" "port"', '"BROKER_PORT" "amqp-port"', "cross"),
     ("templates/rabbitmqcluster.yaml", "  replicas: {{ .Values.rabbitmqCluster.replicas }}", "  replica: {{ .Values.rabbitmqCluster.replicas }}", "cross"),
+    ("templates/workers.yaml", "value: {{ $rss | quote }}", "value: {{ mul $rss 4 | quote }}", "cross"),
     ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
      '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
 ]
