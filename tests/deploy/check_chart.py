@@ -572,6 +572,15 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
             fail(f"{what}: scales to zero without an activationValue")
         if w["spec"].get("replicas") is not None:
             fail(f"{what}: Deployment {target} sets replicas, which KEDA owns (every upgrade would reset it)")
+    # Scale to zero: the dispatcher must keep knowing a version whose workers are all gone
+    # (models.keep_idle_ms), or it refuses the requests that would wake them.
+    if any(so["spec"].get("minReplicaCount", 0) == 0 for so in scaled.values()):
+        for d in dispatchers:
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                kept = effective.get((d["metadata"]["name"], c["name"]), {}).get("models", {}).get("keep_idle_ms")
+                if not kept:
+                    fail(f"dispatcher {d['metadata']['name']}: a ScaledObject scales to zero but models.keep_idle_ms is "
+                         f"{kept!r}: the dispatcher would forget the model and refuse the requests that wake it")
     if scaled:
         for wname in workers:
             if len(targets.get(wname, [])) != 1:
@@ -682,6 +691,7 @@ BREAKS = [
     ("templates/_helpers.tpl", '"BROKER_PORT" "port"', '"BROKER_PORT" "amqp-port"', "cross"),
     ("templates/rabbitmqcluster.yaml", "  replicas: {{ .Values.rabbitmqCluster.replicas }}", "  replica: {{ .Values.rabbitmqCluster.replicas }}", "cross"),
     ("templates/workers.yaml", "value: {{ $rss | quote }}", "value: {{ mul $rss 4 | quote }}", "cross"),
+    ("values/scale-to-zero.yaml", "keep_idle_ms: 604800000", "keep_idle_ms: 0", "cross"),
     ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
      '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
 ]
