@@ -11,6 +11,8 @@ mod auth;
 mod bad_input;
 #[path = "suite/batching.rs"]
 mod batching;
+#[path = "suite/chart.rs"]
+mod chart;
 #[path = "suite/cli.rs"]
 mod cli;
 #[path = "suite/conventions.rs"]

@@ -1,0 +1,750 @@
+#!/usr/bin/env python3
+"""Checks of the Helm chart deploy/helm/rfleet, offline, with the real tools.
+
+Run with the deploy tools' venv: `.rfleet/tools/venv/bin/python tests/deploy/check_chart.py`
+(helm at `.rfleet/tools/bin/helm`; both made by `deploy/setup.sh test`). Exits non-zero,
+printing one `FAIL [check] ...` line per failure. `--self-test` instead breaks the chart
+on purpose (a copy in a temporary folder), once per check, and fails unless each break is
+caught by the check it targets. The rfleet binary (for `rfleet config`) is $RFLEET_BIN or
+the workspace's target/release or target/debug build.
+
+What is checked, for the default values and every file in deploy/helm/rfleet/values/:
+- lint: `helm lint --strict` (values.schema.json included);
+- k8s-schema: every rendered object against Kubernetes' own schemas, strictly (unknown
+  fields refused), for each AKS version in AKS_VERSIONS; custom resources are checked below;
+- keda: every ScaledObject and TriggerAuthentication against KEDA's CRD models
+  (cloudcoil.models.keda, made strict: unknown fields refused), and the rabbitmq trigger's
+  metadata keys against the scaler's documented parameters;
+- checkov: no failed check, unless waived with its reason in checkov-waivers.yaml;
+- cross: the rendered objects agree with each other and with rfleet's code (queues, grace
+  periods, CPU = hosts, probe routes, no R in the dispatcher, settings that exist, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import inspect
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / ".rfleet" / "tools"
+HELM = TOOLS / "bin" / "helm"
+CHECKOV = TOOLS / "venv" / "bin" / "checkov"
+CHART = REPO / "deploy" / "helm" / "rfleet"
+RELEASE = "rel"
+NAMESPACE = "rfleet"
+
+# Kubernetes minors AKS supports as of December 2026, each validated against
+# kubernetes-validate 1.37.0's schemas (it ships 1.25 to 1.37). Source: AKS release notes
+# https://github.com/Azure/AKS/releases/tag/2026-10-25 ("1.37 is now generally available and
+# designated LTS; 1.36 the default; patches 1.37.1, 1.36.5, 1.35.9, 1.34.12"; 1.34's
+# community support ends in November 2026, then platform support) and .../2026-07-17
+# (1.33.13 still patched: LTS). The AKS calendar is
+# https://learn.microsoft.com/azure/aks/supported-kubernetes-versions; update this with it.
+AKS_VERSIONS = ("1.33", "1.34", "1.35", "1.36", "1.37")
+
+# The rabbitmq scaler's trigger metadata (https://keda.sh/docs/2.16/scalers/rabbitmq-queue/);
+# KEDA's CRD types this as a map of strings, so a misspelt key would pass the model.
+RABBITMQ_TRIGGER_KEYS = {
+    "host", "hostFromEnv", "usernameFromEnv", "passwordFromEnv", "protocol", "mode", "value",
+    "activationValue", "queueName", "vhostName", "useRegex", "excludeUnacknowledged",
+    "pageSize", "operation", "unsafeSsl", "timeout",
+}
+RABBITMQ_AUTH_PARAMETERS = {"host", "username", "password", "ca", "cert", "key", "keyPassword", "tls"}
+
+
+
+def rfleet_binary() -> Path | None:
+    """The rfleet binary whose `rfleet config` resolves settings as the pods will: $RFLEET_BIN,
+    else the workspace's own build."""
+    import os
+
+    candidates = [os.environ.get("RFLEET_BIN"), REPO / "target" / "release" / "rfleet", REPO / "target" / "debug" / "rfleet"]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+# RabbitmqCluster (rabbitmq.com/v1beta1) fields the chart may set, from the operator's
+# api/v1beta1/rabbitmqcluster_types.go (RabbitmqClusterSpec, ...PersistenceSpec,
+# ...ConfigurationSpec): kubernetes-validate has no schema for it, and the operator's CRD
+# would refuse an unknown field at install time.
+RABBITMQ_CLUSTER_SPEC = {
+    "replicas", "image", "imagePullSecrets", "service", "persistence", "resources", "affinity",
+    "tolerations", "rabbitmq", "tls", "override", "skipPostDeploySteps",
+    "terminationGracePeriodSeconds", "secretBackend", "delayStartSeconds", "autoEnableAllFeatureFlags",
+}
+RABBITMQ_CLUSTER_PERSISTENCE = {"storageClassName", "storage"}
+RABBITMQ_CLUSTER_CONFIG = {"additionalPlugins", "additionalConfig", "advancedConfig", "envConfig", "erlangInetConfig"}
+# Keys of the operator's `<cluster>-default-user` Secret (internal/resource/default_user_secret.go).
+RABBITMQ_DEFAULT_USER_KEYS = {"username", "password", "host", "port", "provider", "type", "default_user.conf"}
+
+ROUTES = REPO / "dispatcher" / "src" / "routes.rs"
+
+
+@dataclass
+class Report:
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, check: str, message: str) -> None:
+        self.failures.append(f"[{check}] {message}")
+
+    def of(self, check: str) -> list[str]:
+        return [f for f in self.failures if f.startswith(f"[{check}]")]
+
+
+def run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# What rfleet's code says (read from the source, so the checks follow it)
+
+
+def probe_routes() -> set[str]:
+    """GET routes of dispatcher/src/routes.rs tagged `probes` (open even with auth on)."""
+    text = ROUTES.read_text()
+    routes = re.findall(r'#\[utoipa::path\(get, path = "([^"]+)", tag = "probes"', text)
+    if not routes:
+        raise SystemExit(f"no probe routes found in {ROUTES}: has the utoipa annotation changed?")
+    return set(routes)
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+
+
+def values_files(chart: Path) -> list[Path | None]:
+    """None stands for the chart's default values."""
+    return [None, *sorted((chart / "values").glob("*.yaml"))]
+
+
+def label(values: Path | None) -> str:
+    return "default values" if values is None else f"values/{values.name}"
+
+
+def helm_args(values: Path | None) -> list:
+    return [] if values is None else ["-f", values]
+
+
+def render(chart: Path, values: Path | None, report: Report) -> list[dict] | None:
+    done = run([HELM, "template", RELEASE, chart, "--namespace", NAMESPACE, *helm_args(values)])
+    if done.returncode != 0:
+        report.fail("render", f"{label(values)}: helm template failed: {done.stderr.strip()}")
+        return None
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def check_lint(chart: Path, values: Path | None, report: Report) -> None:
+    done = run([HELM, "lint", "--strict", chart, *helm_args(values)])
+    if done.returncode != 0:
+        lines = [l for l in (done.stdout + done.stderr).splitlines() if "[INFO]" not in l and l.strip()]
+        report.fail("lint", f"{label(values)}: helm lint --strict: " + " | ".join(lines))
+    # NOTES.txt is rendered only by install/upgrade: a client-side dry run renders it too.
+    done = run([HELM, "install", RELEASE, chart, "--namespace", NAMESPACE, "--dry-run=client", *helm_args(values)])
+    if done.returncode != 0 or "\nNOTES:\n" not in done.stdout:
+        report.fail("lint", f"{label(values)}: helm install --dry-run=client (NOTES.txt): {done.stderr.strip() or 'no NOTES'}")
+
+
+# ---------------------------------------------------------------------------------------
+# Schemas
+
+
+def check_kubernetes_schemas(name: str, docs: list[dict], report: Report) -> None:
+    import kubernetes_validate
+
+    shipped = {".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()}
+    for version in AKS_VERSIONS:
+        if version not in shipped:
+            report.fail("k8s-schema", f"kubernetes-validate {kubernetes_validate.__version__} has no schemas for {version}")
+            continue
+        for doc in docs:
+            what = f"{name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')} on Kubernetes {version}"
+            try:
+                kubernetes_validate.validate(doc, f"{version}.0", strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                if doc.get("apiVersion", "").split("/")[0] not in ("keda.sh", "rabbitmq.com"):
+                    report.fail("k8s-schema", f"{what}: no schema for {doc.get('apiVersion')} (a removed API?)")
+            except kubernetes_validate.ValidationError as e:
+                where = "/".join(str(p) for p in e.path)
+                report.fail("k8s-schema", f"{what}: {where}: {e.message}")
+
+
+_keda_models = None
+
+
+def keda_models():
+    """cloudcoil's KEDA models, with every model (and ObjectMeta's) refusing unknown fields:
+    pydantic's default is to ignore extras, which would let a misspelt field through."""
+    global _keda_models
+    if _keda_models is None:
+        import pydantic
+        import cloudcoil.apimachinery as meta
+        import cloudcoil.models.keda.v1alpha1 as keda
+
+        classes = [
+            c for module in (keda, meta) for c in vars(module).values()
+            if inspect.isclass(c) and issubclass(c, pydantic.BaseModel) and c.__module__ == module.__name__
+        ]
+        for c in classes:
+            c.model_config["extra"] = "forbid"
+        for _ in range(2):  # nested models are compiled into their parents: twice settles them
+            for c in classes:
+                c.model_rebuild(force=True)
+        _keda_models = {"ScaledObject": keda.ScaledObject, "TriggerAuthentication": keda.TriggerAuthentication}
+    return _keda_models
+
+
+def check_keda(name: str, docs: list[dict], report: Report) -> None:
+    import pydantic
+
+    models = keda_models()
+    for doc in docs:
+        if not doc.get("apiVersion", "").startswith("keda.sh/"):
+            continue
+        what = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
+        model = models.get(doc["kind"])
+        if model is None:
+            report.fail("keda", f"{what}: a KEDA kind the chart should not render")
+            continue
+        try:
+            model.model_validate(doc)
+        except pydantic.ValidationError as e:
+            for err in e.errors():
+                report.fail("keda", f"{what}: {'.'.join(map(str, err['loc']))}: {err['msg']}")
+        if doc["kind"] == "ScaledObject":
+            for trigger in doc["spec"].get("triggers", []):
+                unknown = set(trigger.get("metadata", {})) - RABBITMQ_TRIGGER_KEYS
+                if trigger.get("type") == "rabbitmq" and unknown:
+                    report.fail("keda", f"{what}: rabbitmq trigger metadata has unknown keys {sorted(unknown)}")
+        else:
+            for ref in doc["spec"].get("secretTargetRef", []):
+                if ref.get("parameter") not in RABBITMQ_AUTH_PARAMETERS:
+                    report.fail("keda", f"{what}: parameter {ref.get('parameter')!r} is not one the rabbitmq scaler reads")
+
+
+# ---------------------------------------------------------------------------------------
+# checkov
+
+
+def load_waivers(chart: Path, report: Report) -> list[dict]:
+    path = chart / "checkov-waivers.yaml"
+    waivers = (yaml.safe_load(path.read_text()) or {}).get("waivers", []) if path.exists() else []
+    for w in waivers:
+        if not (w.get("check") and w.get("resources") and str(w.get("reason", "")).strip()):
+            report.fail("checkov", f"{path.name}: a waiver needs check, resources and its reason: {w}")
+    return waivers
+
+
+def check_checkov(chart: Path, renders: dict[str, list[dict]], report: Report) -> None:
+    """checkov's Kubernetes checks on the rendered manifests. Offline (no Prisma Cloud API),
+    checkov reports no severities, so "above LOW" cannot be told apart: every failed check
+    without a severity counts (LOW and INFO pass where a severity is given), unless waived
+    (check id + resource pattern) with a reason. A waiver that no
+    longer matches a failure is reported too, so the list stays true."""
+    waivers = load_waivers(chart, report)
+    used = set()
+    with tempfile.TemporaryDirectory(prefix="rfleet-checkov-") as tmp:
+        for name, docs in renders.items():
+            folder = Path(tmp) / re.sub(r"[^a-z0-9]+", "-", name.lower())
+            folder.mkdir()
+            (folder / "manifests.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        done = run([CHECKOV, "-d", tmp, "--framework", "kubernetes", "--output", "json", "--quiet",
+                    "--skip-download", "--compact"])
+        if done.returncode not in (0, 1) or not done.stdout.strip():
+            report.fail("checkov", f"checkov did not run: {done.stderr.strip()[-2000:]}")
+            return
+        results = json.loads(done.stdout)
+        results = results if isinstance(results, list) else [results]
+        for result in results:
+            for failed in result.get("results", {}).get("failed_checks", []):
+                resource = failed["resource"]  # Kind.namespace.name
+                kind_name = f"{resource.split('.')[0]}.{resource.split('.', 2)[-1]}"
+                if failed.get("severity") in ("LOW", "INFO"):
+                    continue  # severities come only from Prisma Cloud's API; where given, LOW passes
+                where = failed["file_path"].strip("/").split("/")[0]
+                match = next((i for i, w in enumerate(waivers) if w.get("check") == failed["check_id"]
+                              and any(fnmatch.fnmatch(kind_name, p) for p in w.get("resources", []))), None)
+                if match is None:
+                    report.fail("checkov", f"{where}: {failed['check_id']} {failed['check_name']} on {kind_name} "
+                                           f"(fix it, or waive it with its reason in checkov-waivers.yaml)")
+                else:
+                    used.add(match)
+    for i, w in enumerate(waivers):
+        if i not in used:
+            report.fail("checkov", f"waiver {w.get('check')} {w.get('resources')} matches no failure: remove it")
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-checks on the rendered objects
+
+
+def env_of(container: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def mebibytes(quantity) -> float:
+    q = str(quantity)
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024, "k": 1e3 / 2**20, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    unit = next((u for u in units if q.endswith(u)), "")
+    return float(q[: len(q) - len(unit)]) * units.get(unit, 1 / 2**20)
+
+
+def cpu_cores(quantity) -> float:
+    q = str(quantity)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def config_text(docs: list[dict], pod: dict, container: dict) -> str | None:
+    """rfleet.toml as the container reads it (RFLEET_CONFIG -> the mounted ConfigMap key)."""
+    path = env_of(container).get("RFLEET_CONFIG")
+    if not path:
+        return None
+    mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"] == path), None)
+    volume = next((v for v in pod.get("volumes", []) if mount and v["name"] == mount["name"]), None)
+    if not volume or "configMap" not in volume:
+        raise ValueError(f"RFLEET_CONFIG={path} is not a mounted ConfigMap key")
+    name = volume["configMap"]["name"]
+    cm = next((d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == name), None)
+    key = mount.get("subPath") or Path(path).name
+    if cm is None or key not in cm.get("data", {}):
+        raise ValueError(f"RFLEET_CONFIG={path}: ConfigMap {name} with key {key} is not rendered")
+    return cm["data"][key]
+
+
+# Stand-ins for Secret values, shaped like what the chart's Secrets hold (a port must parse).
+SECRET_STAND_INS = {"port": "5672", "host": "broker.example.svc", "url": "amqp://user:pass@broker.example.svc:5672/%2f"}
+
+
+def container_env(container: dict) -> dict[str, str]:
+    """The container's environment as the kubelet makes it: Secret values stood in for, and
+    $(VAR) references to earlier variables expanded."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), str(e["value"]))
+        else:
+            key = e.get("valueFrom", {}).get("secretKeyRef", {}).get("key", "")
+            env[e["name"]] = SECRET_STAND_INS.get(key, f"stand-in-{key}")
+    return env
+
+
+def effective_settings(docs: list[dict], pod: dict, container: dict) -> dict:
+    """`rfleet config` run with the container's rfleet.toml and environment: the settings the
+    pod would start with, resolved by rfleet itself (unknown keys and bad values fail)."""
+    text = config_text(docs, pod, container)
+    env = container_env(container)
+    with tempfile.TemporaryDirectory(prefix="rfleet-config-") as tmp:
+        if text is not None:
+            path = Path(tmp) / "rfleet.toml"
+            path.write_text(text)
+            env["RFLEET_CONFIG"] = str(path)
+        done = run([rfleet_binary(), "config"], env=env, cwd=tmp)
+    if done.returncode != 0:
+        message = done.stderr.strip().splitlines()[0] if done.stderr.strip() else f"exit {done.returncode}"
+        raise ValueError(f"rfleet config refuses its settings: {message}")
+    return tomllib.loads(done.stdout)
+
+
+def check_cross(name: str, docs: list[dict], report: Report) -> None:
+    def fail(message):
+        report.fail("cross", f"{name}: {message}")
+
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    deployments = by_kind.get("Deployment", {})
+    component = lambda d: d["metadata"]["labels"].get("app.kubernetes.io/component")
+    workers = {n: d for n, d in deployments.items() if component(d) == "worker"}
+    dispatchers = [d for d in deployments.values() if component(d) == "dispatcher"]
+    if len(dispatchers) != 1:
+        fail(f"expected one dispatcher Deployment, found {len(dispatchers)}")
+    probes = probe_routes()
+
+    # No secret in a ConfigMap (rfleet itself checks the keys: see effective_settings).
+    for cm in by_kind.get("ConfigMap", {}).values():
+        for key, text in cm.get("data", {}).items():
+            if re.search(r"\w+://[^/@\s]+:[^/@\s]+@", text):
+                fail(f"ConfigMap {cm['metadata']['name']} key {key} holds a URL with credentials")
+            if key.endswith(".toml"):
+                try:
+                    config = tomllib.loads(text)
+                except tomllib.TOMLDecodeError as e:
+                    fail(f"ConfigMap {cm['metadata']['name']} key {key} is not valid TOML: {e}")
+                    continue
+                for section, secret in (("bus", "url"), ("auth", "primary_key"), ("auth", "secondary_key")):
+                    if secret in config.get(section, {}):
+                        fail(f"{key}: {section}.{secret} is a secret, in a ConfigMap")
+
+    # Every pod: hardened, and rfleet accepts its settings (file and environment).
+    effective: dict[tuple[str, str], dict] = {}
+    for d in deployments.values():
+        pod = d["spec"]["template"]["spec"]
+        what = f"Deployment {d['metadata']['name']}"
+        if pod.get("automountServiceAccountToken") is not False:
+            fail(f"{what}: automountServiceAccountToken is not false")
+        psc = pod.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != 10001:
+            fail(f"{what}: pod must run as non-root uid 10001 (the images' user)")
+        for c in pod["containers"]:
+            sc = c.get("securityContext", {})
+            wanted = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "runAsNonRoot": True}
+            for k, v in wanted.items():
+                if sc.get(k) is not v:
+                    fail(f"{what}/{c['name']}: securityContext.{k} is not {v}")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                fail(f"{what}/{c['name']}: capabilities do not drop ALL")
+            seccomp = sc.get("seccompProfile") or psc.get("seccompProfile") or {}
+            if seccomp.get("type") != "RuntimeDefault":
+                fail(f"{what}/{c['name']}: seccompProfile is not RuntimeDefault")
+            try:
+                effective[(d["metadata"]["name"], c["name"])] = effective_settings(docs, pod, c)
+            except ValueError as e:
+                fail(f"{what}/{c['name']}: {e}")
+
+    # The dispatcher: no R, probes on real routes, grace above its drain.
+    worker_images = {c["image"] for w in workers.values() for c in w["spec"]["template"]["spec"]["containers"]}
+    for d in dispatchers:
+        pod = d["spec"]["template"]["spec"]
+        what = f"dispatcher {d['metadata']['name']}"
+        for c in pod["containers"]:
+            if c["image"] in worker_images or "worker" in c["image"].rsplit("/", 1)[-1]:
+                fail(f"{what}: runs a worker image {c['image']} (the dispatcher has no R)")
+            for var in env_of(c):
+                if var.startswith(("RFLEET_WORKERS__", "RFLEET_MODELS__DIR", "R_")) or var in ("R_HOME", "R_LIBS"):
+                    fail(f"{what}: has worker/R environment {var}")
+            for m in c.get("volumeMounts", []):
+                if m["mountPath"] == "/models" or m["mountPath"].startswith("/models/"):
+                    fail(f"{what}: mounts {m['mountPath']} (models live with the workers)")
+            settings = effective.get((d["metadata"]["name"], c["name"]))
+            if settings is None:
+                continue
+            tls = bool(settings["tls"].get("cert_file"))
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            listen = settings["server"]["listen"]
+            if not listen.startswith("0.0.0.0:"):
+                fail(f"{what}: listens on {listen}, unreachable from the Service")
+            for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+                probe = c.get(kind)
+                if not probe or "httpGet" not in probe:
+                    fail(f"{what}: no HTTP {kind}")
+                    continue
+                get = probe["httpGet"]
+                if get["path"] not in probes:
+                    fail(f"{what}: {kind} path {get['path']} is not a probe route of dispatcher/src/routes.rs {sorted(probes)}")
+                port = ports.get(get["port"], get["port"])
+                if not listen.endswith(f":{port}"):
+                    fail(f"{what}: {kind} port {get['port']} is not the port rfleet listens on ({listen})")
+                if (get.get("scheme", "HTTP") == "HTTPS") != tls:
+                    fail(f"{what}: {kind} scheme {get.get('scheme', 'HTTP')} but dispatcher TLS is {'on' if tls else 'off'}")
+            for kind, path in (("livenessProbe", "/live"), ("readinessProbe", "/ready")):
+                if c.get(kind, {}).get("httpGet", {}).get("path") != path:
+                    fail(f"{what}: {kind} should be {path}")
+            pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            drain_ms = settings["server"]["drain_timeout_ms"]
+            if pod.get("terminationGracePeriodSeconds", 30) * 1000 <= drain_ms + pause * 1000:
+                fail(f"{what}: terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} is not "
+                     f"above the preStop pause ({pause}s) + server.drain_timeout_ms ({drain_ms})")
+            if pause < 1:
+                fail(f"{what}: no preStop pause (requests would reach a pod already draining)")
+
+    # Workers: CPU = hosts, grace above drain + notice + pause, R scratch, queues.
+    consumed: dict[str, set[str]] = {}
+    for wname, w in workers.items():
+        pod = w["spec"]["template"]["spec"]
+        what = f"worker {wname}"
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", wname):
+            fail(f"{what}: not a DNS label")
+        model = w["metadata"].get("annotations", {}).get("rfleet.io/model")
+        version = w["metadata"].get("annotations", {}).get("rfleet.io/model-version")
+        if not (model and version):
+            fail(f"{what}: does not say which model version it serves (annotations rfleet.io/model, rfleet.io/model-version)")
+            continue
+        if not wname.startswith(f"{RELEASE}-rfleet-worker-"):
+            fail(f"{what}: not named <release>-worker-<name>-<version>")
+        c = next(c for c in pod["containers"] if c["name"] == "worker")
+        settings = effective.get((wname, c["name"]))
+        if settings is None:
+            continue
+        hosts = settings["workers"]["n_hosts"]
+        if hosts < 1:
+            fail(f"{what}: workers.n_hosts is {hosts}: 0 means one per core of whatever node it lands on")
+        else:
+            cpu = c.get("resources", {}).get("requests", {}).get("cpu")
+            if cpu is None or not math.isclose(cpu_cores(cpu), hosts):
+                fail(f"{what}: CPU request {cpu} is not the R host count {hosts}")
+        if settings["bus"]["kind"] != "amqp":
+            fail(f"{what}: bus.kind is {settings['bus']['kind']}, not amqp")
+        limit = c.get("resources", {}).get("limits", {}).get("memory")
+        rss = settings["workers"]["max_host_rss_mib"]
+        if limit is None:
+            fail(f"{what}: no memory limit")
+        elif rss == 0 or rss * hosts >= mebibytes(limit):
+            fail(f"{what}: workers.max_host_rss_mib {rss} x {hosts} hosts does not fit in the memory limit {limit}: "
+                 f"a growing R host would get the whole pod OOM-killed instead of being recycled alone")
+        url = next((e for e in c.get("env", []) if e["name"] == "RFLEET_BUS__URL"), None)
+        if url is None or ("valueFrom" not in url and "$(" not in url.get("value", "")):
+            fail(f"{what}: RFLEET_BUS__URL is not read from a Secret")
+        pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        drain_ms = settings["workers"]["drain_timeout_ms"]
+        notice_ms = settings["workers"]["drain_notice_ms"]
+        grace = pod.get("terminationGracePeriodSeconds", 30)
+        if grace * 1000 <= drain_ms + notice_ms + pause * 1000:
+            fail(f"{what}: terminationGracePeriodSeconds {grace} is not above workers.drain_timeout_ms ({drain_ms}) "
+                 f"+ drain_notice_ms ({notice_ms}) + preStop pause ({pause}s)")
+        tmp = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"), None)
+        if tmp is None or "emptyDir" not in next((v for v in pod.get("volumes", []) if v["name"] == tmp["name"]), {}):
+            fail(f"{what}: no writable emptyDir at /tmp for R (the root filesystem is read-only)")
+        models = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/models"]
+        if models and not all(m.get("readOnly") for m in models):
+            fail(f"{what}: /models is mounted writable")
+        if settings["models"]["dir"] != "/models":
+            fail(f"{what}: models.dir is {settings['models']['dir']}, not /models")
+        spread = {t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])}
+        if not {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= spread:
+            fail(f"{what}: not spread over zones and nodes")
+        prefix = settings["bus"]["queue_prefix"]
+        consumed[wname] = {f"{prefix}{model}@{version}", f"{prefix}{model}"}
+        if not any(p["spec"]["selector"]["matchLabels"].items() <= pod_labels(w).items()
+                   for p in by_kind.get("PodDisruptionBudget", {}).values()):
+            fail(f"{what}: no PodDisruptionBudget selects its pods")
+
+    # KEDA: one ScaledObject per worker Deployment, on that Deployment's own queues.
+    scaled = by_kind.get("ScaledObject", {})
+    auths = by_kind.get("TriggerAuthentication", {})
+    secrets = by_kind.get("Secret", {})
+    targets = {}
+    for sname, so in scaled.items():
+        what = f"ScaledObject {sname}"
+        ref = so["spec"]["scaleTargetRef"]
+        target = ref.get("name")
+        if ref.get("kind", "Deployment") != "Deployment" or target not in workers:
+            fail(f"{what}: targets {ref.get('kind', 'Deployment')}/{target}, which is not a rendered worker Deployment")
+            continue
+        targets.setdefault(target, []).append(sname)
+        triggers = so["spec"].get("triggers", [])
+        queues = [t.get("metadata", {}).get("queueName") for t in triggers]
+        w = workers[target]
+        version_queue = next(q for q in consumed.get(target, {""}) if "@" in q) if target in consumed else None
+        if version_queue and version_queue not in queues:
+            fail(f"{what}: no trigger on {version_queue}, the version queue {target}'s workers consume (triggers on {queues})")
+        for q in queues:
+            if q not in consumed.get(target, set()):
+                fail(f"{what}: trigger queue {q} is not one {target}'s workers consume {sorted(consumed.get(target, []))}")
+        for t in triggers:
+            meta = t.get("metadata", {})
+            if t.get("type") != "rabbitmq" or meta.get("protocol") != "http" or meta.get("mode") != "QueueLength":
+                fail(f"{what}: trigger {t.get('name')} is not rabbitmq/http/QueueLength (amqp counts only ready messages)")
+            if meta.get("excludeUnacknowledged", "false") != "false":
+                fail(f"{what}: trigger {t.get('name')} excludes unacknowledged (in-flight) messages")
+            for key in ("value", "activationValue"):
+                if not re.fullmatch(r"\d+(\.\d+)?", str(meta.get(key, ""))):
+                    fail(f"{what}: trigger {t.get('name')} {key} {meta.get(key)!r} is not a number")
+            if float(meta.get("value", "0") or 0) <= 0:
+                fail(f"{what}: trigger {t.get('name')} value must be above 0")
+            auth = auths.get(t.get("authenticationRef", {}).get("name"))
+            if auth is None:
+                fail(f"{what}: trigger {t.get('name')} authenticationRef names no rendered TriggerAuthentication")
+                continue
+            host = next((r for r in auth["spec"].get("secretTargetRef", []) if r["parameter"] == "host"), None)
+            if host is None:
+                fail(f"{what}: TriggerAuthentication {auth['metadata']['name']} gives no host")
+            elif host["name"] in secrets:
+                value = secrets[host["name"]].get("stringData", {}).get(host["key"])
+                if value is None:
+                    fail(f"{what}: Secret {host['name']} has no key {host['key']} (the management URL)")
+                elif not re.match(r"https?://", value):
+                    fail(f"{what}: the management URL in Secret {host['name']} is not http(s):// ({value.split('@')[-1]})")
+        spec = so["spec"]
+        if not (0 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100)):
+            fail(f"{what}: minReplicaCount above maxReplicaCount")
+        if spec.get("minReplicaCount", 0) == 0 and not any(
+                "activationValue" in t.get("metadata", {}) for t in triggers):
+            fail(f"{what}: scales to zero without an activationValue")
+        if w["spec"].get("replicas") is not None:
+            fail(f"{what}: Deployment {target} sets replicas, which KEDA owns (every upgrade would reset it)")
+    # Scale to zero: the dispatcher must keep knowing a version whose workers are all gone
+    # (models.keep_idle_ms), or it refuses the requests that would wake them.
+    if any(so["spec"].get("minReplicaCount", 0) == 0 for so in scaled.values()):
+        for d in dispatchers:
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                kept = effective.get((d["metadata"]["name"], c["name"]), {}).get("models", {}).get("keep_idle_ms")
+                if not kept:
+                    fail(f"dispatcher {d['metadata']['name']}: a ScaledObject scales to zero but models.keep_idle_ms is "
+                         f"{kept!r}: the dispatcher would forget the model and refuse the requests that wake it")
+    if scaled:
+        for wname in workers:
+            if len(targets.get(wname, [])) != 1:
+                fail(f"worker {wname} has {len(targets.get(wname, []))} ScaledObjects, not one")
+
+    # An operator-made broker: fields its CRD has, and Secret keys the operator writes.
+    for cluster in by_kind.get("RabbitmqCluster", {}).values():
+        what = f"RabbitmqCluster {cluster['metadata']['name']}"
+        spec = cluster.get("spec", {})
+        for keys, known, where in ((set(spec), RABBITMQ_CLUSTER_SPEC, "spec"),
+                                   (set(spec.get("persistence", {})), RABBITMQ_CLUSTER_PERSISTENCE, "spec.persistence"),
+                                   (set(spec.get("rabbitmq", {})), RABBITMQ_CLUSTER_CONFIG, "spec.rabbitmq")):
+            if keys - known:
+                fail(f"{what}: {where} has fields the operator does not know: {sorted(keys - known)}")
+        default_user = f"{cluster['metadata']['name']}-default-user"
+        refs = [e["valueFrom"]["secretKeyRef"] for d in deployments.values()
+                for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})]
+        refs += [r for a in auths.values() for r in a["spec"].get("secretTargetRef", [])]
+        for ref in refs:
+            if ref["name"].endswith("-default-user") and (ref["name"] != default_user or ref["key"] not in RABBITMQ_DEFAULT_USER_KEYS):
+                fail(f"{what}: a reference to Secret {ref['name']} key {ref['key']}, not one the operator writes "
+                     f"({default_user}: {sorted(RABBITMQ_DEFAULT_USER_KEYS)})")
+        if not any(r["name"] == default_user for r in refs):
+            fail(f"{what}: nothing reads its default user's Secret {default_user}")
+
+    # NetworkPolicies: the dispatcher reachable only from the ingress controller's
+    # namespace, workers from nowhere; egress only DNS and the broker (+ OIDC on 443).
+    policies = by_kind.get("NetworkPolicy", {})
+    for comp, allow_ingress in (("dispatcher", True), ("worker", False)):
+        mine = [p for p in policies.values()
+                if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component") == comp]
+        if not mine:
+            if policies or comp == "dispatcher":
+                fail(f"no NetworkPolicy selects the {comp} pods")
+            continue
+        for p in mine:
+            types = set(p["spec"].get("policyTypes", []))
+            if types != {"Ingress", "Egress"}:
+                fail(f"NetworkPolicy {p['metadata']['name']}: policyTypes {sorted(types)}, not Ingress and Egress")
+            ingress = p["spec"].get("ingress", [])
+            if not allow_ingress and ingress:
+                fail(f"NetworkPolicy {p['metadata']['name']}: workers take no connections, but ingress is allowed")
+            for rule in ingress:
+                peers = rule.get("from", [])
+                if not peers or any("namespaceSelector" not in peer or "ipBlock" in peer for peer in peers):
+                    fail(f"NetworkPolicy {p['metadata']['name']}: ingress from {peers or 'anywhere'}, not only a namespace")
+                if [pt.get("port") for pt in rule.get("ports", [])] != [8000]:
+                    fail(f"NetworkPolicy {p['metadata']['name']}: ingress ports {rule.get('ports')} are not the dispatcher's 8000")
+            for rule in p["spec"].get("egress", []):
+                ports = {pt.get("port") for pt in rule.get("ports", [])}
+                if not ports:
+                    fail(f"NetworkPolicy {p['metadata']['name']}: egress to every port")
+                elif not ports <= {53, 5672, 5671, 443 if comp == "dispatcher" else 53}:
+                    fail(f"NetworkPolicy {p['metadata']['name']}: egress ports {sorted(ports)} beyond DNS and the broker")
+
+
+def pod_labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"].get("labels", {})
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def check_chart(chart: Path, only: set[str] | None = None) -> Report:
+    report = Report()
+    wants = lambda check: only is None or check in only
+    renders = {}
+    for values in values_files(chart):
+        if wants("lint"):
+            check_lint(chart, values, report)
+        docs = render(chart, values, report)
+        if docs is None:
+            continue
+        renders[label(values)] = docs
+        if wants("k8s-schema"):
+            check_kubernetes_schemas(label(values), docs, report)
+        if wants("keda"):
+            check_keda(label(values), docs, report)
+        if wants("cross"):
+            check_cross(label(values), docs, report)
+    if not any(d["kind"] == "ScaledObject" for docs in renders.values() for d in docs) and wants("cross"):
+        report.fail("cross", "no values file renders a ScaledObject")
+    if wants("checkov") and renders:
+        check_checkov(chart, renders, report)
+    return report
+
+
+# Each break must be caught by the check it names: proof that the check can fail.
+# (file under the chart, text to replace, replacement, check that must fail)
+BREAKS = [
+    ("values.yaml", "podDisruptionBudget:\n    enabled: true\n    maxUnavailable: 1\n  # Extra",
+     "podDisruptionBudget:\n    enabled: true\n    maxUnavailable: one\n  # Extra", "lint"),
+    ("templates/dispatcher.yaml", "      protocol: TCP\n      appProtocol:", "      protocol: TCP\n      portName: x\n      appProtocol:", "k8s-schema"),
+    ("templates/keda.yaml", "  pollingInterval: {{ $keda.pollingInterval }}", "  pollingIntervall: {{ $keda.pollingInterval }}", "keda"),
+    ("templates/keda.yaml", '"excludeUnacknowledged" "false"', '"excludeUnacked" "false"', "keda"),
+    ("values.yaml", "  readOnlyRootFilesystem: true\n  runAsNonRoot: true\n  runAsUser: 10001\n  runAsGroup: 10001\n  capabilities",
+     "  readOnlyRootFilesystem: false\n  runAsNonRoot: true\n  runAsUser: 10001\n  runAsGroup: 10001\n  capabilities", "checkov"),
+    ("templates/keda.yaml", "    name: {{ $name }}\n  minReplicaCount", "    name: {{ $name }}-x\n  minReplicaCount", "cross"),
+    ("templates/_helpers.tpl", 'printf "%s%s@%s" (include "rfleet.queuePrefix" .root)', 'printf "%s%s-%s" (include "rfleet.queuePrefix" .root)', "cross"),
+    ("templates/_helpers.tpl", '(int .Values.worker.terminationGraceMarginSeconds) }}', '-30 }}', "cross"),
+    ("templates/_helpers.tpl", '(int .Values.dispatcher.terminationGraceMarginSeconds) }}', '-30 }}', "cross"),
+    ("templates/workers.yaml", "cpu: {{ $model.hosts | quote }}", 'cpu: "500m"', "cross"),
+    ("values.yaml", "readiness: {path: /ready,", "readiness: {path: /healthz,", "cross"),
+    ("templates/workers.yaml", "              value: {{ $model.hosts | quote }}", "              value: {{ $model.hosts | quote }}\n            - name: RFLEET_MODELS__STRICT\n              value: \"true\"\n            - name: RFLEET_WORKERS__NHOSTS\n              value: \"1\"", "cross"),
+    ("templates/dispatcher.yaml", "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.dispatcher.image) }}",
+     "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.worker.image) }}", "cross"),
+    ("templates/_helpers.tpl", '"BROKER_PORT" "port"', '"BROKER_PORT" "amqp-port"', "cross"),
+    ("templates/rabbitmqcluster.yaml", "  replicas: {{ .Values.rabbitmqCluster.replicas }}", "  replica: {{ .Values.rabbitmqCluster.replicas }}", "cross"),
+    ("templates/workers.yaml", "value: {{ $rss | quote }}", "value: {{ mul $rss 4 | quote }}", "cross"),
+    ("values/scale-to-zero.yaml", "keep_idle_ms: 604800000", "keep_idle_ms: 0", "cross"),
+    ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
+     '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
+]
+
+
+def self_test() -> list[str]:
+    problems = []
+    for file, old, new, check in BREAKS:
+        with tempfile.TemporaryDirectory(prefix="rfleet-chart-break-") as tmp:
+            copy = Path(tmp) / "rfleet"
+            shutil.copytree(CHART, copy)
+            path = copy / file
+            text = path.read_text()
+            if text.count(old) != 1:
+                problems.append(f"self-test: break {file} {old[:40]!r} no longer applies (found {text.count(old)} times)")
+                continue
+            path.write_text(text.replace(old, new))
+            report = check_chart(copy, only={check})
+            caught = report.of(check) + report.of("render")
+            if not caught:
+                problems.append(f"self-test: breaking {file} ({old[:40]!r} -> {new[:40]!r}) was not caught by [{check}]")
+            else:
+                print(f"self-test: [{check}] caught {file}: {caught[0][:160]}")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--self-test", action="store_true", help="instead, break a copy of the chart once per check and expect each break caught")
+    args = parser.parse_args()
+    for tool in (HELM, CHECKOV):
+        if not tool.exists():
+            print(f"FAIL [setup] {tool} is missing: run deploy/setup.sh test", file=sys.stderr)
+            return 2
+    if rfleet_binary() is None:
+        print("FAIL [setup] no rfleet binary (target/release or target/debug, or $RFLEET_BIN): cargo build first", file=sys.stderr)
+        return 2
+    if args.self_test:
+        failures = [f"[self-test] {p}" for p in self_test()]
+        for f in failures:
+            print(f"FAIL {f}")
+        print(f"self-test: {len(BREAKS) - len(failures)} of {len(BREAKS)} breaks caught", file=sys.stderr if failures else sys.stdout)
+        return 1 if failures else 0
+    failures = list(check_chart(CHART).failures)
+    for f in failures:
+        print(f"FAIL {f}")
+    checked = ", ".join(label(v) for v in values_files(CHART))
+    if failures:
+        print(f"{len(failures)} failure(s) in the chart checks ({checked})", file=sys.stderr)
+        return 1
+    print(f"chart checks passed: {checked}; Kubernetes {', '.join(AKS_VERSIONS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
