@@ -11,12 +11,12 @@ mod auth;
 mod bad_input;
 #[path = "suite/batching.rs"]
 mod batching;
-#[path = "suite/chart.rs"]
-mod chart;
 #[path = "suite/cli.rs"]
 mod cli;
 #[path = "suite/conventions.rs"]
 mod conventions;
+#[path = "suite/deploy.rs"]
+mod deploy;
 #[path = "suite/faults.rs"]
 mod faults;
 #[path = "suite/http.rs"]
