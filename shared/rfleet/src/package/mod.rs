@@ -100,18 +100,43 @@ struct Packaged {
 /// Runs `rfleet package`.
 pub fn run(args: &PackageArgs, settings: &Settings) -> anyhow::Result<()> {
     let tag = ImageTag::parse(&args.tag).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !args.from.is_empty() && !args.from.contains(char::is_whitespace),
+        "invalid --from {:?}: an image reference has no spaces",
+        args.from
+    );
     for package in args.r_packages.iter().chain(&args.provided) {
         anyhow::ensure!(is_package_name(package), "{package:?} is not an R package name");
     }
+    let packaged = load(args, &tag, settings)?;
+    print_inference(&packaged);
+    refuse_missing(&packaged, &args.from)?;
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| Path::new(DEFAULT_OUTPUT_ROOT).join(format!("{}-{}", tag.name(), tag.tag)));
+    write_context(&packaged, &tag, &args.from, &output)?;
+    println!("wrote {} (Dockerfile, models/)", output.display());
+    if args.no_build {
+        println!("build it with: docker build -t {tag} {}", output.display());
+        return Ok(());
+    }
+    build(args, &tag, &output)
+}
+
+/// The packages under `--models`, loaded in an R host, with what each needs: refused
+/// when one is broken, when R cannot load one, or when there are several (see
+/// [`one_model_version`]).
+fn load(args: &PackageArgs, tag: &ImageTag, settings: &Settings) -> anyhow::Result<Vec<Packaged>> {
     let discovered = discover(&args.models)?;
     if !discovered.failed.is_empty() {
         let failures: Vec<String> =
             discovered.failed.iter().map(|f| format!("  {}: {}", f.dir.display(), f.failure.message)).collect();
         anyhow::bail!("cannot package: some model packages are broken:\n{}", failures.join("\n"));
     }
-    one_model_version(&discovered.packages.iter().map(|p| p.spec.model_ref()).collect::<Vec<_>>(), args)?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let specs: Vec<_> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
+    one_model_version(&specs.iter().map(|s| s.model_ref()).collect::<Vec<_>>(), tag, args)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let host_config = worker::pool_config(&settings.workers).host;
     let Started { host, models, failed, .. } = runtime
         .block_on(Host::start(&host_config, &specs))
@@ -124,7 +149,6 @@ pub fn run(args: &PackageArgs, settings: &Settings) -> anyhow::Result<()> {
             .collect();
         anyhow::bail!("cannot package: R could not load some models:\n{}", failures.join("\n"));
     }
-
     let mut packaged = Vec::new();
     for spec in &specs {
         let model = spec.model_ref();
@@ -149,13 +173,18 @@ pub fn run(args: &PackageArgs, settings: &Settings) -> anyhow::Result<()> {
             .collect();
         packaged.push(Packaged { model, dir: spec.dir.clone(), r_class: info.r_class.clone(), needs });
     }
-    print_inference(&packaged);
+    Ok(packaged)
+}
+
+/// Refuses R packages Debian bookworm does not have, naming each model, the reason, the
+/// package, and what to do instead.
+fn refuse_missing(packaged: &[Packaged], from: &str) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = Vec::new();
-    let mut missing_lines: Vec<String> = Vec::new();
-    for p in &packaged {
+    let mut lines: Vec<String> = Vec::new();
+    for p in packaged {
         for (need, source) in &p.needs {
             if let Source::Missing(debian) = source {
-                missing_lines.push(format!(
+                lines.push(format!(
                     "  model {} ({}) needs the R package {}, which Debian bookworm does not package (no {debian})",
                     p.model, need.reason, need.package
                 ));
@@ -165,21 +194,24 @@ pub fn run(args: &PackageArgs, settings: &Settings) -> anyhow::Result<()> {
             }
         }
     }
-    if !missing.is_empty() {
-        let quoted: Vec<String> = missing.iter().map(|p| format!("\"{p}\"")).collect();
-        let provided: Vec<String> = missing.iter().map(|p| format!("--provided {p}")).collect();
-        anyhow::bail!(
-            "cannot package: R packages missing from Debian bookworm, the worker image's base:\n{}\n\
-             build a base image FROM {} that installs {} (e.g. RUN Rscript -e 'install.packages(c({}))' as root), \
-             then run rfleet package again with --from <that image> {}",
-            missing_lines.join("\n"),
-            args.from,
-            missing.join(", "),
-            quoted.join(", "),
-            provided.join(" ")
-        );
+    if missing.is_empty() {
+        return Ok(());
     }
+    let quoted: Vec<String> = missing.iter().map(|p| format!("\"{p}\"")).collect();
+    let provided: Vec<String> = missing.iter().map(|p| format!("--provided {p}")).collect();
+    anyhow::bail!(
+        "cannot package: R packages missing from Debian bookworm, the worker image's base:\n{}\n\
+         build a base image FROM {from} that installs {} (e.g. RUN Rscript -e 'install.packages(c({}))' as root), \
+         then run rfleet package again with --from <that image> {}",
+        lines.join("\n"),
+        missing.join(", "),
+        quoted.join(", "),
+        provided.join(" ")
+    )
+}
 
+/// Writes the build context to `output`: the Dockerfile and the packages under `models/`.
+fn write_context(packaged: &[Packaged], tag: &ImageTag, from: &str, output: &Path) -> anyhow::Result<()> {
     let mut install: Vec<String> = Vec::new();
     let mut check_loads: Vec<String> = Vec::new();
     for (need, source) in packaged.iter().flat_map(|p| &p.needs) {
@@ -194,25 +226,20 @@ pub fn run(args: &PackageArgs, settings: &Settings) -> anyhow::Result<()> {
     install.dedup();
     check_loads.sort();
     check_loads.dedup();
-    let model_labels: Vec<String> = packaged
+    let models: Vec<String> = packaged
         .iter()
         .map(|p| match &p.model.version {
             Some(version) => format!("{}@{version}", p.model.name),
             None => p.model.name.clone(),
         })
         .collect();
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| Path::new(DEFAULT_OUTPUT_ROOT).join(format!("{}-{}", tag.name(), tag.tag)));
-    prepare_output(&output)?;
-    let image =
-        Image { tag: &tag, from: &args.from, install: &install, check_loads: &check_loads, models: &model_labels };
+    prepare_output(output)?;
+    let image = Image { tag, from, install: &install, check_loads: &check_loads, models: &models };
     std::fs::write(output.join("Dockerfile"), dockerfile(&image))
         .with_context(|| format!("cannot write {}", output.join("Dockerfile").display()))?;
     let models_dir = output.join("models");
     std::fs::create_dir(&models_dir).with_context(|| format!("cannot create {}", models_dir.display()))?;
-    for p in &packaged {
+    for p in packaged {
         let dir_name = p.dir.file_name().context("a model package directory has a name")?;
         copy_package(&p.dir, &models_dir.join(dir_name))?;
     }
@@ -220,18 +247,13 @@ pub fn run(args: &PackageArgs, settings: &Settings) -> anyhow::Result<()> {
         true => println!("installs: nothing (R and the worker image have every R package the models need)"),
         false => println!("installs: {}", install.join(" ")),
     }
-    println!("wrote {} (Dockerfile, models/)", output.display());
-    if args.no_build {
-        println!("build it with: docker build -t {tag} {}", output.display());
-        return Ok(());
-    }
-    build(args, &tag, &output)
+    Ok(())
 }
 
 /// Refuses more than one package unless `--allow-multiple`, and warns when the tag is
 /// not the one model's version: a worker serves every package its image holds, so two
 /// versions in one image would put one Deployment on two versions' queues.
-fn one_model_version(models: &[ModelRef], args: &PackageArgs) -> anyhow::Result<()> {
+fn one_model_version(models: &[ModelRef], tag: &ImageTag, args: &PackageArgs) -> anyhow::Result<()> {
     let listed: Vec<String> = models.iter().map(ModelRef::to_string).collect();
     if models.len() > 1 && !args.allow_multiple {
         let first = &models[0].name;
@@ -248,7 +270,6 @@ fn one_model_version(models: &[ModelRef], args: &PackageArgs) -> anyhow::Result<
             listed.join(", ")
         );
     }
-    let tag = ImageTag::parse(&args.tag).map_err(anyhow::Error::msg)?;
     if let [model] = models {
         match &model.version {
             Some(version) if *version != tag.tag => eprintln!(
