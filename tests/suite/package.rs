@@ -55,17 +55,25 @@ fn check(work: &Path, models: &Path, args: &[&str], says: &[&str], dockerfile: &
         "the image runs as 10001:\n{text}"
     );
     for package in packages_of(models) {
-        let copy = output.join("models").join(package.file_name().unwrap());
-        for entry in std::fs::read_dir(&package).unwrap() {
-            let entry = entry.unwrap();
-            let copied = copy.join(entry.file_name());
-            assert_eq!(std::fs::read(entry.path()).unwrap(), std::fs::read(&copied).unwrap(), "{}", copied.display());
-            let mode = std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o644, "{} is readable by the worker", copied.display());
-        }
+        same_files(&package, &output.join("models").join(package.file_name().unwrap()));
     }
     lint(&output.join("Dockerfile"));
     output
+}
+
+/// Every file under `from` is under `to` with the same bytes, readable by the worker.
+fn same_files(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (source, copied) = (entry.path(), to.join(entry.file_name()));
+        if source.is_dir() {
+            same_files(&source, &copied);
+            continue;
+        }
+        assert_eq!(std::fs::read(&source).unwrap(), std::fs::read(&copied).unwrap(), "{}", copied.display());
+        let mode = std::fs::metadata(&copied).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{} is readable by the worker", copied.display());
+    }
 }
 
 /// The package directories under `models`, or `models` itself when it is one.
@@ -180,9 +188,11 @@ fn score_scripts_and_debian() {
         work.path(),
         &[(
             "glmnet_script",
-            r#"saveRDS(lm(mpg ~ wt, mtcars), "model.rds")
+            r##"saveRDS(lm(mpg ~ wt, mtcars), "model.rds")
            writeLines(c("library(glmnet)  # library(xgboost) is only a comment",
-                        "predict_fn <- function(model, newdata) survival::Surv(predict(model, newdata))"), "score.R")"#,
+                        "predict_fn <- function(model, newdata) survival::Surv(predict(model, newdata))"), "score.R")
+           dir.create("R")
+           writeLines(c("# sourced by nobody, read all the same", "requireNamespace('zoo')"), "R/helpers.R")"##,
             "name = \"cars\"\nversion = \"2\"\n",
         )],
     );
@@ -196,7 +206,8 @@ fn score_scripts_and_debian() {
             first.as_str(),
             "score.R:1 library(glmnet) -> R package glmnet -> r-cran-glmnet, in the worker image",
             "score.R:2 survival::Surv -> R package survival -> r-cran-survival, installed from Debian bookworm",
-            "installs: r-cran-survival",
+            "R/helpers.R:2 requireNamespace(\"zoo\") -> R package zoo -> r-cran-zoo, installed from Debian bookworm",
+            "installs: r-cran-survival r-cran-zoo",
         ],
         &[
             WORKER,
@@ -204,13 +215,14 @@ fn score_scripts_and_debian() {
             "RUN apt-get update \\",
             "    && apt-get install -y --no-install-recommends \\",
             "        r-cran-survival \\",
+            "        r-cran-zoo \\",
             "    && rm -rf /var/lib/apt/lists/*",
             "COPY models/ /models/",
             "USER 10001",
-            r#"RUN ["Rscript", "-e", "for (p in c('glmnet', 'survival')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
+            r#"RUN ["Rscript", "-e", "for (p in c('glmnet', 'survival', 'zoo')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
         ],
     );
-    assert!(output.join("models/glmnet_script/score.R").is_file());
+    assert!(output.join("models/glmnet_script/R/helpers.R").is_file());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! The packages are found as the worker finds them ([`worker::discover`]) and loaded in a
 //! real R host, which refuses what would not serve and tells each model's classes. The R
-//! packages the models need ([`needs`]: their classes, their `score.R`, `--r-package`)
+//! packages the models need ([`needs`]: their classes, their R files, `--r-package`)
 //! become Debian `r-cran-*` packages the image installs, unless R or the worker image
 //! has them already; one Debian does not have is an error saying what to do. The build
 //! context ([`context`]) is written to a directory of its own and built with `docker
@@ -79,8 +79,8 @@ pub struct PackageArgs {
 
 const AFTER_HELP: &str = "\
 The R packages a model needs come from its classes (as loaded by R: class(model)), from
-what its score.R loads or calls (library(x), require(x), requireNamespace(\"x\"),
-loadNamespace(\"x\"), x::f) and from --r-package. Base R's packages need nothing; those
+what its R files (score.R and any other *.R in the package) load or call (library(x),
+require(x), requireNamespace(\"x\"), loadNamespace(\"x\"), x::f) and from --r-package. Base R's packages need nothing; those
 the worker image installs (deploy/setup.sh's R_PACKAGES) need nothing more; the others
 are installed from Debian bookworm as r-cran-<name>. A package Debian does not have is an
 error: build a base image FROM the worker image with it, then pass --from and --provided.
@@ -156,15 +156,8 @@ fn load(args: &PackageArgs, tag: &ImageTag, settings: &Settings) -> anyhow::Resu
             .iter()
             .find(|m| m.name == model.name && m.version == model.version)
             .with_context(|| format!("the R host loaded no {model}, and did not say why"))?;
-        let script_path = spec.dir.join("score.R");
-        let script = match script_path.is_file() {
-            true => Some(
-                std::fs::read_to_string(&script_path)
-                    .with_context(|| format!("cannot read {}", script_path.display()))?,
-            ),
-            false => None,
-        };
-        let needs = needs_of(&info.r_class, script.as_deref(), &args.r_packages)
+        let r_files = r_files(&spec.dir)?;
+        let needs = needs_of(&info.r_class, &r_files, &args.r_packages)
             .into_iter()
             .map(|need| {
                 let source = source_of(&need.package, &args.provided);
@@ -174,6 +167,38 @@ fn load(args: &PackageArgs, tag: &ImageTag, settings: &Settings) -> anyhow::Resu
         packaged.push(Packaged { model, dir: spec.dir.clone(), r_class: info.r_class.clone(), needs });
     }
     Ok(packaged)
+}
+
+/// The R files of a package, as `(path inside the package, code)`: `score.R` first, then
+/// every other `*.R` file in it (a `score.R` may `source()` them), sorted by path.
+fn r_files(package: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        for entry in entries {
+            let path = entry.with_context(|| format!("cannot read {}", dir.display()))?.path();
+            if path.file_name().is_some_and(|name| name == ".git") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, found)?;
+            } else if path.extension().is_some_and(|ext| ext == "R" || ext == "r") {
+                found.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    walk(package, &mut paths)?;
+    let score = package.join("score.R");
+    paths.sort_by_key(|path| (*path != score, path.clone()));
+    paths
+        .into_iter()
+        .map(|path| {
+            let code = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let name = path.strip_prefix(package).unwrap_or(&path).display().to_string();
+            Ok((name, code))
+        })
+        .collect()
 }
 
 /// Refuses R packages Debian bookworm does not have, naming each model, the reason, the

@@ -1,6 +1,6 @@
 //! The R packages a model needs, and where a model image gets each from: from its
 //! classes (`protocol::r_packages`, the table vetiver's `required_pkgs` reads too), from
-//! what its `score.R` loads or calls, and from `--r-package`; then R itself, the worker
+//! what its R files load or call, and from `--r-package`; then R itself, the worker
 //! image, Debian bookworm's `r-cran-*` packages, or the `--from` image (`--provided`).
 
 use std::fmt;
@@ -19,8 +19,9 @@ const SETUP_SH: &str = include_str!("../../../../deploy/setup.sh");
 pub enum Reason {
     /// One of the model's classes (`class(model)`) comes from it.
     Class(String),
-    /// `score.R` loads it or calls into it: the line and what it says there.
-    Script { line: usize, says: String },
+    /// An R file of the package (`score.R`, or a file it sources) loads it or calls into
+    /// it: the file, the line and what it says there.
+    Script { file: String, line: usize, says: String },
     /// `--r-package` names it.
     Flag,
 }
@@ -29,7 +30,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Class(class) => write!(f, "class {class}"),
-            Reason::Script { line, says } => write!(f, "score.R:{line} {says}"),
+            Reason::Script { file, line, says } => write!(f, "{file}:{line} {says}"),
             Reason::Flag => f.write_str("--r-package"),
         }
     }
@@ -42,9 +43,10 @@ pub struct Need {
     pub reason: Reason,
 }
 
-/// The R packages a model needs, each once, in the order found: its classes, its
-/// `score.R` (when it has one), then the `--r-package` extras.
-pub fn needs_of(r_class: &[String], score_script: Option<&str>, extras: &[String]) -> Vec<Need> {
+/// The R packages a model needs, each once, in the order found: its classes, its R
+/// files (`(file name, code)`: `score.R` first, then any it may source), then the
+/// `--r-package` extras.
+pub fn needs_of(r_class: &[String], r_files: &[(String, String)], extras: &[String]) -> Vec<Need> {
     let mut needs: Vec<Need> = Vec::new();
     let mut add = |package: &str, reason: Reason| {
         if !needs.iter().any(|need| need.package == package) {
@@ -56,8 +58,10 @@ pub fn needs_of(r_class: &[String], score_script: Option<&str>, extras: &[String
             add(package, Reason::Class(class.clone()));
         }
     }
-    for (package, line, says) in score_script.map(script_packages).unwrap_or_default() {
-        add(&package, Reason::Script { line, says });
+    for (file, code) in r_files {
+        for (package, line, says) in script_packages(code) {
+            add(&package, Reason::Script { file: file.clone(), line, says });
+        }
     }
     for package in extras {
         add(package, Reason::Flag);
@@ -330,11 +334,20 @@ mod tests {
     #[test]
     fn needs_in_order_once() {
         let classes = vec!["randomForest.formula".to_string(), "randomForest".to_string()];
-        let needs = needs_of(&classes, Some("library(randomForest)\nglmnet::glmnet"), &["MASS".into()]);
+        let files = [
+            ("score.R".to_string(), "library(randomForest)\nglmnet::glmnet".to_string()),
+            ("R/helpers.R".to_string(), "\n\nlibrary(glmnet)\nlibrary(e1071)".to_string()),
+        ];
+        let needs = needs_of(&classes, &files, &["MASS".into(), "e1071".into()]);
         let seen: Vec<String> = needs.iter().map(|n| format!("{} <- {}", n.package, n.reason)).collect();
         assert_eq!(
             seen,
-            ["randomForest <- class randomForest.formula", "glmnet <- score.R:2 glmnet::glmnet", "MASS <- --r-package"]
+            [
+                "randomForest <- class randomForest.formula",
+                "glmnet <- score.R:2 glmnet::glmnet",
+                "e1071 <- R/helpers.R:4 library(e1071)",
+                "MASS <- --r-package"
+            ]
         );
     }
 
