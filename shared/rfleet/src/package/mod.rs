@@ -78,12 +78,19 @@ pub struct PackageArgs {
 }
 
 const AFTER_HELP: &str = "\
-The R packages a model needs come from its classes (as loaded by R: class(model)), from
-what its R files (score.R and any other *.R in the package) load or call (library(x),
-require(x), requireNamespace(\"x\"), loadNamespace(\"x\"), x::f) and from --r-package. Base R's packages need nothing; those
-the worker image installs (deploy/setup.sh's R_PACKAGES) need nothing more; the others
-are installed from Debian bookworm as r-cran-<name>. A package Debian does not have is an
-error: build a base image FROM the worker image with it, then pass --from and --provided.
+The models are loaded in an R host first (rfleet-rhost beside rfleet, or workers.rhost_path):
+a package that does not load is refused with R's error.
+
+The R packages a model needs come from its classes (class(model) as R loaded it), from what
+its R files (score.R and any other *.R in the package) load or call (library(x), require(x),
+requireNamespace(\"x\"), loadNamespace(\"x\"), x::f) and from --r-package. Base R's
+packages need nothing, nor do those the worker image installs (deploy/setup.sh's
+R_PACKAGES, compiled in); the others are installed from Debian bookworm as r-cran-<name>.
+A package Debian does not have is an error: build a base image FROM the worker image that
+installs it, then pass --from <that image> --provided <name>.
+
+The build context is self-contained: build it with `docker build -t TAG DIR` anywhere, or
+`az acr build`. It is written before the build, so it is there when Docker is not.
 
 Example:
   rfleet package --models models/iris --tag myacr.azurecr.io/iris:1.0.0
