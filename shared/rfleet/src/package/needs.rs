@@ -323,7 +323,8 @@ mod tests {
         // Comments, strings and variables name no package.
         check("# library(xgboost)\nx <- \"a::b\" # c::d\nlibrary(p, character.only = TRUE)", &[]);
         check("msg <- 'it\\'s library(foo)'\n`my var` <- 1", &[]);
-        // Only a valid package name counts; `x:::y` is still found when spaced oddly.
+        // Only a valid package name counts (two characters at least, no leading dot);
+        // spaces around `::` do not hide one.
         check("library(.hidden)\nf <- ab ::c\ng <- x::y", &["ab 2 ab::c"]);
         // A function of another package called `library` loads nothing.
         check("mypkg::library(other)", &["mypkg 1 mypkg::library"]);
