@@ -21,6 +21,8 @@ mod deploy;
 mod faults;
 #[path = "suite/http.rs"]
 mod http;
+#[path = "suite/package.rs"]
+mod package;
 #[path = "suite/predictions.rs"]
 mod predictions;
 #[path = "suite/tls.rs"]

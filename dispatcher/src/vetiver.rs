@@ -12,6 +12,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::json::predictions_to_json;
+use protocol::r_packages::required_pkgs;
 use protocol::{ErrorCode, ModelInfo};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -214,33 +215,6 @@ pub fn prototype_of(info: &ModelInfo) -> Map<String, Value> {
         .collect()
 }
 
-/// The R packages whose classes appear in `class(model)`, for vetiver's `required_pkgs`.
-/// Classes of unknown origin are left out rather than guessed.
-pub fn required_pkgs(r_class: &[String]) -> Vec<String> {
-    let mut packages: Vec<String> = Vec::new();
-    for class in r_class {
-        let package = match class.as_str() {
-            "randomForest" | "randomForest.formula" => "randomForest",
-            "ranger" => "ranger",
-            "lm" | "glm" | "mlm" | "nls" | "loess" => "stats",
-            "rpart" => "rpart",
-            "gbm" => "gbm",
-            "train" | "train.formula" => "caret",
-            "glmnet" | "elnet" | "lognet" | "multnet" | "cv.glmnet" => "glmnet",
-            "svm" | "svm.formula" | "naiveBayes" => "e1071",
-            "lda" | "qda" | "polr" | "rlm" | "glm.nb" => "MASS",
-            "xgb.Booster" => "xgboost",
-            "workflow" => "workflows",
-            "model_fit" => "parsnip",
-            _ => continue,
-        };
-        if !packages.iter().any(|p| p == package) {
-            packages.push(package.to_string());
-        }
-    }
-    packages
-}
-
 /// `2025-01-31 12:00:00` (UTC), as R prints a time.
 const R_TIME: &[time::format_description::BorrowedFormatItem<'static>] =
     time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
@@ -263,9 +237,5 @@ mod tests {
         assert_eq!(at(0), "1970-01-01 00:00:00");
         assert_eq!(at(951_782_400 + 3_661), "2000-02-29 01:01:01");
         assert_eq!(at(1_738_324_800), "2025-01-31 12:00:00");
-        let classes = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(required_pkgs(&classes(&["randomForest.formula", "randomForest"])), ["randomForest"]);
-        assert_eq!(required_pkgs(&classes(&["glm", "lm"])), ["stats"]);
-        assert!(required_pkgs(&classes(&["my_own_class"])).is_empty());
     }
 }

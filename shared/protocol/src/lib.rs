@@ -7,6 +7,8 @@
 //!   against it and names the column, row and value of every problem.
 //! - [`json`]: JSON bodies (row objects, pandas split orientation) to and from frames.
 //! - [`host`]: the private channel between a worker's supervisor and its R host children.
+//! - [`r_packages`]: the R package each known model class comes from (not a wire type, but
+//!   read from `ModelInfo::r_class` by the dispatcher and by `rfleet package` alike).
 //!
 //! **Invariant:** only this crate defines types that are serialized across a boundary.
 //! Every such type is named-field MessagePack (`rmp_serde::to_vec_named`), ignores
@@ -16,6 +18,7 @@ pub mod frame;
 pub mod host;
 pub mod json;
 pub mod message;
+pub mod r_packages;
 pub mod schema;
 
 pub use frame::{Column, ColumnData, Frame, FrameError, NulAt, NUL_IN_R};

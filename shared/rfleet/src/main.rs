@@ -5,6 +5,9 @@
 //! - `dispatcher`: the HTTP front alone, over a broker.
 //! - `worker`: a worker alone (R host pool), over a broker.
 //! - `config`: print the effective settings, secrets redacted.
+//! - `package`: model packages to a model image FROM the worker image (`package`).
+
+mod package;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +42,9 @@ enum Command {
     /// Print the effective settings (defaults < file < environment < flags) as TOML, with
     /// passwords and keys shown as `***`.
     Config(Flags),
+    /// Build a model image: the model packages and the R packages they need (from Debian),
+    /// FROM the worker image; one image per model version.
+    Package(package::PackageArgs),
 }
 
 /// Flags that override settings; each names the key it sets.
@@ -91,8 +97,16 @@ impl Flags {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (Command::Serve(flags) | Command::Dispatcher(flags) | Command::Worker(flags) | Command::Config(flags)) =
-        &cli.command;
+    let flags = match &cli.command {
+        Command::Serve(flags) | Command::Dispatcher(flags) | Command::Worker(flags) | Command::Config(flags) => flags,
+        Command::Package(args) => {
+            // Settings for the R host it loads the models in (`workers.rhost_path`,
+            // `workers.host_start_timeout_ms`); its own logs only when something is wrong.
+            let settings = Settings::load(&Sources::from_process(cli.config.clone(), Vec::new()))?;
+            telemetry::init(&settings::LogSettings { level: "warn".into(), ..settings.log.clone() });
+            return package::run(args, &settings);
+        }
+    };
     let settings = Settings::load(&Sources::from_process(cli.config.clone(), flags.overrides()))?;
     if let Command::Config(_) = cli.command {
         // Secret settings serialize as their redacted form (`settings::secret`); the
@@ -108,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(_) => serve(settings).await,
             Command::Dispatcher(_) => dispatcher(settings).await,
             Command::Worker(_) => worker(settings).await,
-            Command::Config(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Package(_) => unreachable!("handled above"),
         }
     })
 }
