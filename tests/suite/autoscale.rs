@@ -1,0 +1,535 @@
+//! KEDA's metric for real, and an autoscaling simulation: the queue metric the chart's
+//! ScaledObject asks for, read from the real broker's management API exactly as KEDA's
+//! `rabbitmq` scaler reads it (`keda.rs`), and KEDA's and the HPA's scaling logic applied to
+//! it every second, starting and stopping real `rfleet worker` processes under a load ramp.
+//!
+//! The model is `slow`: rf_reg's forest with a `predict_fn` that sleeps
+//! [`SERVICE_SECONDS`] per row before R's `predict`, served one row per call
+//! (`workers.max_batch_rows = 1`) by one R host per worker, so a worker's capacity is known
+//! (about 1 / SERVICE_SECONDS calls a second) and answers are R's own for rf_reg's rows.
+
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{assert_same, case, client, fixtures, get, post, repo_root, target_dir, Fleet, Server, ServerOptions};
+
+use crate::keda::{Autoscaler, HostUrl, QueueInfo, RabbitTrigger, ScaledObjectSpec};
+
+/// The management URL the TriggerAuthentication's Secret holds (`host`): the shared broker.
+const MANAGEMENT_HOST: &str = "http://guest:guest@127.0.0.1:15672/%2f";
+/// The chart's default `bus.queue_prefix`; the tests' fleets use prefixes of their own.
+const CHART_PREFIX: &str = "rfleet.model.";
+/// Seconds `slow`'s `predict_fn` sleeps per row.
+const SERVICE_SECONDS: f64 = 0.2;
+/// The dispatcher's request deadline (`server.request_timeout_ms`, its default).
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The ScaledObject of model `slow` version 1, as the chart renders it with
+/// `tests/deploy/autoscale-values.yaml`. The one seam between these tests and the chart:
+/// with `deploy/helm/rfleet` present it is rendered by `helm template`; before that, the
+/// same object is read from `tests/deploy/fixtures/scaledobject.json`.
+pub fn scaled_object() -> Value {
+    let chart = repo_root().join("deploy/helm/rfleet");
+    if chart.is_dir() {
+        return rendered_scaled_object(&chart);
+    }
+    let path = repo_root().join("tests/deploy/fixtures/scaledobject.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn rendered_scaled_object(chart: &Path) -> Value {
+    let tools = repo_root().join(".rfleet/tools");
+    let values = repo_root().join("tests/deploy/autoscale-values.yaml");
+    let output = Command::new(tools.join("bin/helm"))
+        .args(["template", "autoscale"])
+        .arg(chart)
+        .arg("-f")
+        .arg(&values)
+        .output()
+        .expect("run helm (deploy/setup.sh test installs it under .rfleet/tools)");
+    assert!(output.status.success(), "helm template failed: {}", String::from_utf8_lossy(&output.stderr));
+    let mut python = Command::new(tools.join("venv/bin/python"))
+        .args(["-c", "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the tools venv's python");
+    std::io::Write::write_all(&mut python.stdin.take().unwrap(), &output.stdout).unwrap();
+    let converted = python.wait_with_output().unwrap();
+    assert!(converted.status.success(), "the rendered chart is not YAML");
+    let objects: Vec<Value> = serde_json::from_slice(&converted.stdout).unwrap();
+    objects
+        .into_iter()
+        .find(|o| {
+            o["kind"] == "ScaledObject"
+                && o["spec"]["triggers"].as_array().is_some_and(|ts| {
+                    ts.iter().any(|t| t["metadata"]["queueName"].as_str().is_some_and(|q| q.ends_with("slow@1")))
+                })
+        })
+        .expect("the chart rendered no ScaledObject on the queue of slow@1")
+}
+
+/// The fleet's queue for a queue the chart names: the chart's prefix swapped for the
+/// fleet's own (the names after it are the contract's `<name>` or `<name>@<version>`).
+fn fleet_queue(rendered: &str, fleet: &Fleet) -> String {
+    let rest = rendered
+        .strip_prefix(CHART_PREFIX)
+        .unwrap_or_else(|| panic!("the ScaledObject's queueName {rendered:?} lacks the prefix {CHART_PREFIX:?}"));
+    assert!(rest == "slow@1" || rest == "slow", "the ScaledObject scales on {rendered:?}, not slow's queues");
+    format!("{}{rest}", fleet.queue_prefix())
+}
+
+/// A models directory holding `slow` (see the module's comment) and R's answers for its
+/// rows: rf_reg's case, computed by R with `predict`.
+fn slow_model() -> (tempfile::TempDir, Vec<(String, Value)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("slow");
+    std::fs::create_dir(&package).unwrap();
+    std::fs::copy(fixtures().join("models/rf_reg/model.rds"), package.join("model.rds")).unwrap();
+    std::fs::write(package.join("model.toml"), "name = \"slow\"\nversion = \"1\"\n").unwrap();
+    std::fs::write(
+        package.join("score.R"),
+        format!(
+            "predict_fn <- function(model, newdata) {{\n  Sys.sleep({SERVICE_SECONDS} * nrow(newdata))\n  \
+             predict(model, newdata)\n}}\n"
+        ),
+    )
+    .unwrap();
+    let rf = case(&fixtures(), "rf_reg");
+    let rows = rf.rows.iter().zip(&rf.expected).map(|(row, expected)| (json!([row]).to_string(), json!([expected])));
+    (dir, rows.collect())
+}
+
+fn worker(models: &Path, fleet: &Fleet, id: usize) -> ServerOptions {
+    ServerOptions::fleet("worker", models, fleet)
+        .hosts(1)
+        .env("RFLEET_WORKERS__MAX_BATCH_ROWS", 1)
+        .env("RFLEET_WORKERS__ID", format!("w{id}"))
+}
+
+async fn dispatcher(models: &Path, fleet: &Fleet, http: &reqwest::Client) -> Server {
+    let server = ServerOptions::fleet("dispatcher", models, fleet)
+        .env("RFLEET_SERVER__REQUEST_TIMEOUT_MS", DEADLINE.as_millis())
+        .start();
+    let start = Instant::now();
+    loop {
+        let ready = get(http, &format!("{}/ready", server.url)).await;
+        if ready.status == 200 {
+            return server;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "dispatcher never ready: {}", ready.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One trigger of the ScaledObject, pointed at the fleet's queue, read as KEDA reads it.
+struct Probe {
+    trigger: RabbitTrigger,
+    url: String,
+    credentials: Option<(String, String)>,
+}
+
+/// One reading of a trigger: what the management API said and what KEDA makes of it.
+#[derive(Debug, Clone)]
+struct Reading {
+    info: QueueInfo,
+    metric: f64,
+    active: bool,
+}
+
+impl Probe {
+    fn all(spec: &ScaledObjectSpec, fleet: &Fleet) -> Vec<Probe> {
+        spec.triggers
+            .iter()
+            .map(|metadata| {
+                let mut metadata = metadata.clone();
+                let queue = fleet_queue(metadata["queueName"].as_str().expect("trigger queueName"), fleet);
+                metadata["queueName"] = Value::String(queue);
+                let trigger = RabbitTrigger::from_metadata(&metadata, MANAGEMENT_HOST);
+                Probe {
+                    url: trigger.management_url(),
+                    credentials: HostUrl::parse(&trigger.host).credentials(),
+                    trigger,
+                }
+            })
+            .collect()
+    }
+
+    /// `GetMetricsAndActivity` against the live broker. The URL in errors carries no
+    /// credentials.
+    async fn read(&self, http: &reqwest::Client) -> Result<Reading, String> {
+        let mut request = http.get(&self.url);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| format!("GET {}: {e}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET {}: {status}", self.url));
+        }
+        let body: Value = response.json().await.map_err(|e| format!("GET {}: not JSON: {e}", self.url))?;
+        let info = self.trigger.queue_info(&body);
+        let (metric, active) = self.trigger.metric_and_activity(&info);
+        Ok(Reading { info, metric, active })
+    }
+
+    fn is_version_queue(&self) -> bool {
+        self.trigger.queue_name.ends_with("slow@1")
+    }
+}
+
+/// Sends one row to the dispatcher and checks the answer is R's: `Ok(latency)`, or what
+/// went wrong.
+async fn score(http: &reqwest::Client, url: &str, row: &(String, Value)) -> Result<Duration, String> {
+    let start = Instant::now();
+    let answer = post(http, &format!("{url}/models/slow/score"), row.0.clone(), &[]).await;
+    let latency = start.elapsed();
+    if answer.status != 200 {
+        return Err(format!("status {}: {}", answer.status, answer.text));
+    }
+    let got = answer.json();
+    std::panic::catch_unwind(|| assert_same(&got, &row.1, "slow"))
+        .map_err(|_| format!("answer {got} differs from R's {}", row.1))?;
+    Ok(latency)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_metric_counts_in_flight_and_is_zero_at_idle() {
+    let spec = ScaledObjectSpec::parse(&scaled_object());
+    let fleet = Fleet::new("keda-metric");
+    fleet.delete_queues_of("slow", &["1"]);
+    let (models, rows) = slow_model();
+    let http = client();
+    let _worker = worker(models.path(), &fleet, 1).start();
+    let dispatcher = dispatcher(models.path(), &fleet, &http).await;
+    let probes = Probe::all(&spec, &fleet);
+    let probe = probes.iter().find(|p| p.is_version_queue()).expect("a trigger on the version queue slow@1");
+    let value = probe.trigger.value;
+
+    // A bounded burst: 60 requests at once, about 60 * SERVICE_SECONDS of work for one
+    // worker, so that several of the management API's statistics samples (every 5 s by
+    // default, `collect_statistics_interval`) fall within it.
+    let n = 60;
+    let rows = Arc::new(rows);
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut requests = Vec::new();
+    for i in 0..n {
+        let (http, url, rows, done) = (http.clone(), dispatcher.url.clone(), rows.clone(), done.clone());
+        requests.push(tokio::spawn(async move {
+            let result = score(&http, &url, &rows[i % rows.len()]).await;
+            done.fetch_add(1, Ordering::SeqCst);
+            result
+        }));
+    }
+    let mut under_load = Vec::new();
+    while done.load(Ordering::SeqCst) < n {
+        if let Ok(reading) = probe.read(&http).await {
+            under_load.push(reading);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (i, request) in requests.into_iter().enumerate() {
+        if let Err(e) = request.await.unwrap() {
+            panic!("request {i}: {e}");
+        }
+    }
+    let peak = under_load.iter().map(|r| r.metric).fold(0.0, f64::max);
+    assert!(peak > value, "under load the metric never rose above the trigger's value {value}: {under_load:?}");
+    // KEDA's metric is `messages`, ready and unacknowledged: the worker's deliveries (in R
+    // and prefetched) count, which `protocol: amqp` (ready only) would miss.
+    let in_flight = under_load
+        .iter()
+        .find(|r| r.info.messages_unacknowledged > 0 && r.metric > 0.0)
+        .unwrap_or_else(|| panic!("no reading under load showed unacknowledged messages: {under_load:?}"));
+    assert_eq!(
+        in_flight.metric,
+        (in_flight.info.messages_ready + in_flight.info.messages_unacknowledged) as f64,
+        "the metric is not ready + unacknowledged: {in_flight:?}"
+    );
+    assert!(in_flight.metric > in_flight.info.messages_ready as f64, "{in_flight:?}");
+
+    // Idle: back to zero and inactive, once the statistics catch up.
+    let start = Instant::now();
+    loop {
+        let reading = probe.read(&http).await.expect("read the metric");
+        if reading.metric == 0.0 && !reading.active {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the metric stayed {reading:?} at idle");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("keda metric: peak {peak} against value {value}; in flight {in_flight:?}");
+}
+
+/// The worker processes of the simulated Deployment: starting (R hosts coming up), running,
+/// and draining (SIGTERM sent). `pods` are the first two, as a Deployment's status counts.
+struct Deployment {
+    models: std::path::PathBuf,
+    fleet: Arc<Fleet>,
+    starting: Vec<tokio::task::JoinHandle<Server>>,
+    running: Vec<Server>,
+    draining: Vec<tokio::task::JoinHandle<ExitStatus>>,
+    /// Starting workers to stop as soon as they are up (scaled down meanwhile).
+    unwanted: usize,
+    next_id: usize,
+}
+
+impl Deployment {
+    fn pods(&self) -> usize {
+        self.starting.len() + self.running.len() - self.unwanted
+    }
+
+    /// Moves workers that came up to `running` (or straight to draining if unwanted).
+    async fn settle(&mut self) {
+        let mut still = Vec::new();
+        for handle in self.starting.drain(..) {
+            if handle.is_finished() {
+                let server = handle.await.expect("a worker failed to start");
+                if self.unwanted > 0 {
+                    self.unwanted -= 1;
+                    self.draining.push(tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(60))));
+                } else {
+                    self.running.push(server);
+                }
+            } else {
+                still.push(handle);
+            }
+        }
+        self.starting = still;
+    }
+
+    /// Starts or stops workers until there are `replicas` pods. Scale-down stops the newest
+    /// running worker (SIGTERM: the drain), or a starting one once it is up.
+    fn scale(&mut self, replicas: usize) {
+        while self.pods() < replicas {
+            if self.unwanted > 0 {
+                self.unwanted -= 1;
+                continue;
+            }
+            self.next_id += 1;
+            let (models, fleet, id) = (self.models.clone(), self.fleet.clone(), self.next_id);
+            self.starting.push(tokio::task::spawn_blocking(move || worker(&models, &fleet, id).start()));
+        }
+        while self.pods() > replicas {
+            match self.running.pop() {
+                Some(server) => {
+                    self.draining.push(tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(60))))
+                }
+                None => self.unwanted += 1,
+            }
+        }
+    }
+}
+
+/// Requests a second of the ramp sends: up from 2/s to PEAK over 20 s, PEAK for 30 s, down
+/// to 0 over 15 s.
+fn rate(t: f64) -> f64 {
+    const PEAK: f64 = 14.0;
+    match t {
+        t if t < 10.0 => 2.0,
+        t if t < 30.0 => 2.0 + (PEAK - 2.0) * (t - 10.0) / 20.0,
+        t if t < 60.0 => PEAK,
+        t if t < 75.0 => PEAK * (75.0 - t) / 15.0,
+        _ => 0.0,
+    }
+}
+
+const RAMP_SECONDS: f64 = 75.0;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keda_autoscaling_simulation_under_a_load_ramp() {
+    let object = scaled_object();
+    let spec = ScaledObjectSpec::parse(&object);
+    // The dispatcher forgets a model no worker announces, so at zero replicas requests get
+    // 404 today: the simulation runs with at least one.
+    assert!(spec.min_replica_count >= 1, "the simulation needs minReplicaCount >= 1 (scale to zero is not served yet)");
+    assert!(spec.max_replica_count > spec.min_replica_count, "nothing to scale: {spec:?}");
+    let fleet = Arc::new(Fleet::new("keda-sim"));
+    fleet.delete_queues_of("slow", &["1"]);
+    let (models, rows) = slow_model();
+    let http = client();
+    let mut deployment = Deployment {
+        models: models.path().to_path_buf(),
+        fleet: fleet.clone(),
+        starting: Vec::new(),
+        running: Vec::new(),
+        draining: Vec::new(),
+        unwanted: 0,
+        next_id: 0,
+    };
+    deployment.scale(spec.min_replica_count as usize);
+    while !deployment.starting.is_empty() {
+        deployment.settle().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dispatcher = dispatcher(models.path(), &fleet, &http).await;
+    let probes = Probe::all(&spec, &fleet);
+
+    // The load: an open loop, each request sent at its time whatever the others are doing.
+    let latencies: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let origin = Instant::now();
+    let load = {
+        let (http, url, rows) = (http.clone(), dispatcher.url.clone(), Arc::new(rows));
+        let (latencies, errors, sent) = (latencies.clone(), errors.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut requests = Vec::new();
+            let mut due = 0.0;
+            let mut t = 0.0;
+            while t < RAMP_SECONDS {
+                due += rate(t) * 0.01;
+                while due >= 1.0 {
+                    due -= 1.0;
+                    let i = sent.fetch_add(1, Ordering::SeqCst);
+                    let (http, url, rows, latencies, errors) =
+                        (http.clone(), url.clone(), rows.clone(), latencies.clone(), errors.clone());
+                    requests.push(tokio::spawn(async move {
+                        match score(&http, &url, &rows[i % rows.len()]).await {
+                            Ok(latency) => {
+                                latencies.lock().unwrap().push((origin.elapsed().as_secs_f64(), latency.as_secs_f64()))
+                            }
+                            Err(e) => errors.lock().unwrap().push(format!("request {i}: {e}")),
+                        }
+                    }));
+                }
+                t += 0.01;
+                tokio::time::sleep_until((origin + Duration::from_secs_f64(t)).into()).await;
+            }
+            for request in requests {
+                request.await.expect("request task");
+            }
+        })
+    };
+
+    // Every second: read the live metric of each trigger, let KEDA (on its polling
+    // interval) and the HPA (every second here; kube-controller-manager's
+    // --horizontal-pod-autoscaler-sync-period is 15 s by default) decide, scale.
+    let mut autoscaler = Autoscaler::new(spec.clone(), 0.0);
+    let mut replicas = spec.min_replica_count;
+    let mut curve = Vec::new();
+    let mut peak_replicas = replicas;
+    let mut reported = 0;
+    let limit = Duration::from_secs(170);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = origin.elapsed().as_secs_f64();
+        deployment.settle().await;
+        let mut readings = Vec::new();
+        for probe in &probes {
+            readings.push(probe.read(&http).await.unwrap_or_else(|e| panic!("KEDA's metric read failed: {e}")));
+        }
+        let metrics: Vec<_> =
+            probes.iter().zip(&readings).map(|(p, r)| (p.trigger.metric_spec(r.metric), r.active)).collect();
+        let pods = deployment.pods() as i32;
+        let desired = autoscaler.step(now, replicas, pods, &metrics);
+        replicas = desired;
+        deployment.scale(replicas as usize);
+        peak_replicas = peak_replicas.max(replicas);
+
+        let mut second: Vec<f64> = {
+            let latencies = latencies.lock().unwrap();
+            let new: Vec<f64> = latencies[reported..].iter().map(|(_, l)| *l).collect();
+            reported = latencies.len();
+            new
+        };
+        second.sort_by(f64::total_cmp);
+        let version = probes.iter().position(Probe::is_version_queue).unwrap_or(0);
+        curve.push(json!({
+            "t": (now * 10.0).round() / 10.0,
+            "rate": rate(now),
+            "metric": readings[version].metric,
+            "ready": readings[version].info.messages_ready,
+            "unacked": readings[version].info.messages_unacknowledged,
+            "desired": desired,
+            "pods": deployment.pods(),
+            "running": deployment.running.len(),
+            "answered": second.len(),
+            "p50": percentile(&second, 0.5),
+            "p99": percentile(&second, 0.99),
+        }));
+        let idle = load.is_finished();
+        if idle && replicas == spec.min_replica_count && deployment.pods() == replicas as usize {
+            break;
+        }
+        assert!(
+            origin.elapsed() < limit,
+            "the fleet did not shrink back to {} within {limit:?}: {:?}",
+            spec.min_replica_count,
+            curve.last()
+        );
+    }
+    load.await.expect("load task");
+
+    // The record, for tests/deploy/plot_autoscale.py and docs/autoscaling.svg.
+    let mut all: Vec<f64> = latencies.lock().unwrap().iter().map(|(_, l)| *l).collect();
+    all.sort_by(f64::total_cmp);
+    let trigger = &probes.iter().find(|p| p.is_version_queue()).unwrap_or(&probes[0]).trigger;
+    let record = json!({
+        "scaled_object": object,
+        "scaled_object_name": spec.name,
+        "scale_target": spec.target,
+        "service_seconds": SERVICE_SECONDS,
+        "hosts_per_worker": 1,
+        "max_batch_rows": 1,
+        "deadline_s": DEADLINE.as_secs_f64(),
+        "value": trigger.value,
+        "requests": sent.load(Ordering::SeqCst),
+        "answered": all.len(),
+        "p50_s": percentile(&all, 0.5),
+        "p99_s": percentile(&all, 0.99),
+        "max_s": all.last().copied().unwrap_or(0.0),
+        "peak_replicas": peak_replicas,
+        "curve": curve,
+    });
+    let path = target_dir().join("autoscale.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    println!(
+        "autoscale: {} requests, p50 {:.3} s, p99 {:.3} s, peak {peak_replicas} workers; curve in {}",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        path.display()
+    );
+
+    let errors = errors.lock().unwrap().clone();
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        errors.len(),
+        sent.load(Ordering::SeqCst),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(all.len(), sent.load(Ordering::SeqCst), "requests without an answer");
+    assert!(peak_replicas > spec.min_replica_count, "the fleet never grew under load (peak {peak_replicas})");
+    assert!(
+        percentile(&all, 0.99) < DEADLINE.as_secs_f64(),
+        "p99 {:.3} s is beyond the deadline",
+        percentile(&all, 0.99)
+    );
+    // Every stopped worker drained and exited cleanly.
+    for drained in std::mem::take(&mut deployment.draining) {
+        let status = drained.await.expect("drain task");
+        assert!(status.success(), "a worker stopped by the scale-down exited with {status}");
+    }
+    // Nothing went to the dead-letter queue (absent: nothing was ever dead-lettered).
+    let url = format!("http://127.0.0.1:15672/api/queues/%2f/{}", fleet.dead_letter_queue());
+    let dead = http.get(&url).basic_auth("guest", Some("guest")).send().await.expect("GET the dead-letter queue");
+    if dead.status() != reqwest::StatusCode::NOT_FOUND {
+        let dead: Value = dead.json().await.expect("the dead-letter queue as JSON");
+        assert_eq!(dead["messages"].as_i64().unwrap_or(0), 0, "requests were dead-lettered: {dead}");
+    }
+}
