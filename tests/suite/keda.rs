@@ -531,57 +531,43 @@ impl Hpa {
         self.record(now, proposal, up_cutoff, down_cutoff);
         // convertDesiredReplicasWithBehaviorRate.
         if stabilized > current {
-            let limit = self.scale_up_limit(now, current, &behavior.scale_up).max(current);
+            let limit = self.policy_limit(now, current, &behavior.scale_up, true).max(current);
             stabilized.min(self.max_replicas.min(limit))
         } else if stabilized < current {
-            let limit = self.scale_down_limit(now, current, &behavior.scale_down).min(current);
+            let limit = self.policy_limit(now, current, &behavior.scale_down, false).min(current);
             stabilized.max(self.min_replicas.max(limit))
         } else {
             stabilized
         }
     }
 
-    /// `calculateScaleUpLimitWithScalingRules`.
-    fn scale_up_limit(&self, now: f64, current: i32, rules: &ScalingRules) -> i32 {
-        let pick: fn(i32, i32) -> i32 = match rules.select_policy {
+    /// `calculateScaleUpLimitWithScalingRules` (`up`) and
+    /// `calculateScaleDownLimitWithBehaviors`: the furthest the policies let the replicas
+    /// go from where each policy's period started. `selectPolicy: Max` takes the policy
+    /// allowing the largest change (the highest count up, the lowest down), `Min` the
+    /// smallest, `Disabled` none.
+    fn policy_limit(&self, now: f64, current: i32, rules: &ScalingRules, up: bool) -> i32 {
+        let highest = match rules.select_policy {
             SelectPolicy::Disabled => return current,
-            SelectPolicy::Min => i32::min,
-            SelectPolicy::Max => i32::max,
+            SelectPolicy::Max => up,
+            SelectPolicy::Min => !up,
         };
-        let mut result = if rules.select_policy == SelectPolicy::Min { i32::MAX } else { i32::MIN };
-        for policy in &rules.policies {
+        let proposals = rules.policies.iter().map(|policy| {
             let added = change_per_period(now, policy.period_seconds, &self.scale_up_events);
             let deleted = change_per_period(now, policy.period_seconds, &self.scale_down_events);
             let start = current - added + deleted;
-            let proposed = match policy.kind {
-                PolicyType::Pods => start + policy.value,
-                PolicyType::Percent => (f64::from(start) * (1.0 + f64::from(policy.value) / 100.0)).ceil() as i32,
-            };
-            result = pick(result, proposed);
-        }
-        result
-    }
-
-    /// `calculateScaleDownLimitWithBehaviors`.
-    fn scale_down_limit(&self, now: f64, current: i32, rules: &ScalingRules) -> i32 {
-        let pick: fn(i32, i32) -> i32 = match rules.select_policy {
-            SelectPolicy::Disabled => return current,
-            SelectPolicy::Min => i32::max,
-            SelectPolicy::Max => i32::min,
-        };
-        let mut result = if rules.select_policy == SelectPolicy::Min { i32::MIN } else { i32::MAX };
-        for policy in &rules.policies {
-            let added = change_per_period(now, policy.period_seconds, &self.scale_up_events);
-            let deleted = change_per_period(now, policy.period_seconds, &self.scale_down_events);
-            let start = current - added + deleted;
-            let proposed = match policy.kind {
-                PolicyType::Pods => start - policy.value,
+            let percent = f64::from(policy.value) / 100.0;
+            match (policy.kind, up) {
+                (PolicyType::Pods, true) => start + policy.value,
+                (PolicyType::Pods, false) => start - policy.value,
+                // Rounded up, so that a small percentage still adds a replica.
+                (PolicyType::Percent, true) => (f64::from(start) * (1.0 + percent)).ceil() as i32,
                 // Go's int32(float64) conversion truncates.
-                PolicyType::Percent => (f64::from(start) * (1.0 - f64::from(policy.value) / 100.0)) as i32,
-            };
-            result = pick(result, proposed);
-        }
-        result
+                (PolicyType::Percent, false) => (f64::from(start) * (1.0 - percent)) as i32,
+            }
+        });
+        let limit = if highest { proposals.max() } else { proposals.min() };
+        limit.unwrap_or(current)
     }
 
     /// `storeScaleEvent` (kept only with a behavior; events older than the longest policy
@@ -879,6 +865,18 @@ mod unit {
         }
         replicas = a.step(31.0, replicas, replicas, &observe(&spec, 0));
         assert_eq!(replicas, 1, "50 % of 3 truncates to 1");
+        // selectPolicy Min: the policy allowing the smallest change, up (+4 pods or 100 %
+        // from 1: 2) and down (-1 pod or 50 % from 6: 5).
+        let rules =
+            |policies: Value| json!({"selectPolicy": "Min", "stabilizationWindowSeconds": 0, "policies": policies});
+        let behavior = Behavior::parse(&json!({
+            "scaleUp": rules(json!([{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}])),
+            "scaleDown": rules(json!([{"type": "Pods", "value": 1, "periodSeconds": 15}, {"type": "Percent", "value": 50, "periodSeconds": 15}])),
+        }));
+        let busy = ExternalMetric { usage_milli: 40_000, target_milli: 1000 };
+        assert_eq!(Hpa::new(1, 10, Some(behavior.clone())).reconcile(0.0, 1, 1, &[busy]), 2);
+        let quiet = ExternalMetric { usage_milli: 0, target_milli: 1000 };
+        assert_eq!(Hpa::new(1, 10, Some(behavior)).reconcile(0.0, 6, 6, &[quiet]), 5);
         // Without a behavior: the legacy 5 minute window and max(2 * current, 4).
         let mut hpa = Hpa::new(1, 10, None);
         let m = ExternalMetric { usage_milli: 40_000, target_milli: 2000 };
