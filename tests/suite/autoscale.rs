@@ -19,8 +19,9 @@ use support::{assert_same, case, client, fixtures, get, post, repo_root, target_
 
 use crate::keda::{Autoscaler, HostUrl, QueueInfo, RabbitTrigger, ScaledObjectSpec};
 
-/// The management URL the TriggerAuthentication's Secret holds (`host`): the shared broker.
-const MANAGEMENT_HOST: &str = "http://guest:guest@127.0.0.1:15672/%2f";
+/// The management URL the TriggerAuthentication's Secret holds (`host`, the values'
+/// `broker.managementUrl`): the shared broker; the vhost comes from the trigger's `vhostName`.
+const MANAGEMENT_HOST: &str = "http://guest:guest@127.0.0.1:15672/";
 /// The chart's default `bus.queue_prefix`; the tests' fleets use prefixes of their own.
 const CHART_PREFIX: &str = "rfleet.model.";
 /// Seconds `slow`'s `predict_fn` sleeps per row.
