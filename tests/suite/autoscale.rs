@@ -29,27 +29,15 @@ const SERVICE_SECONDS: f64 = 0.2;
 /// The dispatcher's request deadline (`server.request_timeout_ms`, its default).
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The ScaledObject of model `slow` version 1, as the chart renders it with
-/// `tests/deploy/autoscale-values.yaml`. The one seam between these tests and the chart:
-/// with `deploy/helm/rfleet` present it is rendered by `helm template`; before that, the
-/// same object is read from `tests/deploy/fixtures/scaledobject.json`.
-pub fn scaled_object() -> Value {
-    let chart = repo_root().join("deploy/helm/rfleet");
-    if chart.is_dir() {
-        return rendered_scaled_object(&chart);
-    }
-    let path = repo_root().join("tests/deploy/fixtures/scaledobject.json");
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn rendered_scaled_object(chart: &Path) -> Value {
+/// The ScaledObject of model `slow` version 1, as the chart (`deploy/helm/rfleet`) renders
+/// it with `tests/deploy/<values>` (`helm template`, YAML read by the tools venv's PyYAML).
+fn scaled_object(values: &str) -> Value {
     let tools = repo_root().join(".rfleet/tools");
-    let values = repo_root().join("tests/deploy/autoscale-values.yaml");
     let output = Command::new(tools.join("bin/helm"))
         .args(["template", "autoscale"])
-        .arg(chart)
+        .arg(repo_root().join("deploy/helm/rfleet"))
         .arg("-f")
-        .arg(&values)
+        .arg(repo_root().join("tests/deploy").join(values))
         .output()
         .expect("run helm (deploy/setup.sh test installs it under .rfleet/tools)");
     assert!(output.status.success(), "helm template failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -112,10 +100,13 @@ fn worker(models: &Path, fleet: &Fleet, id: usize) -> ServerOptions {
         .env("RFLEET_WORKERS__ID", format!("w{id}"))
 }
 
-async fn dispatcher(models: &Path, fleet: &Fleet, http: &reqwest::Client) -> Server {
-    let server = ServerOptions::fleet("dispatcher", models, fleet)
-        .env("RFLEET_SERVER__REQUEST_TIMEOUT_MS", DEADLINE.as_millis())
-        .start();
+async fn dispatcher(models: &Path, fleet: &Fleet, http: &reqwest::Client, env: &[(&str, &str)]) -> Server {
+    let mut options = ServerOptions::fleet("dispatcher", models, fleet)
+        .env("RFLEET_SERVER__REQUEST_TIMEOUT_MS", DEADLINE.as_millis());
+    for (key, value) in env {
+        options = options.env(key, value);
+    }
+    let server = options.start();
     let start = Instant::now();
     loop {
         let ready = get(http, &format!("{}/ready", server.url)).await;
@@ -200,13 +191,13 @@ async fn score(http: &reqwest::Client, url: &str, row: &(String, Value)) -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keda_metric_counts_in_flight_and_is_zero_at_idle() {
-    let spec = ScaledObjectSpec::parse(&scaled_object());
+    let spec = ScaledObjectSpec::parse(&scaled_object("autoscale-values.yaml"));
     let fleet = Fleet::new("keda-metric");
     fleet.delete_queues_of("slow", &["1"]);
     let (models, rows) = slow_model();
     let http = client();
     let _worker = worker(models.path(), &fleet, 1).start();
-    let dispatcher = dispatcher(models.path(), &fleet, &http).await;
+    let dispatcher = dispatcher(models.path(), &fleet, &http, &[]).await;
     let probes = Probe::all(&spec, &fleet);
     let probe = probes.iter().find(|p| p.is_version_queue()).expect("a trigger on the version queue slow@1");
     let value = probe.trigger.value;
@@ -326,37 +317,41 @@ impl Deployment {
     }
 }
 
-/// Requests a second of the ramp sends: up from 2/s to PEAK over 20 s, PEAK for 30 s, down
-/// to 0 over 15 s.
-fn rate(t: f64) -> f64 {
-    const PEAK: f64 = 14.0;
-    match t {
-        t if t < 10.0 => 2.0,
-        t if t < 30.0 => 2.0 + (PEAK - 2.0) * (t - 10.0) / 20.0,
-        t if t < 60.0 => PEAK,
-        t if t < 75.0 => PEAK * (75.0 - t) / 15.0,
-        _ => 0.0,
-    }
+/// A load and the ScaledObject it runs against.
+struct Scenario {
+    /// The values file (under `tests/deploy/`) the ScaledObject is rendered with.
+    values: &'static str,
+    /// Requests a second at time `t` (seconds since the start), 0 from `seconds` on.
+    rate: fn(f64) -> f64,
+    seconds: f64,
+    /// The record's file name under `target/debug/`.
+    record: &'static str,
+    /// Extra dispatcher settings.
+    dispatcher_env: &'static [(&'static str, &'static str)],
 }
 
-const RAMP_SECONDS: f64 = 75.0;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+/// What a simulation measured.
+struct Outcome {
+    spec: ScaledObjectSpec,
+    curve: Vec<Value>,
+    /// Sorted latencies of every answer, seconds.
+    latencies: Vec<f64>,
+    /// (sent at, latency) of every answer.
+    timed: Vec<(f64, f64)>,
+    errors: Vec<String>,
+    sent: usize,
+    peak_replicas: i32,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn keda_autoscaling_simulation_under_a_load_ramp() {
-    let object = scaled_object();
+/// Runs `scenario`: a fleet of `spec.minReplicaCount` workers (at least one, for the
+/// dispatcher to learn the model from), the load, and every second KEDA's and the HPA's
+/// decision on the live metric applied to the worker processes, until the load is over and
+/// the fleet is back at its minimum. Checks the drained workers exited 0 and nothing was
+/// dead-lettered; writes the record.
+async fn simulate(scenario: Scenario) -> Outcome {
+    let object = scaled_object(scenario.values);
     let spec = ScaledObjectSpec::parse(&object);
-    // The dispatcher forgets a model no worker announces, so at zero replicas requests get
-    // 404 today: the simulation runs with at least one.
-    assert!(spec.min_replica_count >= 1, "the simulation needs minReplicaCount >= 1 (scale to zero is not served yet)");
-    assert!(spec.max_replica_count > spec.min_replica_count, "nothing to scale: {spec:?}");
+    assert!(spec.max_replica_count > spec.min_replica_count.max(1), "nothing to scale: {spec:?}");
     let fleet = Arc::new(Fleet::new("keda-sim"));
     fleet.delete_queues_of("slow", &["1"]);
     let (models, rows) = slow_model();
@@ -370,38 +365,39 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
         unwanted: 0,
         next_id: 0,
     };
-    deployment.scale(spec.min_replica_count as usize);
+    let initial = spec.min_replica_count.max(1);
+    deployment.scale(initial as usize);
     while !deployment.starting.is_empty() {
         deployment.settle().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dispatcher = dispatcher(models.path(), &fleet, &http).await;
+    let dispatcher = dispatcher(models.path(), &fleet, &http, scenario.dispatcher_env).await;
     let probes = Probe::all(&spec, &fleet);
 
     // The load: an open loop, each request sent at its time whatever the others are doing.
-    let latencies: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
+    let timed: Arc<Mutex<Vec<(f64, f64)>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let sent = Arc::new(AtomicUsize::new(0));
     let origin = Instant::now();
     let load = {
         let (http, url, rows) = (http.clone(), dispatcher.url.clone(), Arc::new(rows));
-        let (latencies, errors, sent) = (latencies.clone(), errors.clone(), sent.clone());
+        let (timed, errors, sent) = (timed.clone(), errors.clone(), sent.clone());
+        let (rate, seconds) = (scenario.rate, scenario.seconds);
         tokio::spawn(async move {
             let mut requests = Vec::new();
             let mut due = 0.0;
             let mut t = 0.0;
-            while t < RAMP_SECONDS {
+            while t < seconds {
                 due += rate(t) * 0.01;
                 while due >= 1.0 {
                     due -= 1.0;
                     let i = sent.fetch_add(1, Ordering::SeqCst);
-                    let (http, url, rows, latencies, errors) =
-                        (http.clone(), url.clone(), rows.clone(), latencies.clone(), errors.clone());
+                    let (http, url, rows, timed, errors) =
+                        (http.clone(), url.clone(), rows.clone(), timed.clone(), errors.clone());
                     requests.push(tokio::spawn(async move {
+                        let at = origin.elapsed().as_secs_f64();
                         match score(&http, &url, &rows[i % rows.len()]).await {
-                            Ok(latency) => {
-                                latencies.lock().unwrap().push((origin.elapsed().as_secs_f64(), latency.as_secs_f64()))
-                            }
+                            Ok(latency) => timed.lock().unwrap().push((at, latency.as_secs_f64())),
                             Err(e) => errors.lock().unwrap().push(format!("request {i}: {e}")),
                         }
                     }));
@@ -419,7 +415,7 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
     // interval) and the HPA (every second here; kube-controller-manager's
     // --horizontal-pod-autoscaler-sync-period is 15 s by default) decide, scale.
     let mut autoscaler = Autoscaler::new(spec.clone(), 0.0);
-    let mut replicas = spec.min_replica_count;
+    let mut replicas = initial;
     let mut curve = Vec::new();
     let mut peak_replicas = replicas;
     let mut reported = 0;
@@ -435,23 +431,23 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
         }
         let metrics: Vec<_> =
             probes.iter().zip(&readings).map(|(p, r)| (p.trigger.metric_spec(r.metric), r.active)).collect();
-        let pods = deployment.pods() as i32;
-        let desired = autoscaler.step(now, replicas, pods, &metrics);
+        let desired = autoscaler.step(now, replicas, deployment.pods() as i32, &metrics);
         replicas = desired;
         deployment.scale(replicas as usize);
         peak_replicas = peak_replicas.max(replicas);
 
+        // The answers that came in this second, by when they arrived.
         let mut second: Vec<f64> = {
-            let latencies = latencies.lock().unwrap();
-            let new: Vec<f64> = latencies[reported..].iter().map(|(_, l)| *l).collect();
-            reported = latencies.len();
+            let timed = timed.lock().unwrap();
+            let new: Vec<f64> = timed[reported..].iter().map(|(_, l)| *l).collect();
+            reported = timed.len();
             new
         };
         second.sort_by(f64::total_cmp);
         let version = probes.iter().position(Probe::is_version_queue).unwrap_or(0);
         curve.push(json!({
             "t": (now * 10.0).round() / 10.0,
-            "rate": rate(now),
+            "rate": (scenario.rate)(now),
             "metric": readings[version].metric,
             "ready": readings[version].info.messages_ready,
             "unacked": readings[version].info.messages_unacknowledged,
@@ -462,8 +458,7 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
             "p50": percentile(&second, 0.5),
             "p99": percentile(&second, 0.99),
         }));
-        let idle = load.is_finished();
-        if idle && replicas == spec.min_replica_count && deployment.pods() == replicas as usize {
+        if load.is_finished() && replicas == spec.min_replica_count && deployment.pods() == replicas as usize {
             break;
         }
         assert!(
@@ -475,10 +470,12 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
     }
     load.await.expect("load task");
 
-    // The record, for tests/deploy/plot_autoscale.py and docs/autoscaling.svg.
-    let mut all: Vec<f64> = latencies.lock().unwrap().iter().map(|(_, l)| *l).collect();
-    all.sort_by(f64::total_cmp);
+    let timed = timed.lock().unwrap().clone();
+    let mut latencies: Vec<f64> = timed.iter().map(|(_, l)| *l).collect();
+    latencies.sort_by(f64::total_cmp);
     let trigger = &probes.iter().find(|p| p.is_version_queue()).unwrap_or(&probes[0]).trigger;
+    let sent = sent.load(Ordering::SeqCst);
+    // The record, for tests/deploy/plot_autoscale.py and docs/autoscaling.svg.
     let record = json!({
         "scaled_object": object,
         "scaled_object_name": spec.name,
@@ -488,39 +485,32 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
         "max_batch_rows": 1,
         "deadline_s": DEADLINE.as_secs_f64(),
         "value": trigger.value,
-        "requests": sent.load(Ordering::SeqCst),
-        "answered": all.len(),
-        "p50_s": percentile(&all, 0.5),
-        "p99_s": percentile(&all, 0.99),
-        "max_s": all.last().copied().unwrap_or(0.0),
+        "requests": sent,
+        "answered": latencies.len(),
+        "p50_s": percentile(&latencies, 0.5),
+        "p99_s": percentile(&latencies, 0.99),
+        "max_s": latencies.last().copied().unwrap_or(0.0),
         "peak_replicas": peak_replicas,
         "curve": curve,
     });
-    let path = target_dir().join("autoscale.json");
+    let path = target_dir().join(scenario.record);
     std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
     println!(
-        "autoscale: {} requests, p50 {:.3} s, p99 {:.3} s, peak {peak_replicas} workers; curve in {}",
-        all.len(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
+        "{}: {} requests, p50 {:.3} s, p99 {:.3} s, peak {peak_replicas} workers; curve in {}",
+        scenario.record,
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
         path.display()
     );
+    let plot = Command::new("python3")
+        .arg(repo_root().join("tests/deploy/plot_autoscale.py"))
+        .arg(&path)
+        .arg(path.with_extension("svg"))
+        .status()
+        .expect("run plot_autoscale.py");
+    assert!(plot.success(), "plot_autoscale.py failed on {}", path.display());
 
-    let errors = errors.lock().unwrap().clone();
-    assert!(
-        errors.is_empty(),
-        "{} of {} requests failed, e.g. {:?}",
-        errors.len(),
-        sent.load(Ordering::SeqCst),
-        &errors[..errors.len().min(5)]
-    );
-    assert_eq!(all.len(), sent.load(Ordering::SeqCst), "requests without an answer");
-    assert!(peak_replicas > spec.min_replica_count, "the fleet never grew under load (peak {peak_replicas})");
-    assert!(
-        percentile(&all, 0.99) < DEADLINE.as_secs_f64(),
-        "p99 {:.3} s is beyond the deadline",
-        percentile(&all, 0.99)
-    );
     // Every stopped worker drained and exited cleanly.
     for drained in std::mem::take(&mut deployment.draining) {
         let status = drained.await.expect("drain task");
@@ -533,4 +523,97 @@ async fn keda_autoscaling_simulation_under_a_load_ramp() {
         let dead: Value = dead.json().await.expect("the dead-letter queue as JSON");
         assert_eq!(dead["messages"].as_i64().unwrap_or(0), 0, "requests were dead-lettered: {dead}");
     }
+    let errors = errors.lock().unwrap().clone();
+    Outcome {
+        spec,
+        curve: record["curve"].as_array().unwrap().clone(),
+        latencies,
+        timed,
+        errors,
+        sent,
+        peak_replicas,
+    }
+}
+
+impl Outcome {
+    /// Every request answered with R's prediction, p99 within the deadline.
+    fn check_answers(&self) {
+        assert!(
+            self.errors.is_empty(),
+            "{} of {} requests failed, e.g. {:?}",
+            self.errors.len(),
+            self.sent,
+            &self.errors[..self.errors.len().min(5)]
+        );
+        assert_eq!(self.latencies.len(), self.sent, "requests without an answer");
+        let p99 = percentile(&self.latencies, 0.99);
+        assert!(p99 < DEADLINE.as_secs_f64(), "p99 {p99:.3} s is beyond the deadline {DEADLINE:?}");
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Up from 2/s to 14/s over 20 s, 14/s for 30 s, down to 0 over 15 s.
+fn ramp(t: f64) -> f64 {
+    const PEAK: f64 = 14.0;
+    match t {
+        t if t < 10.0 => 2.0,
+        t if t < 30.0 => 2.0 + (PEAK - 2.0) * (t - 10.0) / 20.0,
+        t if t < 60.0 => PEAK,
+        t if t < 75.0 => PEAK * (75.0 - t) / 15.0,
+        _ => 0.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keda_autoscaling_simulation_under_a_load_ramp() {
+    let outcome = simulate(Scenario {
+        values: "autoscale-values.yaml",
+        rate: ramp,
+        seconds: 75.0,
+        record: "autoscale.json",
+        dispatcher_env: &[],
+    })
+    .await;
+    outcome.check_answers();
+    let min = outcome.spec.min_replica_count;
+    assert!(outcome.peak_replicas > min.max(1), "the fleet never grew under load (peak {})", outcome.peak_replicas);
+}
+
+/// Nothing for 8 s (KEDA takes the fleet to zero), then 4 requests/s for 8 s.
+fn wake(t: f64) -> f64 {
+    if (8.0..16.0).contains(&t) {
+        4.0
+    } else {
+        0.0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keda_scale_to_zero_and_back() {
+    // minReplicaCount 0 with the dispatcher keeping a version no worker serves
+    // (models.keep_idle_ms, as the chart's values/scale-to-zero.yaml sets it): requests
+    // sent while no worker runs wait in the version's queue, which activates KEDA.
+    let outcome = simulate(Scenario {
+        values: "autoscale-zero-values.yaml",
+        rate: wake,
+        seconds: 16.0,
+        record: "autoscale-zero.json",
+        dispatcher_env: &[("RFLEET_MODELS__KEEP_IDLE_MS", "600000")],
+    })
+    .await;
+    assert_eq!(outcome.spec.min_replica_count, 0, "the zero scenario's values must render minReplicaCount 0");
+    outcome.check_answers();
+    // Zero workers when the first request went out: it was KEDA's activation that served it.
+    let first = outcome.timed.iter().map(|(at, _)| *at).fold(f64::INFINITY, f64::min);
+    let before: Vec<&Value> = outcome.curve.iter().filter(|p| p["t"].as_f64().unwrap() <= first).collect();
+    let last = before.last().unwrap_or_else(|| panic!("no sample before the first request at {first:.1} s"));
+    assert_eq!(last["pods"], 0, "the fleet was not at zero when the load began: {last}");
+    assert!(outcome.peak_replicas >= 1, "KEDA never activated the fleet");
 }

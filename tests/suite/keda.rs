@@ -635,23 +635,26 @@ pub struct Autoscaler {
     pub hpa: Hpa,
     created: f64,
     last_active: Option<f64>,
-    last_poll: Option<f64>,
+    /// KEDA polls on a ticker of `pollingInterval` from the ScaledObject's start.
+    next_poll: f64,
 }
 
 impl Autoscaler {
     pub fn new(spec: ScaledObjectSpec, now: f64) -> Autoscaler {
         // GetHPAMinReplicas: the HPA never goes below 1; KEDA itself does 1 -> 0.
         let hpa = Hpa::new(spec.min_replica_count.max(1), spec.max_replica_count, spec.behavior.clone());
-        Autoscaler { spec, hpa, created: now, last_active: None, last_poll: None }
+        Autoscaler { spec, hpa, created: now, last_active: None, next_poll: now }
     }
 
     /// KEDA's `RequestScale`, if a polling interval has passed since the last one: returns
     /// the replicas KEDA sets (or `replicas` unchanged).
     pub fn keda_poll(&mut self, now: f64, replicas: i32, active: bool) -> i32 {
-        if self.last_poll.is_some_and(|at| now - at < self.spec.polling_interval) {
+        if now < self.next_poll {
             return replicas;
         }
-        self.last_poll = Some(now);
+        while self.next_poll <= now {
+            self.next_poll += self.spec.polling_interval;
+        }
         let min = self.spec.min_replica_count;
         if active {
             self.last_active = Some(now);
@@ -815,30 +818,34 @@ mod unit {
         let spec = spec(0, json!({"scaleDown": {"stabilizationWindowSeconds": 0}}));
         let mut a = Autoscaler::new(spec.clone(), 0.0);
         let mut replicas = 0;
+        // KEDA polls every 5 s from its start (t = 0): at 0, 5, 10, ...
         // At zero, 3 messages is not above activationValue 3: the HPA is disabled, KEDA waits.
-        for t in 1..=10 {
+        for t in 0..=10 {
             replicas = a.step(f64::from(t), replicas, replicas, &observe(&spec, 3));
             assert_eq!(replicas, 0, "activated at t={t} by 3 messages");
         }
-        // 9 messages: KEDA activates (0 -> 1) on its next poll (t = 11: polls at 1, 6, 11),
-        // then the HPA proposes ceil(9 / 2) = 5 (no pod yet: an infinite usage ratio), within
-        // the default scale-up policies: max(1 + 4 pods, 1 * 200 %) per 15 s = 5.
+        // 9 messages: nothing until KEDA's next poll (t = 15).
         replicas = a.step(11.0, replicas, 0, &observe(&spec, 9));
+        assert_eq!(replicas, 0, "the HPA acted at zero replicas");
+        // Then KEDA activates (0 -> 1) and the HPA proposes ceil(9 / 2) = 5 (no pod yet: an
+        // infinite usage ratio), within the default scale-up policies: max(1 + 4 pods,
+        // 1 * 200 %) per 15 s = 5.
+        replicas = a.step(15.0, replicas, 0, &observe(&spec, 9));
         assert_eq!(replicas, 5);
         // Idle: the HPA goes down to its minimum, 1 (stabilization 0, 100 % per 15 s).
-        replicas = a.step(12.0, replicas, replicas, &observe(&spec, 0));
+        replicas = a.step(16.0, replicas, replicas, &observe(&spec, 0));
         assert_eq!(replicas, 1);
         // KEDA takes 1 -> 0 only once cooldownPeriod (30 s) has passed since the trigger was
-        // last active (its poll at t = 11), on a poll (every 5 s: 16, 21, ..., 41, 46).
-        for t in 13..=41 {
+        // last active (its poll at t = 15), on a poll: not at 45 (not yet past), at 50.
+        for t in 17..=49 {
             replicas = a.step(f64::from(t), replicas, replicas, &observe(&spec, 0));
             assert_eq!(replicas, 1, "scaled to zero at t={t}, within the cooldown");
         }
-        replicas = a.step(46.0, replicas, replicas, &observe(&spec, 0));
+        replicas = a.step(50.0, replicas, replicas, &observe(&spec, 0));
         assert_eq!(replicas, 0, "not scaled to zero after the cooldown");
         // At zero the HPA is disabled: a metric it would act on (3 messages, ceil(3/2) = 2)
         // changes nothing on KEDA's next poll, because it is not above activationValue.
-        replicas = a.step(51.0, replicas, replicas, &observe(&spec, 3));
+        replicas = a.step(55.0, replicas, replicas, &observe(&spec, 3));
         assert_eq!(replicas, 0);
     }
 
