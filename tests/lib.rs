@@ -322,6 +322,8 @@ impl Default for Hold {
 pub struct Fleet {
     pub name: String,
     pub broker_url: String,
+    /// Queues of the test's own models (beyond the fixtures'), deleted with the fleet.
+    extra_queues: std::sync::Mutex<Vec<String>>,
 }
 
 pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -335,11 +337,23 @@ impl Fleet {
     /// A fleet on the broker at `broker_url` (e.g. a [`BrokerNode`] of the test's own).
     pub fn on(test: &str, broker_url: &str) -> Fleet {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        Fleet { name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()), broker_url: broker_url.to_string() }
+        Fleet {
+            name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()),
+            broker_url: broker_url.to_string(),
+            extra_queues: Default::default(),
+        }
     }
 
     pub fn queue_prefix(&self) -> String {
         format!("{}.model.", self.name)
+    }
+
+    /// Deletes the request queues of model `name` (the name queue and the given versions'
+    /// queues) with the fleet too: for models a test makes itself.
+    pub fn delete_queues_of(&self, name: &str, versions: &[&str]) {
+        let mut queues = self.extra_queues.lock().unwrap();
+        queues.push(format!("{}{name}", self.queue_prefix()));
+        queues.extend(versions.iter().map(|v| format!("{}{name}@{v}", self.queue_prefix())));
     }
 
     pub fn dead_letter_queue(&self) -> String {
@@ -390,6 +404,7 @@ impl Fleet {
             .unwrap_or_default();
         // The version queues of `Versions`' rf_reg.
         queues.extend((1..=3).map(|v| format!("{}rf_reg@{v}", self.queue_prefix())));
+        queues.extend(self.extra_queues.lock().unwrap().iter().cloned());
         queues.push(self.dead_letter_queue());
         queues
     }

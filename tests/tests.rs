@@ -7,6 +7,8 @@
 mod amqp;
 #[path = "suite/auth.rs"]
 mod auth;
+#[path = "suite/autoscale.rs"]
+mod autoscale;
 #[path = "suite/bad_input.rs"]
 mod bad_input;
 #[path = "suite/batching.rs"]
@@ -21,6 +23,8 @@ mod deploy;
 mod faults;
 #[path = "suite/http.rs"]
 mod http;
+#[path = "suite/keda.rs"]
+mod keda;
 #[path = "suite/package.rs"]
 mod package;
 #[path = "suite/predictions.rs"]
