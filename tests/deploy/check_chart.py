@@ -456,6 +456,7 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
                      f"above the preStop pause ({pause}s) + server.drain_timeout_ms ({drain_ms})")
             if pause < 1:
                 fail(f"{what}: no preStop pause (requests would reach a pod already draining)")
+            check_traffic(what, settings, c, pod, by_kind, workers, fail)
 
     # Workers: CPU = hosts, grace above drain + notice + pause, R scratch, queues.
     consumed: dict[str, set[str]] = {}
@@ -638,6 +639,48 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
                     fail(f"NetworkPolicy {p['metadata']['name']}: egress ports {sorted(ports)} beyond DNS and the broker")
 
 
+def check_traffic(what: str, settings: dict, container: dict, pod: dict, by_kind: dict, workers: dict, fail) -> None:
+    """The dispatcher's traffic file (models.traffic_file, as rfleet resolves it) is a
+    directory-mounted ConfigMap (a subPath mount would never see an update), its TOML holds
+    only rfleet's keys, and every version it weighs or mirrors to has a worker Deployment."""
+    path = settings["models"].get("traffic_file")
+    if not path:
+        fail(f"{what}: no models.traffic_file: traffic splits would need a restart")
+        return
+    mount = next((m for m in container.get("volumeMounts", [])
+                  if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+    if mount is None or mount.get("subPath"):
+        fail(f"{what}: models.traffic_file {path} is not in a directory mount (a subPath is never updated)")
+        return
+    volume = next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), {})
+    name = volume.get("configMap", {}).get("name")
+    configmap = by_kind.get("ConfigMap", {}).get(name)
+    key = path[len(mount["mountPath"].rstrip("/")) + 1:]
+    if configmap is None or key not in configmap.get("data", {}):
+        fail(f"{what}: models.traffic_file {path} is not a key of a rendered ConfigMap (volume {mount['name']})")
+        return
+    try:
+        traffic = tomllib.loads(configmap["data"][key])
+    except tomllib.TOMLDecodeError as e:
+        fail(f"{what}: the traffic file is not valid TOML: {e}")
+        return
+    served = {(w["metadata"].get("annotations", {}).get("rfleet.io/model"),
+               w["metadata"].get("annotations", {}).get("rfleet.io/model-version")) for w in workers.values()}
+    for model, split in traffic.items():
+        if not isinstance(split, dict) or set(split) - {"weights", "mirror"}:
+            fail(f"{what}: traffic [{model}] may hold only weights and mirror: {split}")
+            continue
+        versions = list(split.get("weights", {}))
+        if "mirror" in split:
+            versions.append(split["mirror"].get("version"))
+        for version in versions:
+            if (model, version) not in served:
+                fail(f"{what}: traffic [{model}] names version {version!r}, which no worker Deployment serves")
+        for version, weight in split.get("weights", {}).items():
+            if not isinstance(weight, int) or weight < 0:
+                fail(f"{what}: traffic [{model}] weight of {version!r} is {weight!r}, not a whole number >= 0")
+
+
 def pod_labels(deployment: dict) -> dict:
     return deployment["spec"]["template"]["metadata"].get("labels", {})
 
@@ -692,6 +735,8 @@ BREAKS = [
     ("templates/rabbitmqcluster.yaml", "  replicas: {{ .Values.rabbitmqCluster.replicas }}", "  replica: {{ .Values.rabbitmqCluster.replicas }}", "cross"),
     ("templates/workers.yaml", "value: {{ $rss | quote }}", "value: {{ mul $rss 4 | quote }}", "cross"),
     ("values/scale-to-zero.yaml", "keep_idle_ms: 604800000", "keep_idle_ms: 0", "cross"),
+    ("templates/dispatcher.yaml", "              mountPath: /etc/rfleet/traffic\n", "              mountPath: /etc/rfleet/traffic/traffic.toml\n              subPath: traffic.toml\n", "cross"),
+    ("values/rabbitmq.yaml", '"2": 10', '"3": 10', "cross"),
     ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
      '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
 ]
