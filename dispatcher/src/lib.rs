@@ -17,8 +17,11 @@
 //! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
 //! - [`auth`]: keys, `POST /token` and OIDC tokens, checked on the routes that need a
 //!   credential (`[auth]`, off by default).
-//! - [`tls`]: HTTPS (`[tls]`, off by default): a listener whose connections arrive with
-//!   their TLS handshake done, and the certificate reloaded from its files.
+//! - [`listener`]: the listener of plain HTTP and HTTPS alike: a connection goes to axum
+//!   only once its client has begun to send, and those it still holds at shutdown are
+//!   answered 503, never closed unanswered.
+//! - [`tls`]: HTTPS (`[tls]`, off by default): the TLS handshake for that listener, and the
+//!   certificate reloaded from its files.
 //! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log, from tower-http's layers.
 //! - [`catalog`]: what the fleet serves, as this dispatcher knows it from announcements:
@@ -40,6 +43,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod listener;
 pub mod mirror;
 pub mod oip;
 pub mod openapi;
@@ -169,7 +173,9 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// Serves `listener` until `shutdown` completes, then lets in-flight requests finish.
-/// `listener` is a `tokio::net::TcpListener` for plain HTTP or a [`tls::TlsListener`].
+/// `rfleet` passes a [`listener::HttpListener`] (plain, or [`tls::TlsListener`]), which
+/// also answers the connections it holds at shutdown; any other listener (a bare
+/// `tokio::net::TcpListener` in tests) may close those unanswered.
 pub async fn serve<L>(
     listener: L,
     state: AppState,
