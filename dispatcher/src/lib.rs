@@ -172,22 +172,19 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::coded(protocol::ErrorCode::Internal, "internal error: the request handler panicked").into_response()
 }
 
-/// Serves `listener` until `shutdown` completes, then lets in-flight requests finish.
-/// `rfleet` passes a [`listener::HttpListener`] (plain, or [`tls::TlsListener`]), which
-/// also answers the connections it holds at shutdown; any other listener (a bare
-/// `tokio::net::TcpListener` in tests) may close those unanswered.
-pub async fn serve<L>(
-    listener: L,
+/// Serves `listener` until `shutdown` completes, then lets in-flight requests finish; the
+/// connections the listener still holds are answered 503 (await them with
+/// [`listener::HttpListener::shutdown_answers`]). `listener` is plain
+/// ([`listener::HttpListener::plain`]) or a [`tls::TlsListener`].
+pub async fn serve<H: listener::Handshake>(
+    listener: listener::HttpListener<H>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(?address, "dispatcher listening");
+) -> std::io::Result<()> {
+    if let Ok(address) = axum::serve::Listener::local_addr(&listener) {
+        tracing::info!(%address, "dispatcher listening");
     }
+    let shutdown = listener.graceful(shutdown);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 

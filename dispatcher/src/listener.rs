@@ -9,9 +9,12 @@
 //! here until it sends, such a connection is answered 503 when the listener is dropped
 //! instead; handed to axum once it has sent, its request is served in full, because the
 //! first poll of axum's connection task reads the replayed bytes and so leaves that state.
-//! What remains is the moment between axum's `accept` and that first poll: when a shutdown
-//! has begun by then, the task's `select!` may take the shutdown first and cancel that read,
-//! closing the connection unanswered. Only axum can close that gap.
+//! That leaves the moment between axum's `accept` and that first poll: a shutdown signalled
+//! to axum then lets the task's `select!` take the shutdown first and cancel that read. So
+//! the shutdown reaches axum through [`HttpListener::graceful`], which first stops handing
+//! connections over (they stay held, and are answered 503) and then waits until axum has
+//! read from every connection it was handed, for at most [`FIRST_READ_TIMEOUT`]; only a
+//! connection task not polled within it can still be closed unanswered.
 //!
 //! - [`HttpListener`] runs, per connection and in a task of its own so that a slow or
 //!   silent client never holds up the next one, its [`Handshake`] (TLS: [`crate::tls`];
@@ -43,6 +46,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{ApiError, RETRY_AFTER_SECONDS};
@@ -55,6 +60,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection left in the listener at shutdown is served its 503s once its
 /// client has begun to send: the request is on its way, so this is ample.
 pub const SHUTDOWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a shutdown waits for axum to read from the connections it was handed before it
+/// tells axum to shut down: a spawned task's first poll, normally microseconds away.
+pub const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The message of the 503 that connections left in the listener at shutdown get.
 pub const SHUTTING_DOWN_MESSAGE: &str = "the server is shutting down; retry";
@@ -139,7 +148,18 @@ pub struct HttpListener<H: Handshake> {
     tcp: TcpListener,
     handshake: H,
     held: JoinSet<Option<(Connection<H::Stream>, SocketAddr)>>,
+    /// Connections ready for axum once the hand-over had stopped: held too.
+    ready: Vec<(Connection<H::Stream>, SocketAddr)>,
+    hand_over: HandOver,
     shutdown_answers: TaskTracker,
+}
+
+/// The hand-over of connections to axum, as [`HttpListener::graceful`] stops it.
+#[derive(Clone, Default)]
+struct HandOver {
+    stopped: CancellationToken,
+    /// A token per connection handed over that axum has not read from yet.
+    unread: TaskTracker,
 }
 
 impl HttpListener<Plain> {
@@ -152,7 +172,36 @@ impl HttpListener<Plain> {
 impl<H: Handshake> HttpListener<H> {
     /// Serves HTTP on `tcp`, each connection made ready by `handshake`.
     pub fn new(tcp: TcpListener, handshake: H) -> Self {
-        HttpListener { tcp, handshake, held: JoinSet::new(), shutdown_answers: TaskTracker::new() }
+        HttpListener {
+            tcp,
+            handshake,
+            held: JoinSet::new(),
+            ready: Vec::new(),
+            hand_over: HandOver::default(),
+            shutdown_answers: TaskTracker::new(),
+        }
+    }
+
+    /// The shutdown signal to give axum for this listener: completes once `shutdown` has,
+    /// the listener has stopped handing connections over, and axum has read from each one
+    /// it was handed (or [`FIRST_READ_TIMEOUT`] has passed), so that none is still at the
+    /// point where axum's graceful shutdown would close it unanswered.
+    pub fn graceful<F>(&self, shutdown: F) -> impl Future<Output = ()> + Send + use<H, F>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let hand_over = self.hand_over.clone();
+        async move {
+            shutdown.await;
+            hand_over.stopped.cancel();
+            hand_over.unread.close();
+            if tokio::time::timeout(FIRST_READ_TIMEOUT, hand_over.unread.wait()).await.is_err() {
+                tracing::warn!(
+                    connections = hand_over.unread.len(),
+                    "shutting down before axum read from every connection it was handed"
+                );
+            }
+        }
     }
 
     /// Awaits the answers the listener gives at shutdown; see [`ShutdownAnswers`].
@@ -175,12 +224,13 @@ impl ShutdownAnswers {
 
 impl<H: Handshake> Drop for HttpListener<H> {
     fn drop(&mut self) {
-        let held = std::mem::take(&mut self.held);
+        let (held, ready) = (std::mem::take(&mut self.held), std::mem::take(&mut self.ready));
+        let connections = held.len() + ready.len();
         // Outside a runtime nothing could answer them; dropping them aborts the handshakes.
-        if let (false, Ok(runtime)) = (held.is_empty(), tokio::runtime::Handle::try_current()) {
-            tracing::info!(connections = held.len(), "answering the connections not yet served 503: shutting down");
+        if let (true, Ok(runtime)) = (connections > 0, tokio::runtime::Handle::try_current()) {
+            tracing::info!(connections, "answering the connections not yet served 503: shutting down");
             let tracker = self.shutdown_answers.clone();
-            self.shutdown_answers.spawn_on(answer_held_at_shutdown(held, tracker), &runtime);
+            self.shutdown_answers.spawn_on(answer_held_at_shutdown(held, ready, tracker), &runtime);
         }
         self.shutdown_answers.close();
     }
@@ -190,9 +240,14 @@ impl<H: Handshake> axum::serve::Listener for HttpListener<H> {
     type Io = Connection<H::Stream>;
     type Addr = SocketAddr;
 
-    // Cancel-safe, as axum needs when shutdown interrupts it: `accept` and `join_next` are.
+    // Cancel-safe, as axum needs when shutdown interrupts it: `accept`, `join_next` and
+    // `cancelled` are, and what follows them does not await.
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
+            if self.hand_over.stopped.is_cancelled() {
+                // Axum's shutdown follows; what comes in meanwhile stays held.
+                return std::future::pending().await;
+            }
             tokio::select! {
                 accepted = self.tcp.accept(), if self.held.len() < MAX_HANDSHAKES => match accepted {
                     Ok((tcp, peer)) => {
@@ -201,10 +256,18 @@ impl<H: Handshake> axum::serve::Listener for HttpListener<H> {
                     Err(error) => accept_failed(error).await,
                 },
                 Some(done) = self.held.join_next() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
+                    if let Ok(Some((mut connection, peer))) = done {
+                        // The token first, then the check: `graceful` either waits for this
+                        // token or has stopped the hand-over before the check.
+                        connection.first_read = Some(self.hand_over.unread.token());
+                        if !self.hand_over.stopped.is_cancelled() {
+                            return (connection, peer);
+                        }
+                        connection.first_read = None;
+                        self.ready.push((connection, peer));
                     }
                 }
+                _ = self.hand_over.stopped.cancelled() => {}
             }
         }
     }
@@ -234,6 +297,8 @@ pub struct Connection<S> {
     stream: S,
     protocol: Protocol,
     unread: Vec<u8>,
+    /// Held from the hand-over to axum's first read ([`HttpListener::graceful`]).
+    first_read: Option<TaskTrackerToken>,
 }
 
 impl<S> Connection<S> {
@@ -246,6 +311,8 @@ impl<S> Connection<S> {
 impl<S: AsyncRead + Unpin> AsyncRead for Connection<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Axum reads: its connection task is past the point where a shutdown closes it.
+        this.first_read = None;
         if this.unread.is_empty() {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         }
@@ -287,7 +354,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Connection<S> {
 }
 
 /// The handshake of one connection and the first bytes of its first request, up to where
-/// they tell its protocol, bounded by [`HANDSHAKE_TIMEOUT`]. Failures are logged at debug
+/// they tell HTTP/1.1 from HTTP/2, bounded by [`HANDSHAKE_TIMEOUT`]. Failures are logged at debug
 /// level only: scanners, probes and clients that distrust the certificate cause them all
 /// day, and the client sees its own error.
 async fn first_bytes<H: Handshake>(
@@ -303,8 +370,10 @@ async fn first_bytes<H: Handshake>(
                 tracing::debug!(%peer, "connection closed before its first request");
                 return Ok(None);
             }
-            if let Some(protocol) = H::protocol(&stream, &unread) {
-                return Ok::<_, io::Error>(Some(Connection { stream, protocol, unread }));
+            // Until hyper-util's `auto` builder, too, can tell from these bytes alone, so that
+            // its first poll decides without waiting (see `HttpListener::graceful`).
+            if let (Some(protocol), Some(_)) = (H::protocol(&stream, &unread), Plain::protocol_of(&unread)) {
+                return Ok::<_, io::Error>(Some(Connection { stream, protocol, unread, first_read: None }));
             }
         }
     })
@@ -330,10 +399,16 @@ async fn first_bytes<H: Handshake>(
 /// their clients' first bytes) come in, each gets [`answer_shutting_down`] in a task of its
 /// own on `tracker`; one whose handshake fails is closed. All bounded by
 /// [`HANDSHAKE_TIMEOUT`].
-async fn answer_held_at_shutdown<S>(mut held: JoinSet<Option<(Connection<S>, SocketAddr)>>, tracker: TaskTracker)
-where
+async fn answer_held_at_shutdown<S>(
+    mut held: JoinSet<Option<(Connection<S>, SocketAddr)>>,
+    ready: Vec<(Connection<S>, SocketAddr)>,
+    tracker: TaskTracker,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    for (connection, peer) in ready {
+        tracker.spawn(answer_shutting_down(connection, peer));
+    }
     while let Some(done) = held.join_next().await {
         if let Ok(Some((connection, peer))) = done {
             tracker.spawn(answer_shutting_down(connection, peer));
@@ -502,6 +577,23 @@ mod tests {
             connection.read_exact(&mut replayed).await.unwrap();
             assert_eq!(replayed, first, "{case}: the first bytes are replayed to axum");
         }
+    }
+
+    /// The rest of the race behind `faults::sigterm_finishes_in_flight_requests`: a
+    /// connection handed to axum whose task has not run yet. The shutdown must not reach
+    /// axum before axum has read from it.
+    #[tokio::test]
+    async fn graceful_waits_until_axum_has_read_what_it_was_handed() {
+        let (mut listener, address) = plain().await;
+        let mut tcp = TcpStream::connect(address).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+        let (mut handed, _) =
+            tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.expect("handed over");
+        let mut graceful = pin!(listener.graceful(async {}));
+        assert!(futures::poll!(graceful.as_mut()).is_pending(), "shut down before axum read what it was handed");
+        handed.read_exact(&mut [0u8; 1]).await.unwrap();
+        assert!(futures::poll!(graceful.as_mut()).is_ready(), "still waiting once axum has read");
+        drop(listener);
     }
 
     #[test]

@@ -203,6 +203,7 @@ impl Handshake for TlsHandshake {
         Some(if http2 { Protocol::Http2 } else { Protocol::Http1 })
     }
 }
+
 /// Answers a plain-HTTP request on the HTTPS port with a 400 that says why, in the usual
 /// JSON error shape, rather than an empty reply that leaves the caller guessing. This is
 /// below HTTP (no hyper here), so the response is written by hand.
