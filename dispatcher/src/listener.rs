@@ -19,8 +19,9 @@
 //! - [`HttpListener`] runs, per connection and in a task of its own so that a slow or
 //!   silent client never holds up the next one, its [`Handshake`] (TLS: [`crate::tls`];
 //!   plain TCP: [`Plain`], none) and then reads the client's first bytes, until they tell
-//!   HTTP/1.1 from HTTP/2: over TLS ALPN has told already, over plain TCP the HTTP/2
-//!   preface (`PRI * HTTP/2.0`) does. All within [`HANDSHAKE_TIMEOUT`].
+//!   HTTP/1.1 from HTTP/2 as hyper-util's `auto` builder reads them (the HTTP/2 preface,
+//!   `PRI * HTTP/2.0`, or not). All within [`HANDSHAKE_TIMEOUT`]. The protocol a held
+//!   connection is answered in is ALPN's over TLS, the preface's over plain TCP.
 //! - At shutdown axum stops accepting and drops the listener, which still holds the
 //!   connections it has not handed over yet: those in their handshake and those whose
 //!   client has not sent its request yet. None of them is closed unanswered: each is
