@@ -559,6 +559,99 @@ pub async fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> boo
     }
 }
 
+/// The connections waiting in the kernel's accept queue of the socket that listens on
+/// `port` of this machine, or `None` when none listens there (`/proc/net/tcp`, where a
+/// listening socket's `rx_queue` is its accept queue). Zero once the server has accepted
+/// every connection made to it: it holds them, the kernel no longer does.
+pub fn accept_queue(port: u16) -> Option<usize> {
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_else(|e| panic!("cannot read {table}: {e}"));
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address (hex address:port), rem_address, st (0A: LISTEN), tx:rx queues.
+            let [_, local, _, state, queues, ..] = fields[..] else { continue };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if state == "0A" && local_port == Some(port) {
+                let rx = queues.split(':').nth(1).unwrap_or_else(|| panic!("{table}: queues {queues:?}"));
+                return Some(usize::from_str_radix(rx, 16).unwrap_or_else(|e| panic!("{table}: rx_queue {rx}: {e}")));
+            }
+        }
+    }
+    None
+}
+
+/// The port of a server's `url` (`http://127.0.0.1:PORT`, or https).
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+/// Waits until no socket listens on `port` any more: the server stopped accepting.
+pub async fn wait_until_closed(port: u16) {
+    wait_for(Duration::from_secs(30), &format!("the listener on port {port} to close"), || {
+        accept_queue(port).is_none()
+    })
+    .await;
+}
+
+/// The 503 that a connection the server held at SIGTERM, before its request, is answered
+/// (the dispatcher's `listener::SHUTTING_DOWN_MESSAGE`).
+pub fn shutting_down() -> Value {
+    serde_json::json!({"code": "unavailable", "message": "the server is shutting down; retry"})
+}
+
+/// Checks that `answer`, to a request sent during the drain, is a full answer: R's scores
+/// (`expected`), or the 503 that says the server is shutting down (the connection was one
+/// the listener still held) with when to retry. Anything else fails, naming `what`.
+/// Whether it was the 503.
+pub fn answered_in_full(answer: &Answer, expected: &Value, what: &str) -> bool {
+    let json: Value =
+        serde_json::from_str(&answer.text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {}", answer.text));
+    match answer.status {
+        200 => assert_same(&json, expected, what),
+        503 => {
+            assert_eq!(json, shutting_down(), "{what}");
+            assert_eq!(answer.header("retry-after"), Some("1"), "{what}: {}", answer.text);
+            return true;
+        }
+        status => panic!("{what}: status {status}: {}", answer.text),
+    }
+    false
+}
+
+/// Sends `rows` to `POST /score` as one HTTP/1.1 request with `Connection: close` on `io`,
+/// a connection made earlier, and reads the answer to the end. Fails, naming `what`, when
+/// the connection ends in anything but a whole response: an EOF or reset (over TLS, an end
+/// without the server's close_notify) means a request the server took was dropped.
+pub async fn score_on<IO>(mut io: IO, rows: &str, what: &str) -> Answer
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /score HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{rows}",
+        rows.len()
+    );
+    io.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("{what}: cannot send the request: {e}"));
+    let mut response = Vec::new();
+    io.read_to_end(&mut response).await.unwrap_or_else(|e| panic!("{what}: the request was dropped: {e}"));
+    let response = String::from_utf8(response).unwrap_or_else(|e| panic!("{what}: not an HTTP/1.1 response: {e}"));
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        panic!("{what}: the request was dropped: no response head in {response:?}")
+    };
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let status = status.unwrap_or_else(|| panic!("{what}: status line {status_line:?}"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap_or_else(|| panic!("{what}: header line {line:?}"));
+        let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap();
+        headers.append(name, value.trim().parse().unwrap());
+    }
+    Answer { status, headers, text: body.to_string() }
+}
+
 /// Clients sending requests to a server while it shuts down, and what became of them.
 #[derive(Default)]
 pub struct Drain {

@@ -17,8 +17,11 @@
 //! - [`error`]: [`ApiError`], the one place errors become HTTP statuses.
 //! - [`auth`]: keys, `POST /token` and OIDC tokens, checked on the routes that need a
 //!   credential (`[auth]`, off by default).
-//! - [`tls`]: HTTPS (`[tls]`, off by default): a listener whose connections arrive with
-//!   their TLS handshake done, and the certificate reloaded from its files.
+//! - [`listener`]: the listener of plain HTTP and HTTPS alike: a connection goes to axum
+//!   only once its client has begun to send, and those it still holds at shutdown are
+//!   answered 503, never closed unanswered.
+//! - [`tls`]: HTTPS (`[tls]`, off by default): the TLS handshake for that listener, and the
+//!   certificate reloaded from its files.
 //! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
 //!   access log, from tower-http's layers.
 //! - [`catalog`]: what the fleet serves, as this dispatcher knows it from announcements:
@@ -40,6 +43,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod listener;
 pub mod mirror;
 pub mod oip;
 pub mod openapi;
@@ -168,20 +172,19 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::coded(protocol::ErrorCode::Internal, "internal error: the request handler panicked").into_response()
 }
 
-/// Serves `listener` until `shutdown` completes, then lets in-flight requests finish.
-/// `listener` is a `tokio::net::TcpListener` for plain HTTP or a [`tls::TlsListener`].
-pub async fn serve<L>(
-    listener: L,
+/// Serves `listener` until `shutdown` completes, then lets in-flight requests finish; the
+/// connections the listener still holds are answered 503 (await them with
+/// [`listener::HttpListener::shutdown_answers`]). `listener` is plain
+/// ([`listener::HttpListener::plain`]) or a [`tls::TlsListener`].
+pub async fn serve<H: listener::Handshake>(
+    listener: listener::HttpListener<H>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(?address, "dispatcher listening");
+) -> std::io::Result<()> {
+    if let Ok(address) = axum::serve::Listener::local_addr(&listener) {
+        tracing::info!(%address, "dispatcher listening");
     }
+    let shutdown = listener.graceful(shutdown);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 

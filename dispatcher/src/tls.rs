@@ -3,19 +3,13 @@
 //!
 //! - [`Tls::from_settings`] reads and checks the certificate and key once at start-up, so a
 //!   bad pair stops the process before it announces its address.
-//! - [`Tls::listener`] wraps the bound TCP listener in a [`TlsListener`], an
-//!   [`axum::serve::Listener`] that yields connections whose handshake has finished and
-//!   whose client has begun to send. Axum's own connection handling and graceful shutdown
-//!   (stop accepting, let in-flight requests finish) therefore work as they do over plain
-//!   TCP.
-//! - At shutdown axum stops accepting and drops the listener, which still holds the
-//!   connections it has not handed over yet: those in their handshake and those whose
-//!   client has not sent its request yet. A client that finished its handshake counts as
-//!   connected, so none of them is closed unanswered: each is answered `503 unavailable`
-//!   ("shutting down; retry") by hyper, HTTP/1.1 with `Connection: close` or HTTP/2 with a
-//!   GOAWAY, within [`HANDSHAKE_TIMEOUT`] and [`SHUTDOWN_ANSWER_TIMEOUT`]
-//!   ([`TlsListener::shutdown_answers`] awaits them). A connection whose handshake fails is
-//!   closed: its client sees a failed handshake, never a taken request.
+//! - [`Tls::listener`] wraps the bound TCP listener in a [`TlsListener`]: the HTTP front's
+//!   [`HttpListener`] with the TLS handshake ([`TlsHandshake`]) as the step before the
+//!   client's first bytes. That listener hands axum only connections whose client has
+//!   begun to send, and answers 503 those it still holds at shutdown, as it does for plain
+//!   HTTP ([`crate::listener`]): a client that finished its handshake counts as connected.
+//!   A connection whose handshake fails is closed: its client sees a failed handshake,
+//!   never a taken request. Plain HTTP on this port is answered 400, saying why.
 //! - The listener owns a task that re-reads both files every [`RELOAD_POLL`] and swaps in
 //!   the new pair for the handshakes that follow; connections already open keep the
 //!   certificate they were made with. A pair that does not load is logged and the current
@@ -24,20 +18,12 @@
 //! The crypto provider is ring's, named explicitly rather than taken from rustls's process
 //! default, so no other crate's choice of provider can change what the server offers.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::{pin, Pin};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, Request, Version};
-use axum::response::{IntoResponse, Response};
-use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -46,41 +32,18 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use settings::tls::TlsSettings;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tokio_util::task::AbortOnDropHandle;
 
-use crate::error::{error_body, status_for_code, ApiError, RETRY_AFTER_SECONDS};
+use crate::error::{error_body, status_for_code};
+use crate::listener::{Handshake, HttpListener, Protocol};
 
 /// How often the certificate and key files are re-read. Renewals (cert-manager, ACME) come
 /// days before expiry, so seconds of delay cost nothing; reading two small files is cheap.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
-
-/// A client that has not finished its handshake and begun its first request by then is
-/// dropped, so half-open and idle connections cannot pile up. Also how long a connection in
-/// its handshake at shutdown may still take to get its 503.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a connection left in the listener at shutdown is served its 503s once its
-/// client has begun to send: the request is on its way, so this is ample.
-pub const SHUTDOWN_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The message of the 503 that connections left in the listener at shutdown get.
-pub const SHUTTING_DOWN_MESSAGE: &str = "the server is shutting down; retry";
-
-/// How much of a request body a 503 at shutdown reads first: a socket closed with unread
-/// data sends a reset, which can overtake the answer and hide it from the client.
-const SHUTDOWN_BODY_LIMIT_BYTES: usize = 1 << 20;
-
-/// The most read from a connection to learn that its client has begun its first request.
-const FIRST_READ_BYTES: usize = 16 * 1024;
-
-/// Handshakes in progress at once; beyond it the listener stops accepting until one ends,
-/// which leaves further clients in the kernel's backlog instead of in memory here.
-const MAX_HANDSHAKES: usize = 1024;
 
 /// Offered in this order: HTTP/2 when the client speaks it, else HTTP/1.1.
 const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -193,265 +156,52 @@ impl Tls {
         Ok(Some(Tls { acceptor: TlsAcceptor::from(Arc::new(config)), current, files, loaded, provider }))
     }
 
-    /// Serves TLS on `tcp`; the certificate is reloaded for as long as the listener lives.
+    /// Serves TLS on `tcp`; the certificate is reloaded for as long as the listener lives
+    /// (and the handshakes it holds at shutdown).
     pub fn listener(self, tcp: TcpListener) -> TlsListener {
         let reloading =
             tokio::spawn(reload_on_change(self.files, Arc::downgrade(&self.current), self.loaded, self.provider));
-        TlsListener {
+        HttpListener::new(
             tcp,
-            acceptor: self.acceptor,
-            handshakes: JoinSet::new(),
-            shutdown_answers: TaskTracker::new(),
-            _reloading: AbortOnDropHandle::new(reloading),
-        }
+            TlsHandshake { acceptor: self.acceptor, _reloading: Arc::new(AbortOnDropHandle::new(reloading)) },
+        )
     }
 }
 
-/// A TCP listener whose connections come out with their TLS handshake done and the first
-/// bytes of a request read. Handshakes run in tasks of their own, so a slow or silent client
-/// never holds up the next one.
-///
-/// Why wait for the first bytes: at graceful shutdown, axum's connection builder
-/// (hyper-util's `auto`) closes without a word a connection on which it has not yet read
-/// the bytes that tell HTTP/1.1 from HTTP/2. Over TLS that is a client whose handshake
-/// finished, whose request is under way, and which gets an EOF: a request dropped. Held here
-/// until it sends, such a connection is answered 503 when the listener is dropped instead;
-/// handed to axum once it has sent, its request is served in full (only the moment between
-/// axum's `accept` and its connection task's first poll remains, which axum alone can close).
-///
-/// Dropping the listener (axum does on shutdown) stops the reloads and hands every
-/// connection it still holds to the shutdown answers.
-pub struct TlsListener {
-    tcp: TcpListener,
+/// The HTTPS listener: connections come out with their TLS handshake done and the first
+/// bytes of a request read, so a connection whose handshake finished before shutdown is
+/// answered, never closed with an EOF ([`crate::listener`]).
+pub type TlsListener = HttpListener<TlsHandshake>;
+
+/// The TLS handshake of each connection, with the certificate current at its start; plain
+/// HTTP on this port is answered 400.
+#[derive(Clone)]
+pub struct TlsHandshake {
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsConnection, SocketAddr)>>,
-    shutdown_answers: TaskTracker,
-    _reloading: AbortOnDropHandle<()>,
+    /// The certificate reloads, which stop once the listener and its handshakes are gone.
+    _reloading: Arc<AbortOnDropHandle<()>>,
 }
 
-/// The 503s that a [`TlsListener`] answers, once dropped, to the connections it still held.
-pub struct ShutdownAnswers(TaskTracker);
+impl Handshake for TlsHandshake {
+    type Stream = TlsStream<TcpStream>;
 
-impl ShutdownAnswers {
-    /// Completes once the listener has been dropped and every connection it held has had
-    /// its answer (or its time: [`HANDSHAKE_TIMEOUT`] and [`SHUTDOWN_ANSWER_TIMEOUT`]). A
-    /// process awaits this after the server stops and before it exits, within its drain.
-    pub async fn finished(self) {
-        self.0.wait().await
-    }
-}
-
-impl TlsListener {
-    /// Awaits the answers the listener gives at shutdown; see [`ShutdownAnswers`].
-    pub fn shutdown_answers(&self) -> ShutdownAnswers {
-        ShutdownAnswers(self.shutdown_answers.clone())
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        let held = std::mem::take(&mut self.handshakes);
-        // Outside a runtime nothing could answer them; dropping them aborts the handshakes.
-        if let (false, Ok(runtime)) = (held.is_empty(), tokio::runtime::Handle::try_current()) {
-            tracing::info!(connections = held.len(), "answering the connections not yet served 503: shutting down");
-            let tracker = self.shutdown_answers.clone();
-            self.shutdown_answers.spawn_on(answer_held_at_shutdown(held, tracker), &runtime);
-        }
-        self.shutdown_answers.close();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsConnection;
-    type Addr = SocketAddr;
-
-    // Cancel-safe, as axum needs when shutdown interrupts it: `accept` and `join_next` are.
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                accepted = self.tcp.accept(), if self.handshakes.len() < MAX_HANDSHAKES => match accepted {
-                    Ok((stream, peer)) => {
-                        self.handshakes.spawn(handshake(self.acceptor.clone(), stream, peer));
-                    }
-                    Err(error) => accept_failed(error).await,
-                },
-                Some(done) = self.handshakes.join_next() => {
-                    if let Ok(Some(connection)) = done {
-                        return connection;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-/// As axum's TCP listener does: a connection that went away before it was accepted is
-/// nobody's problem; anything else (out of file descriptors) is logged and waited out.
-async fn accept_failed(error: io::Error) {
-    if matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(%error, "cannot accept a connection");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-/// A TLS connection as axum gets it: the stream, and the first bytes its client sent,
-/// which the listener read (to know a request is coming) and which the first reads replay.
-pub struct TlsConnection {
-    tls: TlsStream<TcpStream>,
-    unread: Vec<u8>,
-}
-
-impl TlsConnection {
-    /// Whether ALPN chose HTTP/2 (else the client speaks HTTP/1.1).
-    fn is_http2(&self) -> bool {
-        self.tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice())
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.unread.is_empty() {
-            return Pin::new(&mut this.tls).poll_read(cx, buf);
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.drain(..n);
-        if this.unread.is_empty() {
-            // Frees the first read's buffer, sized for a request head, for the connection's life.
-            this.unread = Vec::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
-    }
-}
-
-/// The TLS handshake of one connection and the first bytes of its first request, bounded by
-/// [`HANDSHAKE_TIMEOUT`]. Failures are logged at debug level only: scanners and clients that
-/// distrust the certificate cause them all day, and the client sees its own error.
-async fn handshake(acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr) -> Option<(TlsConnection, SocketAddr)> {
-    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    async fn handshake(self, tcp: TcpStream, peer: SocketAddr) -> io::Result<Option<Self::Stream>> {
         // A TLS client opens with a handshake record (byte 0x16), an HTTP/1 client with the
         // first letter of its method.
         let mut first = [0u8; 1];
-        if stream.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
-            refuse_plain_http(stream).await;
+        if tcp.peek(&mut first).await? == 1 && first[0].is_ascii_uppercase() {
+            refuse_plain_http(tcp).await;
             tracing::debug!(%peer, "plain http on the https port refused");
             return Ok(None);
         }
-        let mut tls = acceptor.accept(stream).await?;
-        let mut unread = vec![0u8; FIRST_READ_BYTES];
-        let n = tls.read(&mut unread).await?;
-        if n == 0 {
-            tracing::debug!(%peer, "tls connection closed before its first request");
-            return Ok(None);
-        }
-        unread.truncate(n);
-        Ok::<_, io::Error>(Some(TlsConnection { tls, unread }))
-    })
-    .await;
-    match outcome {
-        Ok(Ok(Some(connection))) => Some((connection, peer)),
-        Ok(Ok(None)) => None,
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, %error, "tls handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, timeout_ms = HANDSHAKE_TIMEOUT.as_millis() as u64, "tls handshake timed out");
-            None
-        }
+        Ok(Some(self.acceptor.accept(tcp).await?))
     }
-}
 
-/// Answers, at shutdown, the connections the listener still held: as their handshakes (and
-/// their clients' first bytes) come in, each gets [`answer_shutting_down`] in a task of its
-/// own on `tracker`; a handshake that fails is closed. All bounded by [`HANDSHAKE_TIMEOUT`].
-async fn answer_held_at_shutdown(mut held: JoinSet<Option<(TlsConnection, SocketAddr)>>, tracker: TaskTracker) {
-    while let Some(done) = held.join_next().await {
-        if let Ok(Some((connection, peer))) = done {
-            tracker.spawn(answer_shutting_down(connection, peer));
-        }
+    /// ALPN's choice, which both sides already agreed on, whatever the first bytes.
+    fn protocol(stream: &Self::Stream, _first: &[u8]) -> Option<Protocol> {
+        let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+        Some(if http2 { Protocol::Http2 } else { Protocol::Http1 })
     }
-}
-
-/// Serves one connection only 503s, for at most [`SHUTDOWN_ANSWER_TIMEOUT`]: HTTP/1.1
-/// answers its request and closes (`Connection: close`); HTTP/2 sends GOAWAY at once, which
-/// still admits the streams the client opened before it saw it, answers them and closes. The
-/// protocol is ALPN's choice, which both sides already agreed on, rather than guessed from
-/// the first bytes (hyper-util's `auto` builder), so nothing here waits to find out.
-async fn answer_shutting_down(connection: TlsConnection, peer: SocketAddr) {
-    let http2 = connection.is_http2();
-    let io = TokioIo::new(connection);
-    let service = hyper::service::service_fn(shutting_down);
-    let served = tokio::time::timeout(SHUTDOWN_ANSWER_TIMEOUT, async {
-        if http2 {
-            let mut connection = pin!(http2::Builder::new(TokioExecutor::new()).serve_connection(io, service));
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        } else {
-            http1::Builder::new().keep_alive(false).serve_connection(io, service).await
-        }
-    })
-    .await;
-    match served {
-        Ok(Ok(())) => tracing::debug!(%peer, "connection answered 503 at shutdown"),
-        Ok(Err(error)) => tracing::debug!(%peer, %error, "connection closed while answered 503 at shutdown"),
-        Err(_) => tracing::debug!(
-            %peer,
-            timeout_ms = SHUTDOWN_ANSWER_TIMEOUT.as_millis() as u64,
-            "connection answered 503 at shutdown timed out"
-        ),
-    }
-}
-
-/// The answer to every request on a connection served at shutdown: 503 `unavailable`, in
-/// the one error mapping (`crate::error`), with when to retry.
-async fn shutting_down(request: Request<Incoming>) -> Result<Response, Infallible> {
-    let http1 = request.version() < Version::HTTP_2;
-    // A body not read whole is fine: what is read is what stops a reset from hiding the answer.
-    let _ = axum::body::to_bytes(axum::body::Body::new(request.into_body()), SHUTDOWN_BODY_LIMIT_BYTES).await;
-    let mut response = ApiError::coded(protocol::ErrorCode::Unavailable, SHUTTING_DOWN_MESSAGE).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
-    // HTTP/2 has no `Connection` header (its GOAWAY says it); HTTP/1.1 must not reuse this one.
-    if http1 {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    Ok(response)
 }
 
 /// Answers a plain-HTTP request on the HTTPS port with a 400 that says why, in the usual
@@ -617,7 +367,7 @@ mod tests {
         let tcp = TcpStream::connect(address).await.unwrap();
         let tls = match held_at {
             HeldAt::Handshake => {
-                let _ = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+                crate::listener::testing::held(&mut listener, &case).await;
                 drop(listener);
                 connector.connect(server_name, tcp).await.unwrap()
             }
@@ -630,31 +380,7 @@ mod tests {
                 tls
             }
         };
-        let request = Request::post("https://localhost/score").body(axum::body::Body::from("[]")).unwrap();
-        let response = if alpn == b"h2" {
-            let (mut send, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap_or_else(|e| panic!("{case}: {e}"));
-            tokio::spawn(connection);
-            send.send_request(request).await
-        } else {
-            let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .unwrap_or_else(|e| panic!("{case}: {e}"));
-            tokio::spawn(connection);
-            send.send_request(request).await
-        };
-        let response = response.unwrap_or_else(|e| panic!("{case}: no answer: {e}"));
-        assert_eq!(response.status(), 503, "{case}");
-        assert_eq!(response.headers()[header::RETRY_AFTER], RETRY_AFTER_SECONDS, "{case}");
-        let close = response.headers().get(header::CONNECTION).map(|v| v.to_str().unwrap().to_string());
-        assert_eq!(close.as_deref(), (alpn != b"h2").then_some("close"), "{case}");
-        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1 << 16).await.unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(body, serde_json::json!({"code": "unavailable", "message": SHUTTING_DOWN_MESSAGE}), "{case}");
-        tokio::time::timeout(SHUTDOWN_ANSWER_TIMEOUT, answers.finished())
-            .await
-            .unwrap_or_else(|_| panic!("{case}: the shutdown answers did not finish"));
+        crate::listener::testing::expect_shutdown_answer(tls, alpn == b"h2", answers, &case).await;
     }
 
     #[tokio::test]

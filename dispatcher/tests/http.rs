@@ -221,6 +221,7 @@ impl Service {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = dispatcher::listener::HttpListener::plain(listener);
         let server = tokio::spawn(dispatcher::serve(listener, state.clone(), async move {
             let _ = shutdown_rx.await;
         }));

@@ -84,23 +84,6 @@ async fn check_scores(client: &reqwest::Client, url: &str, rows: &str, expected:
     assert_same(&answer, expected, &format!("scores over https ({version:?})"));
 }
 
-/// The 503 that a connection the server held at SIGTERM, before its request, is answered.
-fn shutting_down() -> Value {
-    json!({"code": "unavailable", "message": "the server is shutting down; retry"})
-}
-
-/// Whether `answer`, to a request sent during the drain, is a full answer: R's scores, or
-/// the 503 that says the server is shutting down (the connection was one the listener
-/// still held). Anything else fails the test.
-fn answered_in_full(status: u16, body: &str, expected: &Value, what: &str) {
-    let answer: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {body}"));
-    match status {
-        200 => assert_same(&answer, expected, what),
-        503 => assert_eq!(answer, shutting_down(), "{what}"),
-        _ => panic!("{what}: status {status}: {body}"),
-    }
-}
-
 /// An HTTPS connection to `port` over HTTP/1.1 whose TLS handshake has finished, on which
 /// nothing has been sent yet.
 async fn handshaken(ca_pem: &str, port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
@@ -123,36 +106,16 @@ async fn handshaken(ca_pem: &str, port: u16) -> tokio_rustls::client::TlsStream<
 /// whose handshake had finished until axum accepted them, and axum, at SIGTERM, dropped the
 /// listener with them (or closed those on which nothing had arrived yet), so their clients
 /// got `peer closed connection without sending TLS close_notify` for a request they sent.
-/// Waits until the listener has closed (`port` refuses), then sends one request on `tls`,
-/// whose handshake finished before the signal, and returns the status and body of an answer
-/// that must end with the server's TLS close_notify, never an EOF.
+/// Waits until the listener has closed, then sends one request on `tls`, whose handshake
+/// finished before the signal, and returns its answer, which must end with the server's
+/// TLS close_notify, never an EOF.
 async fn send_after_the_listener_closed(
-    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     port: u16,
     rows: &str,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the listener did not close within 30 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let request = format!(
-        "POST /score HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{rows}",
-        rows.len()
-    );
-    tls.write_all(request.as_bytes()).await.expect("send the request");
-    let mut response = Vec::new();
-    // `read_to_end` fails with UnexpectedEof unless the server ended with close_notify.
-    tls.read_to_end(&mut response).await.expect("a request sent after the handshake was dropped");
-    let response = String::from_utf8(response).expect("an HTTP/1.1 response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response head: {response:?}"));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status line: {head}"));
-    if status == 503 {
-        assert!(head.to_ascii_lowercase().contains("\r\nretry-after: 1"), "no Retry-After: {head}");
-    }
-    (status, body.to_string())
+) -> support::Answer {
+    support::wait_until_closed(port).await;
+    support::score_on(tls, rows, "a request sent after SIGTERM on a connection made before it").await
 }
 
 /// Whether a new connection from a client trusting only `ca_pem` gets an answer.
@@ -243,9 +206,7 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
                 // Refused once the listener has closed; every request taken is answered.
                 let request = client.post(format!("{url}/score")).header("content-type", "application/json");
                 let Some(answer) = drain.send(request.body(rows.clone())).await else { break };
-                answered_in_full(answer.status, &answer.text, &expected, "answer during shutdown");
-                if answer.status == 503 {
-                    assert_eq!(answer.header("retry-after"), Some("1"), "{}", answer.text);
+                if support::answered_in_full(&answer, &expected, "answer during shutdown") {
                     break;
                 }
             }
@@ -267,8 +228,8 @@ async fn tls_serves_https_reloads_its_certificate_and_drains() {
         }
     };
     support::terminate_under_load(server, drain, clients, 10, &hold, held).await;
-    let (status, body) = sent_late.await.expect("the late client started").await.expect("the late client");
-    answered_in_full(status, &body, &expected, "a request sent after SIGTERM on a connection made before it");
+    let late = sent_late.await.expect("the late client started").await.expect("the late client");
+    support::answered_in_full(&late, &expected, "a request sent after SIGTERM on a connection made before it");
 }
 
 /// A TLS-terminating proxy on loopback in front of the local RabbitMQ, serving `authority`'s

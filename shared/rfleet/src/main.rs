@@ -16,9 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bus::{ConnectOptions, Transport};
 use clap::{Parser, Subcommand};
+use dispatcher::listener::{Handshake, HttpListener, ShutdownAnswers};
 use dispatcher::Catalog;
 use settings::{Settings, Sources};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use worker::Worker;
 
 #[derive(Parser)]
@@ -200,16 +201,11 @@ async fn http(
     let drain = Duration::from_millis(settings.server.drain_timeout_ms);
     let stopped = shutdown.clone().cancelled_owned();
     // HTTPS only when TLS is on: a plain-HTTP port beside it would be a way around it.
-    // With TLS, the connections the listener still holds when it closes are answered 503;
+    // Either way, the connections the listener still holds when it closes are answered 503;
     // those answers are part of the drain.
-    let mut shutdown_answers = None;
-    let mut server = match tls {
-        Some(tls) => {
-            let listener = tls.listener(listener);
-            shutdown_answers = Some(listener.shutdown_answers());
-            tokio::spawn(dispatcher::serve(listener, state, stopped))
-        }
-        None => tokio::spawn(dispatcher::serve(listener, state, stopped)),
+    let (shutdown_answers, mut server) = match tls {
+        Some(tls) => serve_on(tls.listener(listener), state, stopped),
+        None => serve_on(HttpListener::plain(listener), state, stopped),
     };
     let drain_started = tokio::select! {
         result = &mut server => {
@@ -225,13 +221,21 @@ async fn http(
             drain_started
         }
     };
-    if let Some(answers) = shutdown_answers {
-        let left = drain.saturating_sub(drain_started.elapsed());
-        if tokio::time::timeout(left, answers.finished()).await.is_err() {
-            tracing::warn!("tls connections held at shutdown were not all answered within the drain");
-        }
+    let left = drain.saturating_sub(drain_started.elapsed());
+    if tokio::time::timeout(left, shutdown_answers.finished()).await.is_err() {
+        tracing::warn!("connections held at shutdown were not all answered within the drain");
     }
     Ok(())
+}
+
+/// Serves `listener` in a task of its own until `stopped`; with what awaits its answers at
+/// shutdown.
+fn serve_on<H: Handshake>(
+    listener: HttpListener<H>,
+    state: dispatcher::AppState,
+    stopped: WaitForCancellationFutureOwned,
+) -> (ShutdownAnswers, tokio::task::JoinHandle<std::io::Result<()>>) {
+    (listener.shutdown_answers(), tokio::spawn(dispatcher::serve(listener, state, stopped)))
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
