@@ -21,6 +21,10 @@ use serde_json::Value;
 mod broker_node;
 pub use broker_node::BrokerNode;
 
+// A private Docker daemon, and images built and run with it (tests/suite/images.rs).
+#[path = "docker.rs"]
+pub mod docker;
+
 /// `target/debug` (or wherever cargo put this test binary's siblings).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -19,6 +19,8 @@ mod conventions;
 mod faults;
 #[path = "suite/http.rs"]
 mod http;
+#[path = "suite/images.rs"]
+mod images;
 #[path = "suite/predictions.rs"]
 mod predictions;
 #[path = "suite/tls.rs"]

