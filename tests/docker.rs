@@ -66,13 +66,22 @@ impl Daemon {
         let mut daemon = Daemon { child, socket, _lock: lock };
         let start = Instant::now();
         loop {
-            if daemon.docker().args(["version", "--format", "{{.Server.Version}}"]).output().is_ok_and(|o| o.status.success()) {
+            if daemon
+                .docker()
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
                 return daemon;
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("dockerd exited with {status}; see {}", dir.join("dockerd.log").display());
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "dockerd did not answer within 60 s; see {}", dir.join("dockerd.log").display());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dockerd did not answer within 60 s; see {}",
+                dir.join("dockerd.log").display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -145,7 +154,8 @@ impl Drop for Daemon {
 /// file did not): stopped, so this test starts its own on the same folders.
 fn stop_leftover(pidfile: &Path) {
     let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) else { return };
-    let is_dockerd = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dockerd");
+    let is_dockerd =
+        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dockerd");
     if !is_dockerd(pid) {
         return;
     }
@@ -207,6 +217,7 @@ impl Container<'_> {
 
 impl Drop for Container<'_> {
     fn drop(&mut self) {
-        let _ = self.daemon.docker().args(["rm", "--force", &self.id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ =
+            self.daemon.docker().args(["rm", "--force", &self.id]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
 }

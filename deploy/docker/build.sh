@@ -36,7 +36,8 @@ version=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Car
 [ -n "$version" ] || { echo "build.sh: no version in Cargo.toml's [workspace.package]" >&2; exit 1; }
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-source_url="${SOURCE_URL:-https://github.com/rfleet/rfleet}"
+# The repository the images are built from: SOURCE_URL, else git's origin.
+source_url="${SOURCE_URL:-$(git remote get-url origin 2>/dev/null || echo unknown)}"
 
 for image in dispatcher worker; do
     echo "build.sh: building rfleet-$image:$version from $bin_dir" >&2

@@ -43,7 +43,7 @@ FROM scratch
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
-ARG SOURCE=https://github.com/rfleet/rfleet
+ARG SOURCE=unknown
 LABEL org.opencontainers.image.title="rfleet-dispatcher" \
       org.opencontainers.image.description="rfleet's HTTP dispatcher: scores R models through workers on a message bus (no R inside)" \
       org.opencontainers.image.version="${VERSION}" \

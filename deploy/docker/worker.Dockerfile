@@ -18,18 +18,6 @@
 FROM debian:bookworm-slim
 # Where the prebuilt binaries are, relative to the context (tests use target/debug).
 ARG BIN_DIR=target/release
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG CREATED=unknown
-ARG SOURCE=https://github.com/rfleet/rfleet
-LABEL org.opencontainers.image.title="rfleet-worker" \
-      org.opencontainers.image.description="rfleet's worker: scores R models in embedded R hosts, taking requests from a message bus" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="debian:bookworm-slim"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # R and the model packages rfleet's own set-up installs (deploy/setup.sh), all from Debian,
 # so R and every package agree on one ABI. Debian's versions of the day: pinning them
@@ -47,10 +35,24 @@ RUN apt-get update \
     && mkdir -p /models \
     && chown 10001:10001 /models
 COPY ${BIN_DIR}/rfleet ${BIN_DIR}/rfleet-rhost /usr/local/bin/
-# The R host must find its libR, and R its packages, exactly as on a Debian machine.
+# The R host links Debian's libR: a binary built against some other R stops the build here.
 RUN ldd /usr/local/bin/rfleet-rhost | grep -q 'libR.so => /' \
     && /usr/local/bin/rfleet --version
 ENV RFLEET_MODELS__DIR=/models
+# Last, so that a new revision or date rebuilds no layer above (build-args are part of the
+# cache key of every later RUN).
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="rfleet-worker" \
+      org.opencontainers.image.description="rfleet's worker: scores R models in embedded R hosts, taking requests from a message bus" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="debian:bookworm-slim"
 USER 10001:10001
 # A worker serves no HTTP; Kubernetes watches the process (and KEDA the queue depth).
 HEALTHCHECK NONE

@@ -40,8 +40,9 @@ fn dockerfiles_pass_hadolint_and_checkov() {
     }
     // Checkov exits 1 when a check fails: the report says which, so read it either way.
     let output = command.stderr(Stdio::null()).output().expect("run checkov");
-    let report: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("checkov printed no JSON report ({e}): {}", String::from_utf8_lossy(&output.stdout)));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("checkov printed no JSON report ({e}): {}", String::from_utf8_lossy(&output.stdout))
+    });
     assert!(report["summary"]["passed"].as_u64().unwrap_or(0) > 0, "checkov checked nothing: {report}");
     assert_eq!(report["summary"]["parsing_errors"], 0, "checkov could not parse a Dockerfile: {report}");
     let waivers = waivers(&root.join("deploy/docker/checkov-waivers.txt"));
@@ -54,7 +55,11 @@ fn dockerfiles_pass_hadolint_and_checkov() {
         if waivers.contains_key(id) {
             needed.insert(id.to_string());
         } else if !low {
-            failed.push(format!("{id} ({}) in {}", check["check_name"].as_str().unwrap_or_default(), check["file_path"]));
+            failed.push(format!(
+                "{id} ({}) in {}",
+                check["check_name"].as_str().unwrap_or_default(),
+                check["file_path"]
+            ));
         }
     }
     assert!(failed.is_empty(), "checkov checks failed (fix them, or waive them with a reason in deploy/docker/checkov-waivers.txt): {failed:#?}");
@@ -84,8 +89,20 @@ async fn images_build_run_and_drain() {
     println!("images: built in {:.0?}", started.elapsed());
     let dispatcher_image = format!("rfleet-dispatcher:{VERSION}");
     let worker_image = format!("rfleet-worker:{VERSION}");
-    check_metadata(&daemon, &dispatcher_image, &["/usr/local/bin/rfleet", "dispatcher"], None, "RFLEET_SERVER__LISTEN=0.0.0.0:8000");
-    check_metadata(&daemon, &worker_image, &["/usr/bin/tini", "--", "rfleet"], Some(&["worker"]), "RFLEET_MODELS__DIR=/models");
+    check_metadata(
+        &daemon,
+        &dispatcher_image,
+        &["/usr/local/bin/rfleet", "dispatcher"],
+        None,
+        "RFLEET_SERVER__LISTEN=0.0.0.0:8000",
+    );
+    check_metadata(
+        &daemon,
+        &worker_image,
+        &["/usr/bin/tini", "--", "rfleet"],
+        Some(&["worker"]),
+        "RFLEET_MODELS__DIR=/models",
+    );
     check_dispatcher_files(&daemon, &dispatcher_image);
     for image in [&dispatcher_image, &worker_image] {
         let bytes: u64 = daemon.run(&["image", "inspect", "--format", "{{.Size}}", image]).parse().unwrap();
@@ -108,7 +125,11 @@ async fn images_build_run_and_drain() {
     let hold_mount = format!("{0}:{0}", hold_dir.display());
     let hold_file = hold.path().display().to_string();
     let worker_env = |id: &'static str| {
-        vec![("RFLEET_WORKERS__ID", id.to_string()), ("RFLEET_WORKERS__N_HOSTS", "1".to_string()), ("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", "30000".to_string())]
+        vec![
+            ("RFLEET_WORKERS__ID", id.to_string()),
+            ("RFLEET_WORKERS__N_HOSTS", "1".to_string()),
+            ("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", "30000".to_string()),
+        ]
     };
     // Only w1 holds x = 888: it is the worker stopped with a request in R.
     let mut w1_env = worker_env("w1");
@@ -126,7 +147,11 @@ async fn images_build_run_and_drain() {
         if ready.status == 200 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "the dispatcher container never became ready: {}", ready.text);
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the dispatcher container never became ready: {}",
+            ready.text
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -140,7 +165,11 @@ async fn images_build_run_and_drain() {
             }
             let answer = post(&client, &score, Value::Array(case.rows.clone()).to_string(), &[]).await;
             assert_eq!(answer.status, 200, "{} (round {round}) through the containers: {}", case.name, answer.text);
-            assert_same(&answer.json(), &Value::Array(case.expected.clone()), &format!("{} through the containers", case.name));
+            assert_same(
+                &answer.json(),
+                &Value::Array(case.expected.clone()),
+                &format!("{} through the containers", case.name),
+            );
             answered_by.insert(answer.header("x-rfleet-worker").unwrap_or_default().to_string());
         }
     }
@@ -162,10 +191,12 @@ async fn images_build_run_and_drain() {
 fn build_images(daemon: &Daemon) {
     let root = repo_root();
     let bin_dir = target_dir();
-    let bin_dir = bin_dir
-        .strip_prefix(&root)
-        .unwrap_or_else(|_| panic!("the binaries ({}) must be under the repository for its build context", bin_dir.display()));
-    for (script, args) in [("deploy/docker/base.sh", vec![]), ("deploy/docker/build.sh", vec!["--bin-dir", bin_dir.to_str().unwrap()])] {
+    let bin_dir = bin_dir.strip_prefix(&root).unwrap_or_else(|_| {
+        panic!("the binaries ({}) must be under the repository for its build context", bin_dir.display())
+    });
+    for (script, args) in
+        [("deploy/docker/base.sh", vec![]), ("deploy/docker/build.sh", vec!["--bin-dir", bin_dir.to_str().unwrap()])]
+    {
         let output = Command::new(root.join(script))
             .args(&args)
             .env("DOCKER", daemon.docker_env())
@@ -185,18 +216,27 @@ fn profile() -> String {
 /// The image runs as 10001, starts `entrypoint` (and `cmd`), sets `env`, and carries the
 /// OCI labels, with the workspace version.
 fn check_metadata(daemon: &Daemon, image: &str, entrypoint: &[&str], cmd: Option<&[&str]>, env: &str) {
-    let config: Value = serde_json::from_str(&daemon.run(&["image", "inspect", "--format", "{{json .Config}}", image])).unwrap();
+    let config: Value =
+        serde_json::from_str(&daemon.run(&["image", "inspect", "--format", "{{json .Config}}", image])).unwrap();
     assert_eq!(config["User"], "10001:10001", "{image} should run as user and group 10001");
     assert_eq!(config["Entrypoint"], json!(entrypoint), "{image}'s entrypoint");
     assert_eq!(config["Cmd"], cmd.map_or(Value::Null, |c| json!(c)), "{image}'s command");
     let envs: Vec<&str> = config["Env"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(envs.contains(&env), "{image} should set {env}: {envs:?}");
     let labels = &config["Labels"];
+    let label = |key: &str| labels[format!("org.opencontainers.image.{key}")].as_str().unwrap_or_default().to_string();
     for key in ["title", "description", "version", "revision", "created", "source", "licenses"] {
-        let value = labels[format!("org.opencontainers.image.{key}")].as_str().unwrap_or_default();
-        assert!(!value.is_empty() && value != "unknown", "{image} lacks the label org.opencontainers.image.{key}: {labels}");
+        assert!(!label(key).is_empty(), "{image} lacks the label org.opencontainers.image.{key}: {labels}");
     }
-    assert_eq!(labels["org.opencontainers.image.version"], VERSION, "{image}'s version label");
+    assert_eq!(label("version"), VERSION, "{image}'s version label");
+    // build.sh labels the commit the images were built from, and when.
+    let head =
+        Command::new("git").args(["rev-parse", "HEAD"]).current_dir(repo_root()).output().expect("git rev-parse");
+    assert_eq!(label("revision"), String::from_utf8_lossy(&head.stdout).trim(), "{image}'s revision label");
+    assert!(
+        label("created").ends_with('Z') && label("created").len() == 20,
+        "{image}'s created label is no RFC 3339 UTC time: {labels}"
+    );
 }
 
 /// The dispatcher's filesystem, listed from `docker export` (there is no shell to ask):
@@ -204,18 +244,23 @@ fn check_metadata(daemon: &Daemon, image: &str, entrypoint: &[&str], cmd: Option
 fn check_dispatcher_files(daemon: &Daemon, image: &str) {
     let id = daemon.run(&["create", image]);
     let container = ContainerId { daemon, id };
-    let mut export = daemon.docker().args(["export", &container.id]).stdout(Stdio::piped()).spawn().expect("docker export");
+    let mut export =
+        daemon.docker().args(["export", &container.id]).stdout(Stdio::piped()).spawn().expect("docker export");
     let listing = Command::new("tar").arg("-t").stdin(export.stdout.take().unwrap()).output().expect("tar -t");
     assert!(export.wait().unwrap().success(), "docker export of {image} failed");
     let listing = String::from_utf8(checked(listing, "tar -t of the dispatcher's export").stdout).unwrap();
     let files: Vec<&str> = listing.lines().map(|l| l.trim_start_matches("./").trim_end_matches('/')).collect();
-    for needed in ["usr/local/bin/rfleet", "lib64/ld-linux-x86-64.so.2", "etc/passwd", "etc/ssl/certs/ca-certificates.crt"] {
+    for needed in
+        ["usr/local/bin/rfleet", "lib64/ld-linux-x86-64.so.2", "etc/passwd", "etc/ssl/certs/ca-certificates.crt"]
+    {
         assert!(files.contains(&needed), "{image} lacks {needed}: {files:?}");
     }
-    let r: Vec<&&str> = files.iter().filter(|f| f.contains("libR") || f.starts_with("usr/lib/R") || f.contains("/R/")).collect();
+    let r: Vec<&&str> =
+        files.iter().filter(|f| f.contains("libR") || f.starts_with("usr/lib/R") || f.contains("/R/")).collect();
     assert!(r.is_empty(), "{image} should hold no R: {r:?}");
     let shells = ["sh", "bash", "dash", "ash", "busybox"];
-    let found: Vec<&&str> = files.iter().filter(|f| shells.contains(&f.rsplit('/').next().unwrap_or_default())).collect();
+    let found: Vec<&&str> =
+        files.iter().filter(|f| shells.contains(&f.rsplit('/').next().unwrap_or_default())).collect();
     assert!(found.is_empty(), "{image} should hold no shell: {found:?}");
 }
 
@@ -237,7 +282,13 @@ fn run<'d>(daemon: &'d Daemon, fleet: &Fleet, env: &[(&str, &str)], extra: &[&st
     run_owned(daemon, fleet, &owned, extra, image)
 }
 
-fn run_owned<'d>(daemon: &'d Daemon, fleet: &Fleet, env: &[(&str, String)], extra: &[&str], image: &str) -> Container<'d> {
+fn run_owned<'d>(
+    daemon: &'d Daemon,
+    fleet: &Fleet,
+    env: &[(&str, String)],
+    extra: &[&str],
+    image: &str,
+) -> Container<'d> {
     let mut settings: Vec<String> = fleet.env().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     settings.push("RFLEET_LOG__LEVEL=info".to_string());
     settings.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -261,7 +312,11 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
             .into_iter()
             .flat_map(|name| {
                 let case = case(&fixtures, name);
-                case.rows.iter().zip(&case.expected).map(|(row, expected)| (case.model.clone(), json!([row]).to_string(), json!([expected]))).collect::<Vec<_>>()
+                case.rows
+                    .iter()
+                    .zip(&case.expected)
+                    .map(|(row, expected)| (case.model.clone(), json!([row]).to_string(), json!([expected])))
+                    .collect::<Vec<_>>()
             })
             .collect(),
     );
@@ -271,7 +326,8 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
     let stopped = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for client_no in 0..CLIENTS {
-        let (rows, stop, answered, stopped, by_w2) = (rows.clone(), stop.clone(), answered.clone(), stopped.clone(), by_w2_after_stop.clone());
+        let (rows, stop, answered, stopped, by_w2) =
+            (rows.clone(), stop.clone(), answered.clone(), stopped.clone(), by_w2_after_stop.clone());
         let (client, url) = (client.clone(), url.to_string());
         clients.push(tokio::spawn(async move {
             let mut i = 0;
@@ -279,8 +335,16 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
                 let (model, body, expected) = &rows[(client_no * 5 + i) % rows.len()];
                 let after_stop = stopped.load(Ordering::SeqCst);
                 let answer = post(&client, &format!("{url}/models/{model}/score"), body.clone(), &[]).await;
-                assert_eq!(answer.status, 200, "client {client_no} request {i} ({model}) around the stop: {}", answer.text);
-                assert_same(&answer.json(), expected, &format!("client {client_no} request {i} ({model}) around the stop"));
+                assert_eq!(
+                    answer.status, 200,
+                    "client {client_no} request {i} ({model}) around the stop: {}",
+                    answer.text
+                );
+                assert_same(
+                    &answer.json(),
+                    expected,
+                    &format!("client {client_no} request {i} ({model}) around the stop"),
+                );
                 if after_stop && answer.header("x-rfleet-worker") == Some("w2") {
                     by_w2.fetch_add(1, Ordering::SeqCst);
                 }
@@ -295,7 +359,8 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
     // takes one; those w2 takes are answered at once.
     let held = loop {
         let (client, score) = (client.clone(), format!("{url}/models/faulty/score"));
-        let mut sent = tokio::spawn(async move { post(&client, &score, json!([{"x": Hold::X}]).to_string(), &[]).await });
+        let mut sent =
+            tokio::spawn(async move { post(&client, &score, json!([{"x": Hold::X}]).to_string(), &[]).await });
         let start = Instant::now();
         let taken_by_w1 = loop {
             if hold.host_pid().is_some() {
@@ -304,7 +369,11 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
             if sent.is_finished() {
                 break false;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "a request of x = {} was neither held nor answered", Hold::X);
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "a request of x = {} was neither held nor answered",
+                Hold::X
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         if taken_by_w1 {
