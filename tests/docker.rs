@@ -46,6 +46,7 @@ impl Daemon {
         assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0, "flock the docker daemon");
         let pidfile = dir.join("dockerd.pid");
         stop_leftover(&pidfile);
+        unmount_leftovers(&dir);
         let socket = dir.join("docker.sock");
         let log = File::create(dir.join("dockerd.log")).unwrap();
         let child = Command::new(DOCKERD)
@@ -129,10 +130,32 @@ impl Daemon {
         all.extend_from_slice(args);
         Container { id: self.run(&all), daemon: self }
     }
+
+    /// Creates a container of `image` without starting it (to export its filesystem, say),
+    /// removed when the guard is dropped.
+    pub fn create(&self, image: &str) -> Container<'_> {
+        Container { id: self.run(&["create", image]), daemon: self }
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop();
+        unmount_leftovers(&Daemon::dir());
+    }
+}
+
+/// dockerd leaves its default network namespace mounted in its exec root when it exits
+/// (Docker 20.10): unmounted, so the folder can be deleted and mounts do not pile up.
+fn unmount_leftovers(dir: &Path) {
+    let netns = std::ffi::CString::new(dir.join("exec/netns/default").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a plain umount2 of a path we own; it fails (EINVAL, ENOENT) once nothing is
+    // mounted there, which ends the loop.
+    while unsafe { libc::umount2(netns.as_ptr(), libc::MNT_DETACH) } == 0 {}
+}
+
+impl Daemon {
+    fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             // SAFETY: signalling our own child. dockerd stops its containers and containerd
             // on SIGTERM.

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::docker::{checked, Container, Daemon};
-use support::{assert_same, case, cases, client, fixtures, get, post, repo_root, target_dir, wait_for, Fleet, Hold};
+use support::{
+    assert_same, case, cases, client, fixtures, get, post, repo_root, target_dir, wait_for, Fleet, Hold, MANAGEMENT_URL,
+};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DOCKERFILES: [&str; 2] = ["deploy/docker/dispatcher.Dockerfile", "deploy/docker/worker.Dockerfile"];
@@ -118,24 +120,32 @@ async fn images_build_run_and_drain() {
     let hold_dir = hold.path().parent().unwrap().to_path_buf();
     std::fs::set_permissions(&hold_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
 
-    let dispatcher = run(&daemon, &fleet, &[("RFLEET_SERVER__LISTEN", "127.0.0.1:0")], &[], &dispatcher_image);
+    let dispatcher =
+        run(&daemon, &fleet, &[("RFLEET_SERVER__LISTEN", "127.0.0.1:0".to_string())], &[], &dispatcher_image);
     let listening = dispatcher.wait_for_line("rfleet listening on ", Duration::from_secs(60));
     let url = listening.split("rfleet listening on ").nth(1).unwrap().trim().to_string();
     let mount = format!("{}:/models:ro", models.display());
     let hold_mount = format!("{0}:{0}", hold_dir.display());
     let hold_file = hold.path().display().to_string();
-    let worker_env = |id: &'static str| {
+    // Worker ids of this test's own: other tests on the shared broker have their w1 too.
+    let w1_id = format!("images-w1-{}", std::process::id());
+    let w2_id = format!("images-w2-{}", std::process::id());
+    let worker_env = |id: &str| {
         vec![
             ("RFLEET_WORKERS__ID", id.to_string()),
             ("RFLEET_WORKERS__N_HOSTS", "1".to_string()),
             ("RFLEET_WORKERS__DRAIN_TIMEOUT_MS", "30000".to_string()),
         ]
     };
-    // Only w1 holds x = 888: it is the worker stopped with a request in R.
-    let mut w1_env = worker_env("w1");
+    // Only w1 holds x = 888: it is the worker stopped with a request in R. It takes one
+    // more request to wait for its host (queue_capacity) and leaves the rest it prefetches
+    // untaken, for its drain to hand back to the broker.
+    let mut w1_env = worker_env(&w1_id);
     w1_env.push(("SCORE_HOLD_FILE", hold_file.clone()));
-    let w1 = run_owned(&daemon, &fleet, &w1_env, &["--volume", &mount, "--volume", &hold_mount], &worker_image);
-    let w2 = run_owned(&daemon, &fleet, &worker_env("w2"), &["--volume", &mount], &worker_image);
+    w1_env.push(("RFLEET_WORKERS__QUEUE_CAPACITY", "1".to_string()));
+    let w1 =
+        run(&daemon, &fleet, &w1_env, &["--tmpfs=/tmp", "--volume", &mount, "--volume", &hold_mount], &worker_image);
+    let w2 = run(&daemon, &fleet, &worker_env(&w2_id), &["--tmpfs=/tmp", "--volume", &mount], &worker_image);
     for worker in [&w1, &w2] {
         worker.wait_for_line("rfleet worker ready with 1 R hosts", Duration::from_secs(180));
     }
@@ -173,9 +183,10 @@ async fn images_build_run_and_drain() {
             answered_by.insert(answer.header("x-rfleet-worker").unwrap_or_default().to_string());
         }
     }
-    assert_eq!(answered_by, ["w1".to_string(), "w2".to_string()].into(), "both worker containers should have answered");
+    assert_eq!(answered_by, [w1_id.clone(), w2_id.clone()].into(), "both worker containers should have answered");
 
-    stop_worker_under_load(&daemon, &client, &url, &w1, &hold).await;
+    let workers = [(w1_id.as_str(), &w1), (w2_id.as_str(), &w2)];
+    stop_worker_under_load(&daemon, &client, &url, workers, &fleet, &hold).await;
 
     // SIGTERM reaches the dispatcher (rfleet is PID 1, exec form) and w2 (through tini):
     // both drain and exit 0.
@@ -242,8 +253,7 @@ fn check_metadata(daemon: &Daemon, image: &str, entrypoint: &[&str], cmd: Option
 /// The dispatcher's filesystem, listed from `docker export` (there is no shell to ask):
 /// rfleet and its libraries, and neither R nor a shell.
 fn check_dispatcher_files(daemon: &Daemon, image: &str) {
-    let id = daemon.run(&["create", image]);
-    let container = ContainerId { daemon, id };
+    let container = daemon.create(image);
     let mut export =
         daemon.docker().args(["export", &container.id]).stdout(Stdio::piped()).spawn().expect("docker export");
     let listing = Command::new("tar").arg("-t").stdin(export.stdout.take().unwrap()).output().expect("tar -t");
@@ -264,35 +274,14 @@ fn check_dispatcher_files(daemon: &Daemon, image: &str) {
     assert!(found.is_empty(), "{image} should hold no shell: {found:?}");
 }
 
-/// A container made with `docker create`, removed when dropped.
-struct ContainerId<'d> {
-    daemon: &'d Daemon,
-    id: String,
-}
-
-impl Drop for ContainerId<'_> {
-    fn drop(&mut self) {
-        let _ = self.daemon.docker().args(["rm", "--force", &self.id]).stdout(Stdio::null()).status();
-    }
-}
-
 /// Runs `image` on the host's network with the fleet's settings and `env`.
-fn run<'d>(daemon: &'d Daemon, fleet: &Fleet, env: &[(&str, &str)], extra: &[&str], image: &str) -> Container<'d> {
-    let owned: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    run_owned(daemon, fleet, &owned, extra, image)
-}
-
-fn run_owned<'d>(
-    daemon: &'d Daemon,
-    fleet: &Fleet,
-    env: &[(&str, String)],
-    extra: &[&str],
-    image: &str,
-) -> Container<'d> {
+fn run<'d>(daemon: &'d Daemon, fleet: &Fleet, env: &[(&str, String)], extra: &[&str], image: &str) -> Container<'d> {
     let mut settings: Vec<String> = fleet.env().into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     settings.push("RFLEET_LOG__LEVEL=info".to_string());
     settings.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-    let mut args = vec!["--network=host"];
+    // As the Kubernetes manifests run them: no capabilities, no privilege gain, a
+    // read-only root (the worker's R writes its session directories to /tmp only).
+    let mut args = vec!["--network=host", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only"];
     for setting in &settings {
         args.extend(["--env", setting]);
     }
@@ -302,13 +291,23 @@ fn run_owned<'d>(
 }
 
 /// `docker stop` of w1 while clients keep a bounded number of requests in flight and w1
-/// has one in R: every request is answered as R does (w2 takes what w1 hands back), the
-/// one in R at the stop included, and w1 drains and exits 0 within its grace period.
-async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: &str, w1: &Container<'_>, hold: &Hold) {
+/// has one in R, one waiting for its host and more prefetched: every request is answered
+/// as R does, the one in R at the stop included; w2 answers what w1 hands back (the broker
+/// counts redeliveries); and w1 drains and exits 0 within its grace period.
+async fn stop_worker_under_load(
+    daemon: &Daemon,
+    client: &reqwest::Client,
+    url: &str,
+    [(w1_id, w1), (w2_id, _)]: [(&str, &Container<'_>); 2],
+    fleet: &Fleet,
+    hold: &Hold,
+) {
     const CLIENTS: usize = 6;
     let fixtures = fixtures();
     let rows: Arc<Vec<(String, String, Value)>> = Arc::new(
-        ["rf_reg", "lm", "rpart"]
+        // One model, so one queue: w1 takes at most 2 of its requests (n_hosts +
+        // queue_capacity, a bound per queue) and leaves the rest it prefetches untaken.
+        ["lm"]
             .into_iter()
             .flat_map(|name| {
                 let case = case(&fixtures, name);
@@ -323,11 +322,12 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
     let by_w2_after_stop = Arc::new(AtomicUsize::new(0));
+    let w2_id = Arc::new(w2_id.to_string());
     let stopped = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for client_no in 0..CLIENTS {
-        let (rows, stop, answered, stopped, by_w2) =
-            (rows.clone(), stop.clone(), answered.clone(), stopped.clone(), by_w2_after_stop.clone());
+        let (rows, stop, answered, stopped, by_w2, w2_id) =
+            (rows.clone(), stop.clone(), answered.clone(), stopped.clone(), by_w2_after_stop.clone(), w2_id.clone());
         let (client, url) = (client.clone(), url.to_string());
         clients.push(tokio::spawn(async move {
             let mut i = 0;
@@ -345,7 +345,7 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
                     expected,
                     &format!("client {client_no} request {i} ({model}) around the stop"),
                 );
-                if after_stop && answer.header("x-rfleet-worker") == Some("w2") {
+                if after_stop && answer.header("x-rfleet-worker") == Some(w2_id.as_str()) {
                     by_w2.fetch_add(1, Ordering::SeqCst);
                 }
                 answered.fetch_add(1, Ordering::SeqCst);
@@ -384,6 +384,20 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
         assert_same(&answer.json(), &json!([2 * Hold::X]), "x = 888 answered by w2");
     };
 
+    // Requests wait on w1 behind the held one: two of lm's taken, the others prefetched.
+    // Four unacknowledged (the held one, two taken, one more) means one at least is
+    // prefetched, for the drain to hand back.
+    let start = Instant::now();
+    loop {
+        let unacked = unacknowledged_by(client, &format!("rfleet-worker-{w1_id}")).await;
+        if unacked >= 4 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "w1 never held 4 requests (it holds {unacked})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let redelivered_before = redeliveries(client, fleet).await;
+
     let (docker, id) = (daemon.docker(), w1.id.clone());
     let stopping = tokio::task::spawn_blocking(move || {
         let mut docker = docker;
@@ -402,8 +416,14 @@ async fn stop_worker_under_load(daemon: &Daemon, client: &reqwest::Client, url: 
     let held = held.await.unwrap();
     assert_eq!(held.status, 200, "the request in R on w1 at the stop: {}", held.text);
     assert_same(&held.json(), &json!([2 * Hold::X]), "the request in R on w1 at the stop");
-    assert_eq!(held.header("x-rfleet-worker"), Some("w1"), "the held request is w1's");
+    assert_eq!(held.header("x-rfleet-worker"), Some(w1_id), "the held request is w1's");
     check_clean_exit(w1, "w1");
+    // The broker's statistics lag by seconds (collect_statistics_interval).
+    let start = Instant::now();
+    while redeliveries(client, fleet).await <= redelivered_before {
+        assert!(start.elapsed() < Duration::from_secs(60), "w1 handed back none of its prefetched requests");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // w2 alone answers what comes after.
     let now = answered.load(Ordering::SeqCst);
@@ -423,4 +443,47 @@ fn check_clean_exit(container: &Container<'_>, name: &str) {
     assert_eq!(state["Status"], "exited", "{name}: {state}");
     assert_eq!(state["OOMKilled"], false, "{name} was killed for memory: {state}");
     assert_eq!(state["ExitCode"], 0, "{name} did not exit 0 after SIGTERM: {state}\n{}", container.logs());
+}
+
+/// GET `path` of the shared broker's management API, as JSON.
+async fn management(client: &reqwest::Client, path: &str) -> Value {
+    let response =
+        client.get(format!("{MANAGEMENT_URL}/{path}")).basic_auth("guest", Some("guest")).send().await.unwrap_or_else(
+            |e| panic!("RabbitMQ's management API ({MANAGEMENT_URL}; deploy/setup.sh test enables it): {e}"),
+        );
+    assert!(response.status().is_success(), "GET {MANAGEMENT_URL}/{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+/// Deliveries the broker counts as unacknowledged on the channels of the connection the
+/// client named `name` (rfleet names it `rfleet-worker-<id>`).
+async fn unacknowledged_by(client: &reqwest::Client, name: &str) -> u64 {
+    let connections = management(client, "connections").await;
+    let peers: Vec<&str> = connections
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["user_provided_name"] == name)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let channels = management(client, "channels").await;
+    channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["connection_details"]["name"].as_str().is_some_and(|n| peers.contains(&n)))
+        .filter_map(|c| c["messages_unacknowledged"].as_u64())
+        .sum()
+}
+
+/// Messages the broker has delivered again (after a requeue) from the fleet's queues.
+async fn redeliveries(client: &reqwest::Client, fleet: &Fleet) -> u64 {
+    let queues = management(client, "queues/%2f?columns=name,message_stats.redeliver").await;
+    queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&fleet.queue_prefix())))
+        .filter_map(|q| q["message_stats"]["redeliver"].as_u64())
+        .sum()
 }
