@@ -26,7 +26,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        tini ca-certificates r-base-core r-cran-jsonlite r-cran-randomforest r-cran-ranger \
+        tini r-base-core r-cran-jsonlite r-cran-randomforest r-cran-ranger \
         r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 rfleet \
