@@ -145,7 +145,9 @@ async fn images_build_run_and_drain() {
     w1_env.push(("RFLEET_WORKERS__QUEUE_CAPACITY", "1".to_string()));
     let w1 =
         run(&daemon, &fleet, &w1_env, &["--tmpfs=/tmp", "--volume", &mount, "--volume", &hold_mount], &worker_image);
-    let w2 = run(&daemon, &fleet, &worker_env(&w2_id), &["--tmpfs=/tmp", "--volume", &mount], &worker_image);
+    // w2 runs a model image, its models inside (w1 has them mounted).
+    let model_image = build_model_image(&daemon, &worker_image, &models);
+    let w2 = run(&daemon, &fleet, &worker_env(&w2_id), &["--tmpfs=/tmp"], &model_image);
     for worker in [&w1, &w2] {
         worker.wait_for_line("rfleet worker ready with 1 R hosts", Duration::from_secs(180));
     }
@@ -220,6 +222,29 @@ fn build_images(daemon: &Daemon) {
     // The images a rebuild untagged: the daemon's folder is kept between runs, so it
     // would grow by them every time.
     daemon.run(&["image", "prune", "--force"]);
+}
+
+/// A model image as `rfleet package` makes one: FROM the worker image, an R package
+/// installed from Debian as root, the model packages copied into /models, user 10001 again.
+/// Built with [`Daemon::build`] from a context of its own; returns its tag.
+fn build_model_image(daemon: &Daemon, worker_image: &str, models: &Path) -> String {
+    let context = tempfile::tempdir().unwrap();
+    for package in std::fs::read_dir(models).unwrap() {
+        let package = package.unwrap().path();
+        support::copy_package(&package, &context.path().join("models").join(package.file_name().unwrap()));
+    }
+    let dockerfile = format!(
+        "FROM {worker_image}\n\
+         USER root\n\
+         RUN apt-get update && apt-get install -y --no-install-recommends r-cran-mime && rm -rf /var/lib/apt/lists/*\n\
+         COPY --chown=10001:10001 models/ /models/\n\
+         USER 10001:10001\n"
+    );
+    std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+    let tag = format!("rfleet-test-models:{VERSION}");
+    daemon.build(context.path(), None, &tag, &[]);
+    assert_eq!(daemon.run(&["image", "inspect", "--format", "{{.Config.User}}", &tag]), "10001:10001", "{tag}'s user");
+    tag
 }
 
 /// "debug" or "release": which binaries the images hold.
