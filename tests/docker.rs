@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::repo_root;
+use crate::{repo_root, target_dir};
 
 /// Debian's docker client (docker.io): with DOCKER_BUILDKIT=1 it builds with the daemon's
 /// own BuildKit, which needs no buildx plugin.
@@ -122,6 +122,33 @@ impl Daemon {
         }
         let output = command.arg(context).output().expect("run docker build");
         checked(output, &format!("docker build of {tag} from {}", context.display()));
+    }
+
+    /// Builds debian:bookworm-slim (unless the daemon has it) and both images with the
+    /// scripts of deploy/docker, from this test binary's sibling binaries: the images a
+    /// model image (`rfleet package`) builds FROM.
+    pub fn build_rfleet_images(&self) {
+        let root = repo_root();
+        let bin_dir = target_dir();
+        let bin_dir = bin_dir.strip_prefix(&root).unwrap_or_else(|_| {
+            panic!("the binaries ({}) must be under the repository for its build context", bin_dir.display())
+        });
+        for (script, args) in [
+            ("deploy/docker/base.sh", vec![]),
+            ("deploy/docker/build.sh", vec!["--bin-dir", bin_dir.to_str().unwrap()]),
+        ] {
+            let output = Command::new(root.join(script))
+                .args(&args)
+                .env("DOCKER", self.docker_env())
+                .current_dir(&root)
+                .output()
+                .unwrap_or_else(|e| panic!("run {script}: {e}"));
+            let output = checked(output, script);
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+        }
+        // The images a rebuild untagged: the daemon's folder is kept between runs, so it
+        // would grow by them every time.
+        self.run(&["image", "prune", "--force"]);
     }
 
     /// Starts a container: `docker run --detach <args>`, removed when the guard is dropped.

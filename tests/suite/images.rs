@@ -87,7 +87,7 @@ fn waivers(path: &Path) -> BTreeMap<String, String> {
 async fn images_build_run_and_drain() {
     let started = Instant::now();
     let daemon = Daemon::start();
-    build_images(&daemon);
+    daemon.build_rfleet_images();
     println!("images: built in {:.0?}", started.elapsed());
     let dispatcher_image = format!("rfleet-dispatcher:{VERSION}");
     let worker_image = format!("rfleet-worker:{VERSION}");
@@ -197,31 +197,6 @@ async fn images_build_run_and_drain() {
         check_clean_exit(container, name);
     }
     println!("images: the whole test took {:.0?}", started.elapsed());
-}
-
-/// Builds debian:bookworm-slim (unless the daemon has it) and both images with the
-/// scripts of deploy/docker, from this test binary's sibling binaries.
-fn build_images(daemon: &Daemon) {
-    let root = repo_root();
-    let bin_dir = target_dir();
-    let bin_dir = bin_dir.strip_prefix(&root).unwrap_or_else(|_| {
-        panic!("the binaries ({}) must be under the repository for its build context", bin_dir.display())
-    });
-    for (script, args) in
-        [("deploy/docker/base.sh", vec![]), ("deploy/docker/build.sh", vec!["--bin-dir", bin_dir.to_str().unwrap()])]
-    {
-        let output = Command::new(root.join(script))
-            .args(&args)
-            .env("DOCKER", daemon.docker_env())
-            .current_dir(&root)
-            .output()
-            .unwrap_or_else(|e| panic!("run {script}: {e}"));
-        let output = checked(output, script);
-        print!("{}", String::from_utf8_lossy(&output.stdout));
-    }
-    // The images a rebuild untagged: the daemon's folder is kept between runs, so it
-    // would grow by them every time.
-    daemon.run(&["image", "prune", "--force"]);
 }
 
 /// A model image as `rfleet package` makes one: FROM the worker image, an R package
