@@ -21,6 +21,10 @@ use serde_json::Value;
 mod broker_node;
 pub use broker_node::BrokerNode;
 
+// A private Docker daemon, and images built and run with it (tests/suite/images.rs).
+#[path = "docker.rs"]
+pub mod docker;
+
 /// `target/debug` (or wherever cargo put this test binary's siblings).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -327,6 +331,8 @@ pub struct Fleet {
 }
 
 pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The management API of the broker at [`BROKER_URL`] (HTTP, user guest).
+pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672/api";
 
 impl Fleet {
     /// A fleet on the shared broker at [`BROKER_URL`].
@@ -377,11 +383,23 @@ impl Fleet {
 }
 
 impl Drop for Fleet {
-    /// Deletes the fleet's queues and exchanges from the broker (best effort).
+    /// Deletes the fleet's queues and exchanges from the broker (best effort): those named
+    /// after the fixture models, and on the shared broker every queue with the fleet's
+    /// prefix that its management API lists (version queues, `<model>@<version>`, too).
     fn drop(&mut self) {
+        let listed = if self.broker_url == BROKER_URL {
+            format!(
+                "try:\n    import base64, json, urllib.request\n    r = urllib.request.Request('{MANAGEMENT_URL}/queues/%2f?columns=name', headers={{'Authorization': 'Basic ' + base64.b64encode(b'guest:guest').decode()}})\n\
+                 \x20   names += [q['name'] for q in json.load(urllib.request.urlopen(r, timeout=10)) if q['name'].startswith('{prefix}')]\n\
+                 except Exception: pass\n",
+                prefix = self.queue_prefix()
+            )
+        } else {
+            String::new()
+        };
         let script = format!(
-            "import pika\nc = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
-             for name in {names:?}:\n    ch = c.channel()\n    try: ch.queue_delete(name)\n    except Exception: pass\n\
+            "import pika\nnames = {names:?}\n{listed}c = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
+             for name in set(names):\n    ch = c.channel()\n    try: ch.queue_delete(name)\n    except Exception: pass\n\
              for name in {exchanges:?}:\n    ch = c.channel()\n    try: ch.exchange_delete(name)\n    except Exception: pass\nc.close()\n",
             url = self.broker_url,
             names = self.queues(),

@@ -23,6 +23,8 @@ mod deploy;
 mod faults;
 #[path = "suite/http.rs"]
 mod http;
+#[path = "suite/images.rs"]
+mod images;
 #[path = "suite/keda.rs"]
 mod keda;
 #[path = "suite/package.rs"]
