@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::docker::{checked, Container, Daemon};
+use support::docker::{checked, Container, Daemon, DOCKER_CLIENT};
 use support::{
     assert_same, case, cases, client, fixtures, get, post, repo_root, target_dir, wait_for, Fleet, Hold, MANAGEMENT_URL,
 };
@@ -199,25 +199,30 @@ async fn images_build_run_and_drain() {
     println!("images: the whole test took {:.0?}", started.elapsed());
 }
 
-/// A model image as `rfleet package` makes one: FROM the worker image, an R package
-/// installed from Debian as root, the model packages copied into /models, user 10001 again.
-/// Built with [`Daemon::build`] from a context of its own; returns its tag.
+/// A model image made by `rfleet package`, the command a user runs, FROM the worker image:
+/// every fixture package (`--allow-multiple`: this worker serves them all, as w1 does) and
+/// an R package the worker image lacks (`--r-package mime`, installed from Debian as root),
+/// built by the command itself on the test's daemon; returns its tag.
 fn build_model_image(daemon: &Daemon, worker_image: &str, models: &Path) -> String {
-    let context = tempfile::tempdir().unwrap();
-    for package in std::fs::read_dir(models).unwrap() {
-        let package = package.unwrap().path();
-        support::copy_package(&package, &context.path().join("models").join(package.file_name().unwrap()));
-    }
-    let dockerfile = format!(
-        "FROM {worker_image}\n\
-         USER root\n\
-         RUN apt-get update && apt-get install -y --no-install-recommends r-cran-mime && rm -rf /var/lib/apt/lists/*\n\
-         COPY --chown=10001:10001 models/ /models/\n\
-         USER 10001:10001\n"
-    );
-    std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+    let output = tempfile::tempdir().unwrap();
+    let context = output.path().join("context");
     let tag = format!("rfleet-test-models:{VERSION}");
-    daemon.build(context.path(), None, &tag, &[]);
+    let packaged = Command::new(support::binary("rfleet"))
+        .args(["package", "--allow-multiple", "--r-package", "mime", "--network", "host"])
+        .args(["--tag", &tag, "--from", worker_image, "--docker", DOCKER_CLIENT])
+        .arg("--models")
+        .arg(models)
+        .arg("--output")
+        .arg(&context)
+        .env("DOCKER_HOST", format!("unix://{}", daemon.socket.display()))
+        .env("DOCKER_BUILDKIT", "1")
+        .output()
+        .expect("run rfleet package");
+    let packaged = checked(packaged, "rfleet package");
+    let said = String::from_utf8_lossy(&packaged.stdout);
+    assert!(said.contains("r-cran-mime"), "rfleet package should install r-cran-mime: {said}");
+    let dockerfile = std::fs::read_to_string(context.join("Dockerfile")).unwrap();
+    assert!(dockerfile.lines().any(|l| l == format!("FROM {worker_image}")), "{dockerfile}");
     assert_eq!(daemon.run(&["image", "inspect", "--format", "{{.Config.User}}", &tag]), "10001:10001", "{tag}'s user");
     tag
 }

@@ -51,7 +51,7 @@ fn check(work: &Path, models: &Path, args: &[&str], says: &[&str], dockerfile: &
     let labels = instructions.iter().position(|l| l.starts_with("LABEL ")).expect("a LABEL instruction");
     assert_eq!(instructions[..labels], *dockerfile, "Dockerfile:\n{text}");
     assert!(
-        instructions.iter().rev().find(|l| l.starts_with("USER ")) == Some(&"USER 10001"),
+        instructions.iter().rev().find(|l| l.starts_with("USER ")) == Some(&"USER 10001:10001"),
         "the image runs as 10001:\n{text}"
     );
     for package in packages_of(models) {
@@ -134,7 +134,7 @@ fn contexts_of_fixture_models() {
         &[
             WORKER,
             "COPY models/ /models/",
-            "USER 10001",
+            "USER 10001:10001",
             r#"RUN ["Rscript", "-e", "for (p in c('randomForest')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
         ],
     );
@@ -159,7 +159,7 @@ fn contexts_of_fixture_models() {
             "        r-cran-data.table \\",
             "    && rm -rf /var/lib/apt/lists/*",
             "COPY models/ /models/",
-            "USER 10001",
+            "USER 10001:10001",
             r#"RUN ["Rscript", "-e", "for (p in c('data.table')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
         ],
     );
@@ -175,7 +175,7 @@ fn contexts_of_fixture_models() {
         &[
             WORKER,
             "COPY models/ /models/",
-            "USER 10001",
+            "USER 10001:10001",
             r#"RUN ["Rscript", "-e", "for (p in c('jsonlite')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
         ],
     );
@@ -218,7 +218,7 @@ fn score_scripts_and_debian() {
             "        r-cran-zoo \\",
             "    && rm -rf /var/lib/apt/lists/*",
             "COPY models/ /models/",
-            "USER 10001",
+            "USER 10001:10001",
             r#"RUN ["Rscript", "-e", "for (p in c('glmnet', 'survival', 'zoo')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
         ],
     );
@@ -266,7 +266,7 @@ fn refusals_and_warnings() {
         &[
             "FROM my-base:1",
             "COPY models/ /models/",
-            "USER 10001",
+            "USER 10001:10001",
             r#"RUN ["Rscript", "-e", "for (p in c('xgboost')) if (!requireNamespace(p, quietly = TRUE)) stop('R package ', p, ' is not in the image')"]"#,
         ],
     );

@@ -112,7 +112,7 @@ pub fn dockerfile(image: &Image<'_>) -> String {
         "# The model packages, owned by root and readable by all: the worker (user 10001) reads\n",
         "# them and cannot change them.\n",
         "COPY models/ /models/\n",
-        "USER 10001\n",
+        "USER 10001:10001\n",
     ));
     if !image.check_loads.is_empty() {
         // Exec form: no shell needed. A package the base image was thought to have but
