@@ -3,7 +3,7 @@
 #   rfleet-dispatcher:<version>  (deploy/docker/dispatcher.Dockerfile; no R, no shell)
 #   rfleet-worker:<version>      (deploy/docker/worker.Dockerfile; R from Debian)
 # <version> is the workspace version in Cargo.toml. Build the binaries first:
-#   cargo build --release -p rfleet -p rhost && deploy/docker/build.sh
+#   cargo build --profile image -p rfleet -p rhost && deploy/docker/build.sh
 #   deploy/docker/build.sh [--bin-dir target/debug]
 # Environment: DOCKER, the docker client command (default `docker`; e.g.
 # "/usr/bin/docker -H unix:///path/docker.sock" for a private daemon). Needs BuildKit
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 read -r -a docker <<<"${DOCKER:-docker}"
-bin_dir=target/release
+bin_dir=target/image
 while [ $# -gt 0 ]; do
     case "$1" in
     --bin-dir) bin_dir="${2%/}"; shift 2 ;;
@@ -29,7 +29,7 @@ target/*) ;;
 *) echo "build.sh: --bin-dir must be target/<profile> under the repository (the build context admits only those binaries), not $bin_dir" >&2; exit 2 ;;
 esac
 for binary in rfleet rfleet-rhost; do
-    [ -x "$bin_dir/$binary" ] || { echo "build.sh: $bin_dir/$binary is missing: cargo build --release -p rfleet -p rhost first" >&2; exit 1; }
+    [ -x "$bin_dir/$binary" ] || { echo "build.sh: $bin_dir/$binary is missing: cargo build --profile image -p rfleet -p rhost first" >&2; exit 1; }
 done
 
 version=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"/\1/p' Cargo.toml)

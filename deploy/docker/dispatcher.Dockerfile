@@ -9,12 +9,12 @@
 # rfleet logs in UTC.
 #
 # Build context: the repository root, with `rfleet` built beforehand (no Rust toolchain in
-# the image; `cargo build --release -p rfleet`):
+# the image; `cargo build --profile image -p rfleet`):
 #   docker build -f deploy/docker/dispatcher.Dockerfile -t rfleet-dispatcher:0.1.0 .
 # deploy/docker/build.sh does this for both images; deploy/docker/README.md says more.
 
 # Where the prebuilt binaries are, relative to the context (tests use target/debug).
-ARG BIN_DIR=target/release
+ARG BIN_DIR=target/image
 
 FROM debian:bookworm-slim AS files
 ARG BIN_DIR

@@ -12,12 +12,12 @@
 # or mount a models volume at /models instead.
 #
 # Build context: the repository root, with `rfleet` and `rfleet-rhost` built beforehand
-# (`cargo build --release -p rfleet -p rhost`):
+# (`cargo build --profile image -p rfleet -p rhost`):
 #   docker build -f deploy/docker/worker.Dockerfile -t rfleet-worker:0.1.0 .
 
 FROM debian:bookworm-slim
 # Where the prebuilt binaries are, relative to the context (tests use target/debug).
-ARG BIN_DIR=target/release
+ARG BIN_DIR=target/image
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # R and the model packages rfleet's own set-up installs (deploy/setup.sh), all from Debian,
 # so R and every package agree on one ABI. Debian's versions of the day: pinning them
