@@ -524,15 +524,7 @@ async fn simulate(scenario: Scenario) -> Outcome {
         assert_eq!(dead["messages"].as_i64().unwrap_or(0), 0, "requests were dead-lettered: {dead}");
     }
     let errors = errors.lock().unwrap().clone();
-    Outcome {
-        spec,
-        curve: record["curve"].as_array().unwrap().clone(),
-        latencies,
-        timed,
-        errors,
-        sent,
-        peak_replicas,
-    }
+    Outcome { spec, curve: record["curve"].as_array().unwrap().clone(), latencies, timed, errors, sent, peak_replicas }
 }
 
 impl Outcome {

@@ -501,3 +501,29 @@ async fn redeliveries(client: &reqwest::Client, fleet: &Fleet) -> u64 {
         .filter_map(|q| q["message_stats"]["redeliver"].as_u64())
         .sum()
 }
+
+/// The worker image installs the R packages `deploy/setup.sh` does (R_PACKAGES, less the
+/// headers only a build needs): `rfleet package` takes that list as what the worker image
+/// holds (compiled in from setup.sh), so a package missing from the image would be left
+/// out of a model image that needs it.
+#[test]
+fn worker_image_installs_the_r_packages_setup_installs() {
+    let root = repo_root();
+    let setup = std::fs::read_to_string(root.join("deploy/setup.sh")).unwrap();
+    let list =
+        setup.split("R_PACKAGES=(").nth(1).and_then(|rest| rest.split(')').next()).expect("R_PACKAGES in setup.sh");
+    let wanted: BTreeSet<&str> = list.split_whitespace().filter(|p| *p != "r-base-dev").collect();
+    let dockerfile = std::fs::read_to_string(root.join("deploy/docker/worker.Dockerfile")).unwrap();
+    // The instructions, not the comments (which show a model image's install).
+    let dockerfile: String =
+        dockerfile.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    let install = dockerfile
+        .split("apt-get install -y --no-install-recommends")
+        .nth(1)
+        .and_then(|rest| rest.split("&&").next())
+        .expect("apt-get install");
+    let installed: BTreeSet<&str> = install.split_whitespace().filter(|w| !w.starts_with('-') && *w != "\\").collect();
+    let missing: Vec<&&str> = wanted.difference(&installed).collect();
+    assert!(missing.is_empty(), "the worker image does not install {missing:?} from deploy/setup.sh's R_PACKAGES");
+    assert!(installed.contains("tini"), "the worker image's init: {installed:?}");
+}
