@@ -11,9 +11,9 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{repo_root, target_dir};
+use crate::{poll_until, repo_root, target_dir};
 
 /// Debian's docker client (docker.io): with DOCKER_BUILDKIT=1 it builds with the daemon's
 /// own BuildKit, which needs no buildx plugin.
@@ -65,26 +65,18 @@ impl Daemon {
             .spawn()
             .expect("start dockerd");
         let mut daemon = Daemon { child, socket, _lock: lock };
-        let start = Instant::now();
-        loop {
-            if daemon
+        let answers = poll_until(Duration::from_secs(60), || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("dockerd exited with {status}; see {}", dir.join("dockerd.log").display());
+            }
+            daemon
                 .docker()
                 .args(["version", "--format", "{{.Server.Version}}"])
                 .output()
                 .is_ok_and(|o| o.status.success())
-            {
-                return daemon;
-            }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("dockerd exited with {status}; see {}", dir.join("dockerd.log").display());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "dockerd did not answer within 60 s; see {}",
-                dir.join("dockerd.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        });
+        assert!(answers, "dockerd did not answer within 60 s; see {}", dir.join("dockerd.log").display());
+        daemon
     }
 
     /// The docker client, talking to this daemon.
@@ -187,12 +179,8 @@ impl Daemon {
             // SAFETY: signalling our own child. dockerd stops its containers and containerd
             // on SIGTERM.
             unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(60) {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            if poll_until(Duration::from_secs(60), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+                return;
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -211,11 +199,7 @@ fn stop_leftover(pidfile: &Path) {
     }
     // SAFETY: a plain signal to the dockerd whose pid file is in our own folder.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let start = Instant::now();
-    while is_dockerd(pid) {
-        assert!(start.elapsed() < Duration::from_secs(60), "the leftover dockerd {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(poll_until(Duration::from_secs(60), || !is_dockerd(pid)), "the leftover dockerd {pid} did not stop");
 }
 
 /// `output` when its command succeeded; otherwise fails naming `what`, with its output.
@@ -246,17 +230,18 @@ impl Container<'_> {
     /// Waits until a line of the container's output contains `text`, and returns that line;
     /// fails if the container stops first or `limit` passes.
     pub fn wait_for_line(&self, text: &str, limit: Duration) -> String {
-        let start = Instant::now();
-        loop {
-            let logs = self.logs();
-            if let Some(line) = logs.lines().find(|l| l.contains(text)) {
-                return line.to_string();
+        let (mut logs, mut found) = (String::new(), None);
+        let printed = poll_until(limit, || {
+            logs = self.logs();
+            found = logs.lines().find(|l| l.contains(text)).map(str::to_string);
+            if found.is_none() {
+                let running = self.inspect("{{.State.Running}}");
+                assert!(running == "true", "container {} stopped before printing {text:?}:\n{logs}", self.id);
             }
-            let running = self.inspect("{{.State.Running}}");
-            assert!(running == "true", "container {} stopped before printing {text:?}:\n{logs}", self.id);
-            assert!(start.elapsed() < limit, "container {} did not print {text:?} within {limit:?}:\n{logs}", self.id);
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            found.is_some()
+        });
+        assert!(printed, "container {} did not print {text:?} within {limit:?}:\n{logs}", self.id);
+        found.expect("the line found")
     }
 
     /// `docker inspect --format <format>` of the container.

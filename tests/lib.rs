@@ -334,6 +334,16 @@ pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The management API of the broker at [`BROKER_URL`] (HTTP, user guest).
 pub const MANAGEMENT_URL: &str = "http://127.0.0.1:15672/api";
 
+/// `GET <MANAGEMENT_URL>/<path>` as JSON; fails the test unless it answers 2xx.
+pub async fn management(client: &reqwest::Client, path: &str) -> Value {
+    let response =
+        client.get(format!("{MANAGEMENT_URL}/{path}")).basic_auth("guest", Some("guest")).send().await.unwrap_or_else(
+            |e| panic!("RabbitMQ's management API ({MANAGEMENT_URL}; deploy/setup.sh test enables it): {e}"),
+        );
+    assert!(response.status().is_success(), "GET {MANAGEMENT_URL}/{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
 impl Fleet {
     /// A fleet on the shared broker at [`BROKER_URL`].
     pub fn new(test: &str) -> Fleet {
@@ -454,11 +464,7 @@ impl Server {
     }
 
     pub fn wait_until(&self, limit: Duration, what: &str, done: impl Fn(&Server) -> bool) {
-        let start = Instant::now();
-        while !done(self) {
-            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(poll_until(limit, || done(self)), "timed out after {limit:?} waiting for {what}");
     }
 
     /// Sends SIGKILL to the process (its R hosts die with it).
@@ -565,6 +571,22 @@ pub fn run_client(script: &str, args: &[&str]) -> Value {
     );
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Blocks until `done()` holds, checking every 100 ms, for at most `limit`; whether it held.
+/// The blocking counterpart of [`wait_for`], for code outside a runtime (process and daemon
+/// lifetimes).
+pub fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits until `done()` holds, checking every few milliseconds; fails naming `what` once

@@ -365,11 +365,7 @@ async fn amqp_rust_client_scores_without_http() {
 /// API, as KEDA's RabbitMQ scaler reads it in `protocol: http` mode. The broker refreshes
 /// these figures every few seconds (`collect_statistics_interval`).
 async fn queue_messages(client: &reqwest::Client, queue: &str) -> u64 {
-    let url = format!("http://127.0.0.1:15672/api/queues/%2f/{queue}");
-    let response = client.get(url).basic_auth("guest", Some("guest")).send().await.expect("management api");
-    assert!(response.status().is_success(), "management api: {}", response.status());
-    let queue: Value = response.json().await.expect("management api json");
-    queue["messages"].as_u64().unwrap_or(0)
+    support::management(client, &format!("queues/%2f/{queue}")).await["messages"].as_u64().unwrap_or(0)
 }
 
 /// Scaled to zero and back, as KEDA does with `minReplicaCount: 0`: with

@@ -278,20 +278,34 @@ impl Deployment {
     /// Moves workers that came up to `running` (or straight to draining if unwanted).
     async fn settle(&mut self) {
         let mut still = Vec::new();
-        for handle in self.starting.drain(..) {
+        for handle in std::mem::take(&mut self.starting) {
             if handle.is_finished() {
                 let server = handle.await.expect("a worker failed to start");
-                if self.unwanted > 0 {
-                    self.unwanted -= 1;
-                    self.draining.push(tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(60))));
-                } else {
-                    self.running.push(server);
-                }
+                self.arrived(server);
             } else {
                 still.push(handle);
             }
         }
         self.starting = still;
+    }
+
+    /// Waits until every worker being started is up (each start has its own deadline).
+    async fn all_started(&mut self) {
+        for handle in std::mem::take(&mut self.starting) {
+            let server = handle.await.expect("a worker failed to start");
+            self.arrived(server);
+        }
+    }
+
+    /// A worker that has started: running, or stopped at once if scale-down wanted one
+    /// fewer meanwhile.
+    fn arrived(&mut self, server: Server) {
+        if self.unwanted > 0 {
+            self.unwanted -= 1;
+            self.draining.push(tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(60))));
+        } else {
+            self.running.push(server);
+        }
     }
 
     /// Starts or stops workers until there are `replicas` pods. Scale-down stops the newest
@@ -367,10 +381,7 @@ async fn simulate(scenario: Scenario) -> Outcome {
     };
     let initial = spec.min_replica_count.max(1);
     deployment.scale(initial as usize);
-    while !deployment.starting.is_empty() {
-        deployment.settle().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    deployment.all_started().await;
     let dispatcher = dispatcher(models.path(), &fleet, &http, scenario.dispatcher_env).await;
     let probes = Probe::all(&spec, &fleet);
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::docker::{checked, Container, Daemon, DOCKER_CLIENT};
 use support::{
-    assert_same, case, cases, client, fixtures, get, post, repo_root, target_dir, wait_for, Fleet, Hold, MANAGEMENT_URL,
+    assert_same, case, cases, client, fixtures, get, management, post, repo_root, target_dir, wait_for, Fleet, Hold,
 };
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -451,16 +451,6 @@ fn check_clean_exit(container: &Container<'_>, name: &str) {
     assert_eq!(state["Status"], "exited", "{name}: {state}");
     assert_eq!(state["OOMKilled"], false, "{name} was killed for memory: {state}");
     assert_eq!(state["ExitCode"], 0, "{name} did not exit 0 after SIGTERM: {state}\n{}", container.logs());
-}
-
-/// GET `path` of the shared broker's management API, as JSON.
-async fn management(client: &reqwest::Client, path: &str) -> Value {
-    let response =
-        client.get(format!("{MANAGEMENT_URL}/{path}")).basic_auth("guest", Some("guest")).send().await.unwrap_or_else(
-            |e| panic!("RabbitMQ's management API ({MANAGEMENT_URL}; deploy/setup.sh test enables it): {e}"),
-        );
-    assert!(response.status().is_success(), "GET {MANAGEMENT_URL}/{path}: {}", response.status());
-    response.json().await.unwrap()
 }
 
 /// The broker's names of the connections the client named `name` (rfleet names them
