@@ -138,6 +138,7 @@ impl Mirrors {
                     &correlation_id,
                     body,
                     &deadline,
+                    None,
                 )
                 .await
                 {

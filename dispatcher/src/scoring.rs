@@ -296,6 +296,7 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
         &correlation_id,
         encoded,
         &deadline,
+        None,
     )
     .await
     .map_err(|e| Failure::of_version(ApiError::from_bus(e, timeout_ms), &version))?;

@@ -92,6 +92,7 @@ async fn through_bus(url: &str, prefix: &str, requests: usize, work: Duration) -
             content_type: ContentType::MsgPack,
             body: BODY.to_vec(),
             expiration_ms: Some(5000),
+            traceparent: None,
         };
         let started = Instant::now();
         bus.call(message, started + Duration::from_secs(5)).await.expect("call");

@@ -61,6 +61,7 @@ struct Message {
     correlation_id: String,
     content_type: ContentType,
     body: Vec<u8>,
+    traceparent: Option<String>,
     /// Deliveries so far: 0 while never delivered.
     deliveries: u32,
 }
@@ -189,6 +190,7 @@ impl Requester for EmbeddedBus {
                 correlation_id: message.correlation_id,
                 content_type: message.content_type,
                 body: message.body,
+                traceparent: message.traceparent,
                 deliveries: 0,
             });
         }
@@ -238,14 +240,17 @@ impl Consumer for EmbeddedConsumer {
                 }
                 let handle =
                     EmbeddedHandle { queue: self.queue.clone(), message: Some(message.clone()), bus: self.bus.clone() };
-                return Some(Delivery::new(
-                    message.body,
-                    Some(message.correlation_id),
-                    Some("embedded".into()),
-                    message.content_type,
-                    message.deliveries,
-                    Box::new(handle),
-                ));
+                return Some(
+                    Delivery::new(
+                        message.body,
+                        Some(message.correlation_id),
+                        Some("embedded".into()),
+                        message.content_type,
+                        message.deliveries,
+                        Box::new(handle),
+                    )
+                    .with_traceparent(message.traceparent),
+                );
             }
             notified.await;
         }

@@ -58,7 +58,13 @@ pub struct Outgoing {
     /// Time left until the request's deadline; brokers drop the message after it
     /// (AMQP `expiration`).
     pub expiration_ms: Option<u64>,
+    /// The W3C trace context the consumer continues (the publishing span's): an AMQP
+    /// header `traceparent`, carried alike by the embedded bus.
+    pub traceparent: Option<String>,
 }
+
+/// The message header that carries the W3C trace context, as the W3C's AMQP binding names it.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum BusError {
@@ -136,6 +142,8 @@ pub struct Delivery {
     /// gives up on a message that keeps failing at a bounded attempt, so nothing is retried
     /// forever.
     pub attempt: u32,
+    /// The W3C trace context the publisher sent in the message's headers, if any.
+    pub traceparent: Option<String>,
     handle: Box<dyn DeliveryHandle>,
 }
 
@@ -164,7 +172,22 @@ impl Delivery {
     ) -> Self {
         // Attempt 0 does not exist: a transport that cannot count says 1.
         let attempt = attempt.max(1);
-        Delivery { body, correlation_id, reply_to, content_type, redelivered: attempt > 1, attempt, handle }
+        Delivery {
+            body,
+            correlation_id,
+            reply_to,
+            content_type,
+            redelivered: attempt > 1,
+            attempt,
+            traceparent: None,
+            handle,
+        }
+    }
+
+    /// The delivery with the trace context its message's headers carried.
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// Publishes the reply to the delivery's `reply_to` with its correlation id.

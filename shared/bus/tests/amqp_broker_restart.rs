@@ -22,6 +22,7 @@ fn request(queue: &str, id: &str) -> Outgoing {
         content_type: ContentType::MsgPack,
         body: id.as_bytes().to_vec(),
         expiration_ms: Some(2000),
+        traceparent: None,
     }
 }
 

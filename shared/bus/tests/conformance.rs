@@ -68,6 +68,7 @@ fn outgoing(queue: &str, id: &str, body: &[u8]) -> Outgoing {
         content_type: ContentType::MsgPack,
         body: body.to_vec(),
         expiration_ms: None,
+        traceparent: None,
     }
 }
 

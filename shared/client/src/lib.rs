@@ -73,6 +73,7 @@ pub async fn publish_and_await(
     correlation_id: &str,
     body: Vec<u8>,
     deadline: &Deadline,
+    traceparent: Option<String>,
 ) -> Result<Vec<u8>, BusError> {
     let outgoing = Outgoing {
         correlation_id: correlation_id.to_string(),
@@ -80,6 +81,7 @@ pub async fn publish_and_await(
         content_type: ContentType::MsgPack,
         body,
         expiration_ms: Some(deadline.timeout_ms),
+        traceparent,
     };
     requester.call(outgoing, deadline.at).await
 }
@@ -157,7 +159,8 @@ impl<R: Requester> ScoringClient<R> {
             request_id: None,
             input: Input::Frame(frame),
         };
-        let body = publish_and_await(&self.requester, model, None, &id, protocol::encode(&request)?, &deadline).await?;
+        let body =
+            publish_and_await(&self.requester, model, None, &id, protocol::encode(&request)?, &deadline, None).await?;
         let reply = read_reply(&body, &id)?;
         match reply.outcome {
             Outcome::Predictions(predictions) => Ok(Scored { predictions, timings: reply.timings }),

@@ -104,8 +104,11 @@ fn main() -> anyhow::Result<()> {
             // Settings for the R host it loads the models in (`workers.rhost_path`,
             // `workers.host_start_timeout_ms`); its own logs only when something is wrong.
             let settings = Settings::load(&Sources::from_process(cli.config.clone(), Vec::new()))?;
-            telemetry::init(&settings::LogSettings { level: "warn".into(), ..settings.log.clone() });
-            return package::run(args, &settings);
+            let quiet = settings::LogSettings { level: "warn".into(), ..settings.log.clone() };
+            let telemetry = telemetry::init(&quiet, &settings::TraceSettings::default(), "rfleet-package")?;
+            let packaged = package::run(args, &settings);
+            telemetry.shutdown();
+            return packaged;
         }
     };
     let settings = Settings::load(&Sources::from_process(cli.config.clone(), flags.overrides()))?;
@@ -116,16 +119,28 @@ fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
         return Ok(());
     }
-    telemetry::init(&settings.log);
+    let role = match cli.command {
+        Command::Serve(_) => "serve",
+        Command::Dispatcher(_) => "dispatcher",
+        Command::Worker(_) => "worker",
+        Command::Config(_) | Command::Package(_) => unreachable!("handled above"),
+    };
+    let service = if role == "serve" { "rfleet".to_string() } else { format!("rfleet-{role}") };
+    // Before the runtime: the trace exporter's HTTP client must be made outside it.
+    let telemetry = telemetry::init(&settings.log, &settings.traces, &service).context("cannot set up telemetry")?;
+    telemetry::metrics::init_build_info(role);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let ran = runtime.block_on(async {
         match cli.command {
             Command::Serve(_) => serve(settings).await,
             Command::Dispatcher(_) => dispatcher(settings).await,
             Command::Worker(_) => worker(settings).await,
             Command::Config(_) | Command::Package(_) => unreachable!("handled above"),
         }
-    })
+    });
+    // The spans of the last requests, exported before the process ends.
+    telemetry.shutdown();
+    ran
 }
 
 /// Cancels the token on SIGTERM (Kubernetes' shutdown signal) or Ctrl-C.

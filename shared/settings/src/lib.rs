@@ -37,6 +37,8 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub bus: BusSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
+    pub traces: TraceSettings,
     pub auth: auth::AuthSettings,
     pub tls: tls::TlsSettings,
 }
@@ -191,6 +193,63 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Prometheus metrics: `GET /metrics` on the dispatcher, and on the worker's own listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Record metrics and serve `GET /metrics`.
+    pub enabled: bool,
+    /// The worker's own HTTP listener (`/metrics`, `/live`, `/ready`), e.g. `0.0.0.0:9464`;
+    /// none by default. `rfleet serve` needs none: its dispatcher's `/metrics` holds both.
+    pub listen: Option<String>,
+}
+
+/// OpenTelemetry traces, off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceSettings {
+    pub exporter: TraceExporter,
+    /// The share of new traces sampled, 0.0 … 1.0; a request whose incoming `traceparent`
+    /// says sampled is sampled whatever this says (parent-based).
+    pub sample_ratio: f64,
+    /// OpenTelemetry's `service.name`; by default `rfleet-dispatcher`, `rfleet-worker` or
+    /// `rfleet` (serve). `OTEL_SERVICE_NAME` wins when set.
+    pub service_name: Option<String>,
+    /// Application Insights' connection string (`InstrumentationKey=…;IngestionEndpoint=…`),
+    /// for `exporter = "azure_monitor"`; else `APPLICATIONINSIGHTS_CONNECTION_STRING`.
+    pub azure_connection_string: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceExporter {
+    /// No spans leave the process (logs still carry trace ids).
+    #[default]
+    None,
+    /// OTLP over HTTP/protobuf; endpoint and headers from the standard
+    /// `OTEL_EXPORTER_OTLP_*` variables.
+    Otlp,
+    /// Azure Monitor Application Insights, from a connection string.
+    AzureMonitor,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings { enabled: true, listen: None }
+    }
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        TraceSettings {
+            exporter: TraceExporter::None,
+            sample_ratio: 1.0,
+            service_name: None,
+            azure_connection_string: None,
+        }
+    }
 }
 
 impl Default for ServerSettings {

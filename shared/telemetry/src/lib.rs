@@ -1,20 +1,160 @@
-//! Logging set-up shared by every rfleet process: `tracing` to stderr, text or JSON.
+//! Logs, metrics and traces, set up alike by every rfleet process.
+//!
+//! # Layout
+//! - [`init`]: the global `tracing` subscriber: log lines to stderr (text or JSON, filtered
+//!   by `log.level` / `RUST_LOG`), and, when `traces.exporter` asks, an OpenTelemetry layer
+//!   (filtered on its own, so a quiet log level keeps the spans) exporting by OTLP or to
+//!   Application Insights from a background thread.
+//! - [`metrics`]: the process's Prometheus registry, the `/metrics` encoding (OpenMetrics
+//!   or text, as the scraper asks), bucket sets, build info.
+//! - [`trace`]: W3C `traceparent` parsing, continuing a trace in a span, what a published
+//!   message carries, links and exception events.
+//! - `process`: the `process_*` metrics, and other processes' resident memory.
+
+pub mod metrics;
+mod process;
+pub mod trace;
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
-use settings::{LogFormat, LogSettings};
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+pub use process::resident_memory_bytes;
+use settings::{LogFormat, LogSettings, TraceExporter, TraceSettings};
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over the configured level.
-pub fn init(log: &LogSettings) {
+/// The crates whose spans become OpenTelemetry spans (others' spans, a dependency's, stay
+/// local).
+const TRACED_CRATES: &[&str] = &["dispatcher", "worker", "bus", "client", "rfleet", "telemetry"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("traces.exporter = \"azure_monitor\" needs traces.azure_connection_string or APPLICATIONINSIGHTS_CONNECTION_STRING")]
+    NoConnectionString,
+    #[error("the Application Insights connection string is invalid: {0}")]
+    ConnectionString(String),
+    #[error("cannot set up the trace exporter: {0}")]
+    Exporter(String),
+    #[error("traces.sample_ratio must be between 0 and 1, not {0}")]
+    SampleRatio(f64),
+}
+
+/// What [`init`] set up; [`Telemetry::shutdown`] flushes the spans not yet exported.
+#[must_use = "dropping it does not flush: call shutdown() at exit"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter. Blocks (at most the exporter's
+    /// timeout) on a thread of its own, so it may be called from async code.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let joined = std::thread::spawn(move || provider.shutdown()).join();
+            if let Ok(Err(error)) = joined {
+                tracing::warn!(%error, "traces not flushed at shutdown");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber for a process whose default OpenTelemetry
+/// `service.name` is `service`. `RUST_LOG`, when set, wins over the configured log level.
+/// A second call (tests that start several services in one process) changes nothing.
+pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    // A second init (tests that start several services in one process) is harmless.
-    let _ = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let fmt = match log.format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    let provider = match traces.exporter {
+        TraceExporter::None => None,
+        exporter => Some(provider(exporter, traces, service)?),
+    };
+    let otel = provider.as_ref().map(|provider| {
+        let targets = TRACED_CRATES.iter().fold(Targets::new(), |t, c| t.with_target(*c, tracing::Level::INFO));
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("rfleet")).with_filter(targets)
+    });
+    let installed = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init().is_ok();
+    if installed {
+        trace::set_exporting(provider.is_some());
+    }
+    Ok(Telemetry { provider: provider.filter(|_| installed) })
+}
+
+fn provider(
+    exporter: TraceExporter,
+    traces: &TraceSettings,
+    service: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    if !(0.0..=1.0).contains(&traces.sample_ratio) {
+        return Err(TelemetryError::SampleRatio(traces.sample_ratio));
+    }
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        let name = traces.service_name.clone().unwrap_or_else(|| service.to_string());
+        resource = resource.with_service_name(name);
+    }
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(traces.sample_ratio))));
+    let client = http_client()?;
+    let builder = match exporter {
+        TraceExporter::None => unreachable!("no provider without an exporter"),
+        TraceExporter::Otlp => {
+            use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+            // Endpoint, headers and timeout come from the OTEL_EXPORTER_OTLP_* variables,
+            // read by the exporter itself.
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(client)
+                .build()
+                .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+            builder.with_batch_exporter(exporter)
+        }
+        TraceExporter::AzureMonitor => {
+            let connection_string = match &traces.azure_connection_string {
+                Some(secret) => secret.expose_secret().to_string(),
+                None => std::env::var("APPLICATIONINSIGHTS_CONNECTION_STRING")
+                    .map_err(|_| TelemetryError::NoConnectionString)?,
+            };
+            // The parse error names the part that is wrong, never the key.
+            let exporter =
+                opentelemetry_application_insights::Exporter::new_from_connection_string(connection_string, client)
+                    .map_err(|e| TelemetryError::ConnectionString(e.to_string()))?
+                    .with_sample_rate(traces.sample_ratio * 100.0);
+            builder.with_batch_exporter(exporter)
+        }
+    };
+    Ok(builder.build())
+}
+
+/// The exporters' HTTP client: blocking (it runs on the batch processor's own thread),
+/// rustls with ring and the webpki roots, so HTTPS collectors need no system trust store
+/// (the dispatcher image has none). Built on a thread of its own: reqwest's blocking
+/// client must not be made inside an async runtime.
+fn http_client() -> Result<reqwest_otel::blocking::Client, TelemetryError> {
+    let built = std::thread::spawn(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        reqwest_otel::blocking::Client::builder().tls_backend_preconfigured(tls).build().map_err(|e| e.to_string())
+    })
+    .join();
+    match built {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(message)) => Err(TelemetryError::Exporter(message)),
+        Err(_) => Err(TelemetryError::Exporter("building the HTTP client panicked".into())),
+    }
 }

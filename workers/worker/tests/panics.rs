@@ -55,6 +55,7 @@ fn outgoing(queue: &str, correlation_id: &str, body: &[u8]) -> Outgoing {
         content_type: ContentType::MsgPack,
         body: body.to_vec(),
         expiration_ms: None,
+        traceparent: None,
     }
 }
 

@@ -177,6 +177,7 @@ async fn score(bus: &EmbeddedBus, model: &str, version: Option<&str>) -> Reply {
         content_type: ContentType::MsgPack,
         body: protocol::encode(&request).unwrap(),
         expiration_ms: None,
+        traceparent: None,
     };
     let reply = bus.call(outgoing, Instant::now() + Duration::from_secs(30)).await.expect("a reply");
     protocol::decode(&reply).expect("a reply the protocol decodes")

@@ -55,7 +55,7 @@ use super::{
     bounded, check_queue_name, not_connected, topology, unavailable, Inner, DELIVERY_COUNT_HEADER, OPERATION_TIMEOUT,
     QUEUE_HEADER, REASON_HEADER,
 };
-use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle};
+use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, TRACEPARENT_HEADER};
 
 /// Subscribes to the set `queues` holds now on the current connection (failing at once when
 /// there is none, or when one of them cannot be subscribed) and starts the pump that
@@ -413,6 +413,7 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
     let correlation_id = properties.correlation_id().as_ref().map(ShortString::to_string);
     let reply_to = properties.reply_to().as_ref().map(ShortString::to_string);
     let attempt = attempt_of(delivery.redelivered, properties.headers().as_ref());
+    let traceparent = traceparent_of(properties.headers().as_ref());
     let handle = AmqpHandle {
         inner: inner.clone(),
         acker: Some(delivery.acker),
@@ -422,6 +423,17 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
         body: delivery.data.clone(),
     };
     Delivery::new(delivery.data, correlation_id, reply_to, content_type, attempt, Box::new(handle))
+        .with_traceparent(traceparent)
+}
+
+/// The `traceparent` header of a message, as a string whichever AMQP string type the
+/// publisher used (pika sends short strings as long ones).
+fn traceparent_of(headers: Option<&FieldTable>) -> Option<String> {
+    match headers?.inner().get(TRACEPARENT_HEADER)? {
+        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        AMQPValue::ShortString(value) => Some(value.as_str().to_string()),
+        _ => None,
+    }
 }
 
 /// Which delivery of a message this is (see [`Delivery::attempt`]). Quorum queues count the

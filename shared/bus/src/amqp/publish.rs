@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{bounded, unavailable, AmqpBus, Inner};
-use crate::{BusError, Outgoing, Requester};
+use crate::{BusError, Outgoing, Requester, TRACEPARENT_HEADER};
 
 /// Where a waiting caller's reply (or the reason it will never come) goes.
 pub(super) type ReplyTx = oneshot::Sender<Result<Vec<u8>, BusError>>;
@@ -93,6 +93,14 @@ impl Requester for AmqpBus {
                 .with_delivery_mode(1);
             if let Some(expiration_ms) = message.expiration_ms {
                 properties = properties.with_expiration(expiration_ms.min(MAX_EXPIRATION_MS).to_string().into());
+            }
+            if let Some(traceparent) = &message.traceparent {
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert(
+                    TRACEPARENT_HEADER.into(),
+                    lapin::types::AMQPValue::LongString(traceparent.as_str().into()),
+                );
+                properties = properties.with_headers(headers);
             }
             let published = publish(&session.publisher, "", &queue, true, &message.body, properties).await;
             if let Err(BusError::Unroutable { .. }) = &published {

@@ -84,6 +84,7 @@ fn request(queue: &str, id: &str, expiration_ms: u64) -> Outgoing {
         content_type: ContentType::MsgPack,
         body: id.as_bytes().to_vec(),
         expiration_ms: Some(expiration_ms),
+        traceparent: None,
     }
 }
 
