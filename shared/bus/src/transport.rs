@@ -41,6 +41,11 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether requests stay inside this process (a dispatcher and a worker in separate
     /// processes need a broker).
     fn in_process(&self) -> bool;
+
+    /// Messages ready in `queue`, not yet delivered to a consumer, as the bus says now;
+    /// `None` when it cannot say (not connected, no such queue). The embedded bus has one
+    /// queue for every model, so its depth is that queue's.
+    async fn queue_depth(&self, queue: &str) -> Option<u64>;
 }
 
 /// What [`connect`] needs besides the settings.
@@ -126,6 +131,10 @@ impl Transport for EmbeddedBus {
     fn in_process(&self) -> bool {
         true
     }
+
+    async fn queue_depth(&self, _queue: &str) -> Option<u64> {
+        Some(self.depth(&self.request_queue()) as u64)
+    }
 }
 
 #[async_trait]
@@ -148,6 +157,10 @@ impl Transport for AmqpBus {
 
     fn in_process(&self) -> bool {
         false
+    }
+
+    async fn queue_depth(&self, queue: &str) -> Option<u64> {
+        self.declared(queue).await.ok().map(|declared| u64::from(declared.message_count()))
     }
 }
 

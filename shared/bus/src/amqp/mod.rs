@@ -278,6 +278,12 @@ impl AmqpBus {
     /// Consumers on a request queue (passive declare), for readiness; `Err` when not
     /// connected or the queue does not exist.
     pub async fn consumer_count(&self, queue: &str) -> Result<u32, BusError> {
+        Ok(self.declared(queue).await?.consumer_count())
+    }
+
+    /// A request queue as the broker has it (a passive declare: its message and consumer
+    /// counts); `Err` when not connected or the queue does not exist.
+    pub async fn declared(&self, queue: &str) -> Result<lapin::Queue, BusError> {
         check_queue_name(queue)?;
         let session = self.inner.current()?;
         // A passive declare of a missing queue closes its channel: use a throwaway one.
@@ -288,7 +294,7 @@ impl AmqpBus {
         )
         .await;
         close_quietly(channel).await;
-        Ok(declared?.consumer_count())
+        declared
     }
 
     /// Declares a request queue (what both sides do before using it).
