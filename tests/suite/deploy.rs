@@ -70,7 +70,9 @@ fn promtool(args: &[&str]) {
         .args(args)
         .current_dir(repo_root().join("deploy/observability"))
         .output()
-        .unwrap_or_else(|e| panic!("run promtool (Debian's prometheus package; deploy/setup.sh test installs it): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("run promtool (Debian's prometheus package; deploy/setup.sh test installs it): {e}")
+        });
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "promtool {} failed ({}):\n{text}", args.join(" "), output.status);
     println!("{text}");
