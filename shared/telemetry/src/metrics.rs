@@ -168,7 +168,7 @@ static PHASES: LazyLock<TracedHistograms<PhaseLabels>> = LazyLock::new(|| {
     let family = traced_histograms(PHASE_SECONDS);
     register_with_unit(
         "rfleet_phase_duration",
-        "Time of one scoring phase: queue_wait (on the bus), batch_wait (in the worker until an R host took it), input, compute and output (of an R call), merge (split parts or batch slices combined).",
+        "Time of one scoring phase: queue_wait (on the bus), batch_wait (in the worker until an R host took it), input, compute and output (of an R call), merge (split parts or batch slices combined)",
         Unit::Seconds,
         family.clone(),
     );

@@ -339,58 +339,54 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     let f = &families;
     register(
         "rfleet_worker_requests",
-        "Requests the worker answered, by outcome (success, client_error, r_error, timeout, rejected, internal).",
+        "Requests the worker answered, by outcome (success, client_error, r_error, timeout, rejected, internal)",
         f.requests.clone(),
     );
-    register("rfleet_rows_scored", "Rows scored by R.", f.rows.clone());
-    register("rfleet_r_calls", "Calls into R (rows / calls is the batching at work).", f.r_calls.clone());
-    register("rfleet_batch_rows", "Rows per job given to R hosts.", f.batch_rows.clone());
-    register("rfleet_batch_requests", "Requests per job given to R hosts.", f.batch_requests.clone());
+    register("rfleet_rows_scored", "Rows scored by R", f.rows.clone());
+    register("rfleet_r_calls", "Calls into R (rows / calls is the batching at work)", f.r_calls.clone());
+    register("rfleet_batch_rows", "Rows per job given to R hosts", f.batch_rows.clone());
+    register("rfleet_batch_requests", "Requests per job given to R hosts", f.batch_requests.clone());
     register(
         "rfleet_split_shards",
-        "Hosts one split job was spread over, by split (rows, trees).",
+        "Hosts one split job was spread over, by split (rows, trees)",
         f.split_shards.clone(),
     );
-    register("rfleet_queue_depth", "Requests waiting in the worker for an R host.", f.queue_depth.clone());
+    register("rfleet_queue_depth", "Requests waiting in the worker for an R host", f.queue_depth.clone());
     register(
         "rfleet_bus_queue_messages",
-        "Messages ready in the version's request queue on the bus, as the worker last read it.",
+        "Messages ready in the version's request queue on the bus, as the worker last read it",
         f.bus_queue.clone(),
     );
     register(
         "rfleet_predicted_class",
-        "Predicted labels of classifiers, by factor level (at most 100 per model).",
+        "Predicted labels of classifiers, by factor level (at most 100 per model)",
         f.classes.clone(),
     );
     register(
         "rfleet_dead_letters",
-        "Requests the worker dead-lettered, by reason (undecodable, protocol_version, host_crashes, handler_panics).",
+        "Requests the worker dead-lettered, by reason (undecodable, protocol_version, host_crashes, handler_panics)",
         f.dead_letters.clone(),
     );
-    register("rfleet_hosts", "R host processes by state (starting, idle, busy, retiring).", f.hosts.clone());
-    register("rfleet_hosts_configured", "R hosts configured (workers.n_hosts).", f.hosts_configured.clone());
+    register("rfleet_hosts", "R host processes by state (starting, idle, busy, retiring)", f.hosts.clone());
+    register("rfleet_hosts_configured", "R hosts configured (workers.n_hosts)", f.hosts_configured.clone());
     register(
         "rfleet_host_restarts",
-        "R hosts replaced, by reason (crashed, timeout, max_requests, max_rss, reload, start_failed).",
+        "R hosts replaced, by reason (crashed, timeout, max_requests, max_rss, reload, start_failed)",
         f.restarts.clone(),
     );
     register_with_unit(
         "rfleet_host_busy",
-        "Time R hosts spent in R calls, summed over hosts.",
+        "Time R hosts spent in R calls, summed over hosts",
         Unit::Seconds,
         f.busy_seconds.clone(),
     );
     register_with_unit(
         "rfleet_model_load_duration",
-        "Loading one model package into one R host.",
+        "Loading one model package into one R host",
         Unit::Seconds,
         f.load.clone(),
     );
-    register(
-        "rfleet_model_info",
-        "What each served model version is: its R class and R's version (1).",
-        f.info.clone(),
-    );
+    register("rfleet_model_info", "What each served model version is: its R class and R's version (1)", f.info.clone());
     telemetry::metrics::register_collector(Box::new(PredictionCollector(f.predictions.clone())));
     telemetry::metrics::register_collector(Box::new(HostMemory(f.host_pids.clone())));
     for state in [HostState::Starting, HostState::Idle, HostState::Busy, HostState::Retiring] {
@@ -731,7 +727,7 @@ impl Collector for PredictionCollector {
         let series = self.0.series.lock();
         let mut metric = encoder.encode_descriptor(
             "rfleet_prediction_value",
-            "Numeric predictions, per model version and output column (at most 16 per model); buckets from model.toml [metrics] prediction_buckets, else a symmetric log scale.",
+            "Numeric predictions, per model version and output column (at most 16 per model); buckets from model.toml [metrics] prediction_buckets, else a symmetric log scale",
             None,
             MetricType::Histogram,
         )?;
@@ -751,7 +747,7 @@ impl Collector for HostMemory {
         let pids: Vec<u32> = self.0.lock().iter().copied().collect();
         let mut metric = encoder.encode_descriptor(
             "rfleet_host_resident_memory",
-            "Resident memory of each live R host process.",
+            "Resident memory of each live R host process",
             Some(&Unit::Bytes),
             ConstGauge::<i64>::TYPE,
         )?;
