@@ -699,7 +699,15 @@ impl Drop for Queued {
 /// with its model's buckets (which a `Family` cannot give: its histograms share one set).
 #[derive(Debug, Default)]
 struct Predictions {
-    series: Mutex<Vec<(OutputLabels, Arc<[f64]>, Histogram)>>,
+    series: Mutex<Vec<PredictionSeries>>,
+}
+
+/// One model version's output column: its labels, its buckets and its histogram.
+#[derive(Debug)]
+struct PredictionSeries {
+    labels: OutputLabels,
+    buckets: Arc<[f64]>,
+    histogram: Histogram,
 }
 
 impl Predictions {
@@ -707,14 +715,14 @@ impl Predictions {
     /// keeps its counts), else a new one with `buckets`.
     fn series(&self, labels: OutputLabels, buckets: Arc<[f64]>) -> Histogram {
         let mut series = self.series.lock();
-        if let Some(index) = series.iter().position(|(l, _, _)| *l == labels) {
-            if series[index].1 == buckets {
-                return series[index].2.clone();
+        if let Some(index) = series.iter().position(|s| s.labels == labels) {
+            if series[index].buckets == buckets {
+                return series[index].histogram.clone();
             }
             series.swap_remove(index);
         }
         let histogram = Histogram::new(buckets.iter().copied());
-        series.push((labels, buckets, histogram.clone()));
+        series.push(PredictionSeries { labels, buckets, histogram: histogram.clone() });
         histogram
     }
 }
@@ -731,8 +739,8 @@ impl Collector for PredictionCollector {
             None,
             MetricType::Histogram,
         )?;
-        for (labels, _, histogram) in series.iter() {
-            histogram.encode(metric.encode_family(labels)?)?;
+        for series in series.iter() {
+            series.histogram.encode(metric.encode_family(&series.labels)?)?;
         }
         Ok(())
     }

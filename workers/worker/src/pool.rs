@@ -1025,7 +1025,7 @@ fn record_loads(generation: &Generation, infos: &[ModelInfo], load_times: &[Dura
 /// `rfleet_model_info` follows the served models: `previous`'s go, `current`'s come.
 fn model_info(previous: Option<&Generation>, current: &Generation) {
     for model in previous.iter().flat_map(|g| &g.models) {
-        model.metrics.forget_info(&model.info.r_class, &previous.map_or("", |g| g.r_version.as_str()));
+        model.metrics.forget_info(&model.info.r_class, previous.map_or("", |g| g.r_version.as_str()));
     }
     for model in &current.models {
         model.metrics.info(&model.info.r_class, &current.r_version);
