@@ -11,6 +11,12 @@
 //! held (`protocol::compare_versions`). The reply's `timings.model_version` is the version
 //! that scored.
 //!
+//! Each request is a CONSUMER span (`process <queue>`, OpenTelemetry's messaging
+//! conventions) continuing the trace of the message's `traceparent` header, else of the
+//! request's own `traceparent` (direct publishers), and is counted by its outcome
+//! ([`crate::metrics::Outcome::of`]) under the model that scored it, with its wait for a
+//! host and its predictions.
+//!
 //! The loop ([`serve`]) keeps apart what a delivery means (a [`Handler`]: for a worker,
 //! decoding and scoring) and settling it (a guard: reply, then ack or dead-letter). A
 //! handler that panics is a bug the guard contains: the delivery goes back to the queue for

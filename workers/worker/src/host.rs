@@ -118,6 +118,8 @@ impl Host {
     /// Starts a host, loads `models` and waits until it is ready. A package that fails to
     /// load is in [`Started::failed`]; an error means the host cannot serve at all.
     pub async fn start(config: &HostConfig, models: &[ModelSpec]) -> Result<Started, HostError> {
+        // Counted as starting until it is ready or has failed.
+        let _starting = crate::metrics::host_in(crate::metrics::HostState::Starting);
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
         let their_fd = theirs.as_raw_fd();

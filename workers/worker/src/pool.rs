@@ -26,6 +26,13 @@
 //! failure is reported and the hosts keep what they hold until the package is fixed or
 //! removed. With `strict`, a reload with any failure is held back.
 //!
+//! # What it records
+//! Each job is a `batch <model>` span (a child of its first request's CONSUMER span,
+//! linked to every member's) and each R call a `predict <model>` span under it; the
+//! metrics of [`crate::metrics`]: per job its rows, requests and shards, per R call its
+//! phases and busy time, per batch or split the merge, and the hosts' states, restarts,
+//! memory and load times as they happen.
+//!
 //! # Invariants
 //! - A request is in exactly one place until answered: the queue, or one running job.
 //! - A host runs one R call at a time: its driver is either on the idle stack or running

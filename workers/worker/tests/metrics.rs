@@ -291,3 +291,42 @@ async fn the_worker_listener_serves_metrics_and_health() {
     served.await.unwrap().unwrap();
     running.stop().await;
 }
+
+/// `rfleet_bus_queue_messages` follows the bus: a worker that may hold one delivery at a
+/// time (one host, no queue) and is held in R leaves the next requests on the bus, and
+/// reads their number every announce interval; once released and done, none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_queue_depth_is_read() {
+    let hold = support::Hold::new();
+    std::env::set_var("SCORE_HOLD_FILE", hold.path());
+    let models = support::models_dir(&[&fixture("faulty")]);
+    let mut settings = settings(models.path(), 1);
+    settings.workers.queue_capacity = 0;
+    worker::metrics::init();
+    let bus = EmbeddedBus::new(256, "requests");
+    let transport: Arc<dyn Transport> = Arc::new(bus.clone());
+    let worker = Worker::start(&settings, transport).await.expect("the worker starts");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+
+    let replies: Vec<_> = [support::Hold::X as f64, 1.0, 2.0, 3.0]
+        .into_iter()
+        .map(|x_value| {
+            let bus = bus.clone();
+            tokio::spawn(async move { score(&bus, "faulty", x(&[x_value])).await })
+        })
+        .collect();
+    let deadline = Instant::now() + WITHIN;
+    while hold.host_pid().is_none() {
+        assert!(Instant::now() < deadline, "the held call never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for(r#"rfleet_bus_queue_messages{model="faulty",version=""}"#, 3.0).await;
+    hold.release();
+    for reply in replies {
+        expect_scored(&reply.await.unwrap());
+    }
+    wait_for(r#"rfleet_bus_queue_messages{model="faulty",version=""}"#, 0.0).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
