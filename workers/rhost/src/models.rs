@@ -84,6 +84,33 @@ fn r_error(answer: &Robj, phases: Phases) -> Scoring {
     Scoring { result: Err(ErrorBody::new(ErrorCode::RError, message)), phases, condition_class }
 }
 
+/// Calls `function` with `args`, its time added to the phase `spent` picks: the R call's
+/// answer, or what to answer instead (R's error, or a jump past the handlers).
+fn timed_call(
+    function: &Function,
+    args: Pairlist,
+    phases: &mut Phases,
+    spent: fn(&mut Phases) -> &mut u64,
+    label: &str,
+) -> std::result::Result<Robj, Scoring> {
+    let started = Instant::now();
+    let answer = function.call(args);
+    *spent(phases) += micros_since(started);
+    match answer {
+        Ok(answer) if answer.inherits("rfleet_error") => Err(r_error(&answer, *phases)),
+        Ok(answer) => Ok(answer),
+        Err(_) => Err(Scoring { phases: *phases, ..escaped(label) }),
+    }
+}
+
+fn compute(phases: &mut Phases) -> &mut u64 {
+    &mut phases.compute_us
+}
+
+fn output(phases: &mut Phases) -> &mut u64 {
+    &mut phases.output_us
+}
+
 /// How messages name a model: `model 'rf_reg'` or `model 'rf_reg' version '2'`.
 fn label(model: &ModelRef) -> String {
     match &model.version {
@@ -341,28 +368,19 @@ impl Model {
             None => self.default_type.clone(),
         };
         phases.input_us = micros_since(started);
-        let started = Instant::now();
-        let answer = self.scorer.call(Pairlist::from_pairs([("", newdata), ("", predict_type)]));
-        phases.compute_us = micros_since(started);
-        let answer = match answer {
-            Ok(answer) if answer.inherits("rfleet_error") => return r_error(&answer, phases),
+        let args = Pairlist::from_pairs([("", newdata), ("", predict_type)]);
+        let answer = match timed_call(&self.scorer, args, &mut phases, compute, label) {
             Ok(answer) => answer,
-            Err(_) => return Scoring { phases, ..escaped(label) },
+            Err(scoring) => return scoring,
+        };
+        let args = Pairlist::from_pairs([("", answer), ("", Robj::from(n_rows))]);
+        let columns = match timed_call(&self.output, args, &mut phases, output, label) {
+            Ok(columns) => columns,
+            Err(scoring) => return scoring,
         };
         let started = Instant::now();
-        let columns = self.output.call(Pairlist::from_pairs([("", answer), ("", Robj::from(n_rows))]));
-        let result = match columns {
-            Ok(columns) if columns.inherits("rfleet_error") => {
-                phases.output_us = micros_since(started);
-                return r_error(&columns, phases);
-            }
-            Ok(columns) => convert::frame_from_columns(&columns, frame.n_rows),
-            Err(_) => {
-                phases.output_us = micros_since(started);
-                return Scoring { phases, ..escaped(label) };
-            }
-        };
-        phases.output_us = micros_since(started);
+        let result = convert::frame_from_columns(&columns, frame.n_rows);
+        phases.output_us += micros_since(started);
         match result {
             Ok(frame) => Scoring { result: Ok(HostOutput::Frame(frame)), phases, condition_class: None },
             Err(e) => internal(e, phases),
@@ -425,13 +443,11 @@ impl Model {
             Err(e) => return internal(e.to_string(), phases),
         };
         phases.input_us = micros_since(started);
-        let started = Instant::now();
-        let result = scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))]));
-        phases.compute_us = preparing_us + micros_since(started);
-        let result = match result {
-            Ok(result) if result.inherits("rfleet_error") => return r_error(&result, phases),
+        phases.compute_us = preparing_us;
+        let args = Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))]);
+        let result = match timed_call(&scorer, args, &mut phases, compute, label) {
             Ok(result) => result,
-            Err(_) => return Scoring { phases, ..escaped(label) },
+            Err(scoring) => return scoring,
         };
         let started = Instant::now();
         let part = convert::forest_part(&result, frame.n_rows, trees.end - trees.start, forest.classes.as_deref());
@@ -448,28 +464,21 @@ impl Model {
         let started = Instant::now();
         let data = Robj::from(body);
         phases.input_us = micros_since(started);
-        let started = Instant::now();
-        let answer = self.scorer.call(Pairlist::from_pairs([("", data)]));
-        phases.compute_us = micros_since(started);
-        let answer = match answer {
-            Ok(answer) if answer.inherits("rfleet_error") => return r_error(&answer, phases),
+        let answer = match timed_call(&self.scorer, Pairlist::from_pairs([("", data)]), &mut phases, compute, label) {
             Ok(answer) => answer,
-            Err(_) => return Scoring { phases, ..escaped(label) },
+            Err(scoring) => return scoring,
         };
-        let started = Instant::now();
-        let json = self.output.call(Pairlist::from_pairs([("", answer)]));
-        phases.output_us = micros_since(started);
-        match json {
-            Ok(json) if json.inherits("rfleet_error") => r_error(&json, phases),
-            Ok(json) => match json.as_str() {
-                Some(json) => Scoring { result: Ok(HostOutput::Json(json.to_string())), phases, condition_class: None },
-                None => Scoring {
-                    result: Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: the scorer answered no string"))),
-                    phases,
-                    condition_class: None,
-                },
+        let json = match timed_call(&self.output, Pairlist::from_pairs([("", answer)]), &mut phases, output, label) {
+            Ok(json) => json,
+            Err(scoring) => return scoring,
+        };
+        match json.as_str() {
+            Some(json) => Scoring { result: Ok(HostOutput::Json(json.to_string())), phases, condition_class: None },
+            None => Scoring {
+                result: Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: the scorer answered no string"))),
+                phases,
+                condition_class: None,
             },
-            Err(_) => Scoring { phases, ..escaped(label) },
         }
     }
 }

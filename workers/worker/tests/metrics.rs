@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{ContentType, EmbeddedBus, Outgoing, Requester, Transport};
+mod embedded;
+
+use bus::{EmbeddedBus, Transport};
 use protocol::{Column, ColumnData, ErrorCode, Frame, Input, Outcome, Reply, Request, PROTOCOL_VERSION};
 use telemetry::metrics::Format;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,16 +81,7 @@ async fn score(bus: &EmbeddedBus, model: &str, frame: Frame) -> Reply {
         request_id: None,
         input: Input::Frame(frame),
     };
-    let outgoing = Outgoing {
-        correlation_id: id,
-        queue: bus.request_queue(),
-        content_type: ContentType::MsgPack,
-        body: protocol::encode(&request).unwrap(),
-        expiration_ms: None,
-        traceparent: None,
-    };
-    let reply = bus.call(outgoing, Instant::now() + WITHIN).await.expect("a reply");
-    protocol::decode(&reply).expect("a reply the protocol decodes")
+    embedded::call(bus, &request, None).await
 }
 
 fn numbers(name: &str, values: &[f64]) -> Column {

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{ContentType, EmbeddedBus, Outgoing, Requester, Transport};
+mod embedded;
+
+use bus::{EmbeddedBus, Transport};
 use parking_lot::Mutex;
 use protocol::message::{Options, SplitPolicy};
 use protocol::{Column, ColumnData, Frame, Input, Outcome, Reply, Request, PROTOCOL_VERSION};
@@ -110,17 +112,8 @@ async fn score(bus: &EmbeddedBus, id: &str, x: &[f64], split: Option<SplitPolicy
         request_id: None,
         input: Input::Frame(frame),
     };
-    let outgoing = Outgoing {
-        correlation_id: id.into(),
-        queue: bus.request_queue(),
-        content_type: ContentType::MsgPack,
-        body: protocol::encode(&request).unwrap(),
-        expiration_ms: None,
-        // In the message's headers, as the dispatcher publishes it.
-        traceparent: Some(traceparent(trace)),
-    };
-    let reply = bus.call(outgoing, Instant::now() + WITHIN).await.expect("a reply");
-    protocol::decode(&reply).expect("a reply the protocol decodes")
+    // In the message's headers, as the dispatcher publishes it.
+    embedded::call(bus, &request, Some(traceparent(trace))).await
 }
 
 fn field<'a>(seen: &'a Seen, key: &str) -> &'a str {
