@@ -323,3 +323,34 @@ async fn the_bus_queue_depth_is_read() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// A request that kills its R host every time: the host restarts (`crashed`, twice: the
+/// request is retried once on the replacement), the request is answered `host_crashed`,
+/// counted `internal` and dead-lettered `host_crashes`; an undecodable body is answered,
+/// counted under `model=""` and dead-lettered `undecodable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_and_dead_letters_are_counted() {
+    let models = support::models_dir(&[&fixture("faulty")]);
+    let running = Running::start(models.path(), 1).await;
+    let bus = running.bus.clone();
+
+    expect_error(&score(&bus, "faulty", x(&[666.0])).await, ErrorCode::HostCrashed);
+    expect_error(&embedded::call_raw(&bus, "garbage", b"not msgpack".to_vec(), None).await, ErrorCode::BadRequest);
+    // The second replacement starts in the background.
+    wait_for(r#"rfleet_hosts{state="idle"}"#, 1.0).await;
+    let scrape = telemetry::metrics::encode(Format::Text);
+    check(
+        &scrape,
+        &[
+            (r#"rfleet_host_restarts_total{reason="crashed"}"#, 2.0),
+            (r#"rfleet_dead_letters_total{reason="host_crashes"}"#, 1.0),
+            (r#"rfleet_dead_letters_total{reason="undecodable"}"#, 1.0),
+            (r#"rfleet_worker_requests_total{model="faulty",version="",outcome="internal"}"#, 1.0),
+            (r#"rfleet_worker_requests_total{model="",version="",outcome="client_error"}"#, 1.0),
+            // Both tries were R calls, neither answered rows.
+            (r#"rfleet_rows_scored_total{model="faulty",version=""}"#, 0.0),
+        ],
+    );
+    assert!(!scrape.contains(r#"reason="timeout"}"#), "no host timed out: {scrape}");
+    running.stop().await;
+}
