@@ -187,15 +187,27 @@ impl Prometheus {
     }
 
     /// Waits until every target is up and was last scraped after `since`: from then on,
-    /// what Prometheus holds includes everything the targets had counted at `since`.
+    /// what Prometheus holds includes everything the targets had counted at `since`. Fails
+    /// with the targets' state (their last scrape errors) once a minute has passed.
     pub async fn wait_scraped_after(&self, since: SystemTime) {
         let since = unix_seconds(since);
-        let n = self.n_targets;
-        let what = format!("a scrape of all {n} targets after {since:.3}, each up");
-        self.wait("timestamp(up) * up", &what, Duration::from_secs(60), |samples| {
-            samples.len() == n && samples.iter().all(|s| s.value > since)
-        })
-        .await;
+        let start = Instant::now();
+        loop {
+            let samples = self.query("timestamp(up) * up").await;
+            if samples.len() == self.n_targets && samples.iter().all(|s| s.value > since) {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "timed out waiting for a scrape of all {} targets after {since:.3}, each up: {samples:?}\n\
+                     targets: {:#}\nprometheus log:\n{}",
+                    self.n_targets,
+                    self.targets().await,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The exemplars stored for series matching `selector` since `since`.

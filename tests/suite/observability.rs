@@ -810,6 +810,8 @@ async fn observability_application_insights_gets_requests_dependencies_and_excep
     let ours = ours(&envelopes);
     for envelope in &ours {
         assert_eq!(envelope["iKey"], IKEY, "{envelope}");
+        // Everything sampled (traces.sample_ratio 1.0): each item stands for one, 100 %.
+        assert_eq!(envelope["sampleRate"], 100.0, "{envelope}");
     }
     let request = ours
         .iter()

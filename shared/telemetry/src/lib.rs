@@ -132,7 +132,9 @@ fn provider(
             let exporter =
                 opentelemetry_application_insights::Exporter::new_from_connection_string(connection_string, client)
                     .map_err(|e| TelemetryError::ConnectionString(e.to_string()))?
-                    .with_sample_rate(traces.sample_ratio * 100.0);
+                    // A ratio: the crate sends it as the percentage Application Insights wants
+                    // (each item then stands for 100 / sampleRate items).
+                    .with_sample_rate(traces.sample_ratio);
             builder.with_batch_exporter(exporter)
         }
     };
