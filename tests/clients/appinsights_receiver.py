@@ -19,7 +19,6 @@ usage: appinsights_receiver.py --out FILE [--cert PEM --key PEM]
 
 import gzip
 import json
-import sys
 import urllib.error
 import urllib.request
 
@@ -99,13 +98,5 @@ def self_test(args):
     print("appinsights_receiver self-test: ok")
 
 
-def main():
-    args = jsonl_sink.arguments(__doc__.splitlines()[0])
-    if args.self_test:
-        self_test(args)
-        return
-    jsonl_sink.serve_forever(jsonl_sink.start(handler(jsonl_sink.Sink(args.out)), args))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    jsonl_sink.main(__doc__, handler, self_test)

@@ -85,7 +85,13 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_forever(server):
+def main(doc, handler, self_test):
+    """A receiver's command line: `--self-test`, or serve with `handler(sink)` until killed."""
+    args = arguments(doc.splitlines()[0])
+    if args.self_test:
+        self_test(args)
+        return
+    server = start(handler(Sink(args.out)), args)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

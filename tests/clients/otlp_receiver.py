@@ -15,7 +15,6 @@ It answers as an OTLP collector does: 200 with an ExportTraceServiceResponse.
 
 import gzip
 import json
-import sys
 import urllib.request
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -141,13 +140,5 @@ def self_test(args):
     print("otlp_receiver self-test: ok")
 
 
-def main():
-    args = jsonl_sink.arguments(__doc__.splitlines()[0])
-    if args.self_test:
-        self_test(args)
-        return
-    jsonl_sink.serve_forever(jsonl_sink.start(handler(jsonl_sink.Sink(args.out)), args))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    jsonl_sink.main(__doc__, handler, self_test)

@@ -168,6 +168,12 @@ async fn check_exposition(http: &reqwest::Client, base: &str, what: &str) -> Str
     body
 }
 
+/// Scores `rows` with `model` at the server `base`, within the client's `trace`.
+async fn score_traced(http: &reqwest::Client, base: &str, model: &str, rows: Value, trace: &ClientTrace) -> Answer {
+    let url = format!("{base}/models/{model}/score");
+    post(http, &url, rows.to_string(), &[("traceparent", &trace.traceparent())]).await
+}
+
 /// Waits until the dispatcher at `url` says it is ready (a worker announced its models).
 async fn wait_ready(http: &reqwest::Client, url: &str) {
     let start = Instant::now();
@@ -252,6 +258,30 @@ async fn observability_prometheus_reads_back_a_known_target() {
     assert!(bad.contains("no help text") && bad.contains("_total"), "{bad}");
 }
 
+/// The receivers' own checks: each answers a request of the shape its exporter sends as
+/// the real service does, records it whole, and refuses what its exporter never sends.
+#[test]
+fn observability_receivers_pass_their_self_tests() {
+    for script in ["otlp_receiver.py", "appinsights_receiver.py"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        let output = Command::new("python3")
+            .arg(repo_root().join("tests/clients").join(script))
+            .arg("--out")
+            .arg(&out)
+            .arg("--self-test")
+            .output()
+            .expect("run python3");
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{script} --self-test ({}); deploy/setup.sh test installs what it needs:\n{said}",
+            output.status
+        );
+        assert!(said.contains("self-test: ok"), "{script}: {said}");
+    }
+}
+
 /// `rfleet serve` (one R host, so queued requests batch): known requests, then PromQL
 /// through Prometheus says exactly what was sent, by outcome, rows, R calls (fewer than
 /// requests: a batch), HTTP route and status; the last request's trace id is an exemplar.
@@ -309,7 +339,7 @@ async fn observability_serve_counts_exactly_what_it_answered() {
     assert!(sent.paths.iter().any(|p| p.starts_with("batch:")), "the burst was not batched: {:?}", sent.paths);
     // Last and alone, so its buckets' exemplars are its own: a request in a client's trace.
     let trace = ClientTrace::new();
-    let answer = post(&http, &url, json!([lm.rows[0]]).to_string(), &[("traceparent", &trace.traceparent())]).await;
+    let answer = score_traced(&http, &server.url, "lm", json!([lm.rows[0]]), &trace).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     sent.success("lm", 1, &answer);
     let done = SystemTime::now();
@@ -594,9 +624,8 @@ impl Spans {
     /// Whether the trace has come in whole, from the HTTP server span to the R call.
     fn whole(&self) -> bool {
         let named = |p: &str| self.find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(p))).is_some();
-        ["SERVER", "PRODUCER", "CONSUMER"].iter().all(|k| self.find(|s| s["kind"] == *k).is_some())
-            && named("batch ")
-            && named("predict ")
+        self.find(|s| s["kind"] == "SERVER").is_some()
+            && ["publish ", "process ", "batch ", "predict "].iter().all(|p| named(p))
     }
 }
 
@@ -653,13 +682,7 @@ async fn observability_traces_run_from_http_through_the_broker_to_r() {
 
     let lm = case(&fixtures, "lm");
     let client_trace = ClientTrace::new();
-    let answer = post(
-        &http,
-        &format!("{}/models/lm/score", dispatcher.url),
-        json!([lm.rows[0]]).to_string(),
-        &[("traceparent", &client_trace.traceparent())],
-    )
-    .await;
+    let answer = score_traced(&http, &dispatcher.url, "lm", json!([lm.rows[0]]), &client_trace).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_same(&answer.json(), &json!([lm.expected[0]]), "lm, traced");
     let trace_id = &client_trace.trace_id;
@@ -668,10 +691,13 @@ async fn observability_traces_run_from_http_through_the_broker_to_r() {
         .await;
     let spans = Spans::of(&records, trace_id);
     let server = spans.kind("SERVER");
-    let producer = spans.kind("PRODUCER");
-    let consumer = spans.kind("CONSUMER");
+    let producer = spans.named("publish ");
+    let consumer = spans.named("process ");
     let batch = spans.named("batch ");
     let predict = spans.named("predict ");
+    for (span, kind) in [(producer, "PRODUCER"), (consumer, "CONSUMER"), (batch, "INTERNAL"), (predict, "INTERNAL")] {
+        assert_eq!(span["kind"], kind, "{span}");
+    }
     assert_eq!(server["parent_span_id"], client_trace.span_id.as_str(), "SERVER's parent is the client's span");
     assert_child(producer, server);
     assert_child(consumer, producer);
@@ -705,13 +731,7 @@ async fn observability_traces_run_from_http_through_the_broker_to_r() {
 
     // An R error: the R call's span carries R's condition as an exception event.
     let failing = client_trace.sibling();
-    let answer = post(
-        &http,
-        &format!("{}/models/faulty/score", dispatcher.url),
-        json!([{ "x": -1 }]).to_string(),
-        &[("traceparent", &failing.traceparent())],
-    )
-    .await;
+    let answer = score_traced(&http, &dispatcher.url, "faulty", json!([{ "x": -1 }]), &failing).await;
     assert_eq!(answer.status, 422, "{}", answer.text);
     let exception = |span: &Value| -> Option<Value> {
         span["events"].as_array()?.iter().find(|e| e["name"] == "exception").cloned()
@@ -768,22 +788,10 @@ async fn observability_application_insights_gets_requests_dependencies_and_excep
     let http = client();
     let lm = case(&fixtures, "lm");
     let operation = ClientTrace::new();
-    let answer = post(
-        &http,
-        &format!("{}/models/lm/score", server.url),
-        json!([lm.rows[0]]).to_string(),
-        &[("traceparent", &operation.traceparent())],
-    )
-    .await;
+    let answer = score_traced(&http, &server.url, "lm", json!([lm.rows[0]]), &operation).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     let failing = operation.sibling();
-    let answer = post(
-        &http,
-        &format!("{}/models/faulty/score", server.url),
-        json!([{ "x": -1 }]).to_string(),
-        &[("traceparent", &failing.traceparent())],
-    )
-    .await;
+    let answer = score_traced(&http, &server.url, "faulty", json!([{ "x": -1 }]), &failing).await;
     assert_eq!(answer.status, 422, "{}", answer.text);
 
     let trace_id = operation.trace_id.as_str();
@@ -803,8 +811,8 @@ async fn observability_application_insights_gets_requests_dependencies_and_excep
         .wait("a Request, a RemoteDependency (publish) and an Exception of the operation", WAIT, |received| {
             let ours = ours(received);
             ours.iter().any(|e| base_type(e) == "RequestData")
-                && ours.iter().any(|e| is_publish(e))
-                && ours.iter().any(|e| is_r_error(e))
+                && ours.iter().any(&is_publish)
+                && ours.iter().any(&is_r_error)
         })
         .await;
     let ours = ours(&envelopes);
@@ -818,6 +826,11 @@ async fn observability_application_insights_gets_requests_dependencies_and_excep
         .find(|e| base_type(e) == "RequestData" && e["data"]["baseData"]["name"] == format!("POST {SCORE_ROUTE}"))
         .unwrap_or_else(|| panic!("no Request of the HTTP server span among {ours:#?}"));
     assert_eq!(request["name"], "Microsoft.ApplicationInsights.Request");
+    assert_eq!(request["data"]["baseData"]["responseCode"], "200", "{request}");
+    let publish = ours.iter().find(|e| is_publish(e)).unwrap();
+    assert_eq!(publish["name"], "Microsoft.ApplicationInsights.RemoteDependency");
+    // The crate types a dependency by its messaging.system: the embedded bus's.
+    assert_eq!(publish["data"]["baseData"]["type"], "rfleet_embedded", "{publish}");
     let exception = ours.iter().find(|e| is_r_error(e)).unwrap();
     assert_eq!(exception["name"], "Microsoft.ApplicationInsights.Exception");
     let type_name = exception["data"]["baseData"]["exceptions"][0]["typeName"].as_str().unwrap_or_default();
