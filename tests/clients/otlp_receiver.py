@@ -63,8 +63,9 @@ def spans(request):
                     "attributes": attributes(span.attributes),
                     "events": [{"name": e.name, "attributes": attributes(e.attributes)} for e in span.events],
                     "links": [
-                        {"trace_id": l.trace_id.hex(), "span_id": l.span_id.hex(), "attributes": attributes(l.attributes)}
-                        for l in span.links
+                        {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex(),
+                         "attributes": attributes(link.attributes)}
+                        for link in span.links
                     ],
                     "status": {
                         "code": enum_name(trace_pb2.Status.StatusCode, span.status.code, "STATUS_CODE_"),

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 use support::observability::{by_label, free_port, promtool_check_metrics, Prometheus, Receiver, Sample};
 use support::{
-    assert_same, case, client, fixtures, get, models_dir, post, repo_root, Answer, Authority, Fleet, Server,
+    assert_same, case, client, fixtures, get, models_dir, post, repo_root, Answer, Authority, Fleet, Hold, Server,
     ServerOptions, Versions,
 };
 
@@ -374,7 +374,8 @@ async fn observability_serve_counts_exactly_what_it_answered() {
     expect_counts(&prometheus, r#"sum by (model) (rfleet_r_calls_total{model="faulty"})"#, "model", &faulty_calls)
         .await;
     let http_requests = format!(
-        r#"sum by (http_response_status_code) (http_server_request_duration_seconds_count{{http_route="{SCORE_ROUTE}", http_request_method="POST"}})"#
+        "sum by (http_response_status_code) \
+         (http_server_request_duration_seconds_count{{http_route=\"{SCORE_ROUTE}\", http_request_method=\"POST\"}})"
     );
     expect_counts(&prometheus, &http_requests, "http_response_status_code", &sent.statuses).await;
 
@@ -412,12 +413,13 @@ struct Worker {
     metrics: String,
 }
 
-fn fleet_worker(fleet: &Fleet, models: &Path, id: &str) -> Worker {
+fn fleet_worker(fleet: &Fleet, models: &Path, id: &str, hold: &Hold) -> Worker {
     let metrics = format!("127.0.0.1:{}", free_port());
     let server = ServerOptions::fleet("worker", models, fleet)
         .hosts(2)
         .env("RFLEET_WORKERS__ID", id)
         .env("RFLEET_METRICS__LISTEN", &metrics)
+        .env("SCORE_HOLD_FILE", hold.path().display())
         .start();
     Worker { _server: server, id: id.to_string(), metrics }
 }
@@ -427,8 +429,9 @@ fn fleet_worker(fleet: &Fleet, models: &Path, id: &str) -> Worker {
 /// dispatcher counted and published, both workers' hosts show; `promtool check metrics`
 /// passes on all three endpoints. Then traffic of every kind the dashboard and the rules
 /// show (client and R errors, classes, a forest split, mirrored copies, a crashing host
-/// and its dead letter), and every expression of both returns a result against this
-/// Prometheus (`tests/deploy/check_expressions.py --prometheus`).
+/// and its dead letter, a timeout and its late reply), and every expression of both
+/// returns a result against this Prometheus (`tests/deploy/check_expressions.py
+/// --prometheus`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn observability_fleet_counts_add_up_and_every_expression_has_data() {
     let fixtures = fixtures();
@@ -449,7 +452,8 @@ async fn observability_fleet_counts_add_up_and_every_expression_has_data() {
     )
     .unwrap();
     let fleet = Fleet::new("observability");
-    let workers = [fleet_worker(&fleet, models.path(), "w1"), fleet_worker(&fleet, models.path(), "w2")];
+    let hold = Hold::new();
+    let workers = [fleet_worker(&fleet, models.path(), "w1", &hold), fleet_worker(&fleet, models.path(), "w2", &hold)];
     let dispatcher = ServerOptions::fleet("dispatcher", models.path(), &fleet)
         .env("RFLEET_MODELS__TRAFFIC_FILE", traffic.path().display())
         .start();
@@ -548,6 +552,22 @@ async fn observability_fleet_counts_add_up_and_every_expression_has_data() {
             |s| s.iter().any(|s| s.value >= 1.0),
         )
         .await;
+    // A request held in R past its deadline: answered 504 (`timeout`); the worker's reply,
+    // once R lets go, is one nobody awaits.
+    let held = {
+        let (http, faulty) = (http.clone(), faulty.clone());
+        let body = json!([{ "x": Hold::X }]).to_string();
+        tokio::spawn(async move { post(&http, &faulty, body, &[("x-rfleet-timeout-ms", "1500")]).await })
+    };
+    support::wait_for(WAIT, "the held request in R", || hold.host_pid().is_some()).await;
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 504, "a request held in R past its deadline: {}", held.text);
+    hold.release();
+    prometheus
+        .wait(r#"sum(rfleet_bus_replies_dropped_total{job="dispatcher"})"#, "the late reply dropped", WAIT, |s| {
+            s.iter().any(|s| s.value >= 1.0)
+        })
+        .await;
     prometheus
         .wait(r#"sum(rfleet_mirrored_total)"#, "mirrored copies counted", WAIT, |s| {
             s.iter().any(|s| s.value >= versions.rows.len() as f64)
@@ -569,9 +589,10 @@ async fn check_expressions(prometheus: &Prometheus) {
         script.display()
     );
     assert!(python.is_file(), "{} is missing: deploy/setup.sh test makes the deploy tools' venv", python.display());
-    // Counters of broker faults this test does not cause (a reconnect, a redelivery, a
-    // reply nobody awaited) may have no series yet: their panels are allowed to be empty.
-    let allowed_empty = "rfleet_bus_reconnects_total|rfleet_bus_redeliveries_total|rfleet_bus_replies_dropped_total";
+    // Counters of broker faults this test does not cause (a lost connection, a delivery
+    // returned to the queue unacknowledged) have no series until one happens: their panels
+    // are allowed to be empty. (shared/bus's reconnect and redelivery tests cause them.)
+    let allowed_empty = "rfleet_bus_reconnects_total|rfleet_bus_redeliveries_total";
     let start = Instant::now();
     loop {
         let (script, python, url) = (script.clone(), python.clone(), prometheus.url.clone());
