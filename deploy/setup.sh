@@ -18,7 +18,10 @@ DAEMON_PACKAGES=(prometheus)
 # The example publisher and the broker tests use pika and msgpack; the convention tests
 # drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client,
 # and check it against its OpenAPI document with schemathesis (4.x: its config file format).
-PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5")
+# The trace tests' OTLP receiver decodes spans with the OpenTelemetry project's own protobuf
+# classes (opentelemetry-proto; it pulls protobuf 5 to 7, which installs on Python 3.11).
+PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5"
+                 "opentelemetry-proto==1.45.2")
 
 # The deploy checks (tests/deploy): Kubernetes schemas, KEDA's and the Prometheus
 # Operator's CRDs as pydantic models, Bicep's parser, Dockerfile and IaC linters, and static

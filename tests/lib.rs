@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use tokio::task::JoinHandle;
 
 use serde_json::Value;
@@ -24,6 +25,10 @@ pub use broker_node::BrokerNode;
 // A private Docker daemon, and images built and run with it (tests/suite/images.rs).
 #[path = "docker.rs"]
 pub mod docker;
+
+// Prometheus, the telemetry receivers and promtool (tests/suite/observability.rs).
+#[path = "observability.rs"]
+pub mod observability;
 
 /// `target/debug` (or wherever cargo put this test binary's siblings).
 pub fn target_dir() -> PathBuf {
@@ -205,6 +210,8 @@ pub fn assert_same(got: &Value, expected: &Value, context: &str) {
 /// then SIGKILL) when dropped.
 pub struct Server {
     child: Child,
+    /// What the process wrote to stderr (its log), when started with `capture_logs`.
+    logs: Option<Arc<parking_lot::Mutex<String>>>,
     /// `http://127.0.0.1:PORT` for `serve` and `dispatcher` (`https://` with `[tls]`, as
     /// the server prints it); empty for a worker.
     pub url: String,
@@ -218,17 +225,20 @@ pub struct ServerOptions {
     pub models: PathBuf,
     pub n_hosts: usize,
     pub env: Vec<(String, String)>,
+    /// Keep what the process logs (its stderr) for `Server::logs`, besides printing it.
+    pub capture_logs: bool,
 }
 
 impl ServerOptions {
     /// `rfleet serve` on the embedded bus.
     pub fn new(models: impl Into<PathBuf>) -> Self {
-        ServerOptions { command: "serve", models: models.into(), n_hosts: 2, env: Vec::new() }
+        ServerOptions { command: "serve", models: models.into(), n_hosts: 2, env: Vec::new(), capture_logs: false }
     }
 
     /// `rfleet worker` or `rfleet dispatcher` on the broker of `fleet`.
     pub fn fleet(command: &'static str, models: impl Into<PathBuf>, fleet: &Fleet) -> Self {
-        let mut options = ServerOptions { command, models: models.into(), n_hosts: 1, env: Vec::new() };
+        let mut options =
+            ServerOptions { command, models: models.into(), n_hosts: 1, env: Vec::new(), capture_logs: false };
         options.env.extend(fleet.env());
         options
     }
@@ -240,6 +250,12 @@ impl ServerOptions {
 
     pub fn hosts(mut self, n: usize) -> Self {
         self.n_hosts = n;
+        self
+    }
+
+    /// Keeps the process's log lines for [`Server::logs`] (they are still printed).
+    pub fn capture_logs(mut self) -> Self {
+        self.capture_logs = true;
         self
     }
 
@@ -255,11 +271,24 @@ impl ServerOptions {
             .env("RFLEET_LOG__LEVEL", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.capture_logs { Stdio::piped() } else { Stdio::inherit() });
         for (key, value) in &self.env {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start rfleet");
+        let logs = child.stderr.take().map(|stderr| {
+            let logs = Arc::new(parking_lot::Mutex::new(String::new()));
+            let kept = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let mut kept = kept.lock();
+                    kept.push_str(&line);
+                    kept.push('\n');
+                }
+            });
+            logs
+        });
         let stdout = child.stdout.take().unwrap();
         let (line_tx, line_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -275,9 +304,39 @@ impl ServerOptions {
         let line = line_rx.recv_timeout(Duration::from_secs(180)).expect("rfleet did not report its start in time");
         let url = line.strip_prefix("rfleet listening on ").unwrap_or_default().to_string();
         let n_hosts = if self.command == "dispatcher" { 0 } else { self.n_hosts };
-        let server = Server { child, url, n_hosts, _dir: dir };
+        let server = Server { child, logs, url, n_hosts, _dir: dir };
         server.wait_until(Duration::from_secs(180), "all R hosts up", |s| s.host_pids().len() == s.n_hosts);
         server
+    }
+}
+
+/// A test certificate authority and a server certificate it signed for this machine.
+pub struct Authority {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Authority {
+        let mut ca = CertificateParams::new(Vec::new()).unwrap();
+        ca.distinguished_name.push(DnType::CommonName, format!("rfleet test CA {name}"));
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        // Both names a client may use for a server on loopback.
+        let mut server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        server.distinguished_name.push(DnType::CommonName, "localhost");
+        let key = KeyPair::generate().unwrap();
+        let cert = server.signed_by(&key, &ca).unwrap();
+        Authority { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
+    /// Writes the CA certificate to `dir/name`; returns its path.
+    pub fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
     }
 }
 
@@ -441,6 +500,11 @@ impl Fleet {
 impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every line the process has logged so far (started with `capture_logs`).
+    pub fn logs(&self) -> String {
+        self.logs.as_ref().expect("started without capture_logs").lock().clone()
     }
 
     /// The server's R host processes, read from `/proc`.

@@ -27,6 +27,8 @@ mod http;
 mod images;
 #[path = "suite/keda.rs"]
 mod keda;
+#[path = "suite/observability.rs"]
+mod observability;
 #[path = "suite/package.rs"]
 mod package;
 #[path = "suite/predictions.rs"]

@@ -6,47 +6,17 @@
 //! - the broker over `amqps://` with `bus.ca_file`, through a TLS-terminating proxy in front
 //!   of the local RabbitMQ (which has no TLS listener of its own).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use reqwest::Version;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
-use support::{assert_same, case, fixtures, Fleet, ServerOptions};
-
-/// A test certificate authority and a server certificate it signed for this machine.
-struct Authority {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Authority {
-    fn new(name: &str) -> Authority {
-        let mut ca = CertificateParams::new(Vec::new()).unwrap();
-        ca.distinguished_name.push(DnType::CommonName, format!("rfleet test CA {name}"));
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-        // Both names a client may use for a server on loopback.
-        let mut server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        server.distinguished_name.push(DnType::CommonName, "localhost");
-        let key = KeyPair::generate().unwrap();
-        let cert = server.signed_by(&key, &ca).unwrap();
-        Authority { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() }
-    }
-
-    fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, &self.ca_pem).unwrap();
-        path
-    }
-}
+use support::{assert_same, case, fixtures, Authority, Fleet, ServerOptions};
 
 /// Writes a file as cert-manager and careful scripts do: whole, then renamed into place.
 fn replace(path: &Path, text: &str) {

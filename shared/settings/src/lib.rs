@@ -220,6 +220,10 @@ pub struct TraceSettings {
     /// Application Insights' connection string (`InstrumentationKey=…;IngestionEndpoint=…`),
     /// for `exporter = "azure_monitor"`; else `APPLICATIONINSIGHTS_CONNECTION_STRING`.
     pub azure_connection_string: Option<Secret>,
+    /// A PEM file of CA certificates the exporters trust for the collector's HTTPS
+    /// certificate, besides the public web CAs built in: a private collector, or a proxy
+    /// that terminates TLS. (Application Insights' exporter always speaks HTTPS.)
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -248,6 +252,7 @@ impl Default for TraceSettings {
             sample_ratio: 1.0,
             service_name: None,
             azure_connection_string: None,
+            ca_file: None,
         }
     }
 }

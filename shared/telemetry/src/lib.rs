@@ -16,6 +16,7 @@ mod process;
 pub mod trace;
 
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -42,6 +43,8 @@ pub enum TelemetryError {
     Exporter(String),
     #[error("traces.sample_ratio must be between 0 and 1, not {0}")]
     SampleRatio(f64),
+    #[error("cannot use traces.ca_file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
 }
 
 /// What [`init`] set up; [`Telemetry::shutdown`] flushes the spans not yet exported.
@@ -104,7 +107,7 @@ fn provider(
     let builder = SdkTracerProvider::builder()
         .with_resource(resource.build())
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(traces.sample_ratio))));
-    let client = http_client()?;
+    let client = http_client(traces.ca_file.as_deref())?;
     let builder = match exporter {
         TraceExporter::None => unreachable!("no provider without an exporter"),
         TraceExporter::Otlp => {
@@ -129,7 +132,9 @@ fn provider(
             let exporter =
                 opentelemetry_application_insights::Exporter::new_from_connection_string(connection_string, client)
                     .map_err(|e| TelemetryError::ConnectionString(e.to_string()))?
-                    .with_sample_rate(traces.sample_ratio * 100.0);
+                    // A ratio: the crate sends it as the percentage Application Insights wants
+                    // (each item then stands for 100 / sampleRate items).
+                    .with_sample_rate(traces.sample_ratio);
             builder.with_batch_exporter(exporter)
         }
     };
@@ -138,12 +143,15 @@ fn provider(
 
 /// The exporters' HTTP client: blocking (it runs on the batch processor's own thread),
 /// rustls with ring and the webpki roots, so HTTPS collectors need no system trust store
-/// (the dispatcher image has none). Built on a thread of its own: reqwest's blocking
-/// client must not be made inside an async runtime.
-fn http_client() -> Result<reqwest_otel::blocking::Client, TelemetryError> {
-    let built = std::thread::spawn(|| {
+/// (the dispatcher image has none), plus the CAs of `traces.ca_file`. Built on a thread of
+/// its own: reqwest's blocking client must not be made inside an async runtime.
+fn http_client(ca_file: Option<&Path>) -> Result<reqwest_otel::blocking::Client, TelemetryError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
+    let built = std::thread::spawn(move || {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -156,5 +164,50 @@ fn http_client() -> Result<reqwest_otel::blocking::Client, TelemetryError> {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(message)) => Err(TelemetryError::Exporter(message)),
         Err(_) => Err(TelemetryError::Exporter("building the HTTP client panicked".into())),
+    }
+}
+
+/// Adds every certificate of the PEM file `path` to `roots`; a file that cannot be read,
+/// holds none, or holds one that cannot be a trust anchor is an error at start-up rather
+/// than every export failing its handshake later.
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), TelemetryError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let error = |reason: String| TelemetryError::CaFile { path: path.to_path_buf(), reason };
+    let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let mut added = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        roots.add(certificate.map_err(|e| error(e.to_string()))?).map_err(|e| error(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(error("it holds no PEM certificate".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_files_that_cannot_be_used_are_refused() {
+        let dir = std::env::temp_dir().join(format!("telemetry-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let check = |name: &str, text: Option<&str>, expected: &str| {
+            let path = dir.join(name);
+            if let Some(text) = text {
+                std::fs::write(&path, text).unwrap();
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let error = add_ca_file(&mut roots, &path).unwrap_err().to_string();
+            assert!(error.starts_with(&format!("cannot use traces.ca_file {}: ", path.display())), "{error}");
+            assert!(error.ends_with(expected), "{name}: {error}");
+        };
+        check("missing.pem", None, "No such file or directory (os error 2)");
+        check("empty.pem", Some("no certificate here\n"), "it holds no PEM certificate");
+        let not_a_ca = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        check("garbage.pem", Some(not_a_ca), "");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
