@@ -13,7 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::{bounded, publish, topology, unavailable, Inner};
-use crate::BusError;
+use crate::{metrics, BusError};
 
 /// Longest one try to connect (TCP, TLS, AMQP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +80,12 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         tracing::info!(generation, reply_queue = %inner.reply_queue, "connected to the broker");
         inner.declared.lock().clear();
         inner.session.send_replace(Some(session.clone()));
+        metrics::connection_up(metrics::AMQP, true);
+        if generation > 1 {
+            metrics::reconnected(metrics::AMQP);
+        }
         let end = until_lost(&inner, &session).await;
+        metrics::connection_up(metrics::AMQP, false);
         inner.mark_down(&end.to_string());
         // Whatever still works on the old connection (a channel the broker did not close)
         // must not outlive the session: its consumers would take deliveries nobody reads.
