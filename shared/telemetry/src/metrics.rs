@@ -6,7 +6,7 @@
 //! every family, at zero, before the first request. Labels are bounded by construction:
 //! model names and versions come from packages a worker loaded, never from a request.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use parking_lot::Mutex;
 pub use prometheus_client;
@@ -153,6 +153,34 @@ pub const ROWS: &[f64] = &[
 pub const REQUESTS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 /// Hosts one job was split over: 1 to 64, ×2.
 pub const SHARDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+/// `rfleet_phase_duration_seconds`'s labels: the model version and the phase
+/// (docs/observability.md: `queue_wait`, `batch_wait`, `input`, `compute`, `output`,
+/// `merge`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub model: Arc<str>,
+    pub version: Arc<str>,
+    pub phase: &'static str,
+}
+
+static PHASES: LazyLock<TracedHistograms<PhaseLabels>> = LazyLock::new(|| {
+    let family = traced_histograms(PHASE_SECONDS);
+    register_with_unit(
+        "rfleet_phase_duration",
+        "Time of one scoring phase: queue_wait (on the bus), batch_wait (in the worker until an R host took it), input, compute and output (of an R call), merge (split parts or batch slices combined).",
+        Unit::Seconds,
+        family.clone(),
+    );
+    family
+});
+
+/// `rfleet_phase_duration_seconds`, one family for the dispatcher's phase and the
+/// worker's: `rfleet serve` holds both sides in one registry, where a name is registered
+/// once. Registered when first used.
+pub fn phase_durations() -> &'static TracedHistograms<PhaseLabels> {
+    &PHASES
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
