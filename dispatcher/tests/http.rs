@@ -1352,6 +1352,14 @@ async fn mirrored_requests_never_change_the_answer() {
     );
     let models = listed_once(&service, "copies dropped", |m| mirrored(m)["dropped"] == json!(over)).await;
     assert_eq!(mirrored(&models), counts(40 + bound as u64, 20, 20, 0, over as u64));
+    // The same counts in `rfleet_mirrored_total`, by shadow version.
+    let (_, _, text) = service.metrics(None).await;
+    let copies = |version: &str, outcome: &str| {
+        series(&text, &format!("rfleet_mirrored_total{{model=\"rf_reg\",version=\"{version}\",outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!(copies("3", "different"), Some(20.0), "{text}");
+    assert_eq!(copies("2", "same"), Some(20.0), "{text}");
+    assert_eq!(copies("9", "dropped"), Some(over as f64), "{text}");
 }
 
 /// The value of one series in the text format (`name{labels}` exactly as encoded).

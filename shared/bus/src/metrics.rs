@@ -56,38 +56,38 @@ static METRICS: LazyLock<BusMetrics> = LazyLock::new(|| {
     };
     register(
         "rfleet_bus_published",
-        "Requests published on the bus, by transport and outcome (ok, full, unroutable, unavailable).",
+        "Requests published on the bus, by transport and outcome (ok, full, unroutable, unavailable)",
         metrics.published.clone(),
     );
     register_with_unit(
         "rfleet_bus_publish_duration",
-        "Publishing one request, until the broker confirmed it (or refused it), by transport.",
+        "Publishing one request, until the broker confirmed it (or refused it), by transport",
         Unit::Seconds,
         metrics.publish_duration.clone(),
     );
     register(
         "rfleet_bus_consumed",
-        "Deliveries settled, by transport and outcome (acked, requeued, rejected, dead_lettered).",
+        "Deliveries settled, by transport and outcome (acked, requeued, rejected, dead_lettered)",
         metrics.consumed.clone(),
     );
     register(
         "rfleet_bus_redeliveries",
-        "Deliveries of messages the bus had delivered before, by transport.",
+        "Deliveries of messages the bus had delivered before, by transport",
         metrics.redeliveries.clone(),
     );
     register(
         "rfleet_bus_replies_dropped",
-        "Late or duplicate replies nobody awaited, by transport.",
+        "Late or duplicate replies nobody awaited, by transport",
         metrics.replies_dropped.clone(),
     );
     register(
         "rfleet_bus_connection_up",
-        "1 while connected to the broker (always 1 on the embedded bus), by transport.",
+        "1 while connected to the broker (always 1 on the embedded bus), by transport",
         metrics.connection_up.clone(),
     );
     register(
         "rfleet_bus_reconnects",
-        "Broker connections re-established after a loss, by transport.",
+        "Broker connections re-established after a loss, by transport",
         metrics.reconnects.clone(),
     );
     metrics
