@@ -84,9 +84,12 @@ fn request_span(request: &Request<Body>, method: &'static str, route: &'static s
         );
     }
     let user_agent = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // OpenTelemetry names a request no route matched by its method alone.
+    let matched = route != metrics::UNMATCHED;
+    let name = if matched { format!("{method} {route}") } else { method.to_string() };
     // Set at creation: a span's kind cannot change once it started, and continuing the
     // trace starts it.
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
@@ -97,17 +100,21 @@ fn request_span(request: &Request<Body>, method: &'static str, route: &'static s
         latency_ms = Empty,
         trace_id = Empty,
         span_id = Empty,
-        otel.name = %format_args!("{method} {route}"),
+        otel.name = %name,
         otel.kind = "server",
         otel.status_code = Empty,
         "http.request.method" = method,
         "url.path" = %request.uri().path(),
-        "http.route" = route,
+        "http.route" = Empty,
         "network.protocol.version" = protocol_version(request.version()),
         "user_agent.original" = user_agent,
         "http.response.status_code" = Empty,
         "rfleet.request_id" = %request_id,
-    )
+    );
+    if matched {
+        span.record("http.route", route);
+    }
+    span
 }
 
 /// OpenTelemetry's `network.protocol.version` of an HTTP version.

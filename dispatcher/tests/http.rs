@@ -1545,3 +1545,82 @@ async fn log_lines_name_the_trace() {
         }
     }
 }
+
+/// With traces exported (OTLP over HTTP to a receiver of this test's), a request's SERVER
+/// span and the PRODUCER span of its publish are exported in the caller's trace, named as
+/// the contract says, and the `traceparent` the worker gets names the PRODUCER span: its
+/// parent id is that span's id. The receiver keeps each export's protobuf body; span names,
+/// attribute keys and values are plain bytes in it, and so are the ids.
+#[test]
+fn exported_spans_follow_the_contract() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let exports = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let receiver = runtime.block_on(async {
+        let exports = exports.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                exports.lock().unwrap().extend_from_slice(&body);
+                ""
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        address
+    });
+    // Read by the exporter when it is built (this test is a process of its own).
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
+    let traces = settings::TraceSettings { exporter: settings::TraceExporter::Otlp, ..Default::default() };
+    let log = settings::LogSettings { level: "warn".into(), ..Default::default() };
+    let telemetry = telemetry::init(&log, &traces, "rfleet-dispatcher-test").unwrap();
+    assert!(telemetry::trace::exporting());
+
+    let sent = runtime.block_on(async {
+        let service = Service::start(Setup { worker: Worker::Absent, ..Setup::default() }).await;
+        let mut consumer = service.bus.consumer(QUEUE);
+        let worker = tokio::spawn(async move {
+            let delivery = consumer.next().await.unwrap();
+            let request: Request = protocol::decode(&delivery.body).unwrap();
+            let in_headers = delivery.traceparent.clone();
+            let reply = protocol::encode(&scripted_reply(&request, None)).unwrap();
+            delivery.reply(ContentType::MsgPack, reply).await.unwrap();
+            delivery.ack().await.unwrap();
+            (request.traceparent, in_headers)
+        });
+        let traced =
+            case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]").with("traceparent", CALLER_TRACEPARENT);
+        service.check(&traced).await;
+        worker.await.unwrap()
+    });
+    let (in_body, in_headers) = sent;
+    assert_eq!(in_body, in_headers, "the body and the headers carry one traceparent");
+    let sent = in_body.expect("a traceparent");
+    let fields: Vec<&str> = sent.split('-').collect();
+    assert_eq!(fields[1], "4bf92f3577b34da6a3ce929d0e0e4736", "{sent}");
+    assert_ne!(fields[2], "00f067aa0ba902b7", "{sent}");
+
+    // Flushes what is batched.
+    telemetry.shutdown();
+    let exported = exports.lock().unwrap().clone();
+    let holds = |bytes: &[u8]| exported.windows(bytes.len()).any(|window| window == bytes);
+    let hex_bytes = |hex: &str| {
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect::<Vec<u8>>()
+    };
+    for text in [
+        "POST /models/{name}/score",
+        "http.route",
+        "http.response.status_code",
+        "user_agent.original",
+        "publish rfleet.requests",
+        "rfleet_embedded",
+        "messaging.destination.name",
+        "messaging.message.body.size",
+    ] {
+        assert!(holds(text.as_bytes()), "{text:?} is not in the exported spans");
+    }
+    assert!(holds(&hex_bytes(fields[1])), "the caller's trace id is not in the exported spans");
+    assert!(holds(&hex_bytes(fields[2])), "the PRODUCER span the worker's traceparent names was not exported");
+    assert!(holds(&hex_bytes("00f067aa0ba902b7")), "the SERVER span's parent (the caller's span) was not exported");
+    runtime.shutdown_background();
+}
