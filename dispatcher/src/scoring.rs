@@ -42,7 +42,8 @@ pub const X_RFLEET_MODEL_VERSION: HeaderName = HeaderName::from_static("x-rfleet
 /// Azure ML's deployment selector: on `/score` and `/models/{name}/score`, pins the
 /// request to the version it names.
 pub const AZUREML_MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
-/// Passed through to the worker so traces cross the bus (W3C trace context).
+/// The caller's W3C trace context, which the request's SERVER span continues
+/// ([`crate::request_id`]); the worker gets the PRODUCER span's, so traces cross the bus.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Bodies (and replies) at least this large are parsed and encoded on the blocking pool:
@@ -73,7 +74,7 @@ pub struct ScoreCall<P> {
     pub parse: P,
     /// Options from the URL (`?type=`, `?split=`); a parser may add `type` from the body.
     pub options: Options,
-    /// What the request's headers say: deadline, trace context, declared length.
+    /// What the request's headers say: the deadline and the declared length.
     pub headers: CallHeaders,
     /// The request id (`x-request-id` or `x-ms-client-request-id`), for the worker's logs.
     pub request_id: String,
@@ -84,7 +85,6 @@ pub struct ScoreCall<P> {
 pub struct CallHeaders {
     /// `x-rfleet-timeout-ms`, when sent.
     pub timeout_ms: Option<u64>,
-    pub traceparent: Option<String>,
     /// `Content-Length`, when sent: a body declared too large is refused unread.
     pub content_length: Option<u64>,
 }
@@ -93,7 +93,6 @@ impl CallHeaders {
     pub fn from_headers(headers: &HeaderMap) -> Result<CallHeaders, ApiError> {
         Ok(CallHeaders {
             timeout_ms: timeout_header(headers)?,
-            traceparent: headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string),
             content_length: headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
