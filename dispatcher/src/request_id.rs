@@ -66,29 +66,10 @@ impl MakeRequestId for UnlessClientId {
 
 /// The SERVER span of a request (OpenTelemetry's HTTP server conventions when traces are
 /// exported) and the access log's span: handlers record `model` (and the version chosen,
-/// `model_version`) in it. Without export the span holds only what the log shows, so
-/// nothing OpenTelemetry-related is paid for per request.
+/// `model_version`) in it. Without export the OpenTelemetry fields stay empty (and out of
+/// the log), so nothing OpenTelemetry-related is paid for per request.
 fn request_span(request: &Request<Body>, method: &'static str, route: &'static str) -> Span {
     let request_id = RequestId::of(request.headers()).0;
-    if !telemetry::trace::exporting() {
-        return tracing::info_span!(
-            "request",
-            method = %request.method(),
-            path = %request.uri().path(),
-            request_id = %request_id,
-            model = Empty,
-            model_version = Empty,
-            status = Empty,
-            latency_ms = Empty,
-            trace_id = Empty,
-        );
-    }
-    let user_agent = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    // OpenTelemetry names a request no route matched by its method alone.
-    let matched = route != metrics::UNMATCHED;
-    let name = if matched { format!("{method} {route}") } else { method.to_string() };
-    // Set at creation: a span's kind cannot change once it started, and continuing the
-    // trace starts it.
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
@@ -100,19 +81,34 @@ fn request_span(request: &Request<Body>, method: &'static str, route: &'static s
         latency_ms = Empty,
         trace_id = Empty,
         span_id = Empty,
-        otel.name = %name,
-        otel.kind = "server",
+        otel.name = Empty,
+        otel.kind = Empty,
         otel.status_code = Empty,
-        "http.request.method" = method,
-        "url.path" = %request.uri().path(),
+        "http.request.method" = Empty,
+        "url.path" = Empty,
         "http.route" = Empty,
-        "network.protocol.version" = protocol_version(request.version()),
-        "user_agent.original" = user_agent,
+        "network.protocol.version" = Empty,
+        "user_agent.original" = Empty,
         "http.response.status_code" = Empty,
-        "rfleet.request_id" = %request_id,
+        "rfleet.request_id" = Empty,
     );
-    if matched {
-        span.record("http.route", route);
+    if telemetry::trace::exporting() {
+        // Before the trace is continued: that starts the OpenTelemetry span, whose kind
+        // cannot change after.
+        span.record("otel.kind", "server");
+        // OpenTelemetry names a request no route matched by its method alone.
+        if route == metrics::UNMATCHED {
+            span.record("otel.name", method);
+        } else {
+            span.record("otel.name", format!("{method} {route}"));
+            span.record("http.route", route);
+        }
+        span.record("http.request.method", method);
+        span.record("url.path", request.uri().path());
+        span.record("network.protocol.version", protocol_version(request.version()));
+        let user_agent = request.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+        span.record("user_agent.original", user_agent.unwrap_or(""));
+        span.record("rfleet.request_id", request_id.as_str());
     }
     span
 }

@@ -174,7 +174,6 @@ pub trait DeliveryHandle: Send + Sync + 'static {
 impl Delivery {
     /// A delivery of `transport` (the metrics' label, [`metrics::EMBEDDED`] or
     /// [`metrics::AMQP`]); counted as a redelivery from its second attempt.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         transport: &'static str,
         body: Vec<u8>,
