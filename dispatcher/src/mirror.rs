@@ -125,15 +125,16 @@ impl Mirrors {
         count(self.counts.lock().entry(model.to_string()).or_default());
     }
 
-    /// Counts a copy's outcome in `GET /models` and in `rfleet_mirrored_total`.
+    /// Counts a copy's outcome in `GET /models` and in `rfleet_mirrored_total`; the metric
+    /// first: whoever sees the count in `GET /models` finds it in `/metrics` too.
     fn outcome(&self, model: &str, mirror_version: &str, outcome: Mirrored) {
+        crate::metrics::mirrored(model, mirror_version, outcome.as_str());
         self.count(model, |c| match outcome {
             Mirrored::Same => c.equal += 1,
             Mirrored::Different => c.different += 1,
             Mirrored::Failed => c.failed += 1,
             Mirrored::Dropped => c.dropped += 1,
         });
-        crate::metrics::mirrored(model, mirror_version, outcome.as_str());
     }
 
     /// Sends `copy` in the background, unless [`MAX_MIRRORS_IN_FLIGHT`] copies are in

@@ -79,11 +79,12 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         generation = session.generation;
         tracing::info!(generation, reply_queue = %inner.reply_queue, "connected to the broker");
         inner.declared.lock().clear();
-        inner.session.send_replace(Some(session.clone()));
+        // Counted before the session is published: whoever sees the bus up sees it counted.
         metrics::connection_up(metrics::AMQP, true);
         if generation > 1 {
             metrics::reconnected(metrics::AMQP);
         }
+        inner.session.send_replace(Some(session.clone()));
         let end = until_lost(&inner, &session).await;
         metrics::connection_up(metrics::AMQP, false);
         inner.mark_down(&end.to_string());
