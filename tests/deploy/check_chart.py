@@ -15,9 +15,15 @@ What is checked, for the default values and every file in deploy/helm/rfleet/val
 - keda: every ScaledObject and TriggerAuthentication against KEDA's CRD models
   (cloudcoil.models.keda, made strict: unknown fields refused), and the rabbitmq trigger's
   metadata keys against the scaler's documented parameters;
+- monitoring: every ServiceMonitor, PodMonitor and PrometheusRule against the Prometheus
+  Operator's CRD models (cloudcoil.models.prometheus_operator, made strict);
 - checkov: no failed check, unless waived with its reason in checkov-waivers.yaml;
+- package: `helm package` stores deploy/observability's rules and dashboard (which the
+  chart reaches through symlinks in files/) as those files' contents;
 - cross: the rendered objects agree with each other and with rfleet's code (queues, grace
-  periods, CPU = hosts, probe routes, no R in the dispatcher, settings that exist, ...).
+  periods, CPU = hosts, probe routes, no R in the dispatcher, settings that exist, the
+  monitors on the ports rfleet listens on, the PrometheusRule and the dashboard ConfigMap
+  equal to deploy/observability's files, ...).
 """
 
 from __future__ import annotations
@@ -89,6 +95,11 @@ RABBITMQ_CLUSTER_CONFIG = {"additionalPlugins", "additionalConfig", "advancedCon
 RABBITMQ_DEFAULT_USER_KEYS = {"username", "password", "host", "port", "provider", "type", "default_user.conf"}
 
 ROUTES = REPO / "dispatcher" / "src" / "routes.rs"
+# deploy/observability's rules and dashboard, which the chart carries through symlinks.
+OBSERVABILITY_RULES = REPO / "deploy" / "observability" / "rules.yaml"
+OBSERVABILITY_DASHBOARD = REPO / "deploy" / "observability" / "grafana" / "rfleet.json"
+# The worker's own listener (metrics.listen) answers these (docs/observability.md, Metrics).
+WORKER_PROBE_PATHS = {"livenessProbe": "/live", "readinessProbe": "/ready"}
 
 
 @dataclass
@@ -155,6 +166,27 @@ def check_lint(chart: Path, values: Path | None, report: Report) -> None:
         report.fail("lint", f"{label(values)}: helm install --dry-run=client (NOTES.txt): {done.stderr.strip() or 'no NOTES'}")
 
 
+def check_package(chart: Path, report: Report) -> None:
+    """The packaged chart (what `helm push` or a chart repository serves) holds the files the
+    templates read from files/ as the contents of deploy/observability's: the symlinks are
+    followed, and no stale copy drifts from them."""
+    with tempfile.TemporaryDirectory(prefix="rfleet-package-") as tmp:
+        done = run([HELM, "package", chart, "--destination", tmp])
+        archives = list(Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or len(archives) != 1:
+            report.fail("package", f"helm package failed: {done.stderr.strip()}")
+            return
+        import tarfile
+
+        with tarfile.open(archives[0]) as tar:
+            for name, source in (("files/rules.yaml", OBSERVABILITY_RULES), ("files/rfleet.json", OBSERVABILITY_DASHBOARD)):
+                member = next((m for m in tar.getmembers() if m.name == f"rfleet/{name}"), None)
+                if member is None or not member.isfile():
+                    report.fail("package", f"the packaged chart has no regular file {name}")
+                elif tar.extractfile(member).read() != source.read_bytes():
+                    report.fail("package", f"the packaged chart's {name} differs from {source.relative_to(REPO)}")
+
+
 # ---------------------------------------------------------------------------------------
 # Schemas
 
@@ -172,27 +204,29 @@ def check_kubernetes_schemas(name: str, docs: list[dict], report: Report) -> Non
             try:
                 kubernetes_validate.validate(doc, f"{version}.0", strict=True)
             except kubernetes_validate.SchemaNotFoundError:
-                if doc.get("apiVersion", "").split("/")[0] not in ("keda.sh", "rabbitmq.com"):
+                if doc.get("apiVersion", "").split("/")[0] not in ("keda.sh", "rabbitmq.com", "monitoring.coreos.com"):
                     report.fail("k8s-schema", f"{what}: no schema for {doc.get('apiVersion')} (a removed API?)")
             except kubernetes_validate.ValidationError as e:
                 where = "/".join(str(p) for p in e.path)
                 report.fail("k8s-schema", f"{what}: {where}: {e.message}")
 
 
-_keda_models = None
+_crd_models = None
 
 
-def keda_models():
-    """cloudcoil's KEDA models, with every model (and ObjectMeta's) refusing unknown fields:
-    pydantic's default is to ignore extras, which would let a misspelt field through."""
-    global _keda_models
-    if _keda_models is None:
+def crd_models():
+    """cloudcoil's models of KEDA's and the Prometheus Operator's CRDs, with every model (and
+    ObjectMeta's) refusing unknown fields: pydantic's default is to ignore extras, which
+    would let a misspelt field through."""
+    global _crd_models
+    if _crd_models is None:
         import pydantic
         import cloudcoil.apimachinery as meta
         import cloudcoil.models.keda.v1alpha1 as keda
+        import cloudcoil.models.prometheus_operator.v1 as monitoring
 
         classes = [
-            c for module in (keda, meta) for c in vars(module).values()
+            c for module in (keda, monitoring, meta) for c in vars(module).values()
             if inspect.isclass(c) and issubclass(c, pydantic.BaseModel) and c.__module__ == module.__name__
         ]
         for c in classes:
@@ -200,36 +234,49 @@ def keda_models():
         for _ in range(2):  # nested models are compiled into their parents: twice settles them
             for c in classes:
                 c.model_rebuild(force=True)
-        _keda_models = {"ScaledObject": keda.ScaledObject, "TriggerAuthentication": keda.TriggerAuthentication}
-    return _keda_models
+        _crd_models = {
+            "keda.sh/v1alpha1": {"ScaledObject": keda.ScaledObject, "TriggerAuthentication": keda.TriggerAuthentication},
+            "monitoring.coreos.com/v1": {"ServiceMonitor": monitoring.ServiceMonitor, "PodMonitor": monitoring.PodMonitor,
+                                         "PrometheusRule": monitoring.PrometheusRule},
+        }
+    return _crd_models
 
 
-def check_keda(name: str, docs: list[dict], report: Report) -> None:
+def check_crd(check: str, group: str, name: str, docs: list[dict], report: Report) -> list[dict]:
+    """Every object of the API group against its CRD model; returns those objects."""
     import pydantic
 
-    models = keda_models()
-    for doc in docs:
-        if not doc.get("apiVersion", "").startswith("keda.sh/"):
-            continue
+    mine = [d for d in docs if d.get("apiVersion", "").split("/")[0] == group]
+    for doc in mine:
         what = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
-        model = models.get(doc["kind"])
+        model = crd_models().get(doc["apiVersion"], {}).get(doc["kind"])
         if model is None:
-            report.fail("keda", f"{what}: a KEDA kind the chart should not render")
+            report.fail(check, f"{what}: {doc['apiVersion']} {doc['kind']} is not a kind the chart should render")
             continue
         try:
             model.model_validate(doc)
         except pydantic.ValidationError as e:
             for err in e.errors():
-                report.fail("keda", f"{what}: {'.'.join(map(str, err['loc']))}: {err['msg']}")
+                report.fail(check, f"{what}: {'.'.join(map(str, err['loc']))}: {err['msg']}")
+    return mine
+
+
+def check_keda(name: str, docs: list[dict], report: Report) -> None:
+    for doc in check_crd("keda", "keda.sh", name, docs, report):
+        what = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
         if doc["kind"] == "ScaledObject":
             for trigger in doc["spec"].get("triggers", []):
                 unknown = set(trigger.get("metadata", {})) - RABBITMQ_TRIGGER_KEYS
                 if trigger.get("type") == "rabbitmq" and unknown:
                     report.fail("keda", f"{what}: rabbitmq trigger metadata has unknown keys {sorted(unknown)}")
-        else:
+        elif doc["kind"] == "TriggerAuthentication":
             for ref in doc["spec"].get("secretTargetRef", []):
                 if ref.get("parameter") not in RABBITMQ_AUTH_PARAMETERS:
                     report.fail("keda", f"{what}: parameter {ref.get('parameter')!r} is not one the rabbitmq scaler reads")
+
+
+def check_monitoring(name: str, docs: list[dict], report: Report) -> None:
+    check_crd("monitoring", "monitoring.coreos.com", name, docs, report)
 
 
 # ---------------------------------------------------------------------------------------
@@ -513,6 +560,7 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
         spread = {t["topologyKey"] for t in pod.get("topologySpreadConstraints", [])}
         if not {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= spread:
             fail(f"{what}: not spread over zones and nodes")
+        check_worker_listener(what, settings, c, fail)
         prefix = settings["bus"]["queue_prefix"]
         consumed[wname] = {f"{prefix}{model}@{version}", f"{prefix}{model}"}
         if not any(p["spec"]["selector"]["matchLabels"].items() <= pod_labels(w).items()
@@ -587,6 +635,8 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
             if len(targets.get(wname, [])) != 1:
                 fail(f"worker {wname} has {len(targets.get(wname, []))} ScaledObjects, not one")
 
+    check_monitors(by_kind, dispatchers, workers, effective, fail)
+
     # An operator-made broker: fields its CRD has, and Secret keys the operator writes.
     for cluster in by_kind.get("RabbitmqCluster", {}).values():
         what = f"RabbitmqCluster {cluster['metadata']['name']}"
@@ -608,35 +658,163 @@ def check_cross(name: str, docs: list[dict], report: Report) -> None:
         if not any(r["name"] == default_user for r in refs):
             fail(f"{what}: nothing reads its default user's Secret {default_user}")
 
-    # NetworkPolicies: the dispatcher reachable only from the ingress controller's
-    # namespace, workers from nowhere; egress only DNS and the broker (+ OIDC on 443).
+    # NetworkPolicies: the dispatcher reachable only from namespaces (the ingress
+    # controller's, Prometheus's) on its port, workers only on their metrics port (from
+    # Prometheus's); egress only DNS and the broker (+ OIDC on 443); and every port a
+    # monitor scrapes let in.
     policies = by_kind.get("NetworkPolicy", {})
-    for comp, allow_ingress in (("dispatcher", True), ("worker", False)):
+    scraped = {"dispatcher": set(), "worker": set()}
+    if by_kind.get("ServiceMonitor"):
+        scraped["dispatcher"].add(8000)
+    if by_kind.get("PodMonitor"):
+        scraped["worker"] |= {metrics_port(w) for w in workers.values()} - {None}
+    for comp, allowed_ports in (("dispatcher", {8000}), ("worker", {metrics_port(w) for w in workers.values()} - {None})):
         mine = [p for p in policies.values()
                 if p["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component") == comp]
         if not mine:
             if policies or comp == "dispatcher":
                 fail(f"no NetworkPolicy selects the {comp} pods")
             continue
+        let_in = set()
         for p in mine:
             types = set(p["spec"].get("policyTypes", []))
             if types != {"Ingress", "Egress"}:
                 fail(f"NetworkPolicy {p['metadata']['name']}: policyTypes {sorted(types)}, not Ingress and Egress")
-            ingress = p["spec"].get("ingress", [])
-            if not allow_ingress and ingress:
-                fail(f"NetworkPolicy {p['metadata']['name']}: workers take no connections, but ingress is allowed")
-            for rule in ingress:
+            for rule in p["spec"].get("ingress", []):
                 peers = rule.get("from", [])
                 if not peers or any("namespaceSelector" not in peer or "ipBlock" in peer for peer in peers):
                     fail(f"NetworkPolicy {p['metadata']['name']}: ingress from {peers or 'anywhere'}, not only a namespace")
-                if [pt.get("port") for pt in rule.get("ports", [])] != [8000]:
-                    fail(f"NetworkPolicy {p['metadata']['name']}: ingress ports {rule.get('ports')} are not the dispatcher's 8000")
+                ports = [pt.get("port") for pt in rule.get("ports", [])]
+                if comp == "worker" and not workers:
+                    pass  # no worker Deployment: no metrics port to compare with
+                elif not ports or not set(ports) <= allowed_ports:
+                    fail(f"NetworkPolicy {p['metadata']['name']}: ingress ports {rule.get('ports')} are not the {comp}'s "
+                         f"{sorted(allowed_ports)}")
+                let_in |= set(ports)
             for rule in p["spec"].get("egress", []):
                 ports = {pt.get("port") for pt in rule.get("ports", [])}
                 if not ports:
                     fail(f"NetworkPolicy {p['metadata']['name']}: egress to every port")
                 elif not ports <= {53, 5672, 5671, 443 if comp == "dispatcher" else 53}:
                     fail(f"NetworkPolicy {p['metadata']['name']}: egress ports {sorted(ports)} beyond DNS and the broker")
+        if scraped[comp] - let_in:
+            fail(f"the {comp} NetworkPolicy lets nothing in on {sorted(scraped[comp] - let_in)}, which a monitor scrapes "
+                 f"(networkPolicy.prometheusNamespace)")
+
+
+def metrics_port(worker: dict) -> int | None:
+    """The worker container's port named `metrics`."""
+    c = next((c for c in worker["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"), {})
+    return next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == "metrics"), None)
+
+
+def check_worker_listener(what: str, settings: dict, container: dict, fail) -> None:
+    """The worker's own listener (metrics.listen, as rfleet resolves it) is reachable from the
+    pod's IP on the container port named `metrics`, and the probes ask it /live and /ready."""
+    listen = settings.get("metrics", {}).get("listen")
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    if not listen:
+        fail(f"{what}: no metrics.listen: the worker serves no /metrics, /live or /ready")
+        return
+    if not listen.startswith("0.0.0.0:"):
+        fail(f"{what}: metrics.listen is {listen}, unreachable from Prometheus and the kubelet")
+    if not settings.get("metrics", {}).get("enabled", True):
+        fail(f"{what}: metrics.enabled is false, but the chart scrapes and probes the listener")
+    if "metrics" not in ports:
+        fail(f"{what}: no container port named metrics (what the PodMonitor and the probes name)")
+    elif not listen.endswith(f":{ports['metrics']}"):
+        fail(f"{what}: container port metrics is {ports['metrics']}, but rfleet listens on {listen}")
+    for kind, path in WORKER_PROBE_PATHS.items():
+        probe = container.get(kind)
+        if probe is None:
+            continue  # worker.probes.enabled: false
+        get = probe.get("httpGet", {})
+        if get.get("path") != path:
+            fail(f"{what}: {kind} path {get.get('path')} is not the worker listener's {path}")
+        port = ports.get(get.get("port"), get.get("port"))
+        if not listen.endswith(f":{port}"):
+            fail(f"{what}: {kind} port {get.get('port')} is not the port of metrics.listen ({listen})")
+        if get.get("scheme", "HTTP") != "HTTP":
+            fail(f"{what}: {kind} scheme {get.get('scheme')}: the worker's listener is plain HTTP")
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector.get("matchLabels")) and selector["matchLabels"].items() <= labels.items()
+
+
+def check_monitors(by_kind: dict, dispatchers: list[dict], workers: dict, effective: dict, fail) -> None:
+    """The ServiceMonitor scrapes the dispatcher Service's port on /metrics, the PodMonitor
+    every worker pod's `metrics` port, the PrometheusRule holds deploy/observability's
+    rules, and the dashboard ConfigMap its dashboard, labelled for Grafana's sidecar."""
+    services = by_kind.get("Service", {})
+    for sm in by_kind.get("ServiceMonitor", {}).values():
+        what = f"ServiceMonitor {sm['metadata']['name']}"
+        spec = sm["spec"]
+        if spec.get("namespaceSelector", {}).get("matchNames") != [NAMESPACE]:
+            fail(f"{what}: namespaceSelector {spec.get('namespaceSelector')} is not the release namespace {NAMESPACE}")
+        chosen = [s for s in services.values() if selects(spec.get("selector", {}), s["metadata"].get("labels", {}))]
+        names = [s["metadata"]["name"] for s in chosen]
+        if len(chosen) != 1 or chosen[0]["spec"]["selector"].get("app.kubernetes.io/component") != "dispatcher":
+            fail(f"{what}: selects Services {names}, not the dispatcher's alone")
+            continue
+        service = chosen[0]
+        for ep in spec.get("endpoints", []):
+            port = next((p for p in service["spec"]["ports"] if p.get("name") == ep.get("port")), None)
+            if port is None:
+                fail(f"{what}: endpoint port {ep.get('port')!r} is not a named port of Service {service['metadata']['name']}")
+                continue
+            if ep.get("path") != "/metrics":
+                fail(f"{what}: path {ep.get('path')} is not /metrics")
+            for d in dispatchers:
+                c = d["spec"]["template"]["spec"]["containers"][0]
+                settings = effective.get((d["metadata"]["name"], c["name"]))
+                target = next((p["containerPort"] for p in c.get("ports", []) if p.get("name") == port["targetPort"]), port["targetPort"])
+                if settings and not settings["server"]["listen"].endswith(f":{target}"):
+                    fail(f"{what}: scrapes container port {target}, but the dispatcher listens on {settings['server']['listen']}")
+                tls = bool(settings and settings["tls"].get("cert_file"))
+                if (ep.get("scheme", "http") == "https") != tls:
+                    fail(f"{what}: scheme {ep.get('scheme', 'http')} but dispatcher TLS is {'on' if tls else 'off'}")
+    for pm in by_kind.get("PodMonitor", {}).values():
+        what = f"PodMonitor {pm['metadata']['name']}"
+        spec = pm["spec"]
+        if spec.get("namespaceSelector", {}).get("matchNames") != [NAMESPACE]:
+            fail(f"{what}: namespaceSelector {spec.get('namespaceSelector')} is not the release namespace {NAMESPACE}")
+        for d in dispatchers:
+            if selects(spec.get("selector", {}), pod_labels(d)):
+                fail(f"{what}: selects the dispatcher's pods (they are the ServiceMonitor's)")
+        for wname, w in workers.items():
+            if not selects(spec.get("selector", {}), pod_labels(w)):
+                fail(f"{what}: does not select worker {wname}'s pods")
+                continue
+            c = next(c for c in w["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+            named = {p.get("name") for p in c.get("ports", [])}
+            for ep in spec.get("podMetricsEndpoints", []):
+                if ep.get("port") not in named:
+                    fail(f"{what}: endpoint port {ep.get('port')!r} is not a named port of worker {wname} ({sorted(named)})")
+                if ep.get("path") != "/metrics":
+                    fail(f"{what}: path {ep.get('path')} is not /metrics")
+    if by_kind.get("PodMonitor") is not None and not workers:
+        fail("a PodMonitor is rendered with no worker to scrape")
+    expected_rules = yaml.safe_load(OBSERVABILITY_RULES.read_text())["groups"]
+    for rule in by_kind.get("PrometheusRule", {}).values():
+        if rule["spec"].get("groups") != expected_rules:
+            fail(f"PrometheusRule {rule['metadata']['name']}: its groups are not those of {OBSERVABILITY_RULES.relative_to(REPO)}")
+    expected_dashboard = json.loads(OBSERVABILITY_DASHBOARD.read_text())
+    for cm in by_kind.get("ConfigMap", {}).values():
+        dashboards = {k: v for k, v in cm.get("data", {}).items() if k.endswith(".json")}
+        if not dashboards:
+            continue
+        what = f"ConfigMap {cm['metadata']['name']}"
+        if cm["metadata"].get("labels", {}).get("grafana_dashboard") != "1":
+            fail(f"{what}: holds a dashboard but has no label grafana_dashboard: \"1\" (Grafana's sidecar would not load it)")
+        for key, text in dashboards.items():
+            try:
+                dashboard = json.loads(text)
+            except json.JSONDecodeError as e:
+                fail(f"{what}: {key} is not JSON: {e}")
+                continue
+            if dashboard != expected_dashboard:
+                fail(f"{what}: {key} is not {OBSERVABILITY_DASHBOARD.relative_to(REPO)}")
 
 
 def check_traffic(what: str, settings: dict, container: dict, pod: dict, by_kind: dict, workers: dict, fail) -> None:
@@ -703,10 +881,18 @@ def check_chart(chart: Path, only: set[str] | None = None) -> Report:
             check_kubernetes_schemas(label(values), docs, report)
         if wants("keda"):
             check_keda(label(values), docs, report)
+        if wants("monitoring"):
+            check_monitoring(label(values), docs, report)
         if wants("cross"):
             check_cross(label(values), docs, report)
-    if not any(d["kind"] == "ScaledObject" for docs in renders.values() for d in docs) and wants("cross"):
-        report.fail("cross", "no values file renders a ScaledObject")
+    for kind in ("ScaledObject", "ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        if not any(d["kind"] == kind for docs in renders.values() for d in docs) and wants("cross"):
+            report.fail("cross", f"no values file renders a {kind}")
+    if wants("cross") and not any(d["kind"] == "ConfigMap" and any(k.endswith(".json") for k in d.get("data", {}))
+                                  for docs in renders.values() for d in docs):
+        report.fail("cross", "no values file renders the dashboard ConfigMap")
+    if wants("package"):
+        check_package(chart, report)
     if wants("checkov") and renders:
         check_checkov(chart, renders, report)
     return report
@@ -727,7 +913,8 @@ BREAKS = [
     ("templates/_helpers.tpl", '(int .Values.worker.terminationGraceMarginSeconds) }}', '-30 }}', "cross"),
     ("templates/_helpers.tpl", '(int .Values.dispatcher.terminationGraceMarginSeconds) }}', '-30 }}', "cross"),
     ("templates/workers.yaml", "cpu: {{ $model.hosts | quote }}", 'cpu: "500m"', "cross"),
-    ("values.yaml", "readiness: {path: /ready,", "readiness: {path: /healthz,", "cross"),
+    ("values.yaml", "readiness: {path: /ready, periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2}\n    startup:",
+     "readiness: {path: /healthz, periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2}\n    startup:", "cross"),
     ("templates/workers.yaml", "              value: {{ $model.hosts | quote }}", "              value: {{ $model.hosts | quote }}\n            - name: RFLEET_MODELS__STRICT\n              value: \"true\"\n            - name: RFLEET_WORKERS__NHOSTS\n              value: \"1\"", "cross"),
     ("templates/dispatcher.yaml", "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.dispatcher.image) }}",
      "          image: {{ include \"rfleet.image\" (dict \"root\" . \"image\" .Values.worker.image) }}", "cross"),
@@ -739,6 +926,24 @@ BREAKS = [
     ("values/rabbitmq.yaml", '"2": 10', '"3": 10', "cross"),
     ("templates/configmap.yaml", '{{- include "rfleet.toml" .Values.config | nindent 4 }}',
      '{{- include "rfleet.toml" .Values.config | nindent 4 }}\n    [auth]\n    primary_key = "p-0123456789abcdef"', "cross"),
+    # Monitoring: the Prometheus Operator's CRDs, and monitors, probes and policies on the
+    # ports rfleet listens on.
+    ("values.yaml", "  metricsPort: 9464", '  metricsPort: "9464"', "lint"),
+    ("files/rfleet.json", '"title": "rfleet",', '"title": "rfleet (a stale copy)",', "package"),
+    ("templates/monitoring.yaml", "      scrapeTimeout: {{ $m.podMonitor.scrapeTimeout }}", "      scrapeTimout: {{ $m.podMonitor.scrapeTimeout }}", "monitoring"),
+    ("templates/monitoring.yaml", "    - port: metrics\n      path: /metrics", "    - port: metric\n      path: /metrics", "cross"),
+    ("templates/monitoring.yaml", "      path: /metrics\n      scheme:", "      path: /metric\n      scheme:", "cross"),
+    ("templates/monitoring.yaml", '      scheme: {{ ternary "https" "http" .Values.tls.enabled }}', "      scheme: http", "cross"),
+    ("templates/monitoring.yaml", '(dict "root" . "component" "worker") | nindent 6 }}', '(dict "root" . "component" "dispatcher") | nindent 6 }}', "cross"),
+    ("templates/monitoring.yaml", "    {{- toYaml $rules.groups | nindent 4 }}", "    {{- toYaml (rest $rules.groups) | nindent 4 }}", "cross"),
+    ("templates/monitoring.yaml", "    {{- $dashboard | nindent 4 }}", "    {{- $dashboard | trunc 2000 | nindent 4 }}", "cross"),
+    ("values.yaml", '      grafana_dashboard: "1"', '      grafana_dashboards: "1"', "cross"),
+    ("templates/workers.yaml", 'printf "0.0.0.0:%d" (int $.Values.worker.metricsPort)', 'printf "0.0.0.0:%d" (add 1 (int $.Values.worker.metricsPort))', "cross"),
+    ("templates/workers.yaml", "              path: {{ $p.path }}\n              port: metrics", "              path: {{ $p.path }}\n              port: 8000", "cross"),
+    ("values.yaml", "    readiness: {path: /ready, periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2}\n\n# -- The models",
+     "    readiness: {path: /healthz, periodSeconds: 5, timeoutSeconds: 2, failureThreshold: 2}\n\n# -- The models", "cross"),
+    ("templates/networkpolicies.yaml", "        - {protocol: TCP, port: {{ $.Values.worker.metricsPort }}}", "        - {protocol: TCP, port: 8000}", "cross"),
+    ("values/monitoring.yaml", "  prometheusNamespace: monitoring\n", '  prometheusNamespace: ""\n', "cross"),
 ]
 
 

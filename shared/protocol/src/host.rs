@@ -84,16 +84,42 @@ pub enum FromHost {
         models: Vec<ModelInfo>,
         #[serde(default)]
         failed: Vec<LoadFailure>,
+        /// Microseconds each of `models` took to load, in the same order (empty from a
+        /// host that does not say).
+        #[serde(default)]
+        load_us: Vec<u64>,
     },
     /// The host cannot serve at all (R did not start, the prelude failed).
-    LoadFailed {
-        message: String,
-    },
+    LoadFailed { message: String },
+    /// One request's answer. `r_us` runs from receipt of the request to its result being
+    /// ready; the phases are its parts that R's work is made of, so they sum to a little
+    /// less than `r_us` (the rest is checking the input and picking the model). A host that
+    /// does not measure them leaves them 0.
     Scored {
         id: u64,
         result: Result<HostOutput, ErrorBody>,
         r_us: u64,
+        #[serde(default)]
+        phases: Phases,
+        /// On an R error, R's condition class (the condition's first class, e.g.
+        /// `simpleError`); `None` for answers that are not R conditions.
+        #[serde(default)]
+        condition_class: Option<String>,
     },
+}
+
+/// Where one R call's time went, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Phases {
+    /// Building R's input: the `data.frame` (or the JSON string) from the frame.
+    pub input_us: u64,
+    /// The model's call in R: `predict`, `predict_fn`, an entry script's function, a
+    /// forest part.
+    pub compute_us: u64,
+    /// Converting R's answer back: the columns checked in R and read into a frame, the
+    /// JSON encoded, or the forest part read.
+    pub output_us: u64,
 }
 
 /// What R produced for one request.

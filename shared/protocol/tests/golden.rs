@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost};
+use protocol::host::{FromHost, HostOutput, ModelSpec, Phases, ToHost};
 use protocol::{
     Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelKind,
     ModelRef, Options, Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
@@ -167,6 +167,7 @@ fn golden_vectors() {
                 version: None,
                 message: "model 'churn': no model.rds".into(),
             }],
+            load_us: vec![250_000],
         },
     );
     check(
@@ -177,11 +178,19 @@ fn golden_vectors() {
                 Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: vec![Some(1.0)] })]).unwrap(),
             )),
             r_us: 1500,
+            phases: Phases { input_us: 200, compute_us: 1100, output_us: 150 },
+            condition_class: None,
         },
     );
     check(
         "host_scored_error",
-        FromHost::Scored { id: 8, result: Err(ErrorBody::new(ErrorCode::RError, "object 'x' not found")), r_us: 10 },
+        FromHost::Scored {
+            id: 8,
+            result: Err(ErrorBody::new(ErrorCode::RError, "object 'x' not found")),
+            r_us: 10,
+            phases: Phases { input_us: 2, compute_us: 6, output_us: 0 },
+            condition_class: Some("simpleError".into()),
+        },
     );
 }
 
@@ -251,5 +260,24 @@ fn error_code_names_match_the_wire() {
         Internal,
     ] {
         assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+    }
+}
+
+/// A host from before the phase timings (its `scored` and `ready` without `phases`,
+/// `condition_class` and `load_us`, as golden/ held them then) still decodes: the new
+/// fields take their defaults.
+#[test]
+fn older_hosts_still_decode() {
+    let scored = hex::decode("81a673636f72656483a2696407a6726573756c7481a24f6b81a56672616d6582a66e5f726f777301a7636f6c756d6e739183a46e616d65a52e70726564a474797065a3663634a676616c75657391cb3ff0000000000000a4725f7573cd05dc").unwrap();
+    match protocol::decode::<FromHost>(&scored).unwrap() {
+        FromHost::Scored { id: 7, r_us: 1500, phases, condition_class: None, .. } => {
+            assert_eq!(phases, Phases::default())
+        }
+        other => panic!("decoded {other:?}"),
+    }
+    let ready = hex::decode("81a5726561647983a3706964cd1092a9725f76657273696f6ea5342e322e32a66d6f64656c7390").unwrap();
+    match protocol::decode::<FromHost>(&ready).unwrap() {
+        FromHost::Ready { pid: 4242, load_us, failed, .. } => assert!(load_us.is_empty() && failed.is_empty()),
+        other => panic!("decoded {other:?}"),
     }
 }

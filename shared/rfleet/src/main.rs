@@ -129,6 +129,9 @@ fn main() -> anyhow::Result<()> {
     // Before the runtime: the trace exporter's HTTP client must be made outside it.
     let telemetry = telemetry::init(&settings.log, &settings.traces, &service).context("cannot set up telemetry")?;
     telemetry::metrics::init_build_info(role);
+    if role != "dispatcher" {
+        worker::metrics::init();
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let ran = runtime.block_on(async {
         match cli.command {
@@ -268,6 +271,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Subscribed before the worker starts, so its first announcement is heard.
     let catalog = follow_announcements(&*transport, &settings);
     let worker = Worker::start(&settings, transport.clone()).await?;
+    // The dispatcher's /metrics holds the worker's too; a listener of its own only when asked.
+    let listener = worker_listener(&settings, &worker, http_shutdown.clone()).await?;
     let worker_task = tokio::spawn(worker.run(worker_shutdown.clone()));
     if tokio::time::timeout(OWN_WORKER_WAIT, catalog.ready()).await.is_err() {
         tracing::warn!("this process's worker has not announced itself yet; serving anyway");
@@ -275,6 +280,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     http(&settings, transport.requester(), catalog, http_shutdown).await?;
     worker_shutdown.cancel();
     worker_task.await.context("worker task failed")??;
+    listener.stop().await;
     connection.cancel();
     tracing::info!("rfleet stopped");
     Ok(())
@@ -309,8 +315,48 @@ async fn dispatcher(settings: Settings) -> anyhow::Result<()> {
 async fn worker(settings: Settings) -> anyhow::Result<()> {
     let (transport, shutdown, connection) = broker_process(&settings, "worker").await?;
     let worker = Worker::start(&settings, transport).await?;
+    // Bound before the ready line: whoever waits for it may scrape at once.
+    let listener = worker_listener(&settings, &worker, shutdown.clone()).await?;
     println!("rfleet worker ready with {} R hosts", worker.pool().live_hosts());
     worker.run(shutdown).await?;
+    listener.stop().await;
     connection.cancel();
     Ok(())
+}
+
+/// The worker's own listener (`metrics.listen`: `/metrics`, `/live`, `/ready`), if one is
+/// configured; `/ready` turns 503 once `draining` fires, and it serves until stopped.
+async fn worker_listener(
+    settings: &Settings,
+    worker: &Worker,
+    draining: CancellationToken,
+) -> anyhow::Result<WorkerListener> {
+    let Some(listen) = &settings.metrics.listen else { return Ok(WorkerListener(None)) };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on metrics.listen {listen}"))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "worker metrics and health listening");
+    // On stdout like the other ready lines, for whoever picked port 0.
+    println!("rfleet worker metrics on http://{address}");
+    let health = worker::listen::Health::new(worker.pool().clone(), draining, settings.metrics.enabled);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker::listen::serve(listener, health, stop.clone().cancelled_owned()));
+    Ok(WorkerListener(Some((stop, task))))
+}
+
+/// A running worker listener, stopped once the worker has stopped.
+struct WorkerListener(Option<(CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>)>);
+
+impl WorkerListener {
+    async fn stop(self) {
+        if let Some((stop, task)) = self.0 {
+            stop.cancel();
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "the worker listener failed"),
+                Err(error) => tracing::warn!(%error, "the worker listener task failed"),
+            }
+        }
+    }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{Manifest, ManifestError};
+pub use manifest::{Manifest, ManifestError, ManifestMetrics};
 pub use protocol::message::SplitPolicy;
 pub use secret::{Secret, SecretUrl};
 

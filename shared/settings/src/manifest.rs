@@ -28,6 +28,38 @@ pub struct Manifest {
     pub max_batch_wait_ms: Option<u64>,
     /// Overrides `[workers] split_min_rows`.
     pub split_min_rows: Option<usize>,
+    /// What the worker's metrics record of this model's answers.
+    #[serde(default)]
+    pub metrics: ManifestMetrics,
+}
+
+/// `model.toml`'s `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestMetrics {
+    /// The upper bounds of `rfleet_prediction_value`'s buckets for this model's numeric
+    /// outputs, increasing and finite; unset: a symmetric log scale (±0.001 … ±1e6).
+    #[serde(default, deserialize_with = "increasing_buckets")]
+    pub prediction_buckets: Option<Vec<f64>>,
+}
+
+/// Bucket bounds must be finite, strictly increasing and at least one: Prometheus needs
+/// them so, and a typo found at load beats a histogram that silently means nothing.
+fn increasing_buckets<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<f64>>, D::Error> {
+    let buckets = Vec::<f64>::deserialize(deserializer)?;
+    if buckets.is_empty() {
+        return Err(serde::de::Error::custom("prediction_buckets needs at least one bound"));
+    }
+    if let Some(bad) = buckets.iter().find(|b| !b.is_finite()) {
+        return Err(serde::de::Error::custom(format!("prediction_buckets must be finite, not {bad}")));
+    }
+    if let Some(pair) = buckets.windows(2).find(|pair| pair[0] >= pair[1]) {
+        return Err(serde::de::Error::custom(format!(
+            "prediction_buckets must increase, but {} comes after {}",
+            pair[1], pair[0]
+        )));
+    }
+    Ok(Some(buckets))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +114,18 @@ mod tests {
             }),
         );
         check("split = \"sometimes\"\n", Err("sometimes"));
+        check(
+            "[metrics]\nprediction_buckets = [0, 0.5, 1]\n",
+            Ok(Manifest {
+                metrics: ManifestMetrics { prediction_buckets: Some(vec![0.0, 0.5, 1.0]) },
+                ..Manifest::default()
+            }),
+        );
+        check("[metrics]\nprediction_buckets = [1, 0.5]\n", Err("must increase, but 0.5 comes after 1"));
+        check("[metrics]\nprediction_buckets = [1, 1]\n", Err("must increase"));
+        check("[metrics]\nprediction_buckets = []\n", Err("at least one bound"));
+        check("[metrics]\nprediction_buckets = [0, inf]\n", Err("finite"));
+        check("[metrics]\nbuckets = [1]\n", Err("unknown field `buckets`"));
         check("max_batch = 3\n", Err("unknown field `max_batch`"));
     }
 }

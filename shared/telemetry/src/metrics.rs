@@ -168,7 +168,7 @@ static PHASES: LazyLock<TracedHistograms<PhaseLabels>> = LazyLock::new(|| {
     let family = traced_histograms(PHASE_SECONDS);
     register_with_unit(
         "rfleet_phase_duration",
-        "Time of one scoring phase: queue_wait (on the bus), batch_wait (in the worker until an R host took it), input, compute and output (of an R call), merge (split parts or batch slices combined).",
+        "Time of one scoring phase: queue_wait (on the bus), batch_wait (in the worker until an R host took it), input, compute and output (of an R call), merge (split parts or batch slices combined)",
         Unit::Seconds,
         family.clone(),
     );
@@ -192,7 +192,7 @@ struct BuildLabels {
 pub fn init_build_info(role: &'static str) {
     let info = Family::<BuildLabels, Gauge>::default();
     info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION"), role }).set(1);
-    register("rfleet_build_info", "What is running: rfleet's version and this process's role (1).", info);
+    register("rfleet_build_info", "What is running: rfleet's version and this process's role (always 1)", info);
 }
 
 #[cfg(test)]
@@ -223,7 +223,7 @@ mod tests {
             Some(TraceExemplar { trace_id: "0af7651916cd43dd8448eb211c80319c".into() }),
             None,
         );
-        register_with_unit("telemetry_test_duration", "A test histogram.", Unit::Seconds, family);
+        register_with_unit("telemetry_test_duration", "A test histogram", Unit::Seconds, family);
         let text = encode(Format::Text);
         assert!(text.contains("# TYPE telemetry_test_duration_seconds histogram"), "{text}");
         assert!(

@@ -23,7 +23,7 @@ impl Collector for ProcessCollector {
         let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
         cpu.encode(encoder.encode_descriptor(
             "process_cpu",
-            "Total user and system CPU time spent by this process, in seconds.",
+            "Total user and system CPU time spent by this process, in seconds",
             Some(&Unit::Seconds),
             cpu.metric_type(),
         )?)?;
@@ -35,33 +35,33 @@ impl Collector for ProcessCollector {
         gauge(
             &mut encoder,
             "process_resident_memory",
-            "Resident memory size, in bytes.",
+            "Resident memory size, in bytes",
             Some(&Unit::Bytes),
             stat.rss as f64 * page_size,
         )?;
         gauge(
             &mut encoder,
             "process_virtual_memory",
-            "Virtual memory size, in bytes.",
+            "Virtual memory size, in bytes",
             Some(&Unit::Bytes),
             stat.vsize as f64,
         )?;
-        gauge(&mut encoder, "process_threads", "Number of OS threads in this process.", None, stat.num_threads as f64)?;
+        gauge(&mut encoder, "process_threads", "Number of OS threads in this process", None, stat.num_threads as f64)?;
         if let Ok(boot) = procfs::boot_time_secs() {
             let start = boot as f64 + stat.starttime as f64 / ticks;
             gauge(
                 &mut encoder,
                 "process_start_time",
-                "Start time of the process since the Unix epoch, in seconds.",
+                "Start time of the process since the Unix epoch, in seconds",
                 Some(&Unit::Seconds),
                 start,
             )?;
         }
         if let Ok(open) = me.fd_count() {
-            gauge(&mut encoder, "process_open_fds", "Number of open file descriptors.", None, open as f64)?;
+            gauge(&mut encoder, "process_open_fds", "Number of open file descriptors", None, open as f64)?;
         }
         if let Ok(LimitValue::Value(max)) = me.limits().map(|limits| limits.max_open_files.soft_limit) {
-            gauge(&mut encoder, "process_max_fds", "Maximum number of open file descriptors.", None, max as f64)?;
+            gauge(&mut encoder, "process_max_fds", "Maximum number of open file descriptors", None, max as f64)?;
         }
         Ok(())
     }

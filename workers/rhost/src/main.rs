@@ -21,9 +21,13 @@
 //! others their host: a host whose every model failed still answers `Ready`, with no
 //! models, and the supervisor decides what that means (a strict worker refuses to start).
 //! `LoadFailed` is only for a host that cannot serve at all (the prelude did not source);
-//! it then exits 1. Then each `Score` or `ScoreTrees` gets one `Scored`, whose `r_us` runs
-//! from receipt of the request to its result being ready. When the supervisor closes the
-//! channel the host exits 0.
+//! it then exits 1 (`Ready.load_us` says how long each model took to load). Then each
+//! `Score` or `ScoreTrees` gets one `Scored`, whose `r_us` runs from receipt of the request
+//! to its result being ready, and whose `phases` split R's part of it: `input` (the
+//! `data.frame` built), `compute` (the model's call: one R call to the scorer closure) and
+//! `output` (a second R call converting the answer, and reading it into a frame). On an R
+//! error `condition_class` is the condition's first class (`simpleError`, ...). When the
+//! supervisor closes the channel the host exits 0.
 //!
 //! # Versions
 //! Models are addressed by [`ModelRef`](protocol::ModelRef): name and version. One host
@@ -129,7 +133,7 @@ use protocol::host::{read_message, write_message, FromHost, ToHost, HOST_FD};
 #[cfg(doc)]
 use protocol::ModelKind;
 
-use crate::models::Models;
+use crate::models::{Models, Scoring};
 
 const PRELUDE: &str = include_str!("prelude.R");
 
@@ -166,7 +170,13 @@ fn run() -> anyhow::Result<()> {
             bail!("{message}");
         }
     };
-    let ready = FromHost::Ready { pid: std::process::id(), r_version: r_version(), models: models.infos(), failed };
+    let ready = FromHost::Ready {
+        pid: std::process::id(),
+        r_version: r_version(),
+        models: models.infos(),
+        failed,
+        load_us: models.load_us(),
+    };
     write_message(&mut writer, &ready).context("cannot send ready")?;
     serve(models, &mut reader, &mut writer)
 }
@@ -175,19 +185,27 @@ fn run() -> anyhow::Result<()> {
 fn serve(mut models: Models, reader: &mut impl std::io::Read, writer: &mut impl std::io::Write) -> anyhow::Result<()> {
     while let Some(message) = read_message::<ToHost>(reader).context("cannot read from the host channel")? {
         let received = Instant::now();
-        let (id, result) = match message {
+        let (id, scoring) = match message {
             ToHost::Score { id, model, input, predict_type } => (
                 id,
-                convert::refuse_nul(&input, predict_type.as_deref())
-                    .and_then(|()| models.score(&model, &input, predict_type.as_deref())),
+                match convert::refuse_nul(&input, predict_type.as_deref()) {
+                    Ok(()) => models.score(&model, &input, predict_type.as_deref()),
+                    Err(refused) => Err(refused).into(),
+                },
             ),
-            ToHost::ScoreTrees { id, model, input, trees } => {
-                (id, convert::refuse_nul(&input, None).and_then(|()| models.score_trees(&model, &input, trees)))
-            }
+            ToHost::ScoreTrees { id, model, input, trees } => (
+                id,
+                match convert::refuse_nul(&input, None) {
+                    Ok(()) => models.score_trees(&model, &input, trees),
+                    Err(refused) => Err(refused).into(),
+                },
+            ),
             ToHost::Load { .. } => bail!("a second load message arrived; a host loads its models once"),
         };
         let r_us = received.elapsed().as_micros() as u64;
-        write_message(writer, &FromHost::Scored { id, result, r_us }).context("cannot send a result")?;
+        let Scoring { result, phases, condition_class } = scoring;
+        write_message(writer, &FromHost::Scored { id, result, r_us, phases, condition_class })
+            .context("cannot send a result")?;
     }
     Ok(())
 }

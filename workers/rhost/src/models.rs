@@ -9,10 +9,10 @@
 //! leaves nothing a later request could reach.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use extendr_api::prelude::*;
-use extendr_api::Error;
-use protocol::host::{HostOutput, ModelSpec, TreeRange};
+use protocol::host::{HostOutput, ModelSpec, Phases, TreeRange};
 use protocol::{
     compare_versions, ErrorBody, ErrorCode, ForestInfo, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef,
 };
@@ -24,10 +24,15 @@ struct Model {
     info: ModelInfo,
     /// How messages name it: `model 'rf_reg'`, or `model 'rf_reg' version '2'`.
     label: String,
-    /// `function(newdata, type, n)` (or `function(data)` for Azure ML scripts) made by
-    /// `.rfleet_scorer()`: it wraps the model call in `tryCatch` and converts the result,
-    /// so a request costs one R call and never parses R source.
+    /// `function(newdata, type)` (or `function(data)` for Azure ML scripts) made by
+    /// `.rfleet_scorer()`: the model's call in `tryCatch`, answering what the model
+    /// answered; a request never parses R source.
     scorer: Function,
+    /// `function(x, n)` (or `function(x)`): `scorer`'s answer converted to columns (or
+    /// JSON), a second R call so that the model's time is measured apart from it.
+    output: Function,
+    /// How long the package took to load, in microseconds.
+    load_us: u64,
     /// `info.predict_type` as an R string, or `NULL`, made once.
     default_type: Robj,
     cache: FrameCache,
@@ -49,6 +54,61 @@ pub struct Models {
     by_ref: HashMap<ModelRef, usize>,
     /// The prelude's `.rfleet_part_scorer`.
     part_scorer: Function,
+}
+
+/// What scoring one request produced: the answer, where R's time went, and on an R error
+/// its condition class.
+pub struct Scoring {
+    pub result: std::result::Result<HostOutput, ErrorBody>,
+    pub phases: Phases,
+    pub condition_class: Option<String>,
+}
+
+impl From<std::result::Result<HostOutput, ErrorBody>> for Scoring {
+    /// An answer reached without R's work (a bad request, an unknown model).
+    fn from(result: std::result::Result<HostOutput, ErrorBody>) -> Scoring {
+        Scoring { result, phases: Phases::default(), condition_class: None }
+    }
+}
+
+/// Microseconds since `start`.
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// An R answer of class `rfleet_error` as an `r_error`: its message, and the condition
+/// class the prelude noted, if R signalled a condition.
+fn r_error(answer: &Robj, phases: Phases) -> Scoring {
+    let condition_class = answer.get_attrib("condition_class").and_then(|c| c.as_str().map(str::to_string));
+    let message = answer.as_str().unwrap_or("R failed").to_string();
+    Scoring { result: Err(ErrorBody::new(ErrorCode::RError, message)), phases, condition_class }
+}
+
+/// Calls `function` with `args`, its time added to the phase `spent` picks: the R call's
+/// answer, or what to answer instead (R's error, or a jump past the handlers).
+fn timed_call(
+    function: &Function,
+    args: Pairlist,
+    phases: &mut Phases,
+    spent: fn(&mut Phases) -> &mut u64,
+    label: &str,
+) -> std::result::Result<Robj, Scoring> {
+    let started = Instant::now();
+    let answer = function.call(args);
+    *spent(phases) += micros_since(started);
+    match answer {
+        Ok(answer) if answer.inherits("rfleet_error") => Err(r_error(&answer, *phases)),
+        Ok(answer) => Ok(answer),
+        Err(_) => Err(Scoring { phases: *phases, ..escaped(label) }),
+    }
+}
+
+fn compute(phases: &mut Phases) -> &mut u64 {
+    &mut phases.compute_us
+}
+
+fn output(phases: &mut Phases) -> &mut u64 {
+    &mut phases.output_us
 }
 
 /// How messages name a model: `model 'rf_reg'` or `model 'rf_reg' version '2'`.
@@ -85,7 +145,10 @@ impl Models {
                     first.dir.display(),
                     spec.dir.display()
                 )),
-                None => load_one(&load, spec),
+                None => {
+                    let started = Instant::now();
+                    load_one(&load, spec).map(|model| Model { load_us: micros_since(started), ..model })
+                }
             };
             match loaded_one {
                 Ok(model) => {
@@ -105,27 +168,30 @@ impl Models {
         self.models.iter().map(|m| m.info.clone()).collect()
     }
 
+    /// How long each loaded model took to load, in microseconds, in [`Models::infos`] order.
+    pub fn load_us(&self) -> Vec<u64> {
+        self.models.iter().map(|m| m.load_us).collect()
+    }
+
     /// Scores one request. R errors, bad inputs and unknown models all come back as an
     /// [`ErrorBody`]; only a crash of R itself can stop the host here.
-    pub fn score(
-        &mut self,
-        model: &ModelRef,
-        input: &Input,
-        predict_type: Option<&str>,
-    ) -> std::result::Result<HostOutput, ErrorBody> {
-        let entry = self.get(model)?;
+    pub fn score(&mut self, model: &ModelRef, input: &Input, predict_type: Option<&str>) -> Scoring {
+        let entry = match self.get(model) {
+            Ok(entry) => entry,
+            Err(error) => return Err(error).into(),
+        };
         let label = &entry.label;
         match (entry.info.kind, input) {
             (ModelKind::AzureMl, Input::Json(body)) => entry.score_json(body),
-            (ModelKind::AzureMl, Input::Frame(_)) => Err(ErrorBody::new(
+            (ModelKind::AzureMl, Input::Frame(_)) => Scoring::from(Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("{label} is an Azure ML entry script (score.R with init()) and takes the raw JSON body, not a frame"),
-            )),
+            ))),
             (_, Input::Frame(frame)) => entry.score_frame(frame, predict_type),
-            (_, Input::Json(_)) => Err(ErrorBody::new(
+            (_, Input::Json(_)) => Scoring::from(Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("{label} takes a frame; only Azure ML entry scripts (score.R with init()) take a raw JSON body"),
-            )),
+            ))),
         }
     }
 
@@ -133,16 +199,15 @@ impl Models {
     /// [`ForestPart`](protocol::host::ForestPart). A model without [`ModelInfo::forest`],
     /// a range outside the forest or a JSON input is a `bad_request`; R errors are
     /// `r_error`s as for [`Models::score`].
-    pub fn score_trees(
-        &mut self,
-        model: &ModelRef,
-        input: &Input,
-        trees: TreeRange,
-    ) -> std::result::Result<HostOutput, ErrorBody> {
+    pub fn score_trees(&mut self, model: &ModelRef, input: &Input, trees: TreeRange) -> Scoring {
         let part_scorer = self.part_scorer.clone();
-        let entry = self.get(model)?;
+        let entry = match self.get(model) {
+            Ok(entry) => entry,
+            Err(error) => return Err(error).into(),
+        };
         let label = entry.label.clone();
-        let bad = |message: String| Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {message}")));
+        let bad =
+            |message: String| Scoring::from(Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {message}"))));
         let Some(forest) = entry.info.forest.clone() else {
             return bad(format!(
                 "cannot score a range of trees: it is not a forest that can be split (only randomForest and ranger \
@@ -218,7 +283,9 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
         Some("azure_ml") => ModelKind::AzureMl,
         _ => return Err(bad("known kind")),
     };
-    let scorer = field("scorer")?.as_function().ok_or_else(|| bad("scorer function"))?;
+    let scorers = convert::fields(&field("scorer")?.as_list().ok_or_else(|| bad("scorer list"))?);
+    let scorer_fn = |key: &str| scorers.get(key).and_then(|f| f.as_function()).ok_or_else(|| bad(key));
+    let (scorer, output) = (scorer_fn("compute")?, scorer_fn("output")?);
     let r_class = field("r_class")?.as_string_vector().unwrap_or_default();
     // A declared schema wins; the inferred one is only asked for when there is none.
     let schema = match &spec.schema {
@@ -245,6 +312,8 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
         },
         label,
         scorer,
+        output,
+        load_us: 0,
         default_type,
         cache: FrameCache::default(),
         forest,
@@ -273,43 +342,67 @@ fn forest_info(forest: &Robj) -> std::result::Result<ForestInfo, String> {
 }
 
 impl Model {
-    fn score_frame(&mut self, frame: &Frame, predict_type: Option<&str>) -> std::result::Result<HostOutput, ErrorBody> {
+    fn score_frame(&mut self, frame: &Frame, predict_type: Option<&str>) -> Scoring {
         let label = &self.label;
+        let mut phases = Phases::default();
         // Frames are conformed by the supervisor; this guards R against a malformed one
         // (a factor code beyond its levels, columns of different lengths).
-        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}")))?;
-        let internal = |e: Error| ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}"));
-        let n_rows = i32::try_from(frame.n_rows)
-            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: too many rows for R")))?;
-        let newdata = convert::data_frame(frame, &mut self.cache).map_err(internal)?;
+        if let Err(e) = frame.validate() {
+            return Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}"))).into();
+        }
+        let Ok(n_rows) = i32::try_from(frame.n_rows) else {
+            return Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: too many rows for R"))).into();
+        };
+        let internal = |e: String, phases| Scoring {
+            result: Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}"))),
+            phases,
+            condition_class: None,
+        };
+        let started = Instant::now();
+        let newdata = match convert::data_frame(frame, &mut self.cache) {
+            Ok(newdata) => newdata,
+            Err(e) => return internal(e.to_string(), phases),
+        };
         let predict_type = match predict_type {
             Some(t) => Robj::from(t),
             None => self.default_type.clone(),
         };
-        let result = self
-            .scorer
-            .call(Pairlist::from_pairs([("", newdata), ("", predict_type), ("", Robj::from(n_rows))]))
-            .map_err(|_| escaped(label))?;
-        if result.inherits("rfleet_error") {
-            return Err(ErrorBody::new(ErrorCode::RError, result.as_str().unwrap_or("R failed").to_string()));
+        phases.input_us = micros_since(started);
+        let args = Pairlist::from_pairs([("", newdata), ("", predict_type)]);
+        let answer = match timed_call(&self.scorer, args, &mut phases, compute, label) {
+            Ok(answer) => answer,
+            Err(scoring) => return scoring,
+        };
+        let args = Pairlist::from_pairs([("", answer), ("", Robj::from(n_rows))]);
+        let columns = match timed_call(&self.output, args, &mut phases, output, label) {
+            Ok(columns) => columns,
+            Err(scoring) => return scoring,
+        };
+        let started = Instant::now();
+        let result = convert::frame_from_columns(&columns, frame.n_rows);
+        phases.output_us += micros_since(started);
+        match result {
+            Ok(frame) => Scoring { result: Ok(HostOutput::Frame(frame)), phases, condition_class: None },
+            Err(e) => internal(e, phases),
         }
-        convert::frame_from_columns(&result, frame.n_rows)
-            .map(HostOutput::Frame)
-            .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}")))
     }
 
-    fn score_part(
-        &mut self,
-        part_scorer: &Function,
-        frame: &Frame,
-        trees: TreeRange,
-        forest: &ForestInfo,
-    ) -> std::result::Result<HostOutput, ErrorBody> {
+    fn score_part(&mut self, part_scorer: &Function, frame: &Frame, trees: TreeRange, forest: &ForestInfo) -> Scoring {
         let label = &self.label;
-        frame.validate().map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}")))?;
-        let internal = |e: String| ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}"));
-        let n_rows = i32::try_from(frame.n_rows)
-            .map_err(|_| ErrorBody::new(ErrorCode::BadRequest, format!("{label}: too many rows for R")))?;
+        let mut phases = Phases::default();
+        if let Err(e) = frame.validate() {
+            return Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}"))).into();
+        }
+        let internal = |e: String, phases| Scoring {
+            result: Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: {e}"))),
+            phases,
+            condition_class: None,
+        };
+        let Ok(n_rows) = i32::try_from(frame.n_rows) else {
+            return Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: too many rows for R"))).into();
+        };
+        // Making a sub-forest (once per range) is part of the model's work: compute.
+        let started = Instant::now();
         let scorer = match self.parts.iter().position(|(range, _)| *range == trees) {
             Some(i) => {
                 let entry = self.parts.remove(i);
@@ -318,46 +411,74 @@ impl Model {
                 scorer
             }
             None => {
-                let forest_robj =
-                    self.forest.clone().ok_or_else(|| internal("no R forest for a forest model".into()))?;
-                let made = part_scorer
-                    .call(Pairlist::from_pairs([
-                        ("", Robj::from(label.as_str())),
-                        ("", forest_robj),
-                        ("", Robj::from(f64::from(trees.start))),
-                        ("", Robj::from(f64::from(trees.end))),
-                    ]))
-                    .map_err(|_| escaped(label))?;
-                if made.inherits("rfleet_error") {
-                    return Err(ErrorBody::new(ErrorCode::RError, made.as_str().unwrap_or("R failed").to_string()));
-                }
-                let scorer =
-                    made.as_function().ok_or_else(|| internal(".rfleet_part_scorer answered no function".into()))?;
+                let Some(forest_robj) = self.forest.clone() else {
+                    return internal("no R forest for a forest model".into(), phases);
+                };
+                let made = part_scorer.call(Pairlist::from_pairs([
+                    ("", Robj::from(label.as_str())),
+                    ("", forest_robj),
+                    ("", Robj::from(f64::from(trees.start))),
+                    ("", Robj::from(f64::from(trees.end))),
+                ]));
+                let made = match made {
+                    Ok(made) if made.inherits("rfleet_error") => {
+                        phases.compute_us = micros_since(started);
+                        return r_error(&made, phases);
+                    }
+                    Ok(made) => made,
+                    Err(_) => return Scoring { phases, ..escaped(label) },
+                };
+                let Some(scorer) = made.as_function() else {
+                    return internal(".rfleet_part_scorer answered no function".into(), phases);
+                };
                 self.parts.insert(0, (trees, scorer.clone()));
                 self.parts.truncate(MAX_PARTS);
                 scorer
             }
         };
-        let newdata = convert::data_frame(frame, &mut self.cache).map_err(|e| internal(e.to_string()))?;
-        let result =
-            scorer.call(Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))])).map_err(|_| escaped(label))?;
-        if result.inherits("rfleet_error") {
-            return Err(ErrorBody::new(ErrorCode::RError, result.as_str().unwrap_or("R failed").to_string()));
+        let preparing_us = micros_since(started);
+        let started = Instant::now();
+        let newdata = match convert::data_frame(frame, &mut self.cache) {
+            Ok(newdata) => newdata,
+            Err(e) => return internal(e.to_string(), phases),
+        };
+        phases.input_us = micros_since(started);
+        phases.compute_us = preparing_us;
+        let args = Pairlist::from_pairs([("", newdata), ("", Robj::from(n_rows))]);
+        let result = match timed_call(&scorer, args, &mut phases, compute, label) {
+            Ok(result) => result,
+            Err(scoring) => return scoring,
+        };
+        let started = Instant::now();
+        let part = convert::forest_part(&result, frame.n_rows, trees.end - trees.start, forest.classes.as_deref());
+        phases.output_us = micros_since(started);
+        match part {
+            Ok(part) => Scoring { result: Ok(HostOutput::ForestPart(part)), phases, condition_class: None },
+            Err(e) => internal(e, phases),
         }
-        convert::forest_part(&result, frame.n_rows, trees.end - trees.start, forest.classes.as_deref())
-            .map(HostOutput::ForestPart)
-            .map_err(internal)
     }
 
-    fn score_json(&mut self, body: &str) -> std::result::Result<HostOutput, ErrorBody> {
+    fn score_json(&mut self, body: &str) -> Scoring {
         let label = &self.label;
-        let result = self.scorer.call(Pairlist::from_pairs([("", Robj::from(body))])).map_err(|_| escaped(label))?;
-        match result.as_str() {
-            Some(message) if result.inherits("rfleet_error") => {
-                Err(ErrorBody::new(ErrorCode::RError, message.to_string()))
-            }
-            Some(json) => Ok(HostOutput::Json(json.to_string())),
-            None => Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: the scorer answered no string"))),
+        let mut phases = Phases::default();
+        let started = Instant::now();
+        let data = Robj::from(body);
+        phases.input_us = micros_since(started);
+        let answer = match timed_call(&self.scorer, Pairlist::from_pairs([("", data)]), &mut phases, compute, label) {
+            Ok(answer) => answer,
+            Err(scoring) => return scoring,
+        };
+        let json = match timed_call(&self.output, Pairlist::from_pairs([("", answer)]), &mut phases, output, label) {
+            Ok(json) => json,
+            Err(scoring) => return scoring,
+        };
+        match json.as_str() {
+            Some(json) => Scoring { result: Ok(HostOutput::Json(json.to_string())), phases, condition_class: None },
+            None => Scoring {
+                result: Err(ErrorBody::new(ErrorCode::Internal, format!("{label}: the scorer answered no string"))),
+                phases,
+                condition_class: None,
+            },
         }
     }
 }
@@ -366,9 +487,9 @@ impl Model {
 /// does after a C stack overflow it caught as a segfault, or on an `abort` restart. R is
 /// still usable then. Such a jump carries no condition to read; what R knew it printed to
 /// stderr, which the supervisor logs.
-fn escaped(label: &str) -> ErrorBody {
-    ErrorBody::new(
+fn escaped(label: &str) -> Scoring {
+    Scoring::from(Err(ErrorBody::new(
         ErrorCode::RError,
         format!("{label}: R aborted the call past its error handlers (see the host's log for R's output)"),
-    )
+    )))
 }

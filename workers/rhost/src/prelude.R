@@ -194,10 +194,15 @@ options(warn = 1, stringsAsFactors = FALSE)
     enc2utf8(as.character(jsonlite::toJSON(x, auto_unbox = TRUE, digits = NA))),
     error = function(e) .rfleet_error(paste0(
       label, ": the function returned by init() returned ", .rfleet_describe(x),
-      " that jsonlite cannot encode: ", conditionMessage(e), "; expected a JSON string")))
+      " that jsonlite cannot encode: ", conditionMessage(e), "; expected a JSON string"), e))
 }
 
-.rfleet_error <- function(message) structure(message, class = "rfleet_error")
+# An error answer: the message, and for an R condition its first class (`simpleError`,
+# a package's own condition class), which the worker puts on the trace's exception event.
+.rfleet_error <- function(message, condition = NULL) {
+  structure(message, class = "rfleet_error",
+            condition_class = if (inherits(condition, "condition")) class(condition)[1] else NULL)
+}
 
 # --- forest splitting ----------------------------------------------------------------
 #
@@ -327,10 +332,10 @@ options(warn = 1, stringsAsFactors = FALSE)
         }
         out
       }, error = function(e) .rfleet_error(paste0(
-        label, ": predict failed (", trees, "): ", conditionMessage(e))))
+        label, ": predict failed (", trees, "): ", conditionMessage(e)), e))
     }
   }, error = function(e) .rfleet_error(paste0(
-    label, ": preparing ", trees, " failed: ", conditionMessage(e))))
+    label, ": preparing ", trees, " failed: ", conditionMessage(e)), e))
 }
 
 # --- loading -------------------------------------------------------------------------
@@ -368,19 +373,26 @@ options(warn = 1, stringsAsFactors = FALSE)
   }
 }
 
-# The per-request entry point for one model: function(newdata, type, n) for frames,
-# function(data) for Azure ML scripts. It never signals an error: R errors come back as
-# an `rfleet_error` string that names the model and carries R's message.
+# The per-request entry points for one model, two R calls so that the Rust side can time
+# the model's own work apart from converting its answer: `compute`, function(newdata,
+# type) for frames or function(data) for Azure ML scripts, answers whatever the model
+# answered; `output`, function(x, n) for frames or function(x) for scripts, turns that into
+# what the Rust side reads (a list of columns, or a JSON string). Neither signals an error:
+# R errors come back as an `rfleet_error` string that names the model and carries R's
+# message and condition class.
 .rfleet_scorer <- function(label, kind, model, script_fn, dir) {
   force(label); force(model); force(script_fn); force(dir)
   if (kind == "azure_ml") {
-    return(function(data) {
-      # Entry scripts may read AZUREML_MODEL_DIR at request time too, and one host
-      # serves several models, so it points at this model's directory for the call.
-      Sys.setenv(AZUREML_MODEL_DIR = dir)
-      tryCatch(.rfleet_json(script_fn(data), label), error = function(e) .rfleet_error(paste0(
-        label, ": the function returned by init() failed: ", conditionMessage(e))))
-    })
+    failed <- function(e) .rfleet_error(paste0(
+      label, ": the function returned by init() failed: ", conditionMessage(e)), e)
+    return(list(
+      compute = function(data) {
+        # Entry scripts may read AZUREML_MODEL_DIR at request time too, and one host
+        # serves several models, so it points at this model's directory for the call.
+        Sys.setenv(AZUREML_MODEL_DIR = dir)
+        tryCatch(script_fn(data), error = failed)
+      },
+      output = function(x) tryCatch(.rfleet_json(x, label), error = failed)))
   }
   if (kind == "predict_fn") {
     what <- "predict_fn"
@@ -394,16 +406,14 @@ options(warn = 1, stringsAsFactors = FALSE)
     what <- "predict"
     call <- .rfleet_predict_call(model)
   }
-  function(newdata, type, n) {
-    tryCatch(
-      .rfleet_columns(call(newdata, type), n, label, what),
-      error = function(e) .rfleet_error(paste0(
-        label, ": ", what, " failed: ", conditionMessage(e))))
-  }
+  failed <- function(e) .rfleet_error(paste0(label, ": ", what, " failed: ", conditionMessage(e)), e)
+  list(
+    compute = function(newdata, type) tryCatch(call(newdata, type), error = failed),
+    output = function(x, n) tryCatch(.rfleet_columns(x, n, label, what), error = failed))
 }
 
-# Loads one model package. Answers list(kind, scorer, r_class, schema, predict_type,
-# forest), or an rfleet_error "<label>: loading failed in R: <step>: <R's message>".
+# Loads one model package. Answers list(kind, scorer (compute and output), r_class,
+# schema, predict_type, forest), or an rfleet_error "<label>: loading failed in R: <step>: <R's message>".
 # `forest` is `.rfleet_forest()`'s answer for a model called by `predict`, else NULL.
 #
 # Loading registers nothing anywhere: the package's environment (score.R's definitions)

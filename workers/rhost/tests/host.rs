@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, ToHost, HOST_FD};
+use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, Phases, ToHost, HOST_FD};
 use protocol::{
     ColumnData, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef, Schema,
 };
@@ -51,6 +51,8 @@ struct Host {
     reader: BufReader<UnixStream>,
     writer: BufWriter<UnixStream>,
     next_id: u64,
+    /// The last answer's `r_us`, phases and condition class.
+    last: Option<(u64, Phases, Option<String>)>,
 }
 
 impl Host {
@@ -78,8 +80,13 @@ impl Host {
         let child = command.spawn().expect("spawn rfleet-rhost");
         // The child holds its own copy; ours must close or we would never see its end.
         drop(theirs);
-        let mut host =
-            Host { child, reader: BufReader::new(ours.try_clone().unwrap()), writer: BufWriter::new(ours), next_id: 0 };
+        let mut host = Host {
+            child,
+            reader: BufReader::new(ours.try_clone().unwrap()),
+            writer: BufWriter::new(ours),
+            next_id: 0,
+            last: None,
+        };
         write_message(&mut host.writer, &ToHost::Load { models }).expect("send load");
         let answer = read_message(&mut host.reader).expect("read load answer").expect("host closed the channel");
         (host, answer)
@@ -101,8 +108,9 @@ impl Host {
     /// that failed.
     fn start_some(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, Vec<ModelInfo>, Vec<LoadFailure>) {
         match Host::start_with(models, stdout) {
-            (host, FromHost::Ready { pid, r_version, models, failed }) => {
+            (host, FromHost::Ready { pid, r_version, models, failed, load_us }) => {
                 assert_eq!(pid, host.child.id());
+                assert_eq!(load_us.len(), models.len(), "a load time per model loaded");
                 assert!(r_version.starts_with("4."), "r_version {r_version:?}");
                 (host, models, failed)
             }
@@ -123,9 +131,11 @@ impl Host {
         let request = ToHost::Score { id, model: model.into(), input, predict_type: predict_type.map(str::to_string) };
         write_message(&mut self.writer, &request).expect("send score");
         match read_message(&mut self.reader).expect("read score answer")? {
-            FromHost::Scored { id: answered, result, r_us } => {
+            FromHost::Scored { id: answered, result, r_us, phases, condition_class } => {
                 assert_eq!(answered, id, "answer to another request");
                 assert!(r_us < 60_000_000, "r_us {r_us} is not microseconds");
+                check_phases(r_us, phases);
+                self.last = Some((r_us, phases, condition_class));
                 Some(result)
             }
             other => panic!("expected scored, got {other:?}"),
@@ -163,6 +173,12 @@ impl Drop for Host {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The phases are parts of `r_us`: together never more than it.
+fn check_phases(r_us: u64, phases: Phases) {
+    let sum = phases.input_us + phases.compute_us + phases.output_us;
+    assert!(sum <= r_us, "phases {phases:?} add up to {sum} µs, more than r_us {r_us}");
 }
 
 /// Rows as a client sends them, made into the frame a supervisor hands the host:
@@ -989,8 +1005,10 @@ impl Host {
         write_message(&mut self.writer, &ToHost::ScoreTrees { id, model: model.into(), input, trees })
             .expect("send score_trees");
         match read_message(&mut self.reader).expect("read score_trees answer").expect("the host died") {
-            FromHost::Scored { id: answered, result, r_us } => {
+            FromHost::Scored { id: answered, result, r_us, phases, condition_class } => {
                 assert_eq!(answered, id, "answer to another request");
+                check_phases(r_us, phases);
+                self.last = Some((r_us, phases, condition_class));
                 (result, r_us)
             }
             other => panic!("expected scored, got {other:?}"),
@@ -1004,7 +1022,10 @@ impl Host {
         let request = ToHost::Score { id, model: model.into(), input: Input::Frame(frame.clone()), predict_type: None };
         write_message(&mut self.writer, &request).expect("send score");
         match read_message(&mut self.reader).expect("read score answer").expect("the host died") {
-            FromHost::Scored { id: answered, result: Ok(_), r_us } if answered == id => r_us,
+            FromHost::Scored { id: answered, result: Ok(_), r_us, phases, .. } if answered == id => {
+                check_phases(r_us, phases);
+                r_us
+            }
             other => panic!("expected scored, got {other:?}"),
         }
     }
@@ -1411,4 +1432,62 @@ fn forest_timings() {
             );
         }
     }
+}
+
+/// Each answer says where R's time went (input, compute, output: parts of `r_us`, the
+/// model's own call never free) and, for an R error, R's condition class: `simpleError`
+/// for `stop("...")`, a package's own class for its own conditions, none for an answer R
+/// did not signal (a result of the wrong shape).
+#[test]
+fn answers_carry_phases_and_condition_classes() {
+    let root = tempfile::tempdir().unwrap();
+    let custom = write_package(
+        root.path(),
+        "custom_condition",
+        "predict_fn <- function(model, newdata) stop(structure(class = c(\"model_refused\", \"error\", \"condition\"), list(message = \"refused\", call = NULL)))\n",
+        true,
+    );
+    let shape = write_package(root.path(), "wrong_shape", "predict_fn <- function(model, newdata) list(1, 2)\n", true);
+    let mut specs =
+        ["faulty", "azureml", "lm", "rf_reg"].map(|name| spec(&fixtures().join("models").join(name))).to_vec();
+    specs.extend([spec(&custom), spec(&shape)]);
+    let (mut host, infos) = Host::ready(specs);
+    let last = |host: &Host| host.last.clone().expect("an answer");
+
+    host.frame("faulty", x_frame(2.0), None);
+    let (r_us, phases, condition) = last(&host);
+    assert!(phases.compute_us > 0, "the model's call took no time: {phases:?} of {r_us} µs");
+    assert_eq!(condition, None);
+
+    let error = host.error("faulty", Input::Frame(x_frame(-1.0)));
+    assert_eq!(error.code, ErrorCode::RError);
+    assert_eq!(last(&host).2.as_deref(), Some("simpleError"), "{}", error.message);
+
+    let error = host.error("custom_condition", Input::Frame(x_frame(1.0)));
+    assert_eq!(
+        (error.code, error.message.as_str()),
+        (ErrorCode::RError, "model 'custom_condition': predict_fn failed: refused")
+    );
+    assert_eq!(last(&host).2.as_deref(), Some("model_refused"));
+
+    let error = host.error("wrong_shape", Input::Frame(x_frame(1.0)));
+    assert_eq!(error.code, ErrorCode::RError, "{}", error.message);
+    assert_eq!(last(&host).2, None, "an answer of the wrong shape is no R condition");
+
+    let lm = info(&infos, "lm").clone();
+    let rows = Value::Array(support::case(fixtures(), "lm").rows);
+    host.frame(lm.model_ref(), frame_for(&rows, &lm), None);
+    assert!(last(&host).1.compute_us > 0);
+
+    let rows = Value::Array(support::case(fixtures(), "azureml").rows);
+    let json = host.score("azureml", Input::Json(rows.to_string()), None);
+    assert!(matches!(json, Ok(HostOutput::Json(_))), "{json:?}");
+    assert!(last(&host).1.compute_us > 0);
+
+    let rf = info(&infos, "rf_reg").clone();
+    let rows = Value::Array(forest_rows(&rf, 0, 1));
+    let frame = frame_for(&rows, &rf);
+    let (part, _) = host.score_trees("rf_reg", Input::Frame(frame), 0, 2);
+    assert!(matches!(part, Ok(HostOutput::ForestPart(_))), "{part:?}");
+    assert!(last(&host).1.compute_us > 0);
 }

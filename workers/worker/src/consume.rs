@@ -11,6 +11,12 @@
 //! held (`protocol::compare_versions`). The reply's `timings.model_version` is the version
 //! that scored.
 //!
+//! Each request is a CONSUMER span (`process <queue>`, OpenTelemetry's messaging
+//! conventions) continuing the trace of the message's `traceparent` header, else of the
+//! request's own `traceparent` (direct publishers), and is counted by its outcome
+//! ([`crate::metrics::Outcome::of`]) under the model that scored it, with its wait for a
+//! host and its predictions.
+//!
 //! The loop ([`serve`]) keeps apart what a delivery means (a [`Handler`]: for a worker,
 //! decoding and scoring) and settling it (a guard: reply, then ack or dead-letter). A
 //! handler that panics is a bug the guard contains: the delivery goes back to the queue for
@@ -22,7 +28,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bus::{Consumer, ContentType, Delivery};
+use bus::{Consumer, ContentType, Delivery, Transport};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use protocol::host::HostOutput;
@@ -32,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::metrics::{self, DeadLetter};
 use crate::pool::Pool;
-use crate::request::{PoolError, PoolRequest};
+use crate::request::{PoolError, PoolRequest, ServedModel};
 
 /// How the loop behaves.
 #[derive(Debug, Clone)]
@@ -75,18 +82,27 @@ pub trait Handler: Send + Sync + 'static {
 struct Scoring {
     pool: Pool,
     worker_id: String,
+    /// The bus the deliveries come from: what CONSUMER spans name.
+    transport: Arc<dyn Transport>,
 }
 
 impl Handler for Scoring {
     fn answer<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Answer> {
-        handle(delivery, &self.pool, &self.worker_id).boxed()
+        handle(delivery, self).boxed()
     }
 }
 
 /// Consumes until `shutdown` fires or the bus closes, scoring on `pool`, then drains
-/// in-flight work (at most `drain_timeout`). Deliveries not yet taken stay on the bus.
-pub async fn run(consumer: impl Consumer, pool: Pool, config: ConsumeConfig, shutdown: CancellationToken) {
-    let handler = Scoring { pool, worker_id: config.worker_id.clone() };
+/// in-flight work (at most `drain_timeout`). Deliveries not yet taken stay on the bus;
+/// `transport` is the bus `consumer` is of.
+pub async fn run(
+    consumer: impl Consumer,
+    pool: Pool,
+    transport: Arc<dyn Transport>,
+    config: ConsumeConfig,
+    shutdown: CancellationToken,
+) {
+    let handler = Scoring { pool, worker_id: config.worker_id.clone(), transport };
     serve(consumer, handler, config, shutdown).await;
 }
 
@@ -151,38 +167,72 @@ async fn guard(delivery: Delivery, handler: &dyn Handler) {
         return;
     }
     tracing::error!(parent: &span, panic = %panic, "handling a request panicked again; dead-lettering it");
+    metrics::dead_lettered(DeadLetter::HandlerPanics);
     let id = delivery.correlation_id.clone().unwrap_or_default();
     let reply = Reply::error(id, ErrorCode::Internal, format!("the worker panicked handling this request: {panic}"));
     let reason = format!("handler panicked on attempt {attempt}: {panic}");
     settle(delivery, reply, Some(reason)).instrument(span).await;
 }
 
-/// What one delivery means for a worker: its reply, and whether it is dead-lettered.
-async fn handle(delivery: &Delivery, pool: &Pool, worker_id: &str) -> Answer {
+/// What one delivery means for a worker: its reply, and whether it is dead-lettered. A
+/// request gets its CONSUMER span (`process <queue>`), continuing the trace its message
+/// headers carry (or, from a direct publisher, its body's `traceparent`).
+async fn handle(delivery: &Delivery, scoring: &Scoring) -> Answer {
     let received = Instant::now();
     let (reply, span) = match decode(delivery) {
         Ok(request) => {
-            let span = tracing::info_span!("score", model = %request.model, request_id = request.request_id.as_deref().unwrap_or(""), id = %request.id);
-            let reply = score(request, pool, worker_id, received).instrument(span.clone()).await;
+            let span = consumer_span(delivery, &request, &*scoring.transport);
+            let incoming = delivery.traceparent.as_deref().or(request.traceparent.as_deref());
+            let trace = telemetry::trace::continue_trace(&span, incoming);
+            let reply = score(request, &scoring.pool, &scoring.worker_id, received, (span.clone(), trace))
+                .instrument(span.clone())
+                .await;
             (reply, span)
         }
-        Err(reply) => (
-            *reply,
-            tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or("")),
-        ),
+        Err(reply) => {
+            if let Outcome::Error(error) = &reply.outcome {
+                metrics::unserved_request(metrics::Outcome::of(error.code));
+            }
+            (
+                *reply,
+                tracing::info_span!("undecodable", correlation_id = delivery.correlation_id.as_deref().unwrap_or("")),
+            )
+        }
     };
     // Requests that can never succeed are dead-lettered (after their error reply), so they
     // are kept for inspection and never retried.
     let dead_letter = match &reply.outcome {
-        Outcome::Error(error) => match error.code {
-            ErrorCode::BadRequest | ErrorCode::UnsupportedVersion | ErrorCode::HostCrashed => {
-                Some(format!("{}: {}", error.code.as_str(), error.message))
-            }
-            _ => None,
-        },
+        Outcome::Error(error) => DeadLetter::of(error.code).map(|reason| {
+            metrics::dead_lettered(reason);
+            format!("{}: {}", error.code.as_str(), error.message)
+        }),
         _ => None,
     };
     Answer { reply, dead_letter, span }
+}
+
+/// The CONSUMER span of a request, after OpenTelemetry's messaging conventions; its
+/// `trace_id` and `span_id` are recorded by `continue_trace`, `rfleet.model_version` once
+/// the version that scores it is known.
+fn consumer_span(delivery: &Delivery, request: &Request, transport: &dyn Transport) -> tracing::Span {
+    let queue = transport.queue_for(&request.model, request.model_version.as_deref());
+    let system = if transport.in_process() { "rfleet_embedded" } else { "rabbitmq" };
+    tracing::info_span!(
+        "process",
+        "otel.name" = format!("process {queue}"),
+        "otel.kind" = "consumer",
+        "messaging.system" = system,
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = %queue,
+        "messaging.message.id" = delivery.correlation_id.as_deref().unwrap_or(""),
+        "rfleet.model" = %request.model,
+        "rfleet.model_version" = tracing::field::Empty,
+        model = %request.model,
+        request_id = request.request_id.as_deref().unwrap_or(""),
+        id = %request.id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    )
 }
 
 /// Replies, then acknowledges (or dead-letters) the delivery.
@@ -259,8 +309,50 @@ fn deadline_at(deadline_ms: u64, now_ms: u64, received: Instant) -> Result<Insta
     Ok(received.checked_add(left).unwrap_or(received))
 }
 
-async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant) -> Reply {
-    let fail = |code, message: String| Reply::error(request.id.clone(), code, message);
+/// Scores a request and counts what came of it: under its model when the worker serves
+/// it, else under `model=""`.
+async fn score(
+    request: Request,
+    pool: &Pool,
+    worker_id: &str,
+    received: Instant,
+    (span, trace): (tracing::Span, telemetry::trace::TraceParent),
+) -> Reply {
+    let model = pool.model(&request.model, request.model_version.as_deref());
+    if let Some(model) = &model {
+        span.record("rfleet.model_version", model.info.version.as_deref().unwrap_or(""));
+    }
+    let (reply, wait) = score_on(request, model.clone(), pool, worker_id, received, (span, trace)).await;
+    let outcome = match &reply.outcome {
+        Outcome::Predictions(_) | Outcome::Json(_) => metrics::Outcome::Success,
+        Outcome::Error(error) => metrics::Outcome::of(error.code),
+    };
+    match &model {
+        Some(model) => {
+            model.metrics.request(outcome);
+            if let Some(wait) = wait {
+                model.metrics.phase(metrics::Phase::BatchWait, wait, Some(&trace));
+            }
+            if let Outcome::Predictions(frame) = &reply.outcome {
+                model.metrics.predictions(frame);
+            }
+        }
+        None => metrics::unserved_request(outcome),
+    }
+    reply
+}
+
+/// The reply to a request for `model` (`None`: not served), and how long it waited for an
+/// R host when one took it.
+async fn score_on(
+    request: Request,
+    model: Option<Arc<ServedModel>>,
+    pool: &Pool,
+    worker_id: &str,
+    received: Instant,
+    (span, trace): (tracing::Span, telemetry::trace::TraceParent),
+) -> (Reply, Option<Duration>) {
+    let fail = |code, message: String| (Reply::error(request.id.clone(), code, message), None);
     let deadline = match request.deadline_ms.map(|deadline_ms| deadline_at(deadline_ms, now_ms(), received)) {
         Some(Ok(deadline)) => Some(deadline),
         Some(Err(passed_ms)) => {
@@ -271,7 +363,7 @@ async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant
         }
         None => None,
     };
-    let Some(model) = pool.model(&request.model, request.model_version.as_deref()) else {
+    let Some(model) = model else {
         let message = not_served(&request.model, request.model_version.as_deref(), &pool.models());
         return fail(ErrorCode::ModelNotFound, message);
     };
@@ -292,12 +384,15 @@ async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant
     };
     let predict_type = request.options.predict_type.clone().or_else(|| model.info.predict_type.clone());
     let model_version = model.info.version.clone();
-    let pool_request = PoolRequest { model, input, predict_type, split: request.options.split, deadline };
+    let pool_request =
+        PoolRequest { model, input, predict_type, split: request.options.split, deadline, span, trace: Some(trace) };
     let scored = pool.score(pool_request).await;
     let worker_ms = received.elapsed().as_secs_f64() * 1e3;
     let mut timings = Timings { worker_ms, worker: worker_id.to_string(), model_version, ..Timings::default() };
+    let mut wait = None;
     let outcome = match scored {
         Ok(scored) => {
+            wait = Some(scored.wait);
             timings.queue_ms = scored.wait.as_secs_f64() * 1e3;
             timings.r_ms = scored.r_us as f64 / 1e3;
             timings.host_pid = Some(scored.host_pid);
@@ -316,7 +411,7 @@ async fn score(request: Request, pool: &Pool, worker_id: &str, received: Instant
         }
         Err(error) => Outcome::Error(protocol::ErrorBody::new(code_for(&error), error.to_string())),
     };
-    Reply { version: PROTOCOL_VERSION, id: request.id, outcome, timings }
+    (Reply { version: PROTOCOL_VERSION, id: request.id, outcome, timings }, wait)
 }
 
 /// Why `name` (at `version`) is not served, naming what this worker serves instead: the

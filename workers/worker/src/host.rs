@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use protocol::host::{FromHost, HostOutput, ModelSpec, ToHost, TreeRange, HOST_FD, MAX_MESSAGE_BYTES};
+use protocol::host::{FromHost, HostOutput, ModelSpec, Phases, ToHost, TreeRange, HOST_FD, MAX_MESSAGE_BYTES};
 use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixStream;
@@ -75,12 +75,19 @@ pub struct Started {
     pub models: Vec<ModelInfo>,
     pub failed: Vec<LoadFailure>,
     pub r_version: String,
+    /// How long each of `models` took to load, in the same order (empty from a host that
+    /// does not say).
+    pub load_times: Vec<Duration>,
 }
 
 /// What one scoring call produced.
 pub struct Scored {
     pub result: Result<HostOutput, ErrorBody>,
     pub r_us: u64,
+    /// Where R's time went.
+    pub phases: Phases,
+    /// R's condition class, on an R error.
+    pub condition_class: Option<String>,
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -111,6 +118,8 @@ impl Host {
     /// Starts a host, loads `models` and waits until it is ready. A package that fails to
     /// load is in [`Started::failed`]; an error means the host cannot serve at all.
     pub async fn start(config: &HostConfig, models: &[ModelSpec]) -> Result<Started, HostError> {
+        // Counted as starting until it is ready or has failed.
+        let _starting = crate::metrics::host_in(crate::metrics::HostState::Starting);
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()
             .map_err(|source| HostError::Spawn { path: config.rhost_path.clone(), source })?;
         let their_fd = theirs.as_raw_fd();
@@ -173,9 +182,10 @@ impl Host {
         match tokio::time::timeout(config.start_timeout, handshake).await {
             Err(_) => Err(HostError::StartTimeout(config.start_timeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(FromHost::Ready { models, r_version, failed, .. })) => {
+            Ok(Ok(FromHost::Ready { models, r_version, failed, load_us, .. })) => {
                 tracing::info!(host = pid, r_version = %r_version, failed = failed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "r host ready");
-                Ok(Started { host, models, failed, r_version })
+                let load_times = load_us.into_iter().map(Duration::from_micros).collect();
+                Ok(Started { host, models, failed, r_version, load_times })
             }
             Ok(Ok(FromHost::LoadFailed { message })) => Err(HostError::LoadFailed(message)),
             Ok(Ok(other)) => Err(HostError::Protocol { pid, message: format!("expected ready, got {other:?}") }),
@@ -215,9 +225,9 @@ impl Host {
             }
         };
         match reply? {
-            FromHost::Scored { id: got, result, r_us } if got == id => {
+            FromHost::Scored { id: got, result, r_us, phases, condition_class } if got == id => {
                 self.served += 1;
-                Ok(Scored { result, r_us })
+                Ok(Scored { result, r_us, phases, condition_class })
             }
             other => {
                 let _ = self.child.start_kill();

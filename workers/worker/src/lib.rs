@@ -21,6 +21,10 @@
 //!   delivery whose handling panicked (requeued, then dead-lettered).
 //! - [`process`]: a whole worker: discovery, pool, consumer (following the queues of the
 //!   models served), announcements, the drain notice, and polling the models directory.
+//! - [`metrics`]: the worker's Prometheus metrics, each model's series cached per package
+//!   as loaded.
+//! - [`listen`]: the worker's own HTTP listener (`metrics.listen`): `/metrics`, `/live`,
+//!   `/ready`.
 //!
 //! **Invariant:** this crate never links R; R lives only in `rfleet-rhost` children, so a
 //! crash in R costs one host, never the worker.
@@ -29,6 +33,8 @@ pub mod consume;
 pub mod discover;
 pub mod forest;
 pub mod host;
+pub mod listen;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod process;

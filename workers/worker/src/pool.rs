@@ -26,6 +26,13 @@
 //! failure is reported and the hosts keep what they hold until the package is fixed or
 //! removed. With `strict`, a reload with any failure is held back.
 //!
+//! # What it records
+//! Each job is a `batch <model>` span (a child of its first request's CONSUMER span,
+//! linked to every member's) and each R call a `predict <model>` span under it; the
+//! metrics of [`crate::metrics`]: per job its rows, requests and shards, per R call its
+//! phases and busy time, per batch or split the merge, and the hosts' states, restarts,
+//! memory and load times as they happen.
+//!
 //! # Invariants
 //! - A request is in exactly one place until answered: the queue, or one running job.
 //! - A host runs one R call at a time: its driver is either on the idle stack or running
@@ -55,10 +62,13 @@ use tokio_util::task::TaskTracker;
 use crate::discover::{Discovered, Fingerprint, PackageFailure};
 use crate::forest::{self, ForestOutput};
 use crate::host::{Call, Host, HostConfig, HostError, Scored, Started};
+use crate::metrics::{self, HostState, Phase, Restart, Split};
 use crate::policy::{Plan, Throughput};
 use crate::request::{describe_failures, PoolError, PoolRequest, PoolScored, ServedModel};
 use crate::rows;
 use crate::schedule::{Holds, Scheduler, Start, Waiting};
+use telemetry::trace::TraceParent;
+use tracing::Instrument;
 
 /// The first and the longest wait between tries to start a replacement host (a broken
 /// model package or a full disk fails every start: retried, but not in a tight loop).
@@ -144,6 +154,8 @@ struct Generation {
     models: Vec<Arc<ServedModel>>,
     /// Each model's package, in `models` order.
     prints: Vec<Fingerprint>,
+    /// R's version in the host that loaded it, for `rfleet_model_info`.
+    r_version: String,
 }
 
 impl Generation {
@@ -179,8 +191,14 @@ enum Work {
 /// One R call of a job, for one host.
 struct Part {
     model: ModelRef,
+    /// The model as served: its metric series.
+    served: Arc<ServedModel>,
     input: Input,
     call: Call,
+    /// The R call's span (`predict <model>`), a child of the job's batch span.
+    span: tracing::Span,
+    /// The job lead's trace, for the exemplars of the call's phases.
+    trace: Option<TraceParent>,
     done_tx: oneshot::Sender<PartDone>,
 }
 
@@ -213,7 +231,9 @@ impl Pool {
             return Err(PoolError::Load(discovered.failed.into_iter().map(|f| f.failure).collect()));
         }
         let specs: Vec<ModelSpec> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
-        let Started { host: first, models: infos, failed, .. } = Host::start(&config.host, &specs).await?;
+        metrics::hosts_configured(config.n_hosts.max(1));
+        let Started { host: first, models: infos, failed, r_version, load_times } =
+            Host::start(&config.host, &specs).await?;
         let mut failures = discovered.failed.clone();
         failures.extend(failures_of(&failed, &specs));
         failures.sort_by(|a, b| a.dir.cmp(&b.dir));
@@ -222,7 +242,9 @@ impl Pool {
             return Err(PoolError::Load(failures.into_iter().map(|f| f.failure).collect()));
         }
         log_failures(&failures, &[]);
-        let generation = Arc::new(generation_of(&config, &discovered, infos, None));
+        let generation = Arc::new(generation_of(&config, &discovered, infos.clone(), None, r_version));
+        record_loads(&generation, &infos, &load_times);
+        model_info(None, &generation);
         let pool = Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -311,6 +333,9 @@ impl Pool {
             lost: 0,
             solo: false,
             reply_tx,
+            queued: None,
+            span: request.span,
+            trace: request.trace,
         };
         {
             let mut state = self.state();
@@ -324,6 +349,7 @@ impl Pool {
                     None => return Err(PoolError::UnknownModel(wanted)),
                 }
             }
+            waiting.queued = Some(waiting.model.metrics.queued());
             if state.scheduler.push_back(waiting).is_err() {
                 return Err(PoolError::ShuttingDown);
             }
@@ -383,7 +409,7 @@ impl Pool {
             _ = self.inner.shutdown.cancelled() => return,
             started = Host::start(&self.inner.config.host, &specs) => started,
         };
-        let Started { host, models: infos, failed, .. } = match started {
+        let Started { host, models: infos, failed, r_version, load_times } = match started {
             Ok(started) => started,
             // Not a package's fault (R did not start): tried again at the next poll.
             Err(error) => return tracing::error!(error = %error, "cannot start an r host with the new packages"),
@@ -408,7 +434,10 @@ impl Pool {
             state.failed = failures;
             state.tried = prints;
             let generation = (held_back.is_none())
-                .then(|| Arc::new(generation_of(&self.inner.config, &discovered, infos, Some(&state.current))))
+                .then(|| {
+                    let previous = Some(&*state.current);
+                    Arc::new(generation_of(&self.inner.config, &discovered, infos.clone(), previous, r_version))
+                })
                 .filter(|generation| generation.prints != state.current.prints);
             if let Some(failure) = held_back {
                 tracing::warn!(
@@ -422,6 +451,8 @@ impl Pool {
                 let names =
                     |g: &Generation| g.models.iter().map(|m| m.info.model_ref().to_string()).collect::<Vec<_>>();
                 tracing::info!(before = ?names(&state.current), after = ?names(generation), "serving the new packages");
+                record_loads(generation, &infos, &load_times);
+                model_info(Some(&state.current), generation);
                 state.current = generation.clone();
             }
             generation
@@ -577,8 +608,17 @@ impl Pool {
         for member in &mut members {
             member.tries += 1;
             member.started = Some(now);
+            member.queued = None;
         }
         let lead = &members[0];
+        let n_rows: usize = members.iter().map(|m| m.n_rows).sum();
+        let split = match plan {
+            Plan::Whole => None,
+            Plan::Rows(k) => Some((Split::Rows, k)),
+            Plan::Trees(k) => Some((Split::Trees, k)),
+        };
+        lead.model.metrics.job(n_rows, members.len(), split);
+        let batch = batch_span(&members, n_rows, &path(members.len(), plan));
         let input = if members.len() == 1 {
             // Kept in the request too, for a retry.
             lead.input.clone()
@@ -588,46 +628,77 @@ impl Pool {
             Input::Frame(frame)
         };
         let predict = || Call::Predict { predict_type: lead.predict_type.clone() };
-        let calls: Vec<(Input, Call)> = match (plan, &input) {
+        // Each call with its shard, as `rfleet.shard` names it.
+        let calls: Vec<(Input, Call, String)> = match (plan, &input) {
             (Plan::Rows(k), Input::Frame(frame)) => rows::even_ranges(frame.n_rows, k)
                 .into_iter()
-                .map(|range| (Input::Frame(rows::slice(frame, range)), predict()))
+                .map(|range| {
+                    let shard = format!("rows {}..{}", range.start, range.end);
+                    (Input::Frame(rows::slice(frame, range)), predict(), shard)
+                })
                 .collect(),
             (Plan::Trees(k), Input::Frame(_)) => {
                 let n_trees = lead.model.info.forest.as_ref().map_or(1, |f| f.n_trees);
-                forest::tree_ranges(n_trees, k).into_iter().map(|trees| (input.clone(), Call::Trees(trees))).collect()
+                forest::tree_ranges(n_trees, k)
+                    .into_iter()
+                    .map(|trees| (input.clone(), Call::Trees(trees), format!("trees {}..{}", trees.start, trees.end)))
+                    .collect()
             }
-            _ => vec![(input, predict())],
+            _ => vec![(input, predict(), "whole".to_string())],
         };
         let model = lead.model.info.model_ref();
         let mut hosts = hosts.into_iter();
         let mut done = Vec::with_capacity(calls.len());
-        for (input, call) in calls {
+        for (input, call, shard) in calls {
             let host = hosts.next().expect("the scheduler gives a split one host per part");
             let (done_tx, done_rx) = oneshot::channel();
+            let rows = match &input {
+                Input::Frame(frame) => frame.n_rows,
+                Input::Json(_) => 0,
+            };
+            let span = predict_span(&batch, &model, &shard, rows);
+            let part = Part {
+                model: model.clone(),
+                served: lead.model.clone(),
+                input,
+                call,
+                span,
+                trace: lead.trace,
+                done_tx,
+            };
             // A failed send drops `done_tx`, which the job task counts as a lost host.
-            let _ = host.work_tx.send(Work::Part(Part { model: model.clone(), input, call, done_tx }));
+            let _ = host.work_tx.send(Work::Part(part));
             done.push(done_rx);
         }
         for spare in hosts {
             self.park(spare);
         }
         let pool = self.clone();
-        self.inner.tasks.spawn(async move {
-            let done = futures::future::join_all(done).await;
-            pool.finish_job(members, plan, done);
-        });
+        self.inner.tasks.spawn(
+            async move {
+                let done = futures::future::join_all(done).await;
+                pool.finish_job(members, plan, done);
+            }
+            // The batch span lasts until the job is finished.
+            .instrument(batch),
+        );
     }
 
     /// Decides what a finished job means for its requests ([`conclude`]), then answers
     /// them or queues them again to be retried alone.
     fn finish_job(&self, members: Vec<Waiting>, plan: Plan, done: Vec<Result<PartDone, oneshot::error::RecvError>>) {
         let path = path(members.len(), plan);
+        let merging = Instant::now();
         let Some((members, Concluded { verdict, r_us, host_pid })) =
             guard_job(members, |members| conclude(members, plan, done))
         else {
             return;
         };
+        // Only a batch or a split has parts or slices to put together.
+        if (members.len() > 1 || plan != Plan::Whole) && matches!(verdict, Verdict::Rows(_)) {
+            let lead = &members[0];
+            lead.model.metrics.phase(Phase::Merge, merging.elapsed(), lead.trace.as_ref());
+        }
         let answer = |member: Waiting, result: Result<HostOutput, ErrorBody>| {
             let wait =
                 member.started.map_or(Duration::ZERO, |started| started.saturating_duration_since(member.arrived));
@@ -670,7 +741,10 @@ impl Pool {
     }
 
     /// Queues retried requests ahead of all others.
-    fn requeue(&self, retry: Vec<Waiting>) {
+    fn requeue(&self, mut retry: Vec<Waiting>) {
+        for waiting in &mut retry {
+            waiting.queued = Some(waiting.model.metrics.queued());
+        }
         if let Err(refused) = self.scheduler().push_front(retry) {
             for waiting in refused {
                 waiting.reply(Err(PoolError::ShuttingDown));
@@ -690,11 +764,14 @@ impl Pool {
 
     async fn drive(self, mut host: Host, generation: Arc<Generation>) {
         let pid = host.pid();
+        // Its memory is read at each scrape while it lives.
+        let _live = metrics::live_host(pid);
         // The last part's answer, sent once the host is idle again: a caller answered now
         // then finds its hosts free (and a lone request can be split again).
         let mut finished: Option<(oneshot::Sender<PartDone>, PartDone)> = None;
         loop {
             let (work_tx, work_rx) = oneshot::channel();
+            let idle = metrics::host_in(HostState::Idle);
             let parked = self.park(IdleHost { work_tx, generation: generation.clone() });
             if let Some((done_tx, done)) = finished.take() {
                 let _ = done_tx.send(done);
@@ -703,9 +780,13 @@ impl Pool {
                 break;
             }
             // The sender goes away unused only when shutdown empties the idle stack.
-            let Part { model, input, call, done_tx } = match work_rx.await {
+            let work = work_rx.await;
+            drop(idle);
+            let Part { model, served, input, call, span, trace, done_tx } = match work {
                 Ok(Work::Part(part)) => part,
                 Ok(Work::Retire(retired_tx)) => {
+                    let _retiring = metrics::host_in(HostState::Retiring);
+                    metrics::host_restarted(Restart::Reload);
                     tracing::info!(host = pid, "retiring r host: a reload replaces it");
                     self.host_gone(&generation);
                     host.stop().await;
@@ -714,9 +795,26 @@ impl Pool {
                 }
                 Err(_) => break,
             };
-            let result = host.call(&model, input, call, self.inner.config.host_timeout).await;
+            span.record("rfleet.host_pid", pid);
+            let busy = metrics::host_in(HostState::Busy);
+            let calling = Instant::now();
+            let result = host.call(&model, input, call, self.inner.config.host_timeout).instrument(span.clone()).await;
+            metrics::host_busy(calling.elapsed());
+            drop(busy);
+            match &result {
+                Ok(scored) => {
+                    served.metrics.r_call(scored.phases, trace.as_ref());
+                    if let Err(error) = &scored.result {
+                        let kind = scored.condition_class.as_deref().unwrap_or(error.code.as_str());
+                        failed_span(&span, kind, &error.message);
+                    }
+                }
+                Err(error) => failed_span(&span, "host_lost", &error.to_string()),
+            }
+            drop(span);
             if let Err(error) = &result {
                 tracing::warn!(host = pid, model = %model, error = %error, "r host lost; replacing it");
+                metrics::host_restarted(Restart::of(error));
                 // Counted out before the job hears of it, so a retry never waits for it.
                 self.host_gone(&generation);
                 let _ = done_tx.send(PartDone { result, host_pid: pid });
@@ -726,7 +824,8 @@ impl Pool {
                 return;
             }
             if let Some(reason) = self.worn_out(&host) {
-                tracing::info!(host = pid, served = host.served, reason, "recycling r host");
+                tracing::info!(host = pid, served = host.served, reason = reason.as_str(), "recycling r host");
+                metrics::host_restarted(reason);
                 self.host_gone(&generation);
                 let _ = done_tx.send(PartDone { result, host_pid: pid });
                 self.replace();
@@ -750,13 +849,13 @@ impl Pool {
     }
 
     /// Why `host` should be recycled, if it should.
-    fn worn_out(&self, host: &Host) -> Option<&'static str> {
+    fn worn_out(&self, host: &Host) -> Option<Restart> {
         let config = &self.inner.config;
         if config.max_requests_per_host > 0 && host.served >= config.max_requests_per_host {
-            return Some("max_requests_per_host");
+            return Some(Restart::MaxRequests);
         }
         let fat = config.max_host_rss_mib > 0 && host.rss_mib().is_some_and(|rss| rss > config.max_host_rss_mib);
-        fat.then_some("max_host_rss_mib")
+        fat.then_some(Restart::MaxRss)
     }
 
     /// A host of `generation` stopped counting as live: a job waiting for every live host
@@ -801,6 +900,7 @@ impl Pool {
     async fn start_host(&self) -> Option<(Host, Arc<Generation>)> {
         let start = || self.start_current();
         let started = start.retry(crate::backoff(HOST_RESTART_FIRST, HOST_RESTART_LONGEST)).notify(|error, delay| {
+            metrics::host_restarted(Restart::StartFailed);
             tracing::error!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot start r host");
         });
         tokio::select! {
@@ -834,6 +934,7 @@ impl Pool {
                 return Err(HostError::LoadFailed("the pool is shutting down".into()));
             }
             if Arc::ptr_eq(&generation, &self.state().current) {
+                record_loads(&generation, &started.models, &started.load_times);
                 return Ok((started.host, generation));
             }
             started.host.stop().await;
@@ -849,8 +950,9 @@ fn generation_of(
     discovered: &Discovered,
     infos: Vec<ModelInfo>,
     previous: Option<&Generation>,
+    r_version: String,
 ) -> Generation {
-    let mut generation = Generation { specs: Vec::new(), models: Vec::new(), prints: Vec::new() };
+    let mut generation = Generation { specs: Vec::new(), models: Vec::new(), prints: Vec::new(), r_version };
     for info in infos {
         let Some(package) =
             discovered.packages.iter().find(|p| p.spec.name == info.name && p.spec.version == info.version)
@@ -863,13 +965,78 @@ fn generation_of(
             Some(previous.models[index].clone())
         });
         let model = kept.unwrap_or_else(|| {
-            Arc::new(ServedModel { info, throughput: config.throughput.for_model(&package.manifest) })
+            let buckets = package.manifest.metrics.prediction_buckets.as_deref();
+            Arc::new(ServedModel::new(info, config.throughput.for_model(&package.manifest), buckets))
         });
         generation.specs.push(package.spec.clone());
         generation.models.push(model);
         generation.prints.push(package.fingerprint.clone());
     }
     generation
+}
+
+/// The span of one job (`batch <model>`, INTERNAL): a child of its first request's
+/// CONSUMER span, linked to every request's, since one batch serves many traces.
+fn batch_span(members: &[Waiting], n_rows: usize, path: &str) -> tracing::Span {
+    let lead = &members[0];
+    let span = tracing::info_span!(
+        parent: &lead.span,
+        "batch",
+        "otel.name" = format!("batch {}", lead.model.info.name),
+        "otel.kind" = "internal",
+        "rfleet.batch.requests" = members.len(),
+        "rfleet.batch.rows" = n_rows,
+        "rfleet.path" = path,
+    );
+    for member in members {
+        if let Some(trace) = &member.trace {
+            telemetry::trace::link(&span, trace);
+        }
+    }
+    span
+}
+
+/// The span of one R call (`predict <model>`, INTERNAL), a child of its job's.
+fn predict_span(batch: &tracing::Span, model: &ModelRef, shard: &str, rows: usize) -> tracing::Span {
+    tracing::info_span!(
+        parent: batch,
+        "predict",
+        "otel.name" = format!("predict {}", model.name),
+        "otel.kind" = "internal",
+        "rfleet.model" = %model.name,
+        "rfleet.model_version" = model.version.as_deref().unwrap_or(""),
+        "rfleet.host_pid" = tracing::field::Empty,
+        "rfleet.shard" = shard,
+        "rfleet.rows" = rows,
+        "otel.status_code" = tracing::field::Empty,
+    )
+}
+
+/// Marks an R call's span failed, with an `exception` event: R's condition class (or what
+/// went wrong) and the message.
+fn failed_span(span: &tracing::Span, kind: &str, message: &str) {
+    telemetry::trace::exception(span, kind, message);
+    span.record("otel.status_code", "error");
+}
+
+/// Observes how long each model of `generation` took to load on a host that reported
+/// `infos` and `load_times` (in the same order).
+fn record_loads(generation: &Generation, infos: &[ModelInfo], load_times: &[Duration]) {
+    for (info, time) in infos.iter().zip(load_times) {
+        if let Some(model) = generation.find(&info.model_ref()) {
+            model.metrics.loaded(*time);
+        }
+    }
+}
+
+/// `rfleet_model_info` follows the served models: `previous`'s go, `current`'s come.
+fn model_info(previous: Option<&Generation>, current: &Generation) {
+    for model in previous.iter().flat_map(|g| &g.models) {
+        model.metrics.forget_info(&model.info.r_class, previous.map_or("", |g| g.r_version.as_str()));
+    }
+    for model in &current.models {
+        model.metrics.info(&model.info.r_class, &current.r_version);
+    }
 }
 
 /// The model called `name` at `version`, or the highest version of it by
@@ -1126,7 +1293,7 @@ mod tests {
         let versioned = |name: &str, version: Option<&str>| {
             let plain = model(name, batching(1, 0, SplitPolicy::Never), None);
             let info = ModelInfo { version: version.map(str::to_string), ..plain.info.clone() };
-            Arc::new(ServedModel { info, throughput: plain.throughput.clone() })
+            Arc::new(ServedModel::new(info, plain.throughput.clone(), None))
         };
         let models = [
             versioned("reg", Some("2")),

@@ -131,7 +131,7 @@ impl Worker {
             draining_rx,
             stop_consuming.clone(),
         ));
-        crate::run(consumer, pool.clone(), consume, stop_consuming).await;
+        crate::run(consumer, pool.clone(), transport.clone(), consume, stop_consuming).await;
         notice.abort();
         let _ = announcer.await;
         if let Some(poller) = poller {
@@ -241,6 +241,19 @@ impl Follower {
         }
     }
 
+    /// Reads the depth of each served version's request queue on the bus (what KEDA
+    /// scales on) into `rfleet_bus_queue_messages`; a queue the bus cannot tell about keeps
+    /// its last value.
+    async fn read_queue_depths(&self) {
+        for info in self.pool.models() {
+            let Some(model) = self.pool.model(&info.name, info.version.as_deref()) else { continue };
+            let queue = self.transport.queue_for(&info.name, info.version.as_deref());
+            if let Some(depth) = self.transport.queue_depth(&queue).await {
+                model.metrics.bus_queue(depth);
+            }
+        }
+    }
+
     /// Announces the worker every `interval`, and at once whenever its live host count or
     /// its models change (the queues consumed follow the models first), until shutdown;
     /// then once more as draining, and says so on `draining_tx`.
@@ -256,7 +269,7 @@ impl Follower {
             self.announce(false).await;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = tokio::time::sleep(self.interval) => self.read_queue_depths().await,
                 // A pool that is gone ends the worker anyway; shutdown follows.
                 Ok(()) = live_hosts.changed() => {}
                 Ok(()) = changes.changed() => {

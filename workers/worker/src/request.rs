@@ -9,7 +9,10 @@ use protocol::host::HostOutput;
 use protocol::message::SplitPolicy;
 use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef};
 
+use telemetry::trace::TraceParent;
+
 use crate::host::HostError;
+use crate::metrics::ModelMetrics;
 use crate::policy::Throughput;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,16 @@ pub fn describe_failures(failures: &[LoadFailure]) -> String {
 pub struct ServedModel {
     pub info: ModelInfo,
     pub throughput: Throughput,
+    /// Its metric series, made once.
+    pub metrics: ModelMetrics,
+}
+
+impl ServedModel {
+    /// `prediction_buckets`: `model.toml`'s `[metrics] prediction_buckets`.
+    pub fn new(info: ModelInfo, throughput: Throughput, prediction_buckets: Option<&[f64]>) -> ServedModel {
+        let metrics = ModelMetrics::new(&info, prediction_buckets);
+        ServedModel { info, throughput, metrics }
+    }
 }
 
 /// One request for the pool.
@@ -66,6 +79,10 @@ pub struct PoolRequest {
     /// Overrides the model's split policy.
     pub split: Option<SplitPolicy>,
     pub deadline: Option<Instant>,
+    /// The request's CONSUMER span: a job it leads is a child of it.
+    pub span: tracing::Span,
+    /// The request's trace context, which the batch span links to.
+    pub trace: Option<TraceParent>,
 }
 
 /// What the pool returns for one request.

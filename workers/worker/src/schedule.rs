@@ -34,7 +34,10 @@ use protocol::message::SplitPolicy;
 use protocol::{Frame, Input};
 use tokio::sync::oneshot;
 
+use telemetry::trace::TraceParent;
+
 use crate::forest::ForestOutput;
+use crate::metrics::Queued;
 use crate::policy::{self, Hosts, JobShape, Plan};
 use crate::request::{PoolError, PoolScored, ServedModel};
 use crate::rows;
@@ -71,6 +74,12 @@ pub(crate) struct Waiting {
     /// it is scored alone and whole, so whatever goes wrong is its own doing.
     pub solo: bool,
     pub reply_tx: oneshot::Sender<Result<PoolScored, PoolError>>,
+    /// Counts it in `rfleet_queue_depth` while it is queued (`None` once in a job).
+    pub queued: Option<Queued>,
+    /// Its CONSUMER span, the parent of the batch span when it leads a job.
+    pub span: tracing::Span,
+    /// Its trace context: what a batch span links to, and its metrics' exemplars.
+    pub trace: Option<TraceParent>,
 }
 
 impl Waiting {
@@ -326,7 +335,7 @@ pub(crate) mod tests {
             predict_type: None,
             forest: n_trees.map(|n_trees| ForestInfo { n_trees, classes: None }),
         };
-        Arc::new(ServedModel { info, throughput })
+        Arc::new(ServedModel::new(info, throughput, None))
     }
 
     pub(crate) fn batching(max_batch_rows: usize, wait_ms: u64, split: SplitPolicy) -> Throughput {
@@ -357,6 +366,9 @@ pub(crate) mod tests {
             lost: 0,
             solo: false,
             reply_tx: oneshot::channel().0,
+            queued: None,
+            span: tracing::Span::none(),
+            trace: None,
         }
     }
 

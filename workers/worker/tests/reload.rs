@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{ContentType, EmbeddedBus, Outgoing, Requester, Transport};
+mod embedded;
+
+use bus::{EmbeddedBus, Transport};
 use protocol::{Announcement, Column, ColumnData, ErrorCode, Frame, Input, Outcome, Reply, Request, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -171,16 +173,7 @@ async fn score(bus: &EmbeddedBus, model: &str, version: Option<&str>) -> Reply {
         request_id: None,
         input: Input::Frame(frame),
     };
-    let outgoing = Outgoing {
-        correlation_id: id,
-        queue: bus.request_queue(),
-        content_type: ContentType::MsgPack,
-        body: protocol::encode(&request).unwrap(),
-        expiration_ms: None,
-        traceparent: None,
-    };
-    let reply = bus.call(outgoing, Instant::now() + Duration::from_secs(30)).await.expect("a reply");
-    protocol::decode(&reply).expect("a reply the protocol decodes")
+    embedded::call(bus, &request, None).await
 }
 
 /// What a reply should be: predictions equal to R's (and the version that scored), or an

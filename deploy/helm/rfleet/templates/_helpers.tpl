@@ -218,6 +218,18 @@ the chart; otherwise it is one key of a Secret.
 {{- end }}
 {{- end }}
 
+{{/* The NetworkPolicy peer Prometheus scrapes from: its namespace, and its pods if given. */}}
+{{- define "rfleet.prometheusPeer" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Values.networkPolicy.prometheusNamespace }}
+  {{- with .Values.networkPolicy.prometheusPodLabels }}
+  podSelector:
+    matchLabels:
+      {{- toYaml . | nindent 6 }}
+  {{- end }}
+{{- end }}
+
 {{/* Egress rules every rfleet pod has: cluster DNS, and the broker's ports. */}}
 {{- define "rfleet.egressDnsAndBroker" -}}
 - to:
