@@ -48,6 +48,8 @@ fn table(auth: Option<&Auth>) -> Vec<(Access, UtoipaMethodRouter<AppState>)> {
         (Open, routes!(routes::healthy)),
         (Open, routes!(routes::live)),
         (Open, routes!(routes::ready)),
+        // Prometheus scrapes without credentials, as probes do.
+        (Open, routes!(routes::metrics)),
         (Credential, routes!(routes::list_models)),
         (Credential, routes!(routes::get_model)),
         (Credential, routes!(routes::get_model_version)),

@@ -22,8 +22,11 @@
 //!   answered 503, never closed unanswered.
 //! - [`tls`]: HTTPS (`[tls]`, off by default): the TLS handshake for that listener, and the
 //!   certificate reloaded from its files.
-//! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`) and the
-//!   access log, from tower-http's layers.
+//! - [`request_id`]: request ids (`x-request-id`, `x-ms-client-request-id`), the
+//!   request's SERVER span in its trace (the caller's `traceparent` or a new one), the HTTP
+//!   metrics and the access log, around every route.
+//! - [`metrics`]: the dispatcher's Prometheus metrics (HTTP, scoring by model, version and
+//!   outcome, mirrored copies), served by `GET /metrics` ([`routes`]).
 //! - [`catalog`]: what the fleet serves, as this dispatcher knows it from announcements:
 //!   per model version, its description and live R hosts, and the packages that failed.
 //! - [`routing`]: which version an unpinned request goes to (the rule, without I/O);
@@ -44,6 +47,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod mirror;
 pub mod oip;
 pub mod openapi;
@@ -79,6 +83,8 @@ pub struct AppState {
     shared: Arc<Shared>,
     /// `None` when auth is off.
     auth: Option<auth::Auth>,
+    /// `metrics.enabled`: whether `GET /metrics` answers (metrics are recorded either way).
+    metrics_enabled: bool,
 }
 
 struct Shared {
@@ -115,7 +121,14 @@ impl AppState {
                 mirrors: Arc::default(),
             }),
             auth: None,
+            metrics_enabled: true,
         }
+    }
+
+    /// Serves `GET /metrics` as `[metrics]` says (on by default).
+    pub fn with_metrics(mut self, settings: &settings::MetricsSettings) -> Self {
+        self.metrics_enabled = settings.enabled;
+        self
     }
 
     /// Routes by the traffic file `path` (`models.traffic_file`; no-op for `None`), re-read
@@ -142,6 +155,8 @@ impl AppState {
 
 /// All routes of the route table ([`api`]), with the layers every response goes through.
 pub fn router(state: AppState) -> Router {
+    // Every family at zero from the first scrape.
+    metrics::init();
     let api = api::build(state.auth.as_ref());
     let document = openapi::BaseDocument(Arc::new(api.document(state.auth.is_some())));
     let routes = api.router.layer(Extension(document)).with_state(state);

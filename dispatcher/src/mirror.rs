@@ -9,7 +9,8 @@
 //! client's answer never waits for a copy: [`scoring::execute`](crate::scoring::execute)
 //! hands the primary's outcome to the copy's task once it has it, and the task compares
 //! ([`compare`]: the same predictions, numbers within [`RELATIVE_TOLERANCE`]) and counts
-//! per model ([`MirrorCounts`], shown in `GET /models`), logging each difference at info.
+//! per model ([`MirrorCounts`], shown in `GET /models`, and `rfleet_mirrored_total` by
+//! model, shadow version and outcome), logging each difference at info.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +56,26 @@ pub struct MirrorCounts {
     pub dropped: u64,
 }
 
+/// A copy's outcome, as `rfleet_mirrored_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mirrored {
+    Same,
+    Different,
+    Failed,
+    Dropped,
+}
+
+impl Mirrored {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mirrored::Same => "same",
+            Mirrored::Different => "different",
+            Mirrored::Failed => "failed",
+            Mirrored::Dropped => "dropped",
+        }
+    }
+}
+
 /// What a version answered a request: predictions (or an entry script's JSON), or an error.
 pub type Outcome = Result<Answer, ErrorBody>;
 
@@ -74,7 +95,8 @@ pub struct Copy {
     pub primary_version: Option<String>,
     pub mirror_version: String,
     pub request_id: String,
-    pub correlation_id: String,
+    /// Its PRODUCER span and correlation id, made before it was encoded with its trace context.
+    pub publication: client::Publication,
     /// The encoded request, or why the shadow version cannot take it (its schema refused
     /// the input): counted as failed without being sent.
     pub body: Result<Vec<u8>, String>,
@@ -103,12 +125,24 @@ impl Mirrors {
         count(self.counts.lock().entry(model.to_string()).or_default());
     }
 
+    /// Counts a copy's outcome in `GET /models` and in `rfleet_mirrored_total`; the metric
+    /// first: whoever sees the count in `GET /models` finds it in `/metrics` too.
+    fn outcome(&self, model: &str, mirror_version: &str, outcome: Mirrored) {
+        crate::metrics::mirrored(model, mirror_version, outcome.as_str());
+        self.count(model, |c| match outcome {
+            Mirrored::Same => c.equal += 1,
+            Mirrored::Different => c.different += 1,
+            Mirrored::Failed => c.failed += 1,
+            Mirrored::Dropped => c.dropped += 1,
+        });
+    }
+
     /// Sends `copy` in the background, unless [`MAX_MIRRORS_IN_FLIGHT`] copies are in
     /// flight (then it is dropped and counted). Returns where the primary's outcome goes
     /// once it is known; dropping that sender means the primary got no answer.
     pub fn send(self: &Arc<Self>, requester: Arc<dyn Requester>, copy: Copy) -> Option<oneshot::Sender<Outcome>> {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            self.count(&copy.model, |c| c.dropped += 1);
+            self.outcome(&copy.model, &copy.mirror_version, Mirrored::Dropped);
             tracing::debug!(model = %copy.model, request_id = %copy.request_id, "mirror copy dropped: too many in flight");
             return None;
         };
@@ -126,29 +160,18 @@ impl Mirrors {
         _permit: OwnedSemaphorePermit,
         primary: oneshot::Receiver<Outcome>,
     ) {
-        let Copy { model, primary_version, mirror_version, request_id, correlation_id, body, timeout_ms } = copy;
+        let Copy { model, primary_version, mirror_version, request_id, publication, body, timeout_ms } = copy;
         let deadline = Deadline::after(Duration::from_millis(timeout_ms));
+        let correlation_id = publication.correlation_id().to_string();
         let mirrored: Outcome = match body {
             Err(message) => Err(ErrorBody::new(ErrorCode::InvalidInput, message)),
-            Ok(body) => {
-                match client::publish_and_await(
-                    &*requester,
-                    &model,
-                    Some(&mirror_version),
-                    &correlation_id,
-                    body,
-                    &deadline,
-                    None,
-                )
-                .await
-                {
-                    Ok(reply) => match decode_reply(&reply, &correlation_id) {
-                        Ok((outcome, _)) => outcome,
-                        Err(error) => Err(error_body(error)),
-                    },
-                    Err(error) => Err(error_body(ApiError::from_bus(error, timeout_ms))),
-                }
-            }
+            Ok(body) => match publication.send(&*requester, body, &deadline).await {
+                Ok(reply) => match decode_reply(&reply, &correlation_id) {
+                    Ok((outcome, _)) => outcome,
+                    Err(error) => Err(error_body(error)),
+                },
+                Err(error) => Err(error_body(ApiError::from_bus(error, timeout_ms))),
+            },
         };
         let wait = Duration::from_millis(timeout_ms).saturating_add(PRIMARY_GRACE);
         let Ok(Ok(primary)) = tokio::time::timeout(wait, primary).await else {
@@ -157,13 +180,13 @@ impl Mirrors {
         };
         let primary_version = primary_version.as_deref().unwrap_or("none");
         match compare(&primary, &mirrored) {
-            Comparison::Equal => self.count(&model, |c| c.equal += 1),
+            Comparison::Equal => self.outcome(&model, &mirror_version, Mirrored::Same),
             Comparison::Different(difference) => {
-                self.count(&model, |c| c.different += 1);
+                self.outcome(&model, &mirror_version, Mirrored::Different);
                 tracing::info!(%model, primary_version, %mirror_version, %request_id, %difference, "mirror answered differently");
             }
             Comparison::Failed(error) => {
-                self.count(&model, |c| c.failed += 1);
+                self.outcome(&model, &mirror_version, Mirrored::Failed);
                 tracing::debug!(%model, %mirror_version, %request_id, %error, "mirror copy failed");
             }
         }

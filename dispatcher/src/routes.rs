@@ -1,13 +1,15 @@
-//! Probes, the model list (`GET /models`: versions, live hosts, traffic, failed packages),
+//! Probes, `GET /metrics`, the model list (`GET /models`: versions, live hosts, traffic, failed packages),
 //! the not-found answers of models, and JSON answers for unknown routes and methods.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{Method, Uri};
+use axum::http::{header, HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::{ErrorCode, ModelInfo};
 use serde::Serialize;
 use settings::traffic::ModelTraffic;
+use telemetry::metrics::Format;
 
 use crate::catalog::Snapshot;
 use crate::error::ApiError;
@@ -51,6 +53,30 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
         missing.push("the message bus is not ready");
     }
     Err(ApiError::NotReady(missing.join("; ")))
+}
+
+/// `GET /metrics`: every metric of this process (the worker's too in `rfleet serve`), as
+/// OpenMetrics with exemplars when the scraper accepts it (Prometheus does), else the
+/// Prometheus text format; a 404 with `metrics.enabled = false`.
+#[utoipa::path(get, path = "/metrics", tag = "probes", summary = "Prometheus metrics (OpenMetrics or the text format, as `Accept` asks)",
+    responses((status = 200, description = "the metrics", content(
+                  (String = "text/plain"), (String = "application/openmetrics-text"))),
+              (status = 404, body = ErrorMessage, description = "metrics are off (`metrics.enabled = false`)")))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.metrics_enabled {
+        return Err(ApiError::RouteNotFound { method: method.to_string(), path: uri.path().to_string() });
+    }
+    let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    // Encoding holds the registry's lock and takes a millisecond or so: off the async threads.
+    let body = tokio::task::spawn_blocking(move || telemetry::metrics::encode(format))
+        .await
+        .map_err(|e| ApiError::internal(format!("encoding the metrics failed: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 /// `GET /models`: every served version of every model with its schema, how it is served

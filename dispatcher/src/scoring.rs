@@ -12,11 +12,12 @@
 //! of them can skip a limit or parse an HTTP answer back.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use client::Deadline;
+use client::{Deadline, Publication, TraceParent};
 use futures::StreamExt;
 use protocol::json::{frame_from_slice, JsonError};
 use protocol::{
@@ -26,6 +27,7 @@ use tracing::Span;
 
 use crate::catalog::Served;
 use crate::error::ApiError;
+use crate::metrics;
 use crate::routing::{self, Candidate};
 use crate::AppState;
 
@@ -40,7 +42,8 @@ pub const X_RFLEET_MODEL_VERSION: HeaderName = HeaderName::from_static("x-rfleet
 /// Azure ML's deployment selector: on `/score` and `/models/{name}/score`, pins the
 /// request to the version it names.
 pub const AZUREML_MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
-/// Passed through to the worker so traces cross the bus (W3C trace context).
+/// The caller's W3C trace context, which the request's SERVER span continues
+/// ([`crate::request_id`]); the worker gets the PRODUCER span's, so traces cross the bus.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Bodies (and replies) at least this large are parsed and encoded on the blocking pool:
@@ -71,7 +74,7 @@ pub struct ScoreCall<P> {
     pub parse: P,
     /// Options from the URL (`?type=`, `?split=`); a parser may add `type` from the body.
     pub options: Options,
-    /// What the request's headers say: deadline, trace context, declared length.
+    /// What the request's headers say: the deadline and the declared length.
     pub headers: CallHeaders,
     /// The request id (`x-request-id` or `x-ms-client-request-id`), for the worker's logs.
     pub request_id: String,
@@ -82,7 +85,6 @@ pub struct ScoreCall<P> {
 pub struct CallHeaders {
     /// `x-rfleet-timeout-ms`, when sent.
     pub timeout_ms: Option<u64>,
-    pub traceparent: Option<String>,
     /// `Content-Length`, when sent: a body declared too large is refused unread.
     pub content_length: Option<u64>,
 }
@@ -91,7 +93,6 @@ impl CallHeaders {
     pub fn from_headers(headers: &HeaderMap) -> Result<CallHeaders, ApiError> {
         Ok(CallHeaders {
             timeout_ms: timeout_header(headers)?,
-            traceparent: headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string),
             content_length: headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
@@ -205,11 +206,53 @@ impl IntoResponse for Failure {
     }
 }
 
-/// Scores one request; see the module's documentation for what it owns.
+/// Scores one request; see the module's documentation for what it owns. A request for a
+/// version the catalog knows is counted in the scoring metrics by its outcome.
 pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<Scored<P::Extra>, Failure> {
+    let started = Instant::now();
+    let trace = crate::request_id::current_trace();
+    let mut seen = Seen::default();
+    let scored = score(state, call, trace.as_ref(), &mut seen).await;
+    if let Some(info) = &seen.info {
+        let model = metrics::model(&info.name, info.version.as_deref());
+        let (outcome, timings) = match &scored {
+            Ok(scored) => (metrics::Outcome::Success, Some(&scored.timings)),
+            Err(failure) => (metrics::outcome_of(&failure.error), failure.timings.as_deref()),
+        };
+        model.request(outcome, started.elapsed(), trace.as_ref());
+        if let (Some(reply_wait), Some(timings)) = (seen.reply_wait, timings) {
+            model.replied(reply_wait, timings.worker_ms, trace.as_ref());
+        }
+        if outcome != metrics::Outcome::Success && telemetry::trace::exporting() {
+            telemetry::trace::attribute(&Span::current(), "rfleet.outcome", outcome.as_str());
+        }
+    }
+    scored
+}
+
+/// What [`score`] got to before it returned: the version chosen, and how long the reply
+/// took once published.
+#[derive(Default)]
+struct Seen {
+    info: Option<Arc<ModelInfo>>,
+    reply_wait: Option<Duration>,
+}
+
+async fn score<P: Parse>(
+    state: &AppState,
+    call: ScoreCall<P>,
+    trace: Option<&TraceParent>,
+    seen: &mut Seen,
+) -> Result<Scored<P::Extra>, Failure> {
     let ScoreCall { target, body, parse, mut options, headers, request_id } = call;
     Span::current().record("model", target.name.as_str());
     let shared = &state.shared;
+    // Resolved first, so a request refused for a bad header or `type` still counts under
+    // its version; the errors keep their order.
+    let resolved = state.resolve(&target);
+    if let Ok(resolved) = &resolved {
+        seen.info = Some(resolved.info.clone());
+    }
     check_predict_type(options.predict_type.as_deref())?;
 
     // The caller's clock starts now: time spent reading the body counts against it.
@@ -217,7 +260,7 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
     let deadline = Deadline::after_ms(timeout_ms)
         .ok_or_else(|| ApiError::bad_request(format!("{X_RFLEET_TIMEOUT_MS} of {timeout_ms} ms is too far away")))?;
 
-    let Resolved { info, mirror } = state.resolve(&target)?;
+    let Resolved { info, mirror } = resolved?;
     let version = info.version.clone();
     if let Some(version) = &version {
         Span::current().record("model_version", version.as_str());
@@ -239,7 +282,16 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
         .await
         .map_err(|e| Failure::of_version(e, &version))?;
 
-    let correlation_id = uuid::Uuid::new_v4().to_string();
+    // The PRODUCER spans first, so the encoded requests carry the trace context their
+    // messages' headers will.
+    let requester = &*shared.requester;
+    let publication =
+        Publication::new(requester, &info.name, info.version.as_deref(), uuid::Uuid::new_v4().to_string(), trace);
+    let mirror_publication = mirror.as_ref().map(|mirror| {
+        Publication::new(requester, &info.name, mirror.version.as_deref(), uuid::Uuid::new_v4().to_string(), trace)
+    });
+    let correlation_id = publication.correlation_id().to_string();
+    let traceparent = publication.traceparent().to_string();
     let max_rows = shared.server.max_rows;
     let id = correlation_id.clone();
     let copy_request_id = request_id.clone();
@@ -258,17 +310,18 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
             model_version: info.version.clone(),
             deadline_ms: Some(deadline.epoch_ms),
             options,
-            traceparent: headers.traceparent,
+            traceparent: Some(traceparent),
             request_id: Some(request_id),
             input: parsed.input,
         };
         let encoded =
             protocol::encode(&request).map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
         // Only a request that parsed is mirrored, checked against the shadow's own schema.
-        let copy = mirror.map(|mirror| {
+        let copy = mirror.zip(mirror_publication).map(|(mirror, publication)| {
             let mirror_version = mirror.version.clone().unwrap_or_default();
-            request.id = uuid::Uuid::new_v4().to_string();
+            request.id = publication.correlation_id().to_string();
             request.model_version = mirror.version.clone();
+            request.traceparent = Some(publication.traceparent().to_string());
             let body = mirror_input(request.input.clone(), &info, &mirror, max_rows).and_then(|input| {
                 request.input = input;
                 protocol::encode(&request).map_err(|e| format!("cannot encode the request: {e}"))
@@ -278,7 +331,7 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
                 primary_version: info.version.clone(),
                 mirror_version,
                 request_id: copy_request_id,
-                correlation_id: request.id,
+                publication,
                 body,
                 timeout_ms,
             }
@@ -289,17 +342,12 @@ pub async fn execute<P: Parse>(state: &AppState, call: ScoreCall<P>) -> Result<S
     .map_err(|e| Failure::of_version(e, &version))?;
     let primary_tx = copy.and_then(|copy| shared.mirrors.send(shared.requester.clone(), copy));
 
-    let reply = client::publish_and_await(
-        &*shared.requester,
-        &info.name,
-        info.version.as_deref(),
-        &correlation_id,
-        encoded,
-        &deadline,
-        None,
-    )
-    .await
-    .map_err(|e| Failure::of_version(ApiError::from_bus(e, timeout_ms), &version))?;
+    let published = Instant::now();
+    let reply = publication
+        .send(requester, encoded, &deadline)
+        .await
+        .map_err(|e| Failure::of_version(ApiError::from_bus(e, timeout_ms), &version))?;
+    seen.reply_wait = Some(published.elapsed());
     let (answer, mut timings) = run_cpu(reply.len(), move || decode_reply(&reply, &correlation_id))
         .await
         .map_err(|e| Failure::of_version(e, &version))?;

@@ -42,6 +42,8 @@ struct Setup {
     bus_capacity: usize,
     /// `models.traffic_file`.
     traffic_file: Option<std::path::PathBuf>,
+    /// `metrics.enabled`.
+    metrics_enabled: bool,
 }
 
 impl Default for Setup {
@@ -52,6 +54,7 @@ impl Default for Setup {
             worker: Worker::Scripted,
             bus_capacity: 64,
             traffic_file: None,
+            metrics_enabled: true,
         }
     }
 }
@@ -217,7 +220,8 @@ impl Service {
         let state =
             AppState::new(Arc::new(bus.clone()), catalog.clone(), setup.server, setup.default_model.map(Into::into))
                 .with_traffic_file(setup.traffic_file.as_deref())
-                .expect("the traffic file is valid");
+                .expect("the traffic file is valid")
+                .with_metrics(&settings::MetricsSettings { enabled: setup.metrics_enabled, listen: None });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -329,7 +333,7 @@ async fn scripted_worker(mut consumer: EmbeddedConsumer, hung: Arc<AtomicUsize>)
             // Answers after a while, from a task of its own so other requests go on.
             "slow" => {
                 hung.fetch_add(1, Ordering::SeqCst);
-                let reply = protocol::encode(&scripted_reply(&request)).unwrap();
+                let reply = protocol::encode(&scripted_reply(&request, delivery.traceparent.as_deref())).unwrap();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     delivery.reply(ContentType::MsgPack, reply).await.unwrap();
@@ -339,14 +343,15 @@ async fn scripted_worker(mut consumer: EmbeddedConsumer, hung: Arc<AtomicUsize>)
             }
             "garbage" => vec![0xc1],
             "wrongid" => protocol::encode(&Reply::error("someone-else", ErrorCode::Internal, "x")).unwrap(),
-            _ => protocol::encode(&scripted_reply(&request)).unwrap(),
+            _ => protocol::encode(&scripted_reply(&request, delivery.traceparent.as_deref())).unwrap(),
         };
         delivery.reply(ContentType::MsgPack, body).await.unwrap();
         delivery.ack().await.unwrap();
     }
 }
 
-fn scripted_reply(request: &Request) -> Reply {
+/// `header_traceparent`: the `traceparent` the message's headers carried.
+fn scripted_reply(request: &Request, header_traceparent: Option<&str>) -> Reply {
     let frame = || match &request.input {
         Input::Frame(frame) => frame.clone(),
         Input::Json(_) => panic!("model {} got JSON instead of a frame", request.model),
@@ -363,7 +368,7 @@ fn scripted_reply(request: &Request) -> Reply {
             Outcome::Json(
                 json!({
                     "type": request.options.predict_type,
-                    "traceparent": request.traceparent,
+                    "trace": describe_trace(request.traceparent.as_deref(), header_traceparent),
                     "request_id": request.request_id,
                     "model_version": request.model_version,
                     "deadline_in_s": (deadline_in_ms as f64 / 1000.0).round(),
@@ -417,6 +422,24 @@ fn scripted_reply(request: &Request) -> Reply {
             model_version: request.model_version.clone().filter(|_| request.model == "rf_reg"),
         },
     }
+}
+
+/// The `traceparent` a test sends.
+const CALLER_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// What the request's `traceparent` is, against [`CALLER_TRACEPARENT`]: its trace (the
+/// caller's or a new one), its parent id (the dispatcher's own span: never the caller's),
+/// and whether the message's headers carried the same.
+fn describe_trace(body: Option<&str>, header: Option<&str>) -> Value {
+    let Some(body) = body else { return Value::Null };
+    let (caller, sent) = (CALLER_TRACEPARENT.split('-').collect::<Vec<_>>(), body.split('-').collect::<Vec<_>>());
+    assert_eq!(sent.len(), 4, "{body}");
+    json!({
+        "trace_id": if sent[1] == caller[1] { "the caller's" } else { "new" },
+        "parent_id": if sent[2] == caller[2] { "the caller's" } else { "new" },
+        "sampled": sent[3] == "01",
+        "in_the_headers": header == Some(body),
+    })
 }
 
 /// Waits (bounded) for something another task does.
@@ -500,7 +523,7 @@ async fn scoring() {
         "invalid_input",
         "column 'Species': unseen level 'virginica' in row 2 (known levels: setosa, versicolor)",
     );
-    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traceparent = CALLER_TRACEPARENT;
     let mut cases = vec![
         // POST /score uses the default model when several are served.
         case(
@@ -605,8 +628,10 @@ async fn scoring() {
             "/models/options/score?type=prob",
             r#"[{"a":1}]"#,
             200,
+            // The caller's trace, the dispatcher's span as the parent, in body and headers alike.
             &json!({
-                "type": "prob", "traceparent": traceparent, "request_id": "req-7",
+                "type": "prob", "request_id": "req-7",
+                "trace": {"trace_id": "the caller's", "parent_id": "new", "sampled": true, "in_the_headers": true},
                 "model_version": null, "deadline_in_s": 60.0, "rows": 1,
             })
             .to_string(),
@@ -621,8 +646,10 @@ async fn scoring() {
             "/models/options/score",
             r#"[{"a":1}]"#,
             200,
+            // No traceparent sent: a new trace.
             &json!({
-                "type": null, "traceparent": null, "request_id": "ms-1",
+                "type": null, "request_id": "ms-1",
+                "trace": {"trace_id": "new", "parent_id": "new", "sampled": true, "in_the_headers": true},
                 "model_version": null, "deadline_in_s": 30.0, "rows": 1,
             })
             .to_string(),
@@ -1325,4 +1352,275 @@ async fn mirrored_requests_never_change_the_answer() {
     );
     let models = listed_once(&service, "copies dropped", |m| mirrored(m)["dropped"] == json!(over)).await;
     assert_eq!(mirrored(&models), counts(40 + bound as u64, 20, 20, 0, over as u64));
+    // The same counts in `rfleet_mirrored_total`, by shadow version.
+    let (_, _, text) = service.metrics(None).await;
+    let copies = |version: &str, outcome: &str| {
+        series(&text, &format!("rfleet_mirrored_total{{model=\"rf_reg\",version=\"{version}\",outcome=\"{outcome}\"}}"))
+    };
+    assert_eq!(copies("3", "different"), Some(20.0), "{text}");
+    assert_eq!(copies("2", "same"), Some(20.0), "{text}");
+    assert_eq!(copies("9", "dropped"), Some(over as f64), "{text}");
+}
+
+/// The value of one series in the text format (`name{labels}` exactly as encoded).
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+impl Service {
+    /// `GET /metrics` with `accept`: its content type and body.
+    async fn metrics(&self, accept: Option<&str>) -> (u16, String, String) {
+        let mut request = self.client.get(format!("{}/metrics", self.base));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = header(response.headers(), "content-type").unwrap_or_default().to_string();
+        (status, content_type, response.text().await.unwrap())
+    }
+}
+
+/// After requests of known outcomes, `GET /metrics` shows exactly those counts: scoring by
+/// model, version and outcome (an unknown model not at all), the reply wait and the bus
+/// time of the replies, and HTTP by method, route template and status (404s and routes
+/// that do not exist included). Each test is a process of its own (nextest), so the counts
+/// are this test's.
+#[tokio::test]
+async fn metrics_count_what_was_served() {
+    let service = Service::start(Setup::default()).await;
+    let r_error = error("r_error", "scripted r_error");
+    let cases = [
+        case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]"),
+        case("POST", "/models/echo/score", r#"[{"a":2}]"#, 200, "[2]"),
+        case("POST", "/score", r#"[{"a":3}]"#, 200, "[3]"),
+        case("POST", "/models/echo/score", "[{", 400, &error("bad_request", "malformed JSON...")),
+        case("POST", "/models/errors/score", r#"[{"code":"r_error"}]"#, 422, &r_error),
+        case(
+            "POST",
+            "/models/errors/score",
+            r#"[{"code":"overloaded"}]"#,
+            503,
+            &error("overloaded", "scripted overloaded"),
+        ),
+        case("POST", "/models/hang/score", r#"[{"a":1}]"#, 504, &error("deadline_exceeded", "no reply within 200 ms"))
+            .with("x-rfleet-timeout-ms", "200"),
+        case("POST", "/models/iris/score", r#"[{"Sepal.Length":5,"Species":"setosa"}]"#, 200, "[[5.0,\"setosa\"]]"),
+        case(
+            "POST",
+            "/models/nope/score",
+            r#"[{"a":1}]"#,
+            404,
+            &error("model_not_found", "model 'nope' is not served here..."),
+        ),
+        case("GET", "/nowhere/at/all", "", 404, &plain_error("no route for GET /nowhere/at/all")),
+    ];
+    for case in &cases {
+        let (status, _, body) = service.send(case).await;
+        assert_eq!(status, case.status, "{} {}: {body}", case.method, case.path);
+    }
+    let (status, content_type, text) = service.metrics(None).await;
+    assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4; charset=utf-8"));
+    let scoring = |model: &str, version: &str, outcome: &str| {
+        format!("rfleet_requests_total{{model=\"{model}\",version=\"{version}\",outcome=\"{outcome}\"}}")
+    };
+    let http = |method: &str, route: &str, status: u16| {
+        format!(
+            "http_server_request_duration_seconds_count{{http_request_method=\"{method}\",http_route=\"{route}\",http_response_status_code=\"{status}\"}}"
+        )
+    };
+    let expected = [
+        (scoring("echo", "", "success"), 3.0),
+        (scoring("echo", "", "client_error"), 1.0),
+        (scoring("errors", "", "r_error"), 1.0),
+        (scoring("errors", "", "rejected"), 1.0),
+        (scoring("hang", "", "timeout"), 1.0),
+        (scoring("iris", "2", "success"), 1.0),
+        (scoring("echo", "", "internal"), 0.0),
+        ("rfleet_request_duration_seconds_count{model=\"echo\",version=\"\",outcome=\"success\"}".into(), 3.0),
+        // Replies that came: the timed-out request has none, the refused one was never published.
+        ("rfleet_reply_wait_seconds_count{model=\"echo\",version=\"\"}".into(), 3.0),
+        ("rfleet_reply_wait_seconds_count{model=\"errors\",version=\"\"}".into(), 2.0),
+        ("rfleet_phase_duration_seconds_count{model=\"echo\",version=\"\",phase=\"queue_wait\"}".into(), 3.0),
+        (http("POST", "/models/{name}/score", 200), 3.0),
+        (http("POST", "/score", 200), 1.0),
+        (http("POST", "/models/{name}/score", 400), 1.0),
+        (http("POST", "/models/{name}/score", 422), 1.0),
+        (http("POST", "/models/{name}/score", 503), 1.0),
+        (http("POST", "/models/{name}/score", 504), 1.0),
+        (http("POST", "/models/{name}/score", 404), 1.0),
+        (http("GET", "unmatched", 404), 1.0),
+        ("http_server_request_body_size_bytes_count{http_request_method=\"POST\",http_route=\"/models/{name}/score\"}".into(), 8.0),
+        ("http_server_active_requests{http_request_method=\"POST\"}".into(), 0.0),
+        ("rfleet_bus_published_total{transport=\"embedded\",outcome=\"ok\"}".into(), 7.0),
+    ];
+    for (name, value) in expected {
+        assert_eq!(series(&text, &name), Some(value), "{name} in\n{text}");
+    }
+    // A model nobody serves never becomes a label, nor does a path no route matched.
+    assert!(!text.contains("nope") && !text.contains("nowhere"), "{text}");
+    // The one GET /metrics in flight now.
+    assert_eq!(series(&text, "http_server_active_requests{http_request_method=\"GET\"}"), Some(1.0));
+}
+
+/// The scraper's `Accept` picks the format: OpenMetrics (with the request's trace id as an
+/// exemplar, ending in `# EOF`) for Prometheus, the text format 0.0.4 otherwise; with
+/// `metrics.enabled = false` there is no `/metrics`.
+#[tokio::test]
+async fn metrics_negotiate_their_format() {
+    let service = Service::start(Setup::default()).await;
+    let traced = case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]").with("traceparent", CALLER_TRACEPARENT);
+    service.check(&traced).await;
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (status, content_type, text) = service.metrics(Some(prometheus)).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let exemplar = "# {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"}";
+    let traced_bucket = |family: &str, label: &str| {
+        text.lines().any(|line| {
+            line.starts_with(&format!("{family}_bucket{{")) && line.contains(label) && line.contains(exemplar)
+        })
+    };
+    assert!(traced_bucket("rfleet_request_duration_seconds", "model=\"echo\""), "no scoring exemplar:\n{text}");
+    assert!(traced_bucket("http_server_request_duration_seconds", "http_route=\"/models/{name}/score\""), "{text}");
+    assert!(traced_bucket("rfleet_phase_duration_seconds", "phase=\"queue_wait\""), "no queue_wait exemplar:\n{text}");
+
+    let (status, content_type, text) = service.metrics(Some("text/plain")).await;
+    assert_eq!((status, content_type.as_str()), (200, "text/plain; version=0.0.4; charset=utf-8"));
+    assert!(!text.contains("# EOF") && !text.contains("trace_id"), "{text}");
+
+    let off = Service::start(Setup { metrics_enabled: false, ..Setup::default() }).await;
+    off.check(&case("GET", "/metrics", "", 404, &plain_error("no route for GET /metrics"))).await;
+}
+
+/// Log lines written in memory, for the access log test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+/// A request's log line names its trace (the caller's `traceparent`'s), in text and JSON
+/// logs alike (telemetry's two formats), so a log line leads to its trace.
+#[tokio::test]
+async fn log_lines_name_the_trace() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+    for json in [false, true] {
+        let captured = Captured::default();
+        let layer = tracing_subscriber::fmt::layer().with_writer(captured.clone()).with_ansi(false);
+        let layer = if json { layer.json().flatten_event(true).boxed() } else { layer.boxed() };
+        // This test's runtime has one thread, which serves the requests too.
+        let _logging = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
+        let service = Service::start(Setup::default()).await;
+        let traced =
+            case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]").with("traceparent", CALLER_TRACEPARENT);
+        service.check(&traced).await;
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let line = logs
+            .lines()
+            .find(|line| line.contains("request done") && line.contains("/models/echo/score"))
+            .unwrap_or_else(|| panic!("no access log line for the request:\n{logs}"));
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        if json {
+            let line: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["span"]["trace_id"], trace_id, "{line}");
+            assert_eq!(line["span"]["model"], "echo", "{line}");
+        } else {
+            assert!(line.contains(&format!("trace_id=\"{trace_id}\"")), "{line}");
+        }
+    }
+}
+
+/// With traces exported (OTLP over HTTP to a receiver of this test's), a request's SERVER
+/// span and the PRODUCER span of its publish are exported in the caller's trace, named as
+/// the contract says, and the `traceparent` the worker gets names the PRODUCER span: its
+/// parent id is that span's id. The receiver keeps each export's protobuf body; span names,
+/// attribute keys and values are plain bytes in it, and so are the ids.
+#[test]
+fn exported_spans_follow_the_contract() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let exports = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let receiver = runtime.block_on(async {
+        let exports = exports.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                exports.lock().unwrap().extend_from_slice(&body);
+                ""
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        address
+    });
+    // Read by the exporter when it is built (this test is a process of its own).
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"));
+    let traces = settings::TraceSettings { exporter: settings::TraceExporter::Otlp, ..Default::default() };
+    let log = settings::LogSettings { level: "warn".into(), ..Default::default() };
+    let telemetry = telemetry::init(&log, &traces, "rfleet-dispatcher-test").unwrap();
+    assert!(telemetry::trace::exporting());
+
+    let sent = runtime.block_on(async {
+        let service = Service::start(Setup { worker: Worker::Absent, ..Setup::default() }).await;
+        let mut consumer = service.bus.consumer(QUEUE);
+        let worker = tokio::spawn(async move {
+            let delivery = consumer.next().await.unwrap();
+            let request: Request = protocol::decode(&delivery.body).unwrap();
+            let in_headers = delivery.traceparent.clone();
+            let reply = protocol::encode(&scripted_reply(&request, None)).unwrap();
+            delivery.reply(ContentType::MsgPack, reply).await.unwrap();
+            delivery.ack().await.unwrap();
+            (request.traceparent, in_headers)
+        });
+        let traced =
+            case("POST", "/models/echo/score", r#"[{"a":1}]"#, 200, "[1]").with("traceparent", CALLER_TRACEPARENT);
+        service.check(&traced).await;
+        worker.await.unwrap()
+    });
+    let (in_body, in_headers) = sent;
+    assert_eq!(in_body, in_headers, "the body and the headers carry one traceparent");
+    let sent = in_body.expect("a traceparent");
+    let fields: Vec<&str> = sent.split('-').collect();
+    assert_eq!(fields[1], "4bf92f3577b34da6a3ce929d0e0e4736", "{sent}");
+    assert_ne!(fields[2], "00f067aa0ba902b7", "{sent}");
+
+    // Flushes what is batched.
+    telemetry.shutdown();
+    let exported = exports.lock().unwrap().clone();
+    let holds = |bytes: &[u8]| exported.windows(bytes.len()).any(|window| window == bytes);
+    let hex_bytes = |hex: &str| {
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect::<Vec<u8>>()
+    };
+    for text in [
+        "POST /models/{name}/score",
+        "http.route",
+        "http.response.status_code",
+        "user_agent.original",
+        "publish rfleet.requests",
+        "rfleet_embedded",
+        "messaging.destination.name",
+        "messaging.message.body.size",
+    ] {
+        assert!(holds(text.as_bytes()), "{text:?} is not in the exported spans");
+    }
+    assert!(holds(&hex_bytes(fields[1])), "the caller's trace id is not in the exported spans");
+    assert!(holds(&hex_bytes(fields[2])), "the PRODUCER span the worker's traceparent names was not exported");
+    assert!(holds(&hex_bytes("00f067aa0ba902b7")), "the SERVER span's parent (the caller's span) was not exported");
+    runtime.shutdown_background();
 }

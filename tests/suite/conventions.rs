@@ -152,6 +152,7 @@ async fn openapi_documents_every_route() {
         ("get", "/"),
         ("get", "/live"),
         ("get", "/ready"),
+        ("get", "/metrics"),
         ("get", "/models"),
         ("get", "/models/{name}"),
         ("get", "/models/{name}/versions/{version}"),

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use crate::{BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing, Requester};
+use crate::{metrics, BusError, Consumer, ContentType, Delivery, DeliveryHandle, Outgoing, Requester};
 
 /// An in-process bus. Cloning gives another handle to the same queues.
 #[derive(Clone)]
@@ -70,6 +70,8 @@ impl EmbeddedBus {
     /// A bus whose queues each hold at most `capacity` messages; requests for every model
     /// go to `request_queue`.
     pub fn new(capacity: usize, request_queue: impl Into<String>) -> Self {
+        // In-process: connected for as long as the process runs.
+        metrics::connection_up(metrics::EMBEDDED, true);
         EmbeddedBus {
             inner: Arc::new(Inner {
                 capacity,
@@ -168,33 +170,12 @@ impl Drop for PendingGuard<'_> {
 #[async_trait]
 impl Requester for EmbeddedBus {
     async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
+        let started = Instant::now();
         let queue = self.inner.queue(&message.queue);
-        if *queue.consumers.lock() == 0 {
-            return Err(BusError::Unavailable(format!("no worker consumes '{}'", message.queue)));
-        }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = self.inner.pending.lock();
-            if pending.contains_key(&message.correlation_id) {
-                return Err(BusError::DuplicateId(message.correlation_id));
-            }
-            pending.insert(message.correlation_id.clone(), reply_tx);
-        }
-        let _guard = PendingGuard { inner: &self.inner, correlation_id: message.correlation_id.clone() };
-        {
-            let mut messages = queue.messages.lock();
-            if messages.len() >= self.inner.capacity {
-                return Err(BusError::QueueFull(message.queue));
-            }
-            messages.push_back(Message {
-                correlation_id: message.correlation_id,
-                content_type: message.content_type,
-                body: message.body,
-                traceparent: message.traceparent,
-                deliveries: 0,
-            });
-        }
-        queue.notify.notify_one();
+        let published = self.enqueue(&queue, message);
+        metrics::published(metrics::EMBEDDED, &published, started.elapsed());
+        // Held until the reply came or the caller gave up: a later reply is dropped.
+        let (_guard, reply_rx) = published?;
         match tokio::time::timeout_at(deadline.into(), reply_rx).await {
             Ok(Ok(body)) => Ok(body),
             // The sender is only dropped with the bus itself.
@@ -209,6 +190,47 @@ impl Requester for EmbeddedBus {
 
     fn is_ready(&self) -> bool {
         self.inner.queues.lock().values().any(|q| *q.consumers.lock() > 0)
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        "rfleet_embedded"
+    }
+}
+
+impl EmbeddedBus {
+    /// Puts `message` in `queue` and registers its caller: the publish half of a call.
+    fn enqueue(
+        &self,
+        queue: &Queue,
+        message: Outgoing,
+    ) -> Result<(PendingGuard<'_>, oneshot::Receiver<Vec<u8>>), BusError> {
+        if *queue.consumers.lock() == 0 {
+            return Err(BusError::Unavailable(format!("no worker consumes '{}'", message.queue)));
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut pending = self.inner.pending.lock();
+            if pending.contains_key(&message.correlation_id) {
+                return Err(BusError::DuplicateId(message.correlation_id));
+            }
+            pending.insert(message.correlation_id.clone(), reply_tx);
+        }
+        let guard = PendingGuard { inner: &self.inner, correlation_id: message.correlation_id.clone() };
+        {
+            let mut messages = queue.messages.lock();
+            if messages.len() >= self.inner.capacity {
+                return Err(BusError::QueueFull(message.queue));
+            }
+            messages.push_back(Message {
+                correlation_id: message.correlation_id,
+                content_type: message.content_type,
+                body: message.body,
+                traceparent: message.traceparent,
+                deliveries: 0,
+            });
+        }
+        queue.notify.notify_one();
+        Ok((guard, reply_rx))
     }
 }
 
@@ -242,6 +264,7 @@ impl Consumer for EmbeddedConsumer {
                     EmbeddedHandle { queue: self.queue.clone(), message: Some(message.clone()), bus: self.bus.clone() };
                 return Some(
                     Delivery::new(
+                        metrics::EMBEDDED,
                         message.body,
                         Some(message.correlation_id),
                         Some("embedded".into()),
@@ -275,7 +298,10 @@ impl DeliveryHandle for EmbeddedHandle {
             Some(reply_tx) => {
                 let _ = reply_tx.send(body);
             }
-            None => tracing::debug!(correlation_id = %message.correlation_id, "dropping reply nobody awaits"),
+            None => {
+                metrics::reply_dropped(metrics::EMBEDDED);
+                tracing::debug!(correlation_id = %message.correlation_id, "dropping reply nobody awaits");
+            }
         }
         Ok(())
     }

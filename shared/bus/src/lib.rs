@@ -10,6 +10,9 @@
 //!   dispatcher, publisher confirms, dead-lettering, announcements, recovery.
 //! - [`transport`]: [`Transport`], what the dispatcher and the worker need of a bus, over
 //!   every transport, and [`connect`], which picks the transport the settings name.
+//! - [`metrics`]: the `rfleet_bus_*` metrics, by transport: recorded by both transports'
+//!   `call`, by [`Delivery`]'s settling methods (the one place deliveries are settled), and
+//!   by the AMQP connection loop.
 //!
 //! **Invariant:** the transports move opaque bytes plus AMQP-like properties; only the
 //! `protocol` crate knows what the bytes mean, so one conformance suite checks every
@@ -17,6 +20,7 @@
 
 pub mod amqp;
 pub mod embedded;
+pub mod metrics;
 pub mod transport;
 
 use std::time::Instant;
@@ -103,6 +107,9 @@ pub trait Requester: Send + Sync + 'static {
 
     /// Whether the transport can take requests now (connected, queue has consumers).
     fn is_ready(&self) -> bool;
+
+    /// OpenTelemetry's `messaging.system` of the transport: `rabbitmq`, `rfleet_embedded`.
+    fn messaging_system(&self) -> &'static str;
 }
 
 /// The worker's side of a transport: a stream of deliveries.
@@ -144,6 +151,9 @@ pub struct Delivery {
     pub attempt: u32,
     /// The W3C trace context the publisher sent in the message's headers, if any.
     pub traceparent: Option<String>,
+    /// The transport it came from, as the metrics label it ([`metrics::EMBEDDED`],
+    /// [`metrics::AMQP`]).
+    transport: &'static str,
     handle: Box<dyn DeliveryHandle>,
 }
 
@@ -162,7 +172,10 @@ pub trait DeliveryHandle: Send + Sync + 'static {
 }
 
 impl Delivery {
+    /// A delivery of `transport` (the metrics' label, [`metrics::EMBEDDED`] or
+    /// [`metrics::AMQP`]); counted as a redelivery from its second attempt.
     pub fn new(
+        transport: &'static str,
         body: Vec<u8>,
         correlation_id: Option<String>,
         reply_to: Option<String>,
@@ -172,6 +185,9 @@ impl Delivery {
     ) -> Self {
         // Attempt 0 does not exist: a transport that cannot count says 1.
         let attempt = attempt.max(1);
+        if attempt > 1 {
+            metrics::redelivered(transport);
+        }
         Delivery {
             body,
             correlation_id,
@@ -180,6 +196,7 @@ impl Delivery {
             redelivered: attempt > 1,
             attempt,
             traceparent: None,
+            transport,
             handle,
         }
     }
@@ -197,17 +214,31 @@ impl Delivery {
 
     /// Acknowledges the delivery. Call only after [`Delivery::reply`] returned.
     pub async fn ack(mut self) -> Result<(), BusError> {
-        self.handle.ack().await
+        let settled = self.handle.ack().await;
+        self.count(&settled, "acked");
+        settled
     }
 
     pub async fn reject(mut self, requeue: bool) -> Result<(), BusError> {
-        self.handle.reject(requeue).await
+        let settled = self.handle.reject(requeue).await;
+        self.count(&settled, if requeue { "requeued" } else { "rejected" });
+        settled
     }
 
     /// Dead-letters the message with `reason`. Call after replying, when the request must
     /// never be retried (undecodable, wrong version, crashes hosts).
     pub async fn dead_letter(mut self, reason: &str) -> Result<(), BusError> {
-        self.handle.dead_letter(reason).await
+        let settled = self.handle.dead_letter(reason).await;
+        self.count(&settled, "dead_lettered");
+        settled
+    }
+
+    /// Counts a settlement that took effect (one that failed leaves the message to the
+    /// broker, which delivers it again).
+    fn count(&self, settled: &Result<(), BusError>, outcome: &'static str) {
+        if settled.is_ok() {
+            metrics::consumed(self.transport, outcome);
+        }
     }
 }
 

@@ -188,6 +188,77 @@ async fn dead_letters_keep_their_reason<T: Transport>(transport: T) {
     assert!(next.is_err(), "a dead-lettered message came back");
 }
 
+/// The W3C trace context a publisher sets reaches the consumer as it was sent (an AMQP
+/// header over RabbitMQ, alike in-process), and a message without one arrives without.
+async fn traceparent_reaches_the_consumer<T: Transport>(transport: T) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let requester = transport.requester();
+    let queue = transport.queue();
+    let mut consumer = transport.consumer().await;
+    for (id, traceparent) in [("traced", Some(TRACEPARENT)), ("untraced", None)] {
+        let call = tokio::spawn({
+            let (requester, queue) = (requester.clone(), queue.clone());
+            async move {
+                let message = Outgoing { traceparent: traceparent.map(str::to_string), ..outgoing(&queue, id, b"t") };
+                requester.call(message, soon(5000)).await
+            }
+        });
+        let delivery = consumer.next().await.unwrap();
+        assert_eq!(delivery.correlation_id.as_deref(), Some(id));
+        assert_eq!(delivery.traceparent.as_deref(), traceparent, "{id}");
+        delivery.reply(ContentType::MsgPack, b"ok".to_vec()).await.unwrap();
+        delivery.ack().await.unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), b"ok");
+    }
+}
+
+/// The `rfleet_bus_*` metrics count what happened, labelled with the transport: two
+/// requests published; one requeued, redelivered and acked; one answered after its caller
+/// gave up (a dropped reply) and dead-lettered. Each test runs in a process of its own
+/// (nextest), so the counts are this test's.
+async fn bus_metrics_count_what_happened<T: Transport>(transport: T, label: &str) {
+    let requester = transport.requester();
+    let queue = transport.queue();
+    let mut consumer = transport.consumer().await;
+    let call = tokio::spawn({
+        let (requester, queue) = (requester.clone(), queue.clone());
+        async move { requester.call(outgoing(&queue, "requeued", b"a"), soon(5000)).await }
+    });
+    consumer.next().await.unwrap().reject(true).await.unwrap();
+    let again = consumer.next().await.unwrap();
+    assert!(again.attempt > 1);
+    again.reply(ContentType::MsgPack, b"a".to_vec()).await.unwrap();
+    again.ack().await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), b"a");
+
+    let late = tokio::spawn(async move { requester.call(outgoing(&queue, "late", b"b"), soon(300)).await });
+    let delivery = consumer.next().await.unwrap();
+    assert_eq!(late.await.unwrap(), Err(BusError::DeadlineExceeded));
+    delivery.reply(ContentType::MsgPack, b"b".to_vec()).await.unwrap();
+    delivery.dead_letter("test").await.unwrap();
+
+    let value = |name: &str| -> Option<f64> {
+        let text = telemetry::metrics::encode(telemetry::metrics::Format::Text);
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let transport = format!("transport=\"{label}\"");
+    // Over RabbitMQ the late reply is dropped by the reply consumer, after `reply` returned.
+    let dropped = format!("rfleet_bus_replies_dropped_total{{{transport}}}");
+    wait_for(Duration::from_secs(5), "the late reply counted", async || value(&dropped).filter(|n| *n == 1.0)).await;
+    let expected = [
+        (format!("rfleet_bus_published_total{{{transport},outcome=\"ok\"}}"), 2.0),
+        (format!("rfleet_bus_publish_duration_seconds_count{{{transport}}}"), 2.0),
+        (format!("rfleet_bus_consumed_total{{{transport},outcome=\"requeued\"}}"), 1.0),
+        (format!("rfleet_bus_consumed_total{{{transport},outcome=\"acked\"}}"), 1.0),
+        (format!("rfleet_bus_consumed_total{{{transport},outcome=\"dead_lettered\"}}"), 1.0),
+        (format!("rfleet_bus_redeliveries_total{{{transport}}}"), 1.0),
+        (format!("rfleet_bus_connection_up{{{transport}}}"), 1.0),
+    ];
+    for (series, count) in expected {
+        assert_eq!(value(&series), Some(count), "{series}");
+    }
+}
+
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     for handle in handles {
@@ -202,6 +273,12 @@ async fn embedded_conformance() {
     unacknowledged_delivery_is_redelivered(Embedded(EmbeddedBus::new(16, QUEUE))).await;
     no_consumer_is_unavailable(Embedded(EmbeddedBus::new(16, QUEUE))).await;
     dead_letters_keep_their_reason(Embedded(EmbeddedBus::new(16, QUEUE))).await;
+    traceparent_reaches_the_consumer(Embedded(EmbeddedBus::new(16, QUEUE))).await;
+}
+
+#[tokio::test]
+async fn embedded_metrics() {
+    bus_metrics_count_what_happened(Embedded(EmbeddedBus::new(16, QUEUE)), "embedded").await;
 }
 
 #[tokio::test]
@@ -266,6 +343,20 @@ async fn amqp_deadline_passes_and_late_reply_is_dropped() {
 async fn amqp_unacknowledged_delivery_is_redelivered() {
     let broker = TestBroker::new("redeliver").await;
     unacknowledged_delivery_is_redelivered(broker.transport("lost").await).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp_traceparent_reaches_the_consumer() {
+    let broker = TestBroker::new("traceparent").await;
+    traceparent_reaches_the_consumer(broker.transport("traced").await).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp_metrics() {
+    let broker = TestBroker::new("metrics").await;
+    bus_metrics_count_what_happened(broker.transport("counted").await, "amqp").await;
     broker.cleanup().await;
 }
 

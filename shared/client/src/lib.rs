@@ -1,6 +1,7 @@
 //! Scoring through any bus, without HTTP: the one path that publishes a [`Request`] and
-//! awaits its [`Reply`] by correlation id until the deadline. The dispatcher's scoring
-//! call goes through [`publish_and_await`] and [`read_reply`]; Rust programs use
+//! awaits its [`Reply`] by correlation id until the deadline, within a PRODUCER span whose
+//! trace context the request carries ([`Publication`]). The dispatcher's scoring call and
+//! its mirror go through [`Publication`] and [`read_reply`]; Rust programs use
 //! [`ScoringClient`], built on the same two.
 //!
 //! ```no_run
@@ -22,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bus::{BusError, ContentType, Outgoing, Requester};
 use protocol::{ErrorBody, Frame, Input, Options, Outcome, Reply, Request, Timings, WireError, PROTOCOL_VERSION};
+pub use telemetry::trace::TraceParent;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 /// How long a call waits at most when asked to wait longer than an `Instant` can say.
 const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -63,27 +67,100 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Publishes `body`, an encoded [`Request`] whose id is `correlation_id`, on the queue of
-/// `model` (at `version`: that version's queue), and returns the reply's bytes once it
-/// arrives, at the latest at `deadline`.
-pub async fn publish_and_await(
-    requester: &dyn Requester,
-    model: &str,
-    version: Option<&str>,
-    correlation_id: &str,
-    body: Vec<u8>,
-    deadline: &Deadline,
-    traceparent: Option<String>,
-) -> Result<Vec<u8>, BusError> {
-    let outgoing = Outgoing {
-        correlation_id: correlation_id.to_string(),
-        queue: requester.queue_for(model, version),
-        content_type: ContentType::MsgPack,
-        body,
-        expiration_ms: Some(deadline.timeout_ms),
-        traceparent,
-    };
-    requester.call(outgoing, deadline.at).await
+/// One request about to be published, with its PRODUCER span (OpenTelemetry's messaging
+/// conventions: `publish <queue>`) and the W3C trace context its consumer continues.
+///
+/// Made before the request is encoded, so the `traceparent` in its body
+/// ([`Publication::traceparent`]) is the one the message's headers carry; then
+/// [`Publication::send`] publishes the encoded body within the span and awaits the reply.
+/// The span is a real one only while traces are exported: otherwise a publish costs no
+/// span, only a fresh parent id in the same trace.
+pub struct Publication {
+    span: Span,
+    traceparent: String,
+    queue: String,
+    correlation_id: String,
+}
+
+impl Publication {
+    /// A publication of the request `correlation_id` for `model` (at `version`: that
+    /// version's queue), within the current span, whose trace is `current` (the caller's
+    /// own context; `None` starts a new trace).
+    pub fn new(
+        requester: &dyn Requester,
+        model: &str,
+        version: Option<&str>,
+        correlation_id: String,
+        current: Option<&TraceParent>,
+    ) -> Publication {
+        let queue = requester.queue_for(model, version);
+        let span = if telemetry::trace::exporting() {
+            tracing::info_span!(
+                "publish",
+                otel.name = %format_args!("publish {queue}"),
+                otel.kind = "producer",
+                otel.status_code = Empty,
+                messaging.system = requester.messaging_system(),
+                "messaging.operation.type" = "send",
+                messaging.destination.name = %queue,
+                messaging.message.id = %correlation_id,
+                messaging.message.body.size = Empty,
+                "error.type" = Empty,
+            )
+        } else {
+            Span::none()
+        };
+        let current = current.copied().unwrap_or_else(|| TraceParent::new_root(true));
+        let traceparent = telemetry::trace::traceparent_for(&span, &current).to_string();
+        Publication { span, traceparent, queue, correlation_id }
+    }
+
+    /// The `traceparent` the request's body carries (`Request::traceparent`), the same
+    /// the message's headers will.
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
+
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// Publishes `body` (the encoded request) and returns the reply's bytes once it
+    /// arrives, at the latest at `deadline`; the outcome is recorded on the span.
+    pub async fn send(
+        self,
+        requester: &dyn Requester,
+        body: Vec<u8>,
+        deadline: &Deadline,
+    ) -> Result<Vec<u8>, BusError> {
+        let Publication { span, traceparent, queue, correlation_id } = self;
+        span.record("messaging.message.body.size", body.len());
+        let outgoing = Outgoing {
+            correlation_id,
+            queue,
+            content_type: ContentType::MsgPack,
+            body,
+            expiration_ms: Some(deadline.timeout_ms),
+            traceparent: Some(traceparent),
+        };
+        let replied = requester.call(outgoing, deadline.at).instrument(span.clone()).await;
+        if let Err(error) = &replied {
+            span.record("otel.status_code", "error");
+            span.record("error.type", error_type(error));
+        }
+        replied
+    }
+}
+
+/// OpenTelemetry's `error.type` of a failed call: a low-cardinality name of what went wrong.
+fn error_type(error: &BusError) -> &'static str {
+    match error {
+        BusError::QueueFull(_) => "queue_full",
+        BusError::Unavailable(_) => "unavailable",
+        BusError::Unroutable { .. } => "unroutable",
+        BusError::DeadlineExceeded => "timeout",
+        BusError::DuplicateId(_) => "duplicate_id",
+    }
 }
 
 /// Why a reply cannot be read.
@@ -148,6 +225,7 @@ impl<R: Requester> ScoringClient<R> {
     ) -> Result<Scored, ClientError> {
         let id = uuid::Uuid::new_v4().to_string();
         let deadline = Deadline::after(timeout);
+        let publication = Publication::new(&self.requester, model, None, id.clone(), None);
         let request = Request {
             version: PROTOCOL_VERSION,
             id: id.clone(),
@@ -155,12 +233,11 @@ impl<R: Requester> ScoringClient<R> {
             model_version: None,
             deadline_ms: Some(deadline.epoch_ms),
             options,
-            traceparent: None,
+            traceparent: Some(publication.traceparent().to_string()),
             request_id: None,
             input: Input::Frame(frame),
         };
-        let body =
-            publish_and_await(&self.requester, model, None, &id, protocol::encode(&request)?, &deadline, None).await?;
+        let body = publication.send(&self.requester, protocol::encode(&request)?, &deadline).await?;
         let reply = read_reply(&body, &id)?;
         match reply.outcome {
             Outcome::Predictions(predictions) => Ok(Scored { predictions, timings: reply.timings }),
@@ -188,5 +265,43 @@ mod tests {
         assert_eq!(far.timeout_ms, u64::MAX);
         assert_eq!(far.epoch_ms, u64::MAX);
         assert!(far.at > Instant::now() + Duration::from_secs(3600));
+    }
+
+    /// What a consumer gets: the `traceparent` in the request's body is the one in the
+    /// message's headers, in the caller's trace with a parent id of its own.
+    #[tokio::test]
+    async fn the_body_and_the_headers_carry_one_traceparent() {
+        use bus::{Consumer, EmbeddedBus};
+        let bus = EmbeddedBus::new(4, "requests");
+        let mut consumer = bus.consumer("requests");
+        let current = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let publication = Publication::new(&bus, "m", None, "id-1".into(), Some(&current));
+        let request = Request {
+            version: PROTOCOL_VERSION,
+            id: "id-1".into(),
+            model: "m".into(),
+            model_version: None,
+            deadline_ms: None,
+            options: Options::default(),
+            traceparent: Some(publication.traceparent().to_string()),
+            request_id: None,
+            input: Input::Json("{}".into()),
+        };
+        let body = protocol::encode(&request).unwrap();
+        let deadline = Deadline::after(Duration::from_secs(5));
+        let call = tokio::spawn({
+            let bus = bus.clone();
+            async move { publication.send(&bus, body, &deadline).await }
+        });
+        let delivery = consumer.next().await.unwrap();
+        let received: Request = protocol::decode(&delivery.body).unwrap();
+        let header = delivery.traceparent.clone().expect("a traceparent header");
+        assert_eq!(received.traceparent.as_deref(), Some(header.as_str()));
+        let sent = TraceParent::parse(&header).unwrap();
+        assert_eq!(sent.trace_id, current.trace_id);
+        assert_ne!(sent.parent_id, current.parent_id);
+        delivery.reply(ContentType::MsgPack, b"done".to_vec()).await.unwrap();
+        delivery.ack().await.unwrap();
+        assert_eq!(call.await.unwrap().unwrap(), b"done");
     }
 }

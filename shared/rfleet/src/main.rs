@@ -206,7 +206,10 @@ async fn http(
         .await
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
     let address = listener.local_addr()?;
+    // Every family at zero from the first scrape, before the first request.
+    dispatcher::metrics::init();
     let state = dispatcher::AppState::new(requester, catalog, settings.server.clone(), settings.models.default.clone())
+        .with_metrics(&settings.metrics)
         .with_traffic_file(settings.models.traffic_file.as_deref())
         .context("cannot read the traffic file")?
         .with_auth(&settings.auth)

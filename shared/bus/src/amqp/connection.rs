@@ -13,7 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio_util::sync::CancellationToken;
 
 use super::{bounded, publish, topology, unavailable, Inner};
-use crate::BusError;
+use crate::{metrics, BusError};
 
 /// Longest one try to connect (TCP, TLS, AMQP handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,8 +79,14 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         generation = session.generation;
         tracing::info!(generation, reply_queue = %inner.reply_queue, "connected to the broker");
         inner.declared.lock().clear();
+        // Counted before the session is published: whoever sees the bus up sees it counted.
+        metrics::connection_up(metrics::AMQP, true);
+        if generation > 1 {
+            metrics::reconnected(metrics::AMQP);
+        }
         inner.session.send_replace(Some(session.clone()));
         let end = until_lost(&inner, &session).await;
+        metrics::connection_up(metrics::AMQP, false);
         inner.mark_down(&end.to_string());
         // Whatever still works on the old connection (a channel the broker did not close)
         // must not outlive the session: its consumers would take deliveries nobody reads.

@@ -422,8 +422,16 @@ fn to_delivery(inner: &Arc<Inner>, queue: String, channel: Channel, delivery: la
         properties,
         body: delivery.data.clone(),
     };
-    Delivery::new(delivery.data, correlation_id, reply_to, content_type, attempt, Box::new(handle))
-        .with_traceparent(traceparent)
+    Delivery::new(
+        crate::metrics::AMQP,
+        delivery.data,
+        correlation_id,
+        reply_to,
+        content_type,
+        attempt,
+        Box::new(handle),
+    )
+    .with_traceparent(traceparent)
 }
 
 /// The `traceparent` header of a message, as a string whichever AMQP string type the

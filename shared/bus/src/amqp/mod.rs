@@ -208,6 +208,8 @@ impl AmqpBus {
     /// the connection alive until `shutdown` is cancelled. While not connected every
     /// operation fails fast with [`BusError::Unavailable`].
     pub fn start(config: AmqpConfig, shutdown: CancellationToken) -> AmqpBus {
+        // Down until the first session is up: a scrape before it shows 0, not nothing.
+        crate::metrics::connection_up(crate::metrics::AMQP, false);
         let (session, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             config,

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{bounded, unavailable, AmqpBus, Inner};
-use crate::{BusError, Outgoing, Requester, TRACEPARENT_HEADER};
+use crate::{metrics, BusError, Outgoing, Requester, TRACEPARENT_HEADER};
 
 /// Where a waiting caller's reply (or the reason it will never come) goes.
 pub(super) type ReplyTx = oneshot::Sender<Result<Vec<u8>, BusError>>;
@@ -110,13 +110,15 @@ impl Requester for AmqpBus {
             }
             published
         };
-        match tokio::time::timeout_at(deadline.into(), publishing).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%queue, %correlation_id, %error, "publishing request failed");
-                return Err(error);
-            }
-            Err(_) => return Err(BusError::DeadlineExceeded),
+        let started = Instant::now();
+        let published = match tokio::time::timeout_at(deadline.into(), publishing).await {
+            Ok(published) => published,
+            Err(_) => Err(BusError::DeadlineExceeded),
+        };
+        metrics::published(metrics::AMQP, &published, started.elapsed());
+        if let Err(error) = published {
+            tracing::debug!(%queue, %correlation_id, %error, "publishing request failed");
+            return Err(error);
         }
         // The connection dropped between our look at it and the confirm: the reply, if
         // any, went to a reply queue that no longer exists.
@@ -137,6 +139,10 @@ impl Requester for AmqpBus {
     fn is_ready(&self) -> bool {
         self.inner.current().is_ok_and(|session| session.healthy())
     }
+
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
 }
 
 /// Hands each reply to the caller waiting for its correlation id, until the reply consumer
@@ -156,6 +162,7 @@ pub(super) async fn route_replies(inner: Weak<Inner>, mut replies: lapin::Consum
             }
         };
         let Some(correlation_id) = reply.properties.correlation_id().as_ref().map(ShortString::to_string) else {
+            metrics::reply_dropped(metrics::AMQP);
             tracing::debug!("dropping reply without correlation id");
             continue;
         };
@@ -164,7 +171,10 @@ pub(super) async fn route_replies(inner: Weak<Inner>, mut replies: lapin::Consum
             Some(reply_tx) => {
                 let _ = reply_tx.send(Ok(reply.data));
             }
-            None => tracing::debug!(%correlation_id, "dropping late or duplicate reply"),
+            None => {
+                metrics::reply_dropped(metrics::AMQP);
+                tracing::debug!(%correlation_id, "dropping late or duplicate reply");
+            }
         }
     }
 }

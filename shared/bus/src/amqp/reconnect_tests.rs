@@ -23,6 +23,12 @@ fn broker_url() -> String {
     std::env::var("RFLEET_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The value of one series of this process's metrics (each test is a process of its own).
+fn metric(series: &str) -> Option<f64> {
+    let text = telemetry::metrics::encode(telemetry::metrics::Format::Text);
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Forwards TCP connections to the broker until told to cut them all and refuse new ones.
 struct Proxy {
     address: SocketAddr,
@@ -194,6 +200,7 @@ async fn a_lost_connection_is_replaced_as_a_whole() {
     assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
     assert!(waited < Duration::from_secs(10), "a pending call waited {waited:?} for a lost connection");
     assert!(eventually(Duration::from_secs(5), async || !bus.is_connected()).await, "the bus never noticed the cut");
+    assert_eq!(metric("rfleet_bus_connection_up{transport=\"amqp\"}"), Some(0.0));
     let started = Instant::now();
     let down = bus.call(request(&queue, "down", 5_000), Instant::now() + Duration::from_secs(5)).await;
     assert!(matches!(down, Err(BusError::Unavailable(_))), "{down:?}");
@@ -202,6 +209,8 @@ async fn a_lost_connection_is_replaced_as_a_whole() {
 
     proxy.restore();
     assert!(bus.wait_connected(Duration::from_secs(15)).await, "the bus did not reconnect");
+    assert_eq!(metric("rfleet_bus_connection_up{transport=\"amqp\"}"), Some(1.0));
+    assert_eq!(metric("rfleet_bus_reconnects_total{transport=\"amqp\"}"), Some(1.0));
     // The held delivery went with its channel: the broker delivers it again, on the
     // consumer's new subscription, and the old handle can no longer settle it.
     let again = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await.unwrap().unwrap();
