@@ -55,6 +55,7 @@ impl Running {
         let pool = worker.pool().clone();
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(worker.run(shutdown.clone()));
+        embedded::subscribed(&bus).await;
         Running { bus, shutdown, pool, worker }
     }
 
@@ -301,6 +302,7 @@ async fn the_bus_queue_depth_is_read() {
     let worker = Worker::start(&settings, transport).await.expect("the worker starts");
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
+    embedded::subscribed(&bus).await;
 
     let replies: Vec<_> = [support::Hold::X as f64, 1.0, 2.0, 3.0]
         .into_iter()

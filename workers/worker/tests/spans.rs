@@ -131,6 +131,7 @@ async fn requests_batches_and_r_calls_have_their_spans() {
     let pool = worker.pool().clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker.run(shutdown.clone()));
+    embedded::subscribed(&bus).await;
     let deadline = Instant::now() + WITHIN;
     while pool.live_hosts() < 2 {
         assert!(Instant::now() < deadline, "the second host never came up");

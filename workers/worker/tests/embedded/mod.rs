@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bus::{ContentType, EmbeddedBus, Outgoing, Requester};
+
 use protocol::{Reply, Request};
 
 /// How long a reply may take.
@@ -29,4 +30,15 @@ pub async fn call_raw(bus: &EmbeddedBus, id: &str, body: Vec<u8>, traceparent: O
     };
     let reply = bus.call(outgoing, Instant::now() + REPLY_WITHIN).await.expect("a reply");
     protocol::decode(&reply).expect("a reply the protocol decodes")
+}
+
+/// Waits until a worker consumes `bus`: its consumer subscribes in the worker's own task,
+/// and a request published before that finds nobody consuming (regression: a metrics test
+/// failed 4 times in 6 so).
+pub async fn subscribed(bus: &EmbeddedBus) {
+    let deadline = Instant::now() + REPLY_WITHIN;
+    while !bus.is_ready() {
+        assert!(Instant::now() < deadline, "no worker consumed the bus within {REPLY_WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
