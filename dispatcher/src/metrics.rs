@@ -21,7 +21,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Unit;
-use protocol::ErrorCode;
 use telemetry::metrics::{
     histograms, phase_durations, register, register_with_unit, traced_histograms, Histograms, PhaseLabels,
     TraceExemplar, TracedHistograms, BODY_BYTES, HTTP_DURATION_SECONDS, PHASE_SECONDS,
@@ -33,68 +32,19 @@ use crate::error::ApiError;
 /// The `http_route` of a request no route matched (an unknown path, whatever it was).
 pub const UNMATCHED: &str = "unmatched";
 
-/// A scoring request's outcome (`outcome`), a fixed set: see [`outcome_of`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Success,
-    /// The caller's fault: bad input, an unknown version, a body too large.
-    ClientError,
-    /// R raised an error.
-    RError,
-    /// The deadline passed.
-    Timeout,
-    /// Not taken: queue full, in-flight limit, no worker, shutting down.
-    Rejected,
-    /// A bug, or a host that crashed on every attempt.
-    Internal,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Success,
-        Outcome::ClientError,
-        Outcome::RError,
-        Outcome::Timeout,
-        Outcome::Rejected,
-        Outcome::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::ClientError => "client_error",
-            Outcome::RError => "r_error",
-            Outcome::Timeout => "timeout",
-            Outcome::Rejected => "rejected",
-            Outcome::Internal => "internal",
-        }
-    }
-}
+pub use telemetry::metrics::Outcome;
 
 /// The outcome of a failed scoring request. Exhaustive on purpose, like `status_for_code`:
 /// a new error does not compile until someone decides what it counts as.
 pub fn outcome_of(error: &ApiError) -> Outcome {
     match error {
-        ApiError::Coded(body) => outcome_for_code(body.code),
+        ApiError::Coded(body) => Outcome::of(body.code),
         ApiError::BodyTooLarge { .. }
         | ApiError::TooManyRows { .. }
         | ApiError::RouteNotFound { .. }
         | ApiError::MethodNotAllowed { .. }
         | ApiError::Unauthenticated { .. } => Outcome::ClientError,
         ApiError::NotReady(_) => Outcome::Rejected,
-    }
-}
-
-/// The outcome of each protocol error code (bus errors arrive as codes too: a full queue
-/// is `Overloaded`, no connection `Unavailable`, no reply `DeadlineExceeded`).
-pub fn outcome_for_code(code: ErrorCode) -> Outcome {
-    match code {
-        ErrorCode::BadRequest | ErrorCode::InvalidInput | ErrorCode::ModelNotFound => Outcome::ClientError,
-        ErrorCode::RError => Outcome::RError,
-        ErrorCode::DeadlineExceeded => Outcome::Timeout,
-        ErrorCode::Overloaded | ErrorCode::Unavailable => Outcome::Rejected,
-        // A worker that speaks another protocol version is the fleet's skew, not the caller's.
-        ErrorCode::UnsupportedVersion | ErrorCode::HostCrashed | ErrorCode::Internal => Outcome::Internal,
     }
 }
 
@@ -341,13 +291,15 @@ impl Drop for HttpRequest {
 
 #[cfg(test)]
 mod tests {
+    use protocol::ErrorCode;
+
     use super::*;
 
     /// Every code has its outcome, and the contract's set is what comes out.
     #[test]
     fn every_error_code_has_its_outcome() {
         let check = |code: ErrorCode, expected: &str| {
-            assert_eq!(outcome_for_code(code).as_str(), expected, "{code:?}");
+            assert_eq!(Outcome::of(code).as_str(), expected, "{code:?}");
             assert_eq!(outcome_of(&ApiError::coded(code, "x")).as_str(), expected, "{code:?} as an ApiError");
         };
         let table = [

@@ -28,7 +28,8 @@ pub struct Request {
     pub deadline_ms: Option<u64>,
     #[serde(default)]
     pub options: Options,
-    /// W3C trace context of the caller, carried across the bus.
+    /// W3C trace context: the caller's trace, with the publishing (PRODUCER) span as parent;
+    /// the same as the message's `traceparent` header, which a worker reads first.
     #[serde(default)]
     pub traceparent: Option<String>,
     /// The caller's own request id (`x-request-id`), for logs only.

@@ -70,6 +70,9 @@ impl Telemetry {
 /// `service.name` is `service`. `RUST_LOG`, when set, wins over the configured log level.
 /// A second call (tests that start several services in one process) changes nothing.
 pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> Result<Telemetry, TelemetryError> {
+    if !(0.0..=1.0).contains(&traces.sample_ratio) {
+        return Err(TelemetryError::SampleRatio(traces.sample_ratio));
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let fmt = match log.format {
@@ -87,6 +90,7 @@ pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> Result<
     let installed = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init().is_ok();
     if installed {
         trace::set_exporting(provider.is_some());
+        trace::set_sample_ratio(traces.sample_ratio);
     }
     Ok(Telemetry { provider: provider.filter(|_| installed) })
 }
@@ -96,9 +100,6 @@ fn provider(
     traces: &TraceSettings,
     service: &str,
 ) -> Result<SdkTracerProvider, TelemetryError> {
-    if !(0.0..=1.0).contains(&traces.sample_ratio) {
-        return Err(TelemetryError::SampleRatio(traces.sample_ratio));
-    }
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         let name = traces.service_name.clone().unwrap_or_else(|| service.to_string());

@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
+use protocol::ErrorCode;
 
 use crate::process::ProcessCollector;
 
@@ -92,6 +93,62 @@ pub fn encode(format: Format) -> String {
     // Writing to a String fails only when a metric's own encoding does, which is a bug.
     encoded.expect("metrics encode into a string");
     out
+}
+
+/// How a scoring request ended, as the `outcome` label says (docs/observability.md): one
+/// set and one mapping, for the dispatcher's and the worker's counts alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Success,
+    /// The caller's fault: bad input, unknown model or version, a body too large.
+    ClientError,
+    /// R raised an error.
+    RError,
+    /// The deadline passed.
+    Timeout,
+    /// Not taken: queue full, in-flight limit, no worker, shutting down.
+    Rejected,
+    /// A bug, a request that crashed its hosts, or the fleet's protocol version skew.
+    Internal,
+}
+
+impl Outcome {
+    /// Every outcome, in discriminant order (arrays of series are indexed by it).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::ClientError,
+        Outcome::RError,
+        Outcome::Timeout,
+        Outcome::Rejected,
+        Outcome::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ClientError => "client_error",
+            Outcome::RError => "r_error",
+            Outcome::Timeout => "timeout",
+            Outcome::Rejected => "rejected",
+            Outcome::Internal => "internal",
+        }
+    }
+
+    /// The outcome of an error reply (bus errors arrive as codes too: a full queue is
+    /// `Overloaded`, no connection `Unavailable`, no reply `DeadlineExceeded`). Exhaustive
+    /// on purpose, like the dispatcher's `status_for_code`: a new code does not compile
+    /// until someone decides how it counts.
+    pub fn of(code: ErrorCode) -> Outcome {
+        match code {
+            ErrorCode::BadRequest | ErrorCode::InvalidInput | ErrorCode::ModelNotFound => Outcome::ClientError,
+            ErrorCode::RError => Outcome::RError,
+            ErrorCode::DeadlineExceeded => Outcome::Timeout,
+            ErrorCode::Overloaded | ErrorCode::Unavailable => Outcome::Rejected,
+            // Another protocol version is the fleet's version skew (a 502 over HTTP), not the
+            // caller's fault.
+            ErrorCode::UnsupportedVersion | ErrorCode::HostCrashed | ErrorCode::Internal => Outcome::Internal,
+        }
+    }
 }
 
 /// An exemplar's labels: the trace that an observation belongs to.

@@ -12,7 +12,7 @@
 //! nothing OpenTelemetry does is paid for.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
@@ -22,6 +22,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::metrics::TraceExemplar;
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// `traces.sample_ratio` as f64 bits (1.0 until `init` says otherwise).
+static SAMPLE_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
+
+pub(crate) fn set_sample_ratio(ratio: f64) {
+    SAMPLE_RATIO.store(ratio.to_bits(), Ordering::Relaxed);
+}
+
+/// Whether a new trace is sampled: decided where the trace starts, so a process that
+/// exports nothing (a dispatcher without an exporter) still tells the next hop, whose
+/// sampler follows its parent, what `sample_ratio` says.
+fn sample_new_trace() -> bool {
+    let ratio = f64::from_bits(SAMPLE_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || fastrand::f64() < ratio
+}
 
 pub(crate) fn set_exporting(on: bool) {
     EXPORTING.store(on, Ordering::Relaxed);
@@ -134,7 +148,7 @@ pub fn continue_trace(span: &Span, incoming: Option<&str>) -> TraceParent {
     };
     let own = own.unwrap_or_else(|| match parent {
         Some(parent) => parent.next_hop(),
-        None => TraceParent::new_root(true),
+        None => TraceParent::new_root(sample_new_trace()),
     });
     span.record("trace_id", own.trace_id_hex());
     if exporting() {

@@ -49,50 +49,7 @@ pub const PREDICTION_BUCKETS: &[f64] = &[
     1e4, 1e5, 1e6,
 ];
 
-/// How a scoring request ended, as `outcome` says (docs/observability.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Success,
-    /// The caller's fault: bad input, unknown model or version, another protocol.
-    ClientError,
-    RError,
-    Timeout,
-    /// Not taken: overloaded, unavailable, shutting down.
-    Rejected,
-    /// A bug or a request that crashed its hosts.
-    Internal,
-}
-
-const OUTCOMES: [Outcome; 6] =
-    [Outcome::Success, Outcome::ClientError, Outcome::RError, Outcome::Timeout, Outcome::Rejected, Outcome::Internal];
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::ClientError => "client_error",
-            Outcome::RError => "r_error",
-            Outcome::Timeout => "timeout",
-            Outcome::Rejected => "rejected",
-            Outcome::Internal => "internal",
-        }
-    }
-
-    /// The outcome of an error reply. Exhaustive on purpose: a new code does not compile
-    /// until someone decides how it counts.
-    pub fn of(code: ErrorCode) -> Outcome {
-        match code {
-            ErrorCode::BadRequest
-            | ErrorCode::UnsupportedVersion
-            | ErrorCode::ModelNotFound
-            | ErrorCode::InvalidInput => Outcome::ClientError,
-            ErrorCode::RError => Outcome::RError,
-            ErrorCode::DeadlineExceeded => Outcome::Timeout,
-            ErrorCode::Overloaded | ErrorCode::Unavailable => Outcome::Rejected,
-            ErrorCode::HostCrashed | ErrorCode::Internal => Outcome::Internal,
-        }
-    }
-}
+pub use telemetry::metrics::Outcome;
 
 /// Why a request was dead-lettered, as `reason` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -410,7 +367,7 @@ fn families() -> &'static Families {
 /// The model labels of requests no served model answers (undecodable, unknown model).
 static UNSERVED: LazyLock<[Counter; 6]> = LazyLock::new(|| {
     let (model, version): (Arc<str>, Arc<str>) = (Arc::from(""), Arc::from(""));
-    OUTCOMES.map(|outcome| {
+    Outcome::ALL.map(|outcome| {
         families().requests.get_or_create_owned(&OutcomeLabels {
             model: model.clone(),
             version: version.clone(),
@@ -522,7 +479,7 @@ impl ModelMetrics {
             })
         };
         ModelMetrics {
-            requests: OUTCOMES.map(|outcome| {
+            requests: Outcome::ALL.map(|outcome| {
                 f.requests.get_or_create_owned(&OutcomeLabels {
                     model: model.clone(),
                     version: version.clone(),
@@ -779,7 +736,7 @@ mod tests {
         use ErrorCode::*;
         for (code, outcome, dead_letter) in [
             (BadRequest, Outcome::ClientError, Some(DeadLetter::Undecodable)),
-            (UnsupportedVersion, Outcome::ClientError, Some(DeadLetter::ProtocolVersion)),
+            (UnsupportedVersion, Outcome::Internal, Some(DeadLetter::ProtocolVersion)),
             (ModelNotFound, Outcome::ClientError, None),
             (InvalidInput, Outcome::ClientError, None),
             (RError, Outcome::RError, None),
@@ -792,10 +749,10 @@ mod tests {
             assert_eq!(Outcome::of(code), outcome, "{code:?}");
             assert_eq!(DeadLetter::of(code), dead_letter, "{code:?}");
         }
-        let names: Vec<&str> = OUTCOMES.iter().map(|o| o.as_str()).collect();
+        let names: Vec<&str> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(names, ["success", "client_error", "r_error", "timeout", "rejected", "internal"]);
         // The array is indexed by the enum's discriminant.
-        assert!(OUTCOMES.iter().enumerate().all(|(i, o)| *o as usize == i));
+        assert!(Outcome::ALL.iter().enumerate().all(|(i, o)| *o as usize == i));
         assert!(PHASES.iter().enumerate().all(|(i, p)| *p as usize == i));
     }
 
