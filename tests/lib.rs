@@ -423,6 +423,23 @@ impl Fleet {
         format!("{}.model.", self.name)
     }
 
+    /// Waits until `queue` exists on the fleet's broker with a consumer (a passive declare,
+    /// through pika), at most `limit`; fails the test otherwise.
+    pub fn await_consumer(&self, queue: &str, limit: Duration) {
+        let script = format!(
+            "import pika, sys\n\
+             c = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
+             try:\n    n = c.channel().queue_declare('{queue}', passive=True).method.consumer_count\n\
+             except pika.exceptions.ChannelClosedByBroker:\n    n = 0\n\
+             sys.exit(0 if n > 0 else 1)\n",
+            url = self.broker_url
+        );
+        let consumed = poll_until(limit, || {
+            Command::new("python3").args(["-c", &script]).status().is_ok_and(|status| status.success())
+        });
+        assert!(consumed, "no worker consumed '{queue}' within {limit:?}");
+    }
+
     /// Deletes the request queues of model `name` (the name queue and the given versions'
     /// queues) with the fleet too: for models a test makes itself.
     pub fn delete_queues_of(&self, name: &str, versions: &[&str]) {

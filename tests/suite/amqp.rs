@@ -47,8 +47,17 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) {
     }
 }
 
-/// Runs the example publisher (`deploy/examples/publish.py`) against the fleet.
+/// Runs the example publisher (`deploy/examples/publish.py`) against the fleet, once a
+/// worker consumes the queue it publishes to: a worker says it is ready once its R hosts
+/// are, and subscribes just after, and a message published to a queue not yet declared is
+/// dropped by the broker (regression: under CI's load the first publish was lost).
 pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
+    let version = extra.iter().position(|a| *a == "--model-version").and_then(|i| extra.get(i + 1));
+    let queue = match version {
+        Some(version) => format!("{}{model}@{version}", fleet.queue_prefix()),
+        None => format!("{}{model}", fleet.queue_prefix()),
+    };
+    fleet.await_consumer(&queue, Duration::from_secs(60));
     let output = Command::new("python3")
         .arg(repo_root().join("deploy/examples/publish.py"))
         .args([
