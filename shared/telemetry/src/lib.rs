@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 pub use process::resident_memory_bytes;
 use settings::{LogFormat, LogSettings, TraceExporter, TraceSettings};
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -85,7 +85,16 @@ pub fn init(log: &LogSettings, traces: &TraceSettings, service: &str) -> Result<
     };
     let otel = provider.as_ref().map(|provider| {
         let targets = TRACED_CRATES.iter().fold(Targets::new(), |t, c| t.with_target(*c, tracing::Level::INFO));
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("rfleet")).with_filter(targets)
+        // Spans only: log lines stay log lines (they carry the trace id), rather than
+        // becoming span events exported with every span; exception events are added
+        // explicitly (`trace::exception`). No source locations, thread names or busy/idle
+        // times either: attributes allocated and exported per span, that nobody asked for.
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("rfleet"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(targets.and(filter_fn(|metadata| metadata.is_span())))
     });
     let installed = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init().is_ok();
     if installed {
