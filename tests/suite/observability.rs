@@ -343,7 +343,6 @@ async fn observability_serve_counts_exactly_what_it_answered() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     sent.success("lm", 1, &answer);
     let done = SystemTime::now();
-    eprintln!("sent: {sent:?}");
 
     prometheus.wait_scraped_after(done).await;
     let lm_requests = sent.outcomes_of("lm");
@@ -492,7 +491,6 @@ async fn observability_fleet_counts_add_up_and_every_expression_has_data() {
     }
     let sent: f64 = by_worker.values().sum();
     let done = SystemTime::now();
-    eprintln!("answered by: {by_worker:?}");
 
     prometheus.wait_scraped_after(done).await;
     let dispatched = r#"sum by (outcome) (rfleet_requests_total{job="dispatcher", model="lm"})"#;
