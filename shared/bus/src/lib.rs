@@ -19,6 +19,7 @@
 //! transport the same way.
 
 pub mod amqp;
+pub mod amqp1;
 pub mod embedded;
 pub mod metrics;
 pub mod transport;
