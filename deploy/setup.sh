@@ -92,17 +92,34 @@ ensure_broker() {
     as_root rabbitmqctl await_startup >/dev/null
 }
 
-# The management API (HTTP, port 15672): KEDA's RabbitMQ scaler reads queue depths from it,
-# and the deploy tests read them exactly as it does. Enabling a plugin that is on already
-# changes nothing.
-ensure_management() {
-    as_root rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null
+# The broker plugins the tests use: the management API (HTTP, port 15672), from which
+# KEDA's RabbitMQ scaler reads queue depths and the deploy tests read them exactly as it
+# does, and AMQP 1.0 (on port 5672 beside 0-9-1), the plain AMQP 1.0 peer of the
+# `servicebus` transport's broker dialect. Those that were off are switched off again when
+# the tests end (restore_plugins), so the broker is left as it was found.
+BROKER_PLUGINS=(rabbitmq_management rabbitmq_amqp1_0)
+ENABLED_BY_SETUP=()
+ensure_plugins() {
+    local enabled
+    enabled=$(as_root rabbitmq-plugins list --minimal --enabled)
+    for plugin in "${BROKER_PLUGINS[@]}"; do
+        grep -qx "$plugin" <<<"$enabled" || ENABLED_BY_SETUP+=("$plugin")
+    done
+    if [ ${#ENABLED_BY_SETUP[@]} -gt 0 ]; then
+        as_root rabbitmq-plugins enable --quiet "${ENABLED_BY_SETUP[@]}" >/dev/null
+    fi
     for _ in $(seq 1 60); do
         (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return
         sleep 1
     done
     echo "rfleet setup: the RabbitMQ management API did not open on 127.0.0.1:15672" >&2
     exit 1
+}
+
+restore_plugins() {
+    if [ ${#ENABLED_BY_SETUP[@]} -gt 0 ]; then
+        as_root rabbitmq-plugins disable --quiet "${ENABLED_BY_SETUP[@]}" >/dev/null || true
+    fi
 }
 
 python_packages() {
@@ -181,7 +198,8 @@ test)
     python_packages
     deploy_tools
     ensure_broker
-    ensure_management
+    ensure_plugins
+    trap restore_plugins EXIT
     need_cargo
     if ! cargo nextest --version >/dev/null 2>&1; then
         cargo install --locked cargo-nextest
