@@ -3,12 +3,16 @@
 //! 127.0.0.1:5672, `RFLEET_TEST_AMQP_URL` to point elsewhere). Each AMQP test uses its
 //! own queue prefix and dead-letter queue and deletes them at the end. The embedded bus has
 //! one queue for everything, so following a set of queues is checked on RabbitMQ only.
+//! The AMQP 1.0 transport's broker dialect runs on the same broker through its
+//! `rabbitmq_amqp1_0` plugin, which must be enabled (`rabbitmq-plugins enable
+//! rabbitmq_amqp1_0`).
 
 mod amqp_support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use amqp_support::amqp1::{Amqp1, Amqp1Broker};
 use amqp_support::{wait_for, Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
 
@@ -58,6 +62,21 @@ impl Transport for Amqp {
     }
     fn queue(&self) -> String {
         self.bus.queue_for(&self.model, None)
+    }
+}
+
+impl Transport for Amqp1 {
+    type Requester = bus::Amqp1Bus;
+    type Consumer = bus::Amqp1Consumer;
+    const QUEUES_WAIT_FOR_WORKERS: bool = true;
+    fn requester(&self) -> bus::Amqp1Bus {
+        self.bus.clone()
+    }
+    async fn consumer(&self) -> Self::Consumer {
+        self.bus.consumer(std::slice::from_ref(&self.queue)).await.expect("consume the test queue")
+    }
+    fn queue(&self) -> String {
+        self.queue.clone()
     }
 }
 
@@ -626,5 +645,57 @@ async fn amqp_removed_queue_gives_back_what_the_consumer_holds() {
     replies.sort();
     assert_eq!(replies, [b"held".to_vec(), b"x".to_vec(), b"x".to_vec()]);
     follower.shutdown().await;
+    broker.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// AMQP 1.0, broker dialect (RabbitMQ's rabbitmq_amqp1_0 plugin)
+
+#[tokio::test]
+async fn amqp1_replies_match_requests() {
+    let broker = Amqp1Broker::new("replies").await;
+    replies_match_requests(broker.transport("echo")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_deadline_passes_and_late_reply_is_dropped() {
+    let broker = Amqp1Broker::new("deadline").await;
+    deadline_passes_and_late_reply_is_dropped(broker.transport("slow")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_unacknowledged_delivery_is_redelivered() {
+    let broker = Amqp1Broker::new("redeliver").await;
+    unacknowledged_delivery_is_redelivered(broker.transport("lost")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_traceparent_reaches_the_consumer() {
+    let broker = Amqp1Broker::new("traceparent").await;
+    traceparent_reaches_the_consumer(broker.transport("traced")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_metrics() {
+    let broker = Amqp1Broker::new("metrics").await;
+    bus_metrics_count_what_happened(broker.transport("counted"), "amqp1").await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_request_waits_for_first_worker() {
+    let broker = Amqp1Broker::new("noworker").await;
+    no_consumer_is_unavailable(broker.transport("nobody")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_dead_letters_keep_their_reason() {
+    let broker = Amqp1Broker::new("dead").await;
+    dead_letters_keep_their_reason(broker.transport("poison")).await;
     broker.cleanup().await;
 }
