@@ -33,10 +33,9 @@ pub(super) async fn listen(inner: Arc<Inner>, announcement_tx: mpsc::Sender<Vec<
         let Some((session, mut receiver)) = attached else { return };
         loop {
             let received = tokio::select! {
-                _ = announcement_tx.closed() => {
-                    let _ = bounded("detach", receiver.close()).await;
-                    return;
-                }
+                _ = announcement_tx.closed() => return,
+                // Not detached: see `route_replies`.
+                _ = stop.cancelled() => return,
                 _ = session.lost.cancelled() => break,
                 received = receiver.recv::<Body<Value>>() => received,
             };

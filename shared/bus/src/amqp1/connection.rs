@@ -11,7 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::{Data, Message, Outcome};
+use fe2o3_amqp::types::messaging::{Data, Message, Outcome, Target, TerminusDurability};
 use fe2o3_amqp::{Connection, Sender, Session as AmqpSession};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -61,8 +61,12 @@ impl Session {
             return Ok(sender.clone());
         }
         let name = format!("rfleet-sender-{}", uuid::Uuid::new_v4().simple());
-        let sender =
-            bounded(&format!("attach a sender to '{address}'"), Sender::attach(&mut session, name, address)).await?;
+        let mut target = Target::builder().address(address.to_string());
+        if super::is_queue_address(address) {
+            target = target.durable(TerminusDurability::Configuration);
+        }
+        let attaching = Sender::builder().name(name).target(target.build()).attach(&mut session);
+        let sender = bounded(&format!("attach a sender to '{address}'"), attaching).await?;
         let sender = Arc::new(tokio::sync::Mutex::new(sender));
         self.senders.lock().insert(address.to_string(), sender.clone());
         Ok(sender)
@@ -71,6 +75,12 @@ impl Session {
 
 /// The one reconnect loop, as the 0-9-1 transport's `supervise`.
 pub(super) async fn supervise(inner: Arc<Inner>) {
+    if inner.config.dialect == super::Dialect::ServiceBus {
+        // Not yet wired (see `servicebus`): stay down, so every operation is `Unavailable`.
+        tracing::error!("the servicebus dialect of the amqp1 transport is not wired yet; not connecting");
+        inner.mark_down("the servicebus dialect is not wired yet");
+        return;
+    }
     let mut generation = 0;
     loop {
         let connecting = (|| open_session(&inner, generation + 1)).retry(reconnect_backoff()).notify(|error, delay| {
@@ -100,6 +110,12 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
             },
         };
         metrics::connection_up(metrics::AMQP1, false);
+        if inner.shutdown.is_cancelled() {
+            // The link tasks saw the shutdown too and detach their links: wait for them
+            // (bounded), so the plugin deletes their temporary queues.
+            inner.links.close();
+            let _ = tokio::time::timeout(super::DETACH_ON_SHUTDOWN, inner.links.wait()).await;
+        }
         session.lost.cancel();
         inner.mark_down(&reason);
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
@@ -164,7 +180,7 @@ async fn set_up(
     let mut session = bounded("begin a session", AmqpSession::begin(connection)).await?;
     let replies = publish::attach_replies(inner, &mut session).await?;
     let lost = CancellationToken::new();
-    inner.tasks.spawn(publish::route_replies(Arc::downgrade(inner), replies, lost.clone()));
+    inner.links.spawn(publish::route_replies(Arc::downgrade(inner), replies, lost.clone()));
     Ok(Session { generation, session: tokio::sync::Mutex::new(session), senders: Mutex::default(), lost })
 }
 

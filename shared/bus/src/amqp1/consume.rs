@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::link::receiver::CreditMode;
 use fe2o3_amqp::types::definitions::{Error as AmqpError, ErrorCondition};
-use fe2o3_amqp::types::messaging::{Body, MessageId};
+use fe2o3_amqp::types::messaging::{Body, MessageId, Source, TerminusDurability};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -58,7 +58,7 @@ pub(super) async fn start(
     }
     for (queue, receiver) in attached {
         let link_stop = stop.child_token();
-        inner.tasks.spawn(follow_link(
+        inner.links.spawn(follow_link(
             inner.clone(),
             queue.clone(),
             Some((session.clone(), receiver)),
@@ -67,7 +67,7 @@ pub(super) async fn start(
         ));
         links.insert(queue, link_stop);
     }
-    inner.tasks.spawn(follow_set(inner.clone(), queues.clone(), links, stop.clone(), delivery_tx));
+    inner.links.spawn(follow_set(inner.clone(), queues.clone(), links, stop.clone(), delivery_tx));
     Ok(Amqp1Consumer { delivery_rx, queues, stop })
 }
 
@@ -90,8 +90,9 @@ async fn attach(inner: &Inner, session: &Session, queue: &str) -> Result<Receive
     let address = inner.queue_address(queue);
     let mut handle = session.session.lock().await;
     let name = format!("rfleet-consumer-{}", uuid::Uuid::new_v4().simple());
-    let attaching =
-        Receiver::builder().name(name).source(address.as_str()).credit_mode(CreditMode::Manual).attach(&mut handle);
+    // Durable: see `is_queue_address`.
+    let source = Source::builder().address(address.clone()).durable(TerminusDurability::Configuration).build();
+    let attaching = Receiver::builder().name(name).source(source).credit_mode(CreditMode::Manual).attach(&mut handle);
     let mut receiver = bounded(&format!("attach a receiver to '{address}'"), attaching).await?;
     let prefetch = u32::from(inner.config.prefetch.max(1));
     bounded("issue credit", receiver.set_credit(prefetch)).await?;
@@ -125,7 +126,7 @@ async fn follow_set(
             if let Entry::Vacant(entry) = links.entry(queue.clone()) {
                 tracing::info!(%queue, "consuming a request queue added to the set");
                 let link_stop = entry.insert(stop.child_token()).clone();
-                inner.tasks.spawn(follow_link(inner.clone(), queue, None, link_stop, delivery_tx.clone()));
+                inner.links.spawn(follow_link(inner.clone(), queue, None, link_stop, delivery_tx.clone()));
             }
         }
     }

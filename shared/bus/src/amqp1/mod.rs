@@ -18,23 +18,49 @@
 //!
 //! # Addresses (broker dialect, RabbitMQ 3.x plugin)
 //! - **Request queues** `<queue_prefix><model>[@version]` (the names [`crate::amqp`]
-//!   uses), addressed `/queue/NAME`: attaching a link to it declares the queue (durable,
-//!   no arguments) when it does not exist, so a dispatcher's first request waits in the
-//!   queue for the first worker, as on 0-9-1. A queue declared beforehand with other
-//!   arguments is used as it is (the plugin's declare is then a no-op, measured).
-//! - **Replies**: each [`Amqp1Bus`] receives on `/exchange/amq.direct/rfleet.reply.<uuid>`:
-//!   the plugin makes an exclusive, auto-delete queue bound to `amq.direct` with that key,
-//!   deleted with the link. Requests carry it as `reply-to`; a worker sends its reply to
-//!   the request's `reply-to` address as it is.
-//! - **Catalog**: `/topic/<catalog>` (default `rfleet.catalog`) on the `amq.topic`
-//!   exchange, which every RabbitMQ has: the 3.x plugin cannot declare exchanges, so a
-//!   fanout exchange of our own (`/exchange/rfleet.catalog/`) would have to exist
-//!   beforehand. Each listener's link gets its own exclusive, auto-delete queue.
+//!   uses), addressed `/queue/NAME`: attaching a link declares the queue when it does not
+//!   exist, so a dispatcher's first request waits in the queue for the first worker, as on
+//!   0-9-1. Every link to a request queue has a durable terminus (see `is_queue_address`):
+//!   the plugin declares the queue durable exactly when the terminus is.
+//! - **Replies**: each [`Amqp1Bus`] receives on
+//!   `/exchange/amq.direct/<reply_queue>.<uuid>`: the plugin declares a server-named
+//!   `amq.gen-...` queue bound to `amq.direct` with that key. Requests carry the address as
+//!   `reply-to`; a worker sends its reply to the request's `reply-to` as it is.
+//! - **Catalog**: `/topic/<catalog>` (default `rfleet.catalog`) on `amq.topic`, which every
+//!   RabbitMQ has: the plugin cannot declare exchanges, so a fanout exchange of our own
+//!   (`/exchange/rfleet.catalog/`) would have to exist beforehand. Each listener's link
+//!   gets its own `amq.gen-...` queue bound to the topic.
 //! - **Dead letters**: `rejected`, with an error whose condition is
 //!   [`DEAD_LETTER_CONDITION`] and whose description is the reason. RabbitMQ turns
 //!   `rejected` into a reject without requeue; where the message goes then is the queue's
-//!   policy (`dead-letter-exchange`), and the reason is not kept (the dead letter's `x-death`
-//!   says `rejected`). Abandoning (requeue) is `released`.
+//!   policy (`dead-letter-exchange`), and the reason is not kept (the dead letter's
+//!   `x-first-death-reason` says `rejected`). A request whose header `ttl` runs out is
+//!   dead-lettered the same way (`expired`). Abandoning (requeue) is `released`.
+//!
+//! # What RabbitMQ 3.10.8's plugin does (measured)
+//! - `/queue/NAME` declares `NAME` durable iff the attaching terminus is durable, never
+//!   auto-delete or exclusive, without arguments; a later attach of other durability is
+//!   refused with `PRECONDITION_FAILED` **and the whole AMQP session is ended**, as is an
+//!   attach to `/exchange/X/...` where `X` does not exist (`NOT_FOUND`).
+//! - The `amq.gen-...` queues behind `/exchange/...` and `/topic/...` sources are neither
+//!   exclusive nor auto-delete: they **outlive the link and the connection**. A closing
+//!   detach of such a link does not delete its queue; it declares a fresh one. The bus
+//!   therefore never detaches them (it closes the connection), and a deployment needs a
+//!   policy that expires unused ones, e.g. `rabbitmqctl set_policy rfleet-amqp1-temp
+//!   '^amq\.gen-' '{"expires":60000}' --apply-to queues` on rfleet's vhost.
+//! - Outcomes offered: `accepted`, `rejected`, `released`. A `modified` disposition (even
+//!   `delivery-failed`) ends the session with `invalid-field`; so abandon is `released`.
+//! - A released message comes back with header `first-acquirer` = false and
+//!   `delivery-count` = 0 (classic queues), so [`Delivery::attempt`] knows only that it is
+//!   on its second attempt at least, as on 0-9-1 classic queues.
+//! - Header `ttl` becomes the message's per-message TTL: it is dropped (or dead-lettered by
+//!   policy) when it runs out in the queue.
+//! - Manual link credit is honoured: a consumer with `prefetch` credit holds at most
+//!   `prefetch` unsettled deliveries, the rest stay ready in the queue.
+//! - The AMQP `open` hostname picks the vhost as `vhost:<name>`; any other (the host name)
+//!   is the default vhost.
+//!
+//! [`Delivery::attempt`]: crate::Delivery::attempt
 //!
 //! # Properties
 //! Requests carry `correlation-id` (a string), `reply-to`, `content-type`
@@ -46,19 +72,25 @@
 //! A request queue's link is attached with manual credit and `prefetch` credit; each time
 //! the worker settles a delivery the link's credit is set back to `prefetch` less the
 //! deliveries still held, so the broker never sends more than the worker has free slots
-//! for. Requests are settled by the receiver (accepted after the reply was sent: the
-//! reply's link is unsettled and the reply counts as sent once the broker accepted it).
+//! for. Settling goes through the link's task (fe2o3's `Receiver` settles only through
+//! itself), which also receives. Requests are accepted only after the reply was sent:
+//! every send waits for the broker's outcome (`accepted`).
 //!
 //! # Recovery
 //! As the 0-9-1 transport's: one connection per bus, one loop that keeps it, tries spaced
 //! by jittered exponential backoff (`backon`, 100 ms to under 2 s); when the connection or
-//! the reply link is lost the bus is marked down at once (pending calls fail with
-//! `Unavailable`, new ones fail fast), and every consumer link and catalog listener waits
-//! for the next session and attaches again. A sending link that detached is forgotten and
-//! attached again on next use.
+//! the reply link is lost (the plugin ends the session, say) the bus is marked down at
+//! once (pending calls fail with `Unavailable`, new ones fail fast), and every consumer
+//! link and catalog listener waits for the next session and attaches again. A sending
+//! link whose send failed is forgotten and attached again on next use. Sending links are
+//! cached per address for the session's life, so a worker keeps one per dispatcher it
+//! replied to. At shutdown the consumer links are detached (bounded), then the connection
+//! is closed. TCP has `TCP_NODELAY` on: every send waits for the peer's outcome, and
+//! Nagle's algorithm made that tens of milliseconds each (measured: 200 calls took over
+//! 5 s).
 //!
 //! # Queue depth
-//! [`Transport::queue_depth`](crate::Transport::queue_depth) is `None`: AMQP 1.0 has no
+//! [`Transport::queue_depth`] is `None`: AMQP 1.0 has no
 //! "declare passive" and the plugin reports no `available` count that would say.
 
 mod announcements;
@@ -83,6 +115,9 @@ use crate::{BusError, Consumer, Requester, Transport};
 use connection::Session;
 
 pub use consume::Amqp1Consumer;
+
+/// How long shutdown waits for the links to detach before it closes the connection.
+const DETACH_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// The error condition of a `rejected` outcome by which a worker dead-letters a request.
 pub const DEAD_LETTER_CONDITION: &str = "rfleet:dead-letter";
@@ -197,7 +232,12 @@ pub struct Amqp1Bus {
 struct Inner {
     config: Amqp1Config,
     shutdown: CancellationToken,
+    /// Every task of the bus, the supervisor's included.
     tasks: TaskTracker,
+    /// The tasks that hold links (reply, consumer and catalog links): at shutdown the
+    /// supervisor lets them detach their links (closed) before it closes the connection,
+    /// since the plugin deletes a link's temporary queue only on such a detach.
+    links: TaskTracker,
     /// `Some` while connected; consumers and listeners watch it to follow new connections.
     session: watch::Sender<Option<Arc<Session>>>,
     /// This bus's reply address (the `reply-to` of its requests); fixed for its lifetime.
@@ -218,6 +258,7 @@ impl Amqp1Bus {
             config,
             shutdown,
             tasks: TaskTracker::new(),
+            links: TaskTracker::new(),
             session,
             reply_address,
             pending: Mutex::default(),
@@ -264,8 +305,15 @@ impl Amqp1Bus {
     /// Every announcement from now on, re-subscribed after reconnects.
     pub fn catalog(&self) -> mpsc::Receiver<Vec<u8>> {
         let (announcement_tx, announcement_rx) = mpsc::channel(64);
-        self.inner.tasks.spawn(announcements::listen(self.inner.clone(), announcement_tx));
+        self.inner.links.spawn(announcements::listen(self.inner.clone(), announcement_tx));
         announcement_rx
+    }
+
+    /// Waits until the bus has shut down (after `shutdown` was cancelled): its links
+    /// detached and its connection closed, each within a bound.
+    pub async fn closed(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 }
 
@@ -274,7 +322,8 @@ impl Inner {
         self.session.borrow().clone().ok_or_else(not_connected)
     }
 
-    /// The address a request queue is sent to and received from.
+    /// The address a request queue is sent to and received from; see
+    /// [`is_queue_address`].
     fn queue_address(&self, queue: &str) -> String {
         match self.config.dialect {
             Dialect::Broker => format!("/queue/{queue}"),
@@ -301,6 +350,15 @@ impl Inner {
             let _ = reply_tx.send(Err(unavailable(format!("lost the amqp 1.0 connection ({reason})"))));
         }
     }
+}
+
+/// Whether links to `address` must be attached with a durable terminus: the 3.x plugin
+/// declares a `/queue/NAME` queue durable exactly when the attaching terminus is durable,
+/// and a later attach whose durability differs is refused with `PRECONDITION_FAILED`,
+/// which ends the whole AMQP session (measured on 3.10.8). Request queues are durable, as
+/// the 0-9-1 transport declares them.
+fn is_queue_address(address: &str) -> bool {
+    address.starts_with("/queue/")
 }
 
 fn unavailable(what: impl std::fmt::Display) -> BusError {

@@ -39,9 +39,13 @@ pub(super) async fn attach_replies(inner: &Inner, session: &mut SessionHandle<()
 /// Hands each reply to its caller until the reply link ends; then the session is lost.
 pub(super) async fn route_replies(inner: Weak<Inner>, mut replies: Receiver, lost: CancellationToken) {
     let _lost = lost.clone().drop_guard();
+    let Some(shutdown) = inner.upgrade().map(|inner| inner.shutdown.clone()) else { return };
     loop {
         let reply = tokio::select! {
             _ = lost.cancelled() => return,
+            // Not detached: the 3.10 plugin answers a closing detach of an `/exchange/...`
+            // link by declaring a fresh temporary queue (measured), which would outlive us.
+            _ = shutdown.cancelled() => return,
             reply = replies.recv::<Body<Value>>() => reply,
         };
         let Some(inner) = inner.upgrade() else { return };
