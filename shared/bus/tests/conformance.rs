@@ -832,3 +832,30 @@ async fn amqp1_consumer_follows_its_queue_set() {
     another.shutdown().await;
     broker.cleanup().await;
 }
+
+/// Sharing the queues the 0-9-1 transport declared (`declare_queues` off: `/amq/queue/`):
+/// a request sent over AMQP 1.0 is answered, and, dead-lettered, lands in the 0-9-1
+/// transport's dead-letter queue through the queue's `x-dead-letter-exchange`.
+#[tokio::test]
+async fn amqp1_shares_the_queues_the_amqp_transport_declared() {
+    let broker = TestBroker::new("amqp1-shared").await;
+    let queue = broker.queue("shared", None);
+    broker.bus.declare_queue(&queue).await.unwrap();
+    let mut config = bus::Amqp1Config::from_url(&amqp_support::url()).unwrap();
+    config.queue_prefix = broker.config.queue_prefix.clone();
+    config.declare_queues = false;
+    config.reply_queue = format!("{}reply", broker.config.queue_prefix);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let amqp1 = bus::Amqp1Bus::start(config, shutdown.clone());
+    assert!(amqp1.wait_connected(Duration::from_secs(10)).await);
+    let transport = Amqp1 { bus: amqp1.clone(), queue };
+    dead_letters_keep_their_reason(transport).await;
+    let dead = broker.wait_dead_letter(Duration::from_secs(5)).await;
+    assert_eq!((dead.correlation_id.as_deref(), dead.body.as_slice()), (Some("poison"), &b"garbage"[..]));
+    assert_eq!(dead.header("x-first-death-reason").as_deref(), Some("rejected"));
+    let temporary = amqp_support::amqp1::temporary_queues(&broker.config.queue_prefix);
+    shutdown.cancel();
+    amqp1.closed().await;
+    amqp_support::amqp1::delete_queues(&temporary);
+    broker.cleanup().await;
+}

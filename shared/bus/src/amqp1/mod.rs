@@ -20,7 +20,9 @@
 //! - **Request queues** `<queue_prefix><model>[@version]` (the names [`crate::amqp`]
 //!   uses), addressed `/queue/NAME`: attaching a link declares the queue when it does not
 //!   exist, so a dispatcher's first request waits in the queue for the first worker, as on
-//!   0-9-1. Every link to a request queue has a durable terminus (see `is_queue_address`):
+//!   0-9-1. With [`Amqp1Config::declare_queues`] off they are addressed `/amq/queue/NAME`
+//!   and must exist: that is how the bus shares queues the 0-9-1 transport declared (with
+//!   `x-dead-letter-exchange`, which then dead-letters what is rejected or expires). Every link to a request queue has a durable terminus (see `is_queue_address`):
 //!   the plugin declares the queue durable exactly when the terminus is.
 //! - **Replies**: each [`Amqp1Bus`] receives on
 //!   `/exchange/amq.direct/<reply_queue>.<uuid>`: the plugin declares a server-named
@@ -39,9 +41,11 @@
 //!
 //! # What RabbitMQ 3.10.8's plugin does (measured)
 //! - `/queue/NAME` declares `NAME` durable iff the attaching terminus is durable, never
-//!   auto-delete or exclusive, without arguments; a later attach of other durability is
-//!   refused with `PRECONDITION_FAILED` **and the whole AMQP session is ended**, as is an
-//!   attach to `/exchange/X/...` where `X` does not exist (`NOT_FOUND`).
+//!   auto-delete or exclusive, without arguments; a later attach of other durability, or
+//!   to a queue declared with arguments (the 0-9-1 transport's `x-dead-letter-exchange`),
+//!   is refused with `PRECONDITION_FAILED` **and the whole AMQP session is ended**, as is
+//!   an attach to `/exchange/X/...` where `X` does not exist (`NOT_FOUND`).
+//!   `/amq/queue/NAME` uses an existing queue as it is.
 //! - The `amq.gen-...` queues behind `/exchange/...` and `/topic/...` sources are neither
 //!   exclusive nor auto-delete: they **outlive the link and the connection**. A closing
 //!   detach of such a link does not delete its queue; it declares a fresh one. The bus
@@ -169,6 +173,11 @@ pub struct Amqp1Config {
     pub reply_queue: String,
     /// The catalog's topic (broker: `/topic/<catalog>`).
     pub catalog: String,
+    /// Broker dialect: whether request queues are declared by attaching to them
+    /// (`/queue/NAME`, durable, no arguments) or must exist already (`/amq/queue/NAME`:
+    /// queues declared by the operator or by the 0-9-1 transport, whose arguments the
+    /// plugin's declaration would contradict, ending the session).
+    pub declare_queues: bool,
     /// Deliveries a request queue's link may hold unsettled (its credit). At least 1.
     pub prefetch: u16,
     /// The `container-id` of AMQP's `open`, which the broker shows.
@@ -199,6 +208,7 @@ impl Amqp1Config {
             queue_prefix: "rfleet.model.".into(),
             reply_queue: "rfleet.reply".into(),
             catalog: "rfleet.catalog".into(),
+            declare_queues: true,
             prefetch: 8,
             connection_name: "rfleet".into(),
         })
@@ -326,7 +336,8 @@ impl Inner {
     /// [`is_queue_address`].
     fn queue_address(&self, queue: &str) -> String {
         match self.config.dialect {
-            Dialect::Broker => format!("/queue/{queue}"),
+            Dialect::Broker if self.config.declare_queues => format!("/queue/{queue}"),
+            Dialect::Broker => format!("/amq/queue/{queue}"),
             Dialect::ServiceBus => queue.to_string(),
         }
     }
@@ -358,7 +369,7 @@ impl Inner {
 /// which ends the whole AMQP session (measured on 3.10.8). Request queues are durable, as
 /// the 0-9-1 transport declares them.
 fn is_queue_address(address: &str) -> bool {
-    address.starts_with("/queue/")
+    address.starts_with("/queue/") || address.starts_with("/amq/queue/")
 }
 
 fn unavailable(what: impl std::fmt::Display) -> BusError {

@@ -171,6 +171,19 @@ impl Amqp1Broker {
     }
 }
 
+/// The plugin's temporary queues of the buses whose reply and catalog keys start with
+/// `prefix` (see `cleanup`): found while those buses are up, deleted with
+/// [`delete_queues`] once they are down.
+pub fn temporary_queues(prefix: &str) -> Vec<String> {
+    bound_queues(prefix)
+}
+
+pub fn delete_queues(queues: &[String]) {
+    for queue in queues {
+        rabbitmqctl(&["delete_queue", queue]);
+    }
+}
+
 /// The queues bound to `amq.direct` or `amq.topic` with a routing key that starts with
 /// `prefix`.
 fn bound_queues(prefix: &str) -> Vec<String> {
