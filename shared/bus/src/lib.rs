@@ -8,6 +8,8 @@
 //! - [`embedded`]: the in-process transport `rfleet serve` uses by default.
 //! - [`amqp`]: RabbitMQ through lapin: per-model request queues, a reply queue per
 //!   dispatcher, publisher confirms, dead-lettering, announcements, recovery.
+//! - [`amqp1`]: AMQP 1.0 through fe2o3-amqp: a plain AMQP 1.0 broker (RabbitMQ's
+//!   `rabbitmq_amqp1_0` plugin); Azure Service Bus to come.
 //! - [`transport`]: [`Transport`], what the dispatcher and the worker need of a bus, over
 //!   every transport, and [`connect`], which picks the transport the settings name.
 //! - [`metrics`]: the `rfleet_bus_*` metrics, by transport: recorded by both transports'
@@ -29,6 +31,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 pub use amqp::{AmqpBus, AmqpConfig, AmqpConsumer};
+pub use amqp1::{Amqp1Bus, Amqp1Config, Amqp1Consumer};
 pub use embedded::{DeadLetter, EmbeddedBus};
 pub use transport::{connect, ConnectError, ConnectOptions, Transport};
 

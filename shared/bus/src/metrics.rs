@@ -22,6 +22,8 @@ use crate::BusError;
 pub const EMBEDDED: &str = "embedded";
 /// `transport` of RabbitMQ.
 pub const AMQP: &str = "amqp";
+/// `transport` of the AMQP 1.0 transport (a plain broker or Azure Service Bus).
+pub const AMQP1: &str = "amqp1";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabels {

@@ -3,12 +3,16 @@
 //! 127.0.0.1:5672, `RFLEET_TEST_AMQP_URL` to point elsewhere). Each AMQP test uses its
 //! own queue prefix and dead-letter queue and deletes them at the end. The embedded bus has
 //! one queue for everything, so following a set of queues is checked on RabbitMQ only.
+//! The AMQP 1.0 transport's broker dialect runs on the same broker through its
+//! `rabbitmq_amqp1_0` plugin, which must be enabled (`rabbitmq-plugins enable
+//! rabbitmq_amqp1_0`).
 
 mod amqp_support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use amqp_support::amqp1::{Amqp1, Amqp1Broker};
 use amqp_support::{wait_for, Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
 
@@ -58,6 +62,21 @@ impl Transport for Amqp {
     }
     fn queue(&self) -> String {
         self.bus.queue_for(&self.model, None)
+    }
+}
+
+impl Transport for Amqp1 {
+    type Requester = bus::Amqp1Bus;
+    type Consumer = bus::Amqp1Consumer;
+    const QUEUES_WAIT_FOR_WORKERS: bool = true;
+    fn requester(&self) -> bus::Amqp1Bus {
+        self.bus.clone()
+    }
+    async fn consumer(&self) -> Self::Consumer {
+        self.bus.consumer(std::slice::from_ref(&self.queue)).await.expect("consume the test queue")
+    }
+    fn queue(&self) -> String {
+        self.queue.clone()
     }
 }
 
@@ -626,5 +645,217 @@ async fn amqp_removed_queue_gives_back_what_the_consumer_holds() {
     replies.sort();
     assert_eq!(replies, [b"held".to_vec(), b"x".to_vec(), b"x".to_vec()]);
     follower.shutdown().await;
+    broker.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// AMQP 1.0, broker dialect (RabbitMQ's rabbitmq_amqp1_0 plugin)
+
+#[tokio::test]
+async fn amqp1_replies_match_requests() {
+    let broker = Amqp1Broker::new("replies").await;
+    replies_match_requests(broker.transport("echo")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_deadline_passes_and_late_reply_is_dropped() {
+    let broker = Amqp1Broker::new("deadline").await;
+    deadline_passes_and_late_reply_is_dropped(broker.transport("slow")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_unacknowledged_delivery_is_redelivered() {
+    let broker = Amqp1Broker::new("redeliver").await;
+    unacknowledged_delivery_is_redelivered(broker.transport("lost")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_traceparent_reaches_the_consumer() {
+    let broker = Amqp1Broker::new("traceparent").await;
+    traceparent_reaches_the_consumer(broker.transport("traced")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_metrics() {
+    let broker = Amqp1Broker::new("metrics").await;
+    bus_metrics_count_what_happened(broker.transport("counted"), "amqp1").await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_request_waits_for_first_worker() {
+    let broker = Amqp1Broker::new("noworker").await;
+    no_consumer_is_unavailable(broker.transport("nobody")).await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn amqp1_dead_letters_keep_their_reason() {
+    let broker = Amqp1Broker::new("dead").await;
+    dead_letters_keep_their_reason(broker.transport("poison")).await;
+    broker.cleanup().await;
+}
+
+/// Dead-lettering is `rejected`: where the message goes then is the queue's RabbitMQ
+/// policy (`dead-letter-exchange`); the broker records `rejected` as the reason, and the
+/// message keeps its body and correlation id. A request that expires (header `ttl`) is
+/// dead-lettered the same way, as `expired`.
+#[tokio::test]
+async fn amqp1_dead_letters_go_where_the_policy_says() {
+    let broker = Amqp1Broker::new("deadpolicy").await;
+    let dead = broker.declare_dead_letters("dead").await;
+    broker.set_policy(&format!(r#"{{"dead-letter-exchange":"{dead}"}}"#));
+    let transport = broker.transport("poison");
+    dead_letters_keep_their_reason(transport.clone()).await;
+    let letter = wait_for(Duration::from_secs(10), "a dead letter", async || broker.get(&dead).await).await;
+    assert_eq!((letter.correlation_id.as_deref(), letter.body.as_slice()), (Some("poison"), &b"garbage"[..]));
+    assert_eq!(letter.header("x-first-death-reason").as_deref(), Some("rejected"));
+
+    let mut message = outgoing(&transport.queue, "expires", b"too late");
+    message.expiration_ms = Some(100);
+    assert_eq!(transport.bus.call(message, soon(300)).await, Err(BusError::DeadlineExceeded));
+    let letter = wait_for(Duration::from_secs(10), "an expired request", async || broker.get(&dead).await).await;
+    assert_eq!((letter.correlation_id.as_deref(), letter.body.as_slice()), (Some("expires"), &b"too late"[..]));
+    assert_eq!(letter.header("x-first-death-reason").as_deref(), Some("expired"));
+    broker.cleanup().await;
+}
+
+/// The broker sends a consumer no more requests than it has free slots for (`prefetch`):
+/// the rest wait in the queue until one is settled.
+#[tokio::test]
+async fn amqp1_credit_only_for_free_slots() {
+    let broker = Amqp1Broker::with_prefetch("credit", 2).await;
+    let transport = broker.transport("busy");
+    let calls: Vec<_> = (0..5)
+        .map(|i| {
+            let (bus, queue) = (transport.bus.clone(), transport.queue.clone());
+            tokio::spawn(async move { bus.call(outgoing(&queue, &format!("c{i}"), b"x"), soon(20_000)).await })
+        })
+        .collect();
+    let ready = async |count: u32| {
+        let what = format!("{count} requests ready in the queue");
+        wait_for(Duration::from_secs(10), &what, async || {
+            (broker.message_count(&transport.queue).await == Some(count)).then_some(())
+        })
+        .await
+    };
+    ready(5).await;
+    let mut consumer = transport.consumer().await;
+    let first = consumer.next().await.unwrap();
+    ready(3).await;
+    first.reply(ContentType::MsgPack, b"x".to_vec()).await.unwrap();
+    first.ack().await.unwrap();
+    ready(2).await;
+    let _worker = spawn_echo(consumer);
+    for call in calls {
+        assert_eq!(call.await.unwrap(), Ok(b"x".to_vec()));
+    }
+    broker.cleanup().await;
+}
+
+/// Catalog announcements reach every listener (each its own queue on the catalog topic).
+#[tokio::test]
+async fn amqp1_catalog_announcements_fan_out() {
+    let broker = Amqp1Broker::new("catalog").await;
+    let bus = &broker.bus;
+    let mut first = bus.catalog();
+    let mut second = bus.catalog();
+    // Listeners attach in the background: announce until both heard something.
+    let mut heard = (None, None);
+    wait_for(Duration::from_secs(10), "both listeners hear an announcement", async || {
+        bus.announce(b"worker-1".to_vec()).await.unwrap();
+        heard.0 = heard.0.take().or_else(|| first.try_recv().ok());
+        heard.1 = heard.1.take().or_else(|| second.try_recv().ok());
+        (heard.0.is_some() && heard.1.is_some()).then_some(())
+    })
+    .await;
+    assert_eq!(heard, (Some(b"worker-1".to_vec()), Some(b"worker-1".to_vec())));
+    broker.cleanup().await;
+}
+
+/// With no broker, every operation fails at once with `Unavailable`, never hangs.
+#[tokio::test]
+async fn amqp1_broker_down_is_unavailable_fast() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let config = bus::Amqp1Config::from_url("amqp://guest:guest@127.0.0.1:1").unwrap();
+    let bus = bus::Amqp1Bus::start(config, shutdown.clone());
+    let started = Instant::now();
+    let result = bus.call(outgoing(&bus.queue_for("m", None), "x", b"x"), soon(5000)).await;
+    assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
+    assert!(matches!(bus.consumer(&["m".to_string()]).await, Err(BusError::Unavailable(_))));
+    assert!(matches!(bus.announce(b"hi".to_vec()).await, Err(BusError::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+    assert!(!bus.is_ready() && !bus.is_connected());
+    shutdown.cancel();
+}
+
+/// A consumer follows its set of queues: a request to a queue in the set reaches it, one
+/// to a queue taken out of it stays in its queue for another consumer.
+#[tokio::test]
+async fn amqp1_consumer_follows_its_queue_set() {
+    let broker = Amqp1Broker::new("follow").await;
+    let bus = &broker.bus;
+    let (name, v2) = (broker.queue("m", None), broker.queue("m", Some("2")));
+    let (set_tx, set) = tokio::sync::watch::channel(vec![name.clone()]);
+    let mut follower = bus.consumer_following(set).await.expect("consume the first set");
+    let call = |queue: &String, id: &str| {
+        let (bus, queue, id) = (bus.clone(), queue.clone(), id.to_string());
+        tokio::spawn(async move { bus.call(outgoing(&queue, &id, b"x"), soon(20_000)).await })
+    };
+    let answer = async |consumer: &mut bus::Amqp1Consumer, expected: &str| {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("never got {expected}"))
+            .unwrap();
+        assert_eq!(delivery.correlation_id.as_deref(), Some(expected));
+        delivery.reply(ContentType::MsgPack, expected.as_bytes().to_vec()).await.unwrap();
+        delivery.ack().await.unwrap();
+    };
+    let first = call(&name, "name-1");
+    answer(&mut follower, "name-1").await;
+    assert_eq!(first.await.unwrap(), Ok(b"name-1".to_vec()));
+    set_tx.send_replace(vec![v2.clone()]);
+    // The version queue's link attaches in the background: its request waits for it.
+    let second = call(&v2, "v2-1");
+    answer(&mut follower, "v2-1").await;
+    assert_eq!(second.await.unwrap(), Ok(b"v2-1".to_vec()));
+    // The name queue left the set: its request waits there for another consumer.
+    let third = call(&name, "name-2");
+    let mut another = bus.consumer(std::slice::from_ref(&name)).await.unwrap();
+    answer(&mut another, "name-2").await;
+    assert_eq!(third.await.unwrap(), Ok(b"name-2".to_vec()));
+    follower.shutdown().await;
+    another.shutdown().await;
+    broker.cleanup().await;
+}
+
+/// Sharing the queues the 0-9-1 transport declared (`declare_queues` off: `/amq/queue/`):
+/// a request sent over AMQP 1.0 is answered, and, dead-lettered, lands in the 0-9-1
+/// transport's dead-letter queue through the queue's `x-dead-letter-exchange`.
+#[tokio::test]
+async fn amqp1_shares_the_queues_the_amqp_transport_declared() {
+    let broker = TestBroker::new("amqp1-shared").await;
+    let queue = broker.queue("shared", None);
+    broker.bus.declare_queue(&queue).await.unwrap();
+    let mut config = bus::Amqp1Config::from_url(&amqp_support::url()).unwrap();
+    config.queue_prefix = broker.config.queue_prefix.clone();
+    config.declare_queues = false;
+    config.reply_queue = format!("{}reply", broker.config.queue_prefix);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let amqp1 = bus::Amqp1Bus::start(config, shutdown.clone());
+    assert!(amqp1.wait_connected(Duration::from_secs(10)).await);
+    let transport = Amqp1 { bus: amqp1.clone(), queue };
+    dead_letters_keep_their_reason(transport).await;
+    let dead = broker.wait_dead_letter(Duration::from_secs(5)).await;
+    assert_eq!((dead.correlation_id.as_deref(), dead.body.as_slice()), (Some("poison"), &b"garbage"[..]));
+    assert_eq!(dead.header("x-first-death-reason").as_deref(), Some("rejected"));
+    let temporary = amqp_support::amqp1::temporary_queues(&broker.config.queue_prefix);
+    shutdown.cancel();
+    amqp1.closed().await;
+    amqp_support::amqp1::delete_queues(&temporary);
     broker.cleanup().await;
 }

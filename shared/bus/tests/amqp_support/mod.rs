@@ -2,6 +2,7 @@
 //! queue and catalog exchange, a raw lapin connection to look behind the bus, and cleanup.
 #![allow(dead_code)] // each test binary uses part of it
 
+pub mod amqp1;
 pub mod node;
 
 use std::time::{Duration, Instant};

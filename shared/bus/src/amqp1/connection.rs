@@ -1,0 +1,226 @@
+//! Connecting (TCP, SASL, `open`, `begin`) and the one loop that keeps a connection: a
+//! session per connection, numbered by a generation, lost and replaced as a whole (module
+//! docs: "Recovery"); and the sending links a session caches, one per address.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{Data, Message, Outcome, Target, TerminusDurability};
+use fe2o3_amqp::{Connection, Sender, Session as AmqpSession};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{bounded, publish, unavailable, Credentials, Inner};
+use crate::{metrics, BusError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One usable connection's AMQP session and the sending links attached on it. Replaced,
+/// never repaired.
+pub(super) struct Session {
+    pub(super) generation: u64,
+    /// Links are attached through it (`&mut`), one at a time.
+    pub(super) session: tokio::sync::Mutex<SessionHandle<()>>,
+    /// Sending links by address; a link whose send failed is dropped from here and
+    /// attached again on next use.
+    senders: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Sender>>>>,
+    /// Cancelled when the session is lost (the reply link ended, the connection closed).
+    pub(super) lost: CancellationToken,
+}
+
+impl Session {
+    /// Sends `message` to `address` and waits for the peer's outcome: `accepted` is sent.
+    pub(super) async fn send(&self, address: &str, message: Message<Data>) -> Result<(), BusError> {
+        let sender = self.sender(address).await?;
+        let mut sender = sender.lock().await;
+        let sent = bounded(&format!("send to '{address}'"), sender.send(message)).await;
+        match sent {
+            Ok(Outcome::Accepted(_)) => Ok(()),
+            Ok(outcome) => Err(unavailable(format!("the peer did not accept the message to '{address}': {outcome:?}"))),
+            Err(error) => {
+                self.senders.lock().remove(address);
+                Err(error)
+            }
+        }
+    }
+
+    async fn sender(&self, address: &str) -> Result<Arc<tokio::sync::Mutex<Sender>>, BusError> {
+        if let Some(sender) = self.senders.lock().get(address) {
+            return Ok(sender.clone());
+        }
+        let mut session = self.session.lock().await;
+        // Another caller may have attached it while we waited for the session.
+        if let Some(sender) = self.senders.lock().get(address) {
+            return Ok(sender.clone());
+        }
+        let name = format!("rfleet-sender-{}", uuid::Uuid::new_v4().simple());
+        let mut target = Target::builder().address(address.to_string());
+        if super::is_queue_address(address) {
+            target = target.durable(TerminusDurability::Configuration);
+        }
+        let attaching = Sender::builder().name(name).target(target.build()).attach(&mut session);
+        let sender = bounded(&format!("attach a sender to '{address}'"), attaching).await?;
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        self.senders.lock().insert(address.to_string(), sender.clone());
+        Ok(sender)
+    }
+}
+
+/// The one reconnect loop, as the 0-9-1 transport's `supervise`.
+pub(super) async fn supervise(inner: Arc<Inner>) {
+    if inner.config.dialect == super::Dialect::ServiceBus {
+        // Not yet wired (see `servicebus`): stay down, so every operation is `Unavailable`.
+        tracing::error!("the servicebus dialect of the amqp1 transport is not wired yet; not connecting");
+        inner.mark_down("the servicebus dialect is not wired yet");
+        return;
+    }
+    let mut generation = 0;
+    loop {
+        let connecting = (|| open_session(&inner, generation + 1)).retry(reconnect_backoff()).notify(|error, delay| {
+            tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect to the amqp 1.0 peer");
+        });
+        let (mut connection, session) = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            opened = connecting => match opened {
+                Ok(opened) => opened,
+                Err(_) => continue,
+            },
+        };
+        let session = Arc::new(session);
+        generation = session.generation;
+        tracing::info!(generation, reply_address = %inner.reply_address, "connected to the amqp 1.0 peer");
+        metrics::connection_up(metrics::AMQP1, true);
+        if generation > 1 {
+            metrics::reconnected(metrics::AMQP1);
+        }
+        inner.session.send_replace(Some(session.clone()));
+        let reason = tokio::select! {
+            _ = inner.shutdown.cancelled() => "shutting down".to_string(),
+            _ = session.lost.cancelled() => "the reply link ended".to_string(),
+            closed = connection.on_close() => match closed {
+                Ok(()) => "the peer closed the connection".to_string(),
+                Err(error) => format!("connection error: {error}"),
+            },
+        };
+        metrics::connection_up(metrics::AMQP1, false);
+        if inner.shutdown.is_cancelled() {
+            // The link tasks saw the shutdown too and detach their links: wait for them
+            // (bounded), so the plugin deletes their temporary queues.
+            inner.links.close();
+            let _ = tokio::time::timeout(super::DETACH_ON_SHUTDOWN, inner.links.wait()).await;
+        }
+        session.lost.cancel();
+        inner.mark_down(&reason);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+        if inner.shutdown.is_cancelled() {
+            break;
+        }
+    }
+    inner.mark_down("shutting down");
+}
+
+/// Exponential from 100 ms, jittered, under 2 s, never giving up (as the 0-9-1 transport).
+pub(super) fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// One try: TCP, SASL, `open`, `begin`, and the reply link with its router.
+async fn open_session(inner: &Arc<Inner>, generation: u64) -> Result<(ConnectionHandle<()>, Session), BusError> {
+    let config = &inner.config;
+    let connecting = async {
+        let stream = tokio::net::TcpStream::connect(&config.endpoint).await.map_err(|e| e.to_string())?;
+        // Every send waits for the peer's outcome: Nagle's algorithm would hold each small
+        // frame back for the delayed ACK of the one before (tens of ms per request).
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let sasl = match &config.credentials {
+            Credentials::Plain { username, password } => {
+                SaslProfile::Plain { username: username.clone(), password: password.clone() }
+            }
+            Credentials::Anonymous => SaslProfile::Anonymous,
+        };
+        let host = config.endpoint.rsplit_once(':').map_or(config.endpoint.as_str(), |(host, _)| host);
+        Connection::builder()
+            .container_id(config.connection_name.clone())
+            .hostname(config.hostname.as_deref().or(Some(host)))
+            .sasl_profile(sasl)
+            .open_with_stream(stream)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let mut connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => return Err(unavailable(format!("connecting to {}: {error}", config.endpoint))),
+        Err(_) => return Err(unavailable(format!("connecting timed out after {CONNECT_TIMEOUT:?}"))),
+    };
+    match set_up(inner, &mut connection, generation).await {
+        Ok(session) => Ok((connection, session)),
+        Err(error) => {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close()).await;
+            Err(error)
+        }
+    }
+}
+
+async fn set_up(
+    inner: &Arc<Inner>,
+    connection: &mut ConnectionHandle<()>,
+    generation: u64,
+) -> Result<Session, BusError> {
+    let mut session = bounded("begin a session", AmqpSession::begin(connection)).await?;
+    let replies = publish::attach_replies(inner, &mut session).await?;
+    let lost = CancellationToken::new();
+    inner.links.spawn(publish::route_replies(Arc::downgrade(inner), replies, lost.clone()));
+    Ok(Session { generation, session: tokio::sync::Mutex::new(session), senders: Mutex::default(), lost })
+}
+
+/// Waits for a session newer than generation `after` and runs `subscribe` on it, trying
+/// again after the backoff when it fails. `None` once `stop` is cancelled or the bus gone.
+pub(super) async fn subscribe_after<T, F, Fut>(
+    inner: &Inner,
+    after: u64,
+    stop: &CancellationToken,
+    what: &str,
+    mut subscribe: F,
+) -> Option<(Arc<Session>, T)>
+where
+    F: FnMut(Arc<Session>) -> Fut,
+    Fut: Future<Output = Result<T, BusError>>,
+{
+    let mut sessions = inner.session.subscribe();
+    let mut delays = reconnect_backoff().build();
+    let mut after = after;
+    loop {
+        let session = tokio::select! {
+            _ = stop.cancelled() => return None,
+            session = sessions.wait_for(|s| s.as_ref().is_some_and(|s| s.generation > after)) => session.ok()?.clone()?,
+        };
+        match subscribe(session.clone()).await {
+            Ok(subscribed) => return Some((session, subscribed)),
+            Err(error) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(1));
+                tracing::warn!(%error, what, generation = session.generation, retry_in_ms = delay.as_millis() as u64, "attaching failed");
+                // The same session may do after the pause (the failure was the link's).
+                after = session.generation - 1;
+                sleep_or_cancel(stop, delay).await;
+            }
+        }
+    }
+}
+
+pub(super) async fn sleep_or_cancel(stop: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
