@@ -859,3 +859,26 @@ async fn amqp1_shares_the_queues_the_amqp_transport_declared() {
     amqp_support::amqp1::delete_queues(&temporary);
     broker.cleanup().await;
 }
+
+/// When the peer ends the session (here: attaching `/queue/NAME` to a queue declared with
+/// other arguments, which the plugin refuses by ending the whole session), the bus is
+/// marked down at once, the call fails with `Unavailable`, and the bus reconnects in the
+/// background; its consumers attach again and calls are answered.
+#[tokio::test]
+async fn amqp1_reconnects_after_the_peer_ends_the_session() {
+    let broker = Amqp1Broker::new("reconnect").await;
+    let transport = broker.transport("echo");
+    let _worker = spawn_echo(transport.consumer().await);
+    let answered = transport.bus.call(outgoing(&transport.queue, "before", b"ab"), soon(5000)).await;
+    assert_eq!(answered, Ok(b"ba".to_vec()));
+    let refused = broker.declare_with_arguments("refused").await;
+    let result = transport.bus.call(outgoing(&refused, "refused", b"x"), soon(5000)).await;
+    assert!(matches!(&result, Err(BusError::Unavailable(m)) if m.contains("PRECONDITION_FAILED")), "{result:?}");
+    // Back in the background: the worker's link attaches again and answers.
+    let answered = wait_for(Duration::from_secs(10), "an answer after reconnecting", async || {
+        transport.bus.call(outgoing(&transport.queue, &uuid::Uuid::new_v4().to_string(), b"cd"), soon(1000)).await.ok()
+    })
+    .await;
+    assert_eq!(answered, b"dc");
+    broker.cleanup().await;
+}

@@ -49,8 +49,10 @@
 //! - The `amq.gen-...` queues behind `/exchange/...` and `/topic/...` sources are neither
 //!   exclusive nor auto-delete: they **outlive the link and the connection**. A closing
 //!   detach of such a link does not delete its queue; it declares a fresh one. The bus
-//!   therefore never detaches them (it closes the connection), and a deployment needs a
-//!   policy that expires unused ones, e.g. `rabbitmqctl set_policy rfleet-amqp1-temp
+//!   therefore never detaches them (it closes the connection). After a reconnect, the
+//!   earlier connection's reply queue stays bound to the bus's (unchanged) reply key and
+//!   collects copies of its replies. A deployment therefore needs a policy that expires
+//!   unused ones, e.g. `rabbitmqctl set_policy rfleet-amqp1-temp
 //!   '^amq\.gen-' '{"expires":60000}' --apply-to queues` on rfleet's vhost.
 //! - Outcomes offered: `accepted`, `rejected`, `released`. A `modified` disposition (even
 //!   `delivery-failed`) ends the session with `invalid-field`; so abandon is `released`.

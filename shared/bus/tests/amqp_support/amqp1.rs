@@ -133,6 +133,17 @@ impl Amqp1Broker {
         name
     }
 
+    /// A queue of this test's declared through 0-9-1 with an argument (`x-max-length`) the
+    /// plugin's `/queue/` declaration would contradict; deleted at cleanup.
+    pub async fn declare_with_arguments(&self, model: &str) -> String {
+        let queue = self.queue(model, None);
+        let channel = self.raw.create_channel().await.unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1000));
+        channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments).await.unwrap();
+        queue
+    }
+
     /// Takes one message from `queue` through 0-9-1, if any.
     pub async fn get(&self, queue: &str) -> Option<super::DeadLetter> {
         let channel = self.raw.create_channel().await.unwrap();
