@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# benches/bus.sh: the "Bus overhead" figures in BENCHMARKS.md (embedded bus vs RabbitMQ).
+# benches/bus.sh: the "Bus overhead" figures in BENCHMARKS.md (embedded bus vs RabbitMQ over
+# AMQP 0-9-1 vs RabbitMQ over AMQP 1.0).
 #
 # Usage: benches/bus.sh            (from anywhere; takes a few minutes; needs a RabbitMQ
 #                                   broker on loopback, amqp://guest:guest@127.0.0.1:5672/%2f)
 # Knobs (environment): REQUESTS=2000 WARMUP=200 HOSTS=2 CONCURRENCY_LEVELS="1 8" SPLIT=never
-#   BUSES="embedded amqp" BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f
+#   BUSES="embedded amqp amqp1" BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f
 #   DURATION_S=300 READY_TIMEOUT_S=180 SHUTDOWN_TIMEOUT_S=30 SKIP_BUILD=0
 #   OUT_DIR=benches/out/bus RFLEET=target/release/rfleet (another build of rfleet to measure)
 #
@@ -29,7 +30,9 @@ CONCURRENCY_LEVELS="${CONCURRENCY_LEVELS:-1 8}"
 # `?split=` on every request. `never` by default: each request is one R call, so latency
 # minus that call's R time is the path's own cost, not that plus combining forest parts.
 SPLIT="${SPLIT:-never}"
-BUSES="${BUSES:-embedded amqp}"
+# amqp1: `bus.kind = "servicebus"` in its broker dialect, to RabbitMQ's AMQP 1.0 plugin
+# (enabled for the run if it was off, and switched off again at the end).
+BUSES="${BUSES:-embedded amqp amqp1}"
 BROKER_URL="${BROKER_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 DURATION_S="${DURATION_S:-300}"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-180}"
@@ -45,10 +48,11 @@ say() { printf 'bus.sh: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 for bus in $BUSES; do
-    [[ "$bus" == embedded || "$bus" == amqp ]] || die "BUSES may name embedded and amqp only (got $bus)"
+    [[ "$bus" == embedded || "$bus" == amqp || "$bus" == amqp1 ]] ||
+        die "BUSES may name embedded, amqp and amqp1 only (got $bus)"
 done
 uses_broker=0
-if [[ " $BUSES " == *" amqp "* ]]; then uses_broker=1; fi
+if [[ " $BUSES " == *" amqp "* || " $BUSES " == *" amqp1 "* ]]; then uses_broker=1; fi
 
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
@@ -64,11 +68,17 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 MODEL_DIR="$OUT/model"
 ROWS="$MODEL_DIR/rows.jsonl"
-rm -f "$OUT"/embedded-c*.json "$OUT"/amqp-c*.json "$OUT"/results.* "$OUT"/server-*
+rm -f "$OUT"/embedded-c*.json "$OUT"/amqp-c*.json "$OUT"/amqp1-c*.json "$OUT"/results.* "$OUT"/server-*
 
 # (a) Release binaries.
 build_release "$RFLEET" "$LOAD"
 if ((uses_broker)); then require_broker "run BUSES=embedded"; fi
+amqp1_plugin_enabled_here=0
+if [[ " $BUSES " == *" amqp1 "* ]] && ! rabbitmq-plugins list --minimal --enabled | grep -qx rabbitmq_amqp1_0; then
+    say "enabling rabbitmq_amqp1_0 for this run (switched off again at the end)"
+    rabbitmq-plugins enable --quiet rabbitmq_amqp1_0 >/dev/null
+    amqp1_plugin_enabled_here=1
+fi
 
 # Machine facts, recorded next to the figures they qualify.
 rabbitmq="-"
@@ -127,7 +137,13 @@ first_replies="$(for bus in $BUSES; do cat "$OUT/server-$bus.first-reply.json"; 
 ((first_replies == 1)) || die "the buses answered the first row differently: $(for bus in $BUSES; do echo "$bus: $(cat "$OUT/server-$bus.first-reply.json")"; done)"
 
 # (d) Results: one JSON with everything, and the Markdown tables.
-label() { if [[ "$1" == amqp ]]; then echo "RabbitMQ"; else echo "embedded"; fi; }
+label() {
+    case "$1" in
+    amqp) echo "RabbitMQ (AMQP 0-9-1)" ;;
+    amqp1) echo "RabbitMQ (AMQP 1.0)" ;;
+    *) echo "embedded" ;;
+    esac
+}
 runs=()
 for bus in $BUSES; do
     for concurrency in $CONCURRENCY_LEVELS; do
@@ -152,25 +168,29 @@ fmt() { if [[ "$1" == - || "$1" == null ]]; then echo -; else printf "%.${2}f" "
             printf '| %s | %s | %.1f | %s | %s | %s | %s | %s | %s |\n' "$bus" "$concurrency" "$rps" \
                 "$(fmt "$p50" 2)" "$(fmt "$p99" 2)" "$(fmt "$r50" 2)" "$(fmt "$o50" 3)" "$(fmt "$o99" 3)" "$errors"
         done
-    if [[ " $BUSES " == *" embedded "* && " $BUSES " == *" amqp "* ]]; then
-        # What RabbitMQ adds: the difference of the two runs' overhead percentiles (not a
+    if [[ " $BUSES " == *" embedded "* ]]; then
+        # What a broker adds: the difference of the runs' overhead percentiles (not a
         # percentile of per-request differences: the runs are different requests).
         echo
-        echo "| concurrency | RabbitMQ − embedded, overhead p50 ms | RabbitMQ − embedded, overhead p99 ms |"
-        echo "|---:|---:|---:|"
-        for concurrency in $CONCURRENCY_LEVELS; do
-            jq -r --argjson c "$concurrency" \
-                '[.runs[] | select(.concurrency == $c)] as $r
-                 | ($r[] | select(.bus == "embedded")) as $e | ($r[] | select(.bus == "RabbitMQ")) as $a
-                 | [$c, ($a.overhead_p50_ms - $e.overhead_p50_ms), ($a.overhead_p99_ms - $e.overhead_p99_ms)] | @tsv' \
-                "$OUT/results.json" |
-                while IFS=$'\t' read -r c d50 d99; do
-                    printf '| %s | %+.3f | %+.3f |\n' "$c" "$d50" "$d99"
-                done
+        echo "| bus | concurrency | − embedded, overhead p50 ms | − embedded, overhead p99 ms |"
+        echo "|---|---:|---:|---:|"
+        for bus in $BUSES; do
+            [[ "$bus" == embedded ]] && continue
+            for concurrency in $CONCURRENCY_LEVELS; do
+                jq -r --argjson c "$concurrency" --arg bus "$(label "$bus")" \
+                    '[.runs[] | select(.concurrency == $c)] as $r
+                     | ($r[] | select(.bus == "embedded")) as $e | ($r[] | select(.bus == $bus)) as $a
+                     | [$bus, $c, ($a.overhead_p50_ms - $e.overhead_p50_ms), ($a.overhead_p99_ms - $e.overhead_p99_ms)] | @tsv' \
+                    "$OUT/results.json" |
+                    while IFS=$'\t' read -r b c d50 d99; do
+                        printf '| %s | %s | %+.3f | %+.3f |\n' "$b" "$c" "$d50" "$d99"
+                    done
+            done
         done
     fi
 } >"$OUT/results.md"
 
+if ((amqp1_plugin_enabled_here)); then rabbitmq-plugins disable --quiet rabbitmq_amqp1_0 >/dev/null; fi
 echo
 cat "$OUT/results.md"
 say "results in $OUT (results.md, results.json, machine.json, one JSON per run, server-<bus>.log)"

@@ -238,22 +238,27 @@ wait_ready() {
 # that no rfleet.toml in the caller's directory changes what is measured. Sets RFLEET_PID
 # and RFLEET_BASE.
 # $1 = label for messages (empty: none), $2 = its log (stderr; stdout goes to the same path
-# with .stdout for .log), $3 = models dir, $4 = bus (embedded|amqp); the rest are NAME=value
+# with .stdout for .log), $3 = models dir, $4 = bus (embedded|amqp|amqp1); the rest are NAME=value
 # settings for the server's environment only. Over amqp, the server gets queues and
 # exchanges of this run's own, named $NAMESPACE.*.
 start_rfleet() {
     local label="$1" log="$2" models="$3" bus="$4"
     shift 4
     local env_vars=("$@") flags=() stdout="${log%.log}.stdout" prefix="${label:+$label: }"
-    if [[ "$bus" == amqp ]]; then
+    if [[ "$bus" == amqp || "$bus" == amqp1 ]]; then
         broker_used=1
-        flags=(--bus "$BROKER_URL")
         env_vars+=(
             "RFLEET_BUS__QUEUE_PREFIX=$NAMESPACE.model."
             "RFLEET_BUS__CATALOG_EXCHANGE=$NAMESPACE.catalog"
             "RFLEET_BUS__DEAD_LETTER_EXCHANGE=$NAMESPACE.dead"
             "RFLEET_BUS__DEAD_LETTER_QUEUE=$NAMESPACE.dead"
         )
+    fi
+    if [[ "$bus" == amqp ]]; then
+        flags=(--bus "$BROKER_URL")
+    elif [[ "$bus" == amqp1 ]]; then
+        # The AMQP 1.0 transport in its broker dialect, to RabbitMQ's rabbitmq_amqp1_0 plugin.
+        env_vars+=("RFLEET_BUS__KIND=servicebus" "RFLEET_BUS__SERVICEBUS__DIALECT=broker" "RFLEET_BUS__URL=$BROKER_URL")
     fi
     say "${prefix}starting rfleet serve --hosts $HOSTS${flags[*]:+ ${flags[*]}}${env_vars[*]:+ ${env_vars[*]}}"
     start_group "$stdout" "$log" env ${env_vars[@]+"${env_vars[@]}"} "$RFLEET" serve --models "$models" \

@@ -385,6 +385,9 @@ impl Default for Hold {
 pub struct Fleet {
     pub name: String,
     pub broker_url: String,
+    /// `None`: AMQP 0-9-1 (`bus.kind = "amqp"`); `Some(dialect)`: the AMQP 1.0 transport
+    /// (`bus.kind = "servicebus"`) in that dialect, on the same broker.
+    pub amqp1_dialect: Option<&'static str>,
     /// Queues of the test's own models (beyond the fixtures'), deleted with the fleet.
     extra_queues: std::sync::Mutex<Vec<String>>,
 }
@@ -415,8 +418,18 @@ impl Fleet {
         Fleet {
             name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()),
             broker_url: broker_url.to_string(),
+            amqp1_dialect: None,
             extra_queues: Default::default(),
         }
+    }
+
+    /// A fleet on the shared broker whose dispatchers and workers speak AMQP 1.0 to
+    /// RabbitMQ's `rabbitmq_amqp1_0` plugin (`bus.kind = "servicebus"`, dialect `broker`);
+    /// direct publishers and the test's own checks still use AMQP 0-9-1 on the same queues.
+    pub fn amqp1(test: &str) -> Fleet {
+        let mut fleet = Fleet::new(test);
+        fleet.amqp1_dialect = Some("broker");
+        fleet
     }
 
     pub fn queue_prefix(&self) -> String {
@@ -453,8 +466,15 @@ impl Fleet {
     }
 
     pub fn env(&self) -> Vec<(String, String)> {
+        let kind = if self.amqp1_dialect.is_some() { "servicebus" } else { "amqp" };
+        let amqp1 = self.amqp1_dialect.into_iter().flat_map(|dialect| {
+            [
+                ("RFLEET_BUS__SERVICEBUS__DIALECT", dialect.to_string()),
+                ("RFLEET_BUS__SERVICEBUS__REPLY_QUEUE", format!("{}.reply", self.name)),
+            ]
+        });
         [
-            ("RFLEET_BUS__KIND", "amqp".to_string()),
+            ("RFLEET_BUS__KIND", kind.to_string()),
             ("RFLEET_BUS__URL", self.broker_url.clone()),
             ("RFLEET_BUS__QUEUE_PREFIX", self.queue_prefix()),
             ("RFLEET_BUS__DEAD_LETTER_EXCHANGE", format!("{}.dead", self.name)),
@@ -463,6 +483,7 @@ impl Fleet {
             ("RFLEET_BUS__ANNOUNCE_INTERVAL_MS", "500".to_string()),
         ]
         .into_iter()
+        .chain(amqp1)
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -471,14 +492,19 @@ impl Fleet {
 impl Drop for Fleet {
     /// Deletes the fleet's queues and exchanges from the broker (best effort): those named
     /// after the fixture models, and on the shared broker every queue with the fleet's
-    /// prefix that its management API lists (version queues, `<model>@<version>`, too).
+    /// prefix that its management API lists (version queues, `<model>@<version>`, too),
+    /// and the `amq.gen-*` queues RabbitMQ's AMQP 1.0 plugin made for the fleet's replies and
+    /// catalog, which outlive their links (bound with keys `<fleet>.reply.*`, `<fleet>.catalog`).
     fn drop(&mut self) {
         let listed = if self.broker_url == BROKER_URL {
             format!(
                 "try:\n    import base64, json, urllib.request\n    r = urllib.request.Request('{MANAGEMENT_URL}/queues/%2f?columns=name', headers={{'Authorization': 'Basic ' + base64.b64encode(b'guest:guest').decode()}})\n\
                  \x20   names += [q['name'] for q in json.load(urllib.request.urlopen(r, timeout=10)) if q['name'].startswith('{prefix}')]\n\
+                 \x20   r = urllib.request.Request('{MANAGEMENT_URL}/bindings/%2f', headers={{'Authorization': 'Basic ' + base64.b64encode(b'guest:guest').decode()}})\n\
+                 \x20   names += [b['destination'] for b in json.load(urllib.request.urlopen(r, timeout=10)) if b['destination'].startswith('amq.gen-') and b['routing_key'].startswith('{name}.')]\n\
                  except Exception: pass\n",
-                prefix = self.queue_prefix()
+                prefix = self.queue_prefix(),
+                name = self.name
             )
         } else {
             String::new()

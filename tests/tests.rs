@@ -33,6 +33,8 @@ mod observability;
 mod package;
 #[path = "suite/predictions.rs"]
 mod predictions;
+#[path = "suite/servicebus.rs"]
+mod servicebus;
 #[path = "suite/tls.rs"]
 mod tls;
 #[path = "suite/versions.rs"]

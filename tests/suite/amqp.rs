@@ -15,7 +15,7 @@ use support::{
 };
 
 /// (model, one-row body, R's answer) for rf_reg and lm.
-fn single_rows() -> Vec<(String, String, Value)> {
+pub(crate) fn single_rows() -> Vec<(String, String, Value)> {
     let fixtures = fixtures();
     let mut rows = Vec::new();
     for name in ["rf_reg", "lm"] {
@@ -27,15 +27,15 @@ fn single_rows() -> Vec<(String, String, Value)> {
     rows
 }
 
-fn worker(fleet: &Fleet) -> ServerOptions {
+pub(crate) fn worker(fleet: &Fleet) -> ServerOptions {
     ServerOptions::fleet("worker", fixtures().join("models"), fleet)
 }
 
-fn dispatcher(fleet: &Fleet) -> ServerOptions {
+pub(crate) fn dispatcher(fleet: &Fleet) -> ServerOptions {
     ServerOptions::fleet("dispatcher", fixtures().join("models"), fleet)
 }
 
-async fn wait_ready(client: &reqwest::Client, server: &Server) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, server: &Server) {
     let start = Instant::now();
     loop {
         let ready = get(client, &format!("{}/ready", server.url)).await;
@@ -79,7 +79,7 @@ pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) 
 }
 
 /// Every message in the fleet's dead-letter queue: `{"reason": .., "queue": .., "bytes": ..}`.
-fn dead_letters(fleet: &Fleet) -> Vec<Value> {
+pub(crate) fn dead_letters(fleet: &Fleet) -> Vec<Value> {
     let script = format!(
         "import json, pika\n\
          c = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
@@ -102,7 +102,7 @@ fn dead_letters(fleet: &Fleet) -> Vec<Value> {
 
 /// `clients` clients send `each` requests through the dispatchers in turn; every answer
 /// must be R's for that row. Returns the workers that answered.
-async fn load(
+pub(crate) async fn load(
     urls: Vec<String>,
     clients: usize,
     each: usize,
@@ -212,7 +212,11 @@ async fn amqp_direct_publishers_poison_and_expiry() {
 /// Two workers and a dispatcher under load (8 clients x 30 requests); once 30 requests are
 /// answered, `fault` is done to the first worker. Every request must still be answered
 /// correctly.
-async fn fault_under_load(fleet: Fleet, first_worker: ServerOptions, fault: impl FnOnce(Server) + Send + 'static) {
+pub(crate) async fn fault_under_load(
+    fleet: Fleet,
+    first_worker: ServerOptions,
+    fault: impl FnOnce(Server) + Send + 'static,
+) {
     let victim = first_worker.env("RFLEET_WORKERS__ID", "victim").start();
     let _other = worker(&fleet).env("RFLEET_WORKERS__ID", "other").start();
     let front = dispatcher(&fleet).start();

@@ -159,6 +159,42 @@ pub struct BusSettings {
     /// AMQP: unacknowledged deliveries per worker and model queue (`basic.qos`); 0 = hosts +
     /// `workers.max_batch_rows`, at least twice the hosts, at most 256.
     pub prefetch: u16,
+    /// `kind = "servicebus"`: Azure Service Bus, or a plain AMQP 1.0 broker.
+    pub servicebus: ServiceBusSettings,
+}
+
+/// The AMQP 1.0 transport (`bus.kind = "servicebus"`): Azure Service Bus, reached with a
+/// connection string (SAS) or a namespace and Entra ID (workload identity on AKS); or, with
+/// `dialect = "broker"`, a plain AMQP 1.0 broker at `bus.url` (RabbitMQ's AMQP 1.0 plugin).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceBusSettings {
+    pub dialect: AmqpDialect,
+    /// `Endpoint=sb://NS.servicebus.windows.net/;SharedAccessKeyName=…;SharedAccessKey=…`
+    /// (as the Azure portal shows it; `UseDevelopmentEmulator=true` for a local emulator).
+    /// Printed and logged as `***`. Without it, `namespace` and Entra ID are used.
+    pub connection_string: Option<Secret>,
+    /// `NS.servicebus.windows.net`, signed in with Entra ID (`azure_identity`: workload
+    /// identity on AKS, else the environment's credential).
+    pub namespace: Option<String>,
+    /// The session-enabled queue every dispatcher takes its replies from, each on its own
+    /// session id.
+    pub reply_queue: String,
+    /// The queue workers announce their models on (read by every dispatcher without
+    /// taking the messages off it).
+    pub catalog_queue: String,
+}
+
+/// What kind of AMQP 1.0 peer `bus.kind = "servicebus"` speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AmqpDialect {
+    /// Azure Service Bus: CBS tokens, peek-lock with `$management`, sessions for replies.
+    #[default]
+    Servicebus,
+    /// A plain AMQP 1.0 broker at `bus.url` (SASL PLAIN), e.g. RabbitMQ's `rabbitmq_amqp1_0`:
+    /// `released` for abandon, dead-lettering by the broker's policy.
+    Broker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -169,6 +205,8 @@ pub enum BusKind {
     Embedded,
     /// RabbitMQ (AMQP 0-9-1).
     Amqp,
+    /// AMQP 1.0: Azure Service Bus, or a plain AMQP 1.0 broker (`[bus.servicebus]`).
+    Servicebus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -319,6 +357,19 @@ impl Default for BusSettings {
             catalog_exchange: "rfleet.catalog".into(),
             announce_interval_ms: 2000,
             prefetch: 0,
+            servicebus: ServiceBusSettings::default(),
+        }
+    }
+}
+
+impl Default for ServiceBusSettings {
+    fn default() -> Self {
+        ServiceBusSettings {
+            dialect: AmqpDialect::Servicebus,
+            connection_string: None,
+            namespace: None,
+            reply_queue: "rfleet.replies".into(),
+            catalog_queue: "rfleet.catalog".into(),
         }
     }
 }

@@ -3,8 +3,8 @@
 //! A field that holds a secret is typed [`Secret`] (a key, a SAS key: shown as `***`) or
 //! [`SecretUrl`] (a URL with credentials: shown with its password as `***`, so `rfleet
 //! config` and logs still say which broker and user). Making a new setting secret is one
-//! type annotation (an Azure Service Bus SAS key to come: `pub sas_key: Option<Secret>`;
-//! `rfleet config` then prints `sas_key = "***"`). The value is read only through
+//! type annotation (`bus.servicebus.connection_string: Option<Secret>`, which carries a SAS
+//! key: `rfleet config` prints `connection_string = "***"`). The value is read only through
 //! `expose_secret()`, at the point of use (connecting, hashing), so every place that sees
 //! it is found with one `git grep`. Both keep the value in a [`secrecy::SecretString`],
 //! zeroed when dropped.
