@@ -133,6 +133,12 @@ param models array = []
 @description('Queue name prefix: bus.queue_prefix of rfleet\'s configuration.')
 param queuePrefix string = 'rfleet.model.'
 
+@description('The session-enabled queue the dispatchers receive their replies on (one session per dispatcher).')
+param replyQueue string = 'rfleet.replies'
+
+@description('The queue workers announce the models they serve on.')
+param catalogQueue string = 'rfleet.catalog'
+
 @description('How long a worker holds a request before Service Bus gives it to another (ISO 8601, at most PT5M): longer than the longest scoring call.')
 param queueLockDuration string = 'PT1M'
 
@@ -313,6 +319,43 @@ resource serviceBusQueues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = 
     maxSizeInMegabytes: 1024
   }
 }]
+
+// The dispatchers' replies: one session-enabled queue for them all, each dispatcher
+// receiving the session of its own id, so replies reach the dispatcher that waits on them
+// (on RabbitMQ each dispatcher has a private reply queue instead). A reply nobody took
+// before it expired is dropped, not dead-lettered: its caller has stopped waiting.
+resource serviceBusReplyQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: serviceBus
+  name: replyQueue
+  properties: {
+    requiresSession: true
+    lockDuration: 'PT30S'
+    maxDeliveryCount: queueMaxDeliveryCount
+    defaultMessageTimeToLive: 'PT5M'
+    deadLetteringOnMessageExpiration: false
+    enablePartitioning: false
+    enableBatchedOperations: true
+    maxSizeInMegabytes: 1024
+  }
+}
+
+// The workers' announcements of the models they serve (RabbitMQ's fanout exchange
+// rfleet.catalog). An announcement is current only until the next, so a stale one is
+// dropped, not dead-lettered.
+resource serviceBusCatalogQueue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = {
+  parent: serviceBus
+  name: catalogQueue
+  properties: {
+    requiresSession: false
+    lockDuration: 'PT30S'
+    maxDeliveryCount: queueMaxDeliveryCount
+    defaultMessageTimeToLive: 'PT5M'
+    deadLetteringOnMessageExpiration: false
+    enablePartitioning: false
+    enableBatchedOperations: true
+    maxSizeInMegabytes: 1024
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // Identities

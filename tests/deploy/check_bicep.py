@@ -420,7 +420,18 @@ def check_template(azure_dir: Path) -> list[str]:
         expected.add(service_bus_queue(prefix or "", m.get("name"), None))
     for entity in sorted(expected):
         check(ENTITY_NAME.fullmatch(entity), f"queue {entity!r} is not a valid Service Bus entity name")
+    # Besides the request queues: the session-enabled reply queue and the catalog queue.
+    replies = t.lookup("replyQueue", {}) if "replyQueue" in t.parameters else None
+    catalog = t.lookup("catalogQueue", {}) if "catalogQueue" in t.parameters else None
+    check(replies == "rfleet.replies", f"the reply queue is {replies!r}, not rfleet's 'rfleet.replies'")
+    check(catalog == "rfleet.catalog", f"the catalog queue is {catalog!r}, not rfleet's 'rfleet.catalog'")
     queues = [(s, q) for s, q in t.resources_of("Microsoft.ServiceBus/namespaces/queues")]
+    for _, q in queues:
+        if q.get("name") == replies:
+            check(get(q, "properties.requiresSession") is True, f"reply queue {replies}: sessions are not required")
+        elif q.get("name") == catalog:
+            check(get(q, "properties.requiresSession") is not True, f"catalog queue {catalog}: requires sessions")
+    expected |= {replies, catalog}
     arm_names = [q.get("name") for _, q in queues]
     check(len(arm_names) == len(set(map(str, arm_names))), f"a Service Bus queue is declared twice: {sorted(map(str, arm_names))}")
     created = {name.replace("~", "/") for name in arm_names if isinstance(name, str)}
@@ -430,6 +441,8 @@ def check_template(azure_dir: Path) -> list[str]:
     for _, q in queues:
         name = q.get("name")
         check(q.get("parent") == Ref(bus_symbol), f"queue {name} is not a child of the namespace {bus_symbol}")
+        if name in (replies, catalog):
+            continue  # a stale reply or announcement is dropped, not dead-lettered
         check(get(q, "properties.deadLetteringOnMessageExpiration") is True, f"queue {name}: expired requests are not dead-lettered")
         check(get(q, "properties.requiresDuplicateDetection") is False, f"queue {name}: duplicate detection is not off")
         check(isinstance(get(q, "properties.lockDuration"), str), f"queue {name}: no lockDuration")
@@ -552,6 +565,8 @@ MUTATIONS = [
      "'system:serviceaccount:kube-system:keda'", "no federated credential for system:serviceaccount:kube-system:keda-operator"),
     ("KEDA signs in as the workload identity", "main.bicep", "output kedaIdentityClientId string = kedaIdentity.properties.clientId",
      "output kedaIdentityClientId string = workloadIdentity.properties.clientId", "KEDA's identity is the workload identity"),
+    ("replies without sessions", "main.bicep", "  properties: {\n    requiresSession: true\n", "  properties: {\n    requiresSession: false\n", "sessions are not required"),
+    ("no catalog queue", "main.bicep", "param catalogQueue string = 'rfleet.catalog'", "param catalogQueue string = 'rfleet.announce'", "the catalog queue is"),
     ("no name queues", "main.bicep", "var queues = union(versionQueues, nameQueuesOfEachVersion)", "var queues = union(versionQueues, [])", "missing ['rfleet.model.churn']"),
     ("RabbitMQ's '@' kept", "main.bicep", "'${queuePrefix}${m.name}/${m.version}'", "'${queuePrefix}${m.name}@${m.version}'", "Service Bus queues do not follow the models"),
     ("a '/' in an ARM name", "main.bicep", "name: replace(queue, '/', '~')", "name: queue", "ARM reserves"),

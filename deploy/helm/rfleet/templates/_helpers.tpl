@@ -88,9 +88,20 @@ for a DNS label (63) keeps its head and a hash of the whole, so two versions nev
 {{- dig "bus" "queue_prefix" "rfleet.model." .Values.config }}
 {{- end }}
 
-{{/* Version queue and name queue of one model version (shared/bus/src/amqp queue_name). */}}
+{{/* The bus the pods use: `amqp` (RabbitMQ) or `servicebus` (Azure Service Bus). */}}
+{{- define "rfleet.busKind" -}}
+{{- ternary "servicebus" "amqp" .Values.serviceBus.enabled }}
+{{- end }}
+
+{{/*
+Version queue and name queue of one model version (shared/bus/src/amqp queue_name). The
+only place a queue name is made: on Service Bus, whose entity names cannot hold `@`, the
+version's separator is serviceBus.versionSeparator (`/`, as deploy/azure/main.bicep names
+its queues).
+*/}}
 {{- define "rfleet.versionQueue" -}}
-{{- printf "%s%s@%s" (include "rfleet.queuePrefix" .root) .model.name (toString .model.version) }}
+{{- $separator := ternary .root.Values.serviceBus.versionSeparator "@" .root.Values.serviceBus.enabled }}
+{{- printf "%s%s%s%s" (include "rfleet.queuePrefix" .root) .model.name $separator (toString .model.version) }}
 {{- end }}
 {{- define "rfleet.nameQueue" -}}
 {{- printf "%s%s" (include "rfleet.queuePrefix" .root) .model.name }}
@@ -149,6 +160,9 @@ default-user Secret by Kubernetes' $(VAR) expansion, so the password never passe
 the chart; otherwise it is one key of a Secret.
 */}}
 {{- define "rfleet.brokerEnv" -}}
+{{- if .Values.serviceBus.enabled }}
+{{- include "rfleet.serviceBusEnv" . }}
+{{- else -}}
 - name: RFLEET_BUS__KIND
   value: amqp
 {{- if .Values.rabbitmqCluster.enabled }}
@@ -172,6 +186,35 @@ the chart; otherwise it is one key of a Secret.
 {{- if .Values.broker.caSecret }}
 - name: RFLEET_BUS__CA_FILE
   value: /etc/rfleet/broker-ca/ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Service Bus environment: the namespace (Entra ID through workload identity: the pods
+carry azure.workload.identity/use and the ServiceAccount its client-id), or a connection
+string from a Secret, never from the chart's values.
+*/}}
+{{/* The Service Bus namespace's name as KEDA wants it (`NS`, from NS.servicebus.windows.net). */}}
+{{- define "rfleet.serviceBusNamespaceName" -}}
+{{- required "serviceBus.namespace is required" .Values.serviceBus.namespace | splitList "." | first }}
+{{- end }}
+
+{{- define "rfleet.serviceBusEnv" -}}
+{{- $sb := .Values.serviceBus -}}
+- name: RFLEET_BUS__KIND
+  value: servicebus
+- name: RFLEET_BUS__SERVICEBUS__DIALECT
+  value: servicebus
+{{- if $sb.existingSecret }}
+- name: RFLEET_BUS__SERVICEBUS__CONNECTION_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sb.existingSecret }}
+      key: {{ $sb.connectionStringKey }}
+{{- else }}
+- name: RFLEET_BUS__SERVICEBUS__NAMESPACE
+  value: {{ required "serviceBus.namespace (NS.servicebus.windows.net) or serviceBus.existingSecret is required" $sb.namespace | quote }}
 {{- end }}
 {{- end }}
 
