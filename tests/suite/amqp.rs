@@ -51,6 +51,10 @@ pub(crate) async fn wait_ready(client: &reqwest::Client, server: &Server) {
 /// worker consumes the queue it publishes to: a worker says it is ready once its R hosts
 /// are, and subscribes just after, and a message published to a queue not yet declared is
 /// dropped by the broker (regression: under CI's load the first publish was lost).
+/// Unless `extra` sets `--timeout` or `--deadline-ms`, the request's deadline is 60 s, not
+/// publish.py's 10 s: a request that follows a crash waits for the crashed R host's
+/// replacement, and under CI's load one took 12 s to start, so a 10 s deadline was (rightly)
+/// answered `deadline_exceeded` (regression: "after poison" failed so).
 pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
     let version = extra.iter().position(|a| *a == "--model-version").and_then(|i| extra.get(i + 1));
     let queue = match version {
@@ -71,6 +75,7 @@ pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) 
             &rows.to_string(),
         ])
         .args(extra)
+        .args(if extra.iter().any(|a| *a == "--timeout" || *a == "--deadline-ms") { &[][..] } else { &["--timeout", "60"][..] })
         .output()
         .expect("run publish.py (python3 with pika and msgpack)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -195,7 +200,7 @@ async fn amqp_direct_publishers_poison_and_expiry() {
     assert_eq!(garbage["reply"]["outcome"]["error"]["code"], "bad_request", "{garbage}");
     let version = publish(&fleet, "faulty", &x, &["--version", "99"]);
     assert_eq!(version["reply"]["outcome"]["error"]["code"], "unsupported_version", "{version}");
-    let crash = publish(&fleet, "faulty", &json!([{"x": 666}]), &["--timeout", "60"]);
+    let crash = publish(&fleet, "faulty", &json!([{"x": 666}]), &[]);
     assert_eq!(crash["reply"]["outcome"]["error"]["code"], "host_crashed", "{crash}");
     let dead = dead_letters(&fleet);
     let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap_or_default()).collect();
