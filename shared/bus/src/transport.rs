@@ -121,13 +121,32 @@ fn amqp1_config(settings: &BusSettings, options: &ConnectOptions) -> Result<Amqp
             config.connection_name = options.name.clone();
             Ok(config)
         }
-        // The Service Bus dialect's CBS sign-in, sessions and `$management` are not wired
-        // into the transport yet: refused at start-up rather than half-working.
-        AmqpDialect::Servicebus => Err(ConnectError::Amqp1(
-            "dialect = \"servicebus\" (Azure Service Bus) is not available in this build yet; \
-             dialect = \"broker\" speaks to a plain AMQP 1.0 broker at bus.url"
-                .into(),
-        )),
+        AmqpDialect::Servicebus => {
+            let servicebus = &settings.servicebus;
+            let Some(connection_string) = &servicebus.connection_string else {
+                // Entra ID (workload identity) is not wired yet: refused at start-up rather
+                // than half-working.
+                return Err(ConnectError::Amqp1(match &servicebus.namespace {
+                    Some(namespace) => format!(
+                        "bus.servicebus.namespace = {namespace:?} signs in with Entra ID, which this build \
+                         cannot do yet; set bus.servicebus.connection_string (a SAS policy's)"
+                    ),
+                    None => {
+                        "set bus.servicebus.connection_string (Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…)"
+                            .into()
+                    }
+                }));
+            };
+            // The parse error names the part that is wrong, never the key.
+            let mut config = Amqp1Config::from_connection_string(connection_string.expose_secret())
+                .map_err(|error| ConnectError::Amqp1(format!("bus.servicebus.connection_string: {error}")))?;
+            config.queue_prefix = settings.queue_prefix.clone();
+            config.reply_queue = servicebus.reply_queue.clone();
+            config.catalog = servicebus.catalog_queue.clone();
+            config.prefetch = options.prefetch.max(1);
+            config.connection_name = options.name.clone();
+            Ok(config)
+        }
     }
 }
 

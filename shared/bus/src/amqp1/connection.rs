@@ -16,6 +16,9 @@ use fe2o3_amqp::{Connection, Sender, Session as AmqpSession};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use fe2o3_amqp_management::client::MgmtClient;
+
+use super::servicebus::{self, Cbs};
 use super::{bounded, publish, unavailable, Credentials, Inner};
 use crate::{metrics, BusError};
 
@@ -33,6 +36,10 @@ pub(super) struct Session {
     senders: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Sender>>>>,
     /// Cancelled when the session is lost (the reply link ended, the connection closed).
     pub(super) lost: CancellationToken,
+    /// Service Bus: the connection's CBS link, which signs in for each entity.
+    pub(super) cbs: Option<Cbs>,
+    /// Service Bus: this connection's session of the reply queue (`reply-to-group-id`).
+    pub(super) reply_group: Option<String>,
 }
 
 impl Session {
@@ -60,6 +67,7 @@ impl Session {
         if let Some(sender) = self.senders.lock().get(address) {
             return Ok(sender.clone());
         }
+        self.authorize(address).await?;
         let name = format!("rfleet-sender-{}", uuid::Uuid::new_v4().simple());
         let mut target = Target::builder().address(address.to_string());
         if super::is_queue_address(address) {
@@ -73,14 +81,29 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Service Bus: signs in for `address`'s entity (once per token life). Broker: nothing.
+    pub(super) async fn authorize(&self, address: &str) -> Result<(), BusError> {
+        match &self.cbs {
+            Some(cbs) => cbs.authorize(address).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A `$management` client of `entity` (Service Bus), signed in for it.
+    pub(super) async fn management(&self, entity: &str) -> Result<MgmtClient, BusError> {
+        self.authorize(entity).await?;
+        let mut session = self.session.lock().await;
+        let attaching = MgmtClient::builder()
+            .management_node_address(format!("{entity}/{}", servicebus::MANAGEMENT_NODE))
+            .client_node_addr(format!("rfleet-management-{}", uuid::Uuid::new_v4().simple()))
+            .attach(&mut session);
+        bounded(&format!("attach to {entity}/$management"), attaching).await
+    }
+}
+
 /// The one reconnect loop, as the 0-9-1 transport's `supervise`.
 pub(super) async fn supervise(inner: Arc<Inner>) {
-    if inner.config.dialect == super::Dialect::ServiceBus {
-        // Not yet wired (see `servicebus`): stay down, so every operation is `Unavailable`.
-        tracing::error!("the servicebus dialect of the amqp1 transport is not wired yet; not connecting");
-        inner.mark_down("the servicebus dialect is not wired yet");
-        return;
-    }
     let mut generation = 0;
     loop {
         let connecting = (|| open_session(&inner, generation + 1)).retry(reconnect_backoff()).notify(|error, delay| {
@@ -99,6 +122,9 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         metrics::connection_up(metrics::AMQP1, true);
         if generation > 1 {
             metrics::reconnected(metrics::AMQP1);
+        }
+        if session.cbs.is_some() {
+            inner.links.spawn(servicebus::maintain(inner.clone(), session.clone()));
         }
         inner.session.send_replace(Some(session.clone()));
         let reason = tokio::select! {
@@ -143,20 +169,14 @@ async fn open_session(inner: &Arc<Inner>, generation: u64) -> Result<(Connection
         // Every send waits for the peer's outcome: Nagle's algorithm would hold each small
         // frame back for the delayed ACK of the one before (tens of ms per request).
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let sasl = match &config.credentials {
-            Credentials::Plain { username, password } => {
-                SaslProfile::Plain { username: username.clone(), password: password.clone() }
-            }
-            Credentials::Anonymous => SaslProfile::Anonymous,
-        };
         let host = config.endpoint.rsplit_once(':').map_or(config.endpoint.as_str(), |(host, _)| host);
-        Connection::builder()
-            .container_id(config.connection_name.clone())
-            .hostname(config.hostname.as_deref().or(Some(host)))
-            .sasl_profile(sasl)
-            .open_with_stream(stream)
-            .await
-            .map_err(|e| e.to_string())
+        if config.tls {
+            let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+            let stream = tls_connector().connect(server_name, stream).await.map_err(|e| format!("tls: {e}"))?;
+            open(config, host, stream).await
+        } else {
+            open(config, host, stream).await
+        }
     };
     let mut connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(connection)) => connection,
@@ -172,16 +192,65 @@ async fn open_session(inner: &Arc<Inner>, generation: u64) -> Result<(Connection
     }
 }
 
+/// AMQP's `open` on `stream` (TCP, or TLS over it), signing in by SASL.
+async fn open<Io>(config: &super::Amqp1Config, host: &str, stream: Io) -> Result<ConnectionHandle<()>, String>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let sasl = match &config.credentials {
+        Credentials::Plain { username, password } => {
+            SaslProfile::Plain { username: username.clone(), password: password.clone() }
+        }
+        // Service Bus signs in per entity through CBS, after SASL ANONYMOUS.
+        Credentials::Anonymous | Credentials::SharedAccess(_) => SaslProfile::Anonymous,
+    };
+    Connection::builder()
+        .container_id(config.connection_name.clone())
+        .hostname(config.hostname.as_deref().or(Some(host)))
+        .sasl_profile(sasl)
+        .open_with_stream(stream)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// TLS as a client, trusting the public web CAs built in (webpki-roots), ring for crypto.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 async fn set_up(
     inner: &Arc<Inner>,
     connection: &mut ConnectionHandle<()>,
     generation: u64,
 ) -> Result<Session, BusError> {
     let mut session = bounded("begin a session", AmqpSession::begin(connection)).await?;
-    let replies = publish::attach_replies(inner, &mut session).await?;
+    let cbs = match &inner.config.credentials {
+        Credentials::SharedAccess(access) => {
+            let cbs = Cbs::attach(&mut session, access, inner.config.token_lifetime).await?;
+            cbs.authorize(&inner.reply_address).await?;
+            Some(cbs)
+        }
+        _ => None,
+    };
+    let reply_group = (inner.config.dialect == super::Dialect::ServiceBus)
+        .then(|| format!("{}-{}", inner.config.connection_name, uuid::Uuid::new_v4().simple()));
+    let replies = publish::attach_replies(inner, &mut session, reply_group.as_deref()).await?;
     let lost = CancellationToken::new();
     inner.links.spawn(publish::route_replies(Arc::downgrade(inner), replies, lost.clone()));
-    Ok(Session { generation, session: tokio::sync::Mutex::new(session), senders: Mutex::default(), lost })
+    Ok(Session {
+        generation,
+        session: tokio::sync::Mutex::new(session),
+        senders: Mutex::default(),
+        lost,
+        cbs,
+        reply_group,
+    })
 }
 
 /// Waits for a session newer than generation `after` and runs `subscribe` on it, trying

@@ -24,8 +24,12 @@ use fe2o3_amqp::Receiver;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use fe2o3_amqp::types::definitions::{DeliveryTag, Fields, ReceiverSettleMode, SenderSettleMode};
+use fe2o3_amqp::types::messaging::Modified;
+use fe2o3_amqp_management::client::MgmtClient;
+
 use super::connection::{subscribe_after, Session};
-use super::{bounded, message, unavailable, Inner, DEAD_LETTER_CONDITION};
+use super::{bounded, message, servicebus, unavailable, Dialect, Inner, DEAD_LETTER_CONDITION};
 use crate::{metrics, BusError, Consumer, ContentType, Delivery, DeliveryHandle};
 
 /// What a worker's settlement asks of the link its delivery came on.
@@ -88,11 +92,22 @@ fn wanted(queues: &mut watch::Receiver<Vec<String>>) -> Vec<String> {
 
 async fn attach(inner: &Inner, session: &Session, queue: &str) -> Result<Receiver, BusError> {
     let address = inner.queue_address(queue);
+    session.authorize(&address).await?;
     let mut handle = session.session.lock().await;
     let name = format!("rfleet-consumer-{}", uuid::Uuid::new_v4().simple());
-    // Durable: see `is_queue_address`.
-    let source = Source::builder().address(address.clone()).durable(TerminusDurability::Configuration).build();
-    let attaching = Receiver::builder().name(name).source(source).credit_mode(CreditMode::Manual).attach(&mut handle);
+    let builder = Receiver::builder().name(name).credit_mode(CreditMode::Manual);
+    let attaching = match inner.config.dialect {
+        // Durable: see `is_queue_address`.
+        Dialect::Broker => builder
+            .source(Source::builder().address(address.clone()).durable(TerminusDurability::Configuration).build())
+            .attach(&mut handle),
+        // Peek-lock: Service Bus locks what it sends until we settle it (or the lock expires).
+        Dialect::ServiceBus => builder
+            .source(Source::builder().address(address.clone()).build())
+            .sender_settle_mode(SenderSettleMode::Unsettled)
+            .receiver_settle_mode(ReceiverSettleMode::First)
+            .attach(&mut handle),
+    };
     let mut receiver = bounded(&format!("attach a receiver to '{address}'"), attaching).await?;
     let prefetch = u32::from(inner.config.prefetch.max(1));
     bounded("issue credit", receiver.set_credit(prefetch)).await?;
@@ -184,8 +199,24 @@ async fn run_link(
     let (settle_tx, mut settle_rx) = mpsc::unbounded_channel::<Settle>();
     let mut held: u32 = 0;
     let mut stopping = false;
+    // Service Bus: the locks of the deliveries held, renewed while they score.
+    let mut locks = Locks::default();
+    let mut management = None;
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(locks.next_renewal()), if !locks.is_empty() => {
+                let due = locks.due();
+                match renew(session, queue, &mut management, &due).await {
+                    Ok(expirations) => locks.renewed(&due, &expirations),
+                    Err(error) => {
+                        // The lock runs out: Service Bus delivers the request again, and
+                        // the dispatcher drops the second reply.
+                        tracing::warn!(%queue, %error, "renewing message locks failed");
+                        locks.forget(&due);
+                        management = None;
+                    }
+                }
+            }
             _ = stop.cancelled(), if !stopping => {
                 stopping = true;
                 let _ = bounded("stop credit", receiver.set_credit(0)).await;
@@ -201,10 +232,16 @@ async fn run_link(
                     Outcome::Release => "release",
                     Outcome::Reject(_) => "reject",
                 };
-                let settled = match settle.outcome {
-                    Outcome::Accept => bounded(what, receiver.accept(settle.info)).await,
-                    Outcome::Release => bounded(what, receiver.release(settle.info)).await,
-                    Outcome::Reject(error) => bounded(what, receiver.reject(settle.info, error)).await,
+                locks.remove(settle.info.delivery_tag());
+                let settled = match (settle.outcome, inner.config.dialect) {
+                    (Outcome::Accept, _) => bounded(what, receiver.accept(settle.info)).await,
+                    (Outcome::Release, Dialect::Broker) => bounded(what, receiver.release(settle.info)).await,
+                    // Abandon: available again at once, its delivery count one more.
+                    (Outcome::Release, Dialect::ServiceBus) => {
+                        let modified = Modified { delivery_failed: Some(true), undeliverable_here: None, message_annotations: None };
+                        bounded(what, receiver.modify(settle.info, modified)).await
+                    }
+                    (Outcome::Reject(error), _) => bounded(what, receiver.reject(settle.info, error)).await,
                 };
                 held = held.saturating_sub(1);
                 let failed = settled.is_err();
@@ -234,6 +271,9 @@ async fn run_link(
                 held += 1;
                 let info = DeliveryInfo::from(&received);
                 let message = received.into_message();
+                if inner.config.dialect == Dialect::ServiceBus {
+                    locks.hold(info.delivery_tag(), message::lock(&message, info.delivery_tag()));
+                }
                 let properties = message.properties.as_ref();
                 let handle = Amqp1Handle {
                     inner: inner.clone(),
@@ -242,6 +282,8 @@ async fn run_link(
                     info: Some(info),
                     correlation_id: properties.and_then(|p| p.correlation_id.clone()),
                     reply_to: properties.and_then(|p| p.reply_to.clone()),
+                    reply_group: properties.and_then(|p| p.reply_to_group_id.clone()),
+                    ttl: message.header.as_ref().and_then(|h| h.ttl),
                 };
                 let delivery = Delivery::new(
                     metrics::AMQP1,
@@ -304,6 +346,10 @@ struct Amqp1Handle {
     info: Option<DeliveryInfo>,
     correlation_id: Option<MessageId>,
     reply_to: Option<String>,
+    /// Service Bus: the reply session (`reply-to-group-id`).
+    reply_group: Option<String>,
+    /// The request's time to live: its reply lives no longer.
+    ttl: Option<u32>,
 }
 
 impl Amqp1Handle {
@@ -324,24 +370,32 @@ impl DeliveryHandle for Amqp1Handle {
             return Ok(());
         };
         let session = self.inner.current()?;
-        session.send(reply_to, message::reply(self.correlation_id.clone(), content_type, body)).await
+        let reply = message::reply(self.correlation_id.clone(), self.reply_group.clone(), self.ttl, content_type, body);
+        session.send(reply_to, reply).await
     }
 
     async fn ack(&mut self) -> Result<(), BusError> {
         self.settle(Outcome::Accept).await
     }
 
-    /// Requeue is `released`: RabbitMQ requeues it, marked redelivered. Without requeue it
-    /// is `rejected`, dead-lettered where the queue's policy says.
+    /// Requeue is `released` (broker: RabbitMQ requeues it, marked redelivered) or
+    /// `modified` with `delivery-failed` (Service Bus: abandoned, its delivery count one
+    /// more). Without requeue it is `rejected`: dead-lettered where the queue's policy says
+    /// (broker), or into the queue's `$DeadLetterQueue` (Service Bus).
     async fn reject(&mut self, requeue: bool) -> Result<(), BusError> {
-        self.settle(if requeue { Outcome::Release } else { Outcome::Reject(None) }).await
+        if requeue {
+            return self.settle(Outcome::Release).await;
+        }
+        let error = match self.inner.config.dialect {
+            Dialect::Broker => None,
+            Dialect::ServiceBus => Some(dead_letter_error(Dialect::ServiceBus, "rejected")),
+        };
+        self.settle(Outcome::Reject(error)).await
     }
 
     async fn dead_letter(&mut self, reason: &str) -> Result<(), BusError> {
         tracing::warn!(queue = %self.queue, reason, "dead-lettering request");
-        let error =
-            AmqpError::new(ErrorCondition::Custom(DEAD_LETTER_CONDITION.into()), Some(reason.to_string()), None);
-        self.settle(Outcome::Reject(Some(error))).await
+        self.settle(Outcome::Reject(Some(dead_letter_error(self.inner.config.dialect, reason)))).await
     }
 }
 
@@ -350,6 +404,106 @@ impl Drop for Amqp1Handle {
         // Unsettled: the worker lost it. Released now so another consumer gets it at once.
         if let Some(info) = self.info.take() {
             let _ = self.settle_tx.send(Settle { info, outcome: Outcome::Release, done: None });
+        }
+    }
+}
+
+/// The error of the `rejected` outcome that dead-letters a request for `reason`. Service
+/// Bus keeps `DeadLetterReason` (the reason's code) and `DeadLetterErrorDescription` on the
+/// dead letter; a broker gets them as the error's description only.
+fn dead_letter_error(dialect: Dialect, reason: &str) -> AmqpError {
+    match dialect {
+        Dialect::Broker => {
+            AmqpError::new(ErrorCondition::Custom(DEAD_LETTER_CONDITION.into()), Some(reason.to_string()), None)
+        }
+        Dialect::ServiceBus => {
+            let (code, description) = servicebus::dead_letter_info(reason);
+            let mut info = Fields::new();
+            info.insert(servicebus::DEAD_LETTER_REASON.into(), Value::String(code));
+            info.insert(servicebus::DEAD_LETTER_DESCRIPTION.into(), Value::String(description.clone()));
+            AmqpError::new(ErrorCondition::Custom(servicebus::DEAD_LETTER_CONDITION.into()), Some(description), info)
+        }
+    }
+}
+
+/// Renews the locks of `due` on `queue`'s `$management` (attached on first use).
+async fn renew(
+    session: &Session,
+    queue: &str,
+    management: &mut Option<MgmtClient>,
+    due: &[Lock],
+) -> Result<Vec<std::time::SystemTime>, BusError> {
+    let client = match management {
+        Some(client) => client,
+        None => management.insert(session.management(queue).await?),
+    };
+    let tokens: Vec<uuid::Uuid> = due.iter().map(|lock| lock.token).collect();
+    servicebus::renew_locks(client, &tokens).await
+}
+
+/// A held delivery's Service Bus lock.
+#[derive(Debug, Clone)]
+pub(super) struct Lock {
+    pub(super) tag: DeliveryTag,
+    pub(super) token: uuid::Uuid,
+    /// When it is renewed: halfway to its expiry.
+    renew_at: tokio::time::Instant,
+}
+
+impl Lock {
+    pub(super) fn new(tag: DeliveryTag, token: uuid::Uuid, locked_until: std::time::SystemTime) -> Lock {
+        Lock { tag, token, renew_at: halfway_to(locked_until) }
+    }
+}
+
+fn halfway_to(expiry: std::time::SystemTime) -> tokio::time::Instant {
+    let left = expiry.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    tokio::time::Instant::now() + left / 2
+}
+
+/// The locks of the deliveries a link holds, by delivery tag.
+#[derive(Default)]
+struct Locks(HashMap<DeliveryTag, Lock>);
+
+impl Locks {
+    fn hold(&mut self, tag: &DeliveryTag, lock: Option<Lock>) {
+        if let Some(lock) = lock {
+            self.0.insert(tag.clone(), lock);
+        }
+    }
+
+    fn remove(&mut self, tag: &DeliveryTag) {
+        self.0.remove(tag);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn next_renewal(&self) -> tokio::time::Instant {
+        self.0.values().map(|lock| lock.renew_at).min().unwrap_or_else(tokio::time::Instant::now)
+    }
+
+    fn due(&self) -> Vec<Lock> {
+        let now = tokio::time::Instant::now();
+        self.0.values().filter(|lock| lock.renew_at <= now).cloned().collect()
+    }
+
+    /// Service Bus answers the new expiries in the order of the tokens.
+    fn renewed(&mut self, due: &[Lock], expirations: &[std::time::SystemTime]) {
+        for (lock, expiry) in due.iter().zip(expirations) {
+            if let Some(held) = self.0.get_mut(&lock.tag) {
+                held.renew_at = halfway_to(*expiry);
+            }
+        }
+        if expirations.len() < due.len() {
+            self.forget(&due[expirations.len()..]);
+        }
+    }
+
+    fn forget(&mut self, due: &[Lock]) {
+        for lock in due {
+            self.0.remove(&lock.tag);
         }
     }
 }

@@ -1,12 +1,19 @@
 //! AMQP 1.0 messages to and from the bus's types (module docs: "Properties").
 
 use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Data, Header, Message, MessageId, Properties};
-use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Value};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fe2o3_amqp::types::definitions::DeliveryTag;
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
+
+use super::servicebus;
 
 use crate::{ContentType, Outgoing, TRACEPARENT_HEADER};
 
 /// A request as sent: see the module docs.
-pub(super) fn request(message: &Outgoing, reply_to: &str) -> Message<Data> {
+/// `reply_group` (Service Bus) is the reply session the reply must go to.
+pub(super) fn request(message: &Outgoing, reply_to: &str, reply_group: Option<&str>) -> Message<Data> {
     let header = Header {
         durable: false,
         ttl: message.expiration_ms.map(|ms| ms.min(u64::from(u32::MAX)) as u32),
@@ -15,6 +22,7 @@ pub(super) fn request(message: &Outgoing, reply_to: &str) -> Message<Data> {
     let properties = Properties {
         correlation_id: Some(MessageId::String(message.correlation_id.clone())),
         reply_to: Some(reply_to.to_string()),
+        reply_to_group_id: reply_group.map(str::to_string),
         content_type: Some(message.content_type.as_str().into()),
         ..Properties::default()
     };
@@ -29,20 +37,33 @@ pub(super) fn request(message: &Outgoing, reply_to: &str) -> Message<Data> {
     builder.data(Binary::from(message.body.clone())).build()
 }
 
-/// A reply to a request with `correlation_id`.
-pub(super) fn reply(correlation_id: Option<MessageId>, content_type: ContentType, body: Vec<u8>) -> Message<Data> {
-    let properties =
-        Properties { correlation_id, content_type: Some(content_type.as_str().into()), ..Properties::default() };
+/// A reply to a request with `correlation_id`, into the session `group` (the request's
+/// `reply-to-group-id`) when there is one, living `ttl` ms (the request's own) if known.
+pub(super) fn reply(
+    correlation_id: Option<MessageId>,
+    group: Option<String>,
+    ttl: Option<u32>,
+    content_type: ContentType,
+    body: Vec<u8>,
+) -> Message<Data> {
+    let properties = Properties {
+        correlation_id,
+        group_id: group,
+        content_type: Some(content_type.as_str().into()),
+        ..Properties::default()
+    };
     Message::builder()
-        .header(Header { durable: false, ..Header::default() })
+        .header(Header { durable: false, ttl, ..Header::default() })
         .properties(properties)
         .data(Binary::from(body))
         .build()
 }
 
-pub(super) fn announcement(body: Vec<u8>) -> Message<Data> {
+/// An announcement, living `ttl` ms when given (Service Bus: until the catalog queue drops it).
+pub(super) fn announcement(body: Vec<u8>, ttl: Option<u32>) -> Message<Data> {
     let properties = Properties { content_type: Some(ContentType::MSGPACK.into()), ..Properties::default() };
-    Message::builder().properties(properties).data(Binary::from(body)).build()
+    let header = Header { durable: false, ttl, ..Header::default() };
+    Message::builder().header(header).properties(properties).data(Binary::from(body)).build()
 }
 
 /// The body's bytes: every `data` section, or a binary `amqp-value`.
@@ -91,4 +112,20 @@ pub(super) fn attempt(header: Option<&Header>) -> u32 {
     } else {
         counted.max(2)
     }
+}
+
+/// A Service Bus delivery's lock: its token (annotation `x-opt-lock-token`, else the
+/// delivery tag, which Service Bus makes the token's bytes in .NET's little-endian order)
+/// and until when it holds (`x-opt-locked-until`). `None` without an expiry to renew by.
+pub(super) fn lock<B>(message: &Message<B>, tag: &DeliveryTag) -> Option<super::consume::Lock> {
+    let annotation = |name: &str| message.message_annotations.as_ref()?.0.get(&OwnedKey::from(Symbol::from(name)));
+    let locked_until = match annotation(servicebus::LOCKED_UNTIL_ANNOTATION)? {
+        Value::Timestamp(at) => UNIX_EPOCH + Duration::from_millis(at.milliseconds().max(0) as u64),
+        _ => return None,
+    };
+    let token = match annotation(servicebus::LOCK_TOKEN_ANNOTATION) {
+        Some(Value::Uuid(token)) => uuid::Uuid::from(token.clone()),
+        _ => uuid::Uuid::from_slice_le(tag).ok()?,
+    };
+    Some(super::consume::Lock::new(tag.clone(), token, locked_until))
 }

@@ -143,12 +143,29 @@ pub enum Dialect {
 }
 
 /// How the bus authenticates.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub enum Credentials {
     /// SASL PLAIN.
     Plain { username: String, password: String },
     /// SASL ANONYMOUS.
     Anonymous,
+    /// Service Bus: SASL ANONYMOUS, then a token per entity put on `$cbs`, signed from the
+    /// connection string's key (or its own signature). See `servicebus`.
+    SharedAccess(credentials::ConnectionString),
+}
+
+impl PartialEq for Credentials {
+    /// Shared access compares where it signs in and as whom, not the secret.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Credentials::Plain { username: a, password: p }, Credentials::Plain { username: b, password: q }) => {
+                a == b && p == q
+            }
+            (Credentials::Anonymous, Credentials::Anonymous) => true,
+            (Credentials::SharedAccess(a), Credentials::SharedAccess(b)) => format!("{a:?}") == format!("{b:?}"),
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -156,6 +173,7 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Plain { username, .. } => write!(f, "Plain {{ username: {username:?}, password: *** }}"),
             Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::SharedAccess(access) => write!(f, "SharedAccess({access:?})"),
         }
     }
 }
@@ -164,8 +182,11 @@ impl std::fmt::Debug for Credentials {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Amqp1Config {
     pub dialect: Dialect,
-    /// `host:port` of the peer (plain TCP; `amqps` is not wired yet).
+    /// `host:port` of the peer.
     pub endpoint: String,
+    /// TLS to the peer (Service Bus on 5671), its certificate checked against the public
+    /// web CAs built in (webpki-roots) for the endpoint's host name.
+    pub tls: bool,
     /// The `hostname` of AMQP's `open`: `vhost:<name>` picks a RabbitMQ vhost; `None` is
     /// the default vhost.
     pub hostname: Option<String>,
@@ -185,6 +206,8 @@ pub struct Amqp1Config {
     pub prefetch: u16,
     /// The `container-id` of AMQP's `open`, which the broker shows.
     pub connection_name: String,
+    /// Service Bus: how long a SAS token signed here is valid (renewed a fifth of it before).
+    pub token_lifetime: Duration,
 }
 
 impl Amqp1Config {
@@ -206,6 +229,7 @@ impl Amqp1Config {
         Ok(Amqp1Config {
             dialect: Dialect::Broker,
             endpoint,
+            tls: false,
             hostname: (!vhost.is_empty() && vhost != "/").then(|| format!("vhost:{vhost}")),
             credentials,
             queue_prefix: "rfleet.model.".into(),
@@ -214,9 +238,35 @@ impl Amqp1Config {
             declare_queues: true,
             prefetch: 8,
             connection_name: "rfleet".into(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+        })
+    }
+
+    /// Azure Service Bus from a connection string (see [`credentials`]): TLS on 5671, or
+    /// plain AMQP on the endpoint's port (5672 by default) with `UseDevelopmentEmulator`.
+    pub fn from_connection_string(text: &str) -> Result<Amqp1Config, BusError> {
+        let access = credentials::ConnectionString::parse(text).map_err(unavailable)?;
+        let tls = !access.development_emulator;
+        let port = access.port.unwrap_or(if tls { 5671 } else { 5672 });
+        Ok(Amqp1Config {
+            dialect: Dialect::ServiceBus,
+            endpoint: format!("{}:{port}", access.host),
+            tls,
+            hostname: Some(access.host.clone()),
+            credentials: Credentials::SharedAccess(access),
+            queue_prefix: "rfleet.model.".into(),
+            reply_queue: "rfleet.replies".into(),
+            catalog: "rfleet.catalog".into(),
+            declare_queues: false,
+            prefetch: 8,
+            connection_name: "rfleet".into(),
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
         })
     }
 }
+
+/// A SAS token signed here lasts an hour, as Microsoft's SDKs sign them.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// `%XX` escapes decoded, as URLs carry user names, passwords and vhosts.
 fn percent_decode(text: &str) -> String {
@@ -253,7 +303,11 @@ impl Amqp1Bus {
     pub fn start(config: Amqp1Config, shutdown: CancellationToken) -> Amqp1Bus {
         crate::metrics::connection_up(crate::metrics::AMQP1, false);
         let (session, _) = watch::channel(None);
-        let reply_address = format!("/exchange/amq.direct/{}.{}", config.reply_queue, uuid::Uuid::new_v4().simple());
+        let reply_address = match config.dialect {
+            Dialect::Broker => format!("/exchange/amq.direct/{}.{}", config.reply_queue, uuid::Uuid::new_v4().simple()),
+            // The one session-enabled reply queue; each connection takes its own session.
+            Dialect::ServiceBus => config.reply_queue.clone(),
+        };
         let inner = Arc::new(Inner {
             config,
             shutdown,
@@ -298,7 +352,11 @@ impl Amqp1Bus {
     pub async fn announce(&self, body: Vec<u8>) -> Result<(), BusError> {
         let session = self.inner.current()?;
         let address = self.inner.catalog_address();
-        let message = message::announcement(body);
+        let ttl = match self.inner.config.dialect {
+            Dialect::Broker => None,
+            Dialect::ServiceBus => Some(announcements::ANNOUNCEMENT_TTL.as_millis() as u32),
+        };
+        let message = message::announcement(body, ttl);
         session.send(&address, message).await
     }
 

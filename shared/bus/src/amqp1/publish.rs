@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use fe2o3_amqp::session::SessionHandle;
-use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{Body, FilterSet, Source};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::servicebus::SESSION_FILTER;
 use super::{bounded, message, unavailable, Amqp1Bus, Dialect, Inner};
 use crate::{metrics, BusError, Outgoing, Requester};
 
@@ -30,10 +32,30 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// Attaches this bus's reply link (broker: its private `amq.direct` key).
-pub(super) async fn attach_replies(inner: &Inner, session: &mut SessionHandle<()>) -> Result<Receiver, BusError> {
+/// Attaches this bus's reply link. Broker: its private `amq.direct` key. Service Bus: the
+/// session `group` of the reply queue, received and deleted (a reply nobody waits for any
+/// more is worth nothing, so it is not locked).
+pub(super) async fn attach_replies(
+    inner: &Inner,
+    session: &mut SessionHandle<()>,
+    group: Option<&str>,
+) -> Result<Receiver, BusError> {
     let name = format!("rfleet-replies-{}", uuid::Uuid::new_v4().simple());
-    bounded("attach the reply link", Receiver::attach(session, name, inner.reply_address.as_str())).await
+    let source = Source::builder().address(inner.reply_address.clone());
+    let builder = Receiver::builder().name(name);
+    let builder = match group {
+        None => builder.source(source.build()),
+        Some(group) => {
+            let mut filter = FilterSet::new();
+            filter.insert(SESSION_FILTER.into(), Value::String(group.to_string()));
+            builder
+                .source(source.filter(filter).build())
+                .sender_settle_mode(SenderSettleMode::Settled)
+                .receiver_settle_mode(ReceiverSettleMode::First)
+        }
+    };
+    let attaching = builder.attach(session);
+    bounded("attach the reply link", attaching).await
 }
 
 /// Hands each reply to its caller until the reply link ends; then the session is lost.
@@ -89,7 +111,7 @@ impl Requester for Amqp1Bus {
         }
         let _guard = PendingGuard { inner, correlation_id: &correlation_id };
         let address = inner.queue_address(&outgoing.queue);
-        let request = message::request(&outgoing, &inner.reply_address);
+        let request = message::request(&outgoing, &inner.reply_address, session.reply_group.as_deref());
         let started = Instant::now();
         let published = match tokio::time::timeout_at(deadline.into(), session.send(&address, request)).await {
             Ok(published) => published,
