@@ -54,9 +54,11 @@ pub struct Lock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settle {
     Complete,
-    /// Released or modified: available again, its delivery count one higher (Service Bus
-    /// counts every lock as a delivery).
+    /// Modified (delivery failed) or abandoned by `$management`: available again, its
+    /// delivery count one higher (Service Bus counts every failed lock as a delivery).
     Abandon,
+    /// Released: available again with its delivery count unchanged.
+    Release,
     DeadLetter {
         reason: String,
         description: String,
@@ -148,6 +150,9 @@ impl<T: Clone> Queue<T> {
         match settle {
             Settle::Complete => {}
             Settle::Abandon => self.give_back(message),
+            Settle::Release => {
+                self.available.insert(message.sequence_number, message);
+            }
             Settle::DeadLetter { reason, description } => self.dead_letter(message, &reason, &description),
         }
         Ok(())
@@ -169,6 +174,44 @@ impl<T: Clone> Queue<T> {
     /// The dead-letter sub-queue, oldest first.
     pub fn dead_letters(&self) -> Vec<Stored<T>> {
         self.dead_letters.values().cloned().collect()
+    }
+
+    /// Takes the dead-lettered messages out, oldest first (the server moves them into a
+    /// queue of their own, from which they are received like any other).
+    pub fn take_dead_letters(&mut self) -> Vec<Stored<T>> {
+        std::mem::take(&mut self.dead_letters).into_values().collect()
+    }
+
+    /// Adds a message stored elsewhere (a dead letter moved here), keeping its sequence
+    /// number, delivery count and reason; dead letters do not expire.
+    pub fn insert(&mut self, mut message: Stored<T>) {
+        message.expires_at = None;
+        self.next_sequence_number = self.next_sequence_number.max(message.sequence_number + 1);
+        self.available.insert(message.sequence_number, message);
+    }
+
+    /// Active messages (available or locked), by sequence number.
+    pub fn messages(&self) -> Vec<Stored<T>> {
+        let mut all: Vec<Stored<T>> =
+            self.available.values().chain(self.locked.values().map(|(_, m)| m)).cloned().collect();
+        all.sort_by_key(|m| m.sequence_number);
+        all
+    }
+
+    /// Up to `count` active messages from sequence number `from` on, without locking them.
+    pub fn peek(&self, from: i64, count: usize) -> Vec<Stored<T>> {
+        self.messages().into_iter().filter(|m| m.sequence_number >= from).take(count).collect()
+    }
+
+    /// The session ids of available messages, in the order of their first message.
+    pub fn available_sessions(&self) -> Vec<String> {
+        let mut sessions: Vec<String> = Vec::new();
+        for group_id in self.available.values().filter_map(|m| m.group_id.as_ref()) {
+            if !sessions.contains(group_id) {
+                sessions.push(group_id.clone());
+            }
+        }
+        sessions
     }
 
     fn give_back(&mut self, mut message: Stored<T>) {
@@ -275,6 +318,27 @@ mod tests {
             assert!(q.lock_next(None, t0 + Duration::from_secs(1)).is_none());
             assert_eq!((q.depth(), q.dead_letters().len()), (0, dead), "dead_letter_on_expiry={dead_letter_on_expiry}");
         }
+    }
+
+    #[test]
+    fn released_messages_keep_their_count_and_dead_letters_move_with_theirs() {
+        let t0 = Instant::now();
+        let mut q = queue(2);
+        q.enqueue("a", Some("s1".into()), None, t0);
+        let (lock, _) = q.lock_next(None, t0).unwrap();
+        q.settle(lock.token, Settle::Release, t0).unwrap();
+        let (lock, again) = q.lock_next(None, t0).unwrap();
+        assert_eq!(again.delivery_count, 0, "a release is not a delivery");
+        assert_eq!(q.available_sessions(), Vec::<String>::new(), "a locked message's session is not offered");
+        q.settle(lock.token, Settle::DeadLetter { reason: "r".into(), description: "d".into() }, t0).unwrap();
+        let mut dlq = queue(u32::MAX);
+        for message in q.take_dead_letters() {
+            dlq.insert(message);
+        }
+        assert!(q.dead_letters().is_empty());
+        let (_, dead) = dlq.lock_next(None, t0).unwrap();
+        assert_eq!((dead.sequence_number, dead.dead_letter), (1, Some(("r".into(), "d".into()))));
+        assert_eq!(dlq.peek(0, 10).len(), 1, "peek sees locked messages too");
     }
 
     #[test]
