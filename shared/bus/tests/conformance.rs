@@ -13,8 +13,11 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use amqp_support::amqp1::{Amqp1, Amqp1Broker};
+use amqp_support::servicebus::{self as servicebus_support, request_queue, Namespace};
 use amqp_support::{wait_for, Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
+use servicebus_standin::QueueConfig;
+use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "conformance.requests";
 
@@ -881,4 +884,215 @@ async fn amqp1_reconnects_after_the_peer_ends_the_session() {
     .await;
     assert_eq!(answered, b"dc");
     broker.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// AMQP 1.0, Service Bus dialect, against the Service Bus stand-in (see
+// `amqp_support::servicebus` for what is real and what stands in).
+
+#[tokio::test]
+async fn servicebus_conformance() {
+    let lock = Duration::from_secs(30);
+    for check in 0..6 {
+        let namespace = Namespace::new(vec![request_queue("q", lock)]).await.connected().await;
+        let transport = namespace.transport("q");
+        match check {
+            0 => replies_match_requests(transport).await,
+            1 => deadline_passes_and_late_reply_is_dropped(transport).await,
+            2 => unacknowledged_delivery_is_redelivered(transport).await,
+            3 => no_consumer_is_unavailable(transport).await,
+            4 => dead_letters_keep_their_reason(transport).await,
+            _ => traceparent_reaches_the_consumer(transport).await,
+        }
+        namespace.close().await;
+    }
+}
+
+#[tokio::test]
+async fn servicebus_metrics() {
+    let namespace = Namespace::new(vec![request_queue("counted", Duration::from_secs(30))]).await.connected().await;
+    bus_metrics_count_what_happened(namespace.transport("counted"), "amqp1").await;
+    namespace.close().await;
+}
+
+/// A dead letter lands in the queue's `$DeadLetterQueue` with `DeadLetterReason` (the
+/// reason's code) and `DeadLetterErrorDescription`; abandoning counts a delivery.
+#[tokio::test]
+async fn servicebus_dead_letters_and_abandons_as_service_bus_does() {
+    let namespace = Namespace::new(vec![request_queue("q", Duration::from_secs(30))]).await.connected().await;
+    let transport = namespace.transport("q");
+    let mut consumer = transport.consumer().await;
+    let call = tokio::spawn({
+        let (bus, queue) = (transport.bus.clone(), transport.queue.clone());
+        async move { bus.call(outgoing(&queue, "poison", b"garbage"), soon(5000)).await }
+    });
+    let first = consumer.next().await.unwrap();
+    assert_eq!(first.attempt, 1);
+    first.reject(true).await.unwrap();
+    let second = consumer.next().await.unwrap();
+    assert_eq!(second.attempt, 2, "an abandoned delivery comes back with its delivery count one more");
+    second.reply(ContentType::MsgPack, b"error".to_vec()).await.unwrap();
+    second.dead_letter("bad_request: no column `x`").await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), b"error");
+    let dead = wait_for(Duration::from_secs(5), "the dead letter", async || {
+        namespace.standin.dead_letters("q").into_iter().next()
+    })
+    .await;
+    assert_eq!((dead.correlation_id.as_deref(), dead.body.as_slice()), (Some("poison"), &b"garbage"[..]));
+    assert_eq!(dead.dead_letter_reason.as_deref(), Some("bad_request"));
+    assert_eq!(dead.dead_letter_error_description.as_deref(), Some("no column `x`"));
+    assert!(namespace.standin.messages("q").is_empty());
+    namespace.close().await;
+}
+
+/// A request that scores for longer than the queue's lock lasts stays locked (the worker
+/// renews its lock through `$management`): another consumer does not get it meanwhile.
+#[tokio::test]
+async fn servicebus_locks_are_renewed_while_a_request_scores() {
+    let namespace = Namespace::new(vec![request_queue("slow", Duration::from_secs(1))]).await.connected().await;
+    let transport = namespace.transport("slow");
+    let mut holder = transport.consumer().await;
+    let mut other = transport.consumer().await;
+    let call = tokio::spawn({
+        let (bus, queue) = (transport.bus.clone(), transport.queue.clone());
+        async move { bus.call(outgoing(&queue, "long", b"x"), soon(20_000)).await }
+    });
+    let (delivery, waiting) = tokio::select! {
+        delivery = holder.next() => (delivery.unwrap(), &mut other),
+        delivery = other.next() => (delivery.unwrap(), &mut holder),
+    };
+    // Four lock durations: without renewal the request would be delivered again.
+    let again = tokio::time::timeout(Duration::from_secs(4), waiting.next()).await;
+    assert!(again.is_err(), "the lock ran out while the request was scoring");
+    delivery.reply(ContentType::MsgPack, b"done".to_vec()).await.unwrap();
+    delivery.ack().await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), b"done");
+    // Completed (settling does not wait for the peer), the request leaves the queue.
+    wait_for(Duration::from_secs(5), "the request completed", async || {
+        namespace.standin.messages("slow").is_empty().then_some(())
+    })
+    .await;
+    namespace.close().await;
+}
+
+/// A worker that goes away holding a request (its connection gone) loses nothing: the
+/// request comes back to another worker, its delivery count one more, and is answered.
+#[tokio::test]
+async fn servicebus_a_request_held_by_a_lost_worker_is_answered_by_another() {
+    let namespace = Namespace::new(vec![request_queue("q", Duration::from_secs(2))]).await.connected().await;
+    let transport = namespace.transport("q");
+    let lost = CancellationToken::new();
+    let worker = bus::Amqp1Bus::start(namespace.config.clone(), lost.clone());
+    assert!(worker.wait_connected(Duration::from_secs(10)).await);
+    let mut lost_consumer = worker.consumer(std::slice::from_ref(&transport.queue)).await.unwrap();
+    let call = tokio::spawn({
+        let (bus, queue) = (transport.bus.clone(), transport.queue.clone());
+        async move { bus.call(outgoing(&queue, "held", b"abc"), soon(20_000)).await }
+    });
+    let held = lost_consumer.next().await.unwrap();
+    lost.cancel();
+    worker.closed().await;
+    drop(held);
+    let mut survivor = transport.consumer().await;
+    let again = tokio::time::timeout(Duration::from_secs(10), survivor.next()).await.expect("redelivered").unwrap();
+    assert_eq!(again.correlation_id.as_deref(), Some("held"));
+    assert!(again.attempt >= 2, "attempt {}", again.attempt);
+    again.reply(ContentType::MsgPack, b"cba".to_vec()).await.unwrap();
+    again.ack().await.unwrap();
+    assert_eq!(call.await.unwrap().unwrap(), b"cba");
+    namespace.close().await;
+}
+
+/// Service Bus detaches links (idle ones after 10 minutes; here all at once): the bus
+/// connects again, its worker attaches again, and calls are answered.
+#[tokio::test]
+async fn servicebus_forced_detach_is_recovered() {
+    let namespace = Namespace::new(vec![request_queue("echo", Duration::from_secs(30))]).await.connected().await;
+    let transport = namespace.transport("echo");
+    let _worker = spawn_echo(transport.consumer().await);
+    assert_eq!(transport.bus.call(outgoing(&transport.queue, "before", b"ab"), soon(5000)).await, Ok(b"ba".to_vec()));
+    namespace.standin.detach_all_links();
+    let answered = wait_for(Duration::from_secs(15), "an answer after the forced detach", async || {
+        let id = uuid::Uuid::new_v4().to_string();
+        transport.bus.call(outgoing(&transport.queue, &id, b"cd"), soon(1000)).await.ok()
+    })
+    .await;
+    assert_eq!(answered, b"dc");
+    namespace.close().await;
+}
+
+/// Tokens are put again before they expire (the stand-in detaches the links of an
+/// audience whose token ran out): over several token lifetimes every call is answered.
+#[tokio::test]
+async fn servicebus_tokens_are_renewed_before_they_expire() {
+    let lifetime = Duration::from_secs(2);
+    let queues = vec![request_queue("echo", Duration::from_secs(30))];
+    let namespace = Namespace::with(queues, |config| config.token_lifetime = lifetime).await.connected().await;
+    let transport = namespace.transport("echo");
+    let _worker = spawn_echo(transport.consumer().await);
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < lifetime * 3 {
+        let id = format!("call-{calls}");
+        let answer = transport.bus.call(outgoing(&transport.queue, &id, b"ab"), soon(5000)).await;
+        assert_eq!(answer, Ok(b"ba".to_vec()), "{id} after {:?}", started.elapsed());
+        calls += 1;
+    }
+    namespace.close().await;
+}
+
+/// A wrong key never signs in: every operation fails at once, naming what was refused.
+#[tokio::test]
+async fn servicebus_a_wrong_key_is_refused() {
+    let namespace = Namespace::new(vec![request_queue("q", Duration::from_secs(30))]).await.connected().await;
+    let text = namespace.standin.connection_string(servicebus_support::KEY_NAME);
+    let (before, _) = text.split_once("SharedAccessKey=").unwrap();
+    let wrong = format!("{before}SharedAccessKey=d3JvbmcgYnV0IHdlbGwgZm9ybWVk;UseDevelopmentEmulator=true");
+    let shutdown = CancellationToken::new();
+    let bus = bus::Amqp1Bus::start(bus::Amqp1Config::from_connection_string(&wrong).unwrap(), shutdown.clone());
+    assert!(!bus.wait_connected(Duration::from_secs(2)).await, "signed in with a wrong key");
+    let result = bus.call(outgoing("q", "x", b"x"), soon(5000)).await;
+    assert!(matches!(result, Err(BusError::Unavailable(_))), "{result:?}");
+    shutdown.cancel();
+    namespace.close().await;
+}
+
+/// Every catalog listener hears every announcement: they peek the catalog queue, and
+/// nobody takes announcements off it (they expire).
+#[tokio::test]
+async fn servicebus_catalog_announcements_reach_every_listener() {
+    let namespace = Namespace::new(Vec::new()).await.connected().await;
+    let bus = &namespace.bus;
+    let (mut first, mut second) = (bus.catalog(), bus.catalog());
+    bus.announce(b"worker-1".to_vec()).await.unwrap();
+    let heard = |rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>| {
+        let rx = std::mem::replace(rx, tokio::sync::mpsc::channel(1).1);
+        async move {
+            let mut rx = rx;
+            tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.ok().flatten()
+        }
+    };
+    let (a, b) = tokio::join!(heard(&mut first), heard(&mut second));
+    assert_eq!((a, b), (Some(b"worker-1".to_vec()), Some(b"worker-1".to_vec())));
+    assert_eq!(namespace.standin.messages(servicebus_support::CATALOG_QUEUE).len(), 1, "peeked, not taken");
+    namespace.close().await;
+}
+
+/// A request whose time to live runs out in the queue is dead-lettered by Service Bus
+/// (on a queue that dead-letters on expiry) and never reaches a worker.
+#[tokio::test]
+async fn servicebus_expired_request_is_dead_lettered() {
+    let queue = QueueConfig { dead_letter_on_expiry: true, ..request_queue("q", Duration::from_secs(30)) };
+    let namespace = Namespace::new(vec![queue]).await.connected().await;
+    let transport = namespace.transport("q");
+    let mut message = outgoing(&transport.queue, "expires", b"too late");
+    message.expiration_ms = Some(100);
+    assert_eq!(transport.bus.call(message, soon(300)).await, Err(BusError::DeadlineExceeded));
+    let dead = wait_for(Duration::from_secs(10), "the expired request", async || {
+        namespace.standin.dead_letters("q").into_iter().next()
+    })
+    .await;
+    assert_eq!(dead.correlation_id.as_deref(), Some("expires"));
+    assert_eq!(dead.dead_letter_reason.as_deref(), Some("TTLExpiredException"));
+    namespace.close().await;
 }

@@ -13,6 +13,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
@@ -206,6 +207,9 @@ async fn run_link(
         tokio::select! {
             _ = tokio::time::sleep_until(locks.next_renewal()), if !locks.is_empty() => {
                 let due = locks.due();
+                if due.is_empty() {
+                    continue;
+                }
                 match renew(session, queue, &mut management, &due).await {
                     Ok(expirations) => locks.renewed(&due, &expirations),
                     Err(error) => {
@@ -448,11 +452,20 @@ pub(super) struct Lock {
     pub(super) token: uuid::Uuid,
     /// When it is renewed: halfway to its expiry.
     renew_at: tokio::time::Instant,
+    /// When the request's time to live runs out: its reply is no use after, so its lock is
+    /// not renewed past it (a worker that hangs does not hold a request for ever).
+    until: Option<tokio::time::Instant>,
 }
 
 impl Lock {
-    pub(super) fn new(tag: DeliveryTag, token: uuid::Uuid, locked_until: std::time::SystemTime) -> Lock {
-        Lock { tag, token, renew_at: halfway_to(locked_until) }
+    pub(super) fn new(
+        tag: DeliveryTag,
+        token: uuid::Uuid,
+        locked_until: std::time::SystemTime,
+        ttl: Option<Duration>,
+    ) -> Lock {
+        let until = ttl.map(|ttl| tokio::time::Instant::now() + ttl);
+        Lock { tag, token, renew_at: halfway_to(locked_until), until }
     }
 }
 
@@ -484,8 +497,10 @@ impl Locks {
         self.0.values().map(|lock| lock.renew_at).min().unwrap_or_else(tokio::time::Instant::now)
     }
 
-    fn due(&self) -> Vec<Lock> {
+    /// The locks to renew now; those whose request has run out of time are let go.
+    fn due(&mut self) -> Vec<Lock> {
         let now = tokio::time::Instant::now();
+        self.0.retain(|_, lock| lock.until.is_none_or(|until| until > now));
         self.0.values().filter(|lock| lock.renew_at <= now).cloned().collect()
     }
 

@@ -127,5 +127,6 @@ pub(super) fn lock<B>(message: &Message<B>, tag: &DeliveryTag) -> Option<super::
         Some(Value::Uuid(token)) => uuid::Uuid::from(token.clone()),
         _ => uuid::Uuid::from_slice_le(tag).ok()?,
     };
-    Some(super::consume::Lock::new(tag.clone(), token, locked_until))
+    let ttl = message.header.as_ref().and_then(|header| header.ttl).map(|ms| Duration::from_millis(u64::from(ms)));
+    Some(super::consume::Lock::new(tag.clone(), token, locked_until, ttl))
 }

@@ -155,8 +155,11 @@ impl Cbs {
     fn token(&self, audience: &str) -> Result<(secrecy::SecretString, SystemTime), BusError> {
         match &self.access.auth {
             SharedAccess::Key { .. } => {
-                let expiry = SystemTime::now() + self.lifetime;
-                Ok((self.access.token(audience, unix_secs(expiry)), expiry))
+                // The token says its expiry in whole seconds: that, not `now + lifetime`,
+                // is when it runs out.
+                let expiry_secs = unix_secs(SystemTime::now() + self.lifetime);
+                let expiry = UNIX_EPOCH + Duration::from_secs(expiry_secs);
+                Ok((self.access.token(audience, expiry_secs), expiry))
             }
             SharedAccess::Signature(token) => {
                 let expiry = signature_expiry(token.expose_secret())

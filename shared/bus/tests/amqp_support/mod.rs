@@ -4,6 +4,7 @@
 
 pub mod amqp1;
 pub mod node;
+pub mod servicebus;
 
 use std::time::{Duration, Instant};
 
