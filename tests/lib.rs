@@ -388,6 +388,9 @@ pub struct Fleet {
     /// `None`: AMQP 0-9-1 (`bus.kind = "amqp"`); `Some(dialect)`: the AMQP 1.0 transport
     /// (`bus.kind = "servicebus"`) in that dialect, on the same broker.
     pub amqp1_dialect: Option<&'static str>,
+    /// The Service Bus stand-in's connection string, for a fleet on it
+    /// ([`Fleet::servicebus`]): the AMQP 1.0 transport in its Service Bus dialect.
+    pub servicebus: Option<String>,
     /// Queues of the test's own models (beyond the fixtures'), deleted with the fleet.
     extra_queues: std::sync::Mutex<Vec<String>>,
 }
@@ -419,6 +422,7 @@ impl Fleet {
             name: format!("rfleet-test-{test}-{}-{nanos}", std::process::id()),
             broker_url: broker_url.to_string(),
             amqp1_dialect: None,
+            servicebus: None,
             extra_queues: Default::default(),
         }
     }
@@ -430,6 +434,36 @@ impl Fleet {
         let mut fleet = Fleet::new(test);
         fleet.amqp1_dialect = Some("broker");
         fleet
+    }
+
+    /// Moves the fleet onto the Service Bus stand-in whose connection string is
+    /// `connection_string` (`bus.kind = "servicebus"`, dialect `servicebus`); its queues
+    /// must be [`Fleet::servicebus_queues`] of the fleet's [`Fleet::queue_prefix`].
+    pub fn use_servicebus(&mut self, connection_string: String) {
+        self.amqp1_dialect = Some("servicebus");
+        self.servicebus = Some(connection_string);
+    }
+
+    /// The Service Bus queues the fixture models' workers consume: each model's name queue
+    /// and, for a model with a version, its version queue (as `bus::amqp1::servicebus::
+    /// entity_name` names them). Service Bus has no queues but those made beforehand.
+    pub fn servicebus_queues(prefix: &str) -> Vec<String> {
+        let mut queues = Vec::new();
+        for entry in std::fs::read_dir(fixtures().join("models")).expect("the fixture models").flatten() {
+            let toml = std::fs::read_to_string(entry.path().join("model.toml")).unwrap_or_default();
+            let field = |key: &str| {
+                toml.lines().find_map(|line| {
+                    let value = line.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
+                    Some(value.trim_matches('"').to_string())
+                })
+            };
+            let name = field("name").unwrap_or_else(|| entry.file_name().to_string_lossy().into_owned());
+            queues.push(bus::amqp1::servicebus::entity_name(prefix, &name, None));
+            if let Some(version) = field("version") {
+                queues.push(bus::amqp1::servicebus::entity_name(prefix, &name, Some(&version)));
+            }
+        }
+        queues
     }
 
     pub fn queue_prefix(&self) -> String {
@@ -468,11 +502,17 @@ impl Fleet {
     pub fn env(&self) -> Vec<(String, String)> {
         let kind = if self.amqp1_dialect.is_some() { "servicebus" } else { "amqp" };
         let amqp1 = self.amqp1_dialect.into_iter().flat_map(|dialect| {
+            let reply_queue = match &self.servicebus {
+                // The stand-in's one session-enabled reply queue (the settings' default).
+                Some(_) => "rfleet.replies".to_string(),
+                None => format!("{}.reply", self.name),
+            };
             [
                 ("RFLEET_BUS__SERVICEBUS__DIALECT", dialect.to_string()),
-                ("RFLEET_BUS__SERVICEBUS__REPLY_QUEUE", format!("{}.reply", self.name)),
+                ("RFLEET_BUS__SERVICEBUS__REPLY_QUEUE", reply_queue),
             ]
         });
+        let servicebus = self.servicebus.iter().map(|text| ("RFLEET_BUS__SERVICEBUS__CONNECTION_STRING", text.clone()));
         [
             ("RFLEET_BUS__KIND", kind.to_string()),
             ("RFLEET_BUS__URL", self.broker_url.clone()),
@@ -484,6 +524,7 @@ impl Fleet {
         ]
         .into_iter()
         .chain(amqp1)
+        .chain(servicebus)
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -496,6 +537,10 @@ impl Drop for Fleet {
     /// and the `amq.gen-*` queues RabbitMQ's AMQP 1.0 plugin made for the fleet's replies and
     /// catalog, which outlive their links (bound with keys `<fleet>.reply.*`, `<fleet>.catalog`).
     fn drop(&mut self) {
+        if self.servicebus.is_some() {
+            // Its queues live in the test's own stand-in, gone with it.
+            return;
+        }
         let listed = if self.broker_url == BROKER_URL {
             format!(
                 "try:\n    import base64, json, urllib.request\n    r = urllib.request.Request('{MANAGEMENT_URL}/queues/%2f?columns=name', headers={{'Authorization': 'Basic ' + base64.b64encode(b'guest:guest').decode()}})\n\

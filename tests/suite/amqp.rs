@@ -75,7 +75,11 @@ pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) 
             &rows.to_string(),
         ])
         .args(extra)
-        .args(if extra.iter().any(|a| *a == "--timeout" || *a == "--deadline-ms") { &[][..] } else { &["--timeout", "60"][..] })
+        .args(if extra.iter().any(|a| *a == "--timeout" || *a == "--deadline-ms") {
+            &[][..]
+        } else {
+            &["--timeout", "60"][..]
+        })
         .output()
         .expect("run publish.py (python3 with pika and msgpack)");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant, SystemTime};
 use fe2o3_amqp_types::definitions::{DeliveryNumber, Fields, Handle, Role, SenderSettleMode};
 use fe2o3_amqp_types::messaging::annotations::OwnedKey;
 use fe2o3_amqp_types::messaging::{
-    Accepted, AmqpValue, ApplicationProperties, Body, DeliveryState, Header, MessageAnnotations, Modified,
-    Properties, Rejected, TargetArchetype,
+    Accepted, AmqpValue, ApplicationProperties, Body, DeliveryState, Header, MessageAnnotations, Modified, Properties,
+    Rejected, TargetArchetype,
 };
-use fe2o3_amqp_types::performatives::{Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative, Transfer};
+use fe2o3_amqp_types::performatives::{
+    Attach, Begin, Close, Detach, Disposition, End, Flow, Open, Performative, Transfer,
+};
 use fe2o3_amqp_types::primitives::SimpleValue;
 use fe2o3_amqp_types::sasl::{SaslCode, SaslInit, SaslMechanisms, SaslOutcome};
 use serde_amqp::primitives::{Array, OrderedMap, Symbol, Timestamp};
@@ -331,9 +333,10 @@ impl Conn {
     fn authorized(&self, entity: &str, right: Right) -> bool {
         let now = now_unix_secs();
         self.sasl_rights.allow(right)
-            || self.grants.iter().any(|g| {
-                g.expiry_unix_secs > now && g.rights.allow(right) && sas::covers(&g.resource_uri, entity)
-            })
+            || self
+                .grants
+                .iter()
+                .any(|g| g.expiry_unix_secs > now && g.rights.allow(right) && sas::covers(&g.resource_uri, entity))
     }
 
     fn on_frame(&mut self, frame: RawFrame) -> Result<(), WireError> {
@@ -453,17 +456,35 @@ impl Conn {
         let broker = &self.shared.broker;
         let known = |entity: &Entity| broker.config(&entity.queue).is_some();
         let kind = if path == CBS_NODE {
-            if client_sends { Kind::Cbs } else { Kind::Reply(path.clone()) }
+            if client_sends {
+                Kind::Cbs
+            } else {
+                Kind::Reply(path.clone())
+            }
         } else if let Some(entity_path) = path.strip_suffix(MANAGEMENT_SUFFIX) {
             let entity = Entity::parse(entity_path);
             if !known(&entity) {
-                return self.refuse(channel, attach, NOT_FOUND, format!("the messaging entity '{entity_path}' could not be found"));
+                return self.refuse(
+                    channel,
+                    attach,
+                    NOT_FOUND,
+                    format!("the messaging entity '{entity_path}' could not be found"),
+                );
             }
-            if client_sends { Kind::Management(entity) } else { Kind::Reply(path.clone()) }
+            if client_sends {
+                Kind::Management(entity)
+            } else {
+                Kind::Reply(path.clone())
+            }
         } else {
             let entity = Entity::parse(&path);
             if !known(&entity) {
-                return self.refuse(channel, attach, NOT_FOUND, format!("the messaging entity '{path}' could not be found"));
+                return self.refuse(
+                    channel,
+                    attach,
+                    NOT_FOUND,
+                    format!("the messaging entity '{path}' could not be found"),
+                );
             }
             if client_sends {
                 if entity.dead_letter {
@@ -647,14 +668,20 @@ impl Conn {
                     self.reply(&node, message, response);
                     DeliveryState::Accepted(Accepted {})
                 }
-                Kind::Reply(_) | Kind::Receive { .. } => {
-                    DeliveryState::Rejected(Rejected { error: Some(error(NOT_ALLOWED, "this link sends, it does not receive")) })
-                }
+                Kind::Reply(_) | Kind::Receive { .. } => DeliveryState::Rejected(Rejected {
+                    error: Some(error(NOT_ALLOWED, "this link sends, it does not receive")),
+                }),
             },
         };
         if !settled {
-            let disposition =
-                Disposition { role: Role::Receiver, first: delivery_id, last: None, settled: true, state: Some(outcome), batchable: false };
+            let disposition = Disposition {
+                role: Role::Receiver,
+                first: delivery_id,
+                last: None,
+                settled: true,
+                state: Some(outcome),
+                batchable: false,
+            };
             put_frame(&mut self.out, FRAME_AMQP, channel, &disposition, &[]);
         }
         if top_up {
@@ -869,9 +896,18 @@ impl Conn {
             if !disposition.settled {
                 let state = match settled {
                     Ok(()) => disposition.state.clone(),
-                    Err(e) => Some(DeliveryState::Rejected(Rejected { error: Some(error(MESSAGE_LOCK_LOST, e.to_string())) })),
+                    Err(e) => {
+                        Some(DeliveryState::Rejected(Rejected { error: Some(error(MESSAGE_LOCK_LOST, e.to_string())) }))
+                    }
                 };
-                replies.push(Disposition { role: Role::Sender, first: delivery_id, last: None, settled: true, state, batchable: false });
+                replies.push(Disposition {
+                    role: Role::Sender,
+                    first: delivery_id,
+                    last: None,
+                    settled: true,
+                    state,
+                    batchable: false,
+                });
             }
         }
         for reply in replies {
@@ -906,7 +942,9 @@ impl Conn {
                     None => break,
                 },
                 Kind::Receive { entity, session, receive_and_delete } => {
-                    let Some((lock, stored)) = self.shared.broker.lock_next(entity, session.as_deref(), now) else { break };
+                    let Some((lock, stored)) = self.shared.broker.lock_next(entity, session.as_deref(), now) else {
+                        break;
+                    };
                     let bytes = if *receive_and_delete {
                         let _ = self.shared.broker.settle(entity, lock.token, Settle::Complete, now);
                         encode_message(&delivered(entity, None, &stored))
@@ -965,13 +1003,8 @@ impl Conn {
             if !transfer.more {
                 break;
             }
-            transfer = Transfer {
-                delivery_id: None,
-                delivery_tag: None,
-                message_format: None,
-                settled: None,
-                ..transfer
-            };
+            transfer =
+                Transfer { delivery_id: None, delivery_tag: None, message_format: None, settled: None, ..transfer };
         }
     }
 
@@ -1040,7 +1073,8 @@ pub(crate) fn delivered(entity: &Entity, lock: Option<&Lock>, stored: &Stored<Pa
     }
     if let Some((reason, description)) = &stored.dead_letter {
         annotations.insert(symbol_key(X_OPT_DEADLETTER_SOURCE), Value::String(entity.queue.clone()));
-        let properties = &mut message.application_properties.get_or_insert_with(|| ApplicationProperties(OrderedMap::new())).0;
+        let properties =
+            &mut message.application_properties.get_or_insert_with(|| ApplicationProperties(OrderedMap::new())).0;
         properties.insert(DEAD_LETTER_REASON.into(), SimpleValue::String(reason.clone()));
         properties.insert(DEAD_LETTER_DESCRIPTION.into(), SimpleValue::String(description.clone()));
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use servicebus_standin::{QueueConfig, Rights, SasRule, StandIn, StandInConfig};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(about = "A stand-in for Azure Service Bus over AMQP 1.0 (plain TCP), for tests")]
@@ -41,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut rules = Vec::new();
     for spec in &args.keys {
-        let (key_name, key) = spec.split_once('=').with_context(|| format!("--key `{}…`: expected NAME=KEY", &spec[..spec.len().min(8)]))?;
+        let (key_name, key) = spec
+            .split_once('=')
+            .with_context(|| format!("--key `{}…`: expected NAME=KEY", &spec[..spec.len().min(8)]))?;
         rules.push(SasRule { key_name: key_name.into(), key: key.into(), rights: Rights::ALL });
     }
     let first_key = rules[0].key_name.clone();
