@@ -20,8 +20,10 @@ DAEMON_PACKAGES=(prometheus)
 # and check it against its OpenAPI document with schemathesis (4.x: its config file format).
 # The trace tests' OTLP receiver decodes spans with the OpenTelemetry project's own protobuf
 # classes (opentelemetry-proto; it pulls protobuf 5 to 7, which installs on Python 3.11).
+# Microsoft's azure-servicebus checks the Service Bus stand-in and is the direct publisher
+# of deploy/examples/publish_servicebus.py.
 PYTHON_PACKAGES=(pika msgpack "tritonclient[http]" websocket-client "schemathesis>=4.32,<5"
-                 "opentelemetry-proto==1.45.2")
+                 "opentelemetry-proto==1.45.2" "azure-servicebus==7.14.2")
 
 # The deploy checks (tests/deploy): Kubernetes schemas, KEDA's and the Prometheus
 # Operator's CRDs as pydantic models, Bicep's parser, Dockerfile and IaC linters, and static

@@ -62,29 +62,27 @@ pub(crate) fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) 
         None => format!("{}{model}", fleet.queue_prefix()),
     };
     fleet.await_consumer(&queue, Duration::from_secs(60));
+    let rows = rows.to_string();
+    let prefix = fleet.queue_prefix();
+    let args = ["--url", &fleet.broker_url, "--model", model, "--queue-prefix", &prefix, "--rows", &rows];
+    run_publisher("publish.py", &args, extra)
+}
+
+/// Runs the example publisher `deploy/examples/<script>` with `args`, then `extra`, and
+/// returns the JSON it printed. Unless `extra` sets `--timeout` or `--deadline-ms`, the
+/// request's deadline is 60 s (see [`publish`]).
+pub(crate) fn run_publisher(script: &str, args: &[&str], extra: &[&str]) -> Value {
+    let sets_deadline = extra.iter().any(|a| *a == "--timeout" || *a == "--deadline-ms");
     let output = Command::new("python3")
-        .arg(repo_root().join("deploy/examples/publish.py"))
-        .args([
-            "--url",
-            &fleet.broker_url,
-            "--model",
-            model,
-            "--queue-prefix",
-            &fleet.queue_prefix(),
-            "--rows",
-            &rows.to_string(),
-        ])
+        .arg(repo_root().join("deploy/examples").join(script))
+        .args(args)
         .args(extra)
-        .args(if extra.iter().any(|a| *a == "--timeout" || *a == "--deadline-ms") {
-            &[][..]
-        } else {
-            &["--timeout", "60"][..]
-        })
+        .args(if sets_deadline { &[][..] } else { &["--timeout", "60"][..] })
         .output()
-        .expect("run publish.py (python3 with pika and msgpack)");
+        .unwrap_or_else(|e| panic!("run {script} (python3 with its packages): {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "publish.py failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("publish.py printed {stdout:?}: {e}"))
+    assert!(output.status.success(), "{script} failed: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed {stdout:?}: {e}"))
 }
 
 /// Every message in the fleet's dead-letter queue: `{"reason": .., "queue": .., "bytes": ..}`.

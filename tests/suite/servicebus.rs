@@ -17,7 +17,10 @@ use base64::Engine;
 use servicebus_standin::{QueueConfig, Rights, SasRule, StandIn, StandInConfig};
 use support::{client, get, Fleet, Server};
 
-use crate::amqp::{dispatcher, fault_under_load, load, wait_ready, worker};
+use serde_json::{json, Value};
+use support::{assert_same, case, fixtures};
+
+use crate::amqp::{dispatcher, fault_under_load, load, run_publisher, wait_ready, worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp1_broker_two_workers_two_dispatchers() {
@@ -49,9 +52,12 @@ async fn amqp1_broker_killed_worker_loses_no_request() {
 /// The Service Bus stand-in with the queues a fleet of the fixture models uses (requests
 /// locked `lock` at a time), the reply and catalog queues, and one key that may do all.
 async fn namespace(prefix: &str, lock: Duration) -> (StandIn, String) {
+    // As deploy/azure/main.bicep makes them: expired requests are dead-lettered. `nobody`
+    // is a queue no worker consumes.
     let mut queues: Vec<QueueConfig> = Fleet::servicebus_queues(prefix)
         .into_iter()
-        .map(|name| QueueConfig { lock_duration: lock, ..QueueConfig::new(name) })
+        .chain([format!("{prefix}nobody")])
+        .map(|name| QueueConfig { lock_duration: lock, dead_letter_on_expiry: true, ..QueueConfig::new(name) })
         .collect();
     queues.push(QueueConfig { requires_session: true, ..QueueConfig::new("rfleet.replies") });
     queues.push(QueueConfig::new("rfleet.catalog"));
@@ -106,5 +112,67 @@ async fn servicebus_killed_worker_loses_no_request() {
     fleet.use_servicebus(connection_string);
     let first = worker(&fleet);
     fault_under_load(fleet, first, Server::kill).await;
+    standin.shutdown().await;
+}
+
+/// Runs `deploy/examples/publish_servicebus.py` (Microsoft's azure-servicebus client)
+/// against the stand-in: `model`'s queue of `fleet`, with `rows` and `extra` options.
+fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
+    let connection_string = fleet.servicebus.clone().expect("a fleet on the stand-in");
+    let (rows, prefix) = (rows.to_string(), fleet.queue_prefix());
+    let args = ["--connection-string", &connection_string, "--model", model, "--queue-prefix", &prefix, "--rows", &rows];
+    run_publisher("publish_servicebus.py", &args, extra)
+}
+
+/// Direct publishers on Service Bus (Microsoft's client, replies on a session of their
+/// own) are answered as R answers; poison is answered, then dead-lettered by the worker
+/// with `DeadLetterReason` and `DeadLetterErrorDescription`; a request that expires in its
+/// queue is dead-lettered by Service Bus (`TTLExpiredException`); the worker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servicebus_direct_publishers_poison_and_expiry() {
+    let mut fleet = Fleet::new("sb-direct");
+    let (standin, connection_string) = namespace(&fleet.queue_prefix(), Duration::from_secs(30)).await;
+    fleet.use_servicebus(connection_string);
+    let counter = tempfile::NamedTempFile::new().unwrap();
+    let _worker = worker(&fleet).env("SCORE_COUNTER_FILE", counter.path().display()).start();
+    let calls = || std::fs::read_to_string(counter.path()).unwrap().lines().count();
+    let rf = case(&fixtures(), "rf_reg");
+    let rows = Value::Array(rf.rows.clone());
+    let expected = Value::Array(rf.expected.clone());
+    for (content_type, extra) in [("application/msgpack", vec![]), ("application/json", vec!["--content-type", "json"])] {
+        let reply = tokio::task::block_in_place(|| publish(&fleet, "rf_reg", &rows, &extra));
+        assert_eq!(reply["content_type"], content_type, "{reply}");
+        let columns = &reply["reply"]["outcome"]["predictions"]["columns"];
+        assert_same(&columns[0]["values"], &expected, &format!("direct publisher {extra:?}"));
+    }
+
+    let x = json!([{"x": 1.5}]);
+    let reply = tokio::task::block_in_place(|| publish(&fleet, "faulty", &x, &[]));
+    assert_eq!(reply["reply"]["outcome"]["predictions"]["columns"][0]["values"], json!([3.0]), "{reply}");
+    assert_eq!(calls(), 1);
+    let garbage = tokio::task::block_in_place(|| publish(&fleet, "faulty", &x, &["--raw-body", "\u{1}garbage"]));
+    assert_eq!(garbage["reply"]["outcome"]["error"]["code"], "bad_request", "{garbage}");
+    let version = tokio::task::block_in_place(|| publish(&fleet, "faulty", &x, &["--version", "99"]));
+    assert_eq!(version["reply"]["outcome"]["error"]["code"], "unsupported_version", "{version}");
+    let crash = tokio::task::block_in_place(|| publish(&fleet, "faulty", &json!([{"x": 666}]), &[]));
+    assert_eq!(crash["reply"]["outcome"]["error"]["code"], "host_crashed", "{crash}");
+    let dead = standin.dead_letters(&format!("{}faulty", fleet.queue_prefix()));
+    let reasons: Vec<_> = dead.iter().map(|d| d.dead_letter_reason.as_deref().unwrap_or_default()).collect();
+    assert_eq!(reasons, ["bad_request", "unsupported_version", "host_crashed"], "{dead:?}");
+    assert!(dead.iter().all(|d| d.dead_letter_error_description.as_ref().is_some_and(|d| !d.is_empty())), "{dead:?}");
+    assert_eq!(calls(), 3, "the crashing request reached two R hosts, the poison none");
+
+    // Expired in a queue nobody consumes: Service Bus dead-letters it, nobody answers.
+    let past = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() - 1000).to_string();
+    let expired =
+        tokio::task::block_in_place(|| publish(&fleet, "nobody", &x, &["--deadline-ms", &past, "--timeout", "1"]));
+    assert!(expired["error"].as_str().is_some_and(|e| e.starts_with("no reply")), "{expired}");
+    let dead = standin.dead_letters(&format!("{}nobody", fleet.queue_prefix()));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].dead_letter_reason.as_deref(), Some("TTLExpiredException"));
+
+    let reply = tokio::task::block_in_place(|| publish(&fleet, "rf_reg", &rows, &[]));
+    assert_same(&reply["reply"]["outcome"]["predictions"]["columns"][0]["values"], &expected, "after poison");
+    drop(_worker);
     standin.shutdown().await;
 }

@@ -1096,3 +1096,36 @@ async fn servicebus_expired_request_is_dead_lettered() {
     assert_eq!(dead.dead_letter_reason.as_deref(), Some("TTLExpiredException"));
     namespace.close().await;
 }
+
+/// Against a real Azure Service Bus namespace, when `RFLEET_TEST_SERVICEBUS` holds a
+/// connection string (a policy with Send and Listen on the queues below); skipped, saying
+/// so, otherwise. The namespace needs the queue `RFLEET_TEST_SERVICEBUS_QUEUE` (default
+/// `rfleet.test`, made by hand), and the session-enabled `rfleet.replies` and
+/// `rfleet.catalog` that `deploy/azure/main.bicep` makes. What it checks: signing in with SAS over TLS, requests and
+/// replies by session, abandon with the delivery count, and the catalog by peeking.
+#[tokio::test]
+async fn servicebus_live_namespace() {
+    let Ok(connection_string) = std::env::var("RFLEET_TEST_SERVICEBUS") else {
+        eprintln!("skipped: RFLEET_TEST_SERVICEBUS (a Service Bus connection string) is not set");
+        return;
+    };
+    let queue = std::env::var("RFLEET_TEST_SERVICEBUS_QUEUE").unwrap_or_else(|_| "rfleet.test".into());
+    let mut config = bus::Amqp1Config::from_connection_string(&connection_string).expect("RFLEET_TEST_SERVICEBUS");
+    config.queue_prefix = String::new();
+    config.connection_name = format!("rfleet-live-test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let shutdown = CancellationToken::new();
+    let bus = bus::Amqp1Bus::start(config, shutdown.clone());
+    assert!(bus.wait_connected(Duration::from_secs(30)).await, "could not sign in to the namespace");
+    let transport = Amqp1 { bus: bus.clone(), queue };
+    replies_match_requests(transport.clone()).await;
+    unacknowledged_delivery_is_redelivered(transport).await;
+    let mut catalog = bus.catalog();
+    let heard = wait_for(Duration::from_secs(30), "an announcement peeked", async || {
+        bus.announce(b"live-test".to_vec()).await.unwrap();
+        catalog.try_recv().ok()
+    })
+    .await;
+    assert_eq!(heard, b"live-test");
+    shutdown.cancel();
+    bus.closed().await;
+}
