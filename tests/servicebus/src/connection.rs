@@ -50,6 +50,10 @@ const LINK_CREDIT: u32 = 100;
 const WINDOW: u32 = 65536;
 /// Service Bus Standard's largest message.
 const MAX_MESSAGE_SIZE: u64 = 256 * 1024;
+/// Links per session.
+const HANDLE_MAX: u32 = 65535;
+/// The idle time-out Service Bus announces in its open.
+const IDLE_TIMEOUT_MS: u32 = 240_000;
 /// How often time is applied (lock, session and token expiry).
 const TICK: Duration = Duration::from_millis(50);
 
@@ -182,7 +186,8 @@ struct Link {
     incoming_credit: u32,
     incoming_delivery_count: u32,
     partial: Vec<u8>,
-    partial_delivery: Option<(DeliveryNumber, bool)>,
+    /// The delivery id, whether settled, and the message format of the transfer's first frame.
+    partial_delivery: Option<(DeliveryNumber, bool, u32)>,
 }
 
 struct Sess {
@@ -350,7 +355,8 @@ impl Conn {
                     hostname: None,
                     max_frame_size: MAX_FRAME_SIZE.into(),
                     channel_max: 4999.into(),
-                    idle_time_out: None,
+                    // Not enforced; announced as Service Bus does (pyamqp heartbeats at half).
+                    idle_time_out: Some(IDLE_TIMEOUT_MS),
                     outgoing_locales: None,
                     incoming_locales: None,
                     offered_capabilities: None,
@@ -373,7 +379,9 @@ impl Conn {
                     next_outgoing_id: 0,
                     incoming_window: WINDOW,
                     outgoing_window: WINDOW,
-                    handle_max: Handle(u32::MAX),
+                    // Not the default (u32::MAX), which serde_amqp leaves out as null, and
+                    // pyamqp compares with a number.
+                    handle_max: Handle(HANDLE_MAX),
                     offered_capabilities: None,
                     desired_capabilities: None,
                     properties: None,
@@ -617,14 +625,15 @@ impl Conn {
         sess.next_incoming_id = sess.next_incoming_id.wrapping_add(1);
         let Some(link) = sess.links.get_mut(&transfer.handle.0) else { return };
         if let Some(delivery_id) = transfer.delivery_id {
-            link.partial_delivery = Some((delivery_id, transfer.settled.unwrap_or(false)));
+            let format = transfer.message_format.unwrap_or(0);
+            link.partial_delivery = Some((delivery_id, transfer.settled.unwrap_or(false), format));
         }
         link.partial.extend_from_slice(&payload);
         if transfer.more {
             return;
         }
         let bytes = std::mem::take(&mut link.partial);
-        let Some((delivery_id, settled)) = link.partial_delivery.take() else { return };
+        let Some((delivery_id, settled, format)) = link.partial_delivery.take() else { return };
         link.incoming_delivery_count = link.incoming_delivery_count.wrapping_add(1);
         link.incoming_credit = link.incoming_credit.saturating_sub(1);
         let top_up = link.incoming_credit < LINK_CREDIT / 2;
@@ -635,10 +644,15 @@ impl Conn {
         let outcome = match decode_message(&bytes) {
             Err(e) => DeliveryState::Rejected(Rejected { error: Some(error("amqp:decode-error", e.to_string())) }),
             Ok(message) => match kind {
-                Kind::Send(entity) => {
-                    self.shared.broker.enqueue(&entity.queue, message, Instant::now());
-                    DeliveryState::Accepted(Accepted {})
-                }
+                Kind::Send(entity) => match batched(format, message) {
+                    Ok(messages) => {
+                        for message in messages {
+                            self.shared.broker.enqueue(&entity.queue, message, Instant::now());
+                        }
+                        DeliveryState::Accepted(Accepted {})
+                    }
+                    Err(e) => DeliveryState::Rejected(Rejected { error: Some(error("amqp:decode-error", e.to_string())) }),
+                },
                 Kind::Cbs => {
                     let response = self.put_token(&message);
                     self.reply(CBS_NODE, message, response);
@@ -1053,6 +1067,16 @@ impl Conn {
             let description = "the link was idle and is force detached (as Service Bus does after 10 minutes)";
             self.detach(channel, handle, DETACH_FORCED, description.into());
         }
+    }
+}
+
+/// The messages a transfer carries: itself, or for Microsoft's batch format
+/// (`0x80013700`, what the SDK's `send_messages([...])` sends) each data section's
+/// encoded message, which Service Bus enqueues one by one.
+fn batched(format: u32, message: AmqpMessage) -> Result<Vec<AmqpMessage>, WireError> {
+    match (format, message.body) {
+        (BATCH_MESSAGE_FORMAT, Body::Data(sections)) => sections.iter().map(|data| decode_message(&data.0)).collect(),
+        (_, body) => Ok(vec![AmqpMessage { body, ..message }]),
     }
 }
 

@@ -45,6 +45,8 @@ pub const X_OPT_DEADLETTER_SOURCE: &str = "x-opt-deadletter-source";
 pub const DEAD_LETTER_QUEUE_SUFFIX: &str = "/$DeadLetterQueue";
 pub const MANAGEMENT_SUFFIX: &str = "/$management";
 pub const CBS_NODE: &str = "$cbs";
+/// The message format of a batch: data sections that each hold an encoded message.
+pub const BATCH_MESSAGE_FORMAT: u32 = 0x8001_3700;
 /// .NET ticks (100 ns) at the Unix epoch: `com.microsoft:locked-until-utc` is in ticks.
 pub const DATETIMEOFFSET_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
 
@@ -90,9 +92,43 @@ pub fn decode_performative(body: &[u8]) -> Result<Option<(Performative, Vec<u8>)
     Ok(Some((performative, rest.to_vec())))
 }
 
+/// The number of fields of a performative (by descriptor code).
+fn arity(code: u64) -> usize {
+    match code {
+        0x10 => 10, // open
+        0x11 => 8,  // begin
+        0x12 => 14, // attach
+        0x13 => 11, // flow
+        0x14 => 11, // transfer
+        0x15 => 6,  // disposition
+        0x16 => 3,  // detach
+        0x17 | 0x18 => 1, // end, close
+        0x40 => 1, // sasl-mechanisms
+        0x44 => 2, // sasl-outcome
+        _ => 0,
+    }
+}
+
+/// Encodes a performative with every field present: `serde_amqp` leaves trailing nulls
+/// out (as the spec allows), but Microsoft's `_pyamqp` indexes the fields of a frame by
+/// position (`frame[4]` of an open, `frame[11]` of a transfer is its payload), so it
+/// needs them all, as Service Bus sends them.
+fn encode_performative(body: &impl Serialize) -> Vec<u8> {
+    use serde_amqp::descriptor::Descriptor;
+    let encoded = serde_amqp::to_vec(body).expect("performatives always encode");
+    let Ok(Value::Described(mut described)) = serde_amqp::from_slice::<Value>(&encoded) else { return encoded };
+    let Descriptor::Code(code) = described.descriptor else { return encoded };
+    let Value::List(fields) = &mut described.value else { return encoded };
+    if fields.len() >= arity(code) {
+        return encoded;
+    }
+    fields.resize(arity(code), Value::Null);
+    serde_amqp::to_vec(&Value::Described(described)).expect("a decoded value encodes again")
+}
+
 /// Appends one frame to `out`.
 pub fn put_frame(out: &mut Vec<u8>, frame_type: u8, channel: u16, body: &impl Serialize, payload: &[u8]) {
-    let body = serde_amqp::to_vec(body).expect("performatives always encode");
+    let body = encode_performative(body);
     let size = (8 + body.len() + payload.len()) as u32;
     out.extend_from_slice(&size.to_be_bytes());
     out.extend_from_slice(&[2, frame_type]);
@@ -101,8 +137,27 @@ pub fn put_frame(out: &mut Vec<u8>, frame_type: u8, channel: u16, body: &impl Se
     out.extend_from_slice(payload);
 }
 
+/// Encodes a message; its header with every field present, since `serde_amqp` leaves
+/// default values out and pyamqp reads an absent `delivery-count` as `None` (Service Bus
+/// always sends it).
 pub fn encode_message(message: &AmqpMessage) -> Vec<u8> {
-    serde_amqp::to_vec(&Serializable(message)).expect("a decoded message encodes again")
+    use serde_amqp::described::Described;
+    use serde_amqp::descriptor::Descriptor;
+    let mut rest = message.clone();
+    let mut out = Vec::new();
+    if let Some(header) = rest.header.take() {
+        let fields = vec![
+            Value::Bool(header.durable),
+            Value::Ubyte(header.priority.0),
+            header.ttl.map_or(Value::Null, Value::Uint),
+            Value::Bool(header.first_acquirer),
+            Value::Uint(header.delivery_count),
+        ];
+        let described = Described { descriptor: Descriptor::Code(0x70), value: Value::List(fields) };
+        out = serde_amqp::to_vec(&Value::Described(Box::new(described))).expect("a header encodes");
+    }
+    out.extend(serde_amqp::to_vec(&Serializable(rest)).expect("a decoded message encodes again"));
+    out
 }
 
 pub fn decode_message(bytes: &[u8]) -> Result<AmqpMessage, WireError> {
