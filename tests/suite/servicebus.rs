@@ -120,7 +120,8 @@ async fn servicebus_killed_worker_loses_no_request() {
 fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
     let connection_string = fleet.servicebus.clone().expect("a fleet on the stand-in");
     let (rows, prefix) = (rows.to_string(), fleet.queue_prefix());
-    let args = ["--connection-string", &connection_string, "--model", model, "--queue-prefix", &prefix, "--rows", &rows];
+    let args =
+        ["--connection-string", &connection_string, "--model", model, "--queue-prefix", &prefix, "--rows", &rows];
     run_publisher("publish_servicebus.py", &args, extra)
 }
 
@@ -139,7 +140,8 @@ async fn servicebus_direct_publishers_poison_and_expiry() {
     let rf = case(&fixtures(), "rf_reg");
     let rows = Value::Array(rf.rows.clone());
     let expected = Value::Array(rf.expected.clone());
-    for (content_type, extra) in [("application/msgpack", vec![]), ("application/json", vec!["--content-type", "json"])] {
+    for (content_type, extra) in [("application/msgpack", vec![]), ("application/json", vec!["--content-type", "json"])]
+    {
         let reply = tokio::task::block_in_place(|| publish(&fleet, "rf_reg", &rows, &extra));
         assert_eq!(reply["content_type"], content_type, "{reply}");
         let columns = &reply["reply"]["outcome"]["predictions"]["columns"];
@@ -163,7 +165,8 @@ async fn servicebus_direct_publishers_poison_and_expiry() {
     assert_eq!(calls(), 3, "the crashing request reached two R hosts, the poison none");
 
     // Expired in a queue nobody consumes: Service Bus dead-letters it, nobody answers.
-    let past = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() - 1000).to_string();
+    let past =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() - 1000).to_string();
     let expired =
         tokio::task::block_in_place(|| publish(&fleet, "nobody", &x, &["--deadline-ms", &past, "--timeout", "1"]));
     assert!(expired["error"].as_str().is_some_and(|e| e.starts_with("no reply")), "{expired}");

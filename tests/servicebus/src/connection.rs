@@ -651,7 +651,9 @@ impl Conn {
                         }
                         DeliveryState::Accepted(Accepted {})
                     }
-                    Err(e) => DeliveryState::Rejected(Rejected { error: Some(error("amqp:decode-error", e.to_string())) }),
+                    Err(e) => {
+                        DeliveryState::Rejected(Rejected { error: Some(error("amqp:decode-error", e.to_string())) })
+                    }
                 },
                 Kind::Cbs => {
                     let response = self.put_token(&message);

@@ -95,16 +95,16 @@ pub fn decode_performative(body: &[u8]) -> Result<Option<(Performative, Vec<u8>)
 /// The number of fields of a performative (by descriptor code).
 fn arity(code: u64) -> usize {
     match code {
-        0x10 => 10, // open
-        0x11 => 8,  // begin
-        0x12 => 14, // attach
-        0x13 => 11, // flow
-        0x14 => 11, // transfer
-        0x15 => 6,  // disposition
-        0x16 => 3,  // detach
+        0x10 => 10,       // open
+        0x11 => 8,        // begin
+        0x12 => 14,       // attach
+        0x13 => 11,       // flow
+        0x14 => 11,       // transfer
+        0x15 => 6,        // disposition
+        0x16 => 3,        // detach
         0x17 | 0x18 => 1, // end, close
-        0x40 => 1, // sasl-mechanisms
-        0x44 => 2, // sasl-outcome
+        0x40 => 1,        // sasl-mechanisms
+        0x44 => 2,        // sasl-outcome
         _ => 0,
     }
 }

@@ -216,7 +216,8 @@ async fn handle(delivery: &Delivery, scoring: &Scoring) -> Answer {
 /// the version that scores it is known.
 fn consumer_span(delivery: &Delivery, request: &Request, transport: &dyn Transport) -> tracing::Span {
     let queue = transport.queue_for(&request.model, request.model_version.as_deref());
-    let system = if transport.in_process() { "rfleet_embedded" } else { "rabbitmq" };
+    // `rfleet_embedded`, `rabbitmq` or `servicebus`, as the transport says.
+    let system = transport.requester().messaging_system();
     tracing::info_span!(
         "process",
         "otel.name" = format!("process {queue}"),
