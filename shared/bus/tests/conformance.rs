@@ -8,15 +8,17 @@
 //! rabbitmq_amqp1_0`).
 
 mod amqp_support;
+#[path = "amqp_support/servicebus.rs"]
+mod servicebus_support;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use amqp_support::amqp1::{Amqp1, Amqp1Broker};
-use amqp_support::servicebus::{self as servicebus_support, request_queue, Namespace};
 use amqp_support::{wait_for, Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
 use servicebus_standin::QueueConfig;
+use servicebus_support::{request_queue, Namespace};
 use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "conformance.requests";

@@ -4,7 +4,6 @@
 
 pub mod amqp1;
 pub mod node;
-pub mod servicebus;
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,5 @@
-//! What the Service Bus dialect's tests share: the stand-in (`servicebus-standin`, in this
+//! What the Service Bus dialect's tests share (a module of `conformance.rs` only: other
+//! test crates include `amqp_support` without the stand-in): the stand-in (`servicebus-standin`, in this
 //! process, on a port of its own) with the queues a test needs, and an [`Amqp1Bus`] signed
 //! in to it with a connection string.
 //!
@@ -20,7 +21,7 @@ pub const REPLY_QUEUE: &str = "rfleet.replies";
 pub const CATALOG_QUEUE: &str = "rfleet.catalog";
 
 /// One queue on the stand-in, as the conformance suite's `Transport`.
-pub use super::amqp1::Amqp1 as ServiceBus;
+pub use crate::amqp_support::amqp1::Amqp1 as ServiceBus;
 
 pub struct Namespace {
     pub standin: StandIn,
