@@ -123,23 +123,24 @@ fn amqp1_config(settings: &BusSettings, options: &ConnectOptions) -> Result<Amqp
         }
         AmqpDialect::Servicebus => {
             let servicebus = &settings.servicebus;
-            let Some(connection_string) = &servicebus.connection_string else {
-                // Entra ID (workload identity) is not wired yet: refused at start-up rather
-                // than half-working.
-                return Err(ConnectError::Amqp1(match &servicebus.namespace {
-                    Some(namespace) => format!(
-                        "bus.servicebus.namespace = {namespace:?} signs in with Entra ID, which this build \
-                         cannot do yet; set bus.servicebus.connection_string (a SAS policy's)"
-                    ),
-                    None => {
-                        "set bus.servicebus.connection_string (Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…)"
-                            .into()
-                    }
-                }));
+            let mut config = match (&servicebus.connection_string, &servicebus.namespace) {
+                // The parse error names the part that is wrong, never the key.
+                (Some(connection_string), _) => Amqp1Config::from_connection_string(connection_string.expose_secret())
+                    .map_err(|error| ConnectError::Amqp1(format!("bus.servicebus.connection_string: {error}")))?,
+                (None, Some(namespace)) => {
+                    let credential = crate::amqp1::entra::credential_from_environment(settings.ca_file.as_deref())
+                        .map_err(|error| {
+                            ConnectError::Amqp1(format!("signing in to {namespace} with Entra ID: {error}"))
+                        })?;
+                    Amqp1Config::from_namespace(namespace, credential)
+                }
+                (None, None) => return Err(ConnectError::Amqp1(
+                    "set bus.servicebus.connection_string (Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…) \
+                         or bus.servicebus.namespace (NS.servicebus.windows.net, signed in with Entra ID)"
+                        .into(),
+                )),
             };
-            // The parse error names the part that is wrong, never the key.
-            let mut config = Amqp1Config::from_connection_string(connection_string.expose_secret())
-                .map_err(|error| ConnectError::Amqp1(format!("bus.servicebus.connection_string: {error}")))?;
+            config.ca_file = settings.ca_file.clone();
             config.queue_prefix = settings.queue_prefix.clone();
             config.reply_queue = servicebus.reply_queue.clone();
             config.catalog = servicebus.catalog_queue.clone();

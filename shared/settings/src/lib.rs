@@ -141,8 +141,9 @@ pub struct BusSettings {
     /// AMQP: the broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost),
     /// or `amqps://...` (port 5671 by default) for TLS. Printed and logged without its password.
     pub url: SecretUrl,
-    /// AMQP over TLS (`amqps://`): a PEM file of CA certificates trusted for the broker's
-    /// certificate, besides the public web CAs built in; read again for every new connection.
+    /// AMQP over TLS (`amqps://`, and Service Bus): a PEM file of CA certificates trusted
+    /// for the broker's certificate (and Entra ID's token endpoint), besides the public web
+    /// CAs built in; read again for every new connection.
     pub ca_file: Option<PathBuf>,
     /// AMQP: requests for model `m` go to the queue `<queue_prefix><m>`.
     pub queue_prefix: String,
@@ -175,7 +176,8 @@ pub struct ServiceBusSettings {
     /// Printed and logged as `***`. Without it, `namespace` and Entra ID are used.
     pub connection_string: Option<Secret>,
     /// `NS.servicebus.windows.net`, signed in with Entra ID (`azure_identity`: workload
-    /// identity on AKS, else the environment's credential).
+    /// identity when `AZURE_FEDERATED_TOKEN_FILE` is set, as on AKS, else the managed
+    /// identity). Used when `connection_string` is not set.
     pub namespace: Option<String>,
     /// The session-enabled queue every dispatcher takes its replies from, each on its own
     /// session id.

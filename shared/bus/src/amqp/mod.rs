@@ -106,7 +106,7 @@ mod consume;
 mod publish;
 #[cfg(test)]
 mod reconnect_tests;
-mod tls;
+pub(crate) mod tls;
 mod topology;
 
 use std::collections::{HashMap, HashSet};

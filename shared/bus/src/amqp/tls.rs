@@ -41,6 +41,11 @@ impl AmqpConfig {
 /// Fails unless `pem` holds at least one certificate and every certificate in it can be a
 /// trust anchor, which is what lapin's rustls connector will try to make of each.
 fn check_ca_certificates(path: &Path, pem: &str) -> Result<(), BrokerTlsError> {
+    trust_anchors(path, pem).map(drop)
+}
+
+/// The certificates of the PEM text `pem` (read from `path`) as trust anchors, each checked.
+fn trust_anchors(path: &Path, pem: &str) -> Result<rustls::RootCertStore, BrokerTlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let invalid = |reason: String| BrokerTlsError::InvalidCertificate { path: path.to_path_buf(), reason };
@@ -52,7 +57,23 @@ fn check_ca_certificates(path: &Path, pem: &str) -> Result<(), BrokerTlsError> {
     if roots.is_empty() {
         return Err(BrokerTlsError::NoCertificate(path.to_path_buf()));
     }
-    Ok(())
+    Ok(roots)
+}
+
+/// A rustls client configuration (ring) trusting the public web CAs built in
+/// (webpki-roots) and, if given, the CA certificates of the PEM file `ca_file`, read now.
+pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, BrokerTlsError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let pem = std::fs::read_to_string(path)
+            .map_err(|source| BrokerTlsError::Read { path: path.to_path_buf(), source })?;
+        roots.roots.extend(trust_anchors(path, &pem)?.roots);
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]

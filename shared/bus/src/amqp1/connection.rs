@@ -172,7 +172,9 @@ async fn open_session(inner: &Arc<Inner>, generation: u64) -> Result<(Connection
         let host = config.endpoint.rsplit_once(':').map_or(config.endpoint.as_str(), |(host, _)| host);
         if config.tls {
             let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-            let stream = tls_connector().connect(server_name, stream).await.map_err(|e| format!("tls: {e}"))?;
+            let tls = crate::amqp::tls::client_config(config.ca_file.as_deref()).map_err(|e| e.to_string())?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+            let stream = connector.connect(server_name, stream).await.map_err(|e| format!("tls: {e}"))?;
             open(config, host, stream).await
         } else {
             open(config, host, stream).await
@@ -202,7 +204,7 @@ where
             SaslProfile::Plain { username: username.clone(), password: password.clone() }
         }
         // Service Bus signs in per entity through CBS, after SASL ANONYMOUS.
-        Credentials::Anonymous | Credentials::SharedAccess(_) => SaslProfile::Anonymous,
+        Credentials::Anonymous | Credentials::SharedAccess(_) | Credentials::EntraId(_) => SaslProfile::Anonymous,
     };
     Connection::builder()
         .container_id(config.connection_name.clone())
@@ -213,30 +215,25 @@ where
         .map_err(|e| e.to_string())
 }
 
-/// TLS as a client, trusting the public web CAs built in (webpki-roots), ring for crypto.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
 async fn set_up(
     inner: &Arc<Inner>,
     connection: &mut ConnectionHandle<()>,
     generation: u64,
 ) -> Result<Session, BusError> {
     let mut session = bounded("begin a session", AmqpSession::begin(connection)).await?;
-    let cbs = match &inner.config.credentials {
-        Credentials::SharedAccess(access) => {
-            let cbs = Cbs::attach(&mut session, access, inner.config.token_lifetime).await?;
+    let tokens = match &inner.config.credentials {
+        Credentials::SharedAccess(access) => Some(servicebus::Tokens::SharedAccess(access.clone())),
+        Credentials::EntraId(credential) => Some(servicebus::Tokens::EntraId(credential.clone())),
+        Credentials::Plain { .. } | Credentials::Anonymous => None,
+    };
+    let cbs = match tokens {
+        Some(tokens) => {
+            let host = inner.config.hostname.clone().unwrap_or_default();
+            let cbs = Cbs::attach(&mut session, host, tokens, inner.config.token_lifetime).await?;
             cbs.authorize(&inner.reply_address).await?;
             Some(cbs)
         }
-        _ => None,
+        None => None,
     };
     let reply_group = (inner.config.dialect == super::Dialect::ServiceBus)
         .then(|| format!("{}-{}", inner.config.connection_name, uuid::Uuid::new_v4().simple()));

@@ -1,8 +1,8 @@
 //! The AMQP 1.0 transport (fe2o3-amqp): requests, replies, dead letters and catalog
 //! announcements over one AMQP 1.0 connection, with the embedded bus's semantics. Two
 //! dialects ([`Dialect`]): `broker`, a plain AMQP 1.0 broker (here RabbitMQ 3.10's
-//! `rabbitmq_amqp1_0` plugin), and `servicebus`, Azure Service Bus (**not yet wired**: see
-//! `servicebus`).
+//! `rabbitmq_amqp1_0` plugin), and `servicebus`, Azure Service Bus (see "Service Bus
+//! dialect" below).
 //!
 //! # Layout
 //! - this file: [`Amqp1Bus`], [`Amqp1Config`], the state the parts share (`Inner`), the
@@ -13,8 +13,10 @@
 //! - `publish`: the [`Requester`] side and routing replies to callers;
 //! - `consume`: the worker side: one receiving link per request queue, following a set of
 //!   queues, credit for free slots only, settling a delivery;
-//! - `announcements`: catalog listeners;
-//! - `servicebus`: Service Bus's wire constants and entity names, not yet wired.
+//! - `announcements`: catalog listeners (broker: a link per listener; Service Bus: peeking);
+//! - `servicebus`: Service Bus's sign-in (CBS), `$management` operations, wire constants
+//!   and entity names;
+//! - `credentials`: connection strings and SAS tokens.
 //!
 //! # Addresses (broker dialect, RabbitMQ 3.x plugin)
 //! - **Request queues** `<queue_prefix><model>[@version]` (the names [`crate::amqp`]
@@ -95,6 +97,45 @@
 //! Nagle's algorithm made that tens of milliseconds each (measured: 200 calls took over
 //! 5 s).
 //!
+//! # Service Bus dialect
+//! - **Connecting**: TLS on 5671 to the namespace host (rustls with ring, the public web
+//!   CAs of webpki-roots), or plain AMQP with a connection string's
+//!   `UseDevelopmentEmulator=true`; SASL ANONYMOUS, then CBS (`servicebus`: "Signing in").
+//! - **Request queues** are entities named by `servicebus::entity_name`
+//!   (`<prefix><model>[/version]`), addressed by name; they must exist (Service Bus makes
+//!   no entity on attach; `deploy/azure/main.bicep` makes them). Workers receive peek-lock
+//!   (`snd-settle-mode` unsettled, `rcv-settle-mode` first: settling does not wait for an
+//!   answer, as on the broker), with credit for free slots only, as above. Accept is
+//!   complete; abandon (requeue) is `modified` with `delivery-failed` (delivery count +1);
+//!   dead-letter is `rejected` with condition `com.microsoft:dead-letter` and info
+//!   `DeadLetterReason` (the reason's code) and `DeadLetterErrorDescription`; Service Bus
+//!   moves such a message, and one past the queue's `maxDeliveryCount`, to
+//!   `<queue>/$DeadLetterQueue`. [`Delivery::attempt`] is the header's `delivery-count` + 1.
+//! - **Locks**: a held request's lock (token: annotation `x-opt-lock-token`; expiry:
+//!   `x-opt-locked-until`) is renewed halfway to its expiry through the queue's
+//!   `$management` (`com.microsoft:renew-lock`) until the request settles or its time to
+//!   live runs out. A lock that is lost anyway (the worker killed, a renewal failed) makes
+//!   Service Bus deliver the request again when it expires: the worker that takes it
+//!   answers again, and the dispatcher drops the second reply (at least once, as on
+//!   RabbitMQ).
+//! - **Replies**: one session-enabled queue (`reply_queue`, default `rfleet.replies`) for
+//!   every dispatcher; each connection takes a session of its own (id
+//!   `<connection_name>-<uuid>`) by a receiving link with source filter
+//!   `com.microsoft:session-filter`, received and deleted (settled on send), and renews
+//!   its session lock every `servicebus::RENEW_SESSION_LOCK_EVERY`. Requests carry
+//!   `reply-to` = the reply queue and `reply-to-group-id` = the session; a worker's reply
+//!   carries `group-id` = that session, and the request's `ttl`. Chosen over a reply queue
+//!   per dispatcher because those must be made through the administration API (HTTPS,
+//!   `Manage` rights for every dispatcher) and cleaned up after dispatchers that die; a
+//!   session needs neither, and a dead dispatcher's session expires with its replies' TTL.
+//! - **Catalog**: `announcements` (peeked, never taken; announcements live a few seconds).
+//! - **Recovery**: Service Bus detaches links it finds idle for 10 minutes, and any link
+//!   at will. A detached reply link loses the session, as on the broker (the supervisor
+//!   connects again; an idle dispatcher has no call to fail); a request link detached
+//!   alone is attached again on the same session. A token that cannot be renewed, or a reply session whose lock cannot
+//!   be renewed, also loses the session: the supervisor connects again, and pending calls
+//!   fail at once (`Unavailable`, 503) rather than at their deadlines.
+//!
 //! # Queue depth
 //! [`Transport::queue_depth`] is `None`: AMQP 1.0 has no
 //! "declare passive" and the plugin reports no `available` count that would say.
@@ -103,6 +144,7 @@ mod announcements;
 mod connection;
 mod consume;
 pub mod credentials;
+pub mod entra;
 mod message;
 mod publish;
 pub mod servicebus;
@@ -138,7 +180,7 @@ pub enum Dialect {
     /// A plain AMQP 1.0 broker (RabbitMQ's `rabbitmq_amqp1_0` plugin).
     #[default]
     Broker,
-    /// Azure Service Bus. Not yet wired: see `servicebus`.
+    /// Azure Service Bus (module docs: "Service Bus dialect").
     ServiceBus,
 }
 
@@ -152,6 +194,8 @@ pub enum Credentials {
     /// Service Bus: SASL ANONYMOUS, then a token per entity put on `$cbs`, signed from the
     /// connection string's key (or its own signature). See `servicebus`.
     SharedAccess(credentials::ConnectionString),
+    /// Service Bus: SASL ANONYMOUS, then Entra ID tokens (`jwt`) put on `$cbs`.
+    EntraId(entra::EntraId),
 }
 
 impl PartialEq for Credentials {
@@ -163,6 +207,7 @@ impl PartialEq for Credentials {
             }
             (Credentials::Anonymous, Credentials::Anonymous) => true,
             (Credentials::SharedAccess(a), Credentials::SharedAccess(b)) => format!("{a:?}") == format!("{b:?}"),
+            (Credentials::EntraId(a), Credentials::EntraId(b)) => a == b,
             _ => false,
         }
     }
@@ -174,6 +219,7 @@ impl std::fmt::Debug for Credentials {
             Credentials::Plain { username, .. } => write!(f, "Plain {{ username: {username:?}, password: *** }}"),
             Credentials::Anonymous => f.write_str("Anonymous"),
             Credentials::SharedAccess(access) => write!(f, "SharedAccess({access:?})"),
+            Credentials::EntraId(credential) => write!(f, "{credential:?}"),
         }
     }
 }
@@ -185,8 +231,10 @@ pub struct Amqp1Config {
     /// `host:port` of the peer.
     pub endpoint: String,
     /// TLS to the peer (Service Bus on 5671), its certificate checked against the public
-    /// web CAs built in (webpki-roots) for the endpoint's host name.
+    /// web CAs built in (webpki-roots) and `ca_file`'s, for the endpoint's host name.
     pub tls: bool,
+    /// A PEM file of more CA certificates to trust (TLS, and Entra ID's token requests).
+    pub ca_file: Option<std::path::PathBuf>,
     /// The `hostname` of AMQP's `open`: `vhost:<name>` picks a RabbitMQ vhost; `None` is
     /// the default vhost.
     pub hostname: Option<String>,
@@ -230,6 +278,7 @@ impl Amqp1Config {
             dialect: Dialect::Broker,
             endpoint,
             tls: false,
+            ca_file: None,
             hostname: (!vhost.is_empty() && vhost != "/").then(|| format!("vhost:{vhost}")),
             credentials,
             queue_prefix: "rfleet.model.".into(),
@@ -248,12 +297,29 @@ impl Amqp1Config {
         let access = credentials::ConnectionString::parse(text).map_err(unavailable)?;
         let tls = !access.development_emulator;
         let port = access.port.unwrap_or(if tls { 5671 } else { 5672 });
+        let endpoint = format!("{}:{port}", access.host);
         Ok(Amqp1Config {
-            dialect: Dialect::ServiceBus,
-            endpoint: format!("{}:{port}", access.host),
             tls,
-            hostname: Some(access.host.clone()),
-            credentials: Credentials::SharedAccess(access),
+            ..Amqp1Config::servicebus(endpoint, &access.host.clone(), Credentials::SharedAccess(access))
+        })
+    }
+
+    /// Azure Service Bus at `namespace` (`NS.servicebus.windows.net`, or just `NS`), TLS on
+    /// 5671, signed in with Entra ID.
+    pub fn from_namespace(namespace: &str, credential: entra::EntraId) -> Amqp1Config {
+        let host =
+            if namespace.contains('.') { namespace.to_string() } else { format!("{namespace}.servicebus.windows.net") };
+        Amqp1Config::servicebus(format!("{host}:5671"), &host, Credentials::EntraId(credential))
+    }
+
+    fn servicebus(endpoint: String, host: &str, credentials: Credentials) -> Amqp1Config {
+        Amqp1Config {
+            dialect: Dialect::ServiceBus,
+            endpoint,
+            tls: true,
+            ca_file: None,
+            hostname: Some(host.to_string()),
+            credentials,
             queue_prefix: "rfleet.model.".into(),
             reply_queue: "rfleet.replies".into(),
             catalog: "rfleet.catalog".into(),
@@ -261,7 +327,7 @@ impl Amqp1Config {
             prefetch: 8,
             connection_name: "rfleet".into(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
-        })
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! token for the entity's audience (`sb://HOST/ENTITY`) is put on the connection's `$cbs`
 //! node ([`Cbs::authorize`]). Tokens signed here from a connection string's key last
 //! [`super::Amqp1Config::token_lifetime`]; a connection string's own
-//! `SharedAccessSignature` lasts until its `se`. [`maintain`] puts every audience's token
+//! `SharedAccessSignature` lasts until its `se`; an Entra ID token (`jwt`, see `entra`)
+//! until its `expires_on`. [`maintain`] puts every audience's token
 //! again a margin before it expires (a fifth of its life, at least one second), as Service
 //! Bus detaches the links of an audience whose token ran out.
 
@@ -29,6 +30,7 @@ use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 
 use super::credentials::{ConnectionString, SharedAccess};
+use super::entra::{EntraId, SCOPE};
 use super::{bounded, connection::Session, unavailable, Inner};
 use crate::BusError;
 
@@ -96,30 +98,40 @@ pub(super) fn dead_letter_info(reason: &str) -> (String, String) {
     (code.to_string(), description.chars().take(MAX_DESCRIPTION_CHARS).collect())
 }
 
+/// Where a connection's tokens come from.
+pub(super) enum Tokens {
+    /// Signed here from a connection string's key, or its own signature: SAS tokens.
+    SharedAccess(ConnectionString),
+    /// Entra ID (`jwt`).
+    EntraId(EntraId),
+}
+
+/// A token put for an audience: until when, and how long it lasted from when it was put.
+#[derive(Debug, Clone, Copy)]
+struct Put {
+    expiry: SystemTime,
+    lifetime: Duration,
+}
+
 /// One connection's CBS link and the audiences it has put tokens for.
 pub(super) struct Cbs {
     client: tokio::sync::Mutex<CbsClient>,
     host: String,
-    access: ConnectionString,
+    tokens: Tokens,
+    /// How long a SAS token signed here lasts.
     lifetime: Duration,
-    /// Audience → when its token expires.
-    authorized: Mutex<HashMap<String, SystemTime>>,
+    authorized: Mutex<HashMap<String, Put>>,
 }
 
 impl Cbs {
     pub(super) async fn attach(
         session: &mut SessionHandle<()>,
-        access: &ConnectionString,
+        host: String,
+        tokens: Tokens,
         lifetime: Duration,
     ) -> Result<Cbs, BusError> {
         let client = bounded("attach the $cbs links", CbsClient::attach(session)).await?;
-        Ok(Cbs {
-            client: tokio::sync::Mutex::new(client),
-            host: access.host.clone(),
-            access: access.clone(),
-            lifetime,
-            authorized: Mutex::default(),
-        })
+        Ok(Cbs { client: tokio::sync::Mutex::new(client), host, tokens, lifetime, authorized: Mutex::default() })
     }
 
     fn audience(&self, address: &str) -> String {
@@ -129,7 +141,7 @@ impl Cbs {
     /// Puts a token for `address`'s entity unless one is held that is not due for renewal.
     pub(super) async fn authorize(&self, address: &str) -> Result<(), BusError> {
         let audience = self.audience(address);
-        let due = self.authorized.lock().get(&audience).is_none_or(|expiry| renewal_due(*expiry, self.lifetime));
+        let due = self.authorized.lock().get(&audience).is_none_or(|put| renewal_due(*put));
         if due {
             self.put_token(&audience).await?;
         }
@@ -137,29 +149,45 @@ impl Cbs {
     }
 
     async fn put_token(&self, audience: &str) -> Result<(), BusError> {
-        let (token, expiry) = self.token(audience)?;
+        let (token, token_type, expiry) = self.token(audience).await?;
         let expires = Timestamp::from_milliseconds(unix_millis(expiry));
+        let lifetime = expiry.duration_since(SystemTime::now()).unwrap_or_default();
         let mut client = self.client.lock().await;
-        let put = client.put_token(audience, CbsToken::new(token.expose_secret(), SAS_TOKEN_TYPE, expires));
+        let put = client.put_token(audience, CbsToken::new(token.expose_secret(), token_type, expires));
         match tokio::time::timeout(super::OPERATION_TIMEOUT, put).await {
             Ok(Ok(())) => {}
             // The peer's status and description (401 "unauthorized", say): no token in it.
             Ok(Err(error)) => return Err(unavailable(format!("signing in for {audience} was refused: {error}"))),
             Err(_) => return Err(unavailable(format!("signing in for {audience}: no answer from $cbs"))),
         }
-        self.authorized.lock().insert(audience.to_string(), expiry);
+        self.authorized.lock().insert(audience.to_string(), Put { expiry, lifetime });
         tracing::debug!(%audience, "signed in");
         Ok(())
     }
 
-    fn token(&self, audience: &str) -> Result<(secrecy::SecretString, SystemTime), BusError> {
-        match &self.access.auth {
+    /// A token for `audience`, its CBS type and its expiry.
+    async fn token(&self, audience: &str) -> Result<(secrecy::SecretString, &'static str, SystemTime), BusError> {
+        let access = match &self.tokens {
+            Tokens::SharedAccess(access) => access,
+            Tokens::EntraId(EntraId(credential)) => {
+                let getting = credential.get_token(&[SCOPE], None);
+                let token = match tokio::time::timeout(super::OPERATION_TIMEOUT, getting).await {
+                    Ok(Ok(token)) => token,
+                    // azure_identity's errors name the credential and what failed, no secret.
+                    Ok(Err(error)) => return Err(unavailable(format!("getting an Entra ID token: {error}"))),
+                    Err(_) => return Err(unavailable("getting an Entra ID token: no answer")),
+                };
+                let expiry = SystemTime::from(token.expires_on);
+                return Ok((token.token.secret().to_string().into(), JWT_TOKEN_TYPE, expiry));
+            }
+        };
+        match &access.auth {
             SharedAccess::Key { .. } => {
                 // The token says its expiry in whole seconds: that, not `now + lifetime`,
                 // is when it runs out.
                 let expiry_secs = unix_secs(SystemTime::now() + self.lifetime);
                 let expiry = UNIX_EPOCH + Duration::from_secs(expiry_secs);
-                Ok((self.access.token(audience, expiry_secs), expiry))
+                Ok((access.token(audience, expiry_secs), SAS_TOKEN_TYPE, expiry))
             }
             SharedAccess::Signature(token) => {
                 let expiry = signature_expiry(token.expose_secret())
@@ -167,7 +195,7 @@ impl Cbs {
                 if expiry <= SystemTime::now() {
                     return Err(unavailable("the connection string's SharedAccessSignature has expired"));
                 }
-                Ok((token.clone(), expiry))
+                Ok((token.clone(), SAS_TOKEN_TYPE, expiry))
             }
         }
     }
@@ -178,23 +206,23 @@ impl Cbs {
             .authorized
             .lock()
             .iter()
-            .filter(|(_, expiry)| renewal_due(**expiry, self.lifetime))
+            .filter(|(_, put)| renewal_due(**put))
             .map(|(audience, _)| audience.clone())
             .collect();
         for audience in due {
             self.put_token(&audience).await?;
         }
-        Ok(self.authorized.lock().values().map(|expiry| renew_at(*expiry, self.lifetime)).min())
+        Ok(self.authorized.lock().values().map(|put| renew_at(*put)).min())
     }
 }
 
 /// A token is renewed a fifth of its life before it expires (at least a second before).
-fn renew_at(expiry: SystemTime, lifetime: Duration) -> SystemTime {
-    expiry - (lifetime / 5).max(Duration::from_secs(1))
+fn renew_at(put: Put) -> SystemTime {
+    put.expiry - (put.lifetime / 5).max(Duration::from_secs(1))
 }
 
-fn renewal_due(expiry: SystemTime, lifetime: Duration) -> bool {
-    SystemTime::now() >= renew_at(expiry, lifetime)
+fn renewal_due(put: Put) -> bool {
+    SystemTime::now() >= renew_at(put)
 }
 
 fn unix_secs(time: SystemTime) -> u64 {
@@ -415,7 +443,8 @@ mod tests {
         assert_eq!(signature_expiry(token), Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)));
         assert_eq!(signature_expiry("SharedAccessSignature sr=x&sig=y"), None);
         let expiry = UNIX_EPOCH + Duration::from_secs(3600);
-        assert_eq!(renew_at(expiry, Duration::from_secs(3600)), UNIX_EPOCH + Duration::from_secs(2880));
-        assert_eq!(renew_at(expiry, Duration::from_secs(2)), UNIX_EPOCH + Duration::from_secs(3599));
+        let put = |lifetime| Put { expiry, lifetime: Duration::from_secs(lifetime) };
+        assert_eq!(renew_at(put(3600)), UNIX_EPOCH + Duration::from_secs(2880));
+        assert_eq!(renew_at(put(2)), UNIX_EPOCH + Duration::from_secs(3599));
     }
 }
