@@ -55,7 +55,7 @@ pub fn credential_from_environment(ca_file: Option<&Path>) -> Result<EntraId, St
         WorkloadIdentityCredential::new(Some(options)).map_err(|e| format!("workload identity: {e}"))?
     } else {
         let user_assigned_id = std::env::var("AZURE_CLIENT_ID").ok().map(UserAssignedId::ClientId);
-        let options = ManagedIdentityCredentialOptions { user_assigned_id, client_options, ..Default::default() };
+        let options = ManagedIdentityCredentialOptions { user_assigned_id, client_options };
         ManagedIdentityCredential::new(Some(options)).map_err(|e| format!("managed identity: {e}"))?
     };
     Ok(EntraId(credential))
