@@ -145,23 +145,25 @@ pub(crate) async fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_two_workers_two_dispatchers() {
-    let fleet = Fleet::new("e2e");
-    let first = dispatcher(&fleet).start();
+    two_workers_two_dispatchers(&Fleet::new("e2e")).await;
+}
+
+/// A dispatcher, two workers, a second dispatcher on `fleet`: until a worker is heard from
+/// the first dispatcher is not ready and says why; then both dispatchers learn the schemas
+/// from the workers' announcements, and under load both workers serve, every answer R's.
+pub(crate) async fn two_workers_two_dispatchers(fleet: &Fleet) {
+    let first = dispatcher(fleet).start();
     let client = client();
-    // No worker yet: not ready, and says why.
     let ready = get(&client, &format!("{}/ready", first.url)).await;
     assert_eq!(ready.status, 503, "{}", ready.text);
-    let _workers = [
-        worker(&fleet).env("RFLEET_WORKERS__ID", "w1").start(),
-        worker(&fleet).env("RFLEET_WORKERS__ID", "w2").start(),
-    ];
-    let second = dispatcher(&fleet).start();
+    let _workers =
+        [worker(fleet).env("RFLEET_WORKERS__ID", "w1").start(), worker(fleet).env("RFLEET_WORKERS__ID", "w2").start()];
+    let second = dispatcher(fleet).start();
     wait_ready(&client, &first).await;
     wait_ready(&client, &second).await;
-    // Schemas come from the workers' announcements.
     let models = get(&client, &format!("{}/models", second.url)).await.json();
     let rf = models.as_array().unwrap().iter().find(|m| m["name"] == "rf_reg").expect("rf_reg listed");
-    assert!(!rf["schema"]["columns"].as_array().unwrap().is_empty());
+    assert!(!rf["schema"]["columns"].as_array().unwrap().is_empty(), "{rf}");
     let workers = load(vec![first.url.clone(), second.url.clone()], 16, 12, Arc::new(AtomicUsize::new(0))).await;
     assert_eq!(workers, ["w1".to_string(), "w2".to_string()].into(), "both workers should have served");
 }

@@ -9,37 +9,18 @@
 //! lock expiry, sessions, `$management`) and which Microsoft's Python client checks in
 //! turn.
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use servicebus_standin::{QueueConfig, Rights, SasRule, StandIn, StandInConfig};
-use support::{client, get, Fleet, Server};
-
 use serde_json::{json, Value};
-use support::{assert_same, case, fixtures};
+use servicebus_standin::{QueueConfig, Rights, SasRule, StandIn, StandInConfig};
+use support::{assert_same, case, fixtures, Fleet, Server};
 
-use crate::amqp::{dispatcher, fault_under_load, load, run_publisher, wait_ready, worker};
+use crate::amqp::{fault_under_load, run_publisher, two_workers_two_dispatchers, worker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp1_broker_two_workers_two_dispatchers() {
-    let fleet = Fleet::amqp1("amqp1-e2e");
-    let first = dispatcher(&fleet).start();
-    let client = client();
-    let _workers = [
-        worker(&fleet).env("RFLEET_WORKERS__ID", "w1").start(),
-        worker(&fleet).env("RFLEET_WORKERS__ID", "w2").start(),
-    ];
-    let second = dispatcher(&fleet).start();
-    wait_ready(&client, &first).await;
-    wait_ready(&client, &second).await;
-    // Schemas come from the workers' announcements, over AMQP 1.0 too.
-    let models = get(&client, &format!("{}/models", second.url)).await.json();
-    let rf = models.as_array().unwrap().iter().find(|m| m["name"] == "rf_reg").expect("rf_reg listed");
-    assert!(!rf["schema"]["columns"].as_array().unwrap().is_empty(), "{rf}");
-    let workers = load(vec![first.url.clone(), second.url.clone()], 16, 12, Arc::new(AtomicUsize::new(0))).await;
-    assert_eq!(workers, ["w1".to_string(), "w2".to_string()].into(), "both workers should have served");
+    two_workers_two_dispatchers(&Fleet::amqp1("amqp1-e2e")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -84,21 +65,7 @@ async fn servicebus_two_workers_two_dispatchers() {
     let mut fleet = Fleet::new("sb-e2e");
     let (standin, connection_string) = namespace(&fleet.queue_prefix(), Duration::from_secs(30)).await;
     fleet.use_servicebus(connection_string);
-    let first = dispatcher(&fleet).start();
-    let client = client();
-    let _workers = [
-        worker(&fleet).env("RFLEET_WORKERS__ID", "w1").start(),
-        worker(&fleet).env("RFLEET_WORKERS__ID", "w2").start(),
-    ];
-    let second = dispatcher(&fleet).start();
-    wait_ready(&client, &first).await;
-    wait_ready(&client, &second).await;
-    let models = get(&client, &format!("{}/models", second.url)).await.json();
-    let rf = models.as_array().unwrap().iter().find(|m| m["name"] == "rf_reg").expect("rf_reg listed");
-    assert!(!rf["schema"]["columns"].as_array().unwrap().is_empty(), "{rf}");
-    let workers = load(vec![first.url.clone(), second.url.clone()], 16, 12, Arc::new(AtomicUsize::new(0))).await;
-    assert_eq!(workers, ["w1".to_string(), "w2".to_string()].into(), "both workers should have served");
-    drop((first, second, _workers));
+    two_workers_two_dispatchers(&fleet).await;
     standin.shutdown().await;
 }
 
