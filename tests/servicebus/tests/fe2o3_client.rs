@@ -177,61 +177,124 @@ fn text_message(text: &str) -> Message<Body<Value>> {
     Message::builder().body(Body::Value(AmqpValue(Value::String(text.into())))).build()
 }
 
+/// One sign-in: a token put for an audience, then one attach.
+struct SignIn {
+    what: &'static str,
+    audience: &'static str,
+    token: String,
+    /// CBS answers 202 (else 401).
+    accepted: bool,
+    address: &'static str,
+    send: bool,
+    refusal: Option<&'static str>,
+}
+
+async fn check(stand_in: &StandIn, case: SignIn) {
+    let what = case.what;
+    let mut client = Client::open(stand_in, SaslProfile::Anonymous).await.expect("the connection opens");
+    let put = client.put_token(stand_in, case.audience, &case.token).await;
+    assert_eq!(put.is_ok(), case.accepted, "{what}: put-token {put:?}");
+    let address = format!("sb://127.0.0.1:{}/{}", stand_in.addr().port(), case.address);
+    let refusal = if case.send {
+        client.sender(&address).await.err().map(|e| Refusal::from(e).0)
+    } else {
+        client.receiver(address.as_str()).await.err().map(|e| Refusal::from(e).0)
+    };
+    assert_eq!(refusal.as_deref(), case.refusal, "{what}");
+    client.close().await;
+}
+
 #[tokio::test]
 async fn cbs_grants_what_a_token_covers() {
     let stand_in = stand_in().await;
-    let expired = unix_now() - 1;
-    let later = unix_now() + 3600;
-    // (what, token audience path, token, the attach that follows, its expected refusal)
-    let cases: Vec<(&str, &str, String, &str, bool, Option<&str>)> = vec![
-        ("namespace token", "", token(&stand_in, "", KEY_NAME, KEY, later), "orders", true, None),
-        ("queue token", "orders", token(&stand_in, "orders", KEY_NAME, KEY, later), "orders", true, None),
-        ("unknown entity", "", token(&stand_in, "", KEY_NAME, KEY, later), "nowhere", true, Some("amqp:not-found")),
-        (
-            "wrong key",
-            "",
-            token(&stand_in, "", KEY_NAME, "d3Jvbmc=", later),
-            "orders",
-            true,
-            Some("amqp:unauthorized-access"),
-        ),
-        ("expired", "", token(&stand_in, "", KEY_NAME, KEY, expired), "orders", true, Some("amqp:unauthorized-access")),
-        (
-            "other queue's token",
-            "retries",
-            token(&stand_in, "retries", KEY_NAME, KEY, later),
-            "orders",
-            true,
-            Some("amqp:unauthorized-access"),
-        ),
-        (
-            "listen-only sends",
-            "",
-            token(&stand_in, "", LISTEN_KEY_NAME, "bGlzdGVu", later),
-            "orders",
-            true,
-            Some("amqp:unauthorized-access"),
-        ),
-        ("listen-only receives", "", token(&stand_in, "", LISTEN_KEY_NAME, "bGlzdGVu", later), "orders", false, None),
-        ("dead-letter queue", "", token(&stand_in, "", KEY_NAME, KEY, later), "orders/$DeadLetterQueue", false, None),
+    let (later, expired) = (unix_now() + 3600, unix_now() - 1);
+    let signed = |path: &str, key_name: &str, key: &str, expiry: u64| token(&stand_in, path, key_name, key, expiry);
+    let unauthorized = Some("amqp:unauthorized-access");
+    let cases = [
+        SignIn {
+            what: "a namespace token sends",
+            audience: "",
+            token: signed("", KEY_NAME, KEY, later),
+            accepted: true,
+            address: "orders",
+            send: true,
+            refusal: None,
+        },
+        SignIn {
+            what: "a queue token receives from its dead-letter queue",
+            audience: "orders",
+            token: signed("orders", KEY_NAME, KEY, later),
+            accepted: true,
+            address: "orders/$DeadLetterQueue",
+            send: false,
+            refusal: None,
+        },
+        SignIn {
+            what: "an unknown entity",
+            audience: "",
+            token: signed("", KEY_NAME, KEY, later),
+            accepted: true,
+            address: "nowhere",
+            send: true,
+            refusal: Some("amqp:not-found"),
+        },
+        SignIn {
+            what: "a wrong key",
+            audience: "",
+            token: signed("", KEY_NAME, "d3Jvbmc=", later),
+            accepted: false,
+            address: "orders",
+            send: true,
+            refusal: unauthorized,
+        },
+        SignIn {
+            what: "an expired token",
+            audience: "",
+            token: signed("", KEY_NAME, KEY, expired),
+            accepted: false,
+            address: "orders",
+            send: true,
+            refusal: unauthorized,
+        },
+        SignIn {
+            what: "a token for another audience",
+            audience: "orders",
+            token: signed("retries", KEY_NAME, KEY, later),
+            accepted: false,
+            address: "orders",
+            send: true,
+            refusal: unauthorized,
+        },
+        SignIn {
+            what: "another queue's token",
+            audience: "retries",
+            token: signed("retries", KEY_NAME, KEY, later),
+            accepted: true,
+            address: "orders",
+            send: true,
+            refusal: unauthorized,
+        },
+        SignIn {
+            what: "a listen-only key sends",
+            audience: "",
+            token: signed("", LISTEN_KEY_NAME, "bGlzdGVu", later),
+            accepted: true,
+            address: "orders",
+            send: true,
+            refusal: unauthorized,
+        },
+        SignIn {
+            what: "a listen-only key receives",
+            audience: "",
+            token: signed("", LISTEN_KEY_NAME, "bGlzdGVu", later),
+            accepted: true,
+            address: "orders",
+            send: false,
+            refusal: None,
+        },
     ];
-    for (what, audience, token, address, send, refusal) in cases {
-        let mut client = Client::open(&stand_in, SaslProfile::Anonymous).await.expect("the connection opens");
-        let put = client.put_token(&stand_in, audience, &token).await;
-        let token_accepted = refusal.is_none() || refusal == Some("amqp:not-found");
-        assert_eq!(
-            put.is_ok(),
-            token_accepted || what == "listen-only sends" || what == "other queue's token",
-            "{what}: put-token {put:?}"
-        );
-        let address = format!("sb://127.0.0.1:{}/{address}", stand_in.addr().port());
-        let condition = if send {
-            client.sender(&address).await.map(drop).err().map(|e| attach_refusal::<()>(Err(e)))
-        } else {
-            client.receiver(address.as_str()).await.map(drop).err().map(|e| attach_refusal::<()>(Err(e)))
-        };
-        assert_eq!(condition.as_deref(), refusal, "{what}");
-        client.close().await;
+    for case in cases {
+        check(&stand_in, case).await;
     }
     stand_in.shutdown().await;
 }
