@@ -173,6 +173,11 @@ fn annotation<'d>(delivery: &'d Delivery<Body<Value>>, key: &str) -> Option<&'d 
     delivery.message().message_annotations.as_ref()?.0.get(&OwnedKey::Symbol(Symbol::from(key)))
 }
 
+/// The session id (AMQP group id) of a delivery.
+fn session_of(delivery: &Delivery<Body<Value>>) -> Option<&str> {
+    delivery.message().properties.as_ref()?.group_id.as_deref()
+}
+
 fn text_message(text: &str) -> Message<Body<Value>> {
     Message::builder().body(Body::Value(AmqpValue(Value::String(text.into())))).build()
 }
@@ -522,14 +527,11 @@ async fn a_session_goes_to_one_receiver_until_its_lock_lapses() {
     let mut next = client.receiver(session_filter("sessions", None)).await.expect("the next session is locked");
     next.set_credit(5).await.expect("credit is granted");
     let delivery = recv(&mut next).await;
-    let group = delivery.message().properties.as_ref().and_then(|p| p.group_id.clone());
-    assert_eq!(group.as_deref(), Some("s2"), "the next available session is the unlocked one");
+    assert_eq!(session_of(&delivery), Some("s2"), "the next available session is the unlocked one");
     let refusal = client.refused_receiver(session_filter("sessions", None)).await;
     assert_eq!(refusal, "com.microsoft:timeout", "no unlocked session has messages");
     s1.set_credit(1).await.expect("credit is granted");
-    let delivery = recv(&mut s1).await;
-    let group = delivery.message().properties.as_ref().and_then(|p| p.group_id.clone());
-    assert_eq!(group.as_deref(), Some("s1"));
+    assert_eq!(session_of(&recv(&mut s1).await), Some("s1"));
     // Nobody renews s1's lock: the stand-in detaches its receiver when it lapses.
     assert_eq!(detached_with(&mut s1).await, "com.microsoft:session-lock-lost");
     client.close().await;
