@@ -1125,3 +1125,26 @@ pub(crate) fn delivered(entity: &Entity, lock: Option<&Lock>, stored: &Stored<Pa
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_addresses_name_their_entity_with_or_without_the_namespace() {
+        for (address, path, entity) in [
+            ("orders", "orders", Entity { queue: "orders".into(), dead_letter: false }),
+            ("amqps://127.0.0.1:5671/orders", "orders", Entity { queue: "orders".into(), dead_letter: false }),
+            ("sb://ns.servicebus.windows.net/orders/", "orders", Entity { queue: "orders".into(), dead_letter: false }),
+            (
+                "sb://127.0.0.1/orders/$deadletterqueue",
+                "orders/$deadletterqueue",
+                Entity { queue: "orders".into(), dead_letter: true },
+            ),
+            ("sb://127.0.0.1/", "", Entity { queue: "".into(), dead_letter: false }),
+        ] {
+            assert_eq!(entity_path(address), path, "{address}");
+            assert_eq!(Entity::parse(path), entity, "{address}");
+        }
+    }
+}
