@@ -59,6 +59,22 @@ def expect_empty(receiver, what):
     expect(not messages, f"{what}: received {[str(m) for m in messages]}")
 
 
+def expect_dead_letter(client, queue, message_id, reason, description=None, delivery_count=None):
+    """Receives the one message of QUEUE's $DeadLetterQueue, checks it and completes it."""
+    with client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
+        dead = receive_one(dlq)
+        expect(dead.message_id == message_id, f"dead letter message_id {dead.message_id!r}, expected {message_id!r}")
+        expect(dead.dead_letter_reason == reason, f"dead_letter_reason {dead.dead_letter_reason!r}, expected {reason!r}")
+        if description is not None:
+            expect(
+                dead.dead_letter_error_description == description,
+                f"dead_letter_error_description {dead.dead_letter_error_description!r}, expected {description!r}",
+            )
+        if delivery_count is not None:
+            expect(dead.delivery_count == delivery_count, f"dead letter delivery_count {dead.delivery_count}")
+        dlq.complete_message(dead)
+
+
 def check_send_receive_complete(client, _lock_secs):
     sent = ServiceBusMessage(
         b"hello",
@@ -117,15 +133,7 @@ def check_dead_letter(client, _lock_secs):
         got = receive_one(receiver)
         receiver.dead_letter_message(got, reason="bad-input", error_description="no column x")
         expect_empty(receiver, "a dead-lettered message stayed in the queue")
-    with client.get_queue_receiver("orders", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
-        dead = receive_one(dlq)
-        expect(dead.message_id == "poison-1", f"dead letter message_id {dead.message_id!r}")
-        expect(dead.dead_letter_reason == "bad-input", f"dead_letter_reason {dead.dead_letter_reason!r}")
-        expect(
-            dead.dead_letter_error_description == "no column x",
-            f"dead_letter_error_description {dead.dead_letter_error_description!r}",
-        )
-        dlq.complete_message(dead)
+    expect_dead_letter(client, "orders", "poison-1", "bad-input", "no column x")
 
 
 def check_renew_message_lock(client, lock_secs):
@@ -167,12 +175,7 @@ def check_max_delivery_count(client, _lock_secs):
         for _ in range(2):
             receiver.abandon_message(receive_one(receiver))
         expect_empty(receiver, "the message was offered past its max delivery count")
-    with client.get_queue_receiver("retries", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
-        dead = receive_one(dlq)
-        expect(dead.message_id == "fails-1", f"dead letter message_id {dead.message_id!r}")
-        expect(dead.dead_letter_reason == "MaxDeliveryCountExceeded", f"dead_letter_reason {dead.dead_letter_reason!r}")
-        expect(dead.delivery_count == 2, f"dead letter delivery_count {dead.delivery_count}")
-        dlq.complete_message(dead)
+    expect_dead_letter(client, "retries", "fails-1", "MaxDeliveryCountExceeded", delivery_count=2)
 
 
 def check_sessions(client, lock_secs):
@@ -217,11 +220,7 @@ def check_ttl(client, _lock_secs):
     for queue in ["expiring", "dropping"]:
         with client.get_queue_receiver(queue) as receiver:
             expect_empty(receiver, f"an expired message was received from {queue}")
-    with client.get_queue_receiver("expiring", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
-        dead = receive_one(dlq)
-        expect(dead.message_id == "ttl-expiring", f"dead letter message_id {dead.message_id!r}")
-        expect(dead.dead_letter_reason == "TTLExpiredException", f"dead_letter_reason {dead.dead_letter_reason!r}")
-        dlq.complete_message(dead)
+    expect_dead_letter(client, "expiring", "ttl-expiring", "TTLExpiredException")
     with client.get_queue_receiver("dropping", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
         expect_empty(dlq, "dropping dead-lettered an expired message")
 
@@ -261,15 +260,7 @@ def check_settle_via_management(client, _lock_secs):
         except MessageLockLostError:
             pass
         expect_empty(receiver, "a message settled through $management came back")
-    with client.get_queue_receiver("orders", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
-        dead = receive_one(dlq)
-        expect(dead.message_id == "mgmt-dead", f"dead letter message_id {dead.message_id!r}")
-        expect(dead.dead_letter_reason == "mgmt-reason", f"dead_letter_reason {dead.dead_letter_reason!r}")
-        expect(
-            dead.dead_letter_error_description == "mgmt-description",
-            f"dead_letter_error_description {dead.dead_letter_error_description!r}",
-        )
-        dlq.complete_message(dead)
+    expect_dead_letter(client, "orders", "mgmt-dead", "mgmt-reason", "mgmt-description")
 
 
 def check_wrong_key(connection_string):
