@@ -227,7 +227,8 @@ impl Broker {
         entry.sessions.get(session).filter(|lock| lock.owner == owner).map(|lock| lock.locked_until)
     }
 
-    /// Renews the lock on `session` if one of `owners` holds it.
+    /// Renews the lock on `session` if one of `owners` holds it, and the locks on the
+    /// session's messages with it.
     pub fn renew_session(&self, queue: &str, session: &str, owners: &[u64], now: Instant) -> Option<Instant> {
         let mut entries = self.entries();
         let entry = entries.get_mut(queue)?;
@@ -235,7 +236,9 @@ impl Broker {
         let duration = entry.config.lock_duration;
         let lock = entry.sessions.get_mut(session).filter(|lock| owners.contains(&lock.owner))?;
         lock.locked_until = now + duration;
-        Some(lock.locked_until)
+        let locked_until = lock.locked_until;
+        entry.main.renew_session_messages(session, now);
+        Some(locked_until)
     }
 
     pub fn release_session(&self, queue: &str, session: &str, owner: u64) {

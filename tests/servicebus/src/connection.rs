@@ -175,6 +175,8 @@ impl Kind {
 
 struct Link {
     id: u64,
+    /// The stand-in's handle for the link (the client's handle is the key of `links`).
+    output_handle: u32,
     kind: Kind,
     target_address: Option<String>,
     /// Stand-in as sender: credit left and deliveries sent (the link's delivery-count).
@@ -194,6 +196,9 @@ struct Sess {
     next_incoming_id: u32,
     next_outgoing_id: u32,
     next_delivery_id: u32,
+    /// The stand-in's next link handle: its own numbers, as Service Bus allocates them,
+    /// never reused within the session (fe2o3 routes a reused handle to the old link).
+    next_output_handle: u32,
     links: BTreeMap<u32, Link>,
     /// Unsettled peek-lock deliveries: delivery id -> (entity, lock token).
     unsettled: HashMap<DeliveryNumber, (Entity, Uuid)>,
@@ -370,6 +375,7 @@ impl Conn {
                     next_incoming_id: begin.next_outgoing_id,
                     next_outgoing_id: 0,
                     next_delivery_id: 0,
+                    next_output_handle: 0,
                     links: BTreeMap::new(),
                     unsettled: HashMap::new(),
                 };
@@ -397,7 +403,7 @@ impl Conn {
                 // A detach for a link the stand-in detached already answers that detach.
                 if let Some(link) = sess.links.remove(&detach.handle.0) {
                     self.release(&link);
-                    let reply = Detach { handle: detach.handle, closed: detach.closed, error: None };
+                    let reply = Detach { handle: Handle(link.output_handle), closed: detach.closed, error: None };
                     put_frame(&mut self.out, FRAME_AMQP, channel, &reply, &[]);
                 }
             }
@@ -432,9 +438,10 @@ impl Conn {
     /// terminus, then a detach carrying the error.
     fn refuse(&mut self, channel: u16, attach: Attach, condition: &str, description: String) {
         tracing::debug!(link = %attach.name, condition, %description, "attach refused");
-        let handle = attach.handle.clone();
+        let handle = Handle(self.allocate_handle(channel));
         let client_sends = attach.role == Role::Sender;
         let reply = Attach {
+            handle: handle.clone(),
             role: if client_sends { Role::Receiver } else { Role::Sender },
             source: if client_sends { attach.source } else { None },
             target: if client_sends { None } else { attach.target },
@@ -545,8 +552,10 @@ impl Conn {
             }
         }
         let handle = attach.handle.0;
+        let output_handle = self.allocate_handle(channel);
         let incoming_delivery_count = attach.initial_delivery_count.unwrap_or(0);
         let reply = Attach {
+            handle: Handle(output_handle),
             role: if client_sends { Role::Receiver } else { Role::Sender },
             unsettled: None,
             incomplete_unsettled: false,
@@ -560,6 +569,7 @@ impl Conn {
         put_frame(&mut self.out, FRAME_AMQP, channel, &reply, &[]);
         let link = Link {
             id: link_id,
+            output_handle,
             kind,
             target_address,
             credit: 0,
@@ -578,7 +588,14 @@ impl Conn {
         }
     }
 
-    /// A flow for link `handle` with its current state.
+    fn allocate_handle(&mut self, channel: u16) -> u32 {
+        let sess = self.sessions.get_mut(&channel).expect("the attach's session exists");
+        let handle = sess.next_output_handle;
+        sess.next_output_handle += 1;
+        handle
+    }
+
+    /// A flow for link `handle` (the client's) with its current state.
     fn send_flow(&mut self, channel: u16, handle: u32, drain: bool) {
         let Some(sess) = self.sessions.get(&channel) else { return };
         let Some(link) = sess.links.get(&handle) else { return };
@@ -593,7 +610,7 @@ impl Conn {
             incoming_window: WINDOW,
             next_outgoing_id: sess.next_outgoing_id,
             outgoing_window: WINDOW,
-            handle: Some(Handle(handle)),
+            handle: Some(Handle(link.output_handle)),
             delivery_count: Some(delivery_count),
             link_credit: Some(credit),
             available: None,
@@ -992,10 +1009,11 @@ impl Conn {
     /// One delivery, split into frames of the peer's maximum size.
     fn send_transfer(&mut self, channel: u16, handle: u32, tag: Vec<u8>, settled: bool, payload: &[u8]) {
         let sess = self.sessions.get_mut(&channel).expect("caller checked");
+        let output_handle = sess.links[&handle].output_handle;
         let delivery_id = sess.next_delivery_id;
         sess.next_delivery_id = sess.next_delivery_id.wrapping_add(1);
         let first = Transfer {
-            handle: Handle(handle),
+            handle: Handle(output_handle),
             delivery_id: Some(delivery_id),
             delivery_tag: Some(tag.into()),
             message_format: Some(0),
@@ -1056,7 +1074,8 @@ impl Conn {
         let Some(link) = self.sessions.get_mut(&channel).and_then(|s| s.links.remove(&handle)) else { return };
         tracing::debug!(link = link.id, condition, %description, "detaching");
         self.release(&link);
-        let detach = Detach { handle: Handle(handle), closed: true, error: Some(error(condition, description)) };
+        let detach =
+            Detach { handle: Handle(link.output_handle), closed: true, error: Some(error(condition, description)) };
         put_frame(&mut self.out, FRAME_AMQP, channel, &detach, &[]);
     }
 
@@ -1105,4 +1124,27 @@ pub(crate) fn delivered(entity: &Entity, lock: Option<&Lock>, stored: &Stored<Pa
         properties.insert(DEAD_LETTER_DESCRIPTION.into(), SimpleValue::String(description.clone()));
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_addresses_name_their_entity_with_or_without_the_namespace() {
+        for (address, path, entity) in [
+            ("orders", "orders", Entity { queue: "orders".into(), dead_letter: false }),
+            ("amqps://127.0.0.1:5671/orders", "orders", Entity { queue: "orders".into(), dead_letter: false }),
+            ("sb://ns.servicebus.windows.net/orders/", "orders", Entity { queue: "orders".into(), dead_letter: false }),
+            (
+                "sb://127.0.0.1/orders/$deadletterqueue",
+                "orders/$deadletterqueue",
+                Entity { queue: "orders".into(), dead_letter: true },
+            ),
+            ("sb://127.0.0.1/", "", Entity { queue: "".into(), dead_letter: false }),
+        ] {
+            assert_eq!(entity_path(address), path, "{address}");
+            assert_eq!(Entity::parse(path), entity, "{address}");
+        }
+    }
 }

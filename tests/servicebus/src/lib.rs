@@ -22,7 +22,9 @@
 //! message batches' size limits beyond 256 KiB per message, JWT (Entra ID) tokens,
 //! waiting for a next-available session (it refuses at once with `com.microsoft:timeout`),
 //! link recovery of unsettled deliveries, and persistence: everything lives in memory.
-//! Session windows are fixed (65536), not tracked. Locks are timed by the stand-in's clock
+//! A deferral (`modified` with `undeliverable-here`) is taken as an abandon, and
+//! `update-disposition` refuses `defered`. Session windows are fixed (65536), not tracked;
+//! the announced idle time-out (240 s) is not enforced. Locks are timed by the stand-in's clock
 //! (`lock_duration` per queue, e.g. 2 s in tests), never expired on request.
 //!
 //! # Layout

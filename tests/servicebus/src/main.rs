@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use servicebus_standin::{QueueConfig, Rights, SasRule, StandIn, StandInConfig};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -48,18 +49,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let first_key = rules[0].key_name.clone();
     let config = StandInConfig { port: args.port, rules, queues, ..StandInConfig::default() };
+    // Listen for SIGTERM before announcing readiness, so a stop right after it is graceful.
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     let stand_in = StandIn::start(config).await.context("binding the listener")?;
     println!("{}", stand_in.connection_string(&first_key));
-    wait_for_signal().await?;
-    stand_in.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
-        ctrl_c = tokio::signal::ctrl_c() => ctrl_c?,
+        ctrl_c = tokio::signal::ctrl_c() => ctrl_c.context("waiting for ctrl-c")?,
     }
+    stand_in.shutdown().await;
     Ok(())
 }

@@ -166,6 +166,17 @@ impl<T: Clone> Queue<T> {
         Ok(lock.locked_until)
     }
 
+    /// Renews the locks on the messages of session `group_id` (Service Bus holds a session's
+    /// messages under the session's lock, so renewing the session renews them).
+    pub fn renew_session_messages(&mut self, group_id: &str, now: Instant) {
+        self.tick(now);
+        for (lock, message) in self.locked.values_mut() {
+            if message.group_id.as_deref() == Some(group_id) {
+                lock.locked_until = now + self.rules.lock_duration;
+            }
+        }
+    }
+
     /// Messages not yet settled (available or locked), as Service Bus counts active ones.
     pub fn depth(&self) -> usize {
         self.available.len() + self.locked.len()
@@ -339,6 +350,21 @@ mod tests {
         let (_, dead) = dlq.lock_next(None, t0).unwrap();
         assert_eq!((dead.sequence_number, dead.dead_letter), (1, Some(("r".into(), "d".into()))));
         assert_eq!(dlq.peek(0, 10).len(), 1, "peek sees locked messages too");
+    }
+
+    #[test]
+    fn renewing_a_session_renews_the_locks_on_its_messages() {
+        let t0 = Instant::now();
+        let mut q = queue(10);
+        q.enqueue("s1-a", Some("s1".into()), None, t0);
+        q.enqueue("s2-a", Some("s2".into()), None, t0);
+        let (s1, _) = q.lock_next(Some("s1"), t0).unwrap();
+        let (s2, _) = q.lock_next(Some("s2"), t0).unwrap();
+        let t1 = t0 + Duration::from_secs(4);
+        q.renew_session_messages("s1", t1);
+        let t2 = s1.locked_until;
+        assert_eq!(q.settle(s1.token, Settle::Complete, t2), Ok(()), "renewed with its session");
+        assert_eq!(q.settle(s2.token, Settle::Complete, t2), Err(LockError::LockLost(s2.token)));
     }
 
     #[test]

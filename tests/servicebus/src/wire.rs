@@ -193,3 +193,75 @@ pub fn condition_text(condition: &fe2o3_amqp_types::definitions::ErrorCondition)
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use fe2o3_amqp_types::messaging::Header;
+    use fe2o3_amqp_types::performatives::{Begin, Open};
+
+    use super::*;
+
+    /// The fields of the performative in a frame `put_frame` wrote.
+    fn fields_of(frame: &[u8]) -> Vec<Value> {
+        match serde_amqp::from_slice::<Value>(&frame[8..]).expect("a described list") {
+            Value::Described(described) => match described.value {
+                Value::List(fields) => fields,
+                other => panic!("not a list: {other:?}"),
+            },
+            other => panic!("not described: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn performatives_carry_every_field_as_pyamqp_indexes_them() {
+        let open = Open {
+            container_id: "c".into(),
+            hostname: None,
+            max_frame_size: MAX_FRAME_SIZE.into(),
+            channel_max: 4999.into(),
+            idle_time_out: None,
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        let begin = Begin {
+            remote_channel: Some(0),
+            next_outgoing_id: 0,
+            incoming_window: 1,
+            outgoing_window: 1,
+            handle_max: fe2o3_amqp_types::definitions::Handle(65535),
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        let mut out = Vec::new();
+        put_frame(&mut out, FRAME_AMQP, 0, &open, &[]);
+        assert_eq!(fields_of(&out).len(), 10, "open");
+        out.clear();
+        put_frame(&mut out, FRAME_AMQP, 0, &begin, &[]);
+        let fields = fields_of(&out);
+        assert_eq!((fields.len(), &fields[4]), (8, &Value::Uint(65535)), "begin");
+        assert_eq!(u32::from_be_bytes(out[..4].try_into().unwrap()) as usize, out.len(), "the frame's size");
+    }
+
+    #[test]
+    fn a_header_is_encoded_in_full_with_its_delivery_count() {
+        let message = AmqpMessage {
+            header: Some(Header::default()),
+            delivery_annotations: None,
+            message_annotations: None,
+            properties: None,
+            application_properties: None,
+            body: Body::Value(fe2o3_amqp_types::messaging::AmqpValue(Value::Null)),
+            footer: None,
+        };
+        let bytes = encode_message(&message);
+        // described(0x70) list of 5: false, ubyte 4, null, false, uint 0
+        let header = [0x00, 0x53, 0x70, 0xc0, 0x07, 0x05, 0x42, 0x50, 0x04, 0x40, 0x42, 0x43];
+        assert_eq!(&bytes[..header.len()], &header, "{bytes:02x?}");
+        let decoded = decode_message(&bytes).expect("the message decodes again");
+        assert_eq!(decoded.header.map(|h| h.delivery_count), Some(0));
+    }
+}

@@ -17,6 +17,7 @@ const CHECKS: &[&str] = &[
     "sessions",
     "ttl",
     "peek_and_receive_and_delete",
+    "settle_via_management",
     "wrong_key",
 ];
 
