@@ -8,6 +8,8 @@
 //! rabbitmq_amqp1_0`).
 
 mod amqp_support;
+#[path = "amqp_support/entra.rs"]
+mod entra_support;
 #[path = "amqp_support/servicebus.rs"]
 mod servicebus_support;
 
@@ -1130,4 +1132,65 @@ async fn servicebus_live_namespace() {
     assert_eq!(heard, b"live-test");
     shutdown.cancel();
     bus.closed().await;
+}
+
+/// With a namespace and no connection string the bus signs in with Entra ID: Microsoft's
+/// `azure_identity` trades the workload's federated token for an access token at the
+/// (stand-in) token endpoint over HTTPS, and the bus puts it on CBS as a `jwt`, which the
+/// Service Bus stand-in verifies. A federated token the endpoint refuses never signs in.
+#[tokio::test]
+async fn servicebus_signs_in_with_entra_id() {
+    use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+    use azure_core::http::ClientOptions;
+    use azure_identity::{
+        ClientAssertionCredentialOptions, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    };
+
+    const FEDERATED: &str = "eyJhbGciOiJSUzI1NiJ9.a-kubernetes-service-account-token.signature";
+    let key = b"a key the token endpoint and the namespace share";
+    let namespace = Namespace::with_entra(vec![request_queue("q", Duration::from_secs(30))], key).await;
+    let endpoint = entra_support::TokenEndpoint::start(FEDERATED, key, 3600).await;
+    let bus_for = |federated: &str| {
+        let token_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token_file.path(), federated).unwrap();
+        let mut cloud = CustomConfiguration::default();
+        cloud.authority_host = endpoint.url.clone();
+        let transport = bus::amqp1::entra::http_transport(Some(endpoint.ca_file.path())).unwrap();
+        let client_options = ClientOptions {
+            transport: Some(transport),
+            cloud: Some(std::sync::Arc::new(CloudConfiguration::from(cloud))),
+            ..ClientOptions::default()
+        };
+        let options = WorkloadIdentityCredentialOptions {
+            credential_options: ClientAssertionCredentialOptions { client_options },
+            client_id: Some("00000000-0000-0000-0000-00000000000a".into()),
+            tenant_id: Some("tenant".into()),
+            token_file_path: Some(token_file.path().to_path_buf()),
+        };
+        let credential = WorkloadIdentityCredential::new(Some(options)).unwrap();
+        let mut config = bus::Amqp1Config::from_namespace("127.0.0.1", bus::amqp1::entra::EntraId(credential));
+        // The stand-in speaks plain AMQP on a port of its own.
+        config.endpoint = namespace.standin.addr().to_string();
+        config.tls = false;
+        config.queue_prefix = String::new();
+        let shutdown = CancellationToken::new();
+        (bus::Amqp1Bus::start(config, shutdown.clone()), shutdown, token_file)
+    };
+    let (bus, shutdown, _token_file) = bus_for(FEDERATED);
+    assert!(bus.wait_connected(Duration::from_secs(10)).await, "did not sign in with Entra ID");
+    let _worker = spawn_echo(bus.consumer(&["q".to_string()]).await.unwrap());
+    assert_eq!(bus.call(outgoing("q", "entra", b"ab"), soon(5000)).await, Ok(b"ba".to_vec()));
+    let grants = endpoint.grants.lock().clone();
+    assert!(
+        !grants.is_empty() && grants.iter().all(|form| form.contains("client_id=00000000-0000-0000-0000-00000000000a")),
+        "{grants:?}"
+    );
+    shutdown.cancel();
+    bus.closed().await;
+
+    let (refused, shutdown, _token_file) = bus_for("not-the-workload's-token");
+    assert!(!refused.wait_connected(Duration::from_secs(2)).await, "signed in with a refused federated token");
+    assert!(matches!(refused.call(outgoing("q", "x", b"x"), soon(5000)).await, Err(BusError::Unavailable(_))));
+    shutdown.cancel();
+    namespace.close().await;
 }

@@ -78,11 +78,14 @@ pub struct StandInConfig {
     /// 0 for any free port.
     pub port: u16,
     pub rules: Vec<SasRule>,
+    /// Keys Entra ID tokens (`jwt`) are signed with (see `jwt`): a token one of them signed
+    /// covers the namespace with Send and Listen.
+    pub jwt_keys: Vec<Vec<u8>>,
     pub queues: Vec<QueueConfig>,
 }
 
 impl Default for StandInConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 0, rules: Vec::new(), queues: Vec::new() }
+        Self { host: "127.0.0.1".into(), port: 0, rules: Vec::new(), jwt_keys: Vec::new(), queues: Vec::new() }
     }
 }

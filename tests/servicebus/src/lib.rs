@@ -19,8 +19,8 @@
 //! # What it does not do
 //! TLS (port 5671), topics and subscriptions (and their filters), scheduled and deferred
 //! messages, session state, transactions, partitioning, duplicate detection, auto-forward,
-//! message batches' size limits beyond 256 KiB per message, JWT (Entra ID) tokens,
-//! waiting for a next-available session (it refuses at once with `com.microsoft:timeout`),
+//! message batches' size limits beyond 256 KiB per message, Entra ID tokens signed as
+//! Entra signs them (it takes HS256 tokens of configured keys instead: `jwt`), waiting for a next-available session (it refuses at once with `com.microsoft:timeout`),
 //! link recovery of unsettled deliveries, and persistence: everything lives in memory.
 //! A deferral (`modified` with `undeliverable-here`) is taken as an abandon, and
 //! `update-disposition` refuses `defered`. Session windows are fixed (65536), not tracked;
@@ -34,11 +34,13 @@
 //! - [`wire`]: framing over fe2o3's types, and Service Bus's names on the wire.
 //! - [`config`]: the namespace's SAS rules and queues.
 //! - [`sas`]: verifying the token a CBS `put-token` carries, and which entities it covers.
+//! - [`jwt`]: verifying an Entra ID token (`jwt`) instead.
 //! - [`queue`]: one queue's rules, sans I/O, with time as an argument.
 
 mod broker;
 pub mod config;
 mod connection;
+pub mod jwt;
 pub mod queue;
 pub mod sas;
 pub mod server;

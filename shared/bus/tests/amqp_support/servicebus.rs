@@ -42,14 +42,22 @@ impl Namespace {
     }
 
     /// As [`Namespace::new`], the bus's configuration changed by `change` first.
-    pub async fn with(mut queues: Vec<QueueConfig>, change: impl FnOnce(&mut Amqp1Config)) -> Namespace {
+    pub async fn with(queues: Vec<QueueConfig>, change: impl FnOnce(&mut Amqp1Config)) -> Namespace {
+        Self::configured(queues, change, |_| {}).await
+    }
+
+    async fn configured(
+        mut queues: Vec<QueueConfig>,
+        change: impl FnOnce(&mut Amqp1Config),
+        namespace: impl FnOnce(&mut StandInConfig),
+    ) -> Namespace {
         queues.push(QueueConfig { requires_session: true, ..QueueConfig::new(REPLY_QUEUE) });
         queues.push(QueueConfig::new(CATALOG_QUEUE));
         let key = base64_key();
         let rules = vec![SasRule { key_name: KEY_NAME.into(), key, rights: Rights::ALL }];
-        let standin = StandIn::start(StandInConfig { rules, queues, ..StandInConfig::default() })
-            .await
-            .expect("start the Service Bus stand-in");
+        let mut standin_config = StandInConfig { rules, queues, ..StandInConfig::default() };
+        namespace(&mut standin_config);
+        let standin = StandIn::start(standin_config).await.expect("start the Service Bus stand-in");
         let mut config = Amqp1Config::from_connection_string(&standin.connection_string(KEY_NAME))
             .expect("the stand-in's connection string");
         config.queue_prefix = String::new();
@@ -58,6 +66,13 @@ impl Namespace {
         let shutdown = CancellationToken::new();
         let bus = Amqp1Bus::start(config.clone(), shutdown.clone());
         Namespace { standin, config, bus, shutdown }
+    }
+
+    /// The stand-in with `queues` that also takes Entra ID tokens signed with `key` (its
+    /// bus still signs in with the connection string).
+    pub async fn with_entra(queues: Vec<QueueConfig>, key: &[u8]) -> Namespace {
+        let key = key.to_vec();
+        Self::configured(queues, |_| {}, move |config| config.jwt_keys.push(key)).await
     }
 
     pub async fn connected(self) -> Namespace {
