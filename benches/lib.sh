@@ -71,10 +71,15 @@ await_own_group() {
 # have made), its dead-letter and catalog exchanges. Nothing without the prefix.
 broker_cleanup() {
     ((broker_used)) || return 0
-    local queues=("$NAMESPACE.model.rf500" "$NAMESPACE.dead") exchanges=("$NAMESPACE.dead" "$NAMESPACE.catalog")
+    local queues=("$NAMESPACE.model.rf500" "$NAMESPACE.dead" "$NAMESPACE.amqp1.model.rf500")
+    local exchanges=("$NAMESPACE.dead" "$NAMESPACE.catalog")
     if command -v rabbitmqctl >/dev/null; then
         mapfile -t -O "${#queues[@]}" queues < <(timeout 30 rabbitmqctl -q list_queues name 2>/dev/null | grep -F "$NAMESPACE." || true)
         mapfile -t -O "${#exchanges[@]}" exchanges < <(timeout 30 rabbitmqctl -q list_exchanges name 2>/dev/null | grep -F "$NAMESPACE." || true)
+        # The AMQP 1.0 plugin's server-named reply and catalog queues, which outlive their
+        # links: found by their binding keys, which are this run's.
+        mapfile -t -O "${#queues[@]}" queues < <(timeout 30 rabbitmqctl -q list_bindings destination_name routing_key 2>/dev/null |
+            awk -v ns="$NAMESPACE." 'index($1, "amq.gen-") == 1 && index($2, ns) == 1 { print $1 }' || true)
     fi
     BROKER_URL="$BROKER_URL" NAMESPACE="$NAMESPACE" timeout 30 python3 - "${queues[@]}" -- "${exchanges[@]}" 2>/dev/null <<'EOF' || say "could not delete the broker's $NAMESPACE.* objects: delete them by hand"
 import os, sys
@@ -85,7 +90,7 @@ prefix = os.environ["NAMESPACE"] + "."
 connection = pika.BlockingConnection(pika.URLParameters(os.environ["BROKER_URL"]))
 for delete, group in (("queue_delete", names[:split]), ("exchange_delete", names[split + 1:])):
     for name in sorted(set(group)):
-        if not name.startswith(prefix):
+        if not (name.startswith(prefix) or name.startswith("amq.gen-")):
             continue
         channel = connection.channel()  # one per object: a failed delete closes the channel
         try:
@@ -245,7 +250,7 @@ start_rfleet() {
     local label="$1" log="$2" models="$3" bus="$4"
     shift 4
     local env_vars=("$@") flags=() stdout="${log%.log}.stdout" prefix="${label:+$label: }"
-    if [[ "$bus" == amqp || "$bus" == amqp1 ]]; then
+    if [[ "$bus" == amqp ]]; then
         broker_used=1
         env_vars+=(
             "RFLEET_BUS__QUEUE_PREFIX=$NAMESPACE.model."
@@ -253,12 +258,18 @@ start_rfleet() {
             "RFLEET_BUS__DEAD_LETTER_EXCHANGE=$NAMESPACE.dead"
             "RFLEET_BUS__DEAD_LETTER_QUEUE=$NAMESPACE.dead"
         )
-    fi
-    if [[ "$bus" == amqp ]]; then
         flags=(--bus "$BROKER_URL")
     elif [[ "$bus" == amqp1 ]]; then
-        # The AMQP 1.0 transport in its broker dialect, to RabbitMQ's rabbitmq_amqp1_0 plugin.
-        env_vars+=("RFLEET_BUS__KIND=servicebus" "RFLEET_BUS__SERVICEBUS__DIALECT=broker" "RFLEET_BUS__URL=$BROKER_URL")
+        # The AMQP 1.0 transport in its broker dialect, to RabbitMQ's rabbitmq_amqp1_0 plugin,
+        # on queues of its own: the plugin declares them without the 0-9-1 transport's
+        # arguments, and refuses (ending the session) to attach to one declared with them.
+        broker_used=1
+        env_vars+=(
+            "RFLEET_BUS__QUEUE_PREFIX=$NAMESPACE.amqp1.model."
+            "RFLEET_BUS__CATALOG_EXCHANGE=$NAMESPACE.amqp1.catalog"
+            "RFLEET_BUS__SERVICEBUS__REPLY_QUEUE=$NAMESPACE.amqp1.reply"
+            "RFLEET_BUS__KIND=servicebus" "RFLEET_BUS__SERVICEBUS__DIALECT=broker" "RFLEET_BUS__URL=$BROKER_URL"
+        )
     fi
     say "${prefix}starting rfleet serve --hosts $HOSTS${flags[*]:+ ${flags[*]}}${env_vars[*]:+ ${env_vars[*]}}"
     start_group "$stdout" "$log" env ${env_vars[@]+"${env_vars[@]}"} "$RFLEET" serve --models "$models" \

@@ -953,7 +953,7 @@ async fn servicebus_dead_letters_and_abandons_as_service_bus_does() {
 /// renews its lock through `$management`): another consumer does not get it meanwhile.
 #[tokio::test]
 async fn servicebus_locks_are_renewed_while_a_request_scores() {
-    let namespace = Namespace::new(vec![request_queue("slow", Duration::from_secs(1))]).await.connected().await;
+    let namespace = Namespace::new(vec![request_queue("slow", Duration::from_secs(2))]).await.connected().await;
     let transport = namespace.transport("slow");
     let mut holder = transport.consumer().await;
     let mut other = transport.consumer().await;
@@ -965,8 +965,8 @@ async fn servicebus_locks_are_renewed_while_a_request_scores() {
         delivery = holder.next() => (delivery.unwrap(), &mut other),
         delivery = other.next() => (delivery.unwrap(), &mut holder),
     };
-    // Four lock durations: without renewal the request would be delivered again.
-    let again = tokio::time::timeout(Duration::from_secs(4), waiting.next()).await;
+    // Three lock durations: without renewal the request would be delivered again.
+    let again = tokio::time::timeout(Duration::from_secs(6), waiting.next()).await;
     assert!(again.is_err(), "the lock ran out while the request was scoring");
     delivery.reply(ContentType::MsgPack, b"done".to_vec()).await.unwrap();
     delivery.ack().await.unwrap();
