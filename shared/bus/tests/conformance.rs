@@ -1194,3 +1194,34 @@ async fn servicebus_signs_in_with_entra_id() {
     shutdown.cancel();
     namespace.close().await;
 }
+
+/// A worker asked to consume a queue the namespace lacks (Service Bus makes none on use)
+/// still serves its other queues, and a dispatcher's request to the missing queue fails at
+/// once, naming it, rather than waiting for its deadline.
+#[tokio::test]
+async fn servicebus_a_missing_queue_does_not_stop_the_others() {
+    let namespace = Namespace::new(vec![request_queue("present", Duration::from_secs(30))]).await.connected().await;
+    let bus = &namespace.bus;
+    let consumer =
+        bus.consumer_following(tokio::sync::watch::channel(vec!["missing".into(), "present".into()]).1).await;
+    // The first attach of the set fails on the missing queue: the consumer is refused at once.
+    assert!(
+        matches!(&consumer, Err(BusError::Unavailable(m)) if m.contains("missing")),
+        "{:?}",
+        consumer.as_ref().err()
+    );
+    let (_set, queues) = tokio::sync::watch::channel(vec!["present".to_string()]);
+    let _worker = spawn_echo(bus.consumer_following(queues).await.expect("consume the queue that exists"));
+    let answered = wait_for(Duration::from_secs(10), "an answer from the queue that exists", async || {
+        bus.call(outgoing("present", &uuid::Uuid::new_v4().to_string(), b"ab"), soon(2000)).await.ok()
+    })
+    .await;
+    assert_eq!(answered, b"ba");
+    // A minute's deadline: an answer before the test's own bound is one that did not wait.
+    let missing =
+        tokio::time::timeout(Duration::from_secs(20), bus.call(outgoing("missing", "to-nowhere", b"x"), soon(60_000)))
+            .await
+            .expect("a request to a missing queue waited for its deadline");
+    assert!(matches!(&missing, Err(BusError::Unavailable(m)) if m.contains("missing")), "{missing:?}");
+    namespace.close().await;
+}
