@@ -95,14 +95,17 @@ fn publish(fleet: &Fleet, model: &str, rows: &Value, extra: &[&str]) -> Value {
 /// Direct publishers on Service Bus (Microsoft's client, replies on a session of their
 /// own) are answered as R answers; poison is answered, then dead-lettered by the worker
 /// with `DeadLetterReason` and `DeadLetterErrorDescription`; a request that expires in its
-/// queue is dead-lettered by Service Bus (`TTLExpiredException`); the worker keeps serving.
+/// queue is dead-lettered by Service Bus (`TTLExpiredException`); the worker keeps serving,
+/// and its log never shows the connection string's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn servicebus_direct_publishers_poison_and_expiry() {
     let mut fleet = Fleet::new("sb-direct");
     let (standin, connection_string) = namespace(&fleet.queue_prefix(), Duration::from_secs(30)).await;
+    let key =
+        connection_string.split("SharedAccessKey=").nth(1).and_then(|rest| rest.split(';').next()).unwrap().to_string();
     fleet.use_servicebus(connection_string);
     let counter = tempfile::NamedTempFile::new().unwrap();
-    let _worker = worker(&fleet).env("SCORE_COUNTER_FILE", counter.path().display()).start();
+    let worker = worker(&fleet).env("SCORE_COUNTER_FILE", counter.path().display()).capture_logs().start();
     let calls = || std::fs::read_to_string(counter.path()).unwrap().lines().count();
     let rf = case(&fixtures(), "rf_reg");
     let rows = Value::Array(rf.rows.clone());
@@ -143,6 +146,10 @@ async fn servicebus_direct_publishers_poison_and_expiry() {
 
     let reply = tokio::task::block_in_place(|| publish(&fleet, "rf_reg", &rows, &[]));
     assert_same(&reply["reply"]["outcome"]["predictions"]["columns"][0]["values"], &expected, "after poison");
-    drop(_worker);
+    assert!(
+        !worker.logs().is_empty() && !worker.logs().contains(&key),
+        "the worker's log shows the connection string's key"
+    );
+    drop(worker);
     standin.shutdown().await;
 }

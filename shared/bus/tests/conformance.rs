@@ -20,7 +20,7 @@ use amqp_support::amqp1::{Amqp1, Amqp1Broker};
 use amqp_support::{wait_for, Amqp, TestBroker};
 use bus::{BusError, Consumer, ContentType, EmbeddedBus, Outgoing, Requester};
 use servicebus_standin::QueueConfig;
-use servicebus_support::{request_queue, Namespace};
+use servicebus_support::{request_queue, Namespace, ServiceBus};
 use tokio_util::sync::CancellationToken;
 
 const QUEUE: &str = "conformance.requests";
@@ -1223,5 +1223,34 @@ async fn servicebus_a_missing_queue_does_not_stop_the_others() {
             .await
             .expect("a request to a missing queue waited for its deadline");
     assert!(matches!(&missing, Err(BusError::Unavailable(m)) if m.contains("missing")), "{missing:?}");
+    namespace.close().await;
+}
+
+/// Over TLS (as to Service Bus on 5671): the bus checks the peer's certificate against its
+/// CAs (here `ca_file`'s, made now, in front of the stand-in) for the host it dials, and
+/// requests and replies flow as in plain AMQP. A CA that did not sign the certificate is
+/// refused: the bus never connects.
+#[tokio::test]
+async fn servicebus_over_tls() {
+    let namespace = Namespace::new(vec![request_queue("q", Duration::from_secs(30))]).await.connected().await;
+    let (proxy, ca_file) = entra_support::tls_proxy(namespace.standin.addr()).await;
+    let over_tls = |ca: &std::path::Path| {
+        let mut config = namespace.config.clone();
+        config.endpoint = proxy.to_string();
+        config.tls = true;
+        config.ca_file = Some(ca.to_path_buf());
+        let shutdown = CancellationToken::new();
+        (bus::Amqp1Bus::start(config, shutdown.clone()), shutdown)
+    };
+    let (bus, shutdown) = over_tls(ca_file.path());
+    assert!(bus.wait_connected(Duration::from_secs(10)).await, "did not connect over TLS");
+    replies_match_requests(ServiceBus { bus: bus.clone(), queue: "q".into() }).await;
+    shutdown.cancel();
+    bus.closed().await;
+
+    let (other_ca, _) = entra_support::loopback_tls();
+    let (untrusting, shutdown) = over_tls(other_ca.path());
+    assert!(!untrusting.wait_connected(Duration::from_secs(2)).await, "trusted a certificate no CA of it signed");
+    shutdown.cancel();
     namespace.close().await;
 }

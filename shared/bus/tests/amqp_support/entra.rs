@@ -1,5 +1,5 @@
-//! A stand-in for Entra ID's token endpoint, for the Service Bus dialect's Entra ID test
-//! (a module of `conformance.rs` only): HTTPS on loopback with a certificate made at test
+//! TLS on loopback for the Service Bus dialect's tests (a module of `conformance.rs` only):
+//! a TLS proxy in front of the stand-in, and a stand-in for Entra ID's token endpoint, HTTPS on loopback with a certificate made at test
 //! time (its CA is the bus's `ca_file`), answering `POST /{tenant}/oauth2/v2.0/token` as
 //! Entra ID answers a workload identity's client-assertion grant, with access tokens the
 //! Service Bus stand-in verifies (HS256 with a key the two share; Entra's are RS256).
@@ -31,26 +31,7 @@ impl TokenEndpoint {
     /// Issues tokens signed with `key`, lasting `lifetime_secs`, to whoever presents
     /// `assertion` (the federated token); refuses anyone else as Entra ID does (400).
     pub async fn start(assertion: &str, key: &[u8], lifetime_secs: u64) -> TokenEndpoint {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
-        let server_key = rcgen::KeyPair::generate().unwrap();
-        let server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        let server = server_params.signed_by(&server_key, &ca).unwrap();
-        let mut ca_file = tempfile::NamedTempFile::new().unwrap();
-        ca_file.write_all(ca.pem().as_bytes()).unwrap();
-
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![server.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (ca_file, acceptor) = loopback_tls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let grants = Arc::new(Mutex::new(Vec::new()));
@@ -79,6 +60,50 @@ impl TokenEndpoint {
         });
         TokenEndpoint { url, ca_file, grants, stop }
     }
+}
+
+/// A CA made now (as a PEM file) and a TLS acceptor with a certificate it signed for
+/// `127.0.0.1`.
+pub fn loopback_tls() -> (tempfile::NamedTempFile, tokio_rustls::TlsAcceptor) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let server = server_params.signed_by(&server_key, &ca).unwrap();
+    let mut ca_file = tempfile::NamedTempFile::new().unwrap();
+    ca_file.write_all(ca.pem().as_bytes()).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+    (ca_file, tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// TLS on loopback in front of `upstream` (the Service Bus stand-in speaks plain AMQP):
+/// each connection's TLS is ended here and its bytes copied both ways. Its address, and
+/// the CA file that trusts it.
+pub async fn tls_proxy(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, tempfile::NamedTempFile) {
+    let (ca_file, acceptor) = loopback_tls();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, ca_file)
 }
 
 impl Drop for TokenEndpoint {
