@@ -59,6 +59,15 @@ def expect_empty(receiver, what):
     expect(not messages, f"{what}: received {[str(m) for m in messages]}")
 
 
+def wait_past(instant, limit_secs=30):
+    """Waits until the wall clock has passed INSTANT (an aware datetime, e.g. a lock's end):
+    the condition a lock test needs, looked at every 50 ms, for at most LIMIT_SECS."""
+    give_up = time.monotonic() + limit_secs
+    while datetime.datetime.now(datetime.timezone.utc) <= instant:
+        expect(time.monotonic() < give_up, f"the clock did not pass {instant} within {limit_secs} s")
+        time.sleep(0.05)
+
+
 def expect_dead_letter(client, queue, message_id, reason, description=None, delivery_count=None):
     """Receives the one message of QUEUE's $DeadLetterQueue, checks it and completes it."""
     with client.get_queue_receiver(queue, sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
@@ -142,11 +151,12 @@ def check_renew_message_lock(client, lock_secs):
     with client.get_queue_receiver("orders") as receiver:
         got = receive_one(receiver)
         before = got.locked_until_utc
-        time.sleep(lock_secs / 2)
+        # Renewed once half the lock is spent, so the new lock reaches half a lock past the old.
+        wait_past(before - datetime.timedelta(seconds=lock_secs / 2))
         after = receiver.renew_message_lock(got)
         expect(after > before, f"renewed lock until {after}, not after {before}")
         # Past the first lock's end: the renewed lock still holds, so completing works.
-        time.sleep(lock_secs / 2 + 0.3)
+        wait_past(before)
         receiver.complete_message(got)
         expect_empty(receiver, "a message whose renewed lock was completed came back")
 
@@ -156,8 +166,8 @@ def check_lock_expiry(client, lock_secs):
         sender.send_messages(ServiceBusMessage("forgotten"))
     with client.get_queue_receiver("orders") as receiver:
         first = receive_one(receiver)
-        time.sleep(lock_secs + 0.3)
-        again = receive_one(receiver)
+        # The message comes back once its lock has expired: wait for it, a lock and more.
+        again = receive_one(receiver, wait=lock_secs + 10)
         expect(again.sequence_number == first.sequence_number, "a different message after the lock expired")
         expect(again.delivery_count == first.delivery_count + 1, f"delivery_count {first.delivery_count} -> {again.delivery_count}")
         try:
@@ -178,7 +188,7 @@ def check_max_delivery_count(client, _lock_secs):
     expect_dead_letter(client, "retries", "fails-1", "MaxDeliveryCountExceeded", delivery_count=2)
 
 
-def check_sessions(client, lock_secs):
+def check_sessions(client, _lock_secs):
     with client.get_queue_sender("sessions") as sender:
         sender.send_messages([ServiceBusMessage("a1", session_id="s-a"), ServiceBusMessage("b1", session_id="s-b")])
         sender.send_messages(ServiceBusMessage("a2", session_id="s-a"))
@@ -187,7 +197,6 @@ def check_sessions(client, lock_secs):
         expect(session.session_id == "s-a", f"session_id {session.session_id!r}")
         before = session.locked_until_utc
         expect(before is not None, "no session locked_until_utc from the attach")
-        time.sleep(lock_secs / 2)
         after = session.renew_lock()
         expect(after > before, f"session lock renewed until {after}, not after {before}")
         bodies = []
@@ -213,14 +222,15 @@ def check_sessions(client, lock_secs):
 
 def check_ttl(client, _lock_secs):
     ttl = datetime.timedelta(seconds=1)
-    for queue in ["expiring", "dropping"]:
+    # `dropping` first: once `expiring`'s message has expired, so has the earlier one.
+    for queue in ["dropping", "expiring"]:
         with client.get_queue_sender(queue) as sender:
             sender.send_messages(ServiceBusMessage("short-lived", message_id=f"ttl-{queue}", time_to_live=ttl))
-    time.sleep(1.3)
+    # Waits (receive_one's bound) for the expired message to reach the dead-letter queue.
+    expect_dead_letter(client, "expiring", "ttl-expiring", "TTLExpiredException")
     for queue in ["expiring", "dropping"]:
         with client.get_queue_receiver(queue) as receiver:
             expect_empty(receiver, f"an expired message was received from {queue}")
-    expect_dead_letter(client, "expiring", "ttl-expiring", "TTLExpiredException")
     with client.get_queue_receiver("dropping", sub_queue=ServiceBusSubQueue.DEAD_LETTER) as dlq:
         expect_empty(dlq, "dropping dead-lettered an expired message")
 

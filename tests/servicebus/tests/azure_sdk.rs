@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::support::{stand_in_locked, KEY_NAME};
 
-/// The locks of `orders` and `sessions` here. The script renews a lock halfway through it,
-/// and the SDK opens its `$management` link for that on first use (about a second on an idle
-/// machine): 6 s leaves the renewal room under CI's load, where 2 s did not.
+/// The locks of `orders` and `sessions` here. The script renews a lock once half of it is
+/// spent, and the SDK opens its `$management` link for that on first use (about a second on
+/// an idle machine): 6 s leaves the renewal room under CI's load, where 2 s did not.
 const LOCK: Duration = Duration::from_secs(6);
 
 /// The script's checks; the verdict must name each, so a check that did not run fails.
