@@ -24,6 +24,7 @@ pub mod amqp;
 pub mod amqp1;
 pub mod embedded;
 pub mod metrics;
+mod pending;
 pub mod transport;
 
 use std::time::Instant;

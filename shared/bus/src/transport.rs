@@ -43,6 +43,9 @@ pub trait Transport: Send + Sync + 'static {
     /// processes need a broker).
     fn in_process(&self) -> bool;
 
+    /// OpenTelemetry's `messaging.system`, as its requester says it.
+    fn messaging_system(&self) -> &'static str;
+
     /// Messages ready in `queue`, not yet delivered to a consumer, as the bus says now;
     /// `None` when it cannot say (not connected, no such queue). The embedded bus has one
     /// queue for every model, so its depth is that queue's.
@@ -189,6 +192,10 @@ impl Transport for EmbeddedBus {
         true
     }
 
+    fn messaging_system(&self) -> &'static str {
+        Requester::messaging_system(self)
+    }
+
     async fn queue_depth(&self, _queue: &str) -> Option<u64> {
         Some(self.depth(&self.request_queue()) as u64)
     }
@@ -214,6 +221,10 @@ impl Transport for AmqpBus {
 
     fn in_process(&self) -> bool {
         false
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        Requester::messaging_system(self)
     }
 
     async fn queue_depth(&self, queue: &str) -> Option<u64> {

@@ -217,7 +217,7 @@ async fn handle(delivery: &Delivery, scoring: &Scoring) -> Answer {
 fn consumer_span(delivery: &Delivery, request: &Request, transport: &dyn Transport) -> tracing::Span {
     let queue = transport.queue_for(&request.model, request.model_version.as_deref());
     // `rfleet_embedded`, `rabbitmq` or `servicebus`, as the transport says.
-    let system = transport.requester().messaging_system();
+    let system = transport.messaging_system();
     tracing::info_span!(
         "process",
         "otel.name" = format!("process {queue}"),

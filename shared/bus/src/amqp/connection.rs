@@ -101,7 +101,7 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
 /// Waits between tries to connect or to subscribe: exponential from 100 ms, jittered so
 /// that a fleet that lost its broker together does not come back in step, and under 2 s
 /// (backon's jitter adds up to the delay again, so the cap is 1 s). It never gives up.
-pub(super) fn reconnect_backoff() -> ExponentialBuilder {
+pub(crate) fn reconnect_backoff() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(1))

@@ -102,6 +102,7 @@
 
 mod announcements;
 mod connection;
+pub(crate) use connection::reconnect_backoff;
 mod consume;
 mod publish;
 #[cfg(test)]
@@ -109,7 +110,7 @@ mod reconnect_tests;
 pub(crate) mod tls;
 mod topology;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -195,7 +196,7 @@ struct Inner {
     /// This bus's reply queue; fixed for its lifetime (see the module docs on naming).
     reply_queue: String,
     /// Callers waiting for a reply, by correlation id.
-    pending: Mutex<HashMap<String, publish::ReplyTx>>,
+    pending: crate::pending::Pending,
     /// Request queues declared on the current connection (the dispatcher's lazy declare).
     declared: Mutex<HashSet<String>>,
     /// Bumped each time the connection is lost, so a call that published just before can
@@ -217,7 +218,7 @@ impl AmqpBus {
             tasks: TaskTracker::new(),
             session,
             reply_queue: format!("rfleet.reply.{}", uuid::Uuid::new_v4().simple()),
-            pending: Mutex::default(),
+            pending: crate::pending::Pending::default(),
             declared: Mutex::default(),
             losses: AtomicU64::new(0),
         });
@@ -369,12 +370,9 @@ impl Inner {
         let was_up = self.session.send_replace(None).is_some();
         self.losses.fetch_add(1, Ordering::SeqCst);
         self.declared.lock().clear();
-        let pending: Vec<_> = self.pending.lock().drain().collect();
-        if was_up || !pending.is_empty() {
-            tracing::warn!(reason, failed_calls = pending.len(), "broker connection down");
-        }
-        for (_, reply_tx) in pending {
-            let _ = reply_tx.send(Err(unavailable(format!("lost the broker connection ({reason})"))));
+        let failed_calls = self.pending.fail_all(|| unavailable(format!("lost the broker connection ({reason})")));
+        if was_up || failed_calls > 0 {
+            tracing::warn!(reason, failed_calls, "broker connection down");
         }
     }
 }

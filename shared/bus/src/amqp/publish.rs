@@ -10,14 +10,10 @@ use futures::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{bounded, unavailable, AmqpBus, Inner};
 use crate::{metrics, BusError, Outgoing, Requester, TRACEPARENT_HEADER};
-
-/// Where a waiting caller's reply (or the reason it will never come) goes.
-pub(super) type ReplyTx = oneshot::Sender<Result<Vec<u8>, BusError>>;
 
 /// The longest `expiration` RabbitMQ takes (its `MAX_EXPIRY_TIMER`, 2^32 - 1 ms, about 49
 /// days): a longer one is refused by closing the channel, the shared publisher's included.
@@ -50,19 +46,6 @@ pub(super) async fn publish(
     }
 }
 
-/// Removes the pending entry when the caller stops waiting (deadline, error or
-/// cancellation), so a reply that comes later finds nobody and is dropped.
-struct PendingGuard<'a> {
-    inner: &'a Inner,
-    correlation_id: &'a str,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.inner.pending.lock().remove(self.correlation_id);
-    }
-}
-
 #[async_trait]
 impl Requester for AmqpBus {
     async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
@@ -72,15 +55,7 @@ impl Requester for AmqpBus {
         let losses = inner.losses.load(Ordering::SeqCst);
         let correlation_id = message.correlation_id;
         let queue = message.queue;
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = inner.pending.lock();
-            if pending.contains_key(&correlation_id) {
-                return Err(BusError::DuplicateId(correlation_id));
-            }
-            pending.insert(correlation_id.clone(), reply_tx);
-        }
-        let _guard = PendingGuard { inner, correlation_id: &correlation_id };
+        let registered = inner.pending.register(&correlation_id)?;
         let publishing = async {
             inner.declare_request_queue(&session, &queue).await?;
             let mut properties = BasicProperties::default()
@@ -110,26 +85,13 @@ impl Requester for AmqpBus {
             }
             published
         };
-        let started = Instant::now();
-        let published = match tokio::time::timeout_at(deadline.into(), publishing).await {
-            Ok(published) => published,
-            Err(_) => Err(BusError::DeadlineExceeded),
-        };
-        metrics::published(metrics::AMQP, &published, started.elapsed());
-        if let Err(error) = published {
-            tracing::debug!(%queue, %correlation_id, %error, "publishing request failed");
-            return Err(error);
-        }
         // The connection dropped between our look at it and the confirm: the reply, if
         // any, went to a reply queue that no longer exists.
-        if inner.losses.load(Ordering::SeqCst) != losses {
-            return Err(unavailable("lost the broker connection while publishing"));
-        }
-        match tokio::time::timeout_at(deadline.into(), reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(unavailable("the bus shut down")),
-            Err(_) => Err(BusError::DeadlineExceeded),
-        }
+        let lost = || {
+            (inner.losses.load(Ordering::SeqCst) != losses)
+                .then(|| unavailable("lost the broker connection while publishing"))
+        };
+        registered.publish_and_await(metrics::AMQP, &queue, deadline, publishing, lost).await
     }
 
     fn queue_for(&self, model: &str, version: Option<&str>) -> String {
@@ -166,7 +128,7 @@ pub(super) async fn route_replies(inner: Weak<Inner>, mut replies: lapin::Consum
             tracing::debug!("dropping reply without correlation id");
             continue;
         };
-        let waiter = inner.pending.lock().remove(&correlation_id);
+        let waiter = inner.pending.take(&correlation_id);
         match waiter {
             Some(reply_tx) => {
                 let _ = reply_tx.send(Ok(reply.data));

@@ -7,19 +7,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, Retryable};
 use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::messaging::{Data, Message, Outcome, Target, TerminusDurability};
 use fe2o3_amqp::{Connection, Sender, Session as AmqpSession};
+use fe2o3_amqp_management::client::MgmtClient;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use fe2o3_amqp_management::client::MgmtClient;
-
 use super::servicebus::{self, Cbs};
 use super::{bounded, publish, unavailable, Credentials, Inner};
+// The 0-9-1 transport's: exponential from 100 ms, jittered, under 2 s, never giving up.
+use crate::amqp::reconnect_backoff;
 use crate::{metrics, BusError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -150,15 +151,6 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         }
     }
     inner.mark_down("shutting down");
-}
-
-/// Exponential from 100 ms, jittered, under 2 s, never giving up (as the 0-9-1 transport).
-pub(super) fn reconnect_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(1))
-        .with_jitter()
-        .without_max_times()
 }
 
 /// One try: TCP, SASL, `open`, `begin`, and the reply link with its router.

@@ -149,13 +149,11 @@ mod message;
 mod publish;
 pub mod servicebus;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -358,7 +356,7 @@ struct Inner {
     session: watch::Sender<Option<Arc<Session>>>,
     /// This bus's reply address (the `reply-to` of its requests); fixed for its lifetime.
     reply_address: String,
-    pending: Mutex<HashMap<String, publish::ReplyTx>>,
+    pending: crate::pending::Pending,
     /// Bumped each time the connection is lost.
     losses: AtomicU64,
 }
@@ -381,7 +379,7 @@ impl Amqp1Bus {
             links: TaskTracker::new(),
             session,
             reply_address,
-            pending: Mutex::default(),
+            pending: crate::pending::Pending::default(),
             losses: AtomicU64::new(0),
         });
         inner.tasks.spawn(connection::supervise(inner.clone()));
@@ -467,12 +465,9 @@ impl Inner {
     fn mark_down(&self, reason: &str) {
         let was_up = self.session.send_replace(None).is_some();
         self.losses.fetch_add(1, Ordering::SeqCst);
-        let pending: Vec<_> = self.pending.lock().drain().collect();
-        if was_up || !pending.is_empty() {
-            tracing::warn!(reason, failed_calls = pending.len(), "amqp 1.0 connection down");
-        }
-        for (_, reply_tx) in pending {
-            let _ = reply_tx.send(Err(unavailable(format!("lost the amqp 1.0 connection ({reason})"))));
+        let failed_calls = self.pending.fail_all(|| unavailable(format!("lost the amqp 1.0 connection ({reason})")));
+        if was_up || failed_calls > 0 {
+            tracing::warn!(reason, failed_calls, "amqp 1.0 connection down");
         }
     }
 }
@@ -526,6 +521,10 @@ impl Transport for Amqp1Bus {
 
     fn in_process(&self) -> bool {
         false
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        Requester::messaging_system(self)
     }
 
     /// `None`: see the module docs, "Queue depth".

@@ -11,26 +11,11 @@ use fe2o3_amqp::types::definitions::{ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, FilterSet, Source};
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::servicebus::SESSION_FILTER;
 use super::{bounded, message, unavailable, Amqp1Bus, Dialect, Inner};
 use crate::{metrics, BusError, Outgoing, Requester};
-
-pub(super) type ReplyTx = oneshot::Sender<Result<Vec<u8>, BusError>>;
-
-/// Removes the pending entry when the caller stops waiting, so a later reply is dropped.
-struct PendingGuard<'a> {
-    inner: &'a Inner,
-    correlation_id: &'a str,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.inner.pending.lock().remove(self.correlation_id);
-    }
-}
 
 /// Attaches this bus's reply link. Broker: its private `amq.direct` key. Service Bus: the
 /// session `group` of the reply queue, received and deleted (a reply nobody waits for any
@@ -80,7 +65,7 @@ pub(super) async fn route_replies(inner: Weak<Inner>, mut replies: Receiver, los
         };
         let _ = replies.accept(&reply).await;
         let correlation_id = message::correlation_id(reply.message().properties.as_ref());
-        let waiter = correlation_id.as_ref().and_then(|id| inner.pending.lock().remove(id));
+        let waiter = correlation_id.as_ref().and_then(|id| inner.pending.take(id));
         match waiter {
             Some(reply_tx) => {
                 let _ = reply_tx.send(Ok(message::body_bytes(reply.into_body())));
@@ -101,35 +86,16 @@ impl Requester for Amqp1Bus {
         let session = inner.current()?;
         let losses = inner.losses.load(Ordering::SeqCst);
         let correlation_id = outgoing.correlation_id.clone();
-        let (reply_tx, reply_rx) = oneshot::channel();
-        {
-            let mut pending = inner.pending.lock();
-            if pending.contains_key(&correlation_id) {
-                return Err(BusError::DuplicateId(correlation_id));
-            }
-            pending.insert(correlation_id.clone(), reply_tx);
-        }
-        let _guard = PendingGuard { inner, correlation_id: &correlation_id };
+        let registered = inner.pending.register(&correlation_id)?;
         let address = inner.queue_address(&outgoing.queue);
         let request = message::request(&outgoing, &inner.reply_address, session.reply_group.as_deref());
-        let started = Instant::now();
-        let published = match tokio::time::timeout_at(deadline.into(), session.send(&address, request)).await {
-            Ok(published) => published,
-            Err(_) => Err(BusError::DeadlineExceeded),
+        let lost = || {
+            (inner.losses.load(Ordering::SeqCst) != losses)
+                .then(|| unavailable("lost the amqp 1.0 connection while sending"))
         };
-        metrics::published(metrics::AMQP1, &published, started.elapsed());
-        if let Err(error) = published {
-            tracing::debug!(queue = %outgoing.queue, %correlation_id, %error, "sending request failed");
-            return Err(error);
-        }
-        if inner.losses.load(Ordering::SeqCst) != losses {
-            return Err(unavailable("lost the amqp 1.0 connection while sending"));
-        }
-        match tokio::time::timeout_at(deadline.into(), reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(unavailable("the bus shut down")),
-            Err(_) => Err(BusError::DeadlineExceeded),
-        }
+        registered
+            .publish_and_await(metrics::AMQP1, &outgoing.queue, deadline, session.send(&address, request), lost)
+            .await
     }
 
     fn queue_for(&self, model: &str, version: Option<&str>) -> String {

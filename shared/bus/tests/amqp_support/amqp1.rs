@@ -76,20 +76,12 @@ impl Amqp1Broker {
 
     /// Messages ready in `queue`; `None` while it does not exist.
     pub async fn message_count(&self, queue: &str) -> Option<u32> {
-        let channel = self.raw.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
-        let _ = channel.close(200, "done".into()).await;
-        Some(declared.message_count())
+        Some(super::passive_declare(&self.raw, queue).await?.message_count())
     }
 
     /// Consumers of `queue`; `None` while it does not exist.
     pub async fn consumer_count(&self, queue: &str) -> Option<u32> {
-        let channel = self.raw.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
-        let _ = channel.close(200, "done".into()).await;
-        Some(declared.consumer_count())
+        Some(super::passive_declare(&self.raw, queue).await?.consumer_count())
     }
 
     /// Sets a RabbitMQ policy on this test's queues (`rabbitmqctl`: AMQP cannot), cleared

@@ -34,6 +34,16 @@ pub async fn wait_for<T>(limit: Duration, what: &str, mut check: impl AsyncFnMut
     }
 }
 
+/// `queue` as the broker has it (a passive declare); `None` while it does not exist. A
+/// passive declare of a missing queue closes its channel: one channel per question.
+pub async fn passive_declare(raw: &Connection, queue: &str) -> Option<lapin::Queue> {
+    let channel = raw.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
+    let _ = channel.close(200, "done".into()).await;
+    Some(declared)
+}
+
 /// The broker the tests use: the local one unless `RFLEET_TEST_AMQP_URL` says otherwise.
 pub fn url() -> String {
     std::env::var("RFLEET_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -125,12 +135,7 @@ impl TestBroker {
     /// How many messages wait in `queue`, ready for a consumer (not those delivered and
     /// unacknowledged); `None` while nobody has declared it.
     pub async fn message_count(&self, queue: &str) -> Option<u32> {
-        // A passive declare of a missing queue closes its channel: one channel per question.
-        let channel = self.raw.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let declared = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.ok()?;
-        let _ = channel.close(200, "done".into()).await;
-        Some(declared.message_count())
+        Some(passive_declare(&self.raw, queue).await?.message_count())
     }
 
     /// Takes one message from the dead-letter queue, if any.
