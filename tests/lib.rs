@@ -448,22 +448,13 @@ impl Fleet {
     /// and, for a model with a version, its version queue (as `bus::amqp1::servicebus::
     /// entity_name` names them). Service Bus has no queues but those made beforehand.
     pub fn servicebus_queues(prefix: &str) -> Vec<String> {
-        let mut queues = Vec::new();
-        for entry in std::fs::read_dir(fixtures().join("models")).expect("the fixture models").flatten() {
-            let toml = std::fs::read_to_string(entry.path().join("model.toml")).unwrap_or_default();
-            let field = |key: &str| {
-                toml.lines().find_map(|line| {
-                    let value = line.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
-                    Some(value.trim_matches('"').to_string())
-                })
-            };
-            let name = field("name").unwrap_or_else(|| entry.file_name().to_string_lossy().into_owned());
-            queues.push(bus::amqp1::servicebus::entity_name(prefix, &name, None));
-            if let Some(version) = field("version") {
-                queues.push(bus::amqp1::servicebus::entity_name(prefix, &name, Some(&version)));
-            }
-        }
-        queues
+        fixture_models()
+            .into_iter()
+            .flat_map(|(name, version)| {
+                let versioned = version.map(|v| bus::amqp1::servicebus::entity_name(prefix, &name, Some(&v)));
+                [Some(bus::amqp1::servicebus::entity_name(prefix, &name, None)), versioned].into_iter().flatten()
+            })
+            .collect()
     }
 
     pub fn queue_prefix(&self) -> String {
@@ -569,20 +560,39 @@ impl Drop for Fleet {
 impl Fleet {
     /// The request queues of the fixture models and the dead-letter queue.
     fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = std::fs::read_dir(fixtures().join("models"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| format!("{}{}", self.queue_prefix(), e.file_name().to_string_lossy()))
-                    .collect()
+        let prefix = self.queue_prefix();
+        let mut queues: Vec<String> = fixture_models()
+            .into_iter()
+            .flat_map(|(name, version)| {
+                let versioned = version.map(|v| bus::amqp::queue_name(&prefix, &name, Some(&v)));
+                [Some(bus::amqp::queue_name(&prefix, &name, None)), versioned].into_iter().flatten()
             })
-            .unwrap_or_default();
+            .collect();
         // The version queues of `Versions`' rf_reg.
         queues.extend((1..=3).map(|v| format!("{}rf_reg@{v}", self.queue_prefix())));
         queues.extend(self.extra_queues.lock().unwrap().iter().cloned());
         queues.push(self.dead_letter_queue());
         queues
     }
+}
+
+/// The fixture models' names and versions, from their `model.toml` (a package without a
+/// `name` is named after its directory).
+fn fixture_models() -> Vec<(String, Option<String>)> {
+    let Ok(entries) = std::fs::read_dir(fixtures().join("models")) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|entry| {
+            let toml = std::fs::read_to_string(entry.path().join("model.toml")).unwrap_or_default();
+            let field = |key: &str| {
+                toml.lines().find_map(|line| {
+                    let value = line.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim();
+                    Some(value.trim_matches('"').to_string())
+                })
+            };
+            (field("name").unwrap_or_else(|| entry.file_name().to_string_lossy().into_owned()), field("version"))
+        })
+        .collect()
 }
 
 impl Server {
