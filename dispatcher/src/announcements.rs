@@ -48,6 +48,7 @@ mod tests {
             schema: None,
             predict_type: None,
             forest: None,
+            engine: None,
         };
         let announcement = Announcement {
             version: PROTOCOL_VERSION,

@@ -276,6 +276,7 @@ mod tests {
             schema: None,
             predict_type: None,
             forest: None,
+            engine: None,
         }
     }
 

@@ -650,6 +650,7 @@ mod tests {
             }),
             predict_type: Some("response".into()),
             forest: Some(ForestInfo { n_trees: 10, classes: None }),
+            engine: None,
         }
     }
 

@@ -14,7 +14,7 @@ use axum::Json;
 use bus::ContentType;
 use protocol::json::predictions_to_json;
 use protocol::message::SplitPolicy;
-use protocol::{ErrorCode, Options};
+use protocol::{Engine, ErrorCode, Options};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -34,13 +34,15 @@ pub struct ScoreQuery {
     /// `?split=never|auto|always`: whether the worker may split this request across its
     /// R hosts (default: the model's policy).
     pub split: Option<SplitPolicy>,
+    /// `?engine=auto|r|native`: which engine scores it (default: the model's `engine`).
+    pub engine: Option<Engine>,
 }
 
 impl ScoreQuery {
     /// The options a scoring URL sets.
     pub fn options(query: Result<Query<ScoreQuery>, QueryRejection>) -> Result<Options, ApiError> {
         let Query(query) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-        Ok(Options { predict_type: query.predict_type, split: query.split })
+        Ok(Options { predict_type: query.predict_type, split: query.split, engine: query.engine })
     }
 }
 

@@ -163,6 +163,7 @@ fn rf_reg(version: &str) -> ModelInfo {
         }),
         predict_type: None,
         forest: None,
+        engine: None,
     }
 }
 
@@ -175,6 +176,7 @@ fn models() -> Vec<ModelInfo> {
         schema,
         predict_type: None,
         forest: None,
+        engine: None,
     };
     let iris = Schema {
         columns: vec![

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::message::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef, WireError};
+use crate::native::{Engine, NativeLoad};
 use crate::{Frame, Schema};
 
 /// The file descriptor of the supervisor channel in an R host process.
@@ -31,6 +32,9 @@ pub struct ModelSpec {
     pub schema: Option<Schema>,
     /// `model.toml`'s `predict_type`.
     pub predict_type: Option<String>,
+    /// `model.toml`'s `engine`: with `r` the host extracts no native forest.
+    #[serde(default)]
+    pub engine: Engine,
 }
 
 impl ModelSpec {
@@ -88,6 +92,10 @@ pub enum FromHost {
         /// host that does not say).
         #[serde(default)]
         load_us: Vec<u64>,
+        /// What became of each of `models`' native forest, in the same order (empty from
+        /// a host that does not say).
+        #[serde(default)]
+        native: Vec<NativeLoad>,
     },
     /// The host cannot serve at all (R did not start, the prelude failed).
     LoadFailed { message: String },

@@ -8,6 +8,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::frame::Frame;
+pub use crate::native::{Algorithm, Engine};
 use crate::schema::Schema;
 
 /// The version this build writes. Workers answer other versions with `unsupported_version`.
@@ -58,6 +59,11 @@ pub struct Options {
     /// model's policy applies (`model.toml`, else the worker's `split` setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitPolicy>,
+    /// Which engine scores it (`?engine=`); when absent the model's choice applies
+    /// (`model.toml`'s `engine`, by default `auto`). `native` for a model or a `type` the
+    /// native engine cannot serve is answered `invalid_input`, never sent to R.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
 }
 
 /// When a worker splits one request across several R hosts (by rows, or for a random
@@ -277,6 +283,62 @@ pub struct ModelInfo {
     /// hosts and combined exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forest: Option<ForestInfo>,
+    /// Which engine scores it, and what the native engine made of it; `None` from workers
+    /// older than the native engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineStatus>,
+}
+
+/// A model's engines as its worker serves it (`GET /models`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// `model.toml`'s `engine`.
+    pub configured: Engine,
+    /// What a request without `?engine=` gets now: `native` or `r` (for a `type` the
+    /// native engine answers; any other goes to R).
+    pub serving: Engine,
+    /// The native forest, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<NativeSummary>,
+    /// The check at load that R and the native engine agree, once it has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_check: Option<SelfCheck>,
+    /// Why the model is served by R (no native forest, a failed self-check, one still
+    /// running), for people reading `GET /models` and the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A native forest's size and origin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NativeSummary {
+    pub algorithm: Algorithm,
+    pub trees: u32,
+    pub nodes: u64,
+    /// What the compiled forest holds in the worker's memory, once per worker process.
+    pub bytes: u64,
+    pub bytes_per_node: f64,
+    /// The `type`s it answers (`response`, `prob`, ...).
+    pub types: Vec<String>,
+    /// True when this load extracted it from R, false when it came from the cache.
+    pub extracted: bool,
+}
+
+/// The self-check at load: rows scored by R and by the native engine, compared bit for bit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfCheck {
+    pub passed: bool,
+    /// Rows compared, per `type`.
+    pub rows: u32,
+    pub types: Vec<String>,
+    /// Values that differ (ties excepted).
+    pub mismatches: u32,
+    /// Rows whose class is a tie of votes, which R breaks at random: the native label may
+    /// differ there, and such a difference is not a mismatch.
+    pub ties: u32,
+    /// What differed first, or why the check could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What forest splitting needs to know about a model.

@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 
 use protocol::host::{FromHost, HostOutput, ModelSpec, Phases, ToHost};
+use protocol::native::{NativeInput, NativeOutput, NativeTree};
+use protocol::{Algorithm, Engine, EngineStatus, NativeForest, NativeLoad, NativeSummary, SelfCheck};
 use protocol::{
     Column, ColumnData, ColumnSpec, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelKind,
     ModelRef, Options, Outcome, Reply, Request, Schema, Timings, PROTOCOL_VERSION,
@@ -39,7 +41,7 @@ fn request() -> Request {
         model: "mtcars".into(),
         model_version: Some("1".into()),
         deadline_ms: Some(1_790_000_000_000),
-        options: Options { predict_type: Some("response".into()), split: None },
+        options: Options { predict_type: Some("response".into()), split: None, engine: None },
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         request_id: Some("client-42".into()),
         input: Input::Frame(input_frame()),
@@ -96,6 +98,69 @@ fn model_info() -> ModelInfo {
         }),
         predict_type: None,
         forest: None,
+        engine: Some(EngineStatus {
+            configured: Engine::Auto,
+            serving: Engine::Native,
+            native: Some(NativeSummary {
+                algorithm: Algorithm::RandomForest,
+                trees: 500,
+                nodes: 41_250,
+                bytes: 990_000,
+                bytes_per_node: 24.0,
+                types: vec!["response".into()],
+                extracted: false,
+            }),
+            self_check: Some(SelfCheck {
+                passed: true,
+                rows: 256,
+                types: vec!["response".into()],
+                mismatches: 0,
+                ties: 0,
+                message: None,
+            }),
+            reason: None,
+        }),
+    }
+}
+
+/// A two-tree gbm: a numeric split with a missing branch, a categorical split.
+fn native_forest() -> NativeForest {
+    NativeForest {
+        format: protocol::native::NATIVE_FORMAT,
+        algorithm: Algorithm::Gbm,
+        package_version: "2.1.8.1".into(),
+        inputs: vec![
+            NativeInput { name: "wt".into(), levels: None, categorical: false, code_base: 0 },
+            NativeInput {
+                name: "gear".into(),
+                levels: Some(vec!["3".into(), "4".into(), "5".into()]),
+                categorical: true,
+                code_base: 0,
+            },
+        ],
+        trees: vec![
+            NativeTree {
+                var: vec![0, -1, -1, -1],
+                split: vec![3.25, 0.0, 0.0, 0.0],
+                left: vec![1, 0, 0, 0],
+                right: vec![2, 0, 0, 0],
+                missing: vec![3, 0, 0, 0],
+                value: vec![0.0, 1.5, -0.5, 0.25],
+                distribution: Vec::new(),
+                sets: Vec::new(),
+            },
+            NativeTree {
+                var: vec![1, -1, -1, -1],
+                split: vec![0.0, 0.0, 0.0, 0.0],
+                left: vec![1, 0, 0, 0],
+                right: vec![2, 0, 0, 0],
+                missing: vec![3, 0, 0, 0],
+                value: vec![0.0, 0.125, -0.125, 0.0],
+                distribution: Vec::new(),
+                sets: vec![vec![-1, 1, 0]],
+            },
+        ],
+        output: NativeOutput::Boosted { init: 20.0625, distribution: "gaussian".into() },
     }
 }
 
@@ -118,6 +183,7 @@ fn golden_vectors() {
     check("reply_predictions", reply());
     check("reply_error", error_reply());
     check("model_info", model_info());
+    check("native_forest", native_forest());
     check(
         "announcement",
         protocol::Announcement {
@@ -153,6 +219,7 @@ fn golden_vectors() {
                 dir: "/models/mtcars".into(),
                 schema: None,
                 predict_type: None,
+                engine: Engine::Auto,
             }],
         },
     );
@@ -168,6 +235,10 @@ fn golden_vectors() {
                 message: "model 'churn': no model.rds".into(),
             }],
             load_us: vec![250_000],
+            native: vec![NativeLoad::Ready {
+                path: "/models/mtcars/.rfleet/native-0123abcd.msgpack".into(),
+                extracted: true,
+            }],
         },
     );
     check(

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use protocol::message::SplitPolicy;
+use protocol::Engine;
 use protocol::{ColumnSpec, Schema};
 use serde::Deserialize;
 
@@ -28,6 +29,10 @@ pub struct Manifest {
     pub max_batch_wait_ms: Option<u64>,
     /// Overrides `[workers] split_min_rows`.
     pub split_min_rows: Option<usize>,
+    /// Which engine scores the model: `auto` (the default: native once its self-check at
+    /// load passed, else R), `r`, or `native`.
+    #[serde(default)]
+    pub engine: Engine,
     /// What the worker's metrics record of this model's answers.
     #[serde(default)]
     pub metrics: ManifestMetrics,

@@ -176,6 +176,7 @@ fn run() -> anyhow::Result<()> {
         models: models.infos(),
         failed,
         load_us: models.load_us(),
+        native: Vec::new(),
     };
     write_message(&mut writer, &ready).context("cannot send ready")?;
     serve(models, &mut reader, &mut writer)

@@ -309,6 +309,7 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
             schema,
             predict_type,
             forest: forest_info,
+            engine: None,
         },
         label,
         scorer,

@@ -35,6 +35,7 @@ fn spec(dir: &Path) -> ModelSpec {
         dir: dir.to_path_buf(),
         schema: manifest.schema(),
         predict_type: manifest.predict_type.clone(),
+        engine: manifest.engine,
     }
 }
 
@@ -108,7 +109,7 @@ impl Host {
     /// that failed.
     fn start_some(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, Vec<ModelInfo>, Vec<LoadFailure>) {
         match Host::start_with(models, stdout) {
-            (host, FromHost::Ready { pid, r_version, models, failed, load_us }) => {
+            (host, FromHost::Ready { pid, r_version, models, failed, load_us, .. }) => {
                 assert_eq!(pid, host.child.id());
                 assert_eq!(load_us.len(), models.len(), "a load time per model loaded");
                 assert!(r_version.starts_with("4."), "r_version {r_version:?}");

@@ -489,6 +489,7 @@ mod tests {
             schema: None,
             predict_type: None,
             forest: None,
+            engine: None,
         };
         let served = [info("rf_reg", Some("2")), info("rf_reg", Some("1")), info("cls", None), info("mixed", None)];
         let check = |name: &str, version: Option<&str>, served: &[ModelInfo], expected: &str| {

@@ -150,6 +150,7 @@ pub fn discover(dir: &Path) -> Result<Discovered, DiscoverError> {
             schema: manifest.schema(),
             predict_type: manifest.predict_type.clone(),
             dir: package.clone(),
+            engine: manifest.engine,
         };
         discovered.packages.push(ModelPackage { spec, manifest, fingerprint });
     }

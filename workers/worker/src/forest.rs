@@ -295,6 +295,7 @@ mod tests {
             schema: None,
             predict_type: None,
             forest: Some(ForestInfo { n_trees: 10, classes }),
+            engine: None,
         };
         let check = |model: &ModelInfo, predict_type: Option<&str>, expected: Option<ForestOutput>| {
             assert_eq!(ForestOutput::of(model, predict_type), expected, "{:?} {predict_type:?}", model.r_class)

@@ -334,6 +334,7 @@ pub(crate) mod tests {
             schema: None,
             predict_type: None,
             forest: n_trees.map(|n_trees| ForestInfo { n_trees, classes: None }),
+            engine: None,
         };
         Arc::new(ServedModel::new(info, throughput, None))
     }

@@ -107,7 +107,7 @@ async fn score(bus: &EmbeddedBus, id: &str, x: &[f64], split: Option<SplitPolicy
         model: "faulty".into(),
         model_version: None,
         deadline_ms: None,
-        options: Options { predict_type: None, split },
+        options: Options { predict_type: None, split, engine: None },
         traceparent: None,
         request_id: None,
         input: Input::Frame(frame),
