@@ -272,6 +272,12 @@ impl ServerOptions {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(if self.capture_logs { Stdio::piped() } else { Stdio::inherit() });
+        // R's own `predict` unless a test asks for the native engine: the suites check what
+        // R does (its batches, splits, hosts and metrics); `suite/native.rs` checks the
+        // native engine against it.
+        if !self.env.iter().any(|(key, _)| key == "RFLEET_WORKERS__ENGINE") {
+            command.env("RFLEET_WORKERS__ENGINE", "r");
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }

@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use protocol::message::SplitPolicy;
-use protocol::{ColumnSpec, ColumnType, ModelInfo, ModelKind};
+use protocol::{ColumnSpec, ColumnType, Engine, ModelInfo, ModelKind};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use utoipa::openapi::schema::Schema;
@@ -172,6 +172,12 @@ pub struct ModelDescription {
     /// `{"n_trees", "classes"}` for random forests.
     #[schema(value_type = Option<Object>)]
     pub forest: Option<Value>,
+    /// Which engine scores it: `{"configured", "serving"}` (`auto`, `r` or `native`), the
+    /// native forest `{"algorithm", "trees", "nodes", "bytes", "bytes_per_node", "types",
+    /// "extracted"}`, the load's `self_check` `{"passed", "rows", "types", "mismatches",
+    /// "ties", "message"?}`, and the `reason` R serves it when it does.
+    #[schema(value_type = Option<Object>)]
+    pub engine: Option<Value>,
     /// R hosts up in the workers serving this version that take new work.
     pub live_hosts: Option<u64>,
     /// `true` when no worker serves it now and it is kept while its fleet is scaled to zero
@@ -262,7 +268,7 @@ const ANSWER_HEADERS: &[(&str, &str, &str)] = &[
     ("x-rfleet-queue-ms", "number", "milliseconds from publishing until an R host took the request"),
     ("x-rfleet-r-ms", "number", "milliseconds inside R"),
     ("x-rfleet-attempts", "integer", "how many times the request was given to R"),
-    ("x-rfleet-path", "string", "how the worker scored it: `whole`, `batch:N`, `rows:K`, `trees:K`"),
+    ("x-rfleet-path", "string", "how the worker scored it: `native` (the native engine), or in R `whole`, `batch:N`, `rows:K`, `trees:K`"),
 ];
 
 /// The operations that take Azure ML's deployment header: those with a model but no version
@@ -288,6 +294,13 @@ fn scoring_conventions(doc: &mut Value) {
         "description": "whether the worker may split this request across its R hosts (default: the model's policy)",
         "schema": {"type": "string", "enum": splits},
     });
+    let engines: Vec<&str> = [Engine::Auto, Engine::R, Engine::Native].map(Engine::as_str).into();
+    let engine = json!({
+        "name": "engine", "in": "query", "required": false,
+        "description": "which engine scores it: `r` (R's own `predict`), `native` (the native forest engine; \
+                        a model or `type` it cannot serve is a 422) or `auto` (default: the model's `engine`)",
+        "schema": {"type": "string", "enum": engines},
+    });
     let deployment = json!({
         "name": crate::scoring::AZUREML_MODEL_DEPLOYMENT.as_str(), "in": "header", "required": false,
         "description": "Azure ML's deployment selector: the version of the model to score with (pinned, as \
@@ -304,7 +317,7 @@ fn scoring_conventions(doc: &mut Value) {
         let mut parameters = vec![deadline.clone()];
         // The Open Inference Protocol passes `type` in the body's `parameters`.
         if shape == ErrorShape::Rfleet {
-            parameters.extend([predict_type.clone(), split.clone()]);
+            parameters.extend([predict_type.clone(), split.clone(), engine.clone()]);
         }
         if DEPLOYMENT_HEADER_PATHS.contains(&path.as_str()) {
             parameters.push(deployment.clone());
@@ -650,7 +663,13 @@ mod tests {
             }),
             predict_type: Some("response".into()),
             forest: Some(ForestInfo { n_trees: 10, classes: None }),
-            engine: None,
+            engine: Some(protocol::EngineStatus {
+                configured: Engine::Auto,
+                serving: Engine::R,
+                native: None,
+                self_check: None,
+                reason: Some("the self-check has not finished".into()),
+            }),
         }
     }
 

@@ -127,6 +127,10 @@ pub struct WorkerSettings {
     /// Row splitting needs at least this many rows; below it only a random forest is split
     /// (by trees).
     pub split_min_rows: usize,
+    /// The engine of models whose `model.toml` names none: `auto` (the native engine once a
+    /// model's self-check at load has passed, else R), `r` (R only: the switch that turns
+    /// the native engine off for a whole worker), or `native`.
+    pub engine: protocol::Engine,
 }
 
 /// The message bus between dispatchers and workers.
@@ -340,6 +344,7 @@ impl Default for WorkerSettings {
             max_batch_wait_ms: 0,
             split: SplitPolicy::Auto,
             split_min_rows: 1000,
+            engine: protocol::Engine::Auto,
         }
     }
 }

@@ -29,10 +29,9 @@ pub struct Manifest {
     pub max_batch_wait_ms: Option<u64>,
     /// Overrides `[workers] split_min_rows`.
     pub split_min_rows: Option<usize>,
-    /// Which engine scores the model: `auto` (the default: native once its self-check at
-    /// load passed, else R), `r`, or `native`.
-    #[serde(default)]
-    pub engine: Engine,
+    /// Which engine scores the model: `auto` (native once its self-check at load passed,
+    /// else R), `r`, or `native`; unset, the worker's `[workers] engine` (`auto`).
+    pub engine: Option<Engine>,
     /// What the worker's metrics record of this model's answers.
     #[serde(default)]
     pub metrics: ManifestMetrics,

@@ -35,7 +35,7 @@ fn spec(dir: &Path) -> ModelSpec {
         dir: dir.to_path_buf(),
         schema: manifest.schema(),
         predict_type: manifest.predict_type.clone(),
-        engine: manifest.engine,
+        engine: manifest.engine.unwrap_or_default(),
     }
 }
 

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::engine::{self, Choice};
 use crate::metrics::{self, DeadLetter};
 use crate::pool::Pool;
 use crate::request::{PoolError, PoolRequest, ServedModel};
@@ -228,6 +229,7 @@ fn consumer_span(delivery: &Delivery, request: &Request, transport: &dyn Transpo
         "messaging.message.id" = delivery.correlation_id.as_deref().unwrap_or(""),
         "rfleet.model" = %request.model,
         "rfleet.model_version" = tracing::field::Empty,
+        "rfleet.engine" = tracing::field::Empty,
         model = %request.model,
         request_id = request.request_id.as_deref().unwrap_or(""),
         id = %request.id,
@@ -385,6 +387,32 @@ async fn score_on(
     };
     let predict_type = request.options.predict_type.clone().or_else(|| model.info.predict_type.clone());
     let model_version = model.info.version.clone();
+    if let Input::Frame(frame) = &input {
+        let answered = match model.engine.choose(request.options.engine, predict_type.as_deref()) {
+            Choice::R => None,
+            Choice::Refused(reason) => return fail(ErrorCode::InvalidInput, reason),
+            Choice::Native { explicit, .. } => match engine::predict(&model, frame, predict_type.as_deref()).await {
+                Ok(prediction) => Some(Outcome::Predictions(prediction.frame)),
+                Err(declined) if explicit => Some(Outcome::Error(protocol::ErrorBody::new(
+                    ErrorCode::InvalidInput,
+                    format!("engine=native: {declined}"),
+                ))),
+                // What the native engine leaves to R (a missing value R refuses or drops).
+                Err(_) => None,
+            },
+        };
+        if let Some(outcome) = answered {
+            let timings = Timings {
+                worker_ms: received.elapsed().as_secs_f64() * 1e3,
+                worker: worker_id.to_string(),
+                model_version,
+                path: Some(NATIVE_PATH.to_string()),
+                ..Timings::default()
+            };
+            span.record("rfleet.engine", "native");
+            return (Reply { version: PROTOCOL_VERSION, id: request.id, outcome, timings }, None);
+        }
+    }
     let pool_request =
         PoolRequest { model, input, predict_type, split: request.options.split, deadline, span, trace: Some(trace) };
     let scored = pool.score(pool_request).await;
@@ -414,6 +442,9 @@ async fn score_on(
     };
     (Reply { version: PROTOCOL_VERSION, id: request.id, outcome, timings }, wait)
 }
+
+/// `Timings::path` (`x-rfleet-path`) of a request the native engine answered.
+pub const NATIVE_PATH: &str = "native";
 
 /// Why `name` (at `version`) is not served, naming what this worker serves instead: the
 /// versions of that name when it holds any, else every model.

@@ -77,6 +77,14 @@ pub struct Discovered {
 }
 
 impl Discovered {
+    /// Gives every package whose `model.toml` names no `engine` the worker's default.
+    pub fn engine_default(mut self, engine: protocol::Engine) -> Discovered {
+        for package in &mut self.packages {
+            package.spec.engine = package.manifest.engine.unwrap_or(engine);
+        }
+        self
+    }
+
     /// The fingerprints of every package dir that could be loaded, sorted.
     pub fn fingerprints(&self) -> Vec<Fingerprint> {
         let mut prints: Vec<Fingerprint> = self.packages.iter().map(|p| p.fingerprint.clone()).collect();
@@ -150,7 +158,7 @@ pub fn discover(dir: &Path) -> Result<Discovered, DiscoverError> {
             schema: manifest.schema(),
             predict_type: manifest.predict_type.clone(),
             dir: package.clone(),
-            engine: manifest.engine,
+            engine: manifest.engine.unwrap_or_default(),
         };
         discovered.packages.push(ModelPackage { spec, manifest, fingerprint });
     }

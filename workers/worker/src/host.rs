@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use protocol::host::{FromHost, HostOutput, ModelSpec, Phases, ToHost, TreeRange, HOST_FD, MAX_MESSAGE_BYTES};
-use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef};
+use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef, NativeLoad};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -78,6 +78,9 @@ pub struct Started {
     /// How long each of `models` took to load, in the same order (empty from a host that
     /// does not say).
     pub load_times: Vec<Duration>,
+    /// What became of each of `models`' native forest, in the same order (empty from a host
+    /// that does not say).
+    pub native: Vec<NativeLoad>,
 }
 
 /// What one scoring call produced.
@@ -182,10 +185,10 @@ impl Host {
         match tokio::time::timeout(config.start_timeout, handshake).await {
             Err(_) => Err(HostError::StartTimeout(config.start_timeout)),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(FromHost::Ready { models, r_version, failed, load_us, .. })) => {
+            Ok(Ok(FromHost::Ready { models, r_version, failed, load_us, native, .. })) => {
                 tracing::info!(host = pid, r_version = %r_version, failed = failed.len(), elapsed_ms = started.elapsed().as_millis() as u64, "r host ready");
                 let load_times = load_us.into_iter().map(Duration::from_micros).collect();
-                Ok(Started { host, models, failed, r_version, load_times })
+                Ok(Started { host, models, failed, r_version, load_times, native })
             }
             Ok(Ok(FromHost::LoadFailed { message })) => Err(HostError::LoadFailed(message)),
             Ok(Ok(other)) => Err(HostError::Protocol { pid, message: format!("expected ready, got {other:?}") }),

@@ -16,6 +16,9 @@
 //! - [`policy`]: batch sizes and waits, and when a job is split across hosts.
 //! - [`rows`]: frames concatenated into batches and cut into row ranges.
 //! - [`forest`]: forests cut into tree ranges, and the parts combined exactly.
+//! - [`engine`]: which engine scores a model's requests (R on the pool, or the native
+//!   engine on the model's compiled forest), the self-check at load that decides `auto`,
+//!   and native scoring off the runtime's threads for large requests.
 //! - [`consume`]: the bus loop: decode, check, pick the version (the one pinned, else the
 //!   highest held), score, reply, acknowledge; a guard around the handler settles a
 //!   delivery whose handling panicked (requeued, then dead-lettered).
@@ -31,6 +34,7 @@
 
 pub mod consume;
 pub mod discover;
+pub mod engine;
 pub mod forest;
 pub mod host;
 pub mod listen;
@@ -70,6 +74,7 @@ pub fn rhost_path(configured: Option<&Path>) -> PathBuf {
 pub fn pool_config(settings: &settings::WorkerSettings) -> PoolConfig {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     PoolConfig {
+        engine: settings.engine,
         host: HostConfig {
             rhost_path: rhost_path(settings.rhost_path.as_deref()),
             start_timeout: Duration::from_millis(settings.host_start_timeout_ms),

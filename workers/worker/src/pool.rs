@@ -54,12 +54,13 @@ use std::time::{Duration, Instant};
 use backon::Retryable;
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use protocol::host::{HostOutput, ModelSpec};
-use protocol::{compare_versions, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelRef};
+use protocol::{compare_versions, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelRef, NativeLoad};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::discover::{Discovered, Fingerprint, PackageFailure};
+use crate::engine::{self, ModelEngine};
 use crate::forest::{self, ForestOutput};
 use crate::host::{Call, Host, HostConfig, HostError, Scored, Started};
 use crate::metrics::{self, HostState, Phase, Restart, Split};
@@ -82,6 +83,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How many hosts to keep, when to replace them, and how to batch and split.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
+    /// The engine of models whose `model.toml` names none.
+    pub engine: protocol::Engine,
     pub host: HostConfig,
     pub n_hosts: usize,
     /// A host that takes longer for one R call is killed.
@@ -227,12 +230,13 @@ impl Pool {
     /// with `strict` an error), then the others in the background with the packages that
     /// loaded.
     pub async fn start(config: PoolConfig, discovered: Discovered) -> Result<Pool, PoolError> {
+        let discovered = discovered.engine_default(config.engine);
         if config.strict && !discovered.failed.is_empty() {
             return Err(PoolError::Load(discovered.failed.into_iter().map(|f| f.failure).collect()));
         }
         let specs: Vec<ModelSpec> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
         metrics::hosts_configured(config.n_hosts.max(1));
-        let Started { host: first, models: infos, failed, r_version, load_times } =
+        let Started { host: first, models: infos, failed, r_version, load_times, native } =
             Host::start(&config.host, &specs).await?;
         let mut failures = discovered.failed.clone();
         failures.extend(failures_of(&failed, &specs));
@@ -242,7 +246,8 @@ impl Pool {
             return Err(PoolError::Load(failures.into_iter().map(|f| f.failure).collect()));
         }
         log_failures(&failures, &[]);
-        let generation = Arc::new(generation_of(&config, &discovered, infos.clone(), None, r_version));
+        let engines = load_engines(&discovered, &infos, &native);
+        let generation = Arc::new(generation_of(&config, &discovered, infos.clone(), engines, None, r_version));
         record_loads(&generation, &infos, &load_times);
         model_info(None, &generation);
         let pool = Pool {
@@ -263,16 +268,32 @@ impl Pool {
                 tasks: TaskTracker::new(),
             }),
         };
-        pool.run_host(first, generation);
+        pool.run_host(first, generation.clone());
         for _ in 1..pool.inner.config.n_hosts.max(1) {
             pool.replace();
         }
+        pool.check_engines(&generation);
         Ok(pool)
     }
 
-    /// The models served now, as the hosts loaded them (with inferred schemas).
+    /// The models served now, as the hosts loaded them (with inferred schemas), and how
+    /// each is scored now (R or native).
     pub fn models(&self) -> Vec<ModelInfo> {
-        self.state().current.models.iter().map(|m| m.info.clone()).collect()
+        self.state().current.models.iter().map(|m| m.info_now()).collect()
+    }
+
+    /// Starts the self-check of each model of `generation` whose native forest has not
+    /// been checked yet (a model a reload kept has been), in the background.
+    fn check_engines(&self, generation: &Generation) {
+        for model in generation.models.iter().filter(|m| m.engine.begin_check()) {
+            let (pool, model) = (self.clone(), model.clone());
+            self.inner.tasks.spawn(async move { engine::self_check(&pool, model).await });
+        }
+    }
+
+    /// A model's engine changed (its self-check ended): the worker announces it.
+    pub(crate) fn engines_changed(&self) {
+        self.changed();
     }
 
     /// The packages in the models directory that cannot be served, with their errors.
@@ -377,6 +398,7 @@ impl Pool {
     /// new host first (the old ones serve meanwhile), then host by host (see the module
     /// docs). Returns once the hosts are replaced, the reload was held back, or shutdown.
     pub async fn reload(&self, discovered: Discovered) {
+        let discovered = discovered.engine_default(self.inner.config.engine);
         let prints = discovered.fingerprints();
         let unchanged = {
             let mut state = self.state();
@@ -409,7 +431,7 @@ impl Pool {
             _ = self.inner.shutdown.cancelled() => return,
             started = Host::start(&self.inner.config.host, &specs) => started,
         };
-        let Started { host, models: infos, failed, r_version, load_times } = match started {
+        let Started { host, models: infos, failed, r_version, load_times, native } = match started {
             Ok(started) => started,
             // Not a package's fault (R did not start): tried again at the next poll.
             Err(error) => return tracing::error!(error = %error, "cannot start an r host with the new packages"),
@@ -426,6 +448,8 @@ impl Pool {
         let mut failures = discovered.failed.clone();
         failures.extend(failures_of(&failed, &specs));
         failures.sort_by(|a, b| a.dir.cmp(&b.dir));
+        // Read and compiled before the pool's lock is taken (a large forest takes a while).
+        let engines = load_engines(&discovered, &infos, &native);
         let generation = {
             let mut state = self.state();
             log_failures(&failures, &state.failed);
@@ -436,7 +460,7 @@ impl Pool {
             let generation = (held_back.is_none())
                 .then(|| {
                     let previous = Some(&*state.current);
-                    Arc::new(generation_of(&self.inner.config, &discovered, infos.clone(), previous, r_version))
+                    Arc::new(generation_of(&self.inner.config, &discovered, infos.clone(), engines, previous, r_version))
                 })
                 .filter(|generation| generation.prints != state.current.prints);
             if let Some(failure) = held_back {
@@ -464,7 +488,8 @@ impl Pool {
         };
         // Live at once, under the lock that made its packages current: a request for a
         // package it brings finds a host that holds it.
-        self.run_host(host, generation);
+        self.run_host(host, generation.clone());
+        self.check_engines(&generation);
         self.roll().await;
     }
 
@@ -949,11 +974,12 @@ fn generation_of(
     config: &PoolConfig,
     discovered: &Discovered,
     infos: Vec<ModelInfo>,
+    engines: Vec<ModelEngine>,
     previous: Option<&Generation>,
     r_version: String,
 ) -> Generation {
     let mut generation = Generation { specs: Vec::new(), models: Vec::new(), prints: Vec::new(), r_version };
-    for info in infos {
+    for (info, engine) in infos.into_iter().zip(engines) {
         let Some(package) =
             discovered.packages.iter().find(|p| p.spec.name == info.name && p.spec.version == info.version)
         else {
@@ -966,13 +992,31 @@ fn generation_of(
         });
         let model = kept.unwrap_or_else(|| {
             let buckets = package.manifest.metrics.prediction_buckets.as_deref();
-            Arc::new(ServedModel::new(info, config.throughput.for_model(&package.manifest), buckets))
+            Arc::new(ServedModel::new(info, config.throughput.for_model(&package.manifest), buckets).with_engine(engine))
         });
         generation.specs.push(package.spec.clone());
         generation.models.push(model);
         generation.prints.push(package.fingerprint.clone());
     }
     generation
+}
+
+/// The engines of the models a host reported (`infos`, and `native` in the same order):
+/// each native forest read from its cache file and compiled, with its package's `engine`.
+fn load_engines(discovered: &Discovered, infos: &[ModelInfo], native: &[NativeLoad]) -> Vec<ModelEngine> {
+    infos
+        .iter()
+        .enumerate()
+        .map(|(i, info)| {
+            let configured = discovered
+                .packages
+                .iter()
+                .find(|p| p.spec.name == info.name && p.spec.version == info.version)
+                .map(|p| p.spec.engine)
+                .unwrap_or_default();
+            ModelEngine::load(&info.model_ref().to_string(), configured, native.get(i))
+        })
+        .collect()
 }
 
 /// The span of one job (`batch <model>`, INTERNAL): a child of its first request's

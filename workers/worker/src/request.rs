@@ -11,6 +11,7 @@ use protocol::{ErrorBody, Input, LoadFailure, ModelInfo, ModelRef};
 
 use telemetry::trace::TraceParent;
 
+use crate::engine::ModelEngine;
 use crate::host::HostError;
 use crate::metrics::ModelMetrics;
 use crate::policy::Throughput;
@@ -58,13 +59,26 @@ pub struct ServedModel {
     pub throughput: Throughput,
     /// Its metric series, made once.
     pub metrics: ModelMetrics,
+    /// R or the native engine, and the native forest if there is one.
+    pub engine: ModelEngine,
 }
 
 impl ServedModel {
-    /// `prediction_buckets`: `model.toml`'s `[metrics] prediction_buckets`.
+    /// `prediction_buckets`: `model.toml`'s `[metrics] prediction_buckets`. Served by R
+    /// alone until [`ServedModel::with_engine`] says otherwise.
     pub fn new(info: ModelInfo, throughput: Throughput, prediction_buckets: Option<&[f64]>) -> ServedModel {
         let metrics = ModelMetrics::new(&info, prediction_buckets);
-        ServedModel { info, throughput, metrics }
+        let engine = ModelEngine::r_only(protocol::Engine::Auto, "no native forest was loaded");
+        ServedModel { info, throughput, metrics, engine }
+    }
+
+    pub fn with_engine(self, engine: ModelEngine) -> ServedModel {
+        ServedModel { engine, ..self }
+    }
+
+    /// Its [`ModelInfo`] as the worker announces it now: with its engines' status.
+    pub fn info_now(&self) -> ModelInfo {
+        ModelInfo { engine: Some(self.engine.status()), ..self.info.clone() }
     }
 }
 
