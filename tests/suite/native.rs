@@ -331,6 +331,12 @@ async fn engine_choice_and_refusals() {
     let bad_engine = score(&client, &server, "rf_reg", "engine=fast", &row).await;
     assert_eq!(bad_engine.status, 400, "{}", bad_engine.text);
     assert_eq!(score(&client, &server, "rf_reg", "", &row).await.status, 200, "still serving");
+    // Two of rf_reg's answers were native: the first and the last.
+    let metrics = get(&client, &format!("{}/metrics", server.url)).await.text;
+    for family in ["rfleet_native_requests_total", "rfleet_native_rows_total"] {
+        let series = format!("{family}{{model=\"rf_reg\",version=\"\"}} 2");
+        assert!(metrics.lines().any(|l| l == series), "{series} not in /metrics:\n{metrics}");
+    }
 }
 
 /// The cache file of the one model in `package`.
