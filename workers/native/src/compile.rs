@@ -154,7 +154,9 @@ pub(crate) fn compile(forest: &NativeForest) -> Result<NativeModel, CompileError
             0
         }
         (NativeOutput::Votes { classes, cutoff }, Algorithm::RandomForest) => {
-            if cutoff.len() != classes.len() || cutoff.iter().any(|c| !(*c > 0.0)) {
+            if cutoff.len() != classes.len()
+                || cutoff.iter().any(|c| c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+            {
                 return fail(format!(
                     "{} cutoffs for {} classes, or a cutoff that is not positive",
                     cutoff.len(),

@@ -278,10 +278,10 @@ fn many_rows_in_parallel_answer_what_each_row_answers_alone() {
     let values = |k: usize| (0..n).map(|r| Some(((r * k) % 101) as f64 / 100.0)).collect::<Vec<_>>();
     let x = frame(vec![f64s("a", &values(7)), f64s("b", &values(13))]);
     let all = doubles(&model.predict(&x, None).unwrap().frame, ".pred");
-    for row in 0..n {
+    for (row, expected) in all.iter().enumerate() {
         let one = frame(vec![f64s("a", &values(7)[row..=row]), f64s("b", &values(13)[row..=row])]);
         let alone = doubles(&model.predict(&one, None).unwrap().frame, ".pred");
-        assert_eq!(alone[0].map(f64::to_bits), all[row].map(f64::to_bits), "row {row}");
+        assert_eq!(alone[0].map(f64::to_bits), expected.map(f64::to_bits), "row {row}");
     }
 }
 
@@ -339,7 +339,7 @@ fn requests_the_engine_cannot_answer_as_r_would_are_declined() {
         NativeOutput::Mean { bias: None },
     );
     let model = compiled(&f);
-    let declined = |x: &Frame, predict_type: Option<&str>| model.predict(x, predict_type).err().expect("declined").0;
+    let declined = |x: &Frame, predict_type: Option<&str>| model.predict(x, predict_type).expect_err("declined").0;
     let with_na = frame(vec![f64s("x", &[Some(1.0), None])]);
     assert!(declined(&with_na, None).contains("missing value in row 2"));
     assert!(declined(&frame(vec![f64s("x", &[Some(1.0)])]), Some("prob")).contains("type 'prob'"));

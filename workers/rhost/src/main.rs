@@ -121,6 +121,7 @@
 
 mod convert;
 mod models;
+mod native;
 
 use std::io::{BufReader, BufWriter};
 use std::os::fd::FromRawFd;
@@ -176,7 +177,7 @@ fn run() -> anyhow::Result<()> {
         models: models.infos(),
         failed,
         load_us: models.load_us(),
-        native: Vec::new(),
+        native: models.native(),
     };
     write_message(&mut writer, &ready).context("cannot send ready")?;
     serve(models, &mut reader, &mut writer)
