@@ -1,8 +1,9 @@
 //! The self-check's rows: for each column of a schema, a pool of values that exercise the
 //! trees (every factor level; every threshold the trees compare the input with, and the
-//! doubles just below and above it; values beyond the outermost thresholds; a missing
-//! value where the algorithm has a missing branch), each value of the pool used once in
-//! the first rows and drawn at random after that, from a splitmix64 stream of the seed.
+//! doubles just below and above it; values beyond the outermost thresholds and the largest
+//! doubles; a missing value where the algorithm has a missing branch), shuffled, each
+//! value used once in the first rows (all of them when there are as many rows as values)
+//! and drawn at random after that, from a splitmix64 stream of the seed.
 
 use protocol::{Algorithm, Column, ColumnData, ColumnType, Frame, Schema};
 
@@ -57,7 +58,8 @@ pub(crate) fn sample(model: &NativeModel, schema: &Schema, n: usize, seed: u64) 
             };
             let pool = match spec.column_type {
                 ColumnType::Numeric => {
-                    let mut values: Vec<Option<f64>> = vec![Some(lo), Some(hi), Some(0.0)];
+                    let mut values: Vec<Option<f64>> =
+                        vec![Some(lo), Some(hi), Some(0.0), Some(f64::MIN), Some(f64::MAX)];
                     for &t in &thresholds {
                         values.extend([Some(t), Some(t.next_down()), Some(t.next_up())]);
                     }
@@ -97,9 +99,16 @@ fn missing<T>(missing_ok: bool) -> Option<Option<T>> {
     missing_ok.then_some(None)
 }
 
-/// Every value of the pool once (while rows last), then draws: from the pool, or for
+/// Every value of the pool once in a shuffled order (while rows last), then draws: from the pool, or for
 /// numbers, half the time uniformly between the outermost values.
-fn fill(pool: Pool, n: usize, rng: &mut SplitMix64) -> ColumnData {
+fn fill(mut pool: Pool, n: usize, rng: &mut SplitMix64) -> ColumnData {
+    match &mut pool {
+        Pool::Numbers(values, _) => shuffle(values, rng),
+        Pool::Integers(values, _) => shuffle(values, rng),
+        Pool::Bools(values) => shuffle(values, rng),
+        Pool::Codes(_, codes, _) => shuffle(codes, rng),
+        Pool::Strings(values) => shuffle(values, rng),
+    }
     fn pick<T: Clone>(values: &[T], row: usize, rng: &mut SplitMix64) -> Option<T> {
         match values.len() {
             0 => None,
@@ -139,6 +148,13 @@ fn fill(pool: Pool, n: usize, rng: &mut SplitMix64) -> ColumnData {
         Pool::Strings(values) => {
             ColumnData::Str { values: (0..n).map(|row| pick(&values, row, rng).flatten()).collect() }
         }
+    }
+}
+
+/// Fisher–Yates.
+fn shuffle<T>(values: &mut [T], rng: &mut SplitMix64) {
+    for i in (1..values.len()).rev() {
+        values.swap(i, rng.below(i + 1));
     }
 }
 

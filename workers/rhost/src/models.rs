@@ -1,7 +1,8 @@
 //! The models this host serves, by [`ModelRef`] (name and version, so one host holds
 //! several versions of a model): each loaded once through the prelude's `.rfleet_load()`,
 //! then scored per request through the R closure it returned; forests also in parts,
-//! through a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`.
+//! through a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`. Each
+//! model's native forest is settled at load too (see [`crate::native`]).
 //!
 //! Each package loads on its own: one that fails becomes a [`LoadFailure`] and the others
 //! load regardless. A model is registered only once every step of its load has succeeded,

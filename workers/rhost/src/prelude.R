@@ -1,9 +1,10 @@
 # rfleet R host prelude: the R half of loading and scoring models (see src/main.rs docs).
 #
 # Sourced once into the global environment when the host starts. Every name starts with
-# `.rfleet_` so it stays out of the way of models' own scripts. The Rust side calls two
-# functions: `.rfleet_load()` once per model, then, per request, the scorer closure that
-# `.rfleet_load()` returned. Nothing here parses R source at request time.
+# `.rfleet_` so it stays out of the way of models' own scripts. The Rust side calls
+# `.rfleet_load()` once per model (and `.rfleet_native()` on the model it loaded, unless
+# its forest is cached), then, per request, the scorer closure that `.rfleet_load()`
+# returned. Nothing here parses R source at request time.
 #
 # `label` arguments are how messages name a model: "model 'rf_reg'", or "model 'rf_reg'
 # version '2'" for a versioned package, since one host may hold several versions of a name.

@@ -3,8 +3,9 @@
 //! leave to R), extracts their forests into its cache, and the forests compiled by the
 //! `native` crate answer every row exactly as the host's R `predict` does, bit for bit
 //! (labels too, bar rows whose vote was a tie, which R breaks at random). Also: the
-//! cache is found by a second start, a changed `model.rds` is extracted again, and a
-//! package directory that cannot hold the cache falls back to the temporary directory.
+//! cache is found by a second start, a changed `model.rds` (or an unreadable cache file)
+//! is extracted again, and a package directory that cannot hold the cache falls back to
+//! the temporary directory.
 
 use std::io::{BufReader, BufWriter};
 use std::os::fd::AsRawFd;
@@ -206,7 +207,7 @@ fn native_forests_answer_exactly_what_r_answers() {
         let schema = info.schema.clone().unwrap_or_else(|| panic!("{name} has a schema"));
         for &predict_type in model.types() {
             for seed in 1..=3 {
-                let frame = model.sample(&schema, 250, seed);
+                let frame = model.sample(&schema, 400, seed);
                 let native = model.predict(&frame, Some(predict_type)).unwrap_or_else(|e| panic!("{name}: {e}"));
                 let r = host.score(name, &frame, predict_type);
                 let n_ties = check(name, predict_type, &native, &r);
@@ -255,4 +256,11 @@ fn the_cache_is_found_again_and_a_changed_model_rds_is_extracted_again() {
     assert_ne!(path, &first[0].0, "another digest, another file");
     assert_eq!(forest, &first[0].2, "the same model, the same forest");
     assert!(!third[1].1, "the unchanged model still reads its cache");
+
+    // A cache file that does not decode (a crash mid-write of another writer, a disk
+    // fault) is extracted again in its place.
+    std::fs::write(path, b"not msgpack").unwrap();
+    let (again, extracted, rewritten) = Host::start(specs(), tmp.path()).2.iter().map(cached_forest).next().unwrap();
+    assert!(extracted, "an unreadable cache file is extracted again");
+    assert_eq!((&again, &rewritten), (path, forest));
 }
