@@ -8,16 +8,16 @@
 //! the temporary directory.
 
 use std::io::{BufReader, BufWriter};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use native::NativeModel;
-use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, ToHost, HOST_FD};
+use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, ToHost};
 use protocol::{ColumnData, Frame, Input, ModelInfo, ModelRef, NativeForest, NativeLoad};
+
+mod channel;
 
 /// The packages `native_models.R` made, once per test process.
 fn packages() -> &'static Path {
@@ -65,24 +65,9 @@ impl Host {
     /// Starts a host whose temporary directory is `tmp` and has it load `models`; answers
     /// the models that loaded and what became of their native forests.
     fn start(models: Vec<ModelSpec>, tmp: &Path) -> (Host, Vec<ModelInfo>, Vec<NativeLoad>) {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let their_fd = theirs.as_raw_fd();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rfleet-rhost"));
-        command.env("TMPDIR", tmp).stdin(Stdio::null()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if their_fd == HOST_FD {
-                    let flags = libc::fcntl(HOST_FD, libc::F_GETFD);
-                    libc::fcntl(HOST_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(their_fd, HOST_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("spawn rfleet-rhost");
-        drop(theirs);
+        let (child, ours) = channel::spawn(Stdio::inherit(), |command| {
+            command.env("TMPDIR", tmp);
+        });
         let mut host =
             Host { child, reader: BufReader::new(ours.try_clone().unwrap()), writer: BufWriter::new(ours), next_id: 0 };
         write_message(&mut host.writer, &ToHost::Load { models }).expect("send load");
