@@ -403,3 +403,9 @@ fn samples_conform_cover_thresholds_and_levels_and_repeat_for_a_seed() {
     assert!(matches!(sample.column("n").unwrap().data, ColumnData::I32 { .. }));
     model.predict(&sample, Some("response")).expect("the sample is answered natively");
 }
+
+#[test]
+fn a_compiled_forest_is_shared_by_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<NativeModel>();
+}

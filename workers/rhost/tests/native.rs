@@ -116,6 +116,7 @@ const NATIVE: &[&str] = &[
     "rf_xy",
     "rf_class",
     "rf_cutoff",
+    "rf_ordered",
     "rf_ties",
     "ranger_order",
     "ranger_partition",
@@ -124,6 +125,7 @@ const NATIVE: &[&str] = &[
     "ranger_prob",
     "gbm_gaussian",
     "gbm_bernoulli",
+    "gbm_ordered",
     "gbm_poisson",
 ];
 const LEFT_TO_R: &[(&str, &str)] = &[

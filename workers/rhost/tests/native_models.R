@@ -60,6 +60,9 @@ package("rf_bias", randomForest(y ~ x1 + x2 + g, d, ntree = 80, corr.bias = TRUE
 package("rf_xy", randomForest(d[c("x1", "x2", "g")], d$y, ntree = 60))
 package("rf_class", randomForest(cl ~ x1 + x2 + g, d, ntree = 100))
 package("rf_cutoff", randomForest(cl ~ x1 + x2 + g, d, ntree = 90, cutoff = c(0.5, 0.3, 0.2)))
+# randomForest keeps no levels of an ordered factor (it splits on its codes): the declared
+# schema's levels are R's codes.
+package("rf_ordered", randomForest(y ~ x1 + g + o, d, ntree = 50), input = d[c("x1", "g", "o")])
 package("rf_ties", randomForest(factor(bin) ~ x1 + g, d, ntree = 10, maxnodes = 4))
 
 package("ranger_order", ranger(y ~ x1 + x2 + g + o, d, num.trees = 100, respect.unordered.factors = "order"))
@@ -76,6 +79,8 @@ package("gbm_gaussian", gbm(y ~ x1 + x2 + g, data = d_na, distribution = "gaussi
                             interaction.depth = 3, shrinkage = 0.05, bag.fraction = 0.8))
 package("gbm_bernoulli", gbm(bin ~ x1 + x2 + g, data = d_na, distribution = "bernoulli", n.trees = 120,
                              interaction.depth = 2, shrinkage = 0.1))
+package("gbm_ordered", gbm(y ~ x1 + o + g, data = d_na, distribution = "gaussian", n.trees = 60,
+                           interaction.depth = 2), input = d[c("x1", "o", "g")])
 package("gbm_poisson", gbm(count ~ x1 + x2 + g, data = d_na, distribution = "poisson", n.trees = 100,
                            interaction.depth = 2, shrinkage = 0.05))
 
