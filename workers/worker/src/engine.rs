@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use native::{NativeModel, Prediction};
 use parking_lot::Mutex;
+use protocol::message::SplitPolicy;
 use protocol::{ColumnData, Engine, EngineStatus, Frame, Input, NativeForest, NativeLoad, NativeSummary, SelfCheck};
 
 use crate::pool::Pool;
@@ -376,7 +377,9 @@ async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
             model: model.clone(),
             input: Input::Frame(sample.clone()),
             predict_type: Some(predict_type.clone()),
-            split: None,
+            // R's own answer is one call on the whole sample: a forest split by trees
+            // combines its parts' means, which need not round as R's one sum does.
+            split: Some(SplitPolicy::Never),
             deadline: Some(Instant::now() + SELF_CHECK_DEADLINE),
             span: tracing::Span::none(),
             trace: None,
