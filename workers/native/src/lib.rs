@@ -9,8 +9,9 @@
 //!
 //! # Layout
 //! - `lib.rs` (this file): the API, and [`NativeModel::predict`]: a frame read into a
-//!   row-major matrix of doubles, each row's trees walked and accumulated (on rayon's pool
-//!   from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
+//!   row-major matrix of doubles, the trees walked for blocks of rows and each row's
+//!   leaves accumulated (on rayon's pool from [`PARALLEL_ROWS`] rows on), then the
+//!   accumulations turned into R's answer.
 //! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array.
 //! - `sample`: the self-check's rows.
 //!
@@ -34,8 +35,10 @@ use rayon::prelude::*;
 /// on the calling thread, where a pool's hand-off would cost more than the trees.
 pub const PARALLEL_ROWS: usize = 64;
 
-/// Rows per parallel task: enough trees walked per task to outweigh its scheduling.
-const ROWS_PER_TASK: usize = 32;
+/// Rows per parallel task (and per block walked a tree at a time): enough trees walked
+/// per task to outweigh its scheduling, few enough for both cores to share a request of
+/// a few hundred rows.
+const ROWS_PER_TASK: usize = 64;
 
 /// A compiled forest, held once per worker process and shared by every thread.
 pub struct NativeModel {
@@ -115,15 +118,10 @@ impl NativeModel {
         let answer = self.answer(predict_type)?;
         let x = self.matrix(frame)?;
         let width = self.accumulator_width();
-        let n_inputs = self.inputs.len();
-        let mut acc = vec![0.0; frame.n_rows * width];
-        let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| {
-            for (row, acc_row) in x_rows.chunks_exact(n_inputs.max(1)).zip(acc_rows.chunks_exact_mut(width)) {
-                self.accumulate(row, acc_row);
-            }
-        };
         // A forest without inputs (a stump) still has one accumulation per row.
-        let row_len = n_inputs.max(1);
+        let row_len = self.inputs.len().max(1);
+        let mut acc = vec![0.0; frame.n_rows * width];
+        let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| self.accumulate(x_rows, row_len, acc_rows);
         if frame.n_rows >= PARALLEL_ROWS {
             x.par_chunks(row_len * ROWS_PER_TASK).zip(acc.par_chunks_mut(width * ROWS_PER_TASK)).for_each(score);
         } else {
@@ -198,36 +196,45 @@ impl NativeModel {
         Ok(x)
     }
 
-    /// Walks every tree for one row and adds its leaf into `acc`, trees in order.
-    fn accumulate(&self, row: &[f64], acc: &mut [f64]) {
+    /// Walks every tree for a block of rows (`x`, `row_len` values a row) and adds each
+    /// row's leaves into its accumulation in `acc`, trees in order. The block is walked a
+    /// tree at a time, so that one tree's nodes stay in cache across the block's rows;
+    /// each row's accumulation still adds the trees in the model's order.
+    fn accumulate(&self, x: &[f64], row_len: usize, acc: &mut [f64]) {
+        let width = self.accumulator_width();
+        let rows = || x.chunks_exact(row_len);
         match &self.output {
             NativeOutput::Mean { .. } => {
-                let mut sum = 0.0;
                 for &root in &self.roots {
-                    sum += self.nodes[self.leaf(root, row)].value;
+                    for (row, sum) in rows().zip(acc.iter_mut()) {
+                        *sum += self.nodes[self.leaf(root, row)].value;
+                    }
                 }
-                acc[0] = sum;
             }
             NativeOutput::Boosted { init, .. } => {
-                let mut f = *init;
+                acc.fill(*init);
                 for &root in &self.roots {
-                    f += self.nodes[self.leaf(root, row)].value;
+                    for (row, f) in rows().zip(acc.iter_mut()) {
+                        *f += self.nodes[self.leaf(root, row)].value;
+                    }
                 }
-                acc[0] = f;
             }
             NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => {
                 for &root in &self.roots {
-                    // Compiling checked that every leaf names a class 1..=classes.
-                    let class = self.nodes[self.leaf(root, row)].value as usize;
-                    acc[class - 1] += 1.0;
+                    for (row, votes) in rows().zip(acc.chunks_exact_mut(width)) {
+                        // Compiling checked that every leaf names a class 1..=classes.
+                        let class = self.nodes[self.leaf(root, row)].value as usize;
+                        votes[class - 1] += 1.0;
+                    }
                 }
             }
             NativeOutput::Distribution { .. } => {
-                let width = acc.len();
                 for &root in &self.roots {
-                    let at = self.nodes[self.leaf(root, row)].aux as usize;
-                    for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..at + width]) {
-                        *sum += fraction;
+                    for (row, sums) in rows().zip(acc.chunks_exact_mut(width)) {
+                        let at = self.nodes[self.leaf(root, row)].aux as usize;
+                        for (sum, fraction) in sums.iter_mut().zip(&self.distributions[at..at + width]) {
+                            *sum += fraction;
+                        }
                     }
                 }
             }
@@ -243,20 +250,25 @@ impl NativeModel {
                 return k;
             }
             let x = row[node.var as usize];
-            k = if x.is_nan() {
-                // Only gbm's rows hold NaN (a missing value, a level the model lacks).
-                node.missing
-            } else if node.categorical {
-                match self.sets[node.aux as usize + x as usize] {
-                    -1 => node.left,
-                    1 => node.right,
-                    _ => node.missing,
-                }
-            } else if self.algorithm.numeric_left(x, node.value) {
-                node.left
+            k = if node.categorical || x.is_nan() {
+                self.set_or_missing_child(node, x)
             } else {
-                node.right
-            } as usize;
+                // The right child is the left one's neighbour: no branch on the comparison.
+                node.left as usize + usize::from(!self.algorithm.numeric_left(x, node.value))
+            };
+        }
+    }
+
+    /// The child of a categorical split, or of gbm's missing branch (only gbm's rows hold
+    /// NaN: a missing value, a level the model lacks).
+    fn set_or_missing_child(&self, node: &compile::Node, x: f64) -> usize {
+        if x.is_nan() {
+            return node.missing as usize;
+        }
+        match self.sets[node.aux as usize + x as usize] {
+            -1 => node.left as usize,
+            1 => node.left as usize + 1,
+            _ => node.missing as usize,
         }
     }
 
