@@ -9,10 +9,11 @@
 //!
 //! # Layout
 //! - `lib.rs` (this file): the API, and [`NativeModel::predict`]: a frame read into a
-//!   row-major matrix of doubles, the trees walked for blocks of rows and each row's
-//!   leaves accumulated (on rayon's pool from [`PARALLEL_ROWS`] rows on), then the
-//!   accumulations turned into R's answer.
-//! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array.
+//!   row-major matrix of doubles, the trees walked a tree at a time for blocks of rows
+//!   (several rows down a tree in lockstep) and each row's leaves accumulated (on rayon's
+//!   pool from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
+//! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array
+//!   (breadth first, each split's children side by side: 32 bytes a node).
 //! - `sample`: the self-check's rows.
 //!
 //! # Exactness
@@ -39,6 +40,9 @@ pub const PARALLEL_ROWS: usize = 64;
 /// per task to outweigh its scheduling, few enough for both cores to share a request of
 /// a few hundred rows.
 const ROWS_PER_TASK: usize = 64;
+
+/// Rows walked down a tree together (see `NativeModel::walk`).
+const LANES: usize = 8;
 
 /// A compiled forest, held once per worker process and shared by every thread.
 pub struct NativeModel {
@@ -197,42 +201,27 @@ impl NativeModel {
     }
 
     /// Walks every tree for a block of rows (`x`, `row_len` values a row) and adds each
-    /// row's leaves into its accumulation in `acc`, trees in order. The block is walked a
+    /// row's leaf into its accumulation in `acc`, trees in order. The block is walked a
     /// tree at a time, so that one tree's nodes stay in cache across the block's rows;
     /// each row's accumulation still adds the trees in the model's order.
     fn accumulate(&self, x: &[f64], row_len: usize, acc: &mut [f64]) {
         let width = self.accumulator_width();
-        let rows = || x.chunks_exact(row_len);
-        match &self.output {
-            NativeOutput::Mean { .. } => {
-                for &root in &self.roots {
-                    for (row, sum) in rows().zip(acc.iter_mut()) {
-                        *sum += self.nodes[self.leaf(root, row)].value;
-                    }
-                }
-            }
-            NativeOutput::Boosted { init, .. } => {
-                acc.fill(*init);
-                for &root in &self.roots {
-                    for (row, f) in rows().zip(acc.iter_mut()) {
-                        *f += self.nodes[self.leaf(root, row)].value;
-                    }
-                }
-            }
-            NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => {
-                for &root in &self.roots {
-                    for (row, votes) in rows().zip(acc.chunks_exact_mut(width)) {
-                        // Compiling checked that every leaf names a class 1..=classes.
-                        let class = self.nodes[self.leaf(root, row)].value as usize;
-                        votes[class - 1] += 1.0;
-                    }
-                }
-            }
-            NativeOutput::Distribution { .. } => {
-                for &root in &self.roots {
-                    for (row, sums) in rows().zip(acc.chunks_exact_mut(width)) {
-                        let at = self.nodes[self.leaf(root, row)].aux as usize;
-                        for (sum, fraction) in sums.iter_mut().zip(&self.distributions[at..at + width]) {
+        let mut leaves = vec![0u32; x.len() / row_len];
+        if let NativeOutput::Boosted { init, .. } = &self.output {
+            acc.fill(*init);
+        }
+        for &root in &self.roots {
+            self.walk(root, x, row_len, &mut leaves);
+            for (row, &leaf) in leaves.iter().enumerate() {
+                let node = &self.nodes[leaf as usize];
+                let acc = &mut acc[row * width..(row + 1) * width];
+                match &self.output {
+                    NativeOutput::Mean { .. } | NativeOutput::Boosted { .. } => acc[0] += node.value,
+                    // Compiling checked that every leaf names a class 1..=classes.
+                    NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => acc[node.value as usize - 1] += 1.0,
+                    NativeOutput::Distribution { .. } => {
+                        let at = node.aux as usize;
+                        for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..at + width]) {
                             *sum += fraction;
                         }
                     }
@@ -241,34 +230,48 @@ impl NativeModel {
         }
     }
 
-    /// The leaf one row reaches from `root`.
-    fn leaf(&self, root: u32, row: &[f64]) -> usize {
-        let mut k = root as usize;
-        loop {
-            let node = &self.nodes[k];
-            if node.var == compile::LEAF {
-                return k;
+    /// The leaf each row of `x` reaches from `root`, into `leaves`. Rows go down the tree
+    /// [`LANES`] at a time in lockstep: their walks are independent, so the processor
+    /// overlaps their node loads instead of waiting on one row's chain of them.
+    fn walk(&self, root: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
+        leaves.fill(root);
+        for (x, lanes) in x.chunks(row_len * LANES).zip(leaves.chunks_mut(LANES)) {
+            loop {
+                let mut moved = false;
+                for (lane, k) in lanes.iter_mut().enumerate() {
+                    let node = &self.nodes[*k as usize];
+                    if node.var != compile::LEAF {
+                        *k = self.child(node, x[lane * row_len + node.var as usize]);
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
+                }
             }
-            let x = row[node.var as usize];
-            k = if node.categorical || x.is_nan() {
-                self.set_or_missing_child(node, x)
-            } else {
-                // The right child is the left one's neighbour: no branch on the comparison.
-                node.left as usize + usize::from(!self.algorithm.numeric_left(x, node.value))
-            };
+        }
+    }
+
+    /// Where `x` goes from the split `node`.
+    fn child(&self, node: &compile::Node, x: f64) -> u32 {
+        if node.categorical || x.is_nan() {
+            self.set_or_missing_child(node, x)
+        } else {
+            // The right child is the left one's neighbour: no branch on the comparison.
+            node.left + u32::from(!self.algorithm.numeric_left(x, node.value))
         }
     }
 
     /// The child of a categorical split, or of gbm's missing branch (only gbm's rows hold
     /// NaN: a missing value, a level the model lacks).
-    fn set_or_missing_child(&self, node: &compile::Node, x: f64) -> usize {
+    fn set_or_missing_child(&self, node: &compile::Node, x: f64) -> u32 {
         if x.is_nan() {
-            return node.missing as usize;
+            return node.missing;
         }
         match self.sets[node.aux as usize + x as usize] {
-            -1 => node.left as usize,
-            1 => node.left as usize + 1,
-            _ => node.missing as usize,
+            -1 => node.left,
+            1 => node.left + 1,
+            _ => node.missing,
         }
     }
 
