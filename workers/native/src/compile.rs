@@ -3,9 +3,11 @@
 //! own, and each input's reader of frame columns.
 //!
 //! Everything the walk relies on is checked here once, so that scoring indexes without
-//! failing: children point forward within their tree (so every walk ends at a leaf), split
-//! variables and set indices are in range, sets have a direction per level, classification
-//! leaves name a class and probability leaves have a fraction per class.
+//! failing: children point forward within their tree (so every walk ends at a leaf) and
+//! each node has one parent, split variables and set indices are in range, sets have a
+//! direction per level, classification leaves name a class and probability leaves have a
+//! fraction per class. Each tree is then laid out breadth first with every split's two
+//! children side by side (nodes no split reaches are left out).
 
 use std::collections::HashMap;
 
@@ -24,8 +26,9 @@ pub(crate) struct Node {
     pub var: u32,
     /// Whether the split goes by the directions at `aux` in the sets.
     pub categorical: bool,
+    /// The left child; the right child is always the next node (`left + 1`), so that
+    /// the walk picks a child by arithmetic rather than a branch it would mispredict.
     pub left: u32,
-    pub right: u32,
     /// gbm's branch for a missing value (and a level without direction); unused elsewhere.
     pub missing: u32,
     /// A numeric split's threshold, or a leaf's value.
@@ -219,11 +222,14 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
     if u32::try_from(model.nodes.len() + n).is_err() {
         return Err("too many nodes".into());
     }
-    model.roots.push(base);
+    // The nodes in the extraction's order, children as its indices, and the right child
+    // apart until the layout below puts it beside the left one.
+    let mut local = Vec::with_capacity(n);
+    let mut rights = Vec::with_capacity(n);
     for k in 0..n {
         let var = tree.var[k];
-        let mut node =
-            Node { var: LEAF, categorical: false, left: 0, right: 0, missing: 0, value: tree.value[k], aux: 0 };
+        let mut node = Node { var: LEAF, categorical: false, left: 0, missing: 0, value: tree.value[k], aux: 0 };
+        let mut right = 0;
         if var >= 0 {
             let input = model
                 .inputs
@@ -232,14 +238,14 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
             // A child after its parent: every walk moves forward and ends at a leaf.
             let child = |c: u32, what: &str| {
                 if (c as usize) > k && (c as usize) < n {
-                    Ok(base + c)
+                    Ok(c)
                 } else {
                     Err(format!("node {k}'s {what} child {c} is out of range (nodes {}..{n})", k + 1))
                 }
             };
             node.var = var as u32;
             node.left = child(tree.left[k], "left")?;
-            node.right = child(tree.right[k], "right")?;
+            right = child(tree.right[k], "right")?;
             if gbm {
                 node.missing = child(tree.missing[k], "missing")?;
             }
@@ -285,6 +291,36 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
             }
         } else {
             return Err(format!("node {k} splits on input {var}"));
+        }
+        local.push(node);
+        rights.push(right);
+    }
+    // Breadth first from the root: `order` lists the nodes in their new places, `place`
+    // maps the extraction's indices to them.
+    let mut place = vec![u32::MAX; n];
+    let mut order = vec![0usize];
+    place[0] = 0;
+    let mut next = 0;
+    while let Some(&k) = order.get(next) {
+        next += 1;
+        let node = &local[k];
+        if node.var == LEAF {
+            continue;
+        }
+        for c in [node.left, rights[k]].into_iter().chain(gbm.then_some(node.missing)) {
+            if place[c as usize] != u32::MAX {
+                return Err(format!("node {c} is the child of two splits"));
+            }
+            place[c as usize] = order.len() as u32;
+            order.push(c as usize);
+        }
+    }
+    model.roots.push(base);
+    for k in order {
+        let mut node = local[k];
+        if node.var != LEAF {
+            node.left = base + place[node.left as usize];
+            node.missing = if gbm { base + place[node.missing as usize] } else { 0 };
         }
         model.nodes.push(node);
     }

@@ -9,9 +9,11 @@
 //!
 //! # Layout
 //! - `lib.rs` (this file): the API, and [`NativeModel::predict`]: a frame read into a
-//!   row-major matrix of doubles, each row's trees walked and accumulated (on rayon's pool
-//!   from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
-//! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array.
+//!   row-major matrix of doubles, the trees walked a tree at a time for blocks of rows
+//!   (several rows down a tree in lockstep) and each row's leaves accumulated (on rayon's
+//!   pool from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
+//! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array
+//!   (breadth first, each split's children side by side: 32 bytes a node).
 //! - `sample`: the self-check's rows.
 //!
 //! # Exactness
@@ -34,8 +36,13 @@ use rayon::prelude::*;
 /// on the calling thread, where a pool's hand-off would cost more than the trees.
 pub const PARALLEL_ROWS: usize = 64;
 
-/// Rows per parallel task: enough trees walked per task to outweigh its scheduling.
-const ROWS_PER_TASK: usize = 32;
+/// Rows per parallel task (and per block walked a tree at a time): enough trees walked
+/// per task to outweigh its scheduling, few enough for both cores to share a request of
+/// a few hundred rows.
+const ROWS_PER_TASK: usize = 64;
+
+/// Rows walked down a tree together (see `NativeModel::walk`).
+const LANES: usize = 8;
 
 /// A compiled forest, held once per worker process and shared by every thread.
 pub struct NativeModel {
@@ -115,15 +122,10 @@ impl NativeModel {
         let answer = self.answer(predict_type)?;
         let x = self.matrix(frame)?;
         let width = self.accumulator_width();
-        let n_inputs = self.inputs.len();
-        let mut acc = vec![0.0; frame.n_rows * width];
-        let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| {
-            for (row, acc_row) in x_rows.chunks_exact(n_inputs.max(1)).zip(acc_rows.chunks_exact_mut(width)) {
-                self.accumulate(row, acc_row);
-            }
-        };
         // A forest without inputs (a stump) still has one accumulation per row.
-        let row_len = n_inputs.max(1);
+        let row_len = self.inputs.len().max(1);
+        let mut acc = vec![0.0; frame.n_rows * width];
+        let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| self.accumulate(x_rows, row_len, acc_rows);
         if frame.n_rows >= PARALLEL_ROWS {
             x.par_chunks(row_len * ROWS_PER_TASK).zip(acc.par_chunks_mut(width * ROWS_PER_TASK)).for_each(score);
         } else {
@@ -198,65 +200,78 @@ impl NativeModel {
         Ok(x)
     }
 
-    /// Walks every tree for one row and adds its leaf into `acc`, trees in order.
-    fn accumulate(&self, row: &[f64], acc: &mut [f64]) {
-        match &self.output {
-            NativeOutput::Mean { .. } => {
-                let mut sum = 0.0;
-                for &root in &self.roots {
-                    sum += self.nodes[self.leaf(root, row)].value;
-                }
-                acc[0] = sum;
-            }
-            NativeOutput::Boosted { init, .. } => {
-                let mut f = *init;
-                for &root in &self.roots {
-                    f += self.nodes[self.leaf(root, row)].value;
-                }
-                acc[0] = f;
-            }
-            NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => {
-                for &root in &self.roots {
+    /// Walks every tree for a block of rows (`x`, `row_len` values a row) and adds each
+    /// row's leaf into its accumulation in `acc`, trees in order. The block is walked a
+    /// tree at a time, so that one tree's nodes stay in cache across the block's rows;
+    /// each row's accumulation still adds the trees in the model's order.
+    fn accumulate(&self, x: &[f64], row_len: usize, acc: &mut [f64]) {
+        let width = self.accumulator_width();
+        let mut leaves = vec![0u32; x.len() / row_len];
+        if let NativeOutput::Boosted { init, .. } = &self.output {
+            acc.fill(*init);
+        }
+        for &root in &self.roots {
+            self.walk(root, x, row_len, &mut leaves);
+            for (row, &leaf) in leaves.iter().enumerate() {
+                let node = &self.nodes[leaf as usize];
+                let acc = &mut acc[row * width..(row + 1) * width];
+                match &self.output {
+                    NativeOutput::Mean { .. } | NativeOutput::Boosted { .. } => acc[0] += node.value,
                     // Compiling checked that every leaf names a class 1..=classes.
-                    let class = self.nodes[self.leaf(root, row)].value as usize;
-                    acc[class - 1] += 1.0;
-                }
-            }
-            NativeOutput::Distribution { .. } => {
-                let width = acc.len();
-                for &root in &self.roots {
-                    let at = self.nodes[self.leaf(root, row)].aux as usize;
-                    for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..at + width]) {
-                        *sum += fraction;
+                    NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => acc[node.value as usize - 1] += 1.0,
+                    NativeOutput::Distribution { .. } => {
+                        let at = node.aux as usize;
+                        for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..at + width]) {
+                            *sum += fraction;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// The leaf one row reaches from `root`.
-    fn leaf(&self, root: u32, row: &[f64]) -> usize {
-        let mut k = root as usize;
-        loop {
-            let node = &self.nodes[k];
-            if node.var == compile::LEAF {
-                return k;
-            }
-            let x = row[node.var as usize];
-            k = if x.is_nan() {
-                // Only gbm's rows hold NaN (a missing value, a level the model lacks).
-                node.missing
-            } else if node.categorical {
-                match self.sets[node.aux as usize + x as usize] {
-                    -1 => node.left,
-                    1 => node.right,
-                    _ => node.missing,
+    /// The leaf each row of `x` reaches from `root`, into `leaves`. Rows go down the tree
+    /// [`LANES`] at a time in lockstep: their walks are independent, so the processor
+    /// overlaps their node loads instead of waiting on one row's chain of them.
+    fn walk(&self, root: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
+        leaves.fill(root);
+        for (x, lanes) in x.chunks(row_len * LANES).zip(leaves.chunks_mut(LANES)) {
+            loop {
+                let mut moved = false;
+                for (lane, k) in lanes.iter_mut().enumerate() {
+                    let node = &self.nodes[*k as usize];
+                    if node.var != compile::LEAF {
+                        *k = self.child(node, x[lane * row_len + node.var as usize]);
+                        moved = true;
+                    }
                 }
-            } else if self.algorithm.numeric_left(x, node.value) {
-                node.left
-            } else {
-                node.right
-            } as usize;
+                if !moved {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Where `x` goes from the split `node`.
+    fn child(&self, node: &compile::Node, x: f64) -> u32 {
+        if node.categorical || x.is_nan() {
+            self.set_or_missing_child(node, x)
+        } else {
+            // The right child is the left one's neighbour: no branch on the comparison.
+            node.left + u32::from(!self.algorithm.numeric_left(x, node.value))
+        }
+    }
+
+    /// The child of a categorical split, or of gbm's missing branch (only gbm's rows hold
+    /// NaN: a missing value, a level the model lacks).
+    fn set_or_missing_child(&self, node: &compile::Node, x: f64) -> u32 {
+        if x.is_nan() {
+            return node.missing;
+        }
+        match self.sets[node.aux as usize + x as usize] {
+            -1 => node.left,
+            1 => node.left + 1,
+            _ => node.missing,
         }
     }
 

@@ -298,6 +298,9 @@ fn malformed_forests_do_not_compile() {
     let mut backwards = stump(0, 0.0, 1.0, 2.0);
     backwards.left[0] = 0;
     check_error(forest(Algorithm::RandomForest, vec![number("x")], vec![backwards], mean.clone()), "out of range");
+    let mut one_child = stump(0, 0.0, 1.0, 2.0);
+    one_child.right[0] = 1;
+    check_error(forest(Algorithm::RandomForest, vec![number("x")], vec![one_child], mean.clone()), "two splits");
     check_error(
         forest(Algorithm::RandomForest, vec![number("x")], vec![stump(1, 0.0, 1.0, 2.0)], mean.clone()),
         "input 1",
