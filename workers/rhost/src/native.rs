@@ -3,13 +3,16 @@
 //! `.rfleet_native()` answer into a [`NativeForest`].
 //!
 //! # Cache
-//! The forest of a `model.rds` is kept in `<package>/.rfleet/native-<sha256 of
-//! model.rds>.msgpack` (`protocol::encode` of the [`NativeForest`]), or, where the package
-//! directory cannot be written, in `<temp dir>/rfleet-native/` under the same name. A load
-//! that finds a cache file of that digest whose `format` is [`NATIVE_FORMAT`] uses it
-//! without calling R's extractor; otherwise it extracts and writes the file (to a
-//! temporary name, then renamed, so that a reader never sees half a file). A changed
-//! `model.rds` has another digest, so it is extracted again.
+//! The forest of a `model.rds` is kept in `<package>/.rfleet/native-<digest>.msgpack`
+//! (`protocol::encode` of the [`NativeForest`]), or, where the package directory cannot be
+//! written, in `<temp dir>/rfleet-native/` under the same name. The digest is the sha256
+//! of `model.rds` and of the model's input schema: levels a model does not store (ranger's
+//! partitioned factors, randomForest's ordered ones) come from its schema, so a forest
+//! extracted under one `model.toml` is not another's. A load that finds a cache file of
+//! that digest whose `format` is [`NATIVE_FORMAT`] uses it without calling R's extractor;
+//! otherwise it extracts and writes the file (to a temporary name, then renamed, so that a
+//! reader never sees half a file). A changed `model.rds` (or schema) has another digest,
+//! so it is extracted again.
 //!
 //! Nothing here fails a model's load: a failure is [`NativeLoad::Failed`], and the model
 //! is served by R.
@@ -43,7 +46,17 @@ pub fn load(
         ModelKind::AzureMl => return unsupported("a model called through score.R (an Azure ML entry script)"),
     }
     let file = match std::fs::read(spec.dir.join("model.rds")) {
-        Ok(bytes) => format!("native-{:x}.msgpack", Sha256::digest(&bytes)),
+        Ok(bytes) => {
+            let mut digest = Sha256::new();
+            digest.update(&bytes);
+            if let Some(schema) = schema {
+                match protocol::encode(schema) {
+                    Ok(schema) => digest.update(&schema),
+                    Err(e) => return NativeLoad::Failed { reason: format!("encoding the schema: {e}") },
+                }
+            }
+            format!("native-{:x}.msgpack", digest.finalize())
+        }
         Err(e) => return NativeLoad::Failed { reason: format!("reading model.rds: {e}") },
     };
     let places = [spec.dir.join(".rfleet"), std::env::temp_dir().join("rfleet-native")];

@@ -42,7 +42,7 @@ fn spec(dir: &Path, name: &str) -> ModelSpec {
         dir,
         schema: manifest.schema(),
         predict_type: manifest.predict_type.clone(),
-        engine: manifest.engine,
+        engine: manifest.engine.unwrap_or_default(),
     }
 }
 
