@@ -36,7 +36,9 @@ RUN apt-get update \
     && chown 10001:10001 /models
 COPY ${BIN_DIR}/rfleet ${BIN_DIR}/rfleet-rhost /usr/local/bin/
 # The R host links Debian's libR: a binary built against some other R stops the build here.
-RUN ldd /usr/local/bin/rfleet-rhost | grep -q 'libR.so => /' \
+# grep reads all of ldd's output (no -q): an early exit can fail ldd on a closed pipe,
+# and pipefail with it.
+RUN ldd /usr/local/bin/rfleet-rhost | grep 'libR.so => /' >/dev/null \
     && /usr/local/bin/rfleet --version
 ENV RFLEET_MODELS__DIR=/models
 # Last, so that a new revision or date rebuilds no layer above (build-args are part of the
