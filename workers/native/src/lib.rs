@@ -36,10 +36,17 @@ use rayon::prelude::*;
 /// on the calling thread, where a pool's hand-off would cost more than the trees.
 pub const PARALLEL_ROWS: usize = 64;
 
-/// Rows per parallel task (and per block walked a tree at a time): enough trees walked
-/// per task to outweigh its scheduling, few enough for both cores to share a request of
-/// a few hundred rows.
-const ROWS_PER_TASK: usize = 64;
+/// Fewest rows per parallel task (each task's block is walked a tree at a time).
+const MIN_ROWS_PER_TASK: usize = 64;
+
+/// Rows per parallel task for a request of `n_rows`: one block per thread of the pool, at
+/// least [`MIN_ROWS_PER_TASK`]. A block is walked a tree at a time, so each tree's nodes
+/// come into the cache once per block: a forest of megabytes walked over small blocks
+/// spends its time in cache misses (64-row blocks made a 10,000-row request of a 500-tree
+/// forest ten times slower than R's C loop, which walks all rows through each tree).
+fn rows_per_task(n_rows: usize) -> usize {
+    n_rows.div_ceil(rayon::current_num_threads().max(1)).max(MIN_ROWS_PER_TASK)
+}
 
 /// Rows walked down a tree together (see `NativeModel::walk`).
 const LANES: usize = 8;
@@ -127,7 +134,8 @@ impl NativeModel {
         let mut acc = vec![0.0; frame.n_rows * width];
         let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| self.accumulate(x_rows, row_len, acc_rows);
         if frame.n_rows >= PARALLEL_ROWS {
-            x.par_chunks(row_len * ROWS_PER_TASK).zip(acc.par_chunks_mut(width * ROWS_PER_TASK)).for_each(score);
+            let rows = rows_per_task(frame.n_rows);
+            x.par_chunks(row_len * rows).zip(acc.par_chunks_mut(width * rows)).for_each(score);
         } else {
             score((&x, &mut acc));
         }
