@@ -69,15 +69,18 @@ fn head(frame: &Frame, n: usize) -> Frame {
 }
 
 fn bench_native(c: &mut Criterion) {
-    let forest_path = input_path("RFLEET_BENCH_FOREST", "an R host's cache file, <package>/.rfleet/native-<digest>.msgpack");
+    let forest_path =
+        input_path("RFLEET_BENCH_FOREST", "an R host's cache file, <package>/.rfleet/native-<digest>.msgpack");
     let body_path = input_path("RFLEET_BENCH_BODY", "a JSON array of row objects (the suite's body-big.json)");
     let bytes = std::fs::read(&forest_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", forest_path.display()));
     let forest: NativeForest =
         protocol::decode(&bytes).unwrap_or_else(|e| panic!("cannot decode {}: {e}", forest_path.display()));
-    let model = NativeModel::compile(&forest).unwrap_or_else(|e| panic!("{} does not compile: {e}", forest_path.display()));
+    let model =
+        NativeModel::compile(&forest).unwrap_or_else(|e| panic!("{} does not compile: {e}", forest_path.display()));
     let body = std::fs::read(&body_path).unwrap_or_else(|e| panic!("cannot read {}: {e}", body_path.display()));
     let frame = protocol::json::frame_from_slice(&body).unwrap_or_else(|e| panic!("{}: {e}", body_path.display()));
-    let frame = protocol::conform(&frame, &schema_of(&forest)).unwrap_or_else(|e| panic!("{}: {e}", body_path.display()));
+    let frame =
+        protocol::conform(&frame, &schema_of(&forest)).unwrap_or_else(|e| panic!("{}: {e}", body_path.display()));
     let n_trees = forest.trees.len() as u64;
     let footprint = model.footprint();
     eprintln!(
