@@ -51,11 +51,23 @@ pub fn repo_root() -> PathBuf {
 /// The fixture models and cases, made once per script version by
 /// `tests/fixtures/make_models.R` and shared by every test process (under a file lock).
 pub fn fixtures() -> PathBuf {
-    let script = repo_root().join("tests/fixtures/make_models.R");
-    let text = std::fs::read(&script).expect("read make_models.R");
+    made_by("tests/fixtures/make_models.R", "rfleet-fixtures")
+}
+
+/// The native engine's own models (`tests/fixtures/make_native_models.R`): forests of each
+/// kind and option the engine covers, and some it does not, under `models/`.
+pub fn native_fixtures() -> PathBuf {
+    made_by("tests/fixtures/make_native_models.R", "rfleet-native-fixtures")
+}
+
+/// What the R script `script` (relative to the repository) writes, made once per version
+/// of the script under `target/<root>/`, under a lock, so that concurrent tests share it.
+fn made_by(script: &str, root: &str) -> PathBuf {
+    let script = repo_root().join(script);
+    let text = std::fs::read(&script).unwrap_or_else(|e| panic!("read {}: {e}", script.display()));
     // FNV-1a: a new script version gets a new directory.
     let hash = text.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
-    let root = target_dir().join("rfleet-fixtures");
+    let root = target_dir().join(root);
     std::fs::create_dir_all(&root).unwrap();
     let dir = root.join(format!("{hash:016x}"));
     let lock = std::fs::File::create(root.join("lock")).unwrap();
@@ -64,7 +76,7 @@ pub fn fixtures() -> PathBuf {
     if !dir.join("done").exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let status = Command::new("Rscript").arg(&script).arg(&dir).status().expect("run Rscript (is R installed?)");
-        assert!(status.success(), "make_models.R failed: {status}");
+        assert!(status.success(), "{} failed: {status}", script.display());
         std::fs::write(dir.join("done"), b"").unwrap();
     }
     drop(lock);
@@ -169,7 +181,10 @@ pub fn copy_package(from: &Path, to: &Path) {
     std::fs::create_dir_all(&staging).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
+        // Directories (an R host's `.rfleet/` cache of the native forest) stay behind.
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), staging.join(entry.file_name())).unwrap();
+        }
     }
     std::fs::rename(&staging, to).unwrap();
 }

@@ -27,6 +27,8 @@ mod http;
 mod images;
 #[path = "suite/keda.rs"]
 mod keda;
+#[path = "suite/native.rs"]
+mod native;
 #[path = "suite/observability.rs"]
 mod observability;
 #[path = "suite/package.rs"]

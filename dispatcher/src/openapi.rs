@@ -268,7 +268,11 @@ const ANSWER_HEADERS: &[(&str, &str, &str)] = &[
     ("x-rfleet-queue-ms", "number", "milliseconds from publishing until an R host took the request"),
     ("x-rfleet-r-ms", "number", "milliseconds inside R"),
     ("x-rfleet-attempts", "integer", "how many times the request was given to R"),
-    ("x-rfleet-path", "string", "how the worker scored it: `native` (the native engine), or in R `whole`, `batch:N`, `rows:K`, `trees:K`"),
+    (
+        "x-rfleet-path",
+        "string",
+        "how the worker scored it: `native` (the native engine), or in R `whole`, `batch:N`, `rows:K`, `trees:K`",
+    ),
 ];
 
 /// The operations that take Azure ML's deployment header: those with a model but no version

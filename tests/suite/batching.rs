@@ -286,14 +286,7 @@ async fn deadlines_beat_batch_waits() {
 /// fixture's `model.rds` with the given `model.toml`.
 fn models_dir(fixtures: &Path, copies: &[&str], extra: &[(&str, &str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let copy = |from: &str, to: &str| {
-        let target = dir.path().join(to);
-        std::fs::create_dir_all(&target).unwrap();
-        for entry in std::fs::read_dir(fixtures.join("models").join(from)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
-        }
-    };
+    let copy = |from: &str, to: &str| support::copy_package(&fixtures.join("models").join(from), &dir.path().join(to));
     for name in copies {
         copy(name, name);
     }

@@ -5,6 +5,7 @@
 //! - `main.rs` (this file): the channel loop. Reads [`ToHost`] messages from file
 //!   descriptor [`HOST_FD`], answers [`FromHost`] messages there.
 //! - [`models`]: loading model packages (by name and version) and scoring one request.
+//! - [`native`]: each model's forest for the native engine, extracted or found in its cache.
 //! - [`convert`]: frames to `data.frame`s and R results back to frames.
 //! - `prelude.R`: the R half, sourced once at start: `.rfleet_load`, the per-model scorer
 //!   closures, schema inference, output normalization.
@@ -92,6 +93,24 @@
 //! `predict failed (trees a..b): ` in the message; a model without `forest`, an empty or
 //! out-of-range tree range and a JSON input are `bad_request`.
 //!
+//! # Native forests
+//! Each model whose package's `engine` is not `r` gets a [`NativeLoad`](protocol::NativeLoad)
+//! in `Ready.native` (in `models` order; `Off` for `engine = "r"`). A model called by
+//! `predict` that is a randomForest (regression, classification), a ranger forest
+//! (regression, classification of a factor, probability) or a gbm model (gaussian,
+//! bernoulli, poisson) has its trees extracted by the prelude's `.rfleet_native()` into a
+//! [`NativeForest`](protocol::NativeForest) and written to the cache file named by the
+//! digest of its `model.rds` (`Ready { extracted: true }`); a later load finds that file
+//! and calls no extractor (`extracted: false`). Any other model is `Unsupported`, with the
+//! class or option that makes it so (`gbm distribution multinomial`, `ranger survival
+//! forests`, `a randomForest without its forest (keep.forest = FALSE)`, a model called
+//! through score.R), and an extraction that fails is `Failed`: neither fails the model's
+//! load, which R serves either way. Inputs are listed in the order the trees count them,
+//! with each factor's levels in the order of the model's codes: the model's own where it
+//! stores them (randomForest's `xlevels`, ranger's `covariate.levels`, gbm's
+//! `var.levels`), else the schema's, since a frame conformed to the schema gives R those
+//! codes.
+//!
 //! # Schemas
 //! A schema declared in `model.toml` is used as is. Otherwise `.rfleet_schema()` infers
 //! one, first match wins: caret `train` (its `terms` when trained with a formula, else
@@ -121,6 +140,7 @@
 
 mod convert;
 mod models;
+mod native;
 
 use std::io::{BufReader, BufWriter};
 use std::os::fd::FromRawFd;
@@ -176,7 +196,7 @@ fn run() -> anyhow::Result<()> {
         models: models.infos(),
         failed,
         load_us: models.load_us(),
-        native: Vec::new(),
+        native: models.native(),
     };
     write_message(&mut writer, &ready).context("cannot send ready")?;
     serve(models, &mut reader, &mut writer)

@@ -1,7 +1,8 @@
 //! The models this host serves, by [`ModelRef`] (name and version, so one host holds
 //! several versions of a model): each loaded once through the prelude's `.rfleet_load()`,
 //! then scored per request through the R closure it returned; forests also in parts,
-//! through a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`.
+//! through a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`. Each
+//! model's native forest is settled at load too (see [`crate::native`]).
 //!
 //! Each package loads on its own: one that fails becomes a [`LoadFailure`] and the others
 //! load regardless. A model is registered only once every step of its load has succeeded,
@@ -15,6 +16,7 @@ use extendr_api::prelude::*;
 use protocol::host::{HostOutput, ModelSpec, Phases, TreeRange};
 use protocol::{
     compare_versions, ErrorBody, ErrorCode, ForestInfo, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef,
+    NativeLoad,
 };
 
 use crate::convert::{self, FrameCache};
@@ -40,6 +42,8 @@ struct Model {
     forest: Option<Robj>,
     /// Part scorers by tree range, most recently used first, at most [`MAX_PARTS`].
     parts: Vec<(TreeRange, Function)>,
+    /// What became of its native forest at load.
+    native: NativeLoad,
 }
 
 /// Sub-forests kept per model. A worker asks for the same few ranges (its split of the
@@ -134,6 +138,10 @@ impl Models {
             .ok()
             .and_then(|f| f.as_function())
             .ok_or("the prelude does not define .rfleet_part_scorer")?;
+        let extract = eval_string(".rfleet_native")
+            .ok()
+            .and_then(|f| f.as_function())
+            .ok_or("the prelude does not define .rfleet_native")?;
         let mut loaded = Models { models: Vec::new(), by_ref: HashMap::new(), part_scorer };
         let mut failed = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
@@ -147,7 +155,7 @@ impl Models {
                 )),
                 None => {
                     let started = Instant::now();
-                    load_one(&load, spec).map(|model| Model { load_us: micros_since(started), ..model })
+                    load_one(&load, &extract, spec).map(|model| Model { load_us: micros_since(started), ..model })
                 }
             };
             match loaded_one {
@@ -166,6 +174,11 @@ impl Models {
     /// The loaded models' infos, in the order they were listed.
     pub fn infos(&self) -> Vec<ModelInfo> {
         self.models.iter().map(|m| m.info.clone()).collect()
+    }
+
+    /// What became of each loaded model's native forest, in [`Models::infos`] order.
+    pub fn native(&self) -> Vec<NativeLoad> {
+        self.models.iter().map(|m| m.native.clone()).collect()
     }
 
     /// How long each loaded model took to load, in microseconds, in [`Models::infos`] order.
@@ -258,8 +271,10 @@ impl Models {
     }
 }
 
-/// Loads one package; the error is its [`LoadFailure`] message, naming the model.
-fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, String> {
+/// Loads one package; the error is its [`LoadFailure`] message, naming the model. Its
+/// native forest is extracted (or found in the cache) through `extract`, the prelude's
+/// `.rfleet_native`, which never fails the load.
+fn load_one(load: &Function, extract: &Function, spec: &ModelSpec) -> std::result::Result<Model, String> {
     let label = label(&spec.model_ref());
     let dir = std::path::absolute(&spec.dir).unwrap_or_else(|_| spec.dir.clone());
     let dir = dir.to_str().ok_or_else(|| format!("{label}: the package path {} is not UTF-8", dir.display()))?;
@@ -300,7 +315,9 @@ fn load_one(load: &Function, spec: &ModelSpec) -> std::result::Result<Model, Str
     } else {
         (Some(forest_info(&forest_robj).map_err(|e| format!("{label}: {e}"))?), Some(forest_robj))
     };
+    let native = crate::native::load(spec, kind, &field("model")?, schema.as_ref(), extract);
     Ok(Model {
+        native,
         info: ModelInfo {
             name: spec.name.clone(),
             version: spec.version.clone(),

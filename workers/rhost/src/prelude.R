@@ -1,9 +1,10 @@
 # rfleet R host prelude: the R half of loading and scoring models (see src/main.rs docs).
 #
 # Sourced once into the global environment when the host starts. Every name starts with
-# `.rfleet_` so it stays out of the way of models' own scripts. The Rust side calls two
-# functions: `.rfleet_load()` once per model, then, per request, the scorer closure that
-# `.rfleet_load()` returned. Nothing here parses R source at request time.
+# `.rfleet_` so it stays out of the way of models' own scripts. The Rust side calls
+# `.rfleet_load()` once per model (and `.rfleet_native()` on the model it loaded, unless
+# its forest is cached), then, per request, the scorer closure that `.rfleet_load()`
+# returned. Nothing here parses R source at request time.
 #
 # `label` arguments are how messages name a model: "model 'rf_reg'", or "model 'rf_reg'
 # version '2'" for a versioned package, since one host may hold several versions of a name.
@@ -338,6 +339,160 @@ options(warn = 1, stringsAsFactors = FALSE)
     label, ": preparing ", trees, " failed: ", conditionMessage(e)), e))
 }
 
+# --- native forests ------------------------------------------------------------------
+#
+# `.rfleet_native(model)` extracts a randomForest, ranger or gbm model's trees for the
+# native engine as plain vectors, which the Rust side (src/native.rs) reads into a
+# `NativeForest`. Per tree: `var` (0-based input, -1 at leaves), `split` (the threshold;
+# at a categorical split of randomForest and ranger the packed level bits as the package
+# stores them, unpacked on the Rust side, which knows every input's levels; at gbm's the
+# index into the tree's `sets`), `left`, `right` and gbm's `missing` (0-based nodes),
+# `value` (the leaf's value or class), ranger probability leaves' `distribution`, and
+# gbm's `sets` (`c.splits` as -1 left, 1 right, 0 missing). Inputs are in the order the
+# trees count them, with the model's levels where the model stores them (NULL where it
+# does not: the levels a request's frame is conformed to are then R's codes).
+#
+# A model the engine cannot reproduce answers an `rfleet_unsupported` string saying
+# which class or option; an R error an `rfleet_error`.
+
+.rfleet_unsupported <- function(reason) structure(reason, class = "rfleet_unsupported")
+
+.rfleet_native_input <- function(name, levels, categorical, code_base) {
+  list(name = name, levels = if (is.character(levels)) levels else NULL,
+       categorical = categorical, code_base = as.integer(code_base))
+}
+
+.rfleet_native_randomforest <- function(model) {
+  f <- model$forest
+  if (is.null(f)) return(.rfleet_unsupported("a randomForest without its forest (keep.forest = FALSE)"))
+  if (!model$type %in% c("regression", "classification")) {
+    return(.rfleet_unsupported(paste0("a randomForest of type '", model$type, "'")))
+  }
+  vname <- if (is.null(dim(model$importance))) names(model$importance) else rownames(model$importance)
+  if (!is.null(model$terms) && !all(vname %in% all.vars(delete.response(model$terms)))) {
+    return(.rfleet_unsupported("a randomForest formula with terms that are not plain variables"))
+  }
+  ncat <- as.integer(f$ncat)
+  inputs <- Map(function(name, n, levels) .rfleet_native_input(name, if (n > 1) levels else NULL, n > 1, 1L),
+                vname, ncat, f$xlevels, USE.NAMES = FALSE)
+  trees <- lapply(seq_len(f$ntree), function(t) {
+    n <- f$ndbigtree[t]
+    nodes <- seq_len(n)
+    leaf <- f$nodestatus[nodes, t] == -1L
+    # Classification forests (and old regression ones) keep their children in `treemap`.
+    left <- if (!is.null(f$treemap)) f$treemap[nodes, 1, t] else f$leftDaughter[nodes, t]
+    right <- if (!is.null(f$treemap)) f$treemap[nodes, 2, t] else f$rightDaughter[nodes, t]
+    list(var = ifelse(leaf, -1L, as.integer(f$bestvar[nodes, t]) - 1L),
+         split = ifelse(leaf, 0, as.double(f$xbestsplit[nodes, t])),
+         left = ifelse(leaf, 0L, as.integer(left) - 1L),
+         right = ifelse(leaf, 0L, as.integer(right) - 1L),
+         value = ifelse(leaf, as.double(f$nodepred[nodes, t]), 0))
+  })
+  output <- if (model$type == "classification") {
+    list(kind = "votes", classes = as.character(model$classes), cutoff = as.double(f$cutoff))
+  } else {
+    list(kind = "mean", bias = if (is.null(model$coefs)) NULL else as.double(model$coefs))
+  }
+  list(algorithm = "random_forest", inputs = inputs, trees = trees, output = output)
+}
+
+.rfleet_native_ranger <- function(model) {
+  f <- model$forest
+  if (is.null(f)) return(.rfleet_unsupported("a ranger model without its forest (write.forest = FALSE)"))
+  type <- f$treetype
+  output <- switch(type,
+    "Regression" = list(kind = "mean", bias = NULL),
+    "Classification" = if (is.null(f$levels)) NULL else list(kind = "majority", classes = as.character(f$levels)),
+    "Probability estimation" = list(kind = "distribution",
+                                    classes = as.character(f$levels[sort(f$class.values)])),
+    NULL)
+  if (is.null(output)) {
+    what <- switch(type, "Survival" = "ranger survival forests",
+                   "Classification" = "a ranger classification of a numeric response",
+                   paste0("ranger forests of type '", type, "'"))
+    return(.rfleet_unsupported(what))
+  }
+  vars <- f$independent.variable.names
+  levels <- if (is.null(f$covariate.levels)) list() else f$covariate.levels
+  inputs <- Map(function(name, ordered) .rfleet_native_input(name, levels[[name]], !ordered, 1L),
+                vars, f$is.ordered, USE.NAMES = FALSE)
+  # Probability leaves hold their fractions in `class.values` order; predict.ranger
+  # answers the columns sorted by class value.
+  probability <- type == "Probability estimation"
+  reorder <- if (probability) order(f$class.values) else NULL
+  trees <- lapply(seq_len(f$num.trees), function(t) {
+    left <- as.integer(f$child.nodeIDs[[t]][[1]])
+    right <- as.integer(f$child.nodeIDs[[t]][[2]])
+    leaf <- left == 0L & right == 0L
+    split <- as.double(f$split.values[[t]])
+    tree <- list(var = ifelse(leaf, -1L, as.integer(f$split.varIDs[[t]])),
+                 split = ifelse(leaf, 0, split), left = left, right = right,
+                 value = ifelse(leaf, split, 0))
+    if (probability) {
+      tree$distribution <- lapply(f$terminal.class.counts[[t]], function(p) if (length(p)) as.double(p[reorder]) else double())
+    }
+    tree
+  })
+  list(algorithm = "ranger", inputs = inputs, trees = trees, output = output)
+}
+
+.rfleet_native_gbm <- function(model) {
+  distribution <- model$distribution$name
+  if (!distribution %in% c("gaussian", "bernoulli", "poisson")) {
+    return(.rfleet_unsupported(paste0("gbm distribution ", distribution)))
+  }
+  if (!is.null(model$num.classes) && model$num.classes != 1) {
+    return(.rfleet_unsupported("a gbm model of more than one class"))
+  }
+  vars <- model$var.names
+  if (!is.null(model$Terms) && !all(vars %in% all.vars(model$Terms))) {
+    return(.rfleet_unsupported("a gbm formula with terms that are not plain variables"))
+  }
+  inputs <- Map(function(name, type, levels) .rfleet_native_input(name, levels, type > 0, 0L),
+                vars, model$var.type, model$var.levels, USE.NAMES = FALSE)
+  trees <- lapply(model$trees[seq_len(model$n.trees)], function(tree) {
+    var <- as.integer(tree[[1]])
+    code <- as.double(tree[[2]])
+    leaf <- var == -1L
+    categorical <- !leaf & model$var.type[pmax(var, 0L) + 1L] > 0
+    # The tree's own sets: the c.splits its categorical nodes use, numbered from 0.
+    used <- unique(code[categorical])
+    split <- code
+    split[categorical] <- match(code[categorical], used) - 1
+    # gbm's leaves have -1 children; 0 as in the other packages' leaves.
+    child <- function(nodes) ifelse(leaf, 0L, as.integer(nodes))
+    list(var = var, split = ifelse(leaf, 0, split), left = child(tree[[3]]),
+         right = child(tree[[4]]), missing = child(tree[[5]]),
+         value = ifelse(leaf, code, 0),
+         sets = lapply(used, function(k) {
+           s <- as.integer(model$c.splits[[k + 1]])
+           ifelse(s == -1L, -1L, ifelse(s == 1L, 1L, 0L))
+         }))
+  })
+  list(algorithm = "gbm", inputs = inputs, trees = trees,
+       output = list(kind = "boosted", init = as.double(model$initF), distribution = distribution))
+}
+
+# The native forest of a model called by `predict` (see above), with its package's
+# version.
+.rfleet_native <- function(model) {
+  tryCatch({
+    package <- if (inherits(model, "randomForest")) "randomForest"
+      else if (inherits(model, "ranger")) "ranger"
+      else if (inherits(model, "gbm")) "gbm"
+      else NULL
+    if (is.null(package)) {
+      return(.rfleet_unsupported(paste0("a model of class ", paste(class(model), collapse = "/"),
+                                        " (the engine knows randomForest, ranger and gbm)")))
+    }
+    forest <- switch(package, randomForest = .rfleet_native_randomforest(model),
+                     ranger = .rfleet_native_ranger(model), gbm = .rfleet_native_gbm(model))
+    if (inherits(forest, "rfleet_unsupported")) return(forest)
+    forest$package_version <- as.character(utils::packageVersion(package))
+    forest
+  }, error = function(e) .rfleet_error(paste0("extracting the forest failed in R: ", conditionMessage(e)), e))
+}
+
 # --- loading -------------------------------------------------------------------------
 
 .rfleet_default_type <- function(model) {
@@ -413,7 +568,8 @@ options(warn = 1, stringsAsFactors = FALSE)
 }
 
 # Loads one model package. Answers list(kind, scorer (compute and output), r_class,
-# schema, predict_type, forest), or an rfleet_error "<label>: loading failed in R: <step>: <R's message>".
+# schema, predict_type, forest, model (the model for `.rfleet_native()`, NULL unless
+# called by `predict`)), or an rfleet_error "<label>: loading failed in R: <step>: <R's message>".
 # `forest` is `.rfleet_forest()`'s answer for a model called by `predict`, else NULL.
 #
 # Loading registers nothing anywhere: the package's environment (score.R's definitions)
@@ -478,7 +634,8 @@ options(warn = 1, stringsAsFactors = FALSE)
       r_class = r_class,
       schema = schema,
       predict_type = predict_type,
-      forest = forest
+      forest = forest,
+      model = if (kind == "predict") model else NULL
     )
   }, error = function(e) .rfleet_error(paste0(label, ": loading failed in R: ", step, ": ", conditionMessage(e))))
 }

@@ -3,18 +3,19 @@
 //! `tests/fixtures/make_models.R` makes (and a few odd packages written here).
 
 use std::io::{BufReader, BufWriter};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, Phases, ToHost, HOST_FD};
+use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, Phases, ToHost};
 use protocol::{
     ColumnData, ColumnType, ErrorBody, ErrorCode, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef, Schema,
 };
 use serde_json::{json, Value};
+
+mod channel;
 
 // ---------------------------------------------------------------------------------------
 // Support: fixtures, a host process, comparisons.
@@ -61,26 +62,7 @@ impl Host {
     /// The host's stdout goes to `stdout`; stdin is /dev/null and stderr this test's, as
     /// the supervisor sets them up (it pipes both to its log).
     fn start_with(models: Vec<ModelSpec>, stdout: Stdio) -> (Host, FromHost) {
-        let (ours, theirs) = UnixStream::pair().expect("socketpair");
-        let their_fd = theirs.as_raw_fd();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rfleet-rhost"));
-        command.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if their_fd == HOST_FD {
-                    // dup2 onto itself keeps close-on-exec, so clear it by hand.
-                    let flags = libc::fcntl(HOST_FD, libc::F_GETFD);
-                    libc::fcntl(HOST_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                } else if libc::dup2(their_fd, HOST_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().expect("spawn rfleet-rhost");
-        // The child holds its own copy; ours must close or we would never see its end.
-        drop(theirs);
+        let (child, ours) = channel::spawn(stdout, |_| {});
         let mut host = Host {
             child,
             reader: BufReader::new(ours.try_clone().unwrap()),

@@ -392,7 +392,10 @@ async fn score_on(
             Choice::R => None,
             Choice::Refused(reason) => return fail(ErrorCode::InvalidInput, reason),
             Choice::Native { explicit, .. } => match engine::predict(&model, frame, predict_type.as_deref()).await {
-                Ok(prediction) => Some(Outcome::Predictions(prediction.frame)),
+                Ok(prediction) => {
+                    model.metrics.native(frame.n_rows);
+                    Some(Outcome::Predictions(prediction.frame))
+                }
                 Err(declined) if explicit => Some(Outcome::Error(protocol::ErrorBody::new(
                     ErrorCode::InvalidInput,
                     format!("engine=native: {declined}"),

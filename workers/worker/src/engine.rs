@@ -63,7 +63,10 @@ impl std::fmt::Debug for Native {
 pub enum Choice<'a> {
     R,
     /// `explicit`: the request asked for it, so a decline is its answer.
-    Native { model: &'a NativeModel, explicit: bool },
+    Native {
+        model: &'a NativeModel,
+        explicit: bool,
+    },
     /// `?engine=native` for what the native engine cannot serve: the reason.
     Refused(String),
 }
@@ -188,7 +191,9 @@ impl ModelEngine {
             (Engine::R, _) => Choice::R,
             (Engine::Native, Some(model)) => Choice::Native { model, explicit: true },
             (Engine::Native, None) => Choice::Refused(self.refusal(predict_type)),
-            (Engine::Auto, Some(model)) if self.serving() == Engine::Native => Choice::Native { model, explicit: false },
+            (Engine::Auto, Some(model)) if self.serving() == Engine::Native => {
+                Choice::Native { model, explicit: false }
+            }
             (Engine::Auto, _) => Choice::R,
         }
     }
@@ -200,7 +205,9 @@ impl ModelEngine {
                 predict_type.unwrap_or("(none)"),
                 native.summary.types.join(", ")
             ),
-            (None, Engine::R) => "engine=native: this model is served by R only (model.toml says engine = \"r\")".into(),
+            (None, Engine::R) => {
+                "engine=native: this model is served by R only (model.toml says engine = \"r\")".into()
+            }
             (None, _) => format!(
                 "engine=native: this model has no native forest ({})",
                 self.absent.as_deref().unwrap_or("none was extracted")
@@ -216,7 +223,8 @@ fn covers(model: &NativeModel, predict_type: Option<&str>) -> bool {
 
 fn read_forest(path: &Path) -> Result<NativeForest, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let forest: NativeForest = protocol::decode(&bytes).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
+    let forest: NativeForest =
+        protocol::decode(&bytes).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
     if forest.format != protocol::native::NATIVE_FORMAT {
         return Err(format!(
             "{} holds format {}, this worker reads {}",
@@ -298,11 +306,9 @@ pub fn compare(native: &Prediction, r: &Frame) -> Agreement {
                     }
                 }
             }
-            (a, b) => differ(format!(
-                "column '{column}': R answered {}, the native engine {}",
-                b.type_name(),
-                a.type_name()
-            )),
+            (a, b) => {
+                differ(format!("column '{column}': R answered {}, the native engine {}", b.type_name(), a.type_name()))
+            }
         }
     }
     agreement
@@ -351,12 +357,20 @@ async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
         Ok(sample) => sample,
         Err(e) => return failed(types, format!("the sample rows do not fit the schema: {e}")),
     };
-    let mut check =
-        SelfCheck { passed: true, rows: sample.n_rows as u32, types: types.clone(), mismatches: 0, ties: 0, message: None };
+    let mut check = SelfCheck {
+        passed: true,
+        rows: sample.n_rows as u32,
+        types: types.clone(),
+        mismatches: 0,
+        ties: 0,
+        message: None,
+    };
     for predict_type in types.clone() {
         let mine = match native.predict(&sample, Some(&predict_type)) {
             Ok(prediction) => prediction,
-            Err(declined) => return failed(types, format!("type '{predict_type}': the native engine declined: {declined}")),
+            Err(declined) => {
+                return failed(types, format!("type '{predict_type}': the native engine declined: {declined}"))
+            }
         };
         let request = PoolRequest {
             model: model.clone(),
@@ -370,8 +384,12 @@ async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
         let theirs = match pool.score(request).await.map(|scored| scored.result) {
             Ok(Ok(protocol::host::HostOutput::Frame(frame))) => frame,
             Ok(Ok(other)) => return failed(types, format!("type '{predict_type}': R answered {other:?}, not a frame")),
-            Ok(Err(error)) => return failed(types, format!("type '{predict_type}': R refused the sample: {}", error.message)),
-            Err(error) => return failed(types, format!("type '{predict_type}': R could not score the sample: {error}")),
+            Ok(Err(error)) => {
+                return failed(types, format!("type '{predict_type}': R refused the sample: {}", error.message))
+            }
+            Err(error) => {
+                return failed(types, format!("type '{predict_type}': R could not score the sample: {error}"))
+            }
         };
         let agreement = compare(&mine, &theirs);
         check.mismatches += agreement.mismatches;
@@ -382,4 +400,90 @@ async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
         }
     }
     check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Column;
+
+    fn doubles(values: &[f64]) -> Frame {
+        Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: values.iter().copied().map(Some).collect() })])
+            .unwrap()
+    }
+
+    fn labels(levels: &[&str], codes: &[u32]) -> Frame {
+        let levels = levels.iter().map(|l| l.to_string()).collect();
+        let values = codes.iter().copied().map(Some).collect();
+        Frame::new(vec![Column::new(".pred", ColumnData::Factor { levels, values, ordered: false })]).unwrap()
+    }
+
+    /// Doubles compare by their bits: one ulp apart, or 0.0 against -0.0, is a mismatch.
+    #[test]
+    fn doubles_agree_only_bit_for_bit() {
+        let native = |values: &[f64]| Prediction { frame: doubles(values), ties: Vec::new() };
+        assert_eq!(compare(&native(&[1.5, 2.0]), &doubles(&[1.5, 2.0])), Agreement::default());
+        let next = f64::from_bits(2.0f64.to_bits() + 1);
+        let agreement = compare(&native(&[1.5, next]), &doubles(&[1.5, 2.0]));
+        assert_eq!(agreement.mismatches, 1);
+        assert!(agreement.first.unwrap().contains("row 2"));
+        assert_eq!(compare(&native(&[0.0]), &doubles(&[-0.0])).mismatches, 1);
+    }
+
+    /// Labels compare by name (the levels may be listed apart), and a tied row may differ.
+    #[test]
+    fn labels_agree_by_name_and_ties_are_excused() {
+        let r = labels(&["a", "b", "c"], &[0, 1, 2]);
+        let same = Prediction { frame: labels(&["a", "b", "c"], &[0, 1, 2]), ties: Vec::new() };
+        assert_eq!(compare(&same, &r), Agreement::default());
+        let tie = Prediction { frame: labels(&["a", "b", "c"], &[0, 2, 2]), ties: vec![1] };
+        assert_eq!(compare(&tie, &r), Agreement { mismatches: 0, ties: 1, first: None });
+        let wrong = Prediction { frame: labels(&["a", "b", "c"], &[1, 1, 2]), ties: vec![1] };
+        let agreement = compare(&wrong, &r);
+        assert_eq!((agreement.mismatches, agreement.ties), (1, 1));
+        assert!(agreement.first.unwrap().contains("row 1: R Some(\"a\"), native Some(\"b\")"));
+    }
+
+    #[test]
+    fn shapes_that_differ_are_one_mismatch() {
+        let native = Prediction { frame: doubles(&[1.0]), ties: Vec::new() };
+        let agreement = compare(&native, &labels(&["a"], &[0]));
+        assert_eq!(agreement.mismatches, 1);
+        assert!(agreement.first.unwrap().contains("R answered factor, the native engine f64"));
+        let agreement = compare(&native, &doubles(&[1.0, 2.0]));
+        assert!(agreement.first.unwrap().contains("for 2 rows"));
+    }
+
+    /// A model without a native forest: R serves it, `?engine=native` is refused with the
+    /// reason, and `GET /models` says why.
+    #[test]
+    fn without_a_forest_r_serves_and_native_is_refused() {
+        let engine = ModelEngine::load(
+            "m",
+            Engine::Auto,
+            Some(&NativeLoad::Unsupported { reason: "gbm distribution multinomial".into() }),
+        );
+        assert!(matches!(engine.choose(None, None), Choice::R));
+        assert!(matches!(engine.choose(Some(Engine::R), None), Choice::R));
+        match engine.choose(Some(Engine::Native), None) {
+            Choice::Refused(reason) => {
+                assert!(reason.contains("no native forest (gbm distribution multinomial)"), "{reason}")
+            }
+            _ => panic!("engine=native without a forest must be refused"),
+        }
+        let status = engine.status();
+        assert_eq!((status.configured, status.serving), (Engine::Auto, Engine::R));
+        assert_eq!(status.reason.as_deref(), Some("gbm distribution multinomial"));
+        assert!(!engine.begin_check(), "nothing to check");
+
+        let off = ModelEngine::load("m", Engine::R, Some(&NativeLoad::Off));
+        assert_eq!(off.status().reason.as_deref(), Some("model.toml says engine = \"r\""));
+        let missing = ModelEngine::load(
+            "m",
+            Engine::Auto,
+            Some(&NativeLoad::Ready { path: "/nonexistent/forest.msgpack".into(), extracted: false }),
+        );
+        assert!(missing.native().is_none());
+        assert!(missing.status().reason.unwrap().contains("cannot read /nonexistent/forest.msgpack"));
+    }
 }

@@ -253,6 +253,8 @@ struct Families {
     requests: Family<OutcomeLabels, Counter>,
     rows: Family<ModelLabels, Counter>,
     r_calls: Family<ModelLabels, Counter>,
+    native_requests: Family<ModelLabels, Counter>,
+    native_rows: Family<ModelLabels, Counter>,
     batch_rows: Histograms<ModelLabels>,
     batch_requests: Histograms<ModelLabels>,
     split_shards: Histograms<SplitLabels>,
@@ -277,6 +279,8 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         requests: Family::default(),
         rows: Family::default(),
         r_calls: Family::default(),
+        native_requests: Family::default(),
+        native_rows: Family::default(),
         batch_rows: histograms(ROWS),
         batch_requests: histograms(REQUESTS),
         split_shards: histograms(SHARDS),
@@ -301,6 +305,8 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     );
     register("rfleet_rows_scored", "Rows scored by R", f.rows.clone());
     register("rfleet_r_calls", "Calls into R (rows / calls is the batching at work)", f.r_calls.clone());
+    register("rfleet_native_requests", "Requests the native engine answered (no R call)", f.native_requests.clone());
+    register("rfleet_native_rows", "Rows the native engine scored", f.native_rows.clone());
     register("rfleet_batch_rows", "Rows per job given to R hosts", f.batch_rows.clone());
     register("rfleet_batch_requests", "Requests per job given to R hosts", f.batch_requests.clone());
     register(
@@ -440,6 +446,8 @@ pub struct ModelMetrics {
     requests: [Counter; 6],
     rows: Counter,
     r_calls: Counter,
+    native_requests: Counter,
+    native_rows: Counter,
     phases: [HistogramWithExemplars<TraceExemplar>; 5],
     batch_rows: Histogram,
     batch_requests: Histogram,
@@ -488,6 +496,8 @@ impl ModelMetrics {
             }),
             rows: f.rows.get_or_create_owned(&labels),
             r_calls: f.r_calls.get_or_create_owned(&labels),
+            native_requests: f.native_requests.get_or_create_owned(&labels),
+            native_rows: f.native_rows.get_or_create_owned(&labels),
             phases: PHASES.map(|phase| {
                 phase_durations().get_or_create_owned(&PhaseLabels {
                     model: model.clone(),
@@ -516,6 +526,12 @@ impl ModelMetrics {
 
     pub fn phase(&self, phase: Phase, time: Duration, trace: Option<&TraceParent>) {
         self.phases[phase as usize].observe(time.as_secs_f64(), exemplar(trace), None);
+    }
+
+    /// A request the native engine answered, of `rows` rows.
+    pub fn native(&self, rows: usize) {
+        self.native_requests.inc();
+        self.native_rows.inc_by(rows as u64);
     }
 
     /// One R call, with where its time went.

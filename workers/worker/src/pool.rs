@@ -460,7 +460,14 @@ impl Pool {
             let generation = (held_back.is_none())
                 .then(|| {
                     let previous = Some(&*state.current);
-                    Arc::new(generation_of(&self.inner.config, &discovered, infos.clone(), engines, previous, r_version))
+                    Arc::new(generation_of(
+                        &self.inner.config,
+                        &discovered,
+                        infos.clone(),
+                        engines,
+                        previous,
+                        r_version,
+                    ))
                 })
                 .filter(|generation| generation.prints != state.current.prints);
             if let Some(failure) = held_back {
@@ -992,7 +999,9 @@ fn generation_of(
         });
         let model = kept.unwrap_or_else(|| {
             let buckets = package.manifest.metrics.prediction_buckets.as_deref();
-            Arc::new(ServedModel::new(info, config.throughput.for_model(&package.manifest), buckets).with_engine(engine))
+            Arc::new(
+                ServedModel::new(info, config.throughput.for_model(&package.manifest), buckets).with_engine(engine),
+            )
         });
         generation.specs.push(package.spec.clone());
         generation.models.push(model);

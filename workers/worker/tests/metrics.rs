@@ -34,6 +34,8 @@ fn settings(models: &Path, n_hosts: usize) -> settings::Settings {
     settings.workers.n_hosts = n_hosts;
     settings.workers.rhost_path = Some(support::binary("rfleet-rhost"));
     settings.workers.id = Some("metrics-test".into());
+    // R's own predict: these tests count R calls and their spans (a self-check would add some).
+    settings.workers.engine = protocol::Engine::R;
     settings.bus.announce_interval_ms = 200;
     settings
 }

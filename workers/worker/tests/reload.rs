@@ -109,6 +109,8 @@ fn settings(models: &Path, strict: bool) -> settings::Settings {
     settings.workers.n_hosts = 2;
     settings.workers.rhost_path = Some(rhost());
     settings.workers.id = Some("reload-test".into());
+    // R's own predict: these tests count R calls and their spans (a self-check would add some).
+    settings.workers.engine = protocol::Engine::R;
     settings.bus.announce_interval_ms = 200;
     settings
 }

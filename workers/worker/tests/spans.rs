@@ -90,6 +90,8 @@ fn settings(models: &Path) -> settings::Settings {
     settings.workers.split_min_rows = 2;
     settings.workers.rhost_path = Some(support::binary("rfleet-rhost"));
     settings.workers.id = Some("spans-test".into());
+    // R's own predict: these tests count R calls and their spans (a self-check would add some).
+    settings.workers.engine = protocol::Engine::R;
     settings
 }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context as _;
+use protocol::host::ModelSpec;
 use protocol::ModelRef;
 use settings::Settings;
 use worker::{discover, Host, Started};
@@ -141,7 +142,9 @@ fn load(args: &PackageArgs, tag: &ImageTag, settings: &Settings) -> anyhow::Resu
             discovered.failed.iter().map(|f| format!("  {}: {}", f.dir.display(), f.failure.message)).collect();
         anyhow::bail!("cannot package: some model packages are broken:\n{}", failures.join("\n"));
     }
-    let specs: Vec<_> = discovered.packages.iter().map(|p| p.spec.clone()).collect();
+    // Loaded for its classes only: no native forest is extracted into the package's directory.
+    let specs: Vec<_> =
+        discovered.packages.iter().map(|p| ModelSpec { engine: protocol::Engine::R, ..p.spec.clone() }).collect();
     one_model_version(&specs.iter().map(|s| s.model_ref()).collect::<Vec<_>>(), tag, args)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let host_config = worker::pool_config(&settings.workers).host;
