@@ -8,7 +8,7 @@
 # --forest is the cache file an R host wrote when it loaded the model (suite.sh passes the
 # one its native server made); --body a JSON array of row objects (suite.sh's
 # body-big.json, 10,000 rows; its first row is the single-row case); --reference the
-# native engine's answer for the body (suite.sh's big-native-reply.json, equal to R's),
+# native engine's answer for the body (suite.sh's reply-big-native.json, equal to R's),
 # against which treelite's predictions are compared bit for bit.
 #
 #   1. criterion (benches/native_bench.rs, `cargo bench -p benches --bench native`): one

@@ -465,11 +465,11 @@ if has_system native; then
     # The large request: the native answer against R's on the same server, unsplit (a split
     # by trees sums in another order), compared value by value as doubles.
     for engine in r native; do
-        status="$(curl -s -m 120 -o "$OUT/big-$engine-reply.json" -w '%{http_code}' -H 'content-type: application/json' \
+        status="$(curl -s -m 120 -o "$OUT/reply-big-$engine.json" -w '%{http_code}' -H 'content-type: application/json' \
             --data-binary "@$BIG_BODY" "$RFLEET_BASE/score?engine=$engine&split=never" || true)"
         [[ "$status" == 200 ]] || die_with_log "$RFLEET_LOG" "$label: the $BIG_ROWS-row request with ?engine=$engine answered '$status'"
     done
-    big_differing="$(python3 - "$OUT/big-native-reply.json" "$OUT/big-r-reply.json" <<'PY'
+    big_differing="$(python3 - "$OUT/reply-big-native.json" "$OUT/reply-big-r.json" <<'PY'
 import json, struct, sys
 native, r = (json.load(open(path)) for path in sys.argv[1:])
 bits = lambda v: struct.pack("<d", float(v))
@@ -487,8 +487,14 @@ PY
     # host holds once.
     r_object_size="$(Rscript -e 'suppressPackageStartupMessages(library(randomForest)); cat(as.numeric(object.size(readRDS(commandArgs(TRUE)[1]))))' \
         "$MODEL_DIR/rf500/model.rds")"
-    native_cache_file="$(find "$MODEL_DIR/rf500/.rfleet" -maxdepth 1 -name 'native-*.msgpack' -printf '%T@ %p\n' 2>/dev/null | sort -rn | sed -n '1s/^[^ ]* //p')"
-    [[ -n "$native_cache_file" ]] || say "warning: $label: no cache file $MODEL_DIR/rf500/.rfleet/native-*.msgpack: the in-process part is skipped"
+    # The R host names the cache file by the SHA-256 of model.rds, beside the model, or in
+    # the temporary directory when the package's directory is not writable.
+    digest="$(sha256sum "$MODEL_DIR/rf500/model.rds" | cut -d' ' -f1)"
+    native_cache_file=""
+    for candidate in "$MODEL_DIR/rf500/.rfleet/native-$digest.msgpack" "${TMPDIR:-/tmp}/rfleet-native/native-$digest.msgpack"; do
+        if [[ -f "$candidate" ]]; then native_cache_file="$candidate" && break; fi
+    done
+    [[ -n "$native_cache_file" ]] || say "warning: $label: no cache file native-$digest.msgpack beside the model: the in-process part is skipped"
     jq -n --slurpfile model "$OUT/native-model.json" --argjson r_bytes "$r_object_size" --argjson hosts "$HOSTS" \
         --arg cache "$native_cache_file" --argjson cache_bytes "$(stat -c %s "$native_cache_file" 2>/dev/null || echo null)" \
         --argjson differing "$big_differing" --argjson big_rows "$BIG_ROWS" \
@@ -626,7 +632,7 @@ if has_system native && ((INPROC)) && [[ -n "$native_cache_file" ]]; then
     cpu_sample "before the in-process runs"
     CURRENT_GROUP=""
     run_waited "$ROOT/benches/native.sh" --forest "$native_cache_file" --body "$BIG_BODY" \
-        --reference "$OUT/big-native-reply.json" --json "$OUT/native/inproc.json" || die "benches/native.sh failed"
+        --reference "$OUT/reply-big-native.json" --json "$OUT/native/inproc.json" || die "benches/native.sh failed"
 fi
 
 # ---------------------------------------------------------------------------------------
