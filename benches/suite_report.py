@@ -187,7 +187,7 @@ def native_targets(results):
         speedup = r_big["p50_ms"] / big["p50_ms"]
         verdicts = [f"{'met' if speedup >= TARGET_NATIVE_BIG_SPEEDUP else 'missed'} over HTTP"]
         text = (f"over HTTP {big['p50_ms']:.2f} ms (parsing the 1-MB body and writing {rows} predictions included) "
-                f"vs R's one predict call {r_big['p50_ms']:.1f} ms (parsing outside its timing) = {speedup:.1f}×")
+                f"vs R's one predict call {r_big['p50_ms']:.1f} ms (parsing outside its timing) = {speedup:.2f}×")
         # The engine alone on the same rows: criterion's figure with a thread per core.
         engine_cases = [c for k, c in (inproc.get("criterion") or {}).items() if c.get("rows") == rows and c.get("threads")]
         if engine_cases:
@@ -195,7 +195,7 @@ def native_targets(results):
             engine_speedup = r_big["p50_ms"] / (fastest["ns"] / 1e6)
             verdicts.append(f"{'met' if engine_speedup >= TARGET_NATIVE_BIG_SPEEDUP else 'missed'} in process")
             text += (f"; in process (criterion, {fastest['threads']} threads) {fastest['ns'] / 1e6:.2f} ms = "
-                     f"{engine_speedup:.1f}×")
+                     f"{engine_speedup:.2f}×")
         out.append((name, ", ".join(verdicts), text))
     else:
         out.append((name, "not measured", "needs the native large request and R's predict call (rloop)"))
