@@ -12,7 +12,8 @@
 # against which treelite's predictions are compared bit for bit.
 #
 #   1. criterion (benches/native_bench.rs, `cargo bench -p benches --bench native`): one
-#      row, and all rows on a rayon pool of 1 thread and of one per core;
+#      row (the same each call, and a different one each call), and all rows on a rayon
+#      pool of 1 thread and of one per core;
 #   2. treelite (benches/treelite_gtil.py): the same forest built with treelite's model
 #      builder, checked against --reference, GTIL timed on all rows with nthread=1 and one
 #      per core, and one row at a time.
@@ -94,10 +95,12 @@ for function in sorted(os.listdir(criterion_dir)):
         estimate = json.load(open(estimates))
         ns = estimate["median"]["point_estimate"]
         # "rows-threads<N>": on a rayon pool of N threads; "rows": on the calling thread.
+        # "rows-cycled": on the calling thread, a different row each call.
         threads = int(function.split("threads")[1]) if "threads" in function else None
-        key = f"rows_{rows}_threads{threads}" if threads else f"rows_{rows}"
+        cycled = function.endswith("cycled")
+        key = f"rows_{rows}_threads{threads}" if threads else f"rows_{rows}" + ("_cycled" if cycled else "")
         cases[key] = {
-            "rows": int(rows), "threads": threads, "ns": ns,
+            "rows": int(rows), "threads": threads, "distinct_rows": cycled or int(rows) > 1, "ns": ns,
             "ns_low": estimate["median"]["confidence_interval"]["lower_bound"],
             "ns_high": estimate["median"]["confidence_interval"]["upper_bound"],
             "ns_per_row": ns / int(rows), "ns_per_tree_row": ns / int(rows) / trees}

@@ -15,7 +15,8 @@
 //! and its inverse the cost per tree per row. The large request is timed on a rayon pool
 //! of one thread (the per-row cost, to compare with GTIL's `nthread=1`) and on one of a
 //! thread per core (what the worker gets); one row is scored on the calling thread, as the
-//! engine always does.
+//! engine always does, both the same row every call (`rows/1`) and the next of the body's
+//! first 1,000 rows each call (`rows-cycled/1`, what distinct single-row requests cost).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -46,20 +47,20 @@ fn schema_of(forest: &NativeForest) -> Schema {
     Schema { columns }
 }
 
-/// The first `n` rows of `frame`.
-fn head(frame: &Frame, n: usize) -> Frame {
+/// Rows `start..start + n` of `frame`.
+fn rows(frame: &Frame, start: usize, n: usize) -> Frame {
     use protocol::ColumnData as D;
     let columns = frame
         .columns
         .iter()
         .map(|column| {
             let data = match &column.data {
-                D::F64 { values } => D::F64 { values: values[..n].to_vec() },
-                D::I32 { values } => D::I32 { values: values[..n].to_vec() },
-                D::Bool { values } => D::Bool { values: values[..n].to_vec() },
-                D::Str { values } => D::Str { values: values[..n].to_vec() },
+                D::F64 { values } => D::F64 { values: values[start..start + n].to_vec() },
+                D::I32 { values } => D::I32 { values: values[start..start + n].to_vec() },
+                D::Bool { values } => D::Bool { values: values[start..start + n].to_vec() },
+                D::Str { values } => D::Str { values: values[start..start + n].to_vec() },
                 D::Factor { levels, values, ordered } => {
-                    D::Factor { levels: levels.clone(), values: values[..n].to_vec(), ordered: *ordered }
+                    D::Factor { levels: levels.clone(), values: values[start..start + n].to_vec(), ordered: *ordered }
                 }
             };
             Column::new(column.name.clone(), data)
@@ -96,9 +97,16 @@ fn bench_native(c: &mut Criterion) {
     model.predict(&frame, None).unwrap_or_else(|e| panic!("the native engine declined the rows: {e}"));
 
     let mut group = c.benchmark_group("native");
-    let one = head(&frame, 1);
+    // One row: the same row every call (its path stays in the caches and the branch
+    // predictor), and a different row each call, as single-row requests come.
+    let one = rows(&frame, 0, 1);
     group.throughput(Throughput::Elements(n_trees));
     group.bench_function(BenchmarkId::new("rows", "1"), |b| b.iter(|| model.predict(black_box(&one), None)));
+    let singles: Vec<Frame> = (0..frame.n_rows.min(1000)).map(|i| rows(&frame, i, 1)).collect();
+    group.bench_function(BenchmarkId::new("rows-cycled", "1"), |b| {
+        let mut next = singles.iter().cycle();
+        b.iter(|| model.predict(black_box(next.next().expect("a row")), None))
+    });
 
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut thread_counts = vec![1];

@@ -103,15 +103,23 @@ def mib(kib):
     return kib / 1024.0
 
 
+def versus_valve(runs, system, concurrency=32):
+    """(the system's run, valve's, the ratio of their requests/s) at one concurrency, or
+    None when either is missing."""
+    run, valve = find(runs, "single", system, concurrency), find(runs, "single", "valve", concurrency)
+    if run and valve and valve["rps"] > 0:
+        return run, valve, run["rps"] / valve["rps"]
+    return None
+
+
 def targets(results):
     """(name, status, text) per target; status is met, missed or not measured."""
     runs = results["runs"]
     out = []
-    rf32 = find(runs, "single", "rfleet-embedded", 32)
-    valve32 = find(runs, "single", "valve", 32)
     name = f"single-row, concurrency 32: rfleet ≥ {TARGET_RATIO_VS_VALVE:.0f}× valve's requests/s, p99 < {TARGET_C32_P99_MS:.0f} ms"
-    if rf32 and valve32 and valve32["rps"] > 0:
-        ratio = rf32["rps"] / valve32["rps"]
+    compared = versus_valve(runs, "rfleet-embedded")
+    if compared:
+        rf32, valve32, ratio = compared
         ok_ratio = ratio >= TARGET_RATIO_VS_VALVE
         ok_p99 = rf32["p99_ms"] is not None and rf32["p99_ms"] < TARGET_C32_P99_MS
         text = (f"{rf32['rps']:.1f} vs {valve32['rps']:.1f} requests/s = {ratio:.2f}× "
@@ -158,11 +166,10 @@ def native_targets(results):
     """The native engine's targets (issue 13), each met, missed or not measured."""
     runs = results["runs"]
     out = []
-    native32 = find(runs, "single", "rfleet-native", 32)
-    valve32 = find(runs, "single", "valve", 32)
     name = f"native engine, single-row, concurrency 32: ≥ {TARGET_NATIVE_RATIO_VS_VALVE:.0f}× valve's requests/s"
-    if native32 and valve32 and valve32["rps"] > 0:
-        ratio = native32["rps"] / valve32["rps"]
+    compared = versus_valve(runs, "rfleet-native")
+    if compared:
+        native32, valve32, ratio = compared
         text = (f"{native32['rps']:.1f} vs {valve32['rps']:.1f} requests/s = {ratio:.1f}×"
                 + ("" if ratio >= TARGET_NATIVE_RATIO_VS_VALVE else
                    f" ({TARGET_NATIVE_RATIO_VS_VALVE * valve32['rps']:.0f} requests/s needed)")
@@ -249,7 +256,9 @@ def native_markdown(results, hosts):
             shown = []
             for key, case in cases.items():
                 rows = int(key.split("_")[1])
-                threads = int(key.split("threads")[1]) if "threads" in key else "calling thread"
+                threads = (int(key.split("threads")[1]) if "threads" in key else
+                           "calling thread, a different row each call" if key.endswith("_cycled") else
+                           "calling thread, the same row each call")
                 shown.append((rows, str(threads), case))
             for rows, threads, case in sorted(shown, key=lambda t: (t[0], t[1])):
                 lines.append(f"| {who} | {rows} | {threads} | {case['ns'] / 1e3:.1f} µs | {case['ns_per_row'] / 1e3:.3f} µs | "
