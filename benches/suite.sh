@@ -5,30 +5,40 @@
 #
 # One command, every system on this machine, one after the other (never two at once):
 #   1. single-row requests to the 500-tree randomForest at each concurrency level, for
-#      rfleet serve (embedded bus), rfleet serve over RabbitMQ, plumber (one R process),
+#      rfleet serve (embedded bus) with R's predict (engine r), the same with the native
+#      engine (?engine=native), rfleet serve over RabbitMQ, plumber (one R process),
 #      valve (HOSTS plumber processes behind one port), and the in-process R predict loop
 #      (benches/r_limit.R, 1 and HOSTS processes);
 #   2. one BIG_ROWS-row request to rfleet with splitting off and on (?split=never,
-#      ?split=always by rows, ?split=always by trees), plumber, and one R predict call;
+#      ?split=always by rows, ?split=always by trees), to the native engine, plumber, and
+#      one R predict call;
 #   3. rfleet's throughput at BATCH_CONCURRENCY as max_batch_rows varies;
-#   4. the resident memory of every process of each service, after its load.
+#   4. the resident memory of every process of each service, after its load, and the
+#      native forest's bytes beside R's object.size of the model;
+#   5. with the native system: the engine in-process (benches/native.sh: criterion, and
+#      treelite's GTIL on the same trees).
 # It writes benches/out/suite/ (raw JSON, results.md) and the plot $PLOT (SVG).
 #
 # Knobs (environment):
 #   REQUESTS=2000 WARMUP=200 DURATION_S=20   per load phase: measured requests, warm-up
 #                                            requests, and a time cap on each phase
 #   CONCURRENCY_LEVELS="1 8 32 64" HOSTS=2   (rfleet R hosts = valve plumber processes)
-#   SYSTEMS="embedded amqp plumber valve rloop"
+#   SYSTEMS="embedded native amqp plumber valve rloop"
+#   NATIVE_REQUESTS=20000                    measured requests per native phase (still
+#                                            capped by DURATION_S): 2,000 take under a second
+#   INPROC=1                                 0 leaves out the in-process part (benches/native.sh)
 #   BIG_ROWS=10000 BIG_RUNS=5                rows of the large request; timed runs (median)
 #   BATCH_ROWS_LEVELS="1 4 16 64 256" BATCH_CONCURRENCY=32
 #   BROKER_URL=amqp://guest:guest@127.0.0.1:5672/%2f (loopback only)
 #   SKIP_BUILD=0 SKIP_INSTALL=0 READY_TIMEOUT_S=180 SHUTDOWN_TIMEOUT_S=30
 #   OUT_DIR=benches/out/suite PLOT=benches/suite.svg RFLEET=target/release/rfleet VALVE=valve
+#   (binaries from $CARGO_TARGET_DIR/release when it is set)
 #
 # Installs what is missing from the registries: Debian's r-cran-plumber,
 # r-cran-randomforest, r-cran-jsonlite, jq and curl (apt-get, as root); valve from
 # crates.io (cargo install valve-rs --locked); pika from PyPI only for the RabbitMQ
-# clean-up. The plot is an SVG written by benches/suite_report.py (Python's standard
+# clean-up; treelite, msgpack and numpy from PyPI in a venv of benches/out for the
+# in-process comparison (benches/native.sh). The plot is an SVG written by benches/suite_report.py (Python's standard
 # library only).
 #
 # Every server runs in its own process group (setsid) on a loopback port; on any exit the
@@ -43,7 +53,9 @@ WARMUP="${WARMUP:-200}"
 DURATION_S="${DURATION_S:-20}"
 CONCURRENCY_LEVELS="${CONCURRENCY_LEVELS:-1 8 32 64}"
 HOSTS="${HOSTS:-2}"
-SYSTEMS="${SYSTEMS:-embedded amqp plumber valve rloop}"
+SYSTEMS="${SYSTEMS:-embedded native amqp plumber valve rloop}"
+NATIVE_REQUESTS="${NATIVE_REQUESTS:-20000}"
+INPROC="${INPROC:-1}"
 BIG_ROWS="${BIG_ROWS:-10000}"
 BIG_RUNS="${BIG_RUNS:-5}"
 BATCH_ROWS_LEVELS="${BATCH_ROWS_LEVELS:-1 4 16 64 256}"
@@ -55,8 +67,10 @@ READY_TIMEOUT_S="${READY_TIMEOUT_S:-180}"
 SHUTDOWN_TIMEOUT_S="${SHUTDOWN_TIMEOUT_S:-30}"
 OUT="${OUT_DIR:-$ROOT/benches/out/suite}"
 PLOT="${PLOT:-$ROOT/benches/suite.svg}"
-RFLEET="${RFLEET:-$ROOT/target/release/rfleet}"
-LOAD="$ROOT/target/release/rfleet-load"
+# Where cargo puts the release binaries (CARGO_TARGET_DIR, as cargo itself reads it).
+RELEASE_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+RFLEET="${RFLEET:-$RELEASE_DIR/rfleet}"
+LOAD="$RELEASE_DIR/rfleet-load"
 VALVE="${VALVE:-}"
 # Per-request timeout of the load generator (s); a slower reply counts as an error.
 REQUEST_TIMEOUT_S=30
@@ -68,13 +82,14 @@ die() { say "error: $*"; exit 1; }
 has_system() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 for system in $SYSTEMS; do
-    case "$system" in embedded | amqp | plumber | valve | rloop) ;; *) die "SYSTEMS may name embedded, amqp, plumber, valve and rloop (got $system)" ;; esac
+    case "$system" in embedded | native | amqp | plumber | valve | rloop) ;; *) die "SYSTEMS may name embedded, native, amqp, plumber, valve and rloop (got $system)" ;; esac
 done
-for knob in REQUESTS WARMUP DURATION_S HOSTS BIG_ROWS BIG_RUNS BATCH_CONCURRENCY READY_TIMEOUT_S SHUTDOWN_TIMEOUT_S; do
+for knob in REQUESTS NATIVE_REQUESTS WARMUP DURATION_S HOSTS BIG_ROWS BIG_RUNS BATCH_CONCURRENCY READY_TIMEOUT_S SHUTDOWN_TIMEOUT_S; do
     [[ "${!knob}" =~ ^[0-9]+$ ]] || die "$knob must be a whole number (got '${!knob}')"
 done
-((HOSTS >= 1 && REQUESTS >= 1 && DURATION_S >= 1 && BIG_RUNS >= 1)) || die "HOSTS, REQUESTS, DURATION_S and BIG_RUNS must be at least 1"
+((HOSTS >= 1 && REQUESTS >= 1 && NATIVE_REQUESTS >= 1 && DURATION_S >= 1 && BIG_RUNS >= 1)) || die "HOSTS, REQUESTS, DURATION_S and BIG_RUNS must be at least 1"
 ((DURATION_S <= 600)) || die "DURATION_S is capped at 600 s per phase"
+[[ "$INPROC" == 0 || "$INPROC" == 1 ]] || die "INPROC is 0 or 1 (got '$INPROC')"
 
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
@@ -213,6 +228,7 @@ MODEL_DIR="$OUT/model"
 SPLIT_MODELS="$OUT/split-models"
 ROWS="$MODEL_DIR/rows.jsonl"
 BIG_BODY="$OUT/body-big.json"
+rm -rf "$OUT/native"
 find "$OUT" -maxdepth 1 -type f \( -name '.times' -o -name '*.json' -o -name '*.log' -o -name '*.stdout' -o -name '*.headers' -o -name 'results.*' -o -name '*.svg' -o -name '*.txt' \) -delete
 
 # ---------------------------------------------------------------------------------------
@@ -231,6 +247,17 @@ if grep -Eq '^max_batch_rows = 7$' <<<"$config_batch7"; then
     has_batching=1
 else
     say "this rfleet has no workers.max_batch_rows setting: the batching sweep is skipped"
+fi
+# Engines: every rfleet server but the native one runs R's predict
+# (RFLEET_WORKERS__ENGINE=r), so that what the earlier sections measure stays R's path when
+# a self-check would otherwise move the model to the native engine. An rfleet without the
+# setting has no native engine: it needs no such setting, and cannot run the native system.
+config_engine_r="$(cd "$OUT" && env RFLEET_WORKERS__ENGINE=r "$RFLEET" config 2>/dev/null || true)"
+r_engine=()
+if grep -Eq '^engine = "r"$' <<<"$config_engine_r"; then
+    r_engine=(RFLEET_WORKERS__ENGINE=r)
+elif has_system native; then
+    die "this rfleet has no workers.engine setting, so no native engine: leave native out of SYSTEMS"
 fi
 
 # ---------------------------------------------------------------------------------------
@@ -251,10 +278,11 @@ machine_facts | jq \
     --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" \
     --arg mem "$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" \
     --arg requests "$REQUESTS" --arg warmup "$WARMUP" --arg duration "$DURATION_S" --arg hosts "$HOSTS" \
-    --arg big_rows "$BIG_ROWS" --arg big_runs "$BIG_RUNS" --arg batching "$has_batching" \
+    --arg big_rows "$BIG_ROWS" --arg big_runs "$BIG_RUNS" --arg batching "$has_batching" --arg native_requests "$NATIVE_REQUESTS" \
     '. + {memory: $mem, plumber: $plumber, valve: $valve, rabbitmq: $rabbitmq, loadavg_before: $loadavg,
           requests: ($requests | tonumber), warmup: ($warmup | tonumber), duration_s: ($duration | tonumber),
           hosts: ($hosts | tonumber), big_rows: ($big_rows | tonumber), big_runs: ($big_runs | tonumber),
+          native_requests: ($native_requests | tonumber),
           batching: ($batching == "1")}' \
     >"$OUT/machine.json"
 say "machine: $(jq -c . "$OUT/machine.json")"
@@ -345,6 +373,31 @@ sys.exit(0 if abs(float(value) - want) <= 1e-9 * max(1.0, abs(want)) else 1)
 EOF
 }
 
+# After start_rfleet: waits up to READY_TIMEOUT_S for GET /models/rf500 to show the native
+# engine's self-check, which must have passed with the model served natively; keeps what it
+# showed in native-model.json. $1 = label.
+await_self_check() {
+    local label="$1" file="$OUT/native-model.json" deadline=$((SECONDS + READY_TIMEOUT_S)) status
+    while :; do
+        status="$(curl -s -m 5 -o "$file" -w '%{http_code}' "$RFLEET_BASE/models/rf500" || true)"
+        if [[ "$status" == 200 ]] && jq -e '.engine.self_check != null' "$file" >/dev/null 2>&1; then break; fi
+        kill -0 "$RFLEET_PID" 2>/dev/null || die_with_log "$RFLEET_LOG" "$label: rfleet exited before the self-check"
+        ((SECONDS < deadline)) || die_with_log "$RFLEET_LOG" \
+            "$label: GET /models/rf500 showed no self-check within ${READY_TIMEOUT_S}s: $(head -c 400 "$file" 2>/dev/null)"
+        sleep 0.2
+    done
+    jq -e '.engine.self_check.passed == true and .engine.serving == "native"' "$file" >/dev/null ||
+        die_with_log "$RFLEET_LOG" "$label: the self-check did not put the model on the native engine: $(jq -c .engine "$file")"
+    say "$label: self-check passed $(jq -c .engine.self_check "$file"); forest $(jq -c .engine.native "$file")"
+}
+
+# Every successful reply counted in rfleet-load's JSON $1 said x-rfleet-path: native.
+require_native_paths() {
+    local file="$1" what="$2"
+    jq -e '.paths != null and (.paths | keys) == ["native"]' "$file" >/dev/null ||
+        die "rfleet-native: $what: not every reply came from the native engine: paths $(jq -c .paths "$file")"
+}
+
 # ---------------------------------------------------------------------------------------
 # (f) Single-row requests, every system; memory after each service's load.
 
@@ -355,7 +408,7 @@ if has_system embedded || has_system amqp; then
     for bus in embedded amqp; do
         has_system "$bus" || continue
         label="rfleet-$bus"
-        start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" "$bus"
+        start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" "$bus" ${r_engine[@]+"${r_engine[@]}"}
         CURRENT_GROUP="$RFLEET_PID"
         first_reply "$label" "$RFLEET_BASE/score" "$OUT/server-$label.log"
         grep -qi '^x-rfleet-r-ms:' "$OUT/$label.first-reply.headers" || die "$label: the reply has no x-rfleet-r-ms header"
@@ -376,6 +429,79 @@ if has_system embedded || has_system amqp; then
         stop_rfleet
         if [[ "$bus" == amqp ]]; then broker_cleanup; fi
     done
+fi
+
+# The native engine: the same rfleet serve and model, scored by the model's native forest.
+# The model's engine stays auto: its R hosts load it, extract the forest into the cache file
+# beside it and keep R as the fallback, and the worker serves it natively once the
+# self-check at load has passed, which the run waits for in GET /models. Every request asks
+# ?engine=native, so one the engine could not serve would fail (422) instead of going to R
+# unseen, and every reply must say x-rfleet-path: native.
+native_cache_file=""
+if has_system native; then
+    label=rfleet-native
+    start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" embedded
+    CURRENT_GROUP="$RFLEET_PID"
+    await_self_check "$label"
+    native_url="$RFLEET_BASE/score?engine=native"
+    first_reply "$label" "$native_url" "$OUT/server-$label.log"
+    grep -qi '^x-rfleet-path: native' "$OUT/$label.first-reply.headers" ||
+        die "$label: the first reply does not say x-rfleet-path: native: $(tr -d '\r' <"$OUT/$label.first-reply.headers" | grep -i '^x-rfleet' | tr '\n' ' ')"
+    if [[ -n "$reference_prediction" && "$(jq '.[0]' "$OUT/$label.first-reply.json")" != "$reference_prediction" ]]; then
+        die "$label: the first row scored $(jq '.[0]' "$OUT/$label.first-reply.json"), R's predict $reference_prediction"
+    fi
+    say "$label: warm-up probe, $WARMUP requests at concurrency 8, every reply from the native engine"
+    run_waited "$LOAD" --url "$native_url" --body-file "$ROWS" --concurrency 8 --requests "$WARMUP" \
+        --duration-s "$DURATION_S" --timeout-s "$REQUEST_TIMEOUT_S" --json "$OUT/native-probe.json" >&2 ||
+        die "$label: the warm-up probe had failed requests"
+    require_native_paths "$OUT/native-probe.json" "the warm-up probe"
+    for concurrency in $CONCURRENCY_LEVELS; do
+        load_run "$native_url" "$concurrency" "$OUT/single-$label-c$concurrency.json" "$ROWS" \
+            "$NATIVE_REQUESTS" "$WARMUP" single "$label"
+        require_native_paths "$OUT/single-$label-c$concurrency.json" "concurrency $concurrency"
+        kill -0 "$RFLEET_PID" 2>/dev/null || die "$label: rfleet died during the load"
+    done
+    memory_snapshot "$label" "$RFLEET_PID"
+    # The large request: the native answer against R's on the same server, unsplit (a split
+    # by trees sums in another order), compared value by value as doubles.
+    for engine in r native; do
+        status="$(curl -s -m 120 -o "$OUT/reply-big-$engine.json" -w '%{http_code}' -H 'content-type: application/json' \
+            --data-binary "@$BIG_BODY" "$RFLEET_BASE/score?engine=$engine&split=never" || true)"
+        [[ "$status" == 200 ]] || die_with_log "$RFLEET_LOG" "$label: the $BIG_ROWS-row request with ?engine=$engine answered '$status'"
+    done
+    big_differing="$(python3 - "$OUT/reply-big-native.json" "$OUT/reply-big-r.json" <<'PY'
+import json, struct, sys
+native, r = (json.load(open(path)) for path in sys.argv[1:])
+bits = lambda v: struct.pack("<d", float(v))
+print(sum(1 for a, b in zip(native, r) if bits(a) != bits(b)) + abs(len(native) - len(r)))
+PY
+)"
+    if ((big_differing == 0)); then
+        say "$label: the $BIG_ROWS-row request: the native answer equals R's, bit for bit"
+    else
+        say "warning: $label: the $BIG_ROWS-row request: $big_differing of $BIG_ROWS native values differ from R's (reported in the table)"
+    fi
+    load_run "$native_url" 1 "$OUT/big-$label.json" "$BIG_BODY" $((BIG_RUNS * 10)) 1 big "rfleet ?engine=native"
+    require_native_paths "$OUT/big-$label.json" "the $BIG_ROWS-row request"
+    # The forest's footprint in the worker beside R's own size of the model, which every R
+    # host holds once.
+    r_object_size="$(Rscript -e 'suppressPackageStartupMessages(library(randomForest)); cat(as.numeric(object.size(readRDS(commandArgs(TRUE)[1]))))' \
+        "$MODEL_DIR/rf500/model.rds")"
+    # The R host names the cache file by the SHA-256 of model.rds, beside the model, or in
+    # the temporary directory when the package's directory is not writable.
+    digest="$(sha256sum "$MODEL_DIR/rf500/model.rds" | cut -d' ' -f1)"
+    native_cache_file=""
+    for candidate in "$MODEL_DIR/rf500/.rfleet/native-$digest.msgpack" "${TMPDIR:-/tmp}/rfleet-native/native-$digest.msgpack"; do
+        if [[ -f "$candidate" ]]; then native_cache_file="$candidate" && break; fi
+    done
+    [[ -n "$native_cache_file" ]] || say "warning: $label: no cache file native-$digest.msgpack beside the model: the in-process part is skipped"
+    jq -n --slurpfile model "$OUT/native-model.json" --argjson r_bytes "$r_object_size" --argjson hosts "$HOSTS" \
+        --arg cache "$native_cache_file" --argjson cache_bytes "$(stat -c %s "$native_cache_file" 2>/dev/null || echo null)" \
+        --argjson differing "$big_differing" --argjson big_rows "$BIG_ROWS" \
+        '{native: $model[0].engine.native, self_check: $model[0].engine.self_check, r_object_size_bytes: $r_bytes,
+          hosts: $hosts, cache_file: $cache, cache_file_bytes: $cache_bytes,
+          big_rows: $big_rows, big_values_differing_from_r: $differing}' >"$OUT/native-forest.json"
+    stop_rfleet
 fi
 
 if has_system plumber; then
@@ -467,7 +593,7 @@ fi
 cpu_sample "before the large-request runs"
 if has_system embedded; then
     label=rfleet-split
-    start_rfleet "$label" "$OUT/server-$label.log" "$SPLIT_MODELS" embedded
+    start_rfleet "$label" "$OUT/server-$label.log" "$SPLIT_MODELS" embedded ${r_engine[@]+"${r_engine[@]}"}
     CURRENT_GROUP="$RFLEET_PID"
     for variant in "${split_variants[@]}"; do
         read -r model split <<<"$variant"
@@ -487,7 +613,8 @@ cpu_sample "before the batching runs"
 if has_system embedded && ((has_batching)); then
     for rows in $BATCH_ROWS_LEVELS; do
         label="rfleet-batch$rows"
-        start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" embedded "RFLEET_WORKERS__MAX_BATCH_ROWS=$rows"
+        start_rfleet "$label" "$OUT/server-$label.log" "$MODEL_DIR" embedded "RFLEET_WORKERS__MAX_BATCH_ROWS=$rows" \
+            ${r_engine[@]+"${r_engine[@]}"}
         CURRENT_GROUP="$RFLEET_PID"
         load_run "$RFLEET_BASE/score" "$BATCH_CONCURRENCY" "$OUT/batch-$rows.json" "$ROWS" "$REQUESTS" "$WARMUP" batch \
             "rfleet max_batch_rows=$rows"
@@ -498,7 +625,18 @@ if has_system embedded && ((has_batching)); then
 fi
 
 # ---------------------------------------------------------------------------------------
-# (i) Results: one JSON, the Markdown tables with the targets, and the plot.
+# (i) The native engine in-process, on the forest the native server's R host cached, once
+# no service runs: criterion and treelite's GTIL (benches/native.sh).
+
+if has_system native && ((INPROC)) && [[ -n "$native_cache_file" ]]; then
+    cpu_sample "before the in-process runs"
+    CURRENT_GROUP=""
+    run_waited "$ROOT/benches/native.sh" --forest "$native_cache_file" --body "$BIG_BODY" \
+        --reference "$OUT/reply-big-native.json" --json "$OUT/native/inproc.json" || die "benches/native.sh failed"
+fi
+
+# ---------------------------------------------------------------------------------------
+# (j) Results: one JSON, the Markdown tables with the targets, and the plot.
 
 cpu_sample "after the last run"
 jq --arg loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" --arg ended "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
@@ -513,10 +651,14 @@ for file in "$OUT"/memory-*.json; do
 done
 jq -s '.' ${runs[@]+"${runs[@]}"} </dev/null >"$OUT/runs.tmp"
 jq -s '.' ${memories[@]+"${memories[@]}"} </dev/null >"$OUT/memory.tmp"
+# The native forest's facts and the in-process figures, where this run has them.
+optional_json() { if [[ -f "$1" ]]; then cat "$1"; else echo null; fi; }
 jq -n --slurpfile machine "$OUT/machine.json" --slurpfile runs "$OUT/runs.tmp" --slurpfile memory "$OUT/memory.tmp" \
+    --slurpfile native_forest <(optional_json "$OUT/native-forest.json") --slurpfile inproc <(optional_json "$OUT/native/inproc.json") \
     --arg systems "$SYSTEMS" --arg levels "$CONCURRENCY_LEVELS" --arg batch_c "$BATCH_CONCURRENCY" \
     '{machine: $machine[0], systems: ($systems | split(" ")), concurrency_levels: ($levels | split(" ") | map(tonumber)),
-      batch_concurrency: ($batch_c | tonumber), runs: $runs[0], memory: $memory[0]}' >"$OUT/results.json"
+      batch_concurrency: ($batch_c | tonumber), runs: $runs[0], memory: $memory[0],
+      native_forest: $native_forest[0], inproc: $inproc[0]}' >"$OUT/results.json"
 rm -f "$OUT/runs.tmp" "$OUT/memory.tmp"
 
 python3 "$ROOT/benches/suite_report.py" "$OUT/results.json" --markdown "$OUT/results.md" --svg "$OUT/suite.svg" ||

@@ -20,9 +20,15 @@ TARGET_RATIO_VS_VALVE = 20.0
 TARGET_C32_P99_MS = 100.0
 TARGET_C1_P50_GAP_MS = 1.0
 TARGET_SPLIT_RATIO = 0.6
+# The native engine's (BENCHMARKS.md, "Issue 13").
+TARGET_NATIVE_RATIO_VS_VALVE = 100.0
+TARGET_NATIVE_C1_P50_MS = 1.0
+TARGET_NATIVE_BIG_SPEEDUP = 50.0
+TARGET_NATIVE_VS_TREELITE = 2.0
 
 COLORS = {
     "rfleet-embedded": "#1f77b4",
+    "rfleet-native": "#9467bd",
     "rfleet-amqp": "#17becf",
     "plumber": "#d62728",
     "valve": "#ff7f0e",
@@ -32,6 +38,7 @@ COLORS = {
 LABELS = {
     "rfleet-embedded": "rfleet (embedded bus)",
     "rfleet-embedded-never": "rfleet (embedded bus), ?split=never",
+    "rfleet-native": "rfleet (embedded bus), native engine",
     "rfleet-amqp": "rfleet (RabbitMQ)",
     "plumber": "plumber (1 process)",
     "valve": "valve",
@@ -96,15 +103,23 @@ def mib(kib):
     return kib / 1024.0
 
 
+def versus_valve(runs, system, concurrency=32):
+    """(the system's run, valve's, the ratio of their requests/s) at one concurrency, or
+    None when either is missing."""
+    run, valve = find(runs, "single", system, concurrency), find(runs, "single", "valve", concurrency)
+    if run and valve and valve["rps"] > 0:
+        return run, valve, run["rps"] / valve["rps"]
+    return None
+
+
 def targets(results):
     """(name, status, text) per target; status is met, missed or not measured."""
     runs = results["runs"]
     out = []
-    rf32 = find(runs, "single", "rfleet-embedded", 32)
-    valve32 = find(runs, "single", "valve", 32)
     name = f"single-row, concurrency 32: rfleet ≥ {TARGET_RATIO_VS_VALVE:.0f}× valve's requests/s, p99 < {TARGET_C32_P99_MS:.0f} ms"
-    if rf32 and valve32 and valve32["rps"] > 0:
-        ratio = rf32["rps"] / valve32["rps"]
+    compared = versus_valve(runs, "rfleet-embedded")
+    if compared:
+        rf32, valve32, ratio = compared
         ok_ratio = ratio >= TARGET_RATIO_VS_VALVE
         ok_p99 = rf32["p99_ms"] is not None and rf32["p99_ms"] < TARGET_C32_P99_MS
         text = (f"{rf32['rps']:.1f} vs {valve32['rps']:.1f} requests/s = {ratio:.2f}× "
@@ -143,7 +158,117 @@ def targets(results):
         out.append((name, status, text))
     else:
         out.append((name, "not measured", "needs the ?split=never and ?split=always runs"))
+    out.extend(native_targets(results))
     return out
+
+
+def native_targets(results):
+    """The native engine's targets (issue 13), each met, missed or not measured."""
+    runs = results["runs"]
+    out = []
+    name = f"native engine, single-row, concurrency 32: ≥ {TARGET_NATIVE_RATIO_VS_VALVE:.0f}× valve's requests/s"
+    compared = versus_valve(runs, "rfleet-native")
+    if compared:
+        native32, valve32, ratio = compared
+        text = (f"{native32['rps']:.1f} vs {valve32['rps']:.1f} requests/s = {ratio:.1f}×"
+                + ("" if ratio >= TARGET_NATIVE_RATIO_VS_VALVE else
+                   f" ({TARGET_NATIVE_RATIO_VS_VALVE * valve32['rps']:.0f} requests/s needed)")
+                + f"; p99 {fmt(native32.get('p99_ms'))} ms")
+        out.append((name, "met" if ratio >= TARGET_NATIVE_RATIO_VS_VALVE else "missed", text))
+    else:
+        out.append((name, "not measured", "needs rfleet-native and valve at concurrency 32"))
+    native1 = find(runs, "single", "rfleet-native", 1)
+    name = f"native engine, single-row p50 over HTTP on the embedded bus < {TARGET_NATIVE_C1_P50_MS:.0f} ms"
+    if native1 and native1.get("p50_ms") is not None:
+        ok = native1["p50_ms"] < TARGET_NATIVE_C1_P50_MS
+        text = f"{native1['p50_ms']:.3f} ms at concurrency 1 (p99 {fmt(native1.get('p99_ms'), 3)} ms)"
+        out.append((name, "met" if ok else "missed", text))
+    else:
+        out.append((name, "not measured", "needs rfleet-native at concurrency 1"))
+    big = find(runs, "big", "rfleet ?engine=native")
+    r_big = find(runs, "big", "R predict (1 call)")
+    rows = results["machine"].get("big_rows", "?")
+    name = f"native engine, one {rows}-row request ≥ {TARGET_NATIVE_BIG_SPEEDUP:.0f}× faster than R's predict on it"
+    inproc = results.get("inproc") or {}
+    if big and r_big and big.get("p50_ms"):
+        speedup = r_big["p50_ms"] / big["p50_ms"]
+        verdicts = [f"{'met' if speedup >= TARGET_NATIVE_BIG_SPEEDUP else 'missed'} over HTTP"]
+        text = (f"over HTTP {big['p50_ms']:.2f} ms (parsing the 1-MB body and writing {rows} predictions included) "
+                f"vs R's one predict call {r_big['p50_ms']:.1f} ms (parsing outside its timing) = {speedup:.2f}×")
+        # The engine alone on the same rows: criterion's figure with a thread per core.
+        engine_cases = [c for k, c in (inproc.get("criterion") or {}).items() if c.get("rows") == rows and c.get("threads")]
+        if engine_cases:
+            fastest = max(engine_cases, key=lambda c: c["threads"])
+            engine_speedup = r_big["p50_ms"] / (fastest["ns"] / 1e6)
+            verdicts.append(f"{'met' if engine_speedup >= TARGET_NATIVE_BIG_SPEEDUP else 'missed'} in process")
+            text += (f"; in process (criterion, {fastest['threads']} threads) {fastest['ns'] / 1e6:.2f} ms = "
+                     f"{engine_speedup:.2f}×")
+        out.append((name, ", ".join(verdicts), text))
+    else:
+        out.append((name, "not measured", "needs the native large request and R's predict call (rloop)"))
+    native_case = (inproc.get("criterion") or {}).get(f"rows_{inproc.get('rows')}_threads1")
+    gtil_case = ((inproc.get("treelite") or {}).get("gtil") or {}).get(f"rows_{inproc.get('rows')}_threads1")
+    name = f"native engine in-process, per row, within {TARGET_NATIVE_VS_TREELITE:.0f}× of treelite-class (GTIL)"
+    if native_case and gtil_case:
+        ratio = native_case["ns_per_tree_row"] / gtil_case["ns_per_tree_row"]
+        text = (f"{native_case['ns_per_tree_row']:.2f} vs GTIL's {gtil_case['ns_per_tree_row']:.2f} ns per tree per row "
+                f"({inproc['rows']} rows, 1 thread each) = {ratio:.2f}× GTIL's cost")
+        out.append((name, "met" if ratio <= TARGET_NATIVE_VS_TREELITE else "missed", text))
+    else:
+        out.append((name, "not measured", "needs benches/native.sh's criterion and GTIL figures"))
+    return out
+
+
+def native_markdown(results, hosts):
+    """The native forest's memory beside R's, and the in-process figures."""
+    lines = []
+    forest = results.get("native_forest")
+    if forest and forest.get("native"):
+        native = forest["native"]
+        r_total = forest["r_object_size_bytes"] * forest["hosts"]
+        lines.append("")
+        lines.append("**The native forest's memory** (`GET /models`) beside R's `object.size(model)` in each R host")
+        lines.append("")
+        lines.append("| trees | nodes | native bytes | bytes per node | R object.size | × hosts | R total | native / R total | cache file bytes | self-check | large request vs R |")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        check = forest.get("self_check") or {}
+        differing = forest.get("big_values_differing_from_r")
+        lines.append(
+            f"| {native['trees']} | {native['nodes']} | {native['bytes']} | {native['bytes_per_node']:.1f} | "
+            f"{forest['r_object_size_bytes']:.0f} | {forest['hosts']} | {r_total:.0f} | {native['bytes'] / r_total:.3f} | "
+            f"{forest.get('cache_file_bytes') or '-'} | {'passed' if check.get('passed') else 'failed'} "
+            f"({check.get('rows')} rows, {', '.join(check.get('types') or [])}, {check.get('mismatches')} mismatches) | "
+            f"{'bit for bit equal' if differing == 0 else f'{differing} values differ'} on {forest.get('big_rows')} rows |"
+        )
+    inproc = results.get("inproc")
+    if inproc:
+        trees = inproc["trees"]
+        treelite = inproc.get("treelite") or {}
+        lines.append("")
+        lines.append(f"**In process** (`benches/native.sh`: criterion medians for the native engine, medians of "
+                     f"timed calls for treelite {treelite.get('treelite', '?')}'s GTIL, same forest ({trees} trees, "
+                     f"{inproc['nodes']} reachable nodes), same rows)")
+        lines.append("")
+        lines.append("| evaluator | rows per call | threads | median per call | per row | ns per tree per row |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for who, cases in (("native engine", inproc.get("criterion") or {}), ("treelite GTIL", treelite.get("gtil") or {})):
+            # Keys are rows_<R> (the calling thread) or rows_<R>_threads<T>.
+            shown = []
+            for key, case in cases.items():
+                rows = int(key.split("_")[1])
+                threads = (int(key.split("threads")[1]) if "threads" in key else
+                           "calling thread, a different row each call" if key.endswith("_cycled") else
+                           "calling thread, the same row each call")
+                shown.append((rows, str(threads), case))
+            for rows, threads, case in sorted(shown, key=lambda t: (t[0], t[1])):
+                lines.append(f"| {who} | {rows} | {threads} | {case['ns'] / 1e3:.1f} µs | {case['ns_per_row'] / 1e3:.3f} µs | "
+                             f"{case['ns_per_tree_row']:.2f} |")
+        if "rows_differing_bits" in treelite:
+            lines.append("")
+            lines.append(f"treelite's predictions against the native engine's (equal to R's): "
+                         f"{treelite['rows'] - treelite['rows_differing_bits']} of {treelite['rows']} bit for bit equal, "
+                         f"largest difference {treelite['max_abs_difference']:.3g}.")
+    return lines
 
 
 def markdown(results):
@@ -170,7 +295,7 @@ def markdown(results):
     lines.append("")
     lines.append("| system | concurrency | requests/s | p50 ms | p99 ms | requests / R call | x-rfleet-path | errors | requests | other CPU % |")
     lines.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
-    order = ["rfleet-embedded", "rfleet-embedded-never", "rfleet-amqp", "plumber", "valve"]
+    order = ["rfleet-embedded", "rfleet-embedded-never", "rfleet-native", "rfleet-amqp", "plumber", "valve"]
     singles = [r for r in runs if r.get("section") == "single"]
     singles.sort(key=lambda r: (order.index(r["system"]) if r["system"] in order else 99, r["system"], r["concurrency"]))
     for run in singles:
@@ -186,12 +311,14 @@ def markdown(results):
     if bigs:
         never = find(runs, "big", "rfleet ?split=never")
         lines.append("")
-        lines.append(f"**One {machine.get('big_rows')}-row request** (median of {machine.get('big_runs')} runs, after 1 warm-up)")
+        native_runs = f", the native engine's of {10 * machine['big_runs']}" if find(runs, "big", "rfleet ?engine=native") else ""
+        lines.append(f"**One {machine.get('big_rows')}-row request** (median of {machine.get('big_runs')} runs{native_runs}, "
+                     f"after 1 warm-up)")
         lines.append("")
         lines.append("| system | median ms | min ms | max ms | vs unsplit rfleet | x-rfleet-path | errors | other CPU % |")
         lines.append("|---|---:|---:|---:|---:|---|---:|---:|")
         big_order = ["rfleet ?split=never", "rfleet ?split=always", "rfleet ?split=always (by trees)",
-                     "rfleet ?split=auto", "plumber", "R predict (1 call)"]
+                     "rfleet ?split=auto", "rfleet ?engine=native", "plumber", "R predict (1 call)"]
         bigs.sort(key=lambda r: big_order.index(r["system"]) if r["system"] in big_order else 99)
         for run in bigs:
             minimum = run.get("min_ms")
@@ -246,6 +373,7 @@ def markdown(results):
                 f"| {run['system']} | R (parent process) | 1 | {mib(run['rss_kib']):.0f} | {mib(run['hwm_kib']):.0f} | - | "
                 f"{mib(run['rss_kib']):.0f} | - |"
             )
+    lines.extend(native_markdown(results, hosts))
     lines.append("")
     lines.append("**Targets**")
     lines.append("")
@@ -381,7 +509,7 @@ def svg(results):
            f'<text x="{W / 2}" y="40" text-anchor="middle" font-size="11">{machine["nproc"]} cores ({escape(machine["cpu"])}), '
            f'{escape(machine["r_version"])}, rfleet {escape(machine["git"])} with {hosts} R hosts, {escape(machine.get("valve", ""))}, '
            f'plumber {escape(machine.get("plumber", ""))}, {escape(machine["date"])}</text>']
-    systems = ["rfleet-embedded", "rfleet-amqp", "valve", "plumber"]
+    systems = ["rfleet-embedded", "rfleet-native", "rfleet-amqp", "valve", "plumber"]
     singles = {s: {r["concurrency"]: r for r in runs if r.get("section") == "single" and r["system"] == s} for s in systems}
     loop1 = find(runs, "single", "R loop (1 process)")
     loopk = next((r for r in runs if r.get("section") == "single" and r["system"].startswith("R loop (") and r.get("processes", 1) > 1), None)
@@ -410,15 +538,17 @@ def svg(results):
               [(COLORS["R loop (1 process)"], "R predict loop, 1 process", True),
                (COLORS["R loop (2 processes)"], f"R predict loop, {hosts} processes", True)]
     for i, (color, text, dashed) in enumerate(entries):
-        xx = lx + i * 200
+        # Two lines of four: the labels are long.
+        xx, yy = lx + (i % 4) * 290, ly + (i // 4) * 16
         dash = ' stroke-dasharray="5,4"' if dashed else ""
-        out.append(f'<line x1="{xx}" x2="{xx + 22}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="3"{dash}/>')
-        out.append(f'<text x="{xx + 27}" y="{ly + 4}" font-size="10">{escape(text)}</text>')
+        out.append(f'<line x1="{xx}" x2="{xx + 22}" y1="{yy}" y2="{yy}" stroke="{color}" stroke-width="3"{dash}/>')
+        out.append(f'<text x="{xx + 27}" y="{yy + 4}" font-size="10">{escape(text)}</text>')
 
     # (4) the large request.
     bigs = [r for r in runs if r.get("section") == "big"]
     big_order = [("rfleet ?split=never", "never"), ("rfleet ?split=always", "always\n(rows)"),
                  ("rfleet ?split=always (by trees)", "always\n(trees)"), ("rfleet ?split=auto", "auto"),
+                 ("rfleet ?engine=native", "native"),
                  ("plumber", "plumber"), ("R predict (1 call)", "R, 1 call")]
     present = [(s, short) for s, short in big_order if any(r["system"] == s for r in bigs)]
     panel = Panel(out, col[0], row[1], f"One {machine.get('big_rows')}-row request (median)", "ms",
@@ -429,7 +559,7 @@ def svg(results):
     for i, (_, short) in enumerate(present):
         if "\n" in short:
             out.append(f'<text x="{panel.xpos(i):.1f}" y="{row[1] + PH + 27}" text-anchor="middle" font-size="10">{escape(short.split(chr(10))[1])}</text>')
-    colors = ["#1f77b4" if s.startswith("rfleet") else COLORS["plumber"] if s == "plumber" else COLORS["R loop (1 process)"] for s, _ in present]
+    colors = [COLORS["rfleet-native"] if s == "rfleet ?engine=native" else "#1f77b4" if s.startswith("rfleet") else COLORS["plumber"] if s == "plumber" else COLORS["R loop (1 process)"] for s, _ in present]
     panel.bars(vals, colors, [f"{v:.0f}" if v else "" for v in vals])
 
     # (5) batching.
@@ -455,7 +585,8 @@ def svg(results):
     if memory:
         vals = [mib(sum(p["pss_kib"] for p in m["processes"])) for m in memory]
         panel.lin_y(max(vals))
-        short = {"rfleet-embedded": "rfleet", "rfleet-amqp": "rfleet amqp", "plumber": "plumber", "valve": "valve"}
+        short = {"rfleet-embedded": "rfleet", "rfleet-native": "native", "rfleet-amqp": "rfleet amqp",
+                 "plumber": "plumber", "valve": "valve"}
         panel.x_categories([short.get(m["system"], m["system"]) for m in memory])
         panel.bars(vals, [COLORS.get(m["system"], "#888") for m in memory], [f"{v:.0f}" for v in vals])
     out.append("</svg>")
