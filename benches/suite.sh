@@ -487,14 +487,10 @@ PY
     # host holds once.
     r_object_size="$(Rscript -e 'suppressPackageStartupMessages(library(randomForest)); cat(as.numeric(object.size(readRDS(commandArgs(TRUE)[1]))))' \
         "$MODEL_DIR/rf500/model.rds")"
-    # The R host names the cache file by the SHA-256 of model.rds, beside the model, or in
-    # the temporary directory when the package's directory is not writable.
-    digest="$(sha256sum "$MODEL_DIR/rf500/model.rds" | cut -d' ' -f1)"
-    native_cache_file=""
-    for candidate in "$MODEL_DIR/rf500/.rfleet/native-$digest.msgpack" "${TMPDIR:-/tmp}/rfleet-native/native-$digest.msgpack"; do
-        if [[ -f "$candidate" ]]; then native_cache_file="$candidate" && break; fi
-    done
-    [[ -n "$native_cache_file" ]] || say "warning: $label: no cache file native-$digest.msgpack beside the model: the in-process part is skipped"
+    # The R host keeps the forest beside the model (named by the SHA-256 of model.rds and
+    # the schema); this run's model directory is its own, so its one cache file is it.
+    native_cache_file="$(find "$MODEL_DIR/rf500/.rfleet" -name 'native-*.msgpack' -print -quit 2>/dev/null || true)"
+    [[ -n "$native_cache_file" ]] || say "warning: $label: no cache file native-*.msgpack beside the model: the in-process part is skipped"
     jq -n --slurpfile model "$OUT/native-model.json" --argjson r_bytes "$r_object_size" --argjson hosts "$HOSTS" \
         --arg cache "$native_cache_file" --argjson cache_bytes "$(stat -c %s "$native_cache_file" 2>/dev/null || echo null)" \
         --argjson differing "$big_differing" --argjson big_rows "$BIG_ROWS" \
