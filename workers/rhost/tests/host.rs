@@ -27,24 +27,11 @@ fn fixtures() -> &'static Path {
     DIR.get_or_init(support::fixtures)
 }
 
-/// A package as the supervisor describes it: `model.toml` read the way the worker reads it.
-fn spec(dir: &Path) -> ModelSpec {
-    let manifest = settings::Manifest::read(dir).expect("read model.toml");
-    ModelSpec {
-        name: manifest.name.clone().unwrap_or_else(|| dir.file_name().unwrap().to_string_lossy().into_owned()),
-        version: manifest.version.clone(),
-        dir: dir.to_path_buf(),
-        schema: manifest.schema(),
-        predict_type: manifest.predict_type.clone(),
-        engine: manifest.engine.unwrap_or_default(),
-    }
-}
-
 fn fixture_specs() -> Vec<ModelSpec> {
     let mut dirs: Vec<PathBuf> =
         std::fs::read_dir(fixtures().join("models")).unwrap().map(|e| e.unwrap().path()).collect();
     dirs.sort();
-    dirs.iter().map(|d| spec(d)).collect()
+    dirs.iter().map(|d| channel::package_spec(d)).collect()
 }
 
 /// A running `rfleet-rhost`, killed when dropped.
@@ -350,7 +337,8 @@ fn x_frame(x: f64) -> Frame {
 
 #[test]
 fn errors_are_answers_and_the_host_survives_them() {
-    let models = ["faulty", "azureml", "lm"].map(|name| spec(&fixtures().join("models").join(name))).to_vec();
+    let models =
+        ["faulty", "azureml", "lm"].map(|name| channel::package_spec(&fixtures().join("models").join(name))).to_vec();
     let (mut host, _) = Host::ready(models);
 
     let error = host.error("faulty", Input::Frame(x_frame(-1.0)));
@@ -426,7 +414,7 @@ fn r_printing_goes_to_stdout_never_the_channel() {
       newdata$x + 1
     }"#;
     let dir = write_package(root.path(), "chatty", score, true);
-    let (mut host, _) = Host::ready_with(vec![spec(&dir)], Stdio::piped());
+    let (mut host, _) = Host::ready_with(vec![channel::package_spec(&dir)], Stdio::piped());
     let stdout = host.child.stdout.take().unwrap();
     let (line_tx, line_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -448,7 +436,7 @@ fn r_printing_goes_to_stdout_never_the_channel() {
 
 #[test]
 fn end_of_channel_ends_the_host_cleanly() {
-    let (mut host, _) = Host::ready(vec![spec(&fixtures().join("models/faulty"))]);
+    let (mut host, _) = Host::ready(vec![channel::package_spec(&fixtures().join("models/faulty"))]);
     host.writer.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
     let status = host.child.wait().unwrap();
     assert!(status.success(), "{status}");
@@ -481,7 +469,10 @@ fn write_manifest(dir: &Path, name: &str, version: &str) {
 #[test]
 fn load_failures_are_reported_and_the_rest_serve() {
     let root = tempfile::tempdir().unwrap();
-    let (lm, faulty) = (spec(&fixtures().join("models/lm")), spec(&fixtures().join("models/faulty")));
+    let (lm, faulty) = (
+        channel::package_spec(&fixtures().join("models/lm")),
+        channel::package_spec(&fixtures().join("models/faulty")),
+    );
     let lm_dir = lm.dir.display().to_string();
     let bad: Vec<(ModelSpec, String, &str)> = [
         (
@@ -528,7 +519,7 @@ fn load_failures_are_reported_and_the_rest_serve() {
             }
             None => format!("model '{name}'"),
         };
-        (spec(&dir), format!("{label}: loading failed in R: {step}"), also)
+        (channel::package_spec(&dir), format!("{label}: loading failed in R: {step}"), also)
     })
     .collect();
     // The same name and version twice: the second is a failure, the first serves.
@@ -594,9 +585,12 @@ fn a_corrupt_package_beside_good_ones_is_reported_and_they_serve() {
     let r_error = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success() && !r_error.is_empty(), "readRDS read random bytes? {output:?}");
 
-    let (lm, rf_reg) = (spec(&fixtures().join("models/lm")), spec(&fixtures().join("models/rf_reg")));
+    let (lm, rf_reg) = (
+        channel::package_spec(&fixtures().join("models/lm")),
+        channel::package_spec(&fixtures().join("models/rf_reg")),
+    );
     let (mut host, models, failed) =
-        Host::start_some(vec![lm.clone(), spec(&broken), rf_reg.clone()], Stdio::inherit());
+        Host::start_some(vec![lm.clone(), channel::package_spec(&broken), rf_reg.clone()], Stdio::inherit());
     let refs: Vec<ModelRef> = models.iter().map(ModelInfo::model_ref).collect();
     assert_eq!(refs, [lm.model_ref(), rf_reg.model_ref()]);
     assert_eq!(
@@ -674,7 +668,7 @@ fn one_host_serves_two_versions_of_a_model() {
     let expected = versioned_packages(root.path());
     // Version 2 listed first: which one is highest must not depend on the order.
     let dirs = ["vlm_2", "vlm_1", "vrf_1", "vrf_2"];
-    let (mut host, models) = Host::ready(dirs.iter().map(|d| spec(&root.path().join(d))).collect());
+    let (mut host, models) = Host::ready(dirs.iter().map(|d| channel::package_spec(&root.path().join(d))).collect());
     let refs: Vec<String> = models.iter().map(|m| m.model_ref().to_string()).collect();
     assert_eq!(refs, ["vlm version 2", "vlm version 1", "vrf version 1", "vrf version 2"]);
     let version = |name: &str, version: &str| ModelRef::new(name, Some(version.to_string()));
@@ -774,7 +768,7 @@ predict_fn <- function(model, newdata) {
 fn results_convert_to_frames_by_type() {
     let root = tempfile::tempdir().unwrap();
     let dir = write_package(root.path(), "shapes", SHAPES, true);
-    let (mut host, infos) = Host::ready(vec![spec(&dir)]);
+    let (mut host, infos) = Host::ready(vec![channel::package_spec(&dir)]);
     assert_eq!(info(&infos, "shapes").schema, None, "a list has no schema: columns pass as they come");
     let input = |what: &str| {
         let n = 3;
@@ -910,7 +904,7 @@ fn input_columns_reach_r_with_their_types() {
       unname(vapply(newdata, describe, ""))
     }"#;
     let dir = write_package(root.path(), "describe", score, true);
-    let (mut host, _) = Host::ready(vec![spec(&dir)]);
+    let (mut host, _) = Host::ready(vec![channel::package_spec(&dir)]);
     let frame = Frame::new(vec![
         protocol::Column::new(
             "f64",
@@ -1172,7 +1166,7 @@ fn forest_parts_combine_into_the_whole_forest_exactly() {
     let tally = write_package(root.path(), "ranger_class_tally", RANGER_TALLY, false);
     std::fs::copy(fixtures().join("models/ranger_class/model.rds"), tally.join("model.rds")).unwrap();
     let mut specs = fixture_specs();
-    specs.push(spec(&tally));
+    specs.push(channel::package_spec(&tally));
     let (mut host, infos) = Host::ready(specs);
 
     let mut seed = 1;
@@ -1350,7 +1344,7 @@ fn forests_that_cannot_be_split_stay_whole() {
     let root = tempfile::tempdir().unwrap();
     r_packages(root.path());
     let names = ["ranger_prob", "ranger_surv", "ranger_numeric_class", "rf_cutoff", "rf_bias"];
-    let (mut host, infos) = Host::ready(names.iter().map(|n| spec(&root.path().join(n))).collect());
+    let (mut host, infos) = Host::ready(names.iter().map(|n| channel::package_spec(&root.path().join(n))).collect());
     for name in &names[..4] {
         assert_eq!(info(&infos, name).forest, None, "{name}");
     }
@@ -1373,8 +1367,9 @@ fn forests_that_cannot_be_split_stay_whole() {
 fn forest_timings() {
     let root = tempfile::tempdir().unwrap();
     r_packages(root.path());
-    let mut specs: Vec<ModelSpec> = ["rf_big_reg", "rf_big_class"].iter().map(|n| spec(&root.path().join(n))).collect();
-    specs.push(spec(&fixtures().join("models/ranger_class")));
+    let mut specs: Vec<ModelSpec> =
+        ["rf_big_reg", "rf_big_class"].iter().map(|n| channel::package_spec(&root.path().join(n))).collect();
+    specs.push(channel::package_spec(&fixtures().join("models/ranger_class")));
     let (mut host, infos) = Host::ready(specs);
     let rows = [
         ("rf_big_reg", json!([{ "x1": 4.2, "x2": 0.5, "grp": "b", "cnt": 7.0 }])),
@@ -1431,9 +1426,10 @@ fn answers_carry_phases_and_condition_classes() {
         true,
     );
     let shape = write_package(root.path(), "wrong_shape", "predict_fn <- function(model, newdata) list(1, 2)\n", true);
-    let mut specs =
-        ["faulty", "azureml", "lm", "rf_reg"].map(|name| spec(&fixtures().join("models").join(name))).to_vec();
-    specs.extend([spec(&custom), spec(&shape)]);
+    let mut specs = ["faulty", "azureml", "lm", "rf_reg"]
+        .map(|name| channel::package_spec(&fixtures().join("models").join(name)))
+        .to_vec();
+    specs.extend([channel::package_spec(&custom), channel::package_spec(&shape)]);
     let (mut host, infos) = Host::ready(specs);
     let last = |host: &Host| host.last.clone().expect("an answer");
 

@@ -32,18 +32,9 @@ fn packages() -> &'static Path {
     .path()
 }
 
-/// The package `name` of `dir` as the supervisor describes it, from its model.toml.
+/// The package `name` of `dir` as the supervisor describes it.
 fn spec(dir: &Path, name: &str) -> ModelSpec {
-    let dir = dir.join(name);
-    let manifest = settings::Manifest::read(&dir).expect("read model.toml");
-    ModelSpec {
-        name: name.to_string(),
-        version: None,
-        dir,
-        schema: manifest.schema(),
-        predict_type: manifest.predict_type.clone(),
-        engine: manifest.engine.unwrap_or_default(),
-    }
+    channel::package_spec(&dir.join(name))
 }
 
 /// A running `rfleet-rhost` with the channel on fd 3, killed when dropped.

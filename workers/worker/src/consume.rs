@@ -391,7 +391,7 @@ async fn score_on(
         let answered = match model.engine.choose(request.options.engine, predict_type.as_deref()) {
             Choice::R => None,
             Choice::Refused(reason) => return fail(ErrorCode::InvalidInput, reason),
-            Choice::Native { explicit, .. } => match engine::predict(&model, frame, predict_type.as_deref()).await {
+            Choice::Native { explicit } => match engine::predict(&model, frame, predict_type.as_deref()).await {
                 Ok(prediction) => {
                     model.metrics.native(frame.n_rows);
                     Some(Outcome::Predictions(prediction.frame))

@@ -61,11 +61,10 @@ impl std::fmt::Debug for Native {
 }
 
 /// Which engine a request gets.
-pub enum Choice<'a> {
+pub enum Choice {
     R,
     /// `explicit`: the request asked for it, so a decline is its answer.
     Native {
-        model: &'a NativeModel,
         explicit: bool,
     },
     /// `?engine=native` for what the native engine cannot serve: the reason.
@@ -186,15 +185,13 @@ impl ModelEngine {
 
     /// The engine for a request that asked for `requested` (`None`: the model's choice)
     /// with `predict_type` (the model's default already applied).
-    pub fn choose(&self, requested: Option<Engine>, predict_type: Option<&str>) -> Choice<'_> {
+    pub fn choose(&self, requested: Option<Engine>, predict_type: Option<&str>) -> Choice {
         let native = self.native().filter(|n| covers(n, predict_type));
         match (requested.unwrap_or(Engine::Auto), native) {
             (Engine::R, _) => Choice::R,
-            (Engine::Native, Some(model)) => Choice::Native { model, explicit: true },
+            (Engine::Native, Some(_)) => Choice::Native { explicit: true },
             (Engine::Native, None) => Choice::Refused(self.refusal(predict_type)),
-            (Engine::Auto, Some(model)) if self.serving() == Engine::Native => {
-                Choice::Native { model, explicit: false }
-            }
+            (Engine::Auto, Some(_)) if self.serving() == Engine::Native => Choice::Native { explicit: false },
             (Engine::Auto, _) => Choice::R,
         }
     }

@@ -4,9 +4,10 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use protocol::host::HOST_FD;
+use protocol::host::{ModelSpec, HOST_FD};
 
 /// Spawns `rfleet-rhost` (its stdin /dev/null, stdout `stdout`, stderr this test's, with
 /// what `configure` adds) and answers it with our end of its channel.
@@ -33,4 +34,17 @@ pub fn spawn(stdout: Stdio, configure: impl FnOnce(&mut Command)) -> (Child, Uni
     // The child holds its own copy; ours must close or we would never see its end.
     drop(theirs);
     (child, ours)
+}
+
+/// A package as the supervisor describes it: `model.toml` read the way the worker reads it.
+pub fn package_spec(dir: &Path) -> ModelSpec {
+    let manifest = settings::Manifest::read(dir).expect("read model.toml");
+    ModelSpec {
+        name: manifest.name.clone().unwrap_or_else(|| dir.file_name().unwrap().to_string_lossy().into_owned()),
+        version: manifest.version.clone(),
+        dir: dir.to_path_buf(),
+        schema: manifest.schema(),
+        predict_type: manifest.predict_type.clone(),
+        engine: manifest.engine.unwrap_or_default(),
+    }
 }
