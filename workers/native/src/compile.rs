@@ -16,26 +16,60 @@ use protocol::{Algorithm, Column, ColumnData, NativeForest};
 
 use crate::{CompileError, Declined, NativeModel};
 
-/// [`Node::var`] of a leaf.
-pub(crate) const LEAF: u32 = u32::MAX;
+/// [`Parsed::var`] of a leaf.
+const LEAF: u32 = u32::MAX;
 
-/// One node of the flattened forest.
+/// [`Node::word`]'s flag of a categorical split (its `bits` are the levels that go right)
+/// and of a leaf (its `bits` are 0 and its `left` is itself, so that it goes nowhere).
+pub(crate) const CATEGORICAL: u32 = 1 << 31;
+/// [`Node::word`]'s flag of a split the walk cannot take by its bits (see
+/// `NativeModel::slow_child`): a categorical split of more than 64 levels or with a level
+/// that has no direction, a gbm threshold of minus infinity.
+pub(crate) const SLOW: u32 = 1 << 30;
+/// [`Node::word`]'s bits that name the input.
+pub(crate) const VAR: u32 = SLOW - 1;
+
+/// One node of the flattened forest, 16 bytes: what the walk reads at every step. What a
+/// leaf answers and what the rare splits need are in the model's arrays beside `nodes`.
+///
+/// Every node is a step `left + right?`, the same arithmetic for each kind, so that rows
+/// go down a tree in lockstep without branches:
+/// - a numeric split: `right` when the input is not `<=` the threshold in `bits` (for gbm,
+///   whose `predict` goes left on `<`, the largest double below its threshold: `x < t` is
+///   `x <= next_down(t)` for every number);
+/// - a categorical split ([`CATEGORICAL`]): `right` when the level's bit is set in `bits`;
+/// - a leaf: a categorical split with no bit set whose left child is itself.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Node {
-    /// The input it splits on, or [`LEAF`].
-    pub var: u32,
-    /// Whether the split goes by the directions at `aux` in the sets.
-    pub categorical: bool,
-    /// The left child; the right child is always the next node (`left + 1`), so that
-    /// the walk picks a child by arithmetic rather than a branch it would mispredict.
+    /// The input (0 for a leaf), with the [`CATEGORICAL`] and [`SLOW`] flags.
+    pub word: u32,
+    /// The left child; the right child is always the next node (`left + 1`).
     pub left: u32,
+    /// A numeric split's threshold (`f64` bits) or a categorical split's mask of levels.
+    pub bits: u64,
+}
+
+impl Node {
+    pub fn var(self) -> usize {
+        (self.word & VAR) as usize
+    }
+}
+
+/// A node as the extraction gives it, before the layout.
+#[derive(Debug, Clone, Copy)]
+struct Parsed {
+    /// The input it splits on, or [`LEAF`].
+    var: u32,
+    categorical: bool,
+    left: u32,
+    right: u32,
     /// gbm's branch for a missing value (and a level without direction); unused elsewhere.
-    pub missing: u32,
+    missing: u32,
     /// A numeric split's threshold, or a leaf's value.
-    pub value: f64,
+    value: f64,
     /// A categorical split's first direction in the sets, or a probability leaf's first
     /// fraction in the distributions.
-    pub aux: u32,
+    aux: u32,
 }
 
 /// One input: how a frame's column becomes the numbers the trees compare.
@@ -114,12 +148,21 @@ impl Input {
             (Some(codes), ColumnData::Factor { levels, values, .. }) => {
                 // The frame's levels mapped to the model's codes by name.
                 let to_model: Vec<Option<u32>> = levels.iter().map(|level| codes.get(level).copied()).collect();
-                let offset = if self.categorical { 0.0 } else { f64::from(self.code_base) };
+                // A categorical split reads a level by its bits (see `NativeModel::step`):
+                // the code 0.. as the bits of a double (never a NaN); any other split reads
+                // the code counted from `code_base` as a number, as R's C code does.
+                let value = |code: u32| {
+                    if self.categorical {
+                        f64::from_bits(u64::from(code))
+                    } else {
+                        f64::from(code) + f64::from(self.code_base)
+                    }
+                };
                 values
                     .iter()
                     .enumerate()
                     .map(|(row, code)| match code.map(|c| to_model.get(c as usize).copied().flatten()) {
-                        Some(Some(code)) => Ok(f64::from(code) + offset),
+                        Some(Some(code)) => Ok(value(code)),
                         // A level the model does not know: gbm makes it NA, the others refuse.
                         Some(None) if missing_ok => Ok(f64::NAN),
                         Some(None) => Err(Declined(format!(
@@ -184,13 +227,22 @@ pub(crate) fn compile(forest: &NativeForest) -> Result<NativeModel, CompileError
         algorithm,
         inputs,
         nodes: Vec::new(),
+        values: Vec::new(),
+        aux: Vec::new(),
+        missing: Vec::new(),
         roots: Vec::with_capacity(forest.trees.len()),
+        depths: Vec::with_capacity(forest.trees.len()),
         sets: Vec::new(),
         distributions: Vec::new(),
         output: forest.output.clone(),
     };
     for (t, tree) in forest.trees.iter().enumerate() {
         add_tree(&mut model, tree, n_classes).map_err(|e| CompileError(format!("tree {}: {e}", t + 1)))?;
+    }
+    // `aux` is read by slow splits and probability leaves only.
+    let probability = matches!(model.output, NativeOutput::Distribution { .. });
+    if !probability && !model.nodes.iter().any(|node| node.word & SLOW != 0 && node.word & CATEGORICAL != 0) {
+        model.aux = Vec::new();
     }
     Ok(model)
 }
@@ -222,19 +274,20 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
     if u32::try_from(model.nodes.len() + n).is_err() {
         return Err("too many nodes".into());
     }
-    // The nodes in the extraction's order, children as its indices, and the right child
-    // apart until the layout below puts it beside the left one.
+    // The nodes in the extraction's order, children as its indices.
     let mut local = Vec::with_capacity(n);
-    let mut rights = Vec::with_capacity(n);
     for k in 0..n {
         let var = tree.var[k];
-        let mut node = Node { var: LEAF, categorical: false, left: 0, missing: 0, value: tree.value[k], aux: 0 };
-        let mut right = 0;
+        let mut node =
+            Parsed { var: LEAF, categorical: false, left: 0, right: 0, missing: 0, value: tree.value[k], aux: 0 };
         if var >= 0 {
             let input = model
                 .inputs
                 .get(var as usize)
                 .ok_or_else(|| format!("node {k} splits on input {var} of {}", model.inputs.len()))?;
+            if var as u32 > VAR {
+                return Err(format!("node {k} splits on input {var}"));
+            }
             // A child after its parent: every walk moves forward and ends at a leaf.
             let child = |c: u32, what: &str| {
                 if (c as usize) > k && (c as usize) < n {
@@ -245,7 +298,7 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
             };
             node.var = var as u32;
             node.left = child(tree.left[k], "left")?;
-            right = child(tree.right[k], "right")?;
+            node.right = child(tree.right[k], "right")?;
             if gbm {
                 node.missing = child(tree.missing[k], "missing")?;
             }
@@ -293,11 +346,11 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
             return Err(format!("node {k} splits on input {var}"));
         }
         local.push(node);
-        rights.push(right);
     }
     // Breadth first from the root: `order` lists the nodes in their new places, `place`
-    // maps the extraction's indices to them.
+    // maps the extraction's indices to them, `depth` is each node's.
     let mut place = vec![u32::MAX; n];
+    let mut depth = vec![0u32; n];
     let mut order = vec![0usize];
     place[0] = 0;
     let mut next = 0;
@@ -307,22 +360,50 @@ fn add_tree(model: &mut NativeModel, tree: &NativeTree, n_classes: usize) -> Res
         if node.var == LEAF {
             continue;
         }
-        for c in [node.left, rights[k]].into_iter().chain(gbm.then_some(node.missing)) {
+        for c in [node.left, node.right].into_iter().chain(gbm.then_some(node.missing)) {
             if place[c as usize] != u32::MAX {
                 return Err(format!("node {c} is the child of two splits"));
             }
             place[c as usize] = order.len() as u32;
+            depth[c as usize] = depth[k] + 1;
             order.push(c as usize);
         }
     }
     model.roots.push(base);
+    model.depths.push(order.iter().map(|&k| depth[k]).max().unwrap_or(0));
     for k in order {
-        let mut node = local[k];
-        if node.var != LEAF {
-            node.left = base + place[node.left as usize];
-            node.missing = if gbm { base + place[node.missing as usize] } else { 0 };
-        }
+        let parsed = local[k];
+        let at = model.nodes.len() as u32;
+        let node = if parsed.var == LEAF {
+            Node { word: CATEGORICAL, left: at, bits: 0 }
+        } else {
+            let mut word = parsed.var;
+            let bits = if parsed.categorical {
+                word |= CATEGORICAL;
+                let levels = model.inputs[parsed.var as usize].n_levels;
+                let set = &model.sets[parsed.aux as usize..][..levels];
+                if set.len() > 64 || set.contains(&0) {
+                    word |= SLOW;
+                    0
+                } else {
+                    set.iter().enumerate().filter(|(_, d)| **d == 1).fold(0u64, |mask, (level, _)| mask | 1 << level)
+                }
+            } else if gbm {
+                if parsed.value == f64::NEG_INFINITY {
+                    word |= SLOW;
+                }
+                parsed.value.next_down().to_bits()
+            } else {
+                parsed.value.to_bits()
+            };
+            Node { word, left: base + place[parsed.left as usize], bits }
+        };
         model.nodes.push(node);
+        model.values.push(parsed.value);
+        model.aux.push(parsed.aux);
+        if gbm {
+            model.missing.push(if parsed.var == LEAF { 0 } else { base + place[parsed.missing as usize] });
+        }
     }
     Ok(())
 }

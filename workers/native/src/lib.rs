@@ -13,7 +13,8 @@
 //!   (several rows down a tree in lockstep) and each row's leaves accumulated (on rayon's
 //!   pool from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
 //! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array
-//!   (breadth first, each split's children side by side: 32 bytes a node).
+//!   (breadth first, each split's children side by side: 16 bytes a node that the walk
+//!   reads, and 8 beside it for what a leaf answers).
 //! - `sample`: the self-check's rows.
 //!
 //! # Exactness
@@ -57,8 +58,17 @@ pub struct NativeModel {
     inputs: Vec<compile::Input>,
     /// Every tree's nodes, tree after tree; children are indices into this array.
     nodes: Vec<compile::Node>,
+    /// Per node: a leaf's value (its class, for a vote) or a split's threshold, as R has it.
+    values: Vec<f64>,
+    /// Per node: where a slow categorical split's directions start in `sets`, or a
+    /// probability leaf's fractions in `distributions`; empty when no node needs it.
+    aux: Vec<u32>,
+    /// Per node: gbm's branch for a missing value; empty for the other packages.
+    missing: Vec<u32>,
     /// Each tree's root in `nodes`, in the model's order.
     roots: Vec<u32>,
+    /// Each tree's depth: the steps from its root to its deepest leaf.
+    depths: Vec<u32>,
     /// Categorical splits' directions, one run of the input's level count per split.
     sets: Vec<i8>,
     /// ranger probability leaves' class fractions, one run of the class count per leaf.
@@ -144,7 +154,8 @@ impl NativeModel {
 
     pub fn footprint(&self) -> Footprint {
         let bytes = self.nodes.len() * std::mem::size_of::<compile::Node>()
-            + self.roots.len() * std::mem::size_of::<u32>()
+            + self.values.len() * std::mem::size_of::<f64>()
+            + (self.aux.len() + self.missing.len() + self.roots.len() + self.depths.len()) * std::mem::size_of::<u32>()
             + self.sets.len()
             + self.distributions.len() * std::mem::size_of::<f64>()
             + self.inputs.iter().map(compile::Input::bytes).sum::<usize>();
@@ -189,9 +200,10 @@ impl NativeModel {
     }
 
     /// The frame's inputs as a row-major matrix of the numbers R's C code compares: a
-    /// number as is, a factor's code (0-based for a categorical split's directions, else
-    /// counted from the input's `code_base`), NaN for a missing value where the algorithm
-    /// has a missing branch; otherwise a missing value declines.
+    /// number as is, a factor's code (for a categorical split's directions, the code
+    /// 0.. as a double's bits; else the code counted from the input's `code_base`), NaN
+    /// for a missing value where the algorithm has a missing branch; otherwise a missing
+    /// value declines.
     fn matrix(&self, frame: &Frame) -> Result<Vec<f64>, Declined> {
         let row_len = self.inputs.len().max(1);
         let mut x = vec![0.0; frame.n_rows * row_len];
@@ -218,17 +230,17 @@ impl NativeModel {
         if let NativeOutput::Boosted { init, .. } = &self.output {
             acc.fill(*init);
         }
-        for &root in &self.roots {
-            self.walk(root, x, row_len, &mut leaves);
+        for (&root, &depth) in self.roots.iter().zip(&self.depths) {
+            self.walk(root, depth, x, row_len, &mut leaves);
             for (row, &leaf) in leaves.iter().enumerate() {
-                let node = &self.nodes[leaf as usize];
+                let value = self.values[leaf as usize];
                 let acc = &mut acc[row * width..(row + 1) * width];
                 match &self.output {
-                    NativeOutput::Mean { .. } | NativeOutput::Boosted { .. } => acc[0] += node.value,
+                    NativeOutput::Mean { .. } | NativeOutput::Boosted { .. } => acc[0] += value,
                     // Compiling checked that every leaf names a class 1..=classes.
-                    NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => acc[node.value as usize - 1] += 1.0,
+                    NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => acc[value as usize - 1] += 1.0,
                     NativeOutput::Distribution { .. } => {
-                        let at = node.aux as usize;
+                        let at = self.aux[leaf as usize] as usize;
                         for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..at + width]) {
                             *sum += fraction;
                         }
@@ -239,47 +251,87 @@ impl NativeModel {
     }
 
     /// The leaf each row of `x` reaches from `root`, into `leaves`. Rows go down the tree
-    /// [`LANES`] at a time in lockstep: their walks are independent, so the processor
-    /// overlaps their node loads instead of waiting on one row's chain of them.
-    fn walk(&self, root: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
-        leaves.fill(root);
-        for (x, lanes) in x.chunks(row_len * LANES).zip(leaves.chunks_mut(LANES)) {
-            loop {
+    /// [`LANES`] at a time in lockstep, until none of them moves (a leaf steps onto itself,
+    /// so that a row that has arrived needs no branch of its own; `depth` bounds the
+    /// steps). The walks are independent, so the processor overlaps their node loads
+    /// instead of waiting on one row's chain of them.
+    fn walk(&self, root: u32, depth: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
+        if self.algorithm == Algorithm::Gbm {
+            self.walk_rows::<true>(root, depth, x, row_len, leaves)
+        } else {
+            self.walk_rows::<false>(root, depth, x, row_len, leaves)
+        }
+    }
+
+    /// [`Self::walk`], for rows that may hold NaN (`MISSING`: gbm's) or never do (the
+    /// others decline a missing value).
+    fn walk_rows<const MISSING: bool>(&self, root: u32, depth: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
+        let mut rows = x.chunks_exact(row_len * LANES);
+        let mut lanes = leaves.chunks_exact_mut(LANES);
+        for (x, leaves) in (&mut rows).zip(&mut lanes) {
+            let mut k = [root; LANES];
+            for _ in 0..depth {
                 let mut moved = false;
-                for (lane, k) in lanes.iter_mut().enumerate() {
-                    let node = &self.nodes[*k as usize];
-                    if node.var != compile::LEAF {
-                        *k = self.child(node, x[lane * row_len + node.var as usize]);
-                        moved = true;
-                    }
+                for (lane, k) in k.iter_mut().enumerate() {
+                    let next = self.step::<MISSING>(*k, x, lane * row_len);
+                    moved |= next != *k;
+                    *k = next;
                 }
                 if !moved {
                     break;
                 }
             }
+            leaves.copy_from_slice(&k);
+        }
+        // A row alone goes only as deep as its leaf.
+        for (x, leaf) in rows.remainder().chunks_exact(row_len).zip(lanes.into_remainder()) {
+            *leaf = root;
+            loop {
+                let next = self.step::<MISSING>(*leaf, x, 0);
+                if next == *leaf {
+                    break;
+                }
+                *leaf = next;
+            }
         }
     }
 
-    /// Where `x` goes from the split `node`.
-    fn child(&self, node: &compile::Node, x: f64) -> u32 {
-        if node.categorical || x.is_nan() {
-            self.set_or_missing_child(node, x)
-        } else {
-            // The right child is the left one's neighbour: no branch on the comparison.
-            node.left + u32::from(!self.algorithm.numeric_left(x, node.value))
+    /// Where the row at `x[row..]` goes from node `k`: the same arithmetic for every kind
+    /// of node (see [`compile::Node`]), a branch only for the slow splits and gbm's
+    /// missing values.
+    #[inline(always)]
+    fn step<const MISSING: bool>(&self, k: u32, x: &[f64], row: usize) -> u32 {
+        let node = self.nodes[k as usize];
+        let x = x[row + node.var()];
+        if node.word & compile::SLOW != 0 || (MISSING && x.is_nan()) {
+            return self.slow_child(k, x);
         }
+        let numeric_right = !(x <= f64::from_bits(node.bits));
+        // A categorical input's value holds its level's code (0..64 here) as its bits.
+        let categorical_right = (node.bits >> (x.to_bits() & 63)) & 1 == 1;
+        let right = if node.word & compile::CATEGORICAL != 0 { categorical_right } else { numeric_right };
+        node.left + u32::from(right)
     }
 
-    /// The child of a categorical split, or of gbm's missing branch (only gbm's rows hold
-    /// NaN: a missing value, a level the model lacks).
-    fn set_or_missing_child(&self, node: &compile::Node, x: f64) -> u32 {
+    /// The child of a slow split (see [`compile::SLOW`]), or of gbm's missing branch (only
+    /// gbm's rows hold NaN: a missing value, a level the model lacks); a leaf stays.
+    #[cold]
+    fn slow_child(&self, k: u32, x: f64) -> u32 {
+        let node = self.nodes[k as usize];
+        if node.left == k {
+            return k;
+        }
         if x.is_nan() {
-            return node.missing;
+            return self.missing[k as usize];
         }
-        match self.sets[node.aux as usize + x as usize] {
-            -1 => node.left,
-            1 => node.left + 1,
-            _ => node.missing,
+        if node.word & compile::CATEGORICAL != 0 {
+            match self.sets[self.aux[k as usize] as usize + x.to_bits() as usize] {
+                -1 => node.left,
+                1 => node.left + 1,
+                _ => self.missing[k as usize],
+            }
+        } else {
+            node.left + u32::from(!self.algorithm.numeric_left(x, self.values[k as usize]))
         }
     }
 

@@ -7,7 +7,7 @@
 
 use protocol::{Algorithm, Column, ColumnData, ColumnType, Frame, Schema};
 
-use crate::compile::LEAF;
+use crate::compile::CATEGORICAL;
 use crate::NativeModel;
 
 /// splitmix64 (Steele, Lea, Flood 2014): a small generator, deterministic for its seed.
@@ -163,11 +163,11 @@ fn thresholds(model: &NativeModel, name: &str) -> Vec<f64> {
     let Some(var) = model.inputs.iter().position(|input| input.name == name) else {
         return Vec::new();
     };
-    let mut thresholds: Vec<f64> = model
-        .nodes
-        .iter()
-        .filter(|node| node.var != LEAF && node.var as usize == var && !node.categorical && node.value.is_finite())
-        .map(|node| node.value)
+    let mut thresholds: Vec<f64> = (model.nodes.iter().zip(&model.values).enumerate())
+        .filter(|(k, (node, value))| {
+            node.left as usize != *k && node.var() == var && node.word & CATEGORICAL == 0 && value.is_finite()
+        })
+        .map(|(_, (_, value))| *value)
         .collect();
     thresholds.sort_by(f64::total_cmp);
     thresholds.dedup();
