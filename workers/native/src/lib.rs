@@ -306,6 +306,8 @@ impl NativeModel {
         if node.word & compile::SLOW != 0 || (MISSING && x.is_nan()) {
             return self.slow_child(k, x);
         }
+        // Not `x > threshold`: a NaN threshold sends every row right, as R's `<=` does.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         let numeric_right = !(x <= f64::from_bits(node.bits));
         // A categorical input's value holds its level's code (0..64 here) as its bits.
         let categorical_right = (node.bits >> (x.to_bits() & 63)) & 1 == 1;
