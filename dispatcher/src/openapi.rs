@@ -175,7 +175,8 @@ pub struct ModelDescription {
     /// Which engine scores it: `{"configured", "serving"}` (`auto`, `r` or `native`), the
     /// native forest `{"algorithm", "trees", "nodes", "bytes", "bytes_per_node", "types",
     /// "extracted"}`, the load's `self_check` `{"passed", "rows", "types", "mismatches",
-    /// "ties", "message"?}`, and the `reason` R serves it when it does.
+    /// "ties", "message"?}`, the `reason` R serves it when it does, `r_fallback` (model.toml's)
+    /// and `released` (the R hosts let go of it: only the native engine serves it).
     #[schema(value_type = Option<Object>)]
     pub engine: Option<Value>,
     /// R hosts up in the workers serving this version that take new work.
@@ -673,6 +674,8 @@ mod tests {
                 native: None,
                 self_check: None,
                 reason: Some("the self-check has not finished".into()),
+                r_fallback: true,
+                released: false,
             }),
         }
     }

@@ -35,6 +35,11 @@ pub struct ModelSpec {
     /// `model.toml`'s `engine`: with `r` the host extracts no native forest.
     #[serde(default)]
     pub engine: Engine,
+    /// `model.toml`'s `r_fallback`: with `false` the host checks the native forest against
+    /// R at load and, if they agree, releases the model's R objects (see
+    /// [`NativeLoad::Ready`]). `true` from supervisors older than the option.
+    #[serde(default = "crate::message::r_fallback_default")]
+    pub r_fallback: bool,
 }
 
 impl ModelSpec {

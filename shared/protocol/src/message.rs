@@ -307,6 +307,21 @@ pub struct EngineStatus {
     /// running), for people reading `GET /models` and the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `model.toml`'s `r_fallback`: whether R keeps the model as the fallback. `true` from
+    /// workers older than the option.
+    #[serde(default = "r_fallback_default")]
+    pub r_fallback: bool,
+    /// Whether the R hosts let go of the model (`r_fallback = false` and the hosts'
+    /// self-check passed): only the native engine serves it, and what would need R is
+    /// refused.
+    #[serde(default)]
+    pub released: bool,
+}
+
+/// R keeps every model unless its `model.toml` says `r_fallback = false`: the default of
+/// every message field that carries the option.
+pub(crate) fn r_fallback_default() -> bool {
+    true
 }
 
 /// A native forest's size and origin.
@@ -339,6 +354,14 @@ pub struct SelfCheck {
     /// What differed first, or why the check could not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+impl SelfCheck {
+    /// A check that could not run (no sample rows, a forest that does not compile, R or
+    /// the native engine not answering), and why.
+    pub fn failed(types: Vec<String>, message: String) -> SelfCheck {
+        SelfCheck { passed: false, rows: 0, types, mismatches: 0, ties: 0, message: Some(message) }
+    }
 }
 
 /// What forest splitting needs to know about a model.

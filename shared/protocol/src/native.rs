@@ -17,10 +17,25 @@
 //!
 //! Bumping [`NATIVE_FORMAT`] makes every cached extraction stale: hosts extract again.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
+
+use crate::message::SelfCheck;
 
 /// The version of this layout that this build writes and reads.
 pub const NATIVE_FORMAT: u32 = 1;
+
+/// Reads the cache file `path`: the forest it holds, or why it cannot be used (unreadable,
+/// undecodable, or of another [`NATIVE_FORMAT`]).
+pub fn read_forest(path: &Path) -> Result<NativeForest, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let forest: NativeForest = crate::decode(&bytes).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
+    if forest.format != NATIVE_FORMAT {
+        return Err(format!("{} holds format {}, this build reads {NATIVE_FORMAT}", path.display(), forest.format));
+    }
+    Ok(forest)
+}
 
 /// One model's trees, inputs and output rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,7 +172,20 @@ pub enum NativeLoad {
     Unsupported { reason: String },
     /// The forest is in the cache file `path` (MessagePack of a [`NativeForest`]):
     /// extracted by this load (`extracted`), or found there from an earlier one.
-    Ready { path: std::path::PathBuf, extracted: bool },
+    ///
+    /// With `r_fallback = false` ([`crate::host::ModelSpec::r_fallback`]) the host ran the
+    /// self-check itself (`check`: that file's forest against the model's own R scorer);
+    /// `released` says it passed and the host let go of the model's R objects, so that the
+    /// host answers no request for it. Both default (`None`, `false`) for other models and
+    /// for hosts older than the option.
+    Ready {
+        path: std::path::PathBuf,
+        extracted: bool,
+        #[serde(default)]
+        check: Option<SelfCheck>,
+        #[serde(default)]
+        released: bool,
+    },
     /// Extraction failed (an R error, a file that could not be written), and why.
     Failed { reason: String },
 }

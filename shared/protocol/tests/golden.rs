@@ -110,17 +110,16 @@ fn model_info() -> ModelInfo {
                 types: vec!["response".into()],
                 extracted: false,
             }),
-            self_check: Some(SelfCheck {
-                passed: true,
-                rows: 256,
-                types: vec!["response".into()],
-                mismatches: 0,
-                ties: 0,
-                message: None,
-            }),
+            self_check: Some(self_check()),
             reason: None,
+            r_fallback: false,
+            released: true,
         }),
     }
+}
+
+fn self_check() -> SelfCheck {
+    SelfCheck { passed: true, rows: 256, types: vec!["response".into()], mismatches: 0, ties: 0, message: None }
 }
 
 /// A two-tree gbm: a numeric split with a missing branch, a categorical split.
@@ -220,6 +219,7 @@ fn golden_vectors() {
                 schema: None,
                 predict_type: None,
                 engine: Engine::Auto,
+                r_fallback: false,
             }],
         },
     );
@@ -238,6 +238,8 @@ fn golden_vectors() {
             native: vec![NativeLoad::Ready {
                 path: "/models/mtcars/.rfleet/native-0123abcd.msgpack".into(),
                 extracted: true,
+                check: Some(self_check()),
+                released: true,
             }],
         },
     );
@@ -351,4 +353,35 @@ fn older_hosts_still_decode() {
         FromHost::Ready { pid: 4242, load_us, failed, .. } => assert!(load_us.is_empty() && failed.is_empty()),
         other => panic!("decoded {other:?}"),
     }
+}
+
+/// Messages from before `r_fallback`: a supervisor's `load` (as golden/ held it then), a
+/// host's ready forest and a worker's engine status without the new fields. R keeps the
+/// model, no host check ran, nothing was released.
+#[test]
+fn messages_from_before_r_fallback_decode() {
+    let load = hex::decode("81a46c6f616481a66d6f64656c739186a46e616d65a66d7463617273a776657273696f6ec0a3646972ae2f6d6f64656c732f6d7463617273a6736368656d61c0ac707265646963745f74797065c0a6656e67696e65a46175746f").unwrap();
+    match protocol::decode::<ToHost>(&load).unwrap() {
+        ToHost::Load { models } => assert!(models[0].r_fallback, "R keeps the model"),
+        other => panic!("decoded {other:?}"),
+    }
+    #[derive(Serialize)]
+    struct OldReady {
+        state: &'static str,
+        path: &'static str,
+        extracted: bool,
+    }
+    let ready = rmp_serde::to_vec_named(&OldReady { state: "ready", path: "/m/.rfleet/f.msgpack", extracted: false });
+    assert_eq!(
+        protocol::decode::<NativeLoad>(&ready.unwrap()).unwrap(),
+        NativeLoad::Ready { path: "/m/.rfleet/f.msgpack".into(), extracted: false, check: None, released: false }
+    );
+    #[derive(Serialize)]
+    struct OldStatus {
+        configured: &'static str,
+        serving: &'static str,
+    }
+    let status = rmp_serde::to_vec_named(&OldStatus { configured: "auto", serving: "native" }).unwrap();
+    let status: EngineStatus = protocol::decode(&status).unwrap();
+    assert!(status.r_fallback && !status.released, "{status:?}");
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 /// A model package's optional `model.toml`. Every field is optional; what is missing is
 /// inferred from the model (see README "Model packages").
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// Defaults to the package directory's name.
@@ -32,9 +32,37 @@ pub struct Manifest {
     /// Which engine scores the model: `auto` (native once its self-check at load passed,
     /// else R), `r`, or `native`; unset, the worker's `[workers] engine` (`auto`).
     pub engine: Option<Engine>,
+    /// Whether R keeps the model as the fallback of the native engine (the default). With
+    /// `false` each R host checks the native forest against R at load and, if they agree
+    /// bit for bit, lets go of the model: only the native engine serves it, and what would
+    /// need R is refused. If they disagree, R keeps it.
+    #[serde(default = "r_fallback_default")]
+    pub r_fallback: bool,
     /// What the worker's metrics record of this model's answers.
     #[serde(default)]
     pub metrics: ManifestMetrics,
+}
+
+impl Default for Manifest {
+    fn default() -> Manifest {
+        Manifest {
+            name: None,
+            version: None,
+            predict_type: None,
+            input: Vec::new(),
+            split: None,
+            max_batch_rows: None,
+            max_batch_wait_ms: None,
+            split_min_rows: None,
+            engine: None,
+            r_fallback: true,
+            metrics: ManifestMetrics::default(),
+        }
+    }
+}
+
+fn r_fallback_default() -> bool {
+    true
 }
 
 /// `model.toml`'s `[metrics]`.
@@ -130,6 +158,8 @@ mod tests {
         check("[metrics]\nprediction_buckets = []\n", Err("at least one bound"));
         check("[metrics]\nprediction_buckets = [0, inf]\n", Err("finite"));
         check("[metrics]\nbuckets = [1]\n", Err("unknown field `buckets`"));
+        check("r_fallback = false\n", Ok(Manifest { r_fallback: false, ..Manifest::default() }));
+        check("r_fallback = \"no\"\n", Err("invalid type"));
         check("max_batch = 3\n", Err("unknown field `max_batch`"));
     }
 }

@@ -16,6 +16,8 @@
 //!   (breadth first, each split's children side by side: 16 bytes a node that the walk
 //!   reads, and 8 beside it for what a leaf answers).
 //! - `sample`: the self-check's rows.
+//! - [`check`]: the self-check itself, run by the worker and by R hosts alike: those rows
+//!   scored by R and natively, compared bit for bit.
 //!
 //! # Exactness
 //! Every row's accumulation starts where R's C code starts (`0.0` for sums and votes,
@@ -26,8 +28,11 @@
 //! the native label is the first class of the tie, and the row is listed in
 //! [`Prediction::ties`].
 
+pub mod check;
 mod compile;
 mod sample;
+
+pub use check::{compare, Agreement, CheckRows, SELF_CHECK_ROWS, SELF_CHECK_SEED};
 
 use protocol::native::NativeOutput;
 use protocol::{Algorithm, Column, ColumnData, Frame, NativeForest, Schema};

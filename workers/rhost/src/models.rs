@@ -4,6 +4,11 @@
 //! through a sub-forest scorer made once per tree range by `.rfleet_part_scorer()`. Each
 //! model's native forest is settled at load too (see [`crate::native`]).
 //!
+//! A model whose `model.toml` says `r_fallback = false` is checked against its native
+//! forest as soon as it has loaded ([`Model::release_if_checked`]); if R and the engine
+//! agree, the host lets go of its R objects and keeps only its info, and a request that
+//! still reaches the host for it is refused naming the option.
+//!
 //! Each package loads on its own: one that fails becomes a [`LoadFailure`] and the others
 //! load regardless. A model is registered only once every step of its load has succeeded,
 //! on the Rust side as in R (the prelude keeps no registry of its own), so a failed load
@@ -16,7 +21,7 @@ use extendr_api::prelude::*;
 use protocol::host::{HostOutput, ModelSpec, Phases, TreeRange};
 use protocol::{
     compare_versions, ErrorBody, ErrorCode, ForestInfo, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef,
-    NativeLoad,
+    NativeLoad, SelfCheck,
 };
 
 use crate::convert::{self, FrameCache};
@@ -26,6 +31,18 @@ struct Model {
     info: ModelInfo,
     /// How messages name it: `model 'rf_reg'`, or `model 'rf_reg' version '2'`.
     label: String,
+    /// How long the package took to load, in microseconds.
+    load_us: u64,
+    /// What became of its native forest at load.
+    native: NativeLoad,
+    /// What R holds of it; `None` once released (`r_fallback = false`, and the native
+    /// forest agreed with R at load).
+    r: Option<InR>,
+}
+
+/// A model's R objects: the closures that score it, and everything else that holds the
+/// model. Dropping it (and R's `gc()`) frees the model in R.
+struct InR {
     /// `function(newdata, type)` (or `function(data)` for Azure ML scripts) made by
     /// `.rfleet_scorer()`: the model's call in `tryCatch`, answering what the model
     /// answered; a request never parses R source.
@@ -33,8 +50,6 @@ struct Model {
     /// `function(x, n)` (or `function(x)`): `scorer`'s answer converted to columns (or
     /// JSON), a second R call so that the model's time is measured apart from it.
     output: Function,
-    /// How long the package took to load, in microseconds.
-    load_us: u64,
     /// `info.predict_type` as an R string, or `NULL`, made once.
     default_type: Robj,
     cache: FrameCache,
@@ -42,8 +57,6 @@ struct Model {
     forest: Option<Robj>,
     /// Part scorers by tree range, most recently used first, at most [`MAX_PARTS`].
     parts: Vec<(TreeRange, Function)>,
-    /// What became of its native forest at load.
-    native: NativeLoad,
 }
 
 /// Sub-forests kept per model. A worker asks for the same few ranges (its split of the
@@ -194,13 +207,14 @@ impl Models {
             Err(error) => return Err(error).into(),
         };
         let label = &entry.label;
+        let Some(r) = entry.r.as_mut() else { return Err(released(label)).into() };
         match (entry.info.kind, input) {
-            (ModelKind::AzureMl, Input::Json(body)) => entry.score_json(body),
+            (ModelKind::AzureMl, Input::Json(body)) => r.score_json(label, body),
             (ModelKind::AzureMl, Input::Frame(_)) => Scoring::from(Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("{label} is an Azure ML entry script (score.R with init()) and takes the raw JSON body, not a frame"),
             ))),
-            (_, Input::Frame(frame)) => entry.score_frame(frame, predict_type),
+            (_, Input::Frame(frame)) => r.score_frame(label, frame, predict_type),
             (_, Input::Json(_)) => Scoring::from(Err(ErrorBody::new(
                 ErrorCode::BadRequest,
                 format!("{label} takes a frame; only Azure ML entry scripts (score.R with init()) take a raw JSON body"),
@@ -219,6 +233,7 @@ impl Models {
             Err(error) => return Err(error).into(),
         };
         let label = entry.label.clone();
+        let Some(r) = entry.r.as_mut() else { return Err(released(&label)).into() };
         let bad =
             |message: String| Scoring::from(Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {message}"))));
         let Some(forest) = entry.info.forest.clone() else {
@@ -237,7 +252,7 @@ impl Models {
         let Input::Frame(frame) = input else {
             return bad("a range of trees is scored on a frame, not a raw JSON body".into());
         };
-        entry.score_part(&part_scorer, frame, trees, &forest)
+        r.score_part(&label, &part_scorer, frame, trees, &forest)
     }
 
     /// The model a request addresses: the one of that name and version; for a request
@@ -316,7 +331,7 @@ fn load_one(load: &Function, extract: &Function, spec: &ModelSpec) -> std::resul
         (Some(forest_info(&forest_robj).map_err(|e| format!("{label}: {e}"))?), Some(forest_robj))
     };
     let native = crate::native::load(spec, kind, &field("model")?, schema.as_ref(), extract);
-    Ok(Model {
+    let mut model = Model {
         native,
         info: ModelInfo {
             name: spec.name.clone(),
@@ -329,14 +344,38 @@ fn load_one(load: &Function, extract: &Function, spec: &ModelSpec) -> std::resul
             engine: None,
         },
         label,
-        scorer,
-        output,
         load_us: 0,
-        default_type,
-        cache: FrameCache::default(),
-        forest,
-        parts: Vec::new(),
-    })
+        r: Some(InR { scorer, output, default_type, cache: FrameCache::default(), forest, parts: Vec::new() }),
+    };
+    if !spec.r_fallback {
+        model.release_if_checked();
+    }
+    Ok(model)
+}
+
+/// R's garbage collector, then the C heap's free pages handed back to the system, so that
+/// a released model leaves the host's resident memory (R frees a large vector to malloc,
+/// which may keep the pages).
+fn release_memory() {
+    if let Err(e) = eval_string("invisible(gc(verbose = FALSE))") {
+        eprintln!("rfleet-rhost: gc() failed after releasing a model: {e}");
+    }
+    // SAFETY: malloc_trim only gives back pages that malloc holds free; this is the only
+    // thread, and no allocation is in progress.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The refusal of a request for a model this host released.
+fn released(label: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::InvalidInput,
+        format!(
+            "{label} is served by the native engine only (model.toml says r_fallback = false): this r host released \
+             it after its self-check passed and cannot score it"
+        ),
+    )
 }
 
 /// Reads `list(n_trees, classes, part)` from `.rfleet_forest()`.
@@ -360,8 +399,53 @@ fn forest_info(forest: &Robj) -> std::result::Result<ForestInfo, String> {
 }
 
 impl Model {
-    fn score_frame(&mut self, frame: &Frame, predict_type: Option<&str>) -> Scoring {
-        let label = &self.label;
+    /// The self-check of a model whose `model.toml` says `r_fallback = false`: its native
+    /// forest (the cache file the worker will read, compiled) against its own R scorer,
+    /// the path requests take, on the rows and `type`s the worker's self-check would use.
+    /// If they agree bit for bit the model's R objects are dropped and R collects them;
+    /// either way the check is reported in its [`NativeLoad::Ready`]. A model without a
+    /// ready forest is left as it is: R serves it.
+    fn release_if_checked(&mut self) {
+        let NativeLoad::Ready { path, .. } = &self.native else { return };
+        let check = match protocol::native::read_forest(path)
+            .and_then(|forest| native::NativeModel::compile(&forest).map_err(|e| format!("the forest does not compile: {e}")))
+        {
+            Ok(compiled) => self.check_against_r(&compiled),
+            Err(reason) => SelfCheck::failed(Vec::new(), reason),
+        };
+        let passed = check.passed;
+        if passed {
+            // Forest splitting scores a model's trees on R hosts: none hold them now.
+            self.info.forest = None;
+            self.r = None;
+            release_memory();
+        }
+        if let NativeLoad::Ready { check: reported, released, .. } = &mut self.native {
+            *reported = Some(check);
+            *released = passed;
+        }
+    }
+
+    /// [`native::NativeModel::self_check`] with R's answers from this model's scorer.
+    fn check_against_r(&mut self, compiled: &native::NativeModel) -> SelfCheck {
+        let rows = match compiled.check_rows(self.info.schema.as_ref()) {
+            Ok(rows) => rows,
+            Err(failed) => return failed,
+        };
+        let (label, Some(r)) = (&self.label, self.r.as_mut()) else {
+            unreachable!("a model is checked before it is released")
+        };
+        let answers = rows.types.iter().map(|predict_type| match r.score_frame(label, &rows.frame, Some(predict_type)).result {
+            Ok(HostOutput::Frame(frame)) => Ok(frame),
+            Ok(other) => Err(format!("R answered {other:?}, not a frame")),
+            Err(error) => Err(format!("R refused the sample: {}", error.message)),
+        });
+        compiled.self_check(&rows, answers)
+    }
+}
+
+impl InR {
+    fn score_frame(&mut self, label: &str, frame: &Frame, predict_type: Option<&str>) -> Scoring {
         let mut phases = Phases::default();
         // Frames are conformed by the supervisor; this guards R against a malformed one
         // (a factor code beyond its levels, columns of different lengths).
@@ -405,8 +489,14 @@ impl Model {
         }
     }
 
-    fn score_part(&mut self, part_scorer: &Function, frame: &Frame, trees: TreeRange, forest: &ForestInfo) -> Scoring {
-        let label = &self.label;
+    fn score_part(
+        &mut self,
+        label: &str,
+        part_scorer: &Function,
+        frame: &Frame,
+        trees: TreeRange,
+        forest: &ForestInfo,
+    ) -> Scoring {
         let mut phases = Phases::default();
         if let Err(e) = frame.validate() {
             return Err(ErrorBody::new(ErrorCode::BadRequest, format!("{label}: {e}"))).into();
@@ -433,7 +523,7 @@ impl Model {
                     return internal("no R forest for a forest model".into(), phases);
                 };
                 let made = part_scorer.call(Pairlist::from_pairs([
-                    ("", Robj::from(label.as_str())),
+                    ("", Robj::from(label)),
                     ("", forest_robj),
                     ("", Robj::from(f64::from(trees.start))),
                     ("", Robj::from(f64::from(trees.end))),
@@ -476,8 +566,7 @@ impl Model {
         }
     }
 
-    fn score_json(&mut self, body: &str) -> Scoring {
-        let label = &self.label;
+    fn score_json(&mut self, label: &str, body: &str) -> Scoring {
         let mut phases = Phases::default();
         let started = Instant::now();
         let data = Robj::from(body);

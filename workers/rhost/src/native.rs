@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use extendr_api::prelude::*;
 use protocol::host::ModelSpec;
-use protocol::native::{NativeInput, NativeOutput, NativeTree, NATIVE_FORMAT};
+use protocol::native::{read_forest, NativeInput, NativeOutput, NativeTree, NATIVE_FORMAT};
 use protocol::{Algorithm, ColumnType, Engine, ModelKind, NativeForest, NativeLoad, Schema};
 use sha2::{Digest, Sha256};
 
@@ -60,8 +60,8 @@ pub fn load(
         Err(e) => return NativeLoad::Failed { reason: format!("reading model.rds: {e}") },
     };
     let places = [spec.dir.join(".rfleet"), std::env::temp_dir().join("rfleet-native")];
-    if let Some(path) = places.iter().map(|dir| dir.join(&file)).find(|path| cached(path)) {
-        return NativeLoad::Ready { path, extracted: false };
+    if let Some(path) = places.iter().map(|dir| dir.join(&file)).find(|path| read_forest(path).is_ok()) {
+        return NativeLoad::Ready { path, extracted: false, check: None, released: false };
     }
     let forest = match extract_forest(model, schema, extract) {
         Ok(Ok(forest)) => forest,
@@ -75,7 +75,7 @@ pub fn load(
     let mut errors = Vec::new();
     for dir in &places {
         match write(dir, &file, &bytes) {
-            Ok(path) => return NativeLoad::Ready { path, extracted: true },
+            Ok(path) => return NativeLoad::Ready { path, extracted: true, check: None, released: false },
             Err(e) => errors.push(format!("{}: {e}", dir.display())),
         }
     }
@@ -84,14 +84,6 @@ pub fn load(
 
 fn unsupported(reason: &str) -> NativeLoad {
     NativeLoad::Unsupported { reason: reason.to_string() }
-}
-
-/// Whether `path` holds a forest this build reads.
-fn cached(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| protocol::decode::<NativeForest>(&bytes).ok())
-        .is_some_and(|forest| forest.format == NATIVE_FORMAT)
 }
 
 /// Writes `bytes` to `dir/file` through a temporary file in `dir`.

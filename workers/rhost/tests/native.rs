@@ -92,7 +92,7 @@ impl Host {
 /// The forest of a `Ready` load, read from its cache file.
 fn cached_forest(load: &NativeLoad) -> (PathBuf, bool, NativeForest) {
     match load {
-        NativeLoad::Ready { path, extracted } => {
+        NativeLoad::Ready { path, extracted, .. } => {
             let bytes = std::fs::read(path).expect("read the cache file");
             (path.clone(), *extracted, protocol::decode(&bytes).expect("decode the cached forest"))
         }

@@ -391,17 +391,16 @@ async fn score_on(
         let answered = match model.engine.choose(request.options.engine, predict_type.as_deref()) {
             Choice::R => None,
             Choice::Refused(reason) => return fail(ErrorCode::InvalidInput, reason),
-            Choice::Native { explicit } => match engine::predict(&model, frame, predict_type.as_deref()).await {
+            Choice::Native { refuse_declined } => match engine::predict(&model, frame, predict_type.as_deref()).await {
                 Ok(prediction) => {
                     model.metrics.native(frame.n_rows);
                     Some(Outcome::Predictions(prediction.frame))
                 }
-                Err(declined) if explicit => Some(Outcome::Error(protocol::ErrorBody::new(
-                    ErrorCode::InvalidInput,
-                    format!("engine=native: {declined}"),
-                ))),
-                // What the native engine leaves to R (a missing value R refuses or drops).
-                Err(_) => None,
+                // What the native engine leaves to R (a missing value R refuses or drops),
+                // unless the request asked for `native` or R does not hold the model.
+                Err(declined) => refuse_declined.map(|why| {
+                    Outcome::Error(protocol::ErrorBody::new(ErrorCode::InvalidInput, format!("{why}: {declined}")))
+                }),
             },
         };
         if let Some(outcome) = answered {

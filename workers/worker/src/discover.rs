@@ -159,6 +159,7 @@ pub fn discover(dir: &Path) -> Result<Discovered, DiscoverError> {
             predict_type: manifest.predict_type.clone(),
             dir: package.clone(),
             engine: manifest.engine.unwrap_or_default(),
+            r_fallback: manifest.r_fallback,
         };
         discovered.packages.push(ModelPackage { spec, manifest, fingerprint });
     }

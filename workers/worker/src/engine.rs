@@ -10,8 +10,14 @@
 //! - What the native engine does not cover (a `type` it does not answer, a missing value
 //!   where R would refuse or drop the row) goes to R unchanged, unless the request asked
 //!   for `native`.
+//! - `model.toml`'s `r_fallback = false`: the R hosts check the forest against R
+//!   themselves at load and, if they agree, let go of the model (`NativeLoad::Ready {
+//!   released }`). Such a model takes the hosts' check as its self-check (the pool could
+//!   not run one: R no longer holds the model), is served natively, and what would need R
+//!   (`?engine=r`, a `type` the engine does not answer, rows it declines) is refused, never
+//!   sent to a host. A model whose hosts' check failed stays in R and is served as under
+//!   `auto`.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +25,7 @@ use std::time::{Duration, Instant};
 use native::{NativeModel, Prediction};
 use parking_lot::Mutex;
 use protocol::message::SplitPolicy;
-use protocol::{ColumnData, Engine, EngineStatus, Frame, Input, NativeForest, NativeLoad, NativeSummary, SelfCheck};
+use protocol::{Engine, EngineStatus, Frame, Input, NativeLoad, NativeSummary, SelfCheck};
 
 use crate::pool::Pool;
 use crate::request::{PoolRequest, ServedModel};
@@ -29,9 +35,6 @@ use crate::request::{PoolRequest, ServedModel};
 /// on the calling thread, which takes microseconds.
 const BLOCKING_ROWS: usize = 64;
 
-/// Rows the self-check scores with each `type`.
-pub const SELF_CHECK_ROWS: usize = 256;
-
 /// How long the self-check waits for R's answers (a host may still be starting).
 const SELF_CHECK_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -40,6 +43,11 @@ const SELF_CHECK_DEADLINE: Duration = Duration::from_secs(120);
 pub struct ModelEngine {
     /// `model.toml`'s `engine`.
     pub configured: Engine,
+    /// `model.toml`'s `r_fallback`.
+    r_fallback: bool,
+    /// Whether the R hosts let go of the model (`r_fallback = false`, their check passed):
+    /// nothing of it may go to R.
+    released: bool,
     native: Option<Native>,
     /// Why there is no native forest, when there is none.
     absent: Option<String>,
@@ -60,12 +68,17 @@ impl std::fmt::Debug for Native {
     }
 }
 
+/// How [`ModelEngine::refusal`]s of a released model begin.
+const RELEASED: &str = "this model is served by the native engine only (model.toml says r_fallback = false)";
+
 /// Which engine a request gets.
 pub enum Choice {
     R,
-    /// `explicit`: the request asked for it, so a decline is its answer.
+    /// `refuse_declined`: rows the native engine declines are refused, with this before the
+    /// reason (the request asked for `native`, or R does not hold the model); `None`: they
+    /// go to R.
     Native {
-        explicit: bool,
+        refuse_declined: Option<&'static str>,
     },
     /// `?engine=native` for what the native engine cannot serve: the reason.
     Refused(String),
@@ -76,6 +89,8 @@ impl ModelEngine {
     pub fn r_only(configured: Engine, why: impl Into<String>) -> ModelEngine {
         ModelEngine {
             configured,
+            r_fallback: true,
+            released: false,
             native: None,
             absent: Some(why.into()),
             check: Mutex::new(None),
@@ -84,8 +99,43 @@ impl ModelEngine {
     }
 
     /// The engines of a model whose host reported `load`: the forest read from its cache
-    /// file and compiled, or why there is none (logged when it is a failure).
-    pub fn load(model: &str, configured: Engine, load: Option<&NativeLoad>) -> ModelEngine {
+    /// file and compiled, or why there is none (logged when it is a failure). A check the
+    /// host ran (`r_fallback = false`) is the model's self-check.
+    pub fn load(model: &str, configured: Engine, r_fallback: bool, load: Option<&NativeLoad>) -> ModelEngine {
+        let engine = ModelEngine::load_forest(model, configured, load);
+        let Some(NativeLoad::Ready { check, released, .. }) = load else {
+            return ModelEngine { r_fallback, ..engine };
+        };
+        if *released && engine.native.is_none() {
+            tracing::error!(
+                model,
+                reason = engine.absent.as_deref().unwrap_or_default(),
+                "the r hosts released the model (r_fallback = false) but this worker cannot use its native forest; \
+                 its requests are refused"
+            );
+        }
+        if let Some(check) = check {
+            match *released {
+                true => tracing::info!(
+                    model,
+                    rows = check.rows,
+                    types = ?check.types,
+                    "the r host's self-check passed; R released the model (r_fallback = false), the native engine serves it"
+                ),
+                false => tracing::warn!(
+                    model,
+                    mismatches = check.mismatches,
+                    reason = check.message.as_deref().unwrap_or_default(),
+                    "native engine self-check failed in the r host; R keeps the model (r_fallback = false)"
+                ),
+            }
+            engine.record_check(check.clone());
+            engine.check_started.store(true, Ordering::Relaxed);
+        }
+        ModelEngine { r_fallback, released: *released, ..engine }
+    }
+
+    fn load_forest(model: &str, configured: Engine, load: Option<&NativeLoad>) -> ModelEngine {
         let (path, extracted) = match load {
             None => return ModelEngine::r_only(configured, "the r host did not say whether it extracted a forest"),
             Some(NativeLoad::Off) => return ModelEngine::r_only(configured, "model.toml says engine = \"r\""),
@@ -94,9 +144,9 @@ impl ModelEngine {
                 tracing::warn!(model, reason = %reason, "the r host could not extract a native forest; R serves the model");
                 return ModelEngine::r_only(configured, format!("extracting the forest failed: {reason}"));
             }
-            Some(NativeLoad::Ready { path, extracted }) => (path, *extracted),
+            Some(NativeLoad::Ready { path, extracted, .. }) => (path, *extracted),
         };
-        match read_forest(path).and_then(|forest| {
+        match protocol::native::read_forest(path).and_then(|forest| {
             let model = NativeModel::compile(&forest).map_err(|e| format!("the forest does not compile: {e}"))?;
             Ok((forest, model))
         }) {
@@ -121,6 +171,8 @@ impl ModelEngine {
                 );
                 ModelEngine {
                     configured,
+                    r_fallback: true,
+                    released: false,
                     native: Some(Native { model: compiled, summary }),
                     absent: None,
                     check: Mutex::new(None),
@@ -145,6 +197,11 @@ impl ModelEngine {
         self.native.is_some() && self.configured != Engine::R && !self.check_started.swap(true, Ordering::Relaxed)
     }
 
+    /// Whether the R hosts let go of the model: nothing of it may go to R.
+    pub fn released(&self) -> bool {
+        self.released
+    }
+
     pub fn record_check(&self, check: SelfCheck) {
         *self.check.lock() = Some(check);
     }
@@ -167,6 +224,10 @@ impl ModelEngine {
         let reason = match (serving, &check) {
             (Engine::Native, _) => None,
             _ if self.configured == Engine::R => Some("model.toml says engine = \"r\"".to_string()),
+            _ if self.released => Some(format!(
+                "the r hosts released the model (r_fallback = false) but this worker cannot use its native forest: {}",
+                self.absent.as_deref().unwrap_or("none was loaded")
+            )),
             _ if self.native.is_none() => self.absent.clone(),
             (_, None) => Some("the self-check has not finished".to_string()),
             (_, Some(check)) => Some(format!(
@@ -180,6 +241,8 @@ impl ModelEngine {
             native: self.native.as_ref().map(|n| n.summary.clone()),
             self_check: check,
             reason,
+            r_fallback: self.r_fallback,
+            released: self.released,
         }
     }
 
@@ -188,16 +251,30 @@ impl ModelEngine {
     pub fn choose(&self, requested: Option<Engine>, predict_type: Option<&str>) -> Choice {
         let native = self.native().filter(|n| covers(n, predict_type));
         match (requested.unwrap_or(Engine::Auto), native) {
+            (Engine::R, _) if self.released => {
+                Choice::Refused(format!("engine=r: {RELEASED}: the r hosts hold no copy of it"))
+            }
+            (_, Some(_)) if self.released => Choice::Native { refuse_declined: Some(RELEASED) },
+            (_, None) if self.released => Choice::Refused(self.refusal(predict_type)),
             (Engine::R, _) => Choice::R,
-            (Engine::Native, Some(_)) => Choice::Native { explicit: true },
+            (Engine::Native, Some(_)) => Choice::Native { refuse_declined: Some("engine=native") },
             (Engine::Native, None) => Choice::Refused(self.refusal(predict_type)),
-            (Engine::Auto, Some(_)) if self.serving() == Engine::Native => Choice::Native { explicit: false },
+            (Engine::Auto, Some(_)) if self.serving() == Engine::Native => Choice::Native { refuse_declined: None },
             (Engine::Auto, _) => Choice::R,
         }
     }
 
     fn refusal(&self, predict_type: Option<&str>) -> String {
         match (&self.native, self.configured) {
+            (Some(native), _) if self.released => format!(
+                "{RELEASED}, which does not answer type '{}' (it answers: {})",
+                predict_type.unwrap_or("(none)"),
+                native.summary.types.join(", ")
+            ),
+            (None, _) if self.released => format!(
+                "{RELEASED}, and this worker cannot use its native forest ({})",
+                self.absent.as_deref().unwrap_or("none was loaded")
+            ),
             (Some(native), _) => format!(
                 "engine=native: the native engine does not answer type '{}' for this model (it answers: {})",
                 predict_type.unwrap_or("(none)"),
@@ -217,21 +294,6 @@ impl ModelEngine {
 /// Whether the native engine answers `predict_type` (`None`: no type given to R).
 fn covers(model: &NativeModel, predict_type: Option<&str>) -> bool {
     predict_type.is_none_or(|t| model.types().contains(&t))
-}
-
-fn read_forest(path: &Path) -> Result<NativeForest, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let forest: NativeForest =
-        protocol::decode(&bytes).map_err(|e| format!("cannot decode {}: {e}", path.display()))?;
-    if forest.format != protocol::native::NATIVE_FORMAT {
-        return Err(format!(
-            "{} holds format {}, this worker reads {}",
-            path.display(),
-            forest.format,
-            protocol::native::NATIVE_FORMAT
-        ));
-    }
-    Ok(forest)
 }
 
 /// Scores `frame` with `native` (the forest of `model`): a few rows on this thread, many
@@ -254,67 +316,9 @@ pub async fn predict(
         .unwrap_or_else(|e| Err(native::Declined(format!("the native engine panicked: {e}"))))
 }
 
-/// What the self-check found comparing one `type`'s answers.
-#[derive(Debug, Default, PartialEq)]
-pub struct Agreement {
-    /// Values that differ (a label differing on a tied row excepted).
-    pub mismatches: u32,
-    /// Rows whose class was a tie of votes.
-    pub ties: u32,
-    /// The first difference, in words.
-    pub first: Option<String>,
-}
-
-/// Compares the native answer with R's, value by value: doubles by their bits, labels by
-/// name. A label that differs on a row the native engine reports tied is not a mismatch:
-/// R broke that tie at random.
-pub fn compare(native: &Prediction, r: &Frame) -> Agreement {
-    let mut agreement = Agreement { ties: native.ties.len() as u32, ..Agreement::default() };
-    let mut differ = |what: String| {
-        agreement.mismatches += 1;
-        agreement.first.get_or_insert(what);
-    };
-    let names = |f: &Frame| f.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
-    if names(&native.frame) != names(r) || native.frame.n_rows != r.n_rows {
-        differ(format!(
-            "R answered columns {:?} for {} rows, the native engine {:?} for {}",
-            names(r),
-            r.n_rows,
-            names(&native.frame),
-            native.frame.n_rows
-        ));
-        return agreement;
-    }
-    for (ours, theirs) in native.frame.columns.iter().zip(&r.columns) {
-        let column = &ours.name;
-        match (&ours.data, &theirs.data) {
-            (ColumnData::F64 { values: a }, ColumnData::F64 { values: b }) => {
-                for (row, (x, y)) in a.iter().zip(b).enumerate() {
-                    if x.map(f64::to_bits) != y.map(f64::to_bits) {
-                        differ(format!("column '{column}' row {}: R {y:?}, native {x:?}", row + 1));
-                    }
-                }
-            }
-            (ColumnData::Factor { levels: la, values: a, .. }, ColumnData::Factor { levels: lb, values: b, .. }) => {
-                for (row, (x, y)) in a.iter().zip(b).enumerate() {
-                    let x = x.map(|c| la[c as usize].as_str());
-                    let y = y.map(|c| lb[c as usize].as_str());
-                    if x != y && !native.ties.contains(&row) {
-                        differ(format!("column '{column}' row {}: R {y:?}, native {x:?}", row + 1));
-                    }
-                }
-            }
-            (a, b) => {
-                differ(format!("column '{column}': R answered {}, the native engine {}", b.type_name(), a.type_name()))
-            }
-        }
-    }
-    agreement
-}
-
-/// The self-check of `model`: [`SELF_CHECK_ROWS`] rows made from its schema and its
-/// trees' thresholds, scored by R on the pool and natively for every `type` the native
-/// engine answers, compared bit for bit. Its result is recorded on the model (and decides
+/// The self-check of `model` ([`native::check`]): [`native::SELF_CHECK_ROWS`] rows made
+/// from its schema and its trees' thresholds, scored by R on the pool and natively for
+/// every `type` the native engine answers, compared bit for bit. Its result is recorded on the model (and decides
 /// `auto`), logged, and the pool told so that the worker announces it.
 pub async fn self_check(pool: &Pool, model: Arc<ServedModel>) {
     let label = model.info.model_ref().to_string();
@@ -335,44 +339,20 @@ pub async fn self_check(pool: &Pool, model: Arc<ServedModel>) {
 }
 
 async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
-    let failed = |types: Vec<String>, message: String| SelfCheck {
-        passed: false,
-        rows: 0,
-        types,
-        mismatches: 0,
-        ties: 0,
-        message: Some(message),
-    };
     let Some(native) = model.engine.native() else {
-        return failed(Vec::new(), "there is no native forest".into());
+        return SelfCheck::failed(Vec::new(), "there is no native forest".into());
     };
-    let types: Vec<String> = native.types().iter().map(|t| t.to_string()).collect();
-    let Some(schema) = &model.info.schema else {
-        return failed(types, "the model has no input schema to make sample rows from".into());
+    let rows = match native.check_rows(model.info.schema.as_ref()) {
+        Ok(rows) => rows,
+        Err(failed) => return failed,
     };
-    let sample = native.sample(schema, SELF_CHECK_ROWS, 0x5eed);
-    let sample = match protocol::conform(&sample, schema) {
-        Ok(sample) => sample,
-        Err(e) => return failed(types, format!("the sample rows do not fit the schema: {e}")),
-    };
-    let mut check = SelfCheck {
-        passed: true,
-        rows: sample.n_rows as u32,
-        types: types.clone(),
-        mismatches: 0,
-        ties: 0,
-        message: None,
-    };
-    for predict_type in types.clone() {
-        let mine = match native.predict(&sample, Some(&predict_type)) {
-            Ok(prediction) => prediction,
-            Err(declined) => {
-                return failed(types, format!("type '{predict_type}': the native engine declined: {declined}"))
-            }
-        };
+    // R's answers are asked for first (the pool is async, the comparison is not), and no
+    // further once R fails one: the check stops there.
+    let mut answers = Vec::new();
+    for predict_type in &rows.types {
         let request = PoolRequest {
             model: model.clone(),
-            input: Input::Frame(sample.clone()),
+            input: Input::Frame(rows.frame.clone()),
             predict_type: Some(predict_type.clone()),
             // R's own answer is one call on the whole sample: a forest split by trees
             // combines its parts' means, which need not round as R's one sum does.
@@ -381,78 +361,24 @@ async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
             span: tracing::Span::none(),
             trace: None,
         };
-        let theirs = match pool.score(request).await.map(|scored| scored.result) {
-            Ok(Ok(protocol::host::HostOutput::Frame(frame))) => frame,
-            Ok(Ok(other)) => return failed(types, format!("type '{predict_type}': R answered {other:?}, not a frame")),
-            Ok(Err(error)) => {
-                return failed(types, format!("type '{predict_type}': R refused the sample: {}", error.message))
-            }
-            Err(error) => {
-                return failed(types, format!("type '{predict_type}': R could not score the sample: {error}"))
-            }
+        let answer = match pool.score(request).await.map(|scored| scored.result) {
+            Ok(Ok(protocol::host::HostOutput::Frame(frame))) => Ok(frame),
+            Ok(Ok(other)) => Err(format!("R answered {other:?}, not a frame")),
+            Ok(Err(error)) => Err(format!("R refused the sample: {}", error.message)),
+            Err(error) => Err(format!("R could not score the sample: {error}")),
         };
-        let agreement = compare(&mine, &theirs);
-        check.mismatches += agreement.mismatches;
-        check.ties = check.ties.max(agreement.ties);
-        if let Some(first) = agreement.first {
-            check.passed = false;
-            check.message.get_or_insert(format!("type '{predict_type}': {first}"));
+        let failed = answer.is_err();
+        answers.push(answer);
+        if failed {
+            break;
         }
     }
-    check
+    native.self_check(&rows, answers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Column;
-
-    fn doubles(values: &[f64]) -> Frame {
-        Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: values.iter().copied().map(Some).collect() })])
-            .unwrap()
-    }
-
-    fn labels(levels: &[&str], codes: &[u32]) -> Frame {
-        let levels = levels.iter().map(|l| l.to_string()).collect();
-        let values = codes.iter().copied().map(Some).collect();
-        Frame::new(vec![Column::new(".pred", ColumnData::Factor { levels, values, ordered: false })]).unwrap()
-    }
-
-    /// Doubles compare by their bits: one ulp apart, or 0.0 against -0.0, is a mismatch.
-    #[test]
-    fn doubles_agree_only_bit_for_bit() {
-        let native = |values: &[f64]| Prediction { frame: doubles(values), ties: Vec::new() };
-        assert_eq!(compare(&native(&[1.5, 2.0]), &doubles(&[1.5, 2.0])), Agreement::default());
-        let next = f64::from_bits(2.0f64.to_bits() + 1);
-        let agreement = compare(&native(&[1.5, next]), &doubles(&[1.5, 2.0]));
-        assert_eq!(agreement.mismatches, 1);
-        assert!(agreement.first.unwrap().contains("row 2"));
-        assert_eq!(compare(&native(&[0.0]), &doubles(&[-0.0])).mismatches, 1);
-    }
-
-    /// Labels compare by name (the levels may be listed apart), and a tied row may differ.
-    #[test]
-    fn labels_agree_by_name_and_ties_are_excused() {
-        let r = labels(&["a", "b", "c"], &[0, 1, 2]);
-        let same = Prediction { frame: labels(&["a", "b", "c"], &[0, 1, 2]), ties: Vec::new() };
-        assert_eq!(compare(&same, &r), Agreement::default());
-        let tie = Prediction { frame: labels(&["a", "b", "c"], &[0, 2, 2]), ties: vec![1] };
-        assert_eq!(compare(&tie, &r), Agreement { mismatches: 0, ties: 1, first: None });
-        let wrong = Prediction { frame: labels(&["a", "b", "c"], &[1, 1, 2]), ties: vec![1] };
-        let agreement = compare(&wrong, &r);
-        assert_eq!((agreement.mismatches, agreement.ties), (1, 1));
-        assert!(agreement.first.unwrap().contains("row 1: R Some(\"a\"), native Some(\"b\")"));
-    }
-
-    #[test]
-    fn shapes_that_differ_are_one_mismatch() {
-        let native = Prediction { frame: doubles(&[1.0]), ties: Vec::new() };
-        let agreement = compare(&native, &labels(&["a"], &[0]));
-        assert_eq!(agreement.mismatches, 1);
-        assert!(agreement.first.unwrap().contains("R answered factor, the native engine f64"));
-        let agreement = compare(&native, &doubles(&[1.0, 2.0]));
-        assert!(agreement.first.unwrap().contains("for 2 rows"));
-    }
 
     /// A model without a native forest: R serves it, `?engine=native` is refused with the
     /// reason, and `GET /models` says why.
@@ -461,6 +387,7 @@ mod tests {
         let engine = ModelEngine::load(
             "m",
             Engine::Auto,
+            true,
             Some(&NativeLoad::Unsupported { reason: "gbm distribution multinomial".into() }),
         );
         assert!(matches!(engine.choose(None, None), Choice::R));
@@ -476,12 +403,18 @@ mod tests {
         assert_eq!(status.reason.as_deref(), Some("gbm distribution multinomial"));
         assert!(!engine.begin_check(), "nothing to check");
 
-        let off = ModelEngine::load("m", Engine::R, Some(&NativeLoad::Off));
+        let off = ModelEngine::load("m", Engine::R, true, Some(&NativeLoad::Off));
         assert_eq!(off.status().reason.as_deref(), Some("model.toml says engine = \"r\""));
         let missing = ModelEngine::load(
             "m",
             Engine::Auto,
-            Some(&NativeLoad::Ready { path: "/nonexistent/forest.msgpack".into(), extracted: false }),
+            true,
+            Some(&NativeLoad::Ready {
+                path: "/nonexistent/forest.msgpack".into(),
+                extracted: false,
+                check: None,
+                released: false,
+            }),
         );
         assert!(missing.native().is_none());
         assert!(missing.status().reason.unwrap().contains("cannot read /nonexistent/forest.msgpack"));

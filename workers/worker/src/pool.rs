@@ -952,6 +952,15 @@ impl Pool {
                 started.host.stop().await;
                 return Err(HostError::LoadFailed(describe_failures(&started.failed)));
             }
+            // Its self-check is that of the generation's first host, on the same rows and
+            // cache file; a host that released a model the generation sends to R (its files
+            // changed meanwhile) could not answer those requests.
+            if let Some(model) = released_apart(&generation, &started) {
+                started.host.stop().await;
+                return Err(HostError::LoadFailed(format!(
+                    "{model}: the r host released the model (r_fallback = false) that this worker serves from R"
+                )));
+            }
             // A package replaced in place since its generation was made: this host read the
             // new files, so it is not of that generation (the next poll makes the new one
             // current, and the retry starts a host of it).
@@ -1010,20 +1019,29 @@ fn generation_of(
     generation
 }
 
+/// A model `started` released that `generation` does not serve natively alone.
+fn released_apart(generation: &Generation, started: &Started) -> Option<ModelRef> {
+    started.models.iter().zip(&started.native).find_map(|(info, load)| {
+        let model = info.model_ref();
+        let released = matches!(load, NativeLoad::Ready { released: true, .. });
+        (released && generation.find(&model).is_some_and(|m| !m.engine.released())).then_some(model)
+    })
+}
+
 /// The engines of the models a host reported (`infos`, and `native` in the same order):
-/// each native forest read from its cache file and compiled, with its package's `engine`.
+/// each native forest read from its cache file and compiled, with its package's `engine`
+/// and `r_fallback`.
 fn load_engines(discovered: &Discovered, infos: &[ModelInfo], native: &[NativeLoad]) -> Vec<ModelEngine> {
     infos
         .iter()
         .enumerate()
         .map(|(i, info)| {
-            let configured = discovered
+            let (configured, r_fallback) = discovered
                 .packages
                 .iter()
                 .find(|p| p.spec.name == info.name && p.spec.version == info.version)
-                .map(|p| p.spec.engine)
-                .unwrap_or_default();
-            ModelEngine::load(&info.model_ref().to_string(), configured, native.get(i))
+                .map_or((protocol::Engine::default(), true), |p| (p.spec.engine, p.spec.r_fallback));
+            ModelEngine::load(&info.model_ref().to_string(), configured, r_fallback, native.get(i))
         })
         .collect()
 }

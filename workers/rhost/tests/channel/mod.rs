@@ -46,5 +46,6 @@ pub fn package_spec(dir: &Path) -> ModelSpec {
         schema: manifest.schema(),
         predict_type: manifest.predict_type.clone(),
         engine: manifest.engine.unwrap_or_default(),
+        r_fallback: manifest.r_fallback,
     }
 }
