@@ -438,3 +438,35 @@ fn a_compiled_forest_is_shared_by_threads() {
     fn shared<T: Send + Sync>() {}
     shared::<NativeModel>();
 }
+
+/// The self-check on a stump: R's answers equal to the engine's pass; one ulp apart, a
+/// refusal by R, or no schema to make rows from, fail and say why.
+#[test]
+fn the_self_check_passes_only_on_equal_bits() {
+    let model = compiled(&forest(
+        Algorithm::RandomForest,
+        vec![number("x")],
+        vec![stump(0, 0.5, 1.0, 2.0)],
+        NativeOutput::Mean { bias: None },
+    ));
+    let schema = Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] };
+    let rows = model.check_rows(Some(&schema)).expect("rows for the schema");
+    assert_eq!((rows.frame.n_rows, rows.types.clone()), (crate::SELF_CHECK_ROWS, vec!["response".to_string()]));
+    let r = model.predict(&rows.frame, Some("response")).unwrap().frame;
+    let check = model.self_check(&rows, [Ok(r.clone())]);
+    assert!(check.passed && check.mismatches == 0 && check.message.is_none(), "{check:?}");
+
+    let mut off = r.clone();
+    let ColumnData::F64 { values } = &mut off.columns[0].data else { panic!("a double column") };
+    values[3] = values[3].map(|v| f64::from_bits(v.to_bits() + 1));
+    let check = model.self_check(&rows, [Ok(off)]);
+    assert_eq!((check.passed, check.mismatches), (false, 1), "{check:?}");
+    assert!(check.message.as_deref().unwrap().contains("type 'response': column '.pred' row 4"), "{check:?}");
+
+    let check = model.self_check(&rows, [Err("R refused the sample: boom".to_string())]);
+    assert!(!check.passed && check.message.as_deref() == Some("type 'response': R refused the sample: boom"));
+    let check = model.self_check(&rows, []);
+    assert!(!check.passed && check.message.unwrap().contains("R was not asked"));
+    let no_schema = model.check_rows(None).unwrap_err();
+    assert!(!no_schema.passed && no_schema.message.unwrap().contains("no input schema"));
+}

@@ -419,4 +419,66 @@ mod tests {
         assert!(missing.native().is_none());
         assert!(missing.status().reason.unwrap().contains("cannot read /nonexistent/forest.msgpack"));
     }
+
+    /// A model its hosts released (`r_fallback = false`, their check passed): the host's
+    /// check is its self-check, it is served natively, and nothing of it goes to R.
+    #[test]
+    fn a_released_model_never_goes_to_r() {
+        use protocol::native::{NativeInput, NativeOutput, NativeTree, NATIVE_FORMAT};
+        let forest = protocol::NativeForest {
+            format: NATIVE_FORMAT,
+            algorithm: protocol::Algorithm::RandomForest,
+            package_version: "test".into(),
+            inputs: vec![NativeInput { name: "x".into(), levels: None, categorical: false, code_base: 0 }],
+            trees: vec![NativeTree {
+                var: vec![0, -1, -1],
+                split: vec![0.5, 0.0, 0.0],
+                left: vec![1, 0, 0],
+                right: vec![2, 0, 0],
+                value: vec![0.0, 1.0, 2.0],
+                ..NativeTree::default()
+            }],
+            output: NativeOutput::Mean { bias: None },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("forest.msgpack");
+        std::fs::write(&path, protocol::encode(&forest).unwrap()).unwrap();
+        let host_check = SelfCheck {
+            passed: true,
+            rows: 256,
+            types: vec!["response".into()],
+            mismatches: 0,
+            ties: 0,
+            message: None,
+        };
+        let load = |released: bool, check: SelfCheck| {
+            let load = NativeLoad::Ready { path: path.clone(), extracted: false, check: Some(check), released };
+            ModelEngine::load("m", Engine::Auto, false, Some(&load))
+        };
+        let engine = load(true, host_check.clone());
+        assert!(!engine.begin_check(), "no pool self-check: R does not hold the model");
+        let status = engine.status();
+        assert_eq!((status.serving, status.r_fallback, status.released), (Engine::Native, false, true));
+        assert_eq!(status.self_check.as_ref(), Some(&host_check));
+        assert!(matches!(engine.choose(None, None), Choice::Native { refuse_declined: Some(RELEASED) }));
+        assert!(matches!(engine.choose(Some(Engine::Native), Some("response")), Choice::Native { .. }));
+        let refused = |choice: Choice| match choice {
+            Choice::Refused(reason) => reason,
+            _ => panic!("a released model must refuse what needs R"),
+        };
+        let r = refused(engine.choose(Some(Engine::R), None));
+        assert!(r.starts_with("engine=r: ") && r.contains("r_fallback = false"), "{r}");
+        let prob = refused(engine.choose(None, Some("prob")));
+        assert!(prob.contains("r_fallback = false") && prob.contains("type 'prob'"), "{prob}");
+
+        // The hosts' check failed: R keeps the model, which is served by R as under auto.
+        let failed = SelfCheck { passed: false, mismatches: 3, message: Some("row 1".into()), ..host_check };
+        let kept = load(false, failed);
+        assert!(!kept.begin_check(), "the hosts' check is the self-check");
+        let status = kept.status();
+        assert_eq!((status.serving, status.r_fallback, status.released), (Engine::R, false, false));
+        assert!(status.reason.unwrap().contains("self-check failed: row 1"));
+        assert!(matches!(kept.choose(None, None), Choice::R));
+        assert!(matches!(kept.choose(Some(Engine::R), None), Choice::R));
+    }
 }
