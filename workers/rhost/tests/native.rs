@@ -5,7 +5,8 @@
 //! (labels too, bar rows whose vote was a tie, which R breaks at random). Also: the
 //! cache is found by a second start, a changed `model.rds` (or an unreadable cache file)
 //! is extracted again, and a package directory that cannot hold the cache falls back to
-//! the temporary directory.
+//! the temporary directory. With `r_fallback = false` the host checks a forest against R
+//! itself and lets go of the model when they agree, and refuses what still reaches it.
 
 use std::io::{BufReader, BufWriter};
 use std::os::unix::net::UnixStream;
@@ -14,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use native::NativeModel;
-use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, ToHost};
-use protocol::{ColumnData, Frame, Input, ModelInfo, ModelRef, NativeForest, NativeLoad};
+use protocol::host::{read_message, write_message, FromHost, HostOutput, ModelSpec, ToHost, TreeRange};
+use protocol::{ColumnData, ErrorBody, ErrorCode, Frame, Input, ModelInfo, ModelRef, NativeForest, NativeLoad};
 
 mod channel;
 
@@ -74,17 +75,31 @@ impl Host {
 
     /// R's answer for `frame`.
     fn score(&mut self, model: &str, frame: &Frame, predict_type: &str) -> Frame {
+        match self.answer(model, frame, Some(predict_type), None) {
+            Ok(HostOutput::Frame(frame)) => frame,
+            other => panic!("{model} ({predict_type}): R answered {other:?}"),
+        }
+    }
+
+    /// What the host answers a `Score` (or, with `trees`, a `ScoreTrees`) of `frame`.
+    fn answer(
+        &mut self,
+        model: &str,
+        frame: &Frame,
+        predict_type: Option<&str>,
+        trees: Option<TreeRange>,
+    ) -> Result<HostOutput, ErrorBody> {
         self.next_id += 1;
-        let request = ToHost::Score {
-            id: self.next_id,
-            model: ModelRef { name: model.to_string(), version: None },
-            input: Input::Frame(frame.clone()),
-            predict_type: Some(predict_type.to_string()),
+        let (id, model, input) =
+            (self.next_id, ModelRef { name: model.to_string(), version: None }, Input::Frame(frame.clone()));
+        let request = match trees {
+            None => ToHost::Score { id, model, input, predict_type: predict_type.map(str::to_string) },
+            Some(trees) => ToHost::ScoreTrees { id, model, input, trees },
         };
         write_message(&mut self.writer, &request).expect("send score");
         match read_message(&mut self.reader).expect("read the answer").expect("the host died") {
-            FromHost::Scored { result: Ok(HostOutput::Frame(frame)), .. } => frame,
-            other => panic!("{model} ({predict_type}): R answered {other:?}"),
+            FromHost::Scored { result, .. } => result,
+            other => panic!("the host answered {other:?}"),
         }
     }
 }
@@ -241,4 +256,42 @@ fn the_cache_is_found_again_and_a_changed_model_rds_is_extracted_again() {
     let (again, extracted, rewritten) = Host::start(specs(), tmp.path()).2.iter().map(cached_forest).next().unwrap();
     assert!(extracted, "an unreadable cache file is extracted again");
     assert_eq!((&again, &rewritten), (path, forest));
+}
+
+/// `r_fallback = false` (issue 13, item 4): the host runs the self-check itself (the
+/// worker's rows, every type the engine answers) and, R and the forest agreeing, lets go of
+/// the model: `Ready` says so, offers no forest to split, and a request that still reaches
+/// the host is refused naming the option. The model beside it keeps R as its fallback.
+#[test]
+fn a_host_releases_a_checked_model_and_refuses_what_reaches_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let released = ModelSpec { r_fallback: false, ..spec(packages(), "rf_class") };
+    let (mut host, infos, native) = Host::start(vec![released, spec(packages(), "rf_reg")], tmp.path());
+    match &native[0] {
+        NativeLoad::Ready { check: Some(check), released: true, .. } => {
+            assert!(check.passed && check.mismatches == 0, "{check:?}");
+            assert_eq!(check.rows as usize, native::SELF_CHECK_ROWS, "{check:?}");
+            assert_eq!(check.types, ["response", "class", "prob", "vote"], "{check:?}");
+        }
+        other => panic!("rf_class: expected a released forest, got {other:?}"),
+    }
+    assert!(infos[0].forest.is_none(), "a released model is not split over hosts: {:?}", infos[0].forest);
+    assert!(matches!(&native[1], NativeLoad::Ready { check: None, released: false, .. }), "{:?}", native[1]);
+    assert!(infos[1].forest.is_some(), "rf_reg keeps R, and its forest can be split");
+
+    let (_, _, forest) = cached_forest(&native[0]);
+    let schema = infos[0].schema.as_ref().unwrap();
+    let rows = protocol::conform(&NativeModel::compile(&forest).unwrap().sample(schema, 8, 1), schema).unwrap();
+    for trees in [None, Some(TreeRange { start: 0, end: 2 })] {
+        match host.answer("rf_class", &rows, Some("prob"), trees) {
+            Err(ErrorBody { code: ErrorCode::InvalidInput, message }) => {
+                assert!(message.contains("model 'rf_class'") && message.contains("r_fallback = false"), "{message}")
+            }
+            other => panic!("a released model must be refused, got {other:?}"),
+        }
+    }
+    let rf_reg = infos[1].schema.as_ref().unwrap();
+    let (_, _, reg_forest) = cached_forest(&native[1]);
+    let reg_rows = protocol::conform(&NativeModel::compile(&reg_forest).unwrap().sample(rf_reg, 8, 1), rf_reg).unwrap();
+    assert_eq!(host.score("rf_reg", &reg_rows, "response").n_rows, 8, "the host keeps serving");
 }
