@@ -415,7 +415,9 @@ fn fallback_packages() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     packages(&fixtures(), &[("rf_reg", "released"), ("rf_reg", "in_r")], dir.path());
     packages(&native_fixtures(), &[("rf_bias", "kept")], dir.path());
-    for (package, line) in [("released", "r_fallback = false"), ("in_r", "engine = \"r\""), ("kept", "r_fallback = false")] {
+    for (package, line) in
+        [("released", "r_fallback = false"), ("in_r", "engine = \"r\""), ("kept", "r_fallback = false")]
+    {
         let toml = dir.path().join(package).join("model.toml");
         let mut text = std::fs::read_to_string(&toml).unwrap_or_default();
         text.push_str(&format!("\n{line}\n"));
@@ -463,7 +465,8 @@ async fn r_fallback_false_releases_a_checked_forest_from_r() {
         assert_ne!(theirs.header("x-rfleet-path"), Some("native"), "case {case}");
         assert_eq!(ours.text, theirs.text, "case {case}: {rows}");
     }
-    let many: Vec<Value> = (0..500).flat_map(|_| strategy.new_tree(&mut runner).unwrap().current()).take(2000).collect();
+    let many: Vec<Value> =
+        (0..500).flat_map(|_| strategy.new_tree(&mut runner).unwrap().current()).take(2000).collect();
     let (ours, theirs) = (
         score(&client, &server, "released", "", &Value::Array(many.clone())).await,
         score(&client, &server, "in_r", "split=never", &Value::Array(many)).await,

@@ -65,7 +65,10 @@ impl NativeModel {
             let mine = match self.predict(&rows.frame, Some(predict_type)) {
                 Ok(prediction) => prediction,
                 Err(declined) => {
-                    return SelfCheck::failed(types, format!("type '{predict_type}': the native engine declined: {declined}"))
+                    return SelfCheck::failed(
+                        types,
+                        format!("type '{predict_type}': the native engine declined: {declined}"),
+                    )
                 }
             };
             let theirs = match r_answers.next() {

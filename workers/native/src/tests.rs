@@ -449,7 +449,8 @@ fn the_self_check_passes_only_on_equal_bits() {
         vec![stump(0, 0.5, 1.0, 2.0)],
         NativeOutput::Mean { bias: None },
     ));
-    let schema = Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] };
+    let schema =
+        Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] };
     let rows = model.check_rows(Some(&schema)).expect("rows for the schema");
     assert_eq!((rows.frame.n_rows, rows.types.clone()), (crate::SELF_CHECK_ROWS, vec!["response".to_string()]));
     let r = model.predict(&rows.frame, Some("response")).unwrap().frame;

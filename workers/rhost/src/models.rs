@@ -407,9 +407,9 @@ impl Model {
     /// ready forest is left as it is: R serves it.
     fn release_if_checked(&mut self) {
         let NativeLoad::Ready { path, .. } = &self.native else { return };
-        let check = match protocol::native::read_forest(path)
-            .and_then(|forest| native::NativeModel::compile(&forest).map_err(|e| format!("the forest does not compile: {e}")))
-        {
+        let check = match protocol::native::read_forest(path).and_then(|forest| {
+            native::NativeModel::compile(&forest).map_err(|e| format!("the forest does not compile: {e}"))
+        }) {
             Ok(compiled) => self.check_against_r(&compiled),
             Err(reason) => SelfCheck::failed(Vec::new(), reason),
         };
@@ -435,11 +435,12 @@ impl Model {
         let (label, Some(r)) = (&self.label, self.r.as_mut()) else {
             unreachable!("a model is checked before it is released")
         };
-        let answers = rows.types.iter().map(|predict_type| match r.score_frame(label, &rows.frame, Some(predict_type)).result {
-            Ok(HostOutput::Frame(frame)) => Ok(frame),
-            Ok(other) => Err(format!("R answered {other:?}, not a frame")),
-            Err(error) => Err(format!("R refused the sample: {}", error.message)),
-        });
+        let answers =
+            rows.types.iter().map(|predict_type| match r.score_frame(label, &rows.frame, Some(predict_type)).result {
+                Ok(HostOutput::Frame(frame)) => Ok(frame),
+                Ok(other) => Err(format!("R answered {other:?}, not a frame")),
+                Err(error) => Err(format!("R refused the sample: {}", error.message)),
+            });
         compiled.self_check(&rows, answers)
     }
 }
