@@ -111,6 +111,16 @@
 //! `var.levels`), else the schema's, since a frame conformed to the schema gives R those
 //! codes.
 //!
+//! A model whose `ModelSpec.r_fallback` is `false` is checked at load, in the host: the
+//! forest of its cache file compiled by the `native` crate, the worker's self-check rows
+//! (`native::SELF_CHECK_ROWS`, `native::SELF_CHECK_SEED`) scored by the model's own scorer
+//! and natively for every `type` the engine answers, compared by `native::compare`. If
+//! they agree, the host drops every R object of the model (its scorer closures, its forest
+//! and part scorers), runs `gc()` and hands freed heap back (`malloc_trim`), keeps only its
+//! `ModelInfo` (without `forest`: nothing to split), and says so in `Ready { check,
+//! released: true }`; a `Score` or `ScoreTrees` for it is then `invalid_input` naming
+//! `r_fallback = false`. If they disagree, R keeps the model, and `check` says why.
+//!
 //! # Schemas
 //! A schema declared in `model.toml` is used as is. Otherwise `.rfleet_schema()` infers
 //! one, first match wins: caret `train` (its `terms` when trained with a formula, else

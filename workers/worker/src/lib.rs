@@ -17,8 +17,9 @@
 //! - [`rows`]: frames concatenated into batches and cut into row ranges.
 //! - [`forest`]: forests cut into tree ranges, and the parts combined exactly.
 //! - [`engine`]: which engine scores a model's requests (R on the pool, or the native
-//!   engine on the model's compiled forest), the self-check at load that decides `auto`,
-//!   and native scoring off the runtime's threads for large requests.
+//!   engine on the model's compiled forest), the self-check at load that decides `auto`
+//!   (or the R hosts' own, for a model they released under `r_fallback = false`), and
+//!   native scoring off the runtime's threads for large requests.
 //! - [`consume`]: the bus loop: decode, check, pick the version (the one pinned, else the
 //!   highest held), score, reply, acknowledge; a guard around the handler settles a
 //!   delivery whose handling panicked (requeued, then dead-lettered).
