@@ -9,7 +9,8 @@
 //! before the host lets go of the model). Both score the same rows, so they see the same
 //! differences.
 
-use protocol::{ColumnData, Frame, Schema, SelfCheck};
+use protocol::host::HostOutput;
+use protocol::{ColumnData, ErrorBody, Frame, Schema, SelfCheck};
 
 use crate::{NativeModel, Prediction};
 
@@ -85,6 +86,16 @@ impl NativeModel {
             }
         }
         check
+    }
+}
+
+/// R's answer to a self-check's rows as [`NativeModel::self_check`] takes it: the frame, or
+/// what R answered instead.
+pub fn r_answer(result: Result<HostOutput, ErrorBody>) -> Result<Frame, String> {
+    match result {
+        Ok(HostOutput::Frame(frame)) => Ok(frame),
+        Ok(other) => Err(format!("R answered {other:?}, not a frame")),
+        Err(error) => Err(format!("R refused the sample: {}", error.message)),
     }
 }
 

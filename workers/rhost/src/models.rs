@@ -21,7 +21,7 @@ use extendr_api::prelude::*;
 use protocol::host::{HostOutput, ModelSpec, Phases, TreeRange};
 use protocol::{
     compare_versions, ErrorBody, ErrorCode, ForestInfo, Frame, Input, LoadFailure, ModelInfo, ModelKind, ModelRef,
-    NativeLoad, SelfCheck,
+    NativeLoad, Schema, SelfCheck,
 };
 
 use crate::convert::{self, FrameCache};
@@ -406,11 +406,11 @@ impl Model {
     /// either way the check is reported in its [`NativeLoad::Ready`]. A model without a
     /// ready forest is left as it is: R serves it.
     fn release_if_checked(&mut self) {
-        let NativeLoad::Ready { path, .. } = &self.native else { return };
+        let (NativeLoad::Ready { path, .. }, Some(r)) = (&self.native, self.r.as_mut()) else { return };
         let check = match protocol::native::read_forest(path).and_then(|forest| {
             native::NativeModel::compile(&forest).map_err(|e| format!("the forest does not compile: {e}"))
         }) {
-            Ok(compiled) => self.check_against_r(&compiled),
+            Ok(compiled) => r.check_against(&self.label, self.info.schema.as_ref(), &compiled),
             Err(reason) => SelfCheck::failed(Vec::new(), reason),
         };
         let passed = check.passed;
@@ -425,27 +425,21 @@ impl Model {
             *released = passed;
         }
     }
-
-    /// [`native::NativeModel::self_check`] with R's answers from this model's scorer.
-    fn check_against_r(&mut self, compiled: &native::NativeModel) -> SelfCheck {
-        let rows = match compiled.check_rows(self.info.schema.as_ref()) {
-            Ok(rows) => rows,
-            Err(failed) => return failed,
-        };
-        let (label, Some(r)) = (&self.label, self.r.as_mut()) else {
-            unreachable!("a model is checked before it is released")
-        };
-        let answers =
-            rows.types.iter().map(|predict_type| match r.score_frame(label, &rows.frame, Some(predict_type)).result {
-                Ok(HostOutput::Frame(frame)) => Ok(frame),
-                Ok(other) => Err(format!("R answered {other:?}, not a frame")),
-                Err(error) => Err(format!("R refused the sample: {}", error.message)),
-            });
-        compiled.self_check(&rows, answers)
-    }
 }
 
 impl InR {
+    /// [`native::NativeModel::self_check`] of `compiled`, R's answers from this scorer.
+    fn check_against(&mut self, label: &str, schema: Option<&Schema>, compiled: &native::NativeModel) -> SelfCheck {
+        let rows = match compiled.check_rows(schema) {
+            Ok(rows) => rows,
+            Err(failed) => return failed,
+        };
+        let answers = rows.types.iter().map(|predict_type| {
+            native::check::r_answer(self.score_frame(label, &rows.frame, Some(predict_type)).result)
+        });
+        compiled.self_check(&rows, answers)
+    }
+
     fn score_frame(&mut self, label: &str, frame: &Frame, predict_type: Option<&str>) -> Scoring {
         let mut phases = Phases::default();
         // Frames are conformed by the supervisor; this guards R against a malformed one

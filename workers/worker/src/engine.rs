@@ -361,10 +361,8 @@ async fn run_check(pool: &Pool, model: &Arc<ServedModel>) -> SelfCheck {
             span: tracing::Span::none(),
             trace: None,
         };
-        let answer = match pool.score(request).await.map(|scored| scored.result) {
-            Ok(Ok(protocol::host::HostOutput::Frame(frame))) => Ok(frame),
-            Ok(Ok(other)) => Err(format!("R answered {other:?}, not a frame")),
-            Ok(Err(error)) => Err(format!("R refused the sample: {}", error.message)),
+        let answer = match pool.score(request).await {
+            Ok(scored) => native::check::r_answer(scored.result),
             Err(error) => Err(format!("R could not score the sample: {error}")),
         };
         let failed = answer.is_err();
