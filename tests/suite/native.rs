@@ -547,8 +547,8 @@ fn big_forest(dir: &Path) {
 
 /// The R hosts' resident memory (`rfleet_host_resident_memory_bytes`) with a 500-tree
 /// forest held by R and released: printed, and every releasing host smaller than every
-/// holding one by 8 MiB, well under the forest's 21 MB in R (measured apart: about 30 MiB,
-/// 89 against 120 and 153 for the holding host that also ran the worker's self-check).
+/// holding one by 16 MiB, under the forest's 21 MB in R (measured apart: about 50 MiB, 68
+/// against 120, and 154 for the holding host that also ran the worker's self-check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_model_leaves_the_hosts_memory() {
     let client = client();
@@ -581,5 +581,5 @@ async fn a_released_model_leaves_the_hosts_memory() {
     let held = resident[0].iter().cloned().fold(f64::MAX, f64::min);
     let released = resident[1].iter().cloned().fold(0.0, f64::max);
     println!("smallest holding host {held:.1} MiB, largest releasing host {released:.1} MiB");
-    assert!(released + 8.0 < held, "released hosts {:.1?} MiB, holding ones {:.1?} MiB", resident[1], resident[0]);
+    assert!(released + 16.0 < held, "released hosts {:.1?} MiB, holding ones {:.1?} MiB", resident[1], resident[0]);
 }

@@ -168,7 +168,14 @@ impl Models {
                 )),
                 None => {
                     let started = Instant::now();
-                    load_one(&load, &extract, spec).map(|model| Model { load_us: micros_since(started), ..model })
+                    load_one(&load, &extract, spec).map(|mut model| {
+                        // Checked once `load_one`'s handles on the R objects are gone, so
+                        // that releasing the model leaves nothing holding it.
+                        if !spec.r_fallback {
+                            model.release_if_checked();
+                        }
+                        Model { load_us: micros_since(started), ..model }
+                    })
                 }
             };
             match loaded_one {
@@ -180,6 +187,9 @@ impl Models {
                     failed.push(LoadFailure { name: spec.name.clone(), version: spec.version.clone(), message })
                 }
             }
+        }
+        if loaded.models.iter().any(|m| m.r.is_none()) {
+            release_memory();
         }
         Ok((loaded, failed))
     }
@@ -331,7 +341,7 @@ fn load_one(load: &Function, extract: &Function, spec: &ModelSpec) -> std::resul
         (Some(forest_info(&forest_robj).map_err(|e| format!("{label}: {e}"))?), Some(forest_robj))
     };
     let native = crate::native::load(spec, kind, &field("model")?, schema.as_ref(), extract);
-    let mut model = Model {
+    Ok(Model {
         native,
         info: ModelInfo {
             name: spec.name.clone(),
@@ -346,11 +356,7 @@ fn load_one(load: &Function, extract: &Function, spec: &ModelSpec) -> std::resul
         label,
         load_us: 0,
         r: Some(InR { scorer, output, default_type, cache: FrameCache::default(), forest, parts: Vec::new() }),
-    };
-    if !spec.r_fallback {
-        model.release_if_checked();
-    }
-    Ok(model)
+    })
 }
 
 /// R's garbage collector, then the C heap's free pages handed back to the system, so that
@@ -415,10 +421,10 @@ impl Model {
         };
         let passed = check.passed;
         if passed {
-            // Forest splitting scores a model's trees on R hosts: none hold them now.
+            // Forest splitting scores a model's trees on R hosts: none hold them now. R
+            // collects what the model held once every model has loaded (`release_memory`).
             self.info.forest = None;
             self.r = None;
-            release_memory();
         }
         if let NativeLoad::Ready { check: reported, released, .. } = &mut self.native {
             *reported = Some(check);

@@ -80,7 +80,8 @@ pub enum Choice {
     Native {
         refuse_declined: Option<&'static str>,
     },
-    /// `?engine=native` for what the native engine cannot serve: the reason.
+    /// `?engine=native` for what the native engine cannot serve, or what would need R for a
+    /// model R does not hold: the reason.
     Refused(String),
 }
 
@@ -115,19 +116,20 @@ impl ModelEngine {
             );
         }
         if let Some(check) = check {
-            match *released {
-                true => tracing::info!(
+            if *released {
+                tracing::info!(
                     model,
                     rows = check.rows,
                     types = ?check.types,
                     "the r host's self-check passed; R released the model (r_fallback = false), the native engine serves it"
-                ),
-                false => tracing::warn!(
+                );
+            } else {
+                tracing::warn!(
                     model,
                     mismatches = check.mismatches,
                     reason = check.message.as_deref().unwrap_or_default(),
                     "native engine self-check failed in the r host; R keeps the model (r_fallback = false)"
-                ),
+                );
             }
             engine.record_check(check.clone());
             engine.check_started.store(true, Ordering::Relaxed);
