@@ -955,7 +955,7 @@ impl Pool {
             // Its self-check is that of the generation's first host, on the same rows and
             // cache file; a host that released a model the generation sends to R (its files
             // changed meanwhile) could not answer those requests.
-            if let Some(model) = released_apart(&generation, &started) {
+            if let Some(model) = released_apart(&generation, &started.models, &started.native) {
                 started.host.stop().await;
                 return Err(HostError::LoadFailed(format!(
                     "{model}: the r host released the model (r_fallback = false) that this worker serves from R"
@@ -1019,9 +1019,10 @@ fn generation_of(
     generation
 }
 
-/// A model `started` released that `generation` does not serve natively alone.
-fn released_apart(generation: &Generation, started: &Started) -> Option<ModelRef> {
-    started.models.iter().zip(&started.native).find_map(|(info, load)| {
+/// A model that a host (its `models`, and their `native` loads in the same order) released
+/// and that `generation` does not serve natively alone.
+fn released_apart(generation: &Generation, models: &[ModelInfo], native: &[NativeLoad]) -> Option<ModelRef> {
+    models.iter().zip(native).find_map(|(info, load)| {
         let model = info.model_ref();
         let released = matches!(load, NativeLoad::Ready { released: true, .. });
         (released && generation.find(&model).is_some_and(|m| !m.engine.released())).then_some(model)
@@ -1385,6 +1386,35 @@ mod tests {
         check("solo", Some("1"), None);
         check("mixed", None, Some(Some("1")));
         check("nothing", None, None);
+    }
+
+    /// A host that released a model its generation serves from R could not answer those
+    /// requests: it is not of that generation. The opposite (a host keeping a model the
+    /// generation serves natively alone) costs memory only.
+    #[test]
+    fn a_host_releasing_what_its_generation_sends_to_r_is_not_of_it() {
+        use crate::schedule::tests::{batching, model};
+        let ready = |released: bool| NativeLoad::Ready {
+            path: "/nonexistent/forest.msgpack".into(),
+            extracted: false,
+            check: None,
+            released,
+        };
+        let served = |name: &str, released: bool| {
+            let plain = model(name, batching(1, 0, SplitPolicy::Never), None);
+            let engine = ModelEngine::load(name, protocol::Engine::Auto, !released, Some(&ready(released)));
+            Arc::new(ServedModel::new(plain.info.clone(), plain.throughput.clone(), None).with_engine(engine))
+        };
+        let generation = Generation {
+            specs: Vec::new(),
+            models: vec![served("held", false), served("gone", true)],
+            prints: Vec::new(),
+            r_version: String::new(),
+        };
+        let infos: Vec<ModelInfo> = generation.models.iter().map(|m| m.info.clone()).collect();
+        assert_eq!(released_apart(&generation, &infos, &[ready(false), ready(true)]), None, "as its generation");
+        assert_eq!(released_apart(&generation, &infos, &[ready(false), ready(false)]), None, "memory only");
+        assert_eq!(released_apart(&generation, &infos, &[ready(true), ready(true)]), Some(infos[0].model_ref()));
     }
 
     #[test]
