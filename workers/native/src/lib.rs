@@ -10,8 +10,9 @@
 //! # Layout
 //! - `lib.rs` (this file): the API, and [`NativeModel::predict`]: a frame read into a
 //!   row-major matrix of doubles, the trees walked a tree at a time for blocks of rows
-//!   (several rows down a tree in lockstep) and each row's leaves accumulated (on rayon's
-//!   pool from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
+//!   (eight rows down a tree in lockstep; a single row goes down eight trees in lockstep)
+//!   and each row's leaves accumulated (on rayon's pool from [`PARALLEL_ROWS`] rows on),
+//!   then the accumulations turned into R's answer.
 //! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array
 //!   (breadth first, each split's children side by side: 16 bytes a node that the walk
 //!   reads, and 8 beside it for what a leaf answers).
