@@ -166,7 +166,7 @@ impl<R: Requester> Scorer<R> {
             }
         }
         scored.segments.sort_by_key(|s| s.start);
-        scored.bad.sort_by(|a, b| a.row.cmp(&b.row));
+        scored.bad.sort_by_key(|b| b.row);
         Ok(scored)
     }
 }

@@ -274,46 +274,52 @@ pub async fn run<R: Requester>(
     let chunks = futures::stream::poll_fn(move |cx| read_rx.poll_recv(cx));
 
     let output_format = job.output_format;
-    let scored = chunks
-        .map(|read| {
-            let (scorer, state_dir, keep) = (&scorer, state.dir.clone(), keep.clone());
-            async move {
-                match read? {
-                    Read::Done { meta, .. } => Ok((meta, true)),
-                    Read::Todo { chunk, rows } => {
-                        let scored = scorer.score(&rows).await?;
-                        let meta = ChunkMeta {
-                            first_row: rows[0].number,
-                            rows: rows.len() as u64,
-                            bad_rows: scored.bad.iter().map(|b| b.row).collect::<std::collections::BTreeSet<_>>().len()
-                                as u64,
-                            columns: scored.segments.first().map(|s| write::column_names(&keep, &s.predictions)),
-                            r_ms: scored.r_ms,
-                            r_calls: scored.r_calls,
-                        };
-                        // Files are written off the async threads.
-                        let committed = meta.clone();
-                        tokio::task::spawn_blocking(move || {
-                            JobDir { dir: state_dir }.commit(chunk, &committed, |dir| {
-                                write::part(
-                                    &dir.join(state::PART_ROWS),
-                                    output_format,
-                                    &keep,
-                                    &rows,
-                                    &scored.segments,
-                                )?;
-                                write::errors(&dir.join(state::PART_ERRORS), &scored.bad)
+    // Boxed, so that dropping it below closes the reader's channel.
+    let mut scored = Box::pin(
+        chunks
+            .map(|read| {
+                let (scorer, state_dir, keep) = (&scorer, state.dir.clone(), keep.clone());
+                async move {
+                    match read? {
+                        Read::Done { meta, .. } => Ok((meta, true)),
+                        Read::Todo { chunk, rows } => {
+                            let scored = scorer.score(&rows).await?;
+                            let meta = ChunkMeta {
+                                first_row: rows[0].number,
+                                rows: rows.len() as u64,
+                                bad_rows: scored
+                                    .bad
+                                    .iter()
+                                    .map(|b| b.row)
+                                    .collect::<std::collections::BTreeSet<_>>()
+                                    .len() as u64,
+                                columns: scored.segments.first().map(|s| write::column_names(&keep, &s.predictions)),
+                                r_ms: scored.r_ms,
+                                r_calls: scored.r_calls,
+                            };
+                            // Files are written off the async threads.
+                            let committed = meta.clone();
+                            tokio::task::spawn_blocking(move || {
+                                JobDir { dir: state_dir }.commit(chunk, &committed, |dir| {
+                                    write::part(
+                                        &dir.join(state::PART_ROWS),
+                                        output_format,
+                                        &keep,
+                                        &rows,
+                                        &scored.segments,
+                                    )?;
+                                    write::errors(&dir.join(state::PART_ERRORS), &scored.bad)
+                                })
                             })
-                        })
-                        .await
-                        .map_err(|e| BatchError::Reader(e.to_string()))??;
-                        Ok((meta, false))
+                            .await
+                            .map_err(|e| BatchError::Reader(e.to_string()))??;
+                            Ok((meta, false))
+                        }
                     }
                 }
-            }
-        })
-        .buffered(job.in_flight.max(1));
-    futures::pin_mut!(scored);
+            })
+            .buffered(job.in_flight.max(1)),
+    );
 
     let (mut rows, mut bad, mut chunks_done, mut resumed, mut r_calls, mut rows_this_run) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
@@ -437,4 +443,114 @@ fn join_errors(output: &Path, chunks: &BTreeMap<u64, (PathBuf, ChunkMeta)>) -> R
     out.as_file().sync_all().map_err(io)?;
     out.persist(&path).map_err(|e| BatchError::io(&path, "cannot write", e.error))?;
     state::sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bus::{Consumer, ContentType, EmbeddedBus};
+    use protocol::{
+        Column, ColumnData, ColumnSpec, ColumnType, ErrorCode, Frame, Input as Body, Outcome, Reply, Request,
+    };
+
+    /// A worker stand-in on the embedded bus: answers `2 x`, and refuses (as R would) any
+    /// request holding a negative `x`.
+    fn doubling_worker(bus: &EmbeddedBus) {
+        let mut consumer = bus.consumer("requests");
+        tokio::spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let request: Request = protocol::decode(&delivery.body).unwrap();
+                let Body::Frame(frame) = request.input else { panic!("a frame") };
+                let ColumnData::F64 { values } = &frame.column("x").unwrap().data else { panic!("x is numeric") };
+                let reply = if values.iter().flatten().any(|x| *x < 0.0) {
+                    Reply::error(request.id, ErrorCode::RError, "x is negative")
+                } else {
+                    let doubled = values.iter().map(|x| x.map(|x| 2.0 * x)).collect();
+                    let predictions =
+                        Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: doubled })]).unwrap();
+                    Reply {
+                        outcome: Outcome::Predictions(predictions),
+                        ..Reply::error(request.id, ErrorCode::Internal, "")
+                    }
+                };
+                delivery.reply(ContentType::MsgPack, protocol::encode(&reply).unwrap()).await.unwrap();
+                delivery.ack().await.unwrap();
+            }
+        });
+    }
+
+    fn job(dir: &Path, limit: ErrorLimit) -> Job {
+        Job {
+            model: "m".into(),
+            input: dir.join("in.csv"),
+            input_format: Format::Csv,
+            output: dir.join("out.csv"),
+            output_format: Format::Csv,
+            keep: vec!["id".into()],
+            chunk_rows: 10,
+            in_flight: 2,
+            limit,
+            resume: false,
+            options: Options::default(),
+            chunk_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500.
+    fn input(dir: &Path) {
+        let mut text = String::from("id,x\n");
+        for id in 1..=1000 {
+            let x = match id {
+                15 | 777 => "-1".to_string(),
+                500 => "oops".to_string(),
+                _ => id.to_string(),
+            };
+            text.push_str(&format!("{id},{x}\n"));
+        }
+        std::fs::write(dir.join("in.csv"), text).unwrap();
+    }
+
+    fn schema() -> Option<Schema> {
+        Some(Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] })
+    }
+
+    #[tokio::test]
+    async fn bad_rows_are_bisected_out_and_the_rest_is_scored_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        input(dir.path());
+        let bus = EmbeddedBus::new(16, "requests");
+        doubling_worker(&bus);
+        let summary = run(&job(dir.path(), ErrorLimit::Unlimited), bus, schema(), Progress::Quiet).await.unwrap();
+        assert_eq!((summary.rows, summary.errors, summary.chunks), (1000, 3, 100));
+        let out = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
+        let expected: String = std::iter::once("id,.pred\n".to_string())
+            .chain((1..=1000).filter(|id| ![15, 500, 777].contains(id)).map(|id| format!("{id},{}\n", 2 * id)))
+            .collect();
+        // serde_json writes doubles with a fraction: 2.0.
+        assert_eq!(out.replace(".0\n", "\n"), expected);
+        let errors = std::fs::read_to_string(dir.path().join("out.csv.errors.csv")).unwrap();
+        assert_eq!(
+            errors,
+            "row,column,message\n15,,x is negative\n500,x,\"expected a number, got a string: \"\"oops\"\"\"\n777,,x is negative\n"
+        );
+    }
+
+    /// A job stopped early closes its reader (which would otherwise wait to hand over the
+    /// next chunk forever) and keeps its state for a resume.
+    #[tokio::test]
+    async fn the_threshold_stops_a_job_long_before_its_input_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        input(dir.path());
+        let bus = EmbeddedBus::new(16, "requests");
+        doubling_worker(&bus);
+        let job = job(dir.path(), ErrorLimit::Count(0));
+        let run = run(&job, bus, schema(), Progress::Quiet);
+        let stopped = tokio::time::timeout(Duration::from_secs(30), run).await.expect("the stopped job ended");
+        match stopped {
+            Err(BatchError::TooManyErrors { errors: 1, rows: 20, .. }) => {}
+            other => panic!("expected a stop after the second chunk, got {other:?}"),
+        }
+        assert!(!dir.path().join("out.csv").exists());
+        assert!(JobDir::of(&dir.path().join("out.csv")).exists());
+    }
 }
