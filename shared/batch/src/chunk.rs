@@ -2,6 +2,7 @@
 //! scored, and split in halves (bisected) wherever conversion or R fails, until the rows
 //! at fault are found and every other row is scored.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bus::Requester;
@@ -96,7 +97,7 @@ impl<R: Requester> Scorer<R> {
     /// Scores `rows`: every good row gets its prediction, every bad one a [`BadRow`].
     /// Fails only for what no row causes (the bus, the worker, a crashed host), which
     /// ends the job; its state lets `--resume` go on from the chunks done.
-    pub async fn score(&self, rows: &[Row]) -> Result<Scored, BatchError> {
+    pub async fn score(&self, rows: &Arc<Vec<Row>>) -> Result<Scored, BatchError> {
         let mut scored = Scored::default();
         // Ranges still to score, the next one last; split ranges go back in order.
         let mut todo: Vec<(usize, usize)> = Vec::new();
@@ -122,7 +123,14 @@ impl<R: Requester> Scorer<R> {
                 todo.push((middle, end));
                 todo.push((start, middle));
             };
-            let frame = match frame_of(part, &self.model_columns, self.schema.as_ref()) {
+            // Conversion is CPU work (milliseconds for a chunk): off the async threads.
+            let converted = {
+                let (rows, columns, schema) = (rows.clone(), self.model_columns.clone(), self.schema.clone());
+                tokio::task::spawn_blocking(move || frame_of(&rows[start..end], &columns, schema.as_ref()))
+                    .await
+                    .map_err(|e| BatchError::Task(format!("converting rows failed: {e}")))?
+            };
+            let frame = match converted {
                 Ok(frame) => frame,
                 Err(_) if part.len() > 1 => {
                     bisect(&mut todo);

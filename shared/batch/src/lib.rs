@@ -181,8 +181,8 @@ pub enum BatchError {
     Columns { part: String, got: String, expected: String },
     #[error("stopped: {errors} bad rows of {rows} read exceed {limit}; they are listed in {errors_file}; the chunks done are kept: rerun with --resume and a higher limit to go on")]
     TooManyErrors { errors: u64, rows: u64, limit: String, errors_file: String },
-    #[error("the input reader stopped: {0}")]
-    Reader(String),
+    #[error("a task of the job failed: {0}")]
+    Task(String),
 }
 
 impl BatchError {
@@ -283,6 +283,7 @@ pub async fn run<R: Requester>(
                     match read? {
                         Read::Done { meta, .. } => Ok((meta, true)),
                         Read::Todo { chunk, rows } => {
+                            let rows = std::sync::Arc::new(rows);
                             let scored = scorer.score(&rows).await?;
                             let meta = ChunkMeta {
                                 first_row: rows[0].number,
@@ -312,7 +313,7 @@ pub async fn run<R: Requester>(
                                 })
                             })
                             .await
-                            .map_err(|e| BatchError::Reader(e.to_string()))??;
+                            .map_err(|e| BatchError::Task(e.to_string()))??;
                             Ok((meta, false))
                         }
                     }
@@ -514,12 +515,18 @@ mod tests {
         Some(Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] })
     }
 
-    #[tokio::test]
-    async fn bad_rows_are_bisected_out_and_the_rest_is_scored_in_order() {
+    /// The input in a directory of its own, and a bus with the stand-in worker on it.
+    fn setup() -> (tempfile::TempDir, EmbeddedBus) {
         let dir = tempfile::tempdir().unwrap();
         input(dir.path());
         let bus = EmbeddedBus::new(16, "requests");
         doubling_worker(&bus);
+        (dir, bus)
+    }
+
+    #[tokio::test]
+    async fn bad_rows_are_bisected_out_and_the_rest_is_scored_in_order() {
+        let (dir, bus) = setup();
         let summary = run(&job(dir.path(), ErrorLimit::Unlimited), bus, schema(), Progress::Quiet).await.unwrap();
         assert_eq!((summary.rows, summary.errors, summary.chunks), (1000, 3, 100));
         let out = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
@@ -539,10 +546,7 @@ mod tests {
     /// next chunk forever) and keeps its state for a resume.
     #[tokio::test]
     async fn the_threshold_stops_a_job_long_before_its_input_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        input(dir.path());
-        let bus = EmbeddedBus::new(16, "requests");
-        doubling_worker(&bus);
+        let (dir, bus) = setup();
         let job = job(dir.path(), ErrorLimit::Count(0));
         let run = run(&job, bus, schema(), Progress::Quiet);
         let stopped = tokio::time::timeout(Duration::from_secs(30), run).await.expect("the stopped job ended");

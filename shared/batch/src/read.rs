@@ -303,18 +303,15 @@ fn json_row(
             keep: keep.iter().map(|(c, _)| object.remove(c).unwrap_or(Value::Null)).collect(),
             unreadable: None,
         },
-        Ok(other) => unreadable(format!("expected an object of column values, got {}", json_kind(&other))),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Ok(other) => {
+            let mut shown = other.to_string();
+            if shown.len() > 80 {
+                let end = (0..=80).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+                shown.truncate(end);
+                shown.push_str("...");
+            }
+            unreadable(format!("expected an object of column values, got {shown}"))
+        }
     }
 }
 

@@ -85,14 +85,7 @@ pub fn part(
             let mut writer: Option<ArrowWriter<File>> = None;
             for segment in segments {
                 let batch = record_batch(keep, &rows[segment.start..segment.end], &segment.predictions)?;
-                let writer = match &mut writer {
-                    Some(writer) => writer,
-                    None => writer.insert(
-                        ArrowWriter::try_new(file.try_clone().map_err(io)?, batch.schema(), None)
-                            .map_err(|e| parquet(path, e))?,
-                    ),
-                };
-                writer.write(&batch).map_err(|e| parquet(path, e))?;
+                write_batch(&mut writer, &file, &batch, path)?;
             }
             if let Some(writer) = writer {
                 writer.close().map_err(|e| parquet(path, e))?;
@@ -165,14 +158,7 @@ pub fn join(
                 for batch in reader {
                     let batch = batch
                         .map_err(|e| BatchError::Parquet { path: path.display().to_string(), error: e.to_string() })?;
-                    let writer = match &mut writer {
-                        Some(writer) => writer,
-                        None => writer.insert(
-                            ArrowWriter::try_new(out.try_clone().map_err(io)?, batch.schema(), None)
-                                .map_err(|e| parquet(path, e))?,
-                        ),
-                    };
-                    writer.write(&batch).map_err(|e| parquet(path, e))?;
+                    write_batch(&mut writer, out, &batch, path)?;
                 }
                 // A row group per part: the same groups however the job was interrupted.
                 if let Some(writer) = &mut writer {
@@ -195,6 +181,23 @@ pub fn join(
         }
     }
     out.sync_all().map_err(io)
+}
+
+/// Writes `batch` to `file` through `writer`, made with the first batch's schema.
+fn write_batch(
+    writer: &mut Option<ArrowWriter<File>>,
+    file: &File,
+    batch: &RecordBatch,
+    path: &Path,
+) -> Result<(), BatchError> {
+    let writer = match writer {
+        Some(writer) => writer,
+        None => {
+            let file = file.try_clone().map_err(|e| BatchError::io(path, "cannot write", e))?;
+            writer.insert(ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| parquet(path, e))?)
+        }
+    };
+    writer.write(batch).map_err(|e| parquet(path, e))
 }
 
 fn parquet(path: &Path, error: parquet::errors::ParquetError) -> BatchError {
