@@ -30,6 +30,8 @@ pub struct Scored {
     pub bad: Vec<BadRow>,
     /// R's time (the replies' `timings.r_ms`), summed over the chunk's calls.
     pub r_ms: f64,
+    /// The worker's time (receipt to reply, `timings.worker_ms`), summed likewise.
+    pub worker_ms: f64,
     pub r_calls: u32,
 }
 
@@ -144,6 +146,7 @@ impl<R: Requester> Scorer<R> {
             match self.client.score(&self.model, frame, self.options.clone(), self.timeout).await {
                 Ok(answer) => {
                     scored.r_ms += answer.timings.r_ms;
+                    scored.worker_ms += answer.timings.worker_ms;
                     scored.r_calls += 1;
                     if answer.predictions.n_rows != part.len() {
                         return Err(BatchError::Answer {

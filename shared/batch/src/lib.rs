@@ -122,12 +122,15 @@ pub struct Summary {
     /// Rows this run read, per second of this run.
     pub rows_per_s: f64,
     pub r_calls: u64,
-    /// R's time per chunk, from the replies' timings.
-    pub r_ms_per_chunk: RTime,
+    /// R's time per chunk, from the replies' timings (zero where a worker does not report it).
+    pub r_ms_per_chunk: PerChunkMs,
+    /// The worker's time per chunk (receipt to reply: queue, R and conversions).
+    pub worker_ms_per_chunk: PerChunkMs,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RTime {
+/// Milliseconds per chunk: the sum over the job and its distribution.
+pub struct PerChunkMs {
     pub total: f64,
     pub mean: f64,
     pub p50: f64,
@@ -135,15 +138,21 @@ pub struct RTime {
     pub max: f64,
 }
 
-impl RTime {
-    fn of(mut chunks: Vec<f64>) -> RTime {
+impl PerChunkMs {
+    fn of(mut chunks: Vec<f64>) -> PerChunkMs {
         if chunks.is_empty() {
-            return RTime::default();
+            return PerChunkMs::default();
         }
         chunks.sort_by(f64::total_cmp);
         let at = |q: f64| chunks[((chunks.len() - 1) as f64 * q).round() as usize];
         let total: f64 = chunks.iter().sum();
-        RTime { total, mean: total / chunks.len() as f64, p50: at(0.5), p95: at(0.95), max: chunks[chunks.len() - 1] }
+        PerChunkMs {
+            total,
+            mean: total / chunks.len() as f64,
+            p50: at(0.5),
+            p95: at(0.95),
+            max: chunks[chunks.len() - 1],
+        }
     }
 }
 
@@ -296,6 +305,7 @@ pub async fn run<R: Requester>(
                                     .len() as u64,
                                 columns: scored.segments.first().map(|s| write::column_names(&keep, &s.predictions)),
                                 r_ms: scored.r_ms,
+                                worker_ms: scored.worker_ms,
                                 r_calls: scored.r_calls,
                             };
                             // Files are written off the async threads.
@@ -324,7 +334,7 @@ pub async fn run<R: Requester>(
 
     let (mut rows, mut bad, mut chunks_done, mut resumed, mut r_calls, mut rows_this_run) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut r_ms = Vec::new();
+    let (mut r_ms, mut worker_ms) = (Vec::new(), Vec::new());
     let mut stopped = None;
     while let Some(outcome) = scored.next().await {
         let (meta, was_done) = match outcome {
@@ -339,6 +349,7 @@ pub async fn run<R: Requester>(
         chunks_done += 1;
         r_calls += u64::from(meta.r_calls);
         r_ms.push(meta.r_ms);
+        worker_ms.push(meta.worker_ms);
         if was_done {
             resumed += 1;
         } else {
@@ -391,7 +402,8 @@ pub async fn run<R: Requester>(
         duration_s: duration,
         rows_per_s: rows_this_run as f64 / duration.max(1e-9),
         r_calls,
-        r_ms_per_chunk: RTime::of(r_ms),
+        r_ms_per_chunk: PerChunkMs::of(r_ms),
+        worker_ms_per_chunk: PerChunkMs::of(worker_ms),
     })
 }
 

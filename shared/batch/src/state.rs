@@ -39,6 +39,7 @@ pub struct ChunkMeta {
     /// The output's columns; `None` when no row of the chunk was scored.
     pub columns: Option<Vec<String>>,
     pub r_ms: f64,
+    pub worker_ms: f64,
     pub r_calls: u32,
 }
 
