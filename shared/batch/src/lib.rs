@@ -128,8 +128,8 @@ pub struct Summary {
     pub worker_ms_per_chunk: PerChunkMs,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
 /// Milliseconds per chunk: the sum over the job and its distribution.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PerChunkMs {
     pub total: f64,
     pub mean: f64,
@@ -242,9 +242,7 @@ pub async fn run<R: Requester>(
     };
     // A resume without state is a fresh start: nothing was done yet.
     let done = state.open(&job_file, job.resume && state.exists())?;
-    if let Progress::Lines { total, .. } = &mut progress {
-        *total = input.total_rows;
-    }
+    progress.set_total(input.total_rows);
     let keep = input.keep.clone();
     let scorer = Scorer {
         client: client::ScoringClient::new(requester),

@@ -16,23 +16,32 @@ pub enum Progress {
 }
 
 impl Progress {
-    /// A bar when stderr is a terminal, else plain lines; `total` rows when known.
-    pub fn on_stderr(total: Option<u64>) -> Progress {
+    /// A bar when stderr is a terminal, else plain lines.
+    pub fn on_stderr() -> Progress {
         if !std::io::stderr().is_terminal() {
             let now = Instant::now();
-            return Progress::Lines { started: now, last: now, total };
+            return Progress::Lines { started: now, last: now, total: None };
         }
-        let bar = match total {
-            Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()).with_style(
-                ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows  {per_sec}  eta {eta}  {msg}")
-                    .expect("a valid template"),
-            ),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
-                ProgressStyle::with_template("{spinner} {human_pos} rows  {per_sec}  {elapsed}  {msg}")
-                    .expect("a valid template"),
-            ),
-        };
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_style(
+            ProgressStyle::with_template("{spinner} {human_pos} rows  {per_sec}  {elapsed}  {msg}")
+                .expect("a valid template"),
+        );
         Progress::Bar(bar)
+    }
+
+    /// The input's rows, when its format says up front (Parquet): a bar with an ETA.
+    pub fn set_total(&mut self, rows: Option<u64>) {
+        match (self, rows) {
+            (Progress::Bar(bar), Some(rows)) => {
+                bar.set_length(rows);
+                bar.set_style(
+                    ProgressStyle::with_template("{bar:40} {human_pos}/{human_len} rows  {per_sec}  eta {eta}  {msg}")
+                        .expect("a valid template"),
+                );
+            }
+            (Progress::Lines { total, .. }, rows) => *total = rows,
+            _ => {}
+        }
     }
 
     /// `rows` rows done in all, `bad` of them bad.

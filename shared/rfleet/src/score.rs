@@ -153,13 +153,17 @@ async fn score(settings: &Settings, mut job: batch::Job, in_flight: Option<u64>)
             }
         };
         job.in_flight = in_flight.map_or(2 * catalog.live_hosts().max(1), |n| n as usize);
-        let progress = batch::Progress::on_stderr(None);
+        let progress = batch::Progress::on_stderr();
         let job_run = batch::run(&job, transport.requester(), model.schema, progress);
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        // The job's state is whole at any instant: stopping on a signal loses only the
+        // chunks in flight, which a resume scores again.
+        let interrupted = "interrupted; the chunks done are kept: rerun with --resume";
         tokio::select! {
             summary = job_run => Ok(summary?),
-            // The job's state is whole at any instant: stopping here loses only the chunks
-            // in flight, which a resume scores again.
-            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; the chunks done are kept: rerun with --resume"),
+            _ = tokio::signal::ctrl_c() => anyhow::bail!(interrupted),
+            _ = sigterm.recv() => anyhow::bail!(interrupted),
         }
     }
     .await;
