@@ -297,6 +297,14 @@ fn bad_rows_land_in_the_errors_file_and_the_threshold_stops_a_job() {
     assert!(stderr.contains("3 bad rows") && stderr.contains("exceed --max-errors 2"), "{stderr}");
     assert!(!dir.path().join("stopped.csv").exists(), "a stopped job wrote its output");
     check_errors(&dir.path().join("stopped.csv.errors.csv"), "stopped");
+    // A kept column the input lacks is named, with the columns it has.
+    let missing =
+        run(dir.path(), &["--model", "faulty", "--keep", "key", "--input", "in.csv", "--output", "missing.csv"]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && stderr.contains("no column 'key' that --keep names (its columns: id, x)"),
+        "{stderr}"
+    );
     // Within the threshold (as a fraction) the same job goes through.
     let done = summary(
         &run(

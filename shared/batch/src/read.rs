@@ -65,7 +65,6 @@ enum Source {
     },
     JsonLines {
         lines: std::io::Lines<BufReader<File>>,
-        model_types: Vec<Option<ColumnType>>,
     },
     Parquet {
         batches: ParquetRecordBatchReader,
@@ -85,13 +84,11 @@ impl Input {
                     Some(schema) => schema.columns.iter().map(|c| c.name.clone()).collect(),
                     None => return Err(BatchError::NoSchema { format: "JSON Lines" }),
                 };
-                let model_types =
-                    schema.map(|s| s.columns.iter().map(|c| Some(c.column_type)).collect()).unwrap_or_default();
                 Ok(Input {
                     model_columns,
                     keep: keep.iter().map(|k| (k.clone(), KeepKind::Text)).collect(),
                     total_rows: None,
-                    source: Source::JsonLines { lines: BufReader::new(file).lines(), model_types },
+                    source: Source::JsonLines { lines: BufReader::new(file).lines() },
                     rows_read: 0,
                 })
             }
@@ -184,14 +181,14 @@ impl Input {
                         }
                     }
                 },
-                Source::JsonLines { lines, model_types } => {
+                Source::JsonLines { lines } => {
                     let Some(line) = lines.next() else { break };
                     let line = line.map_err(|e| BatchError::io(path, "cannot read the input", e))?;
                     if line.trim().is_empty() {
                         // A blank line (the last newline's, or a gap) holds no row.
                         continue;
                     }
-                    json_row(number, &line, &self.model_columns, model_types, &self.keep)
+                    json_row(number, &line, &self.model_columns, &self.keep)
                 }
                 Source::Parquet { batches, current, n_model } => {
                     if current.as_ref().is_none_or(|(batch, next)| *next >= batch.num_rows()) {
@@ -282,13 +279,7 @@ fn csv_cell(text: &str, kind: Option<ColumnType>) -> Value {
 
 /// One JSON Lines row: an object whose keys name columns (an absent key is missing, as in
 /// an HTTP body). Anything else is an unreadable row.
-fn json_row(
-    number: u64,
-    line: &str,
-    model: &[String],
-    _types: &[Option<ColumnType>],
-    keep: &[(String, KeepKind)],
-) -> Row {
+fn json_row(number: u64, line: &str, model: &[String], keep: &[(String, KeepKind)]) -> Row {
     let unreadable = |message: String| Row {
         number,
         model: vec![Value::Null; model.len()],
