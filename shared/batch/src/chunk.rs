@@ -156,10 +156,11 @@ impl<R: Requester> Scorer<R> {
                     }
                     scored.segments.push(Segment { start, end, predictions: answer.predictions });
                 }
-                // R refused the rows (or the worker's own schema check did): some row is
-                // at fault, so halve the range until it is alone.
+                // R refused the rows (or the worker's own schema check did), or the call
+                // crashed its hosts twice: some row is at fault (or the range is too large
+                // for R), so halve the range until the row is alone.
                 Err(ClientError::Scoring(error))
-                    if matches!(error.code, ErrorCode::RError | ErrorCode::InvalidInput) =>
+                    if matches!(error.code, ErrorCode::RError | ErrorCode::InvalidInput | ErrorCode::HostCrashed) =>
                 {
                     if part.len() > 1 {
                         bisect(&mut todo);

@@ -464,8 +464,8 @@ mod tests {
         Column, ColumnData, ColumnSpec, ColumnType, ErrorCode, Frame, Input as Body, Outcome, Reply, Request,
     };
 
-    /// A worker stand-in on the embedded bus: answers `2 x`, and refuses (as R would) any
-    /// request holding a negative `x`.
+    /// A worker stand-in on the embedded bus: answers `2 x`, refuses (as R would) any
+    /// request holding a negative `x`, and answers one holding 666 as if it crashed hosts.
     fn doubling_worker(bus: &EmbeddedBus) {
         let mut consumer = bus.consumer("requests");
         tokio::spawn(async move {
@@ -475,6 +475,8 @@ mod tests {
                 let ColumnData::F64 { values } = &frame.column("x").unwrap().data else { panic!("x is numeric") };
                 let reply = if values.iter().flatten().any(|x| *x < 0.0) {
                     Reply::error(request.id, ErrorCode::RError, "x is negative")
+                } else if values.contains(&Some(666.0)) {
+                    Reply::error(request.id, ErrorCode::HostCrashed, "the request crashed 2 R hosts")
                 } else {
                     let doubled = values.iter().map(|x| x.map(|x| 2.0 * x)).collect();
                     let predictions =
@@ -507,7 +509,7 @@ mod tests {
         }
     }
 
-    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500.
+    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500, 666 in row 666.
     fn input(dir: &Path) {
         let mut text = String::from("id,x\n");
         for id in 1..=1000 {
@@ -538,17 +540,17 @@ mod tests {
     async fn bad_rows_are_bisected_out_and_the_rest_is_scored_in_order() {
         let (dir, bus) = setup();
         let summary = run(&job(dir.path(), ErrorLimit::Unlimited), bus, schema(), Progress::Quiet).await.unwrap();
-        assert_eq!((summary.rows, summary.errors, summary.chunks), (1000, 3, 100));
+        assert_eq!((summary.rows, summary.errors, summary.chunks), (1000, 4, 100));
         let out = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
         let expected: String = std::iter::once("id,.pred\n".to_string())
-            .chain((1..=1000).filter(|id| ![15, 500, 777].contains(id)).map(|id| format!("{id},{}\n", 2 * id)))
+            .chain((1..=1000).filter(|id| ![15, 500, 666, 777].contains(id)).map(|id| format!("{id},{}\n", 2 * id)))
             .collect();
         // serde_json writes doubles with a fraction: 2.0.
         assert_eq!(out.replace(".0\n", "\n"), expected);
         let errors = std::fs::read_to_string(dir.path().join("out.csv.errors.csv")).unwrap();
         assert_eq!(
             errors,
-            "row,column,message\n15,,x is negative\n500,x,\"expected a number, got a string: \"\"oops\"\"\"\n777,,x is negative\n"
+            "row,column,message\n15,,x is negative\n500,x,\"expected a number, got a string: \"\"oops\"\"\"\n666,,the request crashed 2 R hosts\n777,,x is negative\n"
         );
     }
 
