@@ -68,8 +68,13 @@ impl JobDir {
     pub fn open(&self, job: &JobFile, resume: bool) -> Result<BTreeMap<u64, ChunkMeta>, BatchError> {
         let io = |what: &'static str| move |e| BatchError::io(&self.dir, what, e);
         if !resume {
-            if self.dir.exists() {
+            if self.exists() {
                 return Err(BatchError::StateExists { dir: self.dir.display().to_string() });
+            }
+            // A state without its `job.json` is of a run killed before it began: nothing
+            // in it is done.
+            if self.dir.exists() {
+                std::fs::remove_dir_all(&self.dir).map_err(io("cannot clear an unstarted job's state"))?;
             }
             std::fs::create_dir_all(self.dir.join("parts")).map_err(io("cannot make the job state"))?;
             write_atomic(&self.dir.join("job.json"), &serde_json::to_vec_pretty(job).expect("a job serializes"))?;
