@@ -122,7 +122,7 @@ pub struct Summary {
     /// Rows this run read, per second of this run.
     pub rows_per_s: f64,
     pub r_calls: u64,
-    /// R's time per chunk, from the replies' timings (zero where a worker does not report it).
+    /// R's time per chunk, from the replies' timings (zero for rows the native engine scored).
     pub r_ms_per_chunk: PerChunkMs,
     /// The worker's time per chunk (receipt to reply: queue, R and conversions).
     pub worker_ms_per_chunk: PerChunkMs,
