@@ -458,83 +458,8 @@ fn join_errors(output: &Path, chunks: &BTreeMap<u64, (PathBuf, ChunkMeta)>) -> R
 
 #[cfg(test)]
 mod tests {
+    use super::tests_support::*;
     use super::*;
-    use bus::{Consumer, ContentType, EmbeddedBus};
-    use protocol::{
-        Column, ColumnData, ColumnSpec, ColumnType, ErrorCode, Frame, Input as Body, Outcome, Reply, Request,
-    };
-
-    /// A worker stand-in on the embedded bus: answers `2 x`, refuses (as R would) any
-    /// request holding a negative `x`, and answers one holding 666 as if it crashed hosts.
-    fn doubling_worker(bus: &EmbeddedBus) {
-        let mut consumer = bus.consumer("requests");
-        tokio::spawn(async move {
-            while let Some(delivery) = consumer.next().await {
-                let request: Request = protocol::decode(&delivery.body).unwrap();
-                let Body::Frame(frame) = request.input else { panic!("a frame") };
-                let ColumnData::F64 { values } = &frame.column("x").unwrap().data else { panic!("x is numeric") };
-                let reply = if values.iter().flatten().any(|x| *x < 0.0) {
-                    Reply::error(request.id, ErrorCode::RError, "x is negative")
-                } else if values.contains(&Some(666.0)) {
-                    Reply::error(request.id, ErrorCode::HostCrashed, "the request crashed 2 R hosts")
-                } else {
-                    let doubled = values.iter().map(|x| x.map(|x| 2.0 * x)).collect();
-                    let predictions =
-                        Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: doubled })]).unwrap();
-                    Reply {
-                        outcome: Outcome::Predictions(predictions),
-                        ..Reply::error(request.id, ErrorCode::Internal, "")
-                    }
-                };
-                delivery.reply(ContentType::MsgPack, protocol::encode(&reply).unwrap()).await.unwrap();
-                delivery.ack().await.unwrap();
-            }
-        });
-    }
-
-    fn job(dir: &Path, limit: ErrorLimit) -> Job {
-        Job {
-            model: "m".into(),
-            input: dir.join("in.csv"),
-            input_format: Format::Csv,
-            output: dir.join("out.csv"),
-            output_format: Format::Csv,
-            keep: vec!["id".into()],
-            chunk_rows: 10,
-            in_flight: 2,
-            limit,
-            resume: false,
-            options: Options::default(),
-            chunk_timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500, 666 in row 666.
-    fn input(dir: &Path) {
-        let mut text = String::from("id,x\n");
-        for id in 1..=1000 {
-            let x = match id {
-                15 | 777 => "-1".to_string(),
-                500 => "oops".to_string(),
-                _ => id.to_string(),
-            };
-            text.push_str(&format!("{id},{x}\n"));
-        }
-        std::fs::write(dir.join("in.csv"), text).unwrap();
-    }
-
-    fn schema() -> Option<Schema> {
-        Some(Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] })
-    }
-
-    /// The input in a directory of its own, and a bus with the stand-in worker on it.
-    fn setup() -> (tempfile::TempDir, EmbeddedBus) {
-        let dir = tempfile::tempdir().unwrap();
-        input(dir.path());
-        let bus = EmbeddedBus::new(16, "requests");
-        doubling_worker(&bus);
-        (dir, bus)
-    }
 
     #[tokio::test]
     async fn bad_rows_are_bisected_out_and_the_rest_is_scored_in_order() {
@@ -568,5 +493,121 @@ mod tests {
         }
         assert!(!dir.path().join("out.csv").exists());
         assert!(JobDir::of(&dir.path().join("out.csv")).exists());
+    }
+
+    /// Stopped at its threshold and resumed with a higher one, a job writes the bytes of a
+    /// run never stopped, in every output format (Parquet's row groups included).
+    #[tokio::test]
+    async fn a_resumed_job_writes_what_an_uninterrupted_one_writes() {
+        for (format, name) in [(Format::Csv, "csv"), (Format::JsonLines, "jsonl"), (Format::Parquet, "parquet")] {
+            let (dir, bus) = setup();
+            let whole = Job {
+                output: dir.path().join(format!("whole.{name}")),
+                output_format: format,
+                ..job(dir.path(), ErrorLimit::Unlimited)
+            };
+            run(&whole, bus.clone(), schema(), Progress::Quiet).await.unwrap();
+            let stopped = Job {
+                output: dir.path().join(format!("resumed.{name}")),
+                limit: ErrorLimit::Count(0),
+                ..whole.clone()
+            };
+            assert!(matches!(
+                run(&stopped, bus.clone(), schema(), Progress::Quiet).await,
+                Err(BatchError::TooManyErrors { .. })
+            ));
+            let resumed = Job { limit: ErrorLimit::Unlimited, resume: true, ..stopped };
+            let summary = run(&resumed, bus, schema(), Progress::Quiet).await.unwrap();
+            assert!(summary.chunks_resumed >= 2, "{name}: {summary:?}");
+            let read = |job: &Job| std::fs::read(&job.output).unwrap();
+            assert!(read(&whole) == read(&resumed), "{name}: the resumed output differs");
+            assert_eq!(
+                std::fs::read(errors_file(&whole.output)).unwrap(),
+                std::fs::read(errors_file(&resumed.output)).unwrap()
+            );
+        }
+    }
+}
+
+/// A stand-in worker and a job on it, for the tests of `run` without R.
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+    pub use bus::EmbeddedBus;
+    use bus::{Consumer, ContentType};
+    use protocol::{
+        Column, ColumnData, ColumnSpec, ColumnType, ErrorCode, Frame, Input as Body, Outcome, Reply, Request,
+    };
+
+    /// A worker stand-in on the embedded bus: answers `2 x`, refuses (as R would) any
+    /// request holding a negative `x`, and answers one holding 666 as if it crashed hosts.
+    pub fn doubling_worker(bus: &EmbeddedBus) {
+        let mut consumer = bus.consumer("requests");
+        tokio::spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let request: Request = protocol::decode(&delivery.body).unwrap();
+                let Body::Frame(frame) = request.input else { panic!("a frame") };
+                let ColumnData::F64 { values } = &frame.column("x").unwrap().data else { panic!("x is numeric") };
+                let reply = if values.iter().flatten().any(|x| *x < 0.0) {
+                    Reply::error(request.id, ErrorCode::RError, "x is negative")
+                } else if values.contains(&Some(666.0)) {
+                    Reply::error(request.id, ErrorCode::HostCrashed, "the request crashed 2 R hosts")
+                } else {
+                    let doubled = values.iter().map(|x| x.map(|x| 2.0 * x)).collect();
+                    let predictions =
+                        Frame::new(vec![Column::new(".pred", ColumnData::F64 { values: doubled })]).unwrap();
+                    Reply {
+                        outcome: Outcome::Predictions(predictions),
+                        ..Reply::error(request.id, ErrorCode::Internal, "")
+                    }
+                };
+                delivery.reply(ContentType::MsgPack, protocol::encode(&reply).unwrap()).await.unwrap();
+                delivery.ack().await.unwrap();
+            }
+        });
+    }
+
+    pub fn job(dir: &Path, limit: ErrorLimit) -> Job {
+        Job {
+            model: "m".into(),
+            input: dir.join("in.csv"),
+            input_format: Format::Csv,
+            output: dir.join("out.csv"),
+            output_format: Format::Csv,
+            keep: vec!["id".into()],
+            chunk_rows: 10,
+            in_flight: 2,
+            limit,
+            resume: false,
+            options: Options::default(),
+            chunk_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500, 666 in row 666.
+    pub fn input(dir: &Path) {
+        let mut text = String::from("id,x\n");
+        for id in 1..=1000 {
+            let x = match id {
+                15 | 777 => "-1".to_string(),
+                500 => "oops".to_string(),
+                _ => id.to_string(),
+            };
+            text.push_str(&format!("{id},{x}\n"));
+        }
+        std::fs::write(dir.join("in.csv"), text).unwrap();
+    }
+
+    pub fn schema() -> Option<Schema> {
+        Some(Schema { columns: vec![ColumnSpec { name: "x".into(), column_type: ColumnType::Numeric, levels: None }] })
+    }
+
+    /// The input in a directory of its own, and a bus with the stand-in worker on it.
+    pub fn setup() -> (tempfile::TempDir, EmbeddedBus) {
+        let dir = tempfile::tempdir().unwrap();
+        input(dir.path());
+        let bus = EmbeddedBus::new(16, "requests");
+        doubling_worker(&bus);
+        (dir, bus)
     }
 }
