@@ -465,17 +465,19 @@ mod tests {
     async fn bad_rows_are_bisected_out_and_the_rest_is_scored_in_order() {
         let (dir, bus) = setup();
         let summary = run(&job(dir.path(), ErrorLimit::Unlimited), bus, schema(), Progress::Quiet).await.unwrap();
-        assert_eq!((summary.rows, summary.errors, summary.chunks), (1000, 4, 100));
+        assert_eq!((summary.rows, summary.errors, summary.chunks), (1000, 5, 100));
         let out = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
         let expected: String = std::iter::once("id,.pred\n".to_string())
-            .chain((1..=1000).filter(|id| ![15, 500, 666, 777].contains(id)).map(|id| format!("{id},{}\n", 2 * id)))
+            .chain(
+                (1..=1000).filter(|id| ![15, 500, 666, 777, 900].contains(id)).map(|id| format!("{id},{}\n", 2 * id)),
+            )
             .collect();
         // serde_json writes doubles with a fraction: 2.0.
         assert_eq!(out.replace(".0\n", "\n"), expected);
         let errors = std::fs::read_to_string(dir.path().join("out.csv.errors.csv")).unwrap();
         assert_eq!(
             errors,
-            "row,column,message\n15,,x is negative\n500,x,\"expected a number, got a string: \"\"oops\"\"\"\n666,,the request crashed 2 R hosts\n777,,x is negative\n"
+            "row,column,message\n15,,x is negative\n500,x,\"expected a number, got a string: \"\"oops\"\"\"\n666,,the request crashed 2 R hosts\n777,,x is negative\n900,,\"has 3 fields, the header has 2\"\n"
         );
     }
 
@@ -584,13 +586,15 @@ mod tests_support {
         }
     }
 
-    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500, 666 in row 666.
+    /// 1,000 rows; `x` negative in rows 15 and 777, text in row 500, 666 in row 666, a
+    /// field too many in row 900.
     pub fn input(dir: &Path) {
         let mut text = String::from("id,x\n");
         for id in 1..=1000 {
             let x = match id {
                 15 | 777 => "-1".to_string(),
                 500 => "oops".to_string(),
+                900 => "9,extra".to_string(),
                 _ => id.to_string(),
             };
             text.push_str(&format!("{id},{x}\n"));

@@ -62,6 +62,8 @@ enum Source {
         records: csv::StringRecordsIntoIter<BufReader<File>>,
         model_at: Vec<(usize, Option<ColumnType>)>,
         keep_at: Vec<usize>,
+        /// The header's fields: a row of another length is a bad row.
+        n_fields: usize,
     },
     JsonLines {
         lines: std::io::Lines<BufReader<File>>,
@@ -97,7 +99,7 @@ impl Input {
     }
 
     fn csv(path: &Path, file: File, schema: Option<&Schema>, keep: &[String]) -> Result<Input, BatchError> {
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(BufReader::new(file));
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(BufReader::new(file));
         let headers = reader
             .headers()
             .map_err(|e| BatchError::Csv { path: path.display().to_string(), error: e.to_string() })?
@@ -118,7 +120,7 @@ impl Input {
             model_columns: model.into_iter().map(|(n, _)| n).collect(),
             keep: keep.iter().map(|k| (k.clone(), KeepKind::Text)).collect(),
             total_rows: None,
-            source: Source::Csv { records: reader.into_records(), model_at, keep_at },
+            source: Source::Csv { n_fields: names.len(), records: reader.into_records(), model_at, keep_at },
             rows_read: 0,
         })
     }
@@ -167,17 +169,24 @@ impl Input {
         while rows.len() < max {
             let number = self.rows_read + 1;
             let row = match &mut self.source {
-                Source::Csv { records, model_at, keep_at } => match records.next() {
+                Source::Csv { records, model_at, keep_at, n_fields } => match records.next() {
                     None => break,
                     Some(record) => {
                         let record = record
                             .map_err(|e| BatchError::Csv { path: path.display().to_string(), error: e.to_string() })?;
                         let cell = |at: usize| record.get(at).unwrap_or("");
+                        // Read as flexible, so that a ragged row is one bad row rather
+                        // than the end of the job.
+                        let unreadable = (record.len() != *n_fields).then(|| BadRow {
+                            row: number,
+                            column: String::new(),
+                            message: format!("has {} fields, the header has {n_fields}", record.len()),
+                        });
                         Row {
                             number,
                             model: model_at.iter().map(|(at, kind)| csv_cell(cell(*at), *kind)).collect(),
                             keep: keep_at.iter().map(|at| Value::String(cell(*at).to_string())).collect(),
-                            unreadable: None,
+                            unreadable,
                         }
                     }
                 },
