@@ -11,6 +11,8 @@ mod auth;
 mod autoscale;
 #[path = "suite/bad_input.rs"]
 mod bad_input;
+#[path = "suite/batch.rs"]
+mod batch;
 #[path = "suite/batching.rs"]
 mod batching;
 #[path = "suite/cli.rs"]

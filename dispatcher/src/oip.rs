@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::json::{column_to_json, frame_from_value};
-use protocol::{ColumnData, ColumnType, Frame, Input, ModelInfo, ModelKind, Options, Schema, Timings};
+use protocol::{ColumnData, ColumnType, Engine, Frame, Input, ModelInfo, ModelKind, Options, Schema, Timings};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -154,7 +154,8 @@ pub struct InferRequest {
     /// Echoed in the answer.
     #[serde(default)]
     pub id: Option<String>,
-    /// `type` is passed to R's `predict`; other parameters are ignored.
+    /// `type` is passed to R's `predict`; `engine` (`auto`, `r`, `native`) picks the engine
+    /// as `?engine=` does; other parameters are ignored.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
@@ -446,7 +447,8 @@ async fn infer_with(
 
 /// An inference request's body: its tensors become the input for the model's kind (a
 /// frame; for an Azure ML entry script, the rows as JSON text, the body every scoring path
-/// hands such a script); `parameters.type` is passed to `predict`.
+/// hands such a script); `parameters.type` is passed to `predict`, `parameters.engine`
+/// picks the engine.
 struct Tensors;
 
 /// What the answer needs of the request: its `id` and the outputs it asked for.
@@ -469,10 +471,19 @@ impl Parse for Tensors {
                 Input::Frame(checked_frame(frame_from_value(&rows).map_err(json_error)?, info, max_rows)?)
             }
         };
-        let predict_type = request.parameters.as_ref().and_then(|p| p.get("type")).and_then(Value::as_str);
+        let parameter = |key: &str| request.parameters.as_ref().and_then(|p| p.get(key));
+        let predict_type = parameter("type").and_then(Value::as_str);
+        let engine = parameter("engine")
+            .map(|engine| {
+                Engine::deserialize(engine).map_err(|_| {
+                    ApiError::bad_request(format!("parameters.engine is {engine}: it is one of \"auto\", \"r\", \"native\""))
+                })
+            })
+            .transpose()?;
         Ok(Parsed {
             input,
             predict_type: predict_type.map(str::to_string),
+            engine,
             extra: Wanted { id: request.id, outputs: request.outputs },
         })
     }

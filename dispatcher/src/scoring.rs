@@ -117,6 +117,8 @@ pub struct Parsed<E> {
     /// `type` given in the body (the Open Inference Protocol's `parameters.type`), which
     /// overrides the URL's.
     pub predict_type: Option<String>,
+    /// The engine asked for in the body (`parameters.engine`), which overrides the URL's.
+    pub engine: Option<protocol::Engine>,
     pub extra: E,
 }
 
@@ -137,7 +139,7 @@ impl Parse for Table {
                 Input::Frame(checked_frame(frame, info, max_rows)?)
             }
         };
-        Ok(Parsed { input, predict_type: None, extra: () })
+        Ok(Parsed { input, predict_type: None, engine: None, extra: () })
     }
 }
 
@@ -301,6 +303,9 @@ async fn score<P: Parse>(
         if parsed.predict_type.is_some() {
             check_predict_type(parsed.predict_type.as_deref())?;
             options.predict_type = parsed.predict_type;
+        }
+        if parsed.engine.is_some() {
+            options.engine = parsed.engine;
         }
         let mut request = Request {
             version: protocol::PROTOCOL_VERSION,

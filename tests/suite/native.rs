@@ -340,6 +340,30 @@ async fn engine_choice_and_refusals() {
         let series = format!("{family}{{model=\"rf_reg\",version=\"\"}} 2");
         assert!(metrics.lines().any(|l| l == series), "{series} not in /metrics:\n{metrics}");
     }
+
+    // The Open Inference Protocol picks the engine with `parameters.engine`.
+    let infer = |engine: Value| {
+        let body = json!({
+            "parameters": {"engine": engine},
+            "inputs": [
+                {"name": "x1", "shape": [1], "datatype": "FP64", "data": [5.0]},
+                {"name": "x2", "shape": [1], "datatype": "FP64", "data": [0.5]},
+                {"name": "grp", "shape": [1], "datatype": "BYTES", "data": ["beta"]},
+                {"name": "cnt", "shape": [1], "datatype": "INT32", "data": [3]},
+            ]
+        });
+        let (client, url) = (client.clone(), format!("{}/v2/models/rf_reg/infer", server.url));
+        async move { post(&client, &url, body.to_string(), &[]).await }
+    };
+    let (native, r) = (infer(json!("native")).await, infer(json!("r")).await);
+    assert_eq!((native.status, r.status), (200, 200), "{} / {}", native.text, r.text);
+    assert_eq!(native.header("x-rfleet-path"), Some("native"));
+    assert_ne!(r.header("x-rfleet-path"), Some("native"));
+    assert_eq!(native.json()["outputs"][0]["data"], auto.json(), "the same answer as POST /score");
+    assert_eq!(native.json()["outputs"], r.json()["outputs"]);
+    let bad = infer(json!("fast")).await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert!(bad.text.contains("parameters.engine"), "{}", bad.text);
 }
 
 /// The cache file of the one model in `package`.

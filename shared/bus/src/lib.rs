@@ -117,6 +117,27 @@ pub trait Requester: Send + Sync + 'static {
     fn messaging_system(&self) -> &'static str;
 }
 
+/// A shared requester is one: what `Transport::requester` returns serves wherever a
+/// `Requester` is asked for (`client::ScoringClient`, batch jobs).
+#[async_trait]
+impl<T: Requester + ?Sized> Requester for std::sync::Arc<T> {
+    async fn call(&self, message: Outgoing, deadline: Instant) -> Result<Vec<u8>, BusError> {
+        (**self).call(message, deadline).await
+    }
+
+    fn queue_for(&self, model: &str, version: Option<&str>) -> String {
+        (**self).queue_for(model, version)
+    }
+
+    fn is_ready(&self) -> bool {
+        (**self).is_ready()
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        (**self).messaging_system()
+    }
+}
+
 /// The worker's side of a transport: a stream of deliveries.
 #[async_trait]
 pub trait Consumer: Send + 'static {

@@ -6,8 +6,10 @@
 //! - `worker`: a worker alone (R host pool), over a broker.
 //! - `config`: print the effective settings, secrets redacted.
 //! - `package`: model packages to a model image FROM the worker image (`package`).
+//! - `score`: a batch job on this machine: a file in, predictions out (`score`).
 
 mod package;
+mod score;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +48,9 @@ enum Command {
     /// Build a model image: the model packages and the R packages they need (from Debian),
     /// FROM the worker image; one image per model version.
     Package(package::PackageArgs),
+    /// Score a file (CSV, JSON Lines, Parquet) in chunks with R hosts of this process:
+    /// predictions in input order, bad rows set aside, resumable with --resume.
+    Score(score::ScoreArgs),
 }
 
 /// Flags that override settings; each names the key it sets.
@@ -97,7 +102,10 @@ impl Flags {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::parse() {
+        Cli { command: Command::Score(args), config } => return score::run(args, config),
+        cli => cli,
+    };
     let flags = match &cli.command {
         Command::Serve(flags) | Command::Dispatcher(flags) | Command::Worker(flags) | Command::Config(flags) => flags,
         Command::Package(args) => {
@@ -110,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             telemetry.shutdown();
             return packaged;
         }
+        Command::Score(_) => unreachable!("handled above"),
     };
     let settings = Settings::load(&Sources::from_process(cli.config.clone(), flags.overrides()))?;
     if let Command::Config(_) = cli.command {
@@ -123,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(_) => "serve",
         Command::Dispatcher(_) => "dispatcher",
         Command::Worker(_) => "worker",
-        Command::Config(_) | Command::Package(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Package(_) | Command::Score(_) => unreachable!("handled above"),
     };
     let service = if role == "serve" { "rfleet".to_string() } else { format!("rfleet-{role}") };
     // Before the runtime: the trace exporter's HTTP client must be made outside it.
@@ -138,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(_) => serve(settings).await,
             Command::Dispatcher(_) => dispatcher(settings).await,
             Command::Worker(_) => worker(settings).await,
-            Command::Config(_) | Command::Package(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Package(_) | Command::Score(_) => unreachable!("handled above"),
         }
     });
     // The spans of the last requests, exported before the process ends.

@@ -10,8 +10,9 @@
 //! # Layout
 //! - `lib.rs` (this file): the API, and [`NativeModel::predict`]: a frame read into a
 //!   row-major matrix of doubles, the trees walked a tree at a time for blocks of rows
-//!   (several rows down a tree in lockstep) and each row's leaves accumulated (on rayon's
-//!   pool from [`PARALLEL_ROWS`] rows on), then the accumulations turned into R's answer.
+//!   (eight rows down a tree in lockstep; a single row goes down eight trees in lockstep)
+//!   and each row's leaves accumulated (on rayon's pool from [`PARALLEL_ROWS`] rows on),
+//!   then the accumulations turned into R's answer.
 //! - `compile`: checking a [`NativeForest`] and flattening its trees into one node array
 //!   (breadth first, each split's children side by side: 16 bytes a node that the walk
 //!   reads, and 8 beside it for what a leaf answers).
@@ -147,7 +148,13 @@ impl NativeModel {
         // A forest without inputs (a stump) still has one accumulation per row.
         let row_len = self.inputs.len().max(1);
         let mut acc = vec![0.0; frame.n_rows * width];
-        let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| self.accumulate(x_rows, row_len, acc_rows);
+        let score = |(x_rows, acc_rows): (&[f64], &mut [f64])| {
+            if self.algorithm == Algorithm::Gbm {
+                self.accumulate::<true>(x_rows, row_len, acc_rows)
+            } else {
+                self.accumulate::<false>(x_rows, row_len, acc_rows)
+            }
+        };
         if frame.n_rows >= PARALLEL_ROWS {
             let rows = rows_per_task(frame.n_rows);
             x.par_chunks(row_len * rows).zip(acc.par_chunks_mut(width * rows)).for_each(score);
@@ -226,77 +233,80 @@ impl NativeModel {
     }
 
     /// Walks every tree for a block of rows (`x`, `row_len` values a row) and adds each
-    /// row's leaf into its accumulation in `acc`, trees in order. The block is walked a
-    /// tree at a time, so that one tree's nodes stay in cache across the block's rows;
-    /// each row's accumulation still adds the trees in the model's order.
-    fn accumulate(&self, x: &[f64], row_len: usize, acc: &mut [f64]) {
+    /// row's leaf into its accumulation in `acc`, trees in order. Rows that may hold NaN
+    /// are `MISSING` (gbm's); the other packages' never do (a missing value declines).
+    ///
+    /// A block of at least [`LANES`] rows is walked a tree at a time, [`LANES`] rows down
+    /// it in lockstep, so that one tree's nodes stay in cache across the block's rows.
+    /// Fewer rows (a single-row request) are walked a row at a time, [`LANES`] trees down
+    /// in lockstep: a row's path through a forest larger than the cache waits on memory at
+    /// every step, and independent walks overlap those waits. Either way each row's
+    /// accumulation adds the trees in the model's order.
+    fn accumulate<const MISSING: bool>(&self, x: &[f64], row_len: usize, acc: &mut [f64]) {
         let width = self.accumulator_width();
-        let mut leaves = vec![0u32; x.len() / row_len];
         if let NativeOutput::Boosted { init, .. } = &self.output {
             acc.fill(*init);
         }
-        for (&root, &depth) in self.roots.iter().zip(&self.depths) {
-            self.walk(root, depth, x, row_len, &mut leaves);
-            for (row, &leaf) in leaves.iter().enumerate() {
-                let value = self.values[leaf as usize];
-                let acc = &mut acc[row * width..(row + 1) * width];
-                match &self.output {
-                    NativeOutput::Mean { .. } | NativeOutput::Boosted { .. } => acc[0] += value,
-                    // Compiling checked that every leaf names a class 1..=classes.
-                    NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => acc[value as usize - 1] += 1.0,
-                    NativeOutput::Distribution { .. } => {
-                        let at = self.aux[leaf as usize] as usize;
-                        for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..at + width]) {
-                            *sum += fraction;
-                        }
+        let n_rows = x.len() / row_len;
+        if n_rows < LANES {
+            for (x, acc) in x.chunks_exact(row_len).zip(acc.chunks_exact_mut(width)) {
+                for (roots, depths) in self.roots.chunks(LANES).zip(self.depths.chunks(LANES)) {
+                    let mut k = [0u32; LANES];
+                    let k = &mut k[..roots.len()];
+                    k.copy_from_slice(roots);
+                    self.lockstep::<MISSING>(k, depths.iter().copied().max().unwrap_or(0), x, 0);
+                    for &leaf in k.iter() {
+                        self.add(acc, leaf);
                     }
                 }
             }
+            return;
+        }
+        let mut leaves = vec![0u32; n_rows];
+        for (&root, &depth) in self.roots.iter().zip(&self.depths) {
+            leaves.fill(root);
+            for (x, leaves) in x.chunks(row_len * LANES).zip(leaves.chunks_mut(LANES)) {
+                self.lockstep::<MISSING>(leaves, depth, x, row_len);
+            }
+            for (acc, &leaf) in acc.chunks_exact_mut(width).zip(&leaves) {
+                self.add(acc, leaf);
+            }
         }
     }
 
-    /// The leaf each row of `x` reaches from `root`, into `leaves`. Rows go down the tree
-    /// [`LANES`] at a time in lockstep, until none of them moves (a leaf steps onto itself,
-    /// so that a row that has arrived needs no branch of its own; `depth` bounds the
-    /// steps). The walks are independent, so the processor overlaps their node loads
-    /// instead of waiting on one row's chain of them.
-    fn walk(&self, root: u32, depth: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
-        if self.algorithm == Algorithm::Gbm {
-            self.walk_rows::<true>(root, depth, x, row_len, leaves)
-        } else {
-            self.walk_rows::<false>(root, depth, x, row_len, leaves)
-        }
-    }
-
-    /// [`Self::walk`], for rows that may hold NaN (`MISSING`: gbm's) or never do (the
-    /// others decline a missing value).
-    fn walk_rows<const MISSING: bool>(&self, root: u32, depth: u32, x: &[f64], row_len: usize, leaves: &mut [u32]) {
-        let mut rows = x.chunks_exact(row_len * LANES);
-        let mut lanes = leaves.chunks_exact_mut(LANES);
-        for (x, leaves) in (&mut rows).zip(&mut lanes) {
-            let mut k = [root; LANES];
-            for _ in 0..depth {
-                let mut moved = false;
-                for (lane, k) in k.iter_mut().enumerate() {
-                    let next = self.step::<MISSING>(*k, x, lane * row_len);
-                    moved |= next != *k;
-                    *k = next;
-                }
-                if !moved {
-                    break;
+    /// Adds the leaf `leaf` into one row's accumulation.
+    #[inline(always)]
+    fn add(&self, acc: &mut [f64], leaf: u32) {
+        let value = self.values[leaf as usize];
+        match &self.output {
+            NativeOutput::Mean { .. } | NativeOutput::Boosted { .. } => acc[0] += value,
+            // Compiling checked that every leaf names a class 1..=classes.
+            NativeOutput::Votes { .. } | NativeOutput::Majority { .. } => acc[value as usize - 1] += 1.0,
+            NativeOutput::Distribution { .. } => {
+                let at = self.aux[leaf as usize] as usize;
+                for (sum, fraction) in acc.iter_mut().zip(&self.distributions[at..]) {
+                    *sum += fraction;
                 }
             }
-            leaves.copy_from_slice(&k);
         }
-        // A row alone goes only as deep as its leaf.
-        for (x, leaf) in rows.remainder().chunks_exact(row_len).zip(lanes.into_remainder()) {
-            *leaf = root;
-            loop {
-                let next = self.step::<MISSING>(*leaf, x, 0);
-                if next == *leaf {
-                    break;
-                }
-                *leaf = next;
+    }
+
+    /// Walks (at most [`LANES`]) independent walks in lockstep from the nodes in `k` to
+    /// their leaves, lane `i` reading the row at `x[i * stride..]`, until none of them moves: a leaf
+    /// steps onto itself, so that a walk that has arrived needs no branch of its own;
+    /// `depth` bounds the steps. The walks are independent, so the processor overlaps
+    /// their node loads instead of waiting on one walk's chain of them.
+    #[inline(always)]
+    fn lockstep<const MISSING: bool>(&self, k: &mut [u32], depth: u32, x: &[f64], stride: usize) {
+        for _ in 0..depth {
+            let mut moved = false;
+            for (lane, k) in k.iter_mut().enumerate() {
+                let next = self.step::<MISSING>(*k, x, lane * stride);
+                moved |= next != *k;
+                *k = next;
+            }
+            if !moved {
+                break;
             }
         }
     }
