@@ -476,7 +476,9 @@ impl Parse for Tensors {
         let engine = parameter("engine")
             .map(|engine| {
                 Engine::deserialize(engine).map_err(|_| {
-                    ApiError::bad_request(format!("parameters.engine is {engine}: it is one of \"auto\", \"r\", \"native\""))
+                    ApiError::bad_request(format!(
+                        "parameters.engine is {engine}: it is one of \"auto\", \"r\", \"native\""
+                    ))
                 })
             })
             .transpose()?;
