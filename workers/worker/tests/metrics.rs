@@ -306,18 +306,19 @@ async fn the_bus_queue_depth_is_read() {
     let running = tokio::spawn(worker.run(shutdown.clone()));
     embedded::subscribed(&bus).await;
 
-    let replies: Vec<_> = [support::Hold::X as f64, 1.0, 2.0, 3.0]
-        .into_iter()
-        .map(|x_value| {
-            let bus = bus.clone();
-            tokio::spawn(async move { score(&bus, "faulty", x(&[x_value])).await })
-        })
-        .collect();
+    let send = |x_value: f64| {
+        let bus = bus.clone();
+        tokio::spawn(async move { score(&bus, "faulty", x(&[x_value])).await })
+    };
+    // The held request first, alone: were the others sent with it, one of them could be
+    // delivered (and answered) before it, and fewer than three would wait.
+    let mut replies = vec![send(support::Hold::X as f64)];
     let deadline = Instant::now() + WITHIN;
     while hold.host_pid().is_none() {
         assert!(Instant::now() < deadline, "the held call never began");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    replies.extend([1.0, 2.0, 3.0].map(send));
     wait_for(r#"rfleet_bus_queue_messages{model="faulty",version=""}"#, 3.0).await;
     hold.release();
     for reply in replies {
