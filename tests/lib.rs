@@ -485,18 +485,24 @@ impl Fleet {
     /// Waits until `queue` exists on the fleet's broker with a consumer (a passive declare,
     /// through pika), at most `limit`; fails the test otherwise.
     pub fn await_consumer(&self, queue: &str, limit: Duration) {
+        self.await_consumers(queue, 1, limit);
+    }
+
+    /// Waits until `queue` exists on the fleet's broker with at least `n` consumers, at
+    /// most `limit`; fails the test otherwise.
+    pub fn await_consumers(&self, queue: &str, n: u32, limit: Duration) {
         let script = format!(
             "import pika, sys\n\
              c = pika.BlockingConnection(pika.URLParameters('{url}'))\n\
              try:\n    n = c.channel().queue_declare('{queue}', passive=True).method.consumer_count\n\
              except pika.exceptions.ChannelClosedByBroker:\n    n = 0\n\
-             sys.exit(0 if n > 0 else 1)\n",
+             sys.exit(0 if n >= {n} else 1)\n",
             url = self.broker_url
         );
         let consumed = poll_until(limit, || {
             Command::new("python3").args(["-c", &script]).status().is_ok_and(|status| status.success())
         });
-        assert!(consumed, "no worker consumed '{queue}' within {limit:?}");
+        assert!(consumed, "fewer than {n} consumers on '{queue}' within {limit:?}");
     }
 
     /// Deletes the request queues of model `name` (the name queue and the given versions'

@@ -151,6 +151,12 @@ async fn images_build_run_and_drain() {
     for worker in [&w1, &w2] {
         worker.wait_for_line("rfleet worker ready with 1 R hosts", Duration::from_secs(180));
     }
+    // A worker prints its ready line before it consumes: until both consume every queue,
+    // one of them could answer every request (native answers take a millisecond).
+    let models: BTreeSet<String> = cases(&fixtures).into_iter().map(|case| case.model).collect();
+    for model in &models {
+        fleet.await_consumers(&format!("{}{model}", fleet.queue_prefix()), 2, Duration::from_secs(60));
+    }
     let client = client();
     let ready_url = format!("{url}/ready");
     let start = Instant::now();
