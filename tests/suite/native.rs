@@ -364,6 +364,40 @@ async fn engine_choice_and_refusals() {
     let bad = infer(json!("fast")).await;
     assert_eq!(bad.status, 400, "{}", bad.text);
     assert!(bad.text.contains("parameters.engine"), "{}", bad.text);
+
+    // Concurrent few-row requests each get their own rows' answer, as R gives it (one with
+    // a missing value among them is refused alone).
+    let bodies: Vec<Value> = (0..32)
+        .map(|i| {
+            let row = |j: usize| {
+                let x2 = if i == 13 && j == 1 { Value::Null } else { json!(0.25 * (i % 9) as f64 - 1.0) };
+                let grp = ["alpha", "beta", "gamma"][(i + j) % 3];
+                json!({"x1": 0.37 * (i + j) as f64, "x2": x2, "grp": grp, "cnt": (i * j) % 7})
+            };
+            Value::Array((0..1 + i % 3).map(row).collect())
+        })
+        .collect();
+    let url = format!("{}/models/rf_reg/score?engine=native", server.url);
+    let sent: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            let (client, url, body) = (client.clone(), url.clone(), body.to_string());
+            tokio::spawn(async move { post(&client, &url, body, &[]).await })
+        })
+        .collect();
+    let mut together = Vec::new();
+    for answer in sent {
+        together.push(answer.await.unwrap());
+    }
+    for (i, (body, answer)) in bodies.iter().zip(&together).enumerate() {
+        let alone = score(&client, &server, "rf_reg", "engine=r&split=never", body).await;
+        if i == 13 {
+            refused(answer, "engine=native");
+            continue;
+        }
+        assert_eq!((answer.status, answer.header("x-rfleet-path")), (200, Some("native")), "{i}: {}", answer.text);
+        assert_eq!(answer.json(), alone.json(), "request {i} answered with its own rows, as R answers them");
+    }
 }
 
 /// The cache file of the one model in `package`.
