@@ -32,11 +32,10 @@ fn score(dir: &Path, args: &[&str]) -> Command {
     command
 }
 
-/// Runs a job to its end: its exit status and what it printed.
+/// Runs a job to its end: its exit status and what it printed (every caller asserts on
+/// them, with the stderr in the message).
 fn run(dir: &Path, args: &[&str]) -> Output {
-    let output = score(dir, args).output().expect("run rfleet score");
-    eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-    output
+    score(dir, args).output().expect("run rfleet score")
 }
 
 /// The JSON summary of a job that succeeded.
